@@ -1,0 +1,80 @@
+"""torch -> ONNX for the bundle contract: uint8 NHWC input with a dynamic batch, float32 logits out.
+
+The model passed in already contains its preprocessing (normalisation and NHWC->NCHW), so the graph is
+self-describing. The file is checked with the ONNX checker and full shape inference, and is one self-contained
+file (weights inside) as long as the model is under protobuf's 2 GB limit.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from runtimes.errors import EdgeTransferError
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+_TWO_GB = 2 * 1024**3
+
+
+class ExportError(EdgeTransferError):
+    """torch.onnx could not turn the model into a valid ONNX graph."""
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    input_size: tuple[int, int],
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Export `model` (uint8 NHWC in, logits out) to `path`; `batch_size=None` makes the batch dimension dynamic.
+
+    Returns facts for the manifest: opset, exporter, ir_version, parameter bytes.
+    """
+    path = Path(path)
+    model = model.eval().to("cpu")
+    h, w = input_size
+    example = torch.zeros((batch_size or 2, h, w, 3), dtype=torch.uint8)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if param_bytes >= _TWO_GB:
+        raise ExportError(f"model weights are {param_bytes / 1e9:.1f} GB; bundles with external ONNX data are not supported yet")
+    dynamic = batch_size is None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
+                do_constant_folding=True,
+            )
+        except Exception as exc:  # torch.onnx raises many types; report them as one export error
+            raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
+    proto = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"exported ONNX fails the checker: {exc}") from exc
+    out_dims = [d.dim_param or d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    return {
+        "exporter": "torch.onnx (TorchScript)",
+        "opset": opset,
+        "ir_version": int(proto.ir_version),
+        "output_shape": out_dims,
+        "parameter_bytes": int(param_bytes),
+    }

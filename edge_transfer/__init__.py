@@ -1,0 +1,57 @@
+"""edge-transfer: transfer learning for edge devices (host side).
+
+    import edge_transfer as et
+    run = et.train("digits", out="runs/digits", strategy="linear-probe")
+    result = et.export(run.path, out="bundles/digits-onnx")
+    predictor = et.load("bundles/digits-onnx")          # = runtimes.load, no torch needed
+
+Importing this package does not import torch; the heavy imports happen inside the calls that need them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtimes import load
+from runtimes.errors import (
+    BackendUnavailableError,
+    BundleError,
+    CheckpointError,
+    DatasetError,
+    EdgeTransferError,
+    EngineIncompatibleError,
+    InputError,
+    IntegrityError,
+    ValidationFailed,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {"train": "api", "export": "api", "demo": "api", "create_backbone": "backbones", "load_run": "model"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'edge_transfer' has no attribute {name!r}")
+
+
+__all__ = [
+    "load",
+    "train",
+    "export",
+    "demo",
+    "create_backbone",
+    "load_run",
+    "EdgeTransferError",
+    "InputError",
+    "BundleError",
+    "IntegrityError",
+    "BackendUnavailableError",
+    "EngineIncompatibleError",
+    "ValidationFailed",
+    "DatasetError",
+    "CheckpointError",
+]

@@ -1,0 +1,242 @@
+"""Datasets: an image folder (one sub-folder per class), in-memory arrays, and the built-in `digits`.
+
+A dataset is a list of items (file paths or arrays) with integer targets and class names. Images are decoded and
+prepared lazily with the one shared preprocessing (`runtimes.preprocess`). Splits are stratified and seeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtimes.errors import DatasetError, InputError
+from runtimes.preprocess import PreprocessConfig, prepare_image, read_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
+BUILTIN_DATASETS = ("digits",)
+
+
+@dataclass
+class ImageDataset:
+    """Items (paths or arrays), integer targets and class names, in a fixed order."""
+
+    name: str
+    classes: list[str]
+    items: list[Any]
+    targets: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def describe_item(self, i: int) -> str:
+        item = self.items[i]
+        return str(item) if isinstance(item, (str, Path)) else f"{self.name}[{i}]"
+
+    def load(self, i: int) -> np.ndarray:
+        """Decode item i (raises DatasetError naming the file)."""
+        item = self.items[i]
+        if isinstance(item, (str, Path)):
+            try:
+                return read_image(str(item))
+            except InputError as exc:
+                raise DatasetError(f"{exc} (use --skip-bad to leave unreadable images out)") from None
+        return item
+
+    def prepared(self, i: int, cfg: PreprocessConfig) -> np.ndarray:
+        try:
+            return prepare_image(self.load(i), cfg, what=self.describe_item(i))
+        except InputError as exc:
+            raise DatasetError(str(exc)) from None
+
+    def prepared_batch(self, indices: Sequence[int], cfg: PreprocessConfig) -> np.ndarray:
+        return np.stack([self.prepared(int(i), cfg) for i in indices])
+
+    def fingerprint(self) -> str:
+        """Hash of the class names, targets and item identities (file paths+sizes+mtimes, or array bytes)."""
+        h = hashlib.sha256()
+        h.update(repr(self.classes).encode())
+        h.update(np.asarray(self.targets, np.int64).tobytes())
+        for item in self.items:
+            if isinstance(item, (str, Path)):
+                st = os.stat(item)
+                h.update(f"{item}|{st.st_size}|{st.st_mtime_ns}".encode())
+            else:
+                h.update(np.ascontiguousarray(item).tobytes())
+        return h.hexdigest()
+
+    def subset(self, keep: Sequence[int]) -> "ImageDataset":
+        keep = list(keep)
+        return ImageDataset(self.name, self.classes, [self.items[i] for i in keep], self.targets[keep], dict(self.info))
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def load_digits_dataset() -> ImageDataset:
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels) as uint8 RGB images, classes '0'..'9'.
+
+    Rendered as dark ink on white paper (the way a photographed digit looks), not as a bright stroke on black.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = 255 - np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
+    items = [np.repeat(img[:, :, None], 3, axis=2) for img in images]
+    return ImageDataset(
+        "digits",
+        [str(i) for i in range(10)],
+        items,
+        d.target.astype(np.int64),
+        {"kind": "builtin", "name": "digits", "source": "sklearn.datasets.load_digits", "license": "CC BY 4.0 (UCI)"},
+    )
+
+
+def load_image_folder(root: str | os.PathLike[str], *, skip_bad: bool = False) -> ImageDataset:
+    """One sub-folder per class, sorted by name. Non-image files are ignored (counted); every image is checked.
+
+    A corrupt image raises DatasetError naming the file, unless `skip_bad` leaves it out with a warning.
+    """
+    root_p = Path(root)
+    if not root_p.is_dir():
+        raise DatasetError(f"{root_p}: no such dataset directory")
+    class_dirs = sorted(p for p in root_p.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise DatasetError(f"{root_p}: needs at least 2 class sub-folders (one per class), found {len(class_dirs)}")
+    items: list[str] = []
+    targets: list[int] = []
+    ignored = 0
+    bad: list[str] = []
+    for ci, cdir in enumerate(class_dirs):
+        files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        ignored += len(files) - len(images)
+        good = []
+        for p in images:
+            problem = _check_image(p)
+            if problem is None:
+                good.append(p)
+            elif skip_bad:
+                bad.append(f"{p}: {problem}")
+            else:
+                raise DatasetError(f"{p}: not a readable image ({problem}); fix or remove it, or pass --skip-bad")
+        if not good:
+            raise DatasetError(f"{cdir}: class folder '{cdir.name}' has no readable images")
+        items.extend(str(p) for p in good)
+        targets.extend([ci] * len(good))
+    if bad:
+        log.warning("skipped %d unreadable image(s), first: %s", len(bad), bad[0])
+    if ignored:
+        log.info("ignored %d non-image file(s) under %s", ignored, root_p)
+    return ImageDataset(
+        root_p.name,
+        [d.name for d in class_dirs],
+        items,
+        np.asarray(targets, np.int64),
+        {"kind": "folder", "root": str(root_p.resolve()), "skipped_bad": len(bad), "ignored_non_images": ignored},
+    )
+
+
+def _check_image(path: Path) -> str | None:
+    """Cheap integrity check (header and structure); None when the file looks decodable."""
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:  # numpy raises several types for bad files
+            return str(exc)
+        return None if arr.ndim in (2, 3) else f"array of shape {arr.shape} is not an image"
+    try:
+        from PIL import Image
+    except ImportError:
+        return "Pillow is not installed"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:  # PIL raises many types for corrupt files
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def dataset_from_arrays(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[Any], classes: Sequence[str] | None = None, name: str = "arrays") -> ImageDataset:
+    """In-memory images (any sizes) with labels given as class indices or class names."""
+    if len(images) != len(labels):
+        raise DatasetError(f"{name}: {len(images)} images but {len(labels)} labels")
+    if len(images) == 0:
+        raise DatasetError(f"{name}: no images")
+    labels = list(labels)
+    if classes is None:
+        classes = sorted({str(x) for x in labels}, key=lambda s: (len(s), s)) if not all(isinstance(x, (int, np.integer)) for x in labels) else [str(i) for i in range(int(max(labels)) + 1)]
+    classes = [str(c) for c in classes]
+    index = {c: i for i, c in enumerate(classes)}
+    targets = []
+    for i, y in enumerate(labels):
+        if isinstance(y, (int, np.integer)):
+            if not 0 <= int(y) < len(classes):
+                raise DatasetError(f"{name}: label {y} of image {i} is outside 0..{len(classes) - 1}")
+            targets.append(int(y))
+        elif str(y) in index:
+            targets.append(index[str(y)])
+        else:
+            raise DatasetError(f"{name}: label {y!r} of image {i} is not one of the classes")
+    if len(set(targets)) < 2:
+        raise DatasetError(f"{name}: needs at least 2 classes, found {len(set(targets))}")
+    return ImageDataset(name, classes, list(images), np.asarray(targets, np.int64), {"kind": "arrays", "name": name})
+
+
+def load_dataset(source: str | os.PathLike[str], *, skip_bad: bool = False) -> ImageDataset:
+    """`digits` or an image-folder path."""
+    if str(source) == "digits":
+        return load_digits_dataset()
+    return load_image_folder(source, skip_bad=skip_bad)
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    seed: int
+    val_fraction: float
+    test_fraction: float
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+        }
+
+
+def stratified_split(targets: np.ndarray, *, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0, classes: Sequence[str] | None = None) -> Splits:
+    """Per class, shuffle with `seed` and cut into train/val/test; every class appears in every split."""
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise InputError(f"val/test fractions must be in (0, 1) and sum below 1, got {val_fraction} and {test_fraction}")
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        if len(idx) < 3:
+            name = classes[int(c)] if classes is not None else int(c)
+            raise DatasetError(f"class {name!r} has {len(idx)} image(s); at least 3 are needed for train/val/test splits")
+        idx = rng.permutation(idx)
+        n_test = max(1, int(round(len(idx) * test_fraction)))
+        n_val = max(1, int(round(len(idx) * val_fraction)))
+        n_test = min(n_test, len(idx) - 2)
+        n_val = min(n_val, len(idx) - n_test - 1)
+        parts["test"].append(idx[:n_test])
+        parts["val"].append(idx[n_test : n_test + n_val])
+        parts["train"].append(idx[n_test + n_val :])
+    out = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    return Splits(out["train"], out["val"], out["test"], seed, val_fraction, test_fraction)

@@ -1,0 +1,164 @@
+"""The deployable classifier: in-graph preprocessing + backbone + head, and its safetensors checkpoints.
+
+`ImageClassifier` takes exactly what the bundle's input is (uint8 NHWC RGB at the model's size) so the model that
+is trained, validated and exported is one and the same graph; the normalisation constants come from the one
+`PreprocessConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtimes.errors import CheckpointError
+from runtimes.preprocess import PreprocessConfig
+
+from .backbones import Backbone, create_backbone
+
+RUN_FORMAT = "edge-transfer-run"
+RUN_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class InGraphNormalize(nn.Module):
+    """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W), scaled to [0, 1] and mean/std-normalised."""
+
+    def __init__(self, cfg: PreprocessConfig) -> None:
+        super().__init__()
+        mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("shift", -mean / std, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+
+
+def build_head(in_features: int, num_classes: int, dropout: float = 0.0) -> nn.Module:
+    """The new classification head: optional dropout then one linear layer."""
+    linear = nn.Linear(in_features, num_classes)
+    return nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else nn.Sequential(linear)
+
+
+class ImageClassifier(nn.Module):
+    """uint8 NHWC images in, logits out: the torch reference of every bundle."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module, labels: list[str]) -> None:
+        super().__init__()
+        self.normalize = InGraphNormalize(backbone.preprocessing)
+        self.backbone = backbone
+        self.head = head
+        self.labels = list(labels)
+
+    @property
+    def preprocessing(self) -> PreprocessConfig:
+        return self.backbone.preprocessing
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, config: dict[str, Any], *, overwrite: bool = False) -> Path:
+    """Write model.safetensors + config.json atomically (temp sibling dir, then rename). No pickle."""
+    from safetensors.torch import save_file
+
+    target = Path(run_dir)
+    if target.exists() and not overwrite:
+        raise CheckpointError(f"{target} already exists; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in classifier.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": RUN_FORMAT})
+        doc = {"format": RUN_FORMAT, "version": RUN_VERSION, **config}
+        (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG_NAME
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir}: no such training run directory")
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no {CONFIG_NAME} (not a training run, or an interrupted one)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
+        raise CheckpointError(f"{path}: not an edge-transfer run config (field 'format' should be {RUN_FORMAT!r})")
+    if cfg.get("version", 0) > RUN_VERSION:
+        raise CheckpointError(f"{path}: run version {cfg.get('version')} is newer than this edge-transfer supports")
+    for key in ("backbone", "head", "labels", "preprocessing"):
+        if key not in cfg:
+            raise CheckpointError(f"{path}: missing field '{key}'")
+    return cfg
+
+
+def classifier_from_config(config: dict[str, Any]) -> ImageClassifier:
+    """Rebuild the (untrained) architecture a run config describes."""
+    head_cfg = config["head"]
+    labels = list(config["labels"])
+    backbone = create_backbone(config["backbone"], pretrained=False)
+    backbone.preprocessing = PreprocessConfig.from_dict(config["preprocessing"])
+    if head_cfg.get("type") == "source":
+        head = backbone.source_head
+        if head is None:
+            raise CheckpointError(f"backbone {config['backbone']!r} has no source classifier to restore")
+    elif head_cfg.get("type") == "linear":
+        head = build_head(int(head_cfg["in_features"]), int(head_cfg["num_classes"]), float(head_cfg.get("dropout", 0.0)))
+    else:
+        raise CheckpointError(f"run config field 'head.type' must be 'linear' or 'source', got {head_cfg.get('type')!r}")
+    return ImageClassifier(backbone, head, labels)
+
+
+def load_classifier(weights: str | os.PathLike[str], config: dict[str, Any]) -> ImageClassifier:
+    """Rebuild a classifier from its config and load its safetensors weights (strict)."""
+    model = classifier_from_config(config)
+    state = read_safetensors(Path(weights))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{weights}: weights do not match the architecture in its config ({first})") from None
+    return model.eval()
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[ImageClassifier, dict[str, Any]]:
+    """Load a training run directory: (classifier in eval mode, its config)."""
+    config = read_run_config(run_dir)
+    return load_classifier(Path(run_dir) / WEIGHTS_NAME, config), config

@@ -1,0 +1,64 @@
+"""edge-transfer's device-side runtime: load a bundle, check it, run it. Needs numpy plus one backend, never torch.
+
+    import runtimes
+    predictor = runtimes.load("my_bundle")          # verifies manifest + checksums first
+    predictor.predict(image, top_k=3)                # any image size; the bundle's preprocessing is applied
+    predictor.run(batch_uint8_nhwc)                  # raw logits
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .bundle import Bundle, BundleWriter, open_bundle, read_manifest
+from .errors import (
+    BackendUnavailableError,
+    BundleError,
+    CheckpointError,
+    DatasetError,
+    EdgeTransferError,
+    EngineIncompatibleError,
+    InputError,
+    IntegrityError,
+    ValidationFailed,
+)
+from .manifest import SCHEMA_VERSION, Manifest
+from .predictor import Classification, Predictor, softmax
+from .preprocess import PreprocessConfig, prepare_batch, prepare_image, read_image
+
+__version__ = "0.1.0"
+
+
+def load(bundle_dir: str | os.PathLike[str], device: str | None = None, **backend_options: Any) -> Predictor:
+    """Verify a bundle (schema, paths, sizes, sha256) and return a ready `Predictor` for its backend."""
+    from .backends import create_predictor
+
+    return create_predictor(open_bundle(bundle_dir), device=device, **backend_options)
+
+
+__all__ = [
+    "load",
+    "open_bundle",
+    "read_manifest",
+    "Bundle",
+    "BundleWriter",
+    "Manifest",
+    "Predictor",
+    "Classification",
+    "PreprocessConfig",
+    "prepare_image",
+    "prepare_batch",
+    "read_image",
+    "softmax",
+    "SCHEMA_VERSION",
+    "EdgeTransferError",
+    "InputError",
+    "BundleError",
+    "IntegrityError",
+    "BackendUnavailableError",
+    "EngineIncompatibleError",
+    "ValidationFailed",
+    "DatasetError",
+    "CheckpointError",
+]

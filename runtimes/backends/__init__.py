@@ -1,0 +1,50 @@
+"""Backend registry with lazy imports: a backend module is imported only when a bundle needs it."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..bundle import Bundle
+from ..errors import BackendUnavailableError, BundleError
+from ..predictor import Predictor
+
+# backend name -> (module, class, the Python package it needs, the pip extra that installs it)
+_REGISTRY: dict[str, tuple[str, str, str, str]] = {
+    "onnxruntime": ("runtimes.backends.onnxruntime_backend", "OnnxRuntimePredictor", "onnxruntime", "onnxruntime"),
+}
+
+
+def available_backends() -> list[str]:
+    """Registered backends whose Python package imports on this machine."""
+    names = []
+    for name, (_, _, package, _) in _REGISTRY.items():
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+def registered_backends() -> list[str]:
+    return list(_REGISTRY)
+
+
+def create_predictor(bundle: Bundle, device: str | None = None, **options: Any) -> Predictor:
+    name = bundle.manifest.backend
+    if name not in _REGISTRY:
+        raise BundleError(
+            f"{bundle.path}: backend {name!r} is not supported by this version of runtimes "
+            f"(registered: {', '.join(_REGISTRY)})"
+        )
+    module, cls, package, extra = _REGISTRY[name]
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"{bundle.path}: this bundle needs the {name} backend, but '{package}' is not installed here "
+            f"({exc}); install it with: pip install 'edge-transfer[{extra}]'"
+        ) from None
+    predictor_cls = getattr(importlib.import_module(module), cls)
+    return predictor_cls(bundle, device=device, **options)

@@ -1,0 +1,184 @@
+"""Bundle directories: verified reading and atomic writing (DESIGN.md section 2).
+
+Reading checks, before any backend sees a byte: the manifest schema, that every listed path is relative, inside
+the bundle and not a symlink, that sizes and sha256 match, and that no unlisted file is present.
+Writing builds the bundle in a hidden sibling directory, writes manifest.json last and renames it into place, so an
+interrupted export leaves either nothing or the previous complete bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import BundleError, IntegrityError
+from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, parse_manifest, utc_now
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_relative_path(rel: str) -> PurePosixPath:
+    """Refuse absolute paths, `..`, backslashes and empty parts in a manifest path."""
+    if not rel or "\\" in rel or rel.startswith("/") or ":" in rel:
+        raise IntegrityError(f"bundle file path {rel!r} must be a relative POSIX path")
+    p = PurePosixPath(rel)
+    if any(part in ("", ".", "..") for part in rel.split("/")):
+        raise IntegrityError(f"bundle file path {rel!r} must not contain '.', '..' or empty parts")
+    return p
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, rel: str) -> Path:
+        return self.path / rel
+
+    @property
+    def entrypoint(self) -> Path:
+        return self.path / self.manifest.entrypoint
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.bytes for f in self.manifest.files)
+
+
+def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
+    """Parse and validate manifest.json without checking the model files."""
+    root = Path(bundle_dir)
+    if not root.exists():
+        raise BundleError(f"{root}: no such bundle directory")
+    if not root.is_dir():
+        raise BundleError(f"{root}: a bundle is a directory, this is a file")
+    mpath = root / MANIFEST_NAME
+    if mpath.is_symlink() or not mpath.is_file():
+        raise BundleError(f"{root}: no {MANIFEST_NAME} (not a bundle, or an interrupted export)")
+    try:
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON ({exc})") from None
+    try:
+        return parse_manifest(data)
+    except BundleError as exc:
+        raise BundleError(f"{mpath}: {exc}") from None
+
+
+def open_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
+    """Read a bundle's manifest and verify every file (paths, sizes, checksums, nothing unlisted)."""
+    root = Path(bundle_dir)
+    manifest = read_manifest(root)
+    if verify:
+        verify_files(root, manifest)
+    return Bundle(path=root, manifest=manifest)
+
+
+def verify_files(root: Path, manifest: Manifest) -> None:
+    real_root = root.resolve()
+    listed = set()
+    for entry in manifest.files:
+        check_relative_path(entry.path)
+        p = root / entry.path
+        # No component may be a symlink, and the resolved path must stay inside the bundle.
+        cur = root
+        for part in PurePosixPath(entry.path).parts:
+            cur = cur / part
+            if cur.is_symlink():
+                raise IntegrityError(f"{root}: bundle file {entry.path!r} is (or passes through) a symlink")
+        if not p.is_file():
+            raise IntegrityError(f"{root}: bundle file {entry.path!r} listed in the manifest is missing")
+        if real_root not in p.resolve().parents:
+            raise IntegrityError(f"{root}: bundle file {entry.path!r} resolves outside the bundle")
+        size = p.stat().st_size
+        if size != entry.bytes:
+            raise IntegrityError(f"{root}: bundle file {entry.path!r} is {size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
+        if sha256_file(p) != entry.sha256:
+            raise IntegrityError(f"{root}: bundle file {entry.path!r} fails its sha256 check (modified or corrupt)")
+        listed.add(entry.path)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel != MANIFEST_NAME and rel not in listed:
+                raise IntegrityError(f"{root}: file {rel!r} is in the bundle but not listed in the manifest")
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+class BundleWriter:
+    """Build a bundle in a hidden sibling temp directory and publish it atomically.
+
+    >>> with BundleWriter("out/model", overwrite=False) as w:
+    ...     save_model(w.dir / "model.onnx")
+    ...     w.commit(manifest_without_files)   # hashes files, writes manifest.json last, renames into place
+
+    Leaving the block without `commit` (an exception, Ctrl-C) removes the temp directory; a SIGKILL leaves only a
+    hidden `.name.partial-*` sibling, never a half-written bundle at the target path.
+    """
+
+    def __init__(self, target: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        self.target = Path(target)
+        if self.target.exists() and not overwrite:
+            raise BundleError(f"{self.target} already exists; pass --overwrite (overwrite=True) to replace it")
+        if self.target.exists() and not (self.target / MANIFEST_NAME).is_file() and any(self.target.iterdir()):
+            raise BundleError(f"{self.target} exists and is not a bundle; refusing to replace it")
+        self.overwrite = overwrite
+        self.dir: Path = Path()
+        self.committed = False
+
+    def __enter__(self) -> "BundleWriter":
+        parent = self.target.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self.committed:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def commit(self, manifest: dict[str, Any]) -> Bundle:
+        """Hash every file written into `self.dir`, write manifest.json last, then publish the bundle."""
+        files = []
+        for p in sorted(self.dir.rglob("*")):
+            if p.is_symlink():
+                raise BundleError(f"refusing to bundle symlink {p.name}")
+            if p.is_file() and p.relative_to(self.dir).as_posix() != MANIFEST_NAME:
+                rel = p.relative_to(self.dir).as_posix()
+                files.append({"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size})
+        doc = dict(manifest)
+        doc.setdefault("schema_version", SCHEMA_VERSION)
+        doc.setdefault("created", utc_now())
+        doc["model"] = dict(doc["model"], files=files)
+        parsed = parse_manifest(json.loads(json.dumps(doc)))  # the writer never emits what the reader would refuse
+        tmp_manifest = self.dir / (MANIFEST_NAME + ".tmp")
+        with open(tmp_manifest, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_manifest, self.dir / MANIFEST_NAME)
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+        os.replace(self.dir, self.target)
+        self.committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return Bundle(path=self.target, manifest=parsed)

@@ -1,0 +1,58 @@
+"""The typed error hierarchy shared by every edge-transfer package (DESIGN.md section 4).
+
+`runtimes` owns it because it is the one package every other package may import.
+"""
+
+from __future__ import annotations
+
+
+class EdgeTransferError(Exception):
+    """Root of every error edge-transfer raises on purpose.
+
+    The CLI prints one line for these and exits non-zero; anything else is a bug and keeps its traceback.
+    """
+
+
+class InputError(EdgeTransferError, ValueError):
+    """Input given to a predictor (or a command) does not match what the model expects."""
+
+
+class BundleError(EdgeTransferError):
+    """A bundle directory or its manifest is missing, malformed or unsupported."""
+
+
+class IntegrityError(BundleError):
+    """A bundle file's size or checksum differs from the manifest, or a file is unlisted or unsafe."""
+
+
+class BackendUnavailableError(EdgeTransferError):
+    """The backend a bundle needs is not installed on this machine."""
+
+
+class EngineIncompatibleError(EdgeTransferError):
+    """A compiled engine was built for another runtime version or device than the one present."""
+
+
+class ValidationFailed(EdgeTransferError):
+    """An exported artifact disagrees with its torch reference beyond the tolerance."""
+
+
+class DatasetError(EdgeTransferError):
+    """A dataset (folder, array or file) cannot be used; the message names the file or field at fault."""
+
+
+class CheckpointError(EdgeTransferError):
+    """A training run directory or weights file cannot be read."""
+
+
+__all__ = [
+    "EdgeTransferError",
+    "InputError",
+    "BundleError",
+    "IntegrityError",
+    "BackendUnavailableError",
+    "EngineIncompatibleError",
+    "ValidationFailed",
+    "DatasetError",
+    "CheckpointError",
+]

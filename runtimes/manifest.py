@@ -1,0 +1,210 @@
+"""manifest.json: the versioned description of a bundle (DESIGN.md section 2), parsed without any host package.
+
+`parse_manifest` checks every field the runtime relies on and names the field at fault; the other sections
+(`producer`, `source`, `validation`, `calibration`) are carried as plain dicts for people and tools to read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BundleError
+from .preprocess import PreprocessConfig
+from .errors import InputError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+DTYPES = ("uint8", "float16", "float32", "int64")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output. `shape` holds ints and symbolic names (e.g. "batch")."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    layout: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.layout:
+            d["layout"] = self.layout
+        return d
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    created: str
+    backend: str
+    precision: str
+    format: str
+    entrypoint: str
+    files: tuple[FileEntry, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    preprocessing: PreprocessConfig
+    labels: tuple[str, ...]
+    producer: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def _req(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(d, dict):
+        raise BundleError(f"manifest field '{where}' must be an object, got {type(d).__name__}")
+    if key not in d:
+        raise BundleError(f"manifest is missing field '{where}.{key}'" if where else f"manifest is missing field '{key}'")
+    value = d[key]
+    if isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)):
+        raise BundleError(f"manifest field '{_path(where, key)}' must be {_tname(typ)}, got a boolean")
+    if not isinstance(value, typ):
+        raise BundleError(f"manifest field '{_path(where, key)}' must be {_tname(typ)}, got {type(value).__name__}")
+    return value
+
+
+def _path(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _tname(typ: type | tuple[type, ...]) -> str:
+    types = typ if isinstance(typ, tuple) else (typ,)
+    names = {str: "a string", int: "an integer", list: "a list", dict: "an object", float: "a number", bool: "a boolean"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _opt_dict(d: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BundleError(f"manifest field '{key}' must be an object or null, got {type(value).__name__}")
+    return value
+
+
+def _tensor(d: Any, where: str) -> TensorSpec:
+    if not isinstance(d, dict):
+        raise BundleError(f"manifest field '{where}' must be an object, got {type(d).__name__}")
+    name = _req(d, "name", str, where)
+    dtype = _req(d, "dtype", str, where)
+    if dtype not in DTYPES:
+        raise BundleError(f"manifest field '{where}.dtype' must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    shape = _req(d, "shape", list, where)
+    for i, dim in enumerate(shape):
+        ok = (isinstance(dim, int) and not isinstance(dim, bool) and dim > 0) or (isinstance(dim, str) and dim)
+        if not ok:
+            raise BundleError(f"manifest field '{where}.shape[{i}]' must be a positive int or a symbolic name, got {dim!r}")
+    layout = d.get("layout")
+    if layout is not None and not isinstance(layout, str):
+        raise BundleError(f"manifest field '{where}.layout' must be a string, got {type(layout).__name__}")
+    return TensorSpec(name=name, dtype=dtype, shape=tuple(shape), layout=layout)
+
+
+def parse_manifest(d: Any) -> Manifest:
+    """Validate a decoded manifest.json and return a `Manifest`; raise `BundleError` naming the field at fault."""
+    if not isinstance(d, dict):
+        raise BundleError(f"manifest must be a JSON object, got {type(d).__name__}")
+    version = _req(d, "schema_version", int, "")
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"manifest schema_version {version} is newer than this runtime supports ({SCHEMA_VERSION}); "
+            "upgrade edge-transfer on this device"
+        )
+    if version < 1:
+        raise BundleError(f"manifest schema_version must be >= 1, got {version}")
+    created = _req(d, "created", str, "")
+    model = _req(d, "model", dict, "")
+    backend = _req(model, "backend", str, "model")
+    if backend not in BACKENDS:
+        raise BundleError(f"manifest field 'model.backend' must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    precision = _req(model, "precision", str, "model")
+    if precision not in PRECISIONS:
+        raise BundleError(f"manifest field 'model.precision' must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    fmt = _req(model, "format", str, "model")
+    entrypoint = _req(model, "entrypoint", str, "model")
+    files_raw = _req(model, "files", list, "model")
+    if not files_raw:
+        raise BundleError("manifest field 'model.files' must list at least one file")
+    files = []
+    for i, f in enumerate(files_raw):
+        where = f"model.files[{i}]"
+        if not isinstance(f, dict):
+            raise BundleError(f"manifest field '{where}' must be an object, got {type(f).__name__}")
+        sha = _req(f, "sha256", str, where)
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise BundleError(f"manifest field '{where}.sha256' must be 64 lowercase hex digits")
+        size = _req(f, "bytes", int, where)
+        if size < 0:
+            raise BundleError(f"manifest field '{where}.bytes' must be >= 0, got {size}")
+        files.append(FileEntry(path=_req(f, "path", str, where), sha256=sha, bytes=size))
+    paths = [f.path for f in files]
+    if len(set(paths)) != len(paths):
+        raise BundleError("manifest field 'model.files' lists a path twice")
+    if entrypoint not in paths:
+        raise BundleError(f"manifest field 'model.entrypoint' ({entrypoint!r}) is not one of model.files")
+    inputs = tuple(_tensor(t, f"inputs[{i}]") for i, t in enumerate(_req(d, "inputs", list, "")))
+    outputs = tuple(_tensor(t, f"outputs[{i}]") for i, t in enumerate(_req(d, "outputs", list, "")))
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise BundleError(f"manifest must describe exactly one input and one output, got {len(inputs)} and {len(outputs)}")
+    spec = inputs[0]
+    if spec.dtype != "uint8" or len(spec.shape) != 4 or spec.shape[3] != 3:
+        raise BundleError(f"manifest field 'inputs[0]' must be uint8 (batch, H, W, 3), got {spec.dtype} {list(spec.shape)}")
+    try:
+        pre = PreprocessConfig.from_dict(_req(d, "preprocessing", dict, ""))
+    except (InputError, TypeError) as exc:
+        raise BundleError(f"manifest field 'preprocessing': {exc}") from None
+    if tuple(spec.shape[1:3]) != pre.input_size:
+        raise BundleError(
+            f"manifest field 'inputs[0].shape' {list(spec.shape)} disagrees with preprocessing.input_size {list(pre.input_size)}"
+        )
+    labels = _req(d, "labels", list, "")
+    if not labels or not all(isinstance(x, str) for x in labels):
+        raise BundleError("manifest field 'labels' must be a non-empty list of strings")
+    out_shape = outputs[0].shape
+    if len(out_shape) != 2 or out_shape[1] != len(labels):
+        raise BundleError(f"manifest field 'outputs[0].shape' {list(out_shape)} must be (batch, {len(labels)}) to match 'labels'")
+    producer = _opt_dict(d, "producer") or {}
+    source = _opt_dict(d, "source") or {}
+    return Manifest(
+        schema_version=version,
+        created=created,
+        backend=backend,
+        precision=precision,
+        format=fmt,
+        entrypoint=entrypoint,
+        files=tuple(files),
+        inputs=inputs,
+        outputs=outputs,
+        preprocessing=pre,
+        labels=tuple(labels),
+        producer=producer,
+        source=source,
+        validation=_opt_dict(d, "validation"),
+        calibration=_opt_dict(d, "calibration"),
+        raw=d,
+    )

@@ -1,0 +1,194 @@
+"""The runner contract every backend implements (DESIGN.md section 3, in the style of Polygraphy's runners).
+
+Public methods live here and check their input before a backend sees it; a backend overrides only `_run_impl`
+(and reports what it actually runs on through `device` / `providers`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .bundle import Bundle
+from .errors import InputError
+from .manifest import Manifest, TensorSpec
+from .preprocess import PreprocessConfig, prepare_image, read_image
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One ranked class for one image."""
+
+    label: str
+    index: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "index": self.index, "score": self.score}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class Predictor:
+    """A loaded bundle ready to run. Create with `runtimes.load(...)`, not directly.
+
+    `run` takes a ready uint8 NHWC batch and returns raw logits; `predict` takes images of any size (arrays or
+    file paths) and returns the top-k labels with softmax scores.
+    """
+
+    backend_name = "base"
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+
+    # ---------------------------------------------------------------- metadata
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.manifest.outputs
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.manifest.labels
+
+    @property
+    def preprocessing(self) -> PreprocessConfig:
+        return self.manifest.preprocessing
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.precision
+
+    @property
+    def device(self) -> str:
+        """The device the backend actually runs on (not merely the one requested)."""
+        raise NotImplementedError
+
+    @property
+    def max_batch(self) -> int | None:
+        dim = self.inputs[0].shape[0]
+        return dim if isinstance(dim, int) else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend_name,
+            "device": self.device,
+            "precision": self.precision,
+            "format": self.manifest.format,
+            "input": self.inputs[0].to_dict(),
+            "output": self.outputs[0].to_dict(),
+            "num_classes": len(self.labels),
+        }
+
+    # ---------------------------------------------------------------- running
+    def check_batch(self, batch: Any) -> np.ndarray:
+        """Raise `InputError` unless `batch` is exactly what the model takes: uint8 (N, H, W, 3), N >= 1."""
+        spec = self.inputs[0]
+        h, w = self.preprocessing.input_size
+        expected = f"uint8 array of shape (N, {h}, {w}, 3) (NHWC RGB)"
+        if not isinstance(batch, np.ndarray):
+            raise InputError(f"input '{spec.name}': expected a {expected}, got {type(batch).__name__}")
+        if batch.dtype != np.uint8:
+            raise InputError(f"input '{spec.name}': expected dtype uint8, got {batch.dtype} (expected a {expected})")
+        if batch.ndim != 4:
+            raise InputError(f"input '{spec.name}': expected rank 4 (N, {h}, {w}, 3), got shape {batch.shape}")
+        if batch.shape[3] != 3:
+            raise InputError(f"input '{spec.name}': expected 3 channels (RGB) last, got shape {batch.shape}")
+        if batch.shape[1:3] != (h, w):
+            raise InputError(f"input '{spec.name}': expected height x width {h}x{w}, got shape {batch.shape}; use predict() to resize")
+        if batch.shape[0] < 1:
+            raise InputError(f"input '{spec.name}': empty batch (shape {batch.shape})")
+        if self.max_batch is not None and batch.shape[0] != self.max_batch:
+            raise InputError(f"input '{spec.name}': this bundle has a fixed batch of {self.max_batch}, got {batch.shape[0]}")
+        return np.ascontiguousarray(batch)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run a ready uint8 NHWC batch; return the raw output (float32 logits, shape (N, num_classes))."""
+        return self._run_impl(self.check_batch(batch))
+
+    def _run_impl(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def prepare(self, images: Any) -> np.ndarray:
+        """Images (one array, a batch, a list of arrays or file paths) -> uint8 batch at the model's input size."""
+        cfg = self.preprocessing
+        if isinstance(images, (str, Path)):
+            images = [images]
+        if isinstance(images, np.ndarray):
+            if images.ndim == 4:
+                if images.dtype == np.uint8 and images.shape[1:] == (*cfg.input_size, 3) and cfg.crop_pct == 1.0:
+                    return np.ascontiguousarray(images)
+                images = list(images)
+            elif images.ndim in (2, 3):
+                images = [images]
+            else:
+                raise InputError(f"expected an image (H, W[, C]) or a batch (N, H, W, C), got shape {images.shape}")
+        if not isinstance(images, Iterable):
+            raise InputError(f"expected image arrays or file paths, got {type(images).__name__}")
+        prepared = []
+        for i, img in enumerate(images):
+            if isinstance(img, (str, Path)):
+                prepared.append(prepare_image(read_image(str(img)), cfg, what=str(img)))
+            else:
+                prepared.append(prepare_image(img, cfg, what=f"image {i}"))
+        if not prepared:
+            raise InputError("empty batch: at least one image is needed")
+        return np.stack(prepared)
+
+    def predict(self, images: Any, top_k: int = 5) -> list[list[Classification]]:
+        """Classify images of any size; return, per image, the `top_k` classes with softmax scores, best first."""
+        if not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+        batch = self.prepare(images)
+        probs = softmax(self.run_chunked(batch))
+        k = min(top_k, probs.shape[1])
+        results = []
+        for row in probs:
+            idx = np.argsort(-row, kind="stable")[:k]
+            results.append([Classification(self.labels[i], int(i), float(row[i])) for i in idx])
+        return results
+
+    def run_chunked(self, batch: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """`run` over a batch of any size, in chunks (padding the last one for fixed-batch bundles)."""
+        size = self.max_batch or chunk
+        outs = []
+        for start in range(0, batch.shape[0], size):
+            part = batch[start : start + size]
+            n = part.shape[0]
+            if self.max_batch is not None and n < size:
+                part = np.concatenate([part, np.repeat(part[-1:], size - n, axis=0)])
+            outs.append(self.run(part)[:n])
+        return np.concatenate(outs)
+
+    def close(self) -> None:
+        """Release backend resources."""
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.bundle.path} backend={self.backend_name} device={self.device} precision={self.precision}>"
+
+
+def top1(logits: np.ndarray) -> np.ndarray:
+    return np.argmax(logits, axis=1)
+
+
+__all__: Sequence[str] = ["Predictor", "Classification", "softmax"]

@@ -1,0 +1,261 @@
+"""The one definition of image preprocessing (DESIGN.md section 2).
+
+Training, feature caching, calibration, validation and the device all call these functions, so what a model sees
+is identical everywhere by construction. Everything here is numpy only.
+
+The contract with the exported graph: images become **uint8, NHWC, RGB at the model's input size** here; scaling to
+[0, 1], mean/std normalisation and the NHWC->NCHW layout change happen inside the model graph
+(`normalize` below is the numpy reference of that in-graph step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a raw image becomes the model's input tensor.
+
+    input_size: (height, width) the model takes.
+    interpolation: resampling filter, antialiased when shrinking ("nearest", "bilinear", "bicubic").
+    crop_pct: the centre crop's share of the resized image (timm's convention); 1.0 keeps the whole shorter side.
+    mean / std: per-channel normalisation of [0, 1] RGB values, applied inside the graph.
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    colour_order: str = "RGB"
+    layout: str = "NHWC"
+    dtype: str = "uint8"
+    normalize_in_graph: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        size = tuple(int(s) for s in self.input_size)
+        if len(size) != 2 or min(size) < 1:
+            raise InputError(f"preprocessing.input_size must be two positive ints (height, width), got {self.input_size!r}")
+        object.__setattr__(self, "input_size", size)
+        if self.interpolation not in INTERPOLATIONS:
+            raise InputError(
+                f"preprocessing.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        if not 0.0 < float(self.crop_pct) <= 1.0:
+            raise InputError(f"preprocessing.crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        for name in ("mean", "std"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise InputError(f"preprocessing.{name} must be three finite numbers, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, values)
+        if any(v <= 0 for v in self.std):
+            raise InputError(f"preprocessing.std must be positive, got {self.std!r}")
+        if self.colour_order != "RGB" or self.layout != "NHWC" or self.dtype != "uint8":
+            raise InputError("only uint8 NHWC RGB model inputs are supported")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"preprocessing has unknown field(s): {', '.join(sorted(unknown))}")
+        kw = dict(d)
+        for key in ("input_size", "mean", "std"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    def with_size(self, size: int | Sequence[int]) -> "PreprocessConfig":
+        hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+        d = self.to_dict()
+        d["input_size"] = hw
+        return PreprocessConfig.from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------- pixel formats
+
+
+def to_rgb_uint8(image: Any, *, what: str = "image") -> np.ndarray:
+    """Convert a decoded image array to HxWx3 uint8 RGB.
+
+    Accepts HxW (grey), HxWx1, HxWx3 (RGB) or HxWx4 (RGBA, alpha dropped); uint8, uint16 (scaled down), bool, or
+    float in [0, 1]. Anything else raises `InputError` naming `what`.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise InputError(f"{what}: expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    h, w, c = arr.shape
+    if h < 1 or w < 1:
+        raise InputError(f"{what}: image is empty (shape {arr.shape})")
+    if c not in (1, 3, 4):
+        raise InputError(f"{what}: expected 1, 3 or 4 channels (grey, RGB, RGBA), got {c} in shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = (arr >> 8).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{what}: float image contains NaN or infinity")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(f"{what}: float images must hold values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+        out = np.rint(arr * 255.0).astype(np.uint8)
+    else:
+        raise InputError(f"{what}: unsupported pixel dtype {arr.dtype} (use uint8, uint16, bool or float in [0, 1])")
+    if c == 1:
+        out = np.repeat(out, 3, axis=2)
+    elif c == 4:
+        out = out[:, :, :3]
+    return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------------------------- resampling
+
+
+def _kernel(name: str):
+    if name == "bilinear":
+        return 1.0, lambda x: np.clip(1.0 - np.abs(x), 0.0, None)
+    if name == "bicubic":  # Keys cubic, a = -0.5 (as Pillow)
+
+        def cubic(x: np.ndarray) -> np.ndarray:
+            a = -0.5
+            x = np.abs(x)
+            return np.where(
+                x < 1.0,
+                ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0,
+                np.where(x < 2.0, (((x - 5.0) * x + 8.0) * x - 4.0) * a, 0.0),
+            )
+
+        return 2.0, cubic
+    raise AssertionError(name)
+
+
+def _resample_matrix(in_size: int, out_size: int, start: float, span: float, interpolation: str) -> np.ndarray:
+    """(out_size, in_size) weights mapping the source interval [start, start+span) onto out_size pixels.
+
+    Antialiased like Pillow: when shrinking, the filter widens with the scale. Pixels outside the image are
+    clamped out (weights renormalised), which is what resizing the whole image and then cropping would give.
+    """
+    scale = span / out_size
+    centres = start + (np.arange(out_size) + 0.5) * scale
+    if interpolation == "nearest":
+        idx = np.clip(np.floor(centres).astype(np.int64), 0, in_size - 1)
+        m = np.zeros((out_size, in_size), dtype=np.float32)
+        m[np.arange(out_size), idx] = 1.0
+        return m
+    support, kernel = _kernel(interpolation)
+    filterscale = max(scale, 1.0)
+    x = (np.arange(in_size)[None, :] + 0.5 - centres[:, None]) / filterscale
+    w = kernel(x)
+    w[np.abs(x) >= support] = 0.0
+    total = w.sum(axis=1, keepdims=True)
+    total[total == 0] = 1.0
+    return (w / total).astype(np.float32)
+
+
+def _box_reduce(img: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Average non-overlapping fy x fx blocks (a cheap first step for very large shrink factors)."""
+    h, w, c = img.shape
+    h2, w2 = h // fy, w // fx
+    img = img[: h2 * fy, : w2 * fx].astype(np.float32)
+    return img.reshape(h2, fy, w2, fx, c).mean(axis=(1, 3))
+
+
+def resize_and_crop(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Resize an HxWx3 uint8 image so its shorter side covers the target / crop_pct, then centre-crop to the target.
+
+    Crop and resize happen in one resampling step. Returns HxWx3 uint8 at `cfg.input_size`.
+    """
+    th, tw = cfg.input_size
+    h, w = image.shape[:2]
+    if (h, w) == (th, tw) and cfg.crop_pct == 1.0:
+        return image
+    scale = max(th / h, tw / w) / cfg.crop_pct  # output pixels per source pixel
+    span_y, span_x = th / scale, tw / scale
+    img = image.astype(np.float32)
+    # Very large shrink factors: average integer blocks first so the filter matrices stay small.
+    fy, fx = int(span_y / th // 2), int(span_x / tw // 2)
+    if fy >= 2 or fx >= 2:
+        fy, fx = max(fy, 1), max(fx, 1)
+        img = _box_reduce(img, fy, fx)
+        h, w = img.shape[:2]
+        span_y, span_x = span_y / fy, span_x / fx
+    start_y, start_x = (h - span_y) / 2.0, (w - span_x) / 2.0
+    my = _resample_matrix(h, th, start_y, span_y, cfg.interpolation)
+    mx = _resample_matrix(w, tw, start_x, span_x, cfg.interpolation)
+    out = np.einsum("oh,hwc->owc", my, img, optimize=True)
+    out = np.einsum("pw,owc->opc", mx, out, optimize=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- public entry points
+
+
+def prepare_image(image: Any, cfg: PreprocessConfig, *, what: str = "image") -> np.ndarray:
+    """Any decoded image -> HxWx3 uint8 RGB at the model's input size."""
+    return resize_and_crop(to_rgb_uint8(image, what=what), cfg)
+
+
+def prepare_batch(images: Iterable[Any], cfg: PreprocessConfig) -> np.ndarray:
+    """A sequence of images of any sizes -> (N, H, W, 3) uint8 batch."""
+    batch = [prepare_image(img, cfg, what=f"image {i}") for i, img in enumerate(images)]
+    if not batch:
+        raise InputError("empty batch: at least one image is needed")
+    return np.stack(batch)
+
+
+def normalize(batch: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Numpy reference of the in-graph step: uint8 NHWC -> float32 NCHW, scaled to [0, 1] and mean/std-normalised."""
+    x = batch.astype(np.float32) / 255.0
+    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode an image file to an array. `.npy` needs numpy only; other formats need Pillow."""
+    import os
+
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such image file")
+    if path.lower().endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False)
+        except Exception as exc:  # numpy raises several types for bad files
+            raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise InputError(f"{path}: decoding image files needs Pillow (pip install pillow); .npy arrays work without it") from None
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im, dtype=np.uint16)
+            if im.mode not in ("RGB", "L", "RGBA"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable image ({exc})") from None
