@@ -1,0 +1,86 @@
+"""Shared fixtures: real components, small sizes (EfficientNet-Lite0 at 64 px, digits subsets)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = 64  # input size used by most tests: fast on 2 cores
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["EDGE_TRANSFER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory):
+    """A real linear-probe run on the built-in digits (EfficientNet-Lite0 ImageNet weights, 64 px)."""
+    import edge_transfer as et
+
+    out = tmp_path_factory.mktemp("runs") / "digits-lp"
+    return et.train("digits", out=out, strategy="linear-probe", image_size=SMALL, interpolation="bilinear", progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(digits_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import edge_transfer as et
+
+    out = tmp_path_factory.mktemp("bundles") / "digits-onnx"
+    et.export(digits_run.path, out=out)
+    return out
+
+
+@pytest.fixture()
+def bundle_copy(digits_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the digits bundle that a test may damage."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(digits_bundle, dst)
+    return dst
+
+
+def write_image_folder(root: Path, per_class: int = 8, classes: tuple[str, ...] = ("zero", "one", "two")) -> Path:
+    """An image folder of real digits images as PNG/JPEG files of mixed sizes and modes (grey and RGB)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for ci, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        imgs = d.images[d.target == ci][:per_class]
+        for j, img in enumerate(imgs):
+            arr = (255 - img * (255 / 16)).astype(np.uint8)
+            im = Image.fromarray(arr).resize((8 * (2 + j % 3), 8 * (2 + j % 2)), Image.NEAREST)
+            if j % 2:
+                im.convert("RGB").save(folder / f"{j}.jpg", quality=95)
+            else:
+                im.save(folder / f"{j}.png")
+    return root
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, block_torch: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `edge-transfer` CLI in a subprocess (optionally with torch made unimportable)."""
+    code = "import sys\n"
+    if block_torch:
+        code += BLOCK_HOST_PACKAGES
+    code += "from edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600,
+    )
+
+
+# Importing any of these raises ImportError, as on a device where only runtimes + a backend are installed.
+BLOCK_HOST_PACKAGES = (
+    "for _m in ('torch', 'torchvision', 'timm', 'onnx', 'accelerate', 'safetensors', 'sklearn', 'skimage'):\n"
+    "    sys.modules[_m] = None\n"
+)

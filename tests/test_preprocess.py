@@ -1,0 +1,91 @@
+"""The one preprocessing definition (runtimes.preprocess) and its in-graph twin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtimes.errors import InputError
+from runtimes.preprocess import PreprocessConfig, normalize, prepare_image, resize_and_crop, to_rgb_uint8
+
+CFG = PreprocessConfig(input_size=(32, 32), interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((10, 12), 7, np.uint8),
+        np.full((10, 12, 1), 7, np.uint8),
+        np.full((10, 12, 4), 7, np.uint8),
+        np.full((10, 12, 3), 7 * 257, np.uint16),
+        np.full((10, 12, 3), 7 / 255, np.float32),
+    ],
+    ids=["grey", "grey1", "rgba", "uint16", "float01"],
+)
+def test_pixel_formats_become_rgb_uint8(image):
+    out = to_rgb_uint8(image)
+    assert out.shape == (10, 12, 3) and out.dtype == np.uint8
+    assert np.all(out == 7)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((4, 4, 2), np.uint8), "channels"),
+        (np.zeros((0, 4, 3), np.uint8), "empty"),
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+        (np.full((4, 4, 3), 3.0, np.float32), r"\[0, 1\]"),
+        (np.zeros((4, 4, 3), np.int32), "dtype"),
+        (np.zeros((2, 4, 4, 3, 1), np.uint8), "shape"),
+    ],
+)
+def test_bad_images_raise_input_error_naming_the_problem(image, message):
+    with pytest.raises(InputError, match=message):
+        to_rgb_uint8(image, what="frame.png")
+
+
+def test_resize_matches_pillow_bilinear_within_rounding():
+    from PIL import Image
+    from skimage import data
+
+    photo = data.chelsea()  # 300 x 451 RGB
+    cfg = PreprocessConfig(input_size=(100, 150), interpolation="bilinear")
+    ours = resize_and_crop(photo, cfg).astype(int)
+    pil = np.asarray(Image.fromarray(photo).resize((150, 100), Image.BILINEAR)).astype(int)
+    assert ours.shape == pil.shape
+    assert np.abs(ours - pil).mean() < 1.0 and np.abs(ours - pil).max() <= 8
+
+
+def test_centre_crop_keeps_the_centre_and_the_target_size():
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, 50:150] = 255  # a white square in the middle of a wide image
+    out = prepare_image(img, PreprocessConfig(input_size=(10, 10), crop_pct=1.0))
+    assert out.shape == (10, 10, 3)
+    assert out[:, 1:-1].min() == 255  # the centre crop is the white square (edges blend, as resize-then-crop does)
+
+
+def test_same_size_is_untouched_and_upscaling_works():
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    assert np.array_equal(prepare_image(img, CFG), img)
+    assert prepare_image(np.zeros((1, 1), np.uint8), CFG).shape == (32, 32, 3)
+
+
+def test_numpy_normalize_matches_the_in_graph_module():
+    import torch
+
+    from edge_transfer.model import InGraphNormalize
+
+    batch = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    ref = normalize(batch, CFG)
+    graph = InGraphNormalize(CFG)(torch.from_numpy(batch)).numpy()
+    assert ref.shape == (2, 3, 32, 32)
+    np.testing.assert_allclose(graph, ref, atol=1e-6)
+
+
+def test_config_round_trips_and_rejects_bad_fields():
+    d = CFG.to_dict()
+    assert PreprocessConfig.from_dict(d) == CFG
+    with pytest.raises(InputError, match="interpolation"):
+        PreprocessConfig.from_dict({**d, "interpolation": "lanczos9"})
+    with pytest.raises(InputError, match="unknown field"):
+        PreprocessConfig.from_dict({**d, "gamma": 2.2})
