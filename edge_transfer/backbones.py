@@ -352,16 +352,22 @@ def file_sha256(path: Path) -> str:
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, num_classes: int | None = None) -> Backbone:
-    """Create a backbone by registry name or local checkpoint path (see module docstring)."""
+    """Create a backbone (in eval mode) by registry name or local checkpoint path (see module docstring)."""
+    bb: Backbone | None = None
     if name == "efficientnet_lite0":
-        return _efficientnet_lite0(pretrained)
-    if name.startswith("timm:"):
-        return _timm(name[5:], pretrained, num_classes)
-    if name.startswith("torchvision:"):
-        return _torchvision(name[12:], pretrained, num_classes)
-    local = find_local_checkpoint(name)
-    if local is not None:
-        return _local(local)
+        bb = _efficientnet_lite0(pretrained)
+    elif name.startswith("timm:"):
+        bb = _timm(name[5:], pretrained, num_classes)
+    elif name.startswith("torchvision:"):
+        bb = _torchvision(name[12:], pretrained, num_classes)
+    else:
+        local = find_local_checkpoint(name)
+        if local is not None:
+            bb = _local(local)
+    if bb is not None:
+        if bb.source_head is not None:
+            bb.source_head.eval()
+        return bb.eval()
     raise InputError(
         f"unknown backbone {name!r}: use 'efficientnet_lite0', 'timm:<name>', 'torchvision:<name>', "
         "a training run directory or a .safetensors file with its config"

@@ -1,0 +1,123 @@
+"""The real CLI end to end, and the device side with torch blocked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BLOCK_HOST_PACKAGES, ROOT, run_cli, write_image_folder
+
+
+def test_import_runtimes_and_predict_without_torch(digits_bundle: Path):
+    code = "import sys\n" + BLOCK_HOST_PACKAGES + (
+        "import numpy as np, runtimes, edge_transfer\n"
+        f"p = runtimes.load({str(digits_bundle)!r})\n"
+        "print(p.predict(np.zeros((8, 8), np.uint8), top_k=1)[0][0].label)\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() in [str(i) for i in range(10)]
+
+
+def test_predict_and_inspect_cli_without_torch(digits_bundle: Path, tmp_path: Path):
+    from edge_transfer.data import load_digits_dataset
+
+    img = tmp_path / "digit.npy"
+    np.save(img, load_digits_dataset().items[0])
+    r = run_cli("predict", str(digits_bundle), str(img), "--json", "--top-k", "2", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["predictions"][0]["top_k"]) == 2 and out["runtime"]["backend"] == "onnxruntime"
+    r = run_cli("inspect", str(digits_bundle), block_torch=True)
+    assert r.returncode == 0 and "validation  passed" in r.stdout
+
+
+def test_missing_backend_names_the_pip_extra(digits_bundle: Path):
+    code = "import sys\nsys.modules['onnxruntime'] = None\nimport runtimes\n" f"runtimes.load({str(digits_bundle)!r})\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "BackendUnavailableError" in r.stderr and "edge-transfer[onnxruntime]" in r.stderr
+
+
+@pytest.mark.slow
+def test_own_image_folder_train_export_predict_via_cli(tmp_path: Path):
+    data = write_image_folder(tmp_path / "photos")
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    r = run_cli("train", "--data", str(data), "--strategy", "linear-probe", "--image-size", "48", "--out", str(run), "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["metrics"]["test_count"] == 6
+    r = run_cli("export", str(run), "--format", "onnx", "--out", str(bundle), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["validation"]["passed"] is True
+    image = next((data / "two").glob("*.png"))
+    r = run_cli("predict", str(bundle), str(image), "--top-k", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["predictions"][0]["top_k"][0]["label"] in ("zero", "one", "two")
+    # Exporting again to the same path is explicit.
+    r = run_cli("export", str(run), "--out", str(bundle))
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [line for line in r.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_cli_errors_are_one_clear_line(tmp_path: Path, digits_bundle: Path):
+    data = write_image_folder(tmp_path / "photos")
+    (data / "one" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    _one_line_error(run_cli("train", "--data", str(data), "--out", str(tmp_path / "r")), "bad.jpg")
+    (data / "one" / "bad.jpg").unlink()
+    (data / "empty").mkdir()
+    _one_line_error(run_cli("train", "--data", str(data), "--out", str(tmp_path / "r")), "empty")
+
+    broken = tmp_path / "b1"
+    shutil.copytree(digits_bundle, broken)
+    (broken / "model.onnx").unlink()
+    _one_line_error(run_cli("predict", str(broken), "x.png"), "model.onnx", "missing")
+
+    tampered = tmp_path / "b2"
+    shutil.copytree(digits_bundle, tampered)
+    with open(tampered / "model.onnx", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02\x03")
+    _one_line_error(run_cli("inspect", str(tampered)), "model.onnx", "sha256")
+
+    _one_line_error(run_cli("predict", str(digits_bundle), str(tmp_path / "nope.png")), "nope.png")
+
+
+@pytest.mark.slow
+def test_pretrained_efficientnet_lite0_labels_chelsea_a_cat(tmp_path: Path):
+    from PIL import Image
+    from skimage import data
+
+    bundle = tmp_path / "imagenet"
+    r = run_cli("export", "--backbone", "efficientnet_lite0", "--strategy", "pretrained", "--format", "onnx", "--out", str(bundle), "--json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)["validation"]
+    assert v["passed"] and v["top1_agreement"] >= 0.995
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(photo)
+    r = run_cli("predict", str(bundle), str(photo), "--top-k", "1", "--json", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    label = json.loads(r.stdout)["predictions"][0]["top_k"][0]["label"]
+    assert label in ("tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Siamese", "Egyptian cat"), label
+
+
+@pytest.mark.slow
+def test_demo_command_json(tmp_path: Path):
+    r = run_cli("demo", "--out", str(tmp_path / "demo"), "--image-size", "48", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["validation"]["passed"] and s["validation"]["top1_agreement"] >= 0.995
+    assert len(s["predictions"]) == 5 and s["metrics"]["test_accuracy"] > 0.7
+    assert (tmp_path / "demo" / "bundle" / "manifest.json").is_file()

@@ -1,0 +1,105 @@
+"""Transfer strategies, checkpoints, feature cache, ONNX export and the validation gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edge_transfer as et
+import runtimes
+from edge_transfer.data import load_digits_dataset
+from edge_transfer.model import load_run
+from runtimes.errors import CheckpointError, ValidationFailed
+
+
+def _subset(n_per_class: int = 12):
+    ds = load_digits_dataset()
+    keep = np.concatenate([np.flatnonzero(ds.targets == c)[:n_per_class] for c in range(3)])
+    sub = ds.subset(keep)
+    sub.classes = sub.classes[:3]
+    return sub
+
+
+def test_linear_probe_reaches_good_accuracy_and_run_round_trips(digits_run):
+    assert digits_run.metrics["test_accuracy"] >= 0.85  # 64 px on 2 cores; the demo's 128 px reaches >= 0.94
+    cfg = json.loads((digits_run.path / "config.json").read_text())
+    assert cfg["strategy"] == "linear-probe" and cfg["head"]["type"] == "linear"
+    assert not list(digits_run.path.glob("*.pt*")), "checkpoints are safetensors, never pickle"
+    model, _ = load_run(digits_run.path)
+    x = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
+    assert model(x).shape == (1, 10)
+
+
+def test_feature_cache_is_reused(digits_run, tmp_path: Path):
+    again = et.train("digits", out=tmp_path / "again", image_size=64, interpolation="bilinear", progress=False)
+    assert again.config["training"]["feature_cache"]["cache_hit"] is True
+    assert again.metrics == digits_run.metrics
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "partial"])
+def test_finetune_and_partial_train_the_right_parameters(strategy: str, tmp_path: Path):
+    run = et.train(_subset(), out=tmp_path / strategy, strategy=strategy, image_size=32, epochs=2, batch_size=8,
+                   unfreeze_blocks=1, progress=False)
+    assert len(run.history) >= 1 and "val_accuracy" in run.history[0]
+    details = run.config["training"]
+    base = et.create_backbone("efficientnet_lite0")
+    model, _ = load_run(run.path)
+    stem_changed = not torch.equal(model.backbone.body.conv_stem.weight, base.body.conv_stem.weight)
+    last_changed = not torch.equal(model.backbone.body.conv_head.weight, base.body.conv_head.weight)
+    assert last_changed
+    assert stem_changed == (strategy == "finetune")
+    if strategy == "partial":
+        assert details["trainable_blocks"] == 1
+
+
+def test_run_directory_is_not_overwritten_silently(digits_run):
+    with pytest.raises(CheckpointError, match="already exists"):
+        et.train("digits", out=digits_run.path, progress=False)
+
+
+def test_export_records_validation_and_matches_torch(digits_run, digits_bundle: Path):
+    m = runtimes.read_manifest(digits_bundle)
+    v = m.validation
+    assert v["split"] == "test" and v["count"] == digits_run.metrics["test_count"]
+    assert v["top1_agreement"] >= 0.995 and v["max_abs_logit_diff"] < 1e-3
+    assert v["torch_accuracy"] == pytest.approx(digits_run.metrics["test_accuracy"])
+    assert m.source["strategy"] == "linear-probe" and m.producer["opset"] == 18
+    import onnx
+
+    proto = onnx.load(str(digits_bundle / "model.onnx"))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim][0] == "batch"
+
+
+class _DiffersInExport(torch.nn.Module):
+    """A deliberately broken export: the graph computes something else than eager torch."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        y = self.inner(x)
+        return -y if torch.onnx.is_in_onnx_export() else y
+
+
+def test_validation_gate_blocks_a_bad_export(digits_run, tmp_path: Path):
+    from converters.export import export_bundle
+    from converters.validate import ReferenceData
+
+    model, cfg = load_run(digits_run.path)
+    ds = load_digits_dataset()
+    images = ds.prepared_batch(range(40), model.preprocessing)
+    ref = ReferenceData(images, ds.targets[:40], "test")
+    bad = _DiffersInExport(model)
+    with pytest.raises(ValidationFailed, match="agreement"):
+        export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref)
+    assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+    res = export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref,
+                        allow_failed_validation=True)
+    assert res.validation["passed"] is False and res.validation["overridden"] is True
+    assert runtimes.read_manifest(tmp_path / "b").validation["passed"] is False
