@@ -121,3 +121,17 @@ def test_demo_command_json(tmp_path: Path):
     assert s["validation"]["passed"] and s["validation"]["top1_agreement"] >= 0.995
     assert len(s["predictions"]) == 5 and s["metrics"]["test_accuracy"] > 0.7
     assert (tmp_path / "demo" / "bundle" / "manifest.json").is_file()
+
+
+def test_example_classify_image_runs_without_torch(digits_bundle: Path, tmp_path: Path):
+    from edge_transfer.data import load_digits_dataset
+
+    img = tmp_path / "digit.npy"
+    np.save(img, load_digits_dataset().items[0])
+    code = "import sys, runpy\n" + BLOCK_HOST_PACKAGES + (
+        f"sys.argv = ['classify_image.py', {str(digits_bundle)!r}, {str(img)!r}]\n"
+        "runpy.run_path('examples/classify_image.py', run_name='__main__')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "onnxruntime on cpu" in r.stdout and "digit.npy" in r.stdout
