@@ -14,7 +14,6 @@ model's own classifier (``source_head``), its labels, its preprocessing config a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from runtimes.bundle import sha256_file
 from runtimes.errors import CheckpointError, InputError
 from runtimes.preprocess import PreprocessConfig
 
@@ -327,7 +327,7 @@ def _local(ckpt: LocalCheckpoint) -> Backbone:
         bb.labels = list(labels) if labels else [str(i) for i in range(_out_features(bb.source_head))]
     bb.name = str(ckpt.weights.parent if ckpt.weights.name == "model.safetensors" else ckpt.weights)
     bb.source = dict(bb.source, architecture=ckpt.config["backbone"], weights=str(ckpt.weights),
-                     weights_sha256=file_sha256(ckpt.weights))
+                     weights_sha256=sha256_file(ckpt.weights))
     if "preprocessing" in ckpt.config:
         bb.preprocessing = PreprocessConfig.from_dict(ckpt.config["preprocessing"])
     return bb
@@ -338,14 +338,6 @@ def _out_features(head: nn.Module | None) -> int:
     if not linears:
         raise CheckpointError("cannot tell the number of classes of this checkpoint: add 'labels' to its config")
     return linears[-1].out_features
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ front door

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from converters.export import reference_logits
 from runtimes.errors import InputError
 from runtimes.preprocess import PreprocessConfig
 
@@ -386,16 +387,6 @@ def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
     return float((np.argmax(logits, 1) == targets).mean()) if len(targets) else float("nan")
 
 
-def predict_logits(model: ImageClassifier, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Torch reference logits on CPU for a uint8 NHWC batch."""
-    model = model.eval().to("cpu")
-    outs = []
-    with torch.inference_mode():
-        for s in range(0, len(batch), batch_size):
-            outs.append(model(torch.from_numpy(np.ascontiguousarray(batch[s : s + batch_size]))).float().numpy())
-    return np.concatenate(outs)
-
-
 def fit(
     backbone: Backbone,
     dataset: ImageDataset,
@@ -443,7 +434,7 @@ def fit(
         model, history, more = train_network(model, dataset, splits, cfg, accelerator=accelerator, log=log)
         details.update(more)
         logits = {
-            s: predict_logits(model, dataset.prepared_batch(getattr(splits, s), model.preprocessing))
+            s: reference_logits(model, dataset.prepared_batch(getattr(splits, s), model.preprocessing))
             for s in ("val", "test")
         }
     metrics = {f"{s}_accuracy": accuracy(v, dataset.targets[getattr(splits, s)]) for s, v in logits.items()}
