@@ -8,7 +8,6 @@ the caller explicitly allows it (then the manifest says `passed: false`).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -23,7 +22,7 @@ from torch import nn
 import runtimes
 from runtimes.bundle import Bundle, BundleWriter
 from runtimes.errors import InputError, ValidationFailed
-from runtimes.manifest import MANIFEST_NAME, SCHEMA_VERSION, utc_now
+from runtimes.manifest import SCHEMA_VERSION, utc_now
 from runtimes.preprocess import PreprocessConfig
 
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
@@ -114,7 +113,7 @@ def export_bundle(
             "validation": None,
             "calibration": None,
         }
-        _stage_manifest(writer, manifest)
+        writer.stage(manifest)
         t = time.perf_counter()
         ref = reference_logits(model, reference.images)
         seconds["torch_reference"] = time.perf_counter() - t
@@ -132,18 +131,5 @@ def export_bundle(
             validation["overridden"] = True
             say("WARNING: validation failed; writing the bundle anyway because it was explicitly allowed")
         manifest["validation"] = validation
-        (writer.dir / MANIFEST_NAME).unlink()
         bundle = writer.commit(manifest)
     return ExportResult(bundle, validation, {k: round(v, 3) for k, v in seconds.items()})
-
-
-def _stage_manifest(writer: BundleWriter, manifest: dict[str, Any]) -> None:
-    """Write a provisional manifest (with file hashes) into the temp dir so runtimes.load can verify it."""
-    from runtimes.bundle import sha256_file
-
-    files = []
-    for p in sorted(writer.dir.rglob("*")):
-        if p.is_file() and p.name != MANIFEST_NAME:
-            files.append({"path": p.relative_to(writer.dir).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size})
-    staged = dict(manifest, model=dict(manifest["model"], files=files))
-    (writer.dir / MANIFEST_NAME).write_text(json.dumps(staged, indent=2))

@@ -116,7 +116,7 @@ def train(
 # ------------------------------------------------------------------------------------------------ export
 
 
-def _reference_for_run(config: dict[str, Any], data_override: str | None, log: Log):
+def _reference_for_run(config: dict[str, Any], data_override: str | None):
     """Rebuild the run's held-out test split exactly (same data fingerprint, same seeded split)."""
     from converters.validate import ReferenceData
     from runtimes.preprocess import PreprocessConfig
@@ -190,7 +190,7 @@ def export(
         raise InputError("export needs either a training run directory or --backbone NAME --strategy pretrained")
     if run is not None:
         model, config = load_run(run)
-        reference = _reference_for_run(config, data, log)
+        reference = _reference_for_run(config, data)
         source = dict(config.get("source", {}), run=str(run), training_metrics=config.get("metrics", {}))
     else:
         if strategy != "pretrained":

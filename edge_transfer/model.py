@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from runtimes.bundle import publish_directory
 from runtimes.errors import CheckpointError
 from runtimes.preprocess import PreprocessConfig
 
@@ -96,13 +97,7 @@ def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, confi
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": RUN_FORMAT})
         doc = {"format": RUN_FORMAT, "version": RUN_VERSION, **config}
         (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        publish_directory(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -152,33 +152,53 @@ class BundleWriter:
         if not self.committed:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def commit(self, manifest: dict[str, Any]) -> Bundle:
-        """Hash every file written into `self.dir`, write manifest.json last, then publish the bundle."""
+    def _file_entries(self) -> list[dict[str, Any]]:
         files = []
         for p in sorted(self.dir.rglob("*")):
             if p.is_symlink():
                 raise BundleError(f"refusing to bundle symlink {p.name}")
-            if p.is_file() and p.relative_to(self.dir).as_posix() != MANIFEST_NAME:
-                rel = p.relative_to(self.dir).as_posix()
+            rel = p.relative_to(self.dir).as_posix()
+            if p.is_file() and rel not in (MANIFEST_NAME, MANIFEST_NAME + ".tmp"):
                 files.append({"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size})
+        return files
+
+    def stage(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], Manifest]:
+        """Hash the files written so far and write manifest.json into the temp dir (not yet published).
+
+        The staged directory is a complete bundle, so it can be loaded with `runtimes.load(writer.dir)` for
+        validation before `commit`. Returns the full manifest document and its parsed form.
+        """
         doc = dict(manifest)
         doc.setdefault("schema_version", SCHEMA_VERSION)
         doc.setdefault("created", utc_now())
-        doc["model"] = dict(doc["model"], files=files)
+        doc["model"] = dict(doc["model"], files=self._file_entries())
         parsed = parse_manifest(json.loads(json.dumps(doc)))  # the writer never emits what the reader would refuse
         tmp_manifest = self.dir / (MANIFEST_NAME + ".tmp")
         with open(tmp_manifest, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=False)
+            json.dump(doc, f, indent=2)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_manifest, self.dir / MANIFEST_NAME)
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-        os.replace(self.dir, self.target)
+        return doc, parsed
+
+    def commit(self, manifest: dict[str, Any]) -> Bundle:
+        """Stage `manifest` (written last, after every file is hashed), then publish the bundle atomically."""
+        _, parsed = self.stage(manifest)
+        publish_directory(self.dir, self.target)
         self.committed = True
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         return Bundle(path=self.target, manifest=parsed)
+
+
+def publish_directory(staged: Path, target: Path) -> None:
+    """Move a fully written temp sibling directory to `target`, replacing a previous one.
+
+    Renames only: at every instant `target` is absent, the previous complete directory, or the new one.
+    """
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -10,9 +10,8 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BundleError
+from .errors import BundleError, InputError
 from .preprocess import PreprocessConfig
-from .errors import InputError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -185,10 +185,3 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.bundle.path} backend={self.backend_name} device={self.device} precision={self.precision}>"
-
-
-def top1(logits: np.ndarray) -> np.ndarray:
-    return np.argmax(logits, axis=1)
-
-
-__all__: Sequence[str] = ["Predictor", "Classification", "softmax"]
