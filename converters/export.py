@@ -1,18 +1,22 @@
-"""Export a torch classifier to a validated bundle.
+"""Export a torch classifier to validated bundles, one per format.
 
-Flow: export the graph into a hidden temp directory, stage a manifest, load the staged bundle through
-`runtimes.load` (checksums and all, as the device will), compare it with the torch reference on held-out data,
-record the result in the manifest, and publish the bundle atomically. A failed validation publishes nothing unless
-the caller explicitly allows it (then the manifest says `passed: false`).
+Flow: export the fp32 ONNX graph once into a private work directory; for each format, convert it (fp16, int8,
+OpenVINO IR) into a hidden temp directory, stage a manifest, load the staged bundle through `runtimes.load`
+(checksums and all, as the device will), compare it with the torch reference on held-out data, record the result
+in the manifest and publish the bundle atomically. A bundle that fails its gate is not written unless the caller
+explicitly allows it (then the manifest says `passed: false`).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
+import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -21,25 +25,92 @@ from torch import nn
 
 import runtimes
 from runtimes.bundle import Bundle, BundleWriter
-from runtimes.errors import InputError, ValidationFailed
+from runtimes.errors import BundleError, EdgeTransferError, InputError, ValidationFailed
 from runtimes.manifest import SCHEMA_VERSION, utc_now
 from runtimes.preprocess import PreprocessConfig
 
+from .calibration import CalibrationData
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
-from .validate import DEFAULT_MIN_AGREEMENT, ReferenceData, compare, format_validation
+from .validate import DEFAULT_MAX_DROP, ReferenceData, compare, default_min_agreement, format_table, format_validation
 
-FORMATS = ("onnx",)
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """What one `--format` produces: backend, precision, file layout, and whether it needs calibration data."""
+
+    name: str
+    backend: str
+    precision: str
+    model_format: str
+    entrypoint: str
+    calibrated: bool = False
+    description: str = ""
+
+
+FORMAT_SPECS: dict[str, FormatSpec] = {
+    s.name: s
+    for s in (
+        FormatSpec("onnx", "onnxruntime", "fp32", "onnx", "model.onnx", description="ONNX fp32"),
+        FormatSpec("onnx-fp16", "onnxruntime", "fp16", "onnx", "model.onnx", description="ONNX, fp16 weights and compute; uint8 in, fp32 out"),
+        FormatSpec("onnx-int8", "onnxruntime", "int8", "onnx", "model.onnx", True, "ONNX static int8 (QDQ, per-channel weights)"),
+        FormatSpec("onnx-int8-dynamic", "onnxruntime", "int8", "onnx", "model.onnx", description="ONNX dynamic int8 (for comparison)"),
+        FormatSpec("openvino", "openvino", "fp32", "openvino-ir", "model.xml", description="OpenVINO IR fp32"),
+        FormatSpec("openvino-fp16", "openvino", "fp16", "openvino-ir", "model.xml", description="OpenVINO IR, fp16 weights"),
+        FormatSpec("openvino-int8", "openvino", "int8", "openvino-ir", "model.xml", True, "OpenVINO IR int8 (NNCF)"),
+    )
+}
+FORMATS = tuple(FORMAT_SPECS)
+
+
+@dataclass
+class QuantizationOptions:
+    """How int8 formats are made. `reduce_range=None` decides from this CPU (see `cpu_int8_kernels`)."""
+
+    method: str = "minmax"
+    per_channel: bool = True
+    reduce_range: bool | None = None
+    accuracy_aware: bool = False
 
 
 @dataclass
 class ExportResult:
-    bundle: Bundle
-    validation: dict[str, Any]
-    seconds: dict[str, float]
+    """One format's outcome: the bundle (None when nothing was written), its validation, timings, any error."""
+
+    format: str
+    path: Path
+    bundle: Bundle | None
+    validation: dict[str, Any] | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def written(self) -> bool:
+        return self.bundle is not None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.validation and self.validation.get("passed"))
 
     @property
     def size_bytes(self) -> int:
-        return self.bundle.size_bytes
+        return self.bundle.size_bytes if self.bundle is not None else 0
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready row: format, path, bytes, written, passed, error, validation."""
+        return {"format": self.format, "path": str(self.path), "bytes": self.size_bytes, "written": self.written,
+                "passed": self.passed, "error": self.error, "validation": self.validation, "seconds": self.seconds}
+
+
+def parse_formats(spec: str | Sequence[str]) -> list[str]:
+    """'onnx,openvino-int8' or a list -> validated, de-duplicated format names in the given order."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    if not names:
+        raise InputError(f"no export format given (available: {', '.join(FORMATS)})")
+    unknown = [n for n in names if n not in FORMAT_SPECS]
+    if unknown:
+        raise InputError(f"unknown export format(s) {', '.join(map(repr, unknown))} (available: {', '.join(FORMATS)})")
+    return list(dict.fromkeys(names))
 
 
 def reference_logits(model: nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -51,85 +122,296 @@ def reference_logits(model: nn.Module, images: np.ndarray, batch_size: int = 64)
     return np.concatenate(outs)
 
 
-def _producer(opset: int) -> dict[str, Any]:
-    import onnxruntime
-
+def _producer(opset: int, backend: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from . import __version__
 
+    if backend == "openvino":
+        import openvino
+
+        backend_version = openvino.__version__
+    else:
+        import onnxruntime
+
+        backend_version = onnxruntime.__version__
     return {
         "edge_transfer": __version__,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "opset": opset,
-        "backend": {"name": "onnxruntime", "version": onnxruntime.__version__},
+        "backend": {"name": backend, "version": backend_version},
+        **(extra or {}),
         "python": platform.python_version(),
         "host": f"{platform.system()} {platform.machine()}",
     }
 
 
-def export_bundle(
+@dataclass
+class _Job:
+    """Everything shared by the formats of one export call."""
+
+    work: Path
+    base_onnx: Path
+    input_size: tuple[int, int]
+    batch_size: int | None
+    calibration: CalibrationData | None
+    quantization: QuantizationOptions
+    tuning: ReferenceData | None
+    tuning_logits: np.ndarray | None
+    max_drop: float
+    say: Callable[[str], None]
+    _pre: Path | None = None
+    _cpu: dict[str, Any] | None = None
+
+    @property
+    def feed_batch(self) -> int:
+        return self.batch_size or 1
+
+    def preprocessed(self) -> Path:
+        """The fp32 graph after onnxruntime's quantisation pre-processing (made once, shared by int8 formats)."""
+        if self._pre is None:
+            from .onnx_quantize import preprocess_for_quantization
+
+            self._pre = self.work / "preprocessed.onnx"
+            preprocess_for_quantization(self.base_onnx, self._pre)
+        return self._pre
+
+    def reduce_range(self) -> dict[str, Any]:
+        if self.quantization.reduce_range is not None:
+            return {"reduce_range": self.quantization.reduce_range, "reason": "set by the caller"}
+        if self._cpu is None:
+            from .onnx_quantize import cpu_int8_kernels
+
+            self._cpu = cpu_int8_kernels()
+        return self._cpu
+
+    def tuning_target(self) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, Any]]:
+        """(images, expected top-1, torch's metric, allowed drop, description) for accuracy-aware search."""
+        if self.tuning is None or self.tuning_logits is None:
+            raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
+        top1 = self.tuning_logits.argmax(1)
+        if self.tuning.targets is not None:
+            baseline = float((top1 == self.tuning.targets).mean())
+            return self.tuning.images, self.tuning.targets, baseline, self.max_drop, {"metric": "accuracy"}
+        allowed = 1.0 - (default_min_agreement("int8", False) or 0.97)
+        return self.tuning.images, top1, 1.0, allowed, {"metric": "top-1 agreement with fp32"}
+
+
+def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """Write `spec`'s model files into `out_dir`. Returns (conversion settings, calibration record, producer extras)."""
+    target = out_dir / spec.entrypoint
+    q = job.quantization
+    if spec.name == "onnx":
+        shutil.copyfile(job.base_onnx, target)
+        return {"tool": "torch.onnx"}, None, {}
+    if spec.name == "onnx-fp16":
+        from .onnx_quantize import convert_fp16
+
+        return convert_fp16(job.base_onnx, target), None, {}
+    if spec.name == "onnx-int8-dynamic":
+        from .onnx_quantize import quantize_int8_dynamic
+
+        rr = job.reduce_range()
+        settings = quantize_int8_dynamic(job.preprocessed(), target, reduce_range=rr["reduce_range"])
+        return dict(settings, reduce_range_reason=rr["reason"]), None, {}
+    assert job.calibration is not None  # checked by export_bundles before any work
+    calibration = dict(job.calibration.provenance())
+    if spec.name == "onnx-int8":
+        from .onnx_quantize import quantize_int8_accuracy_aware, quantize_int8_static
+
+        rr = job.reduce_range()
+        options = {"method": q.method, "per_channel": q.per_channel, "reduce_range": rr["reduce_range"]}
+        if q.accuracy_aware:
+            images, expected, baseline, allowed, desc = job.tuning_target()
+            settings = quantize_int8_accuracy_aware(
+                job.preprocessed(), target, job.calibration, input_name=INPUT_NAME, tuning_images=images, expected=expected,
+                baseline=baseline, max_drop=allowed, work_dir=job.work, feed_batch=job.feed_batch, log=job.say, **options,
+            )
+            settings["accuracy_aware"].update(desc, split=job.tuning.split if job.tuning else None)
+        else:
+            settings = quantize_int8_static(job.preprocessed(), target, job.calibration, input_name=INPUT_NAME,
+                                            feed_batch=job.feed_batch, **options)
+        settings["reduce_range_reason"] = rr["reason"]
+        calibration.update(method=q.method, per_channel=q.per_channel)
+        return settings, calibration, {}
+    from . import openvino_convert as ovc
+
+    model = ovc.read_onnx(job.base_onnx)
+    if spec.name in ("openvino", "openvino-fp16"):
+        return ovc.save_ir(model, out_dir, fp16=spec.name == "openvino-fp16"), None, {}
+    import nncf
+
+    control = None
+    if q.accuracy_aware:
+        images, expected, baseline, allowed, desc = job.tuning_target()
+        control = {"images": images, "expected": expected, "max_drop": allowed, "split": job.tuning.split if job.tuning else None}
+    quantized, settings = ovc.quantize_int8(model, job.calibration, accuracy_control=control, feed_batch=job.batch_size)
+    if control is not None:
+        settings["accuracy_control"].update(desc, baseline=round(baseline, 6))
+    settings.update(ovc.save_ir(quantized, out_dir, fp16=False), weights="int8")
+    calibration.update(method="minmax (NNCF)", per_channel=True)
+    return settings, calibration, {"nncf": nncf.__version__}
+
+
+def export_bundles(
     model: nn.Module,
     out: str | os.PathLike[str],
     *,
+    formats: str | Sequence[str] = ("onnx",),
     preprocessing: PreprocessConfig,
     labels: list[str],
     reference: ReferenceData,
+    calibration: CalibrationData | None = None,
+    tuning: ReferenceData | None = None,
+    quantization: QuantizationOptions | None = None,
     source: dict[str, Any] | None = None,
-    format: str = "onnx",
     opset: int = DEFAULT_OPSET,
+    batch_size: int | None = None,
+    max_drop: float = DEFAULT_MAX_DROP,
     min_agreement: float | None = None,
     allow_failed_validation: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
-) -> ExportResult:
-    """Export `model` (uint8 NHWC in, logits out) to a bundle at `out`, validated against `reference`."""
-    if format not in FORMATS:
-        raise InputError(f"unknown export format {format!r} (available: {', '.join(FORMATS)})")
-    precision = "fp32"
-    min_agreement = DEFAULT_MIN_AGREEMENT[precision] if min_agreement is None else float(min_agreement)
-    if not 0.0 <= min_agreement <= 1.0:
+) -> list[ExportResult]:
+    """Export `model` (uint8 NHWC in, logits out) to one validated bundle per format.
+
+    One format: the bundle is written at `out`. Several: at `out/<format>`. Each is validated against `reference`
+    (held-out images): accuracy may drop at most `max_drop` (fraction) below torch's, and top-1 agreement must
+    reach `min_agreement` (default by precision, see `validate.default_min_agreement`). int8 formats need
+    `calibration` (from the training split); `quantization.accuracy_aware` also needs `tuning` (e.g. the val split).
+    A format that fails is reported in its result and not written (unless `allow_failed_validation`); the others
+    still run. Errors that concern every format (bad arguments, the ONNX export itself) raise.
+    """
+    names = parse_formats(formats)
+    specs = [FORMAT_SPECS[n] for n in names]
+    quantization = quantization or QuantizationOptions()
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise InputError(f"min_agreement must be within [0, 1], got {min_agreement}")
+    if not 0.0 <= max_drop <= 1.0:
+        raise InputError(f"max_drop must be a fraction within [0, 1] (0.01 = 1 point), got {max_drop}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     if reference.images.shape[1:3] != preprocessing.input_size:
         raise InputError(f"reference images are {reference.images.shape[1:3]}, the model takes {preprocessing.input_size}")
+    calibrated = [s.name for s in specs if s.calibrated]
+    if calibrated and calibration is None:
+        raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
+    if calibration is not None and calibration.images.shape[1:3] != preprocessing.input_size:
+        raise InputError(f"calibration images are {calibration.images.shape[1:3]}, the model takes {preprocessing.input_size}")
+    if quantization.accuracy_aware and tuning is None and any(s.precision == "int8" for s in specs):
+        raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
+    root = Path(out)
+    targets = {s.name: root if len(specs) == 1 else root / s.name for s in specs}
+    for t in targets.values():
+        if t.exists() and not overwrite:
+            raise BundleError(f"{t} already exists; pass --overwrite (overwrite=True) to replace it")
     say = log or (lambda msg: None)
-    seconds: dict[str, float] = {}
-    with BundleWriter(out, overwrite=overwrite) as writer:
+    results: list[ExportResult] = []
+    with tempfile.TemporaryDirectory(prefix="edge-transfer-export-") as work_dir:
+        work = Path(work_dir)
         t = time.perf_counter()
-        info = export_onnx(model, writer.dir / "model.onnx", preprocessing.input_size, opset=opset)
-        seconds["export"] = time.perf_counter() - t
+        say(f"exporting the fp32 ONNX graph (opset {opset}, batch {'dynamic' if batch_size is None else batch_size})")
+        info = export_onnx(model, work / "model.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size)
+        base_seconds = time.perf_counter() - t
         n = len(labels)
         if info["output_shape"][-1] != n:
             raise InputError(f"model outputs {info['output_shape'][-1]} classes but {n} labels were given")
-        manifest: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "created": utc_now(),
-            "producer": _producer(opset),
-            "model": {"backend": "onnxruntime", "format": "onnx", "precision": precision, "entrypoint": "model.onnx", "files": []},
-            "inputs": [{"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", *preprocessing.input_size, 3], "layout": "NHWC"}],
-            "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", n]}],
-            "preprocessing": preprocessing.to_dict(),
-            "labels": list(labels),
-            "source": dict(source or {}, export=info),
-            "validation": None,
-            "calibration": None,
-        }
-        writer.stage(manifest)
         t = time.perf_counter()
         ref = reference_logits(model, reference.images)
-        seconds["torch_reference"] = time.perf_counter() - t
+        tuning_logits = reference_logits(model, tuning.images) if tuning is not None and quantization.accuracy_aware else None
+        ref_seconds = time.perf_counter() - t
+        job = _Job(work, work / "model.onnx", preprocessing.input_size, batch_size, calibration, quantization, tuning,
+                   tuning_logits, max_drop, say)
+        batch_dim: int | str = "batch" if batch_size is None else batch_size
+        for spec in specs:
+            say(f"{spec.name}: {spec.description}")
+            base = {
+                "schema_version": SCHEMA_VERSION,
+                "created": utc_now(),
+                "inputs": [{"name": INPUT_NAME, "dtype": "uint8", "shape": [batch_dim, *preprocessing.input_size, 3], "layout": "NHWC"}],
+                "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": [batch_dim, n]}],
+                "preprocessing": preprocessing.to_dict(),
+                "labels": list(labels),
+                "source": dict(source or {}, export=info),
+                "validation": None,
+                "calibration": None,
+            }
+            agreement = min_agreement if min_agreement is not None else default_min_agreement(spec.precision, reference.targets is not None)
+            try:
+                results.append(_export_one(job, spec, targets[spec.name], base, ref, reference, agreement, opset,
+                                           allow_failed_validation, overwrite, {"onnx_export": base_seconds, "torch_reference": ref_seconds}))
+            except ValidationFailed:
+                raise
+            except EdgeTransferError as exc:
+                if len(specs) == 1:
+                    raise
+                say(f"{spec.name}: ERROR {exc}")
+                results.append(ExportResult(spec.name, targets[spec.name], None, None, error=str(exc)))
+    return results
+
+
+def _export_one(
+    job: _Job,
+    spec: FormatSpec,
+    target: Path,
+    manifest: dict[str, Any],
+    ref: np.ndarray,
+    reference: ReferenceData,
+    min_agreement: float | None,
+    opset: int,
+    allow_failed_validation: bool,
+    overwrite: bool,
+    seconds: dict[str, float],
+) -> ExportResult:
+    seconds = dict(seconds)
+    with BundleWriter(target, overwrite=overwrite) as writer:
+        t = time.perf_counter()
+        try:
+            conversion, calibration, producer_extra = _build(job, spec, writer.dir)
+        except EdgeTransferError:
+            raise
+        except Exception as exc:  # a converter library failing on this graph: report it for this format
+            raise EdgeTransferError(f"{spec.name}: conversion failed: {type(exc).__name__}: {exc}") from exc
+        seconds["convert"] = time.perf_counter() - t
+        manifest["producer"] = _producer(opset, spec.backend, producer_extra)
+        manifest["model"] = {"backend": spec.backend, "format": spec.model_format, "precision": spec.precision,
+                             "entrypoint": spec.entrypoint, "export_format": spec.name, "conversion": conversion, "files": []}
+        manifest["calibration"] = calibration
+        writer.stage(manifest)
         t = time.perf_counter()
         with runtimes.load(writer.dir) as predictor:
-            validation = compare(predictor, ref, reference, min_agreement=min_agreement)
+            validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop)
         seconds["validate"] = time.perf_counter() - t
-        say(format_validation(validation))
+        job.say(f"{spec.name}: {format_validation(validation)}")
+        seconds = {k: round(v, 3) for k, v in seconds.items()}
         if not validation["passed"]:
             if not allow_failed_validation:
-                raise ValidationFailed(
-                    f"{format_validation(validation)}; nothing was written to {out} "
-                    "(pass --allow-failed-validation to write it anyway, marked as failed)"
-                )
+                return ExportResult(spec.name, target, None, validation, seconds)
             validation["overridden"] = True
-            say("WARNING: validation failed; writing the bundle anyway because it was explicitly allowed")
+            job.say(f"WARNING: {spec.name} failed validation; writing it anyway because that was explicitly allowed")
         manifest["validation"] = validation
         bundle = writer.commit(manifest)
-    return ExportResult(bundle, validation, {k: round(v, 3) for k, v in seconds.items()})
+    return ExportResult(spec.name, target, bundle, validation, seconds)
+
+
+def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str]) -> None:
+    """Raise `ValidationFailed` (with the whole table) if any format was not written or failed its gate."""
+    bad = [r for r in results if not r.written or r.error]
+    if not bad:
+        return
+    details = "; ".join(
+        f"{r.format}: {r.error or format_validation(r.validation or {})}" for r in bad
+    )
+    exc = ValidationFailed(
+        f"{len(bad)} of {len(results)} format(s) not written to {out}:\n{format_table([r.summary() for r in results])}\n{details}\n"
+        "(use --accuracy-aware to keep sensitive layers in float, --max-drop to change the tolerance, "
+        "or --allow-failed-validation to write failed bundles marked as failed)"
+    )
+    exc.results = results  # type: ignore[attr-defined]  # the CLI's --json reports them all
+    raise exc
+
+
+def export_bundle(model: nn.Module, out: str | os.PathLike[str], *, format: str = "onnx", **kwargs: Any) -> ExportResult:
+    """One format; raises `ValidationFailed` (nothing written) when it fails its gate and no override was given."""
+    (result,) = export_bundles(model, out, formats=[format], **kwargs)
+    raise_for_failures([result], out)
+    return result

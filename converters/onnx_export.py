@@ -28,6 +28,13 @@ class ExportError(EdgeTransferError):
     """torch.onnx could not turn the model into a valid ONNX graph."""
 
 
+def _fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constant subgraphs and drop dead nodes (onnxscript's optimizer, the one torch.onnx uses itself)."""
+    from onnxscript import optimizer
+
+    return optimizer.optimize(proto)
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -64,7 +71,8 @@ def export_onnx(
             )
         except Exception as exc:  # torch.onnx raises many types; report them as one export error
             raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
-    proto = onnx.load(str(path))
+    proto = _fold_constants(onnx.load(str(path)))
+    onnx.save(proto, str(path))
     try:
         onnx.checker.check_model(proto, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)

@@ -116,19 +116,26 @@ def train(
 # ------------------------------------------------------------------------------------------------ export
 
 
-def _reference_for_run(config: dict[str, Any], data_override: str | None):
-    """Rebuild the run's held-out test split exactly (same data fingerprint, same seeded split)."""
-    from converters.validate import ReferenceData
-    from runtimes.preprocess import PreprocessConfig
+@dataclass
+class _ExportData:
+    """Where an export's data comes from: held-out reference, calibration (train split) and tuning (val split)."""
 
+    dataset: Any
+    splits: Any
+    source: str
+    seed: int
+
+
+def _run_data(config: dict[str, Any], data: str | None = None) -> _ExportData:
+    """Rebuild a run's dataset and its exact seeded split (the data must be unchanged since training)."""
     from .data import load_dataset, stratified_split
 
     info = config.get("data", {})
-    source = data_override or info.get("source")
+    source = data or info.get("source")
     if not source:
         raise DatasetError("this run was trained on in-memory data: pass --data (a folder or 'digits') for validation")
     dataset = load_dataset(source, skip_bad=bool(info.get("skip_bad")))
-    if data_override is None and dataset.fingerprint() != info.get("fingerprint"):
+    if data is None and dataset.fingerprint() != info.get("fingerprint"):
         raise DatasetError(
             f"{source}: the dataset changed since training, so its held-out split cannot be reproduced; "
             "restore it or pass --data with held-out data to validate against"
@@ -136,62 +143,103 @@ def _reference_for_run(config: dict[str, Any], data_override: str | None):
     if list(dataset.classes) != list(config["labels"]):
         raise DatasetError(f"{source}: classes {dataset.classes} differ from the run's labels {config['labels']}")
     split = config.get("split", {})
+    seed = int(split.get("seed", 0))
     splits = stratified_split(
         dataset.targets, val_fraction=split.get("val_fraction", 0.15), test_fraction=split.get("test_fraction", 0.2),
-        seed=split.get("seed", 0), classes=dataset.classes,
+        seed=seed, classes=dataset.classes,
     )
-    idx = splits.test if data_override is None else np.arange(len(dataset))
-    cfg = PreprocessConfig.from_dict(config["preprocessing"])
-    images = dataset.prepared_batch(idx, cfg)
-    return ReferenceData(images, dataset.targets[idx], "test" if data_override is None else "all", {"source": str(source), "count": len(idx)})
+    return _ExportData(dataset, splits, str(source), seed)
 
 
-def _reference_for_pretrained(bb: Any, data: str | None):
-    """Held-out images for a model used as it is: the built-in digits test split (or --data), labels when they match."""
+def _reference(d: _ExportData, indices: np.ndarray, split: str, cfg: Any, model_labels: list[str] | None):
+    """Prepared images of `indices` with targets in the model's label space (None when the labels do not match)."""
     from converters.validate import ReferenceData
 
-    from .data import load_dataset, stratified_split
+    images = d.dataset.prepared_batch(indices, cfg)
+    targets = d.dataset.targets[indices]
+    matched = True
+    if model_labels is not None and list(model_labels) != list(d.dataset.classes):
+        matched = all(c in model_labels for c in d.dataset.classes)
+        if matched:
+            lookup = np.asarray([model_labels.index(c) for c in d.dataset.classes])
+            targets = lookup[targets]
+    desc = {"source": d.source, "count": int(len(indices))}
+    if model_labels is not None and list(model_labels) != list(d.dataset.classes):
+        desc["labels_match_model"] = matched
+    return ReferenceData(images, targets if matched else None, split, desc)
 
-    source = data or "digits"
-    dataset = load_dataset(source)
-    splits = stratified_split(dataset.targets, seed=0, classes=dataset.classes)
-    images = dataset.prepared_batch(splits.test, bb.preprocessing)
-    targets = None
-    if bb.labels and all(c in bb.labels for c in dataset.classes):
-        lookup = {c: bb.labels.index(c) for c in dataset.classes}
-        targets = np.asarray([lookup[dataset.classes[t]] for t in dataset.targets[splits.test]])
-    return ReferenceData(images, targets, "test", {"source": str(source), "count": len(splits.test), "labels_match_model": targets is not None})
+
+def _calibration(d: _ExportData, indices: np.ndarray, split: str, size: int, cfg: Any):
+    """A seeded draw of `size` images (all when fewer) from `indices`, prepared like everything else."""
+    from converters.calibration import CalibrationData
+
+    if size < 1:
+        raise InputError(f"--calibration-size must be >= 1, got {size}")
+    rng = np.random.default_rng(d.seed)
+    picks = rng.permutation(indices)[: min(size, len(indices))]
+    return CalibrationData(
+        d.dataset.prepared_batch(picks, cfg), split, [d.dataset.describe_item(int(i)) for i in picks], seed=d.seed, source=d.source,
+    )
 
 
 def export(
     run: str | os.PathLike[str] | None = None,
     *,
     out: str | os.PathLike[str],
-    format: str = "onnx",
+    format: str | list[str] = "onnx",
     backbone: str | None = None,
     strategy: str = "pretrained",
     image_size: int | None = None,
     data: str | None = None,
+    calibration_data: str | None = None,
+    calibration_size: int = 300,
+    calibration_method: str = "minmax",
+    per_channel: bool = True,
+    reduce_range: bool | None = None,
+    accuracy_aware: bool = False,
+    max_drop: float = 1.0,
     min_agreement: float | None = None,
+    batch_size: int | None = None,
     allow_failed_validation: bool = False,
     overwrite: bool = False,
     log: Log = _quiet,
 ):
-    """Export a training run (or, with `backbone`, the source model as it is) to a validated bundle.
+    """Export a training run (or, with `backbone`, the source model as it is) to validated bundles, one per format.
 
-    Returns `converters.export.ExportResult` (bundle, validation dict, timings).
+    `format` is one name or a comma-separated list (see `converters.export.FORMATS`); with several, each bundle
+    goes to `out/<format>`. Validation uses the run's held-out test split (or all of `data`); int8 calibration
+    draws `calibration_size` images from the training split (or from `calibration_data`); accuracy-aware
+    quantisation tunes on the val split. `max_drop` is in accuracy points. Returns a list of
+    `converters.export.ExportResult`; raises `ValidationFailed` (with the table) if any format was not written.
     """
-    from converters.export import export_bundle
+    from converters.export import QuantizationOptions, export_bundles, parse_formats, raise_for_failures
 
     from .backbones import create_backbone
+    from .data import load_dataset, stratified_split
     from .model import ImageClassifier, load_run
 
     if (run is None) == (backbone is None):
         raise InputError("export needs either a training run directory or --backbone NAME --strategy pretrained")
+    if not 0 <= max_drop <= 100:
+        raise InputError(f"--max-drop is in accuracy points (0-100), got {max_drop}")
+    formats = parse_formats(format)
     if run is not None:
         model, config = load_run(run)
-        reference = _reference_for_run(config, data)
+        try:
+            own = _run_data(config)
+        except DatasetError:
+            if data is None:
+                raise
+            own = None  # validating on --data alone; calibration/tuning then need their own source
+        held_out = _run_data(config, data) if data is not None else own
+        cfg = model.preprocessing
+        reference = (
+            _reference(held_out, np.arange(len(held_out.dataset)), "all", cfg, None)
+            if data is not None
+            else _reference(own, own.splits.test, "test", cfg, None)
+        )
         source = dict(config.get("source", {}), run=str(run), training_metrics=config.get("metrics", {}))
+        labels = None
     else:
         if strategy != "pretrained":
             raise InputError(f"export --backbone uses the source model as it is (--strategy pretrained); for {strategy!r}, train first")
@@ -199,13 +247,37 @@ def export(
         if image_size:
             bb.preprocessing = bb.preprocessing.with_size(image_size)
         model = ImageClassifier(bb, bb.source_head, bb.labels).eval()
-        reference = _reference_for_pretrained(bb, data)
+        cfg = model.preprocessing
+        ds = load_dataset(data or "digits")
+        own = _ExportData(ds, stratified_split(ds.targets, seed=0, classes=ds.classes), str(data or "digits"), 0)
+        labels = list(bb.labels) if bb.labels else None
+        reference = _reference(own, own.splits.test, "test", cfg, labels)
         source = dict(bb.source, backbone=bb.name, strategy="pretrained")
-    return export_bundle(
-        model, out, preprocessing=model.preprocessing, labels=list(model.labels), reference=reference, source=source,
-        format=format, min_agreement=min_agreement, allow_failed_validation=allow_failed_validation, overwrite=overwrite,
-        log=log,
+    needs_int8 = any(f in ("onnx-int8", "openvino-int8") for f in formats)
+    calibration = tuning = None
+    if needs_int8:
+        if calibration_data is not None:
+            cal_ds = load_dataset(calibration_data)
+            cal = _ExportData(cal_ds, None, str(calibration_data), 0)
+            calibration = _calibration(cal, np.arange(len(cal_ds)), "calibration-data", calibration_size, cfg)
+        else:
+            if own is None:
+                raise DatasetError("the run's training data cannot be reloaded for int8 calibration; pass --calibration-data DIR")
+            calibration = _calibration(own, own.splits.train, "train", calibration_size, cfg)
+        log(f"calibration: {len(calibration)} images from the {calibration.split} split of {calibration.source}")
+    if accuracy_aware and any(f.endswith("int8") for f in formats):
+        if own is None:
+            raise DatasetError("the run's training data cannot be reloaded for accuracy-aware tuning (its val split)")
+        tuning = _reference(own, own.splits.val, "val", cfg, labels)
+    results = export_bundles(
+        model.for_export(), out, formats=formats, preprocessing=cfg, labels=list(model.labels), reference=reference,
+        calibration=calibration, tuning=tuning, source=source, batch_size=batch_size, max_drop=max_drop / 100.0,
+        min_agreement=min_agreement, allow_failed_validation=allow_failed_validation, overwrite=overwrite, log=log,
+        quantization=QuantizationOptions(method=calibration_method, per_channel=per_channel, reduce_range=reduce_range,
+                                         accuracy_aware=accuracy_aware),
     )
+    raise_for_failures(results, out)
+    return results
 
 
 # ------------------------------------------------------------------------------------------------ demo
@@ -239,7 +311,7 @@ def demo(
                     progress=progress, overwrite=True, log=log)
     timings["train"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    exported = export(run_dir, out=bundle_dir, overwrite=True, log=log)
+    (exported,) = export(run_dir, out=bundle_dir, overwrite=True, log=log)
     timings["export_and_validate"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     predictor = runtimes.load(bundle_dir)

@@ -343,6 +343,54 @@ def _out_features(head: nn.Module | None) -> int:
 # ------------------------------------------------------------------------------------------------ front door
 
 
+class StaticSamePadConv(nn.Module):
+    """A TF-'SAME' convolution whose padding was computed once for a fixed input size (export only).
+
+    timm's `Conv2dSame` computes its padding from the input's shape at run time. Exported to ONNX, that becomes a
+    Shape -> Div -> Ceil -> Mul ... subgraph feeding `Pad`, and quantizers then quantise that integer arithmetic as
+    if it were activations: the padding comes out wrong and int8 accuracy collapses. With the size fixed the pads
+    are constants and the ONNX graph holds a plain `Pad`.
+    """
+
+    def __init__(self, conv: nn.Conv2d, pads: list[int]) -> None:
+        super().__init__()
+        self.conv = conv
+        self.pads = tuple(int(p) for p in pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv._conv_forward(nn.functional.pad(x, self.pads), self.conv.weight, self.conv.bias)
+
+
+def freeze_same_padding(model: nn.Module, example: torch.Tensor) -> int:
+    """Replace every dynamic-'SAME' conv in `model` (in place) by `StaticSamePadConv` for `example`'s size.
+
+    Runs `example` through the model once to learn each conv's input size. Returns how many were replaced;
+    outputs are bit-identical for inputs of that size.
+    """
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, name=name: sizes.__setitem__(name, tuple(inp[0].shape[-2:])))
+        for name, m in model.named_modules()
+        if isinstance(m, Conv2dSame)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, hw in sizes.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        conv = getattr(parent, attr)
+        pads = pad_same_arg(list(hw), list(conv.weight.shape[-2:]), list(conv.stride), list(conv.dilation))
+        setattr(parent, attr, StaticSamePadConv(conv, pads))
+    return len(sizes)
+
+
 def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, num_classes: int | None = None) -> Backbone:
     """Create a backbone (in eval mode) by registry name or local checkpoint path (see module docstring)."""
     bb: Backbone | None = None

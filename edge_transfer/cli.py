@@ -16,6 +16,7 @@ EPILOG = """examples:
   edge-transfer train --data digits --strategy linear-probe --out runs/digits
   edge-transfer train --data my_photos/ --strategy finetune --epochs 5 --image-size 160 --out runs/photos
   edge-transfer export runs/digits --format onnx --out bundles/digits
+  edge-transfer export runs/digits --format onnx-int8,openvino-int8 --accuracy-aware --out bundles/digits-int8
   edge-transfer export --backbone efficientnet_lite0 --strategy pretrained --format onnx --out bundles/imagenet
   edge-transfer predict bundles/imagenet cat.jpg --top-k 3
   edge-transfer inspect bundles/digits --json
@@ -57,26 +58,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from converters.validate import format_table
+    from runtimes.errors import ValidationFailed
+
     from .api import export
 
-    if args.format != "onnx":
-        raise EdgeTransferError(f"--format {args.format!r} is not available yet (available: onnx)")
-    result = export(
-        args.run, out=args.out, format=args.format, backbone=args.backbone, strategy=args.strategy,
-        image_size=args.image_size, data=args.data, min_agreement=args.min_agreement,
-        allow_failed_validation=args.allow_failed_validation, overwrite=args.overwrite,
-        log=_err if not (args.quiet or args.json) else (lambda m: None),
-    )
-    v = result.validation
-    if args.json:
-        _print_json({"bundle": str(result.bundle.path), "bytes": result.size_bytes, "validation": v, "seconds": result.seconds})
-    else:
-        status = "passed" if v["passed"] else "FAILED (overridden)"
-        print(
-            f"wrote {result.bundle.path} ({result.size_bytes / 1e6:.1f} MB, onnx fp32); validation {status}: "
-            f"agreement {_pct(v['top1_agreement'])}, max |diff| {v['max_abs_logit_diff']:.2g}, "
-            f"accuracy torch {_pct(v['torch_accuracy'])} / bundle {_pct(v['artifact_accuracy'])}"
+    quiet = args.quiet or args.json
+    try:
+        results = export(
+            args.run, out=args.out, format=args.format, backbone=args.backbone, strategy=args.strategy,
+            image_size=args.image_size, data=args.data, calibration_data=args.calibration_data,
+            calibration_size=args.calibration_size, calibration_method=args.calibration_method,
+            per_channel=not args.per_tensor, accuracy_aware=args.accuracy_aware, max_drop=args.max_drop,
+            min_agreement=args.min_agreement, batch_size=args.batch_size,
+            allow_failed_validation=args.allow_failed_validation, overwrite=args.overwrite,
+            log=_err if not quiet else (lambda m: None),
         )
+    except ValidationFailed as exc:
+        results = getattr(exc, "results", None)
+        if not args.json or results is None:
+            raise
+        _print_json({"out": args.out, "passed": False, "formats": [r.summary() for r in results]})
+        return 1
+    if args.json:
+        _print_json({"out": args.out, "passed": True, "formats": [r.summary() for r in results]})
+        return 0
+    print(format_table([r.summary() for r in results]))
+    for r in results:
+        print(f"wrote {r.path}" + (" (FAILED validation, written because --allow-failed-validation)" if not r.passed else ""))
     return 0
 
 
@@ -151,6 +160,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ parser
 
+FORMATS_HELP = """formats:
+  onnx                ONNX fp32 (ONNX Runtime)
+  onnx-fp16           ONNX with fp16 weights and compute; uint8 in, fp32 logits out
+  onnx-int8           ONNX static int8: QDQ, per-channel weights, calibrated on the training split
+  onnx-int8-dynamic   ONNX dynamic int8 (weights only calibrated offline), for comparison
+  openvino            OpenVINO IR fp32
+  openvino-fp16       OpenVINO IR with fp16 weights
+  openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (full bias correction)
+
+example:
+  edge-transfer export runs/digits --format onnx,onnx-int8,openvino,openvino-int8 --out bundles/digits
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -190,20 +212,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress or per-epoch lines")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="export a run (or a pretrained backbone as it is) to a validated bundle",
-                       description="Export to a bundle, validate it through the device runtime against torch on held-out data, "
-                                   "and refuse to write it when top-1 agreement is below --min-agreement.")
+    e = sub.add_parser(
+        "export", help="export a run (or a pretrained backbone as it is) to validated bundles, one per format",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export to one bundle per format. Each is loaded through the device runtime and compared with torch on "
+                    "held-out data; a bundle whose accuracy drops more than --max-drop points (or, for fp32/fp16 and for "
+                    "unlabelled data, whose top-1 agreement is below --min-agreement) is not written.",
+        epilog=FORMATS_HELP,
+    )
     e.add_argument("run", nargs="?", help="training run directory (omit with --backbone)")
     e.add_argument("--backbone", help="export this backbone's source model as it is (with --strategy pretrained)")
     e.add_argument("--strategy", default="pretrained", help="with --backbone: only 'pretrained'")
-    e.add_argument("--format", default="onnx", help="bundle format (available: onnx)")
-    e.add_argument("--out", required=True, help="bundle directory to create")
+    e.add_argument("--format", default="onnx", help="one format or a comma-separated list (default onnx; see below)")
+    e.add_argument("--out", required=True, help="bundle directory to create; with several formats, one sub-directory per format")
     e.add_argument("--image-size", type=int, help="with --backbone: input size (default: the backbone's)")
     e.add_argument("--data", help="held-out data for validation (default: the run's own test split; digits for --backbone)")
-    e.add_argument("--min-agreement", type=float, help="minimum top-1 agreement with torch (default 0.995 for fp32)")
-    e.add_argument("--allow-failed-validation", action="store_true", help="write the bundle even if validation fails (marked failed)")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing bundle (atomically)")
-    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--max-drop", type=float, default=1.0, help="largest accuracy drop vs torch fp32, in points (default 1.0)")
+    e.add_argument("--min-agreement", type=float,
+                   help="minimum top-1 agreement with torch (default 0.995 fp32, 0.99 fp16, 0.97 int8 on unlabelled data)")
+    q = e.add_argument_group("int8 quantisation")
+    q.add_argument("--calibration-size", type=int, default=300, help="calibration images drawn (seeded) from the training split (default 300)")
+    q.add_argument("--calibration-data", help="calibrate on this image folder (or 'digits') instead of the training split")
+    q.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"],
+                   help="onnx-int8 activation ranges (default minmax; percentile is slower, sometimes more accurate)")
+    q.add_argument("--accuracy-aware", action="store_true",
+                   help="keep the most sensitive layers in float until the int8 model passes on the val split (NNCF accuracy control for OpenVINO)")
+    q.add_argument("--per-tensor", action="store_true", help="onnx-int8: one scale per weight tensor instead of per channel (usually much worse)")
+    e.add_argument("--batch-size", type=int, help="fix the batch dimension to N (static shapes, needed for NPUs); default dynamic")
+    e.add_argument("--allow-failed-validation", action="store_true", help="write bundles even if validation fails (marked failed)")
+    e.add_argument("--overwrite", action="store_true", help="replace existing bundles (atomically)")
+    e.add_argument("--json", action="store_true", help="print every format's result as JSON")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_export)
 
@@ -212,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("bundle")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--top-k", type=int, default=5)
-    pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; default cpu)")
+    pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
 

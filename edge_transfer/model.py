@@ -69,6 +69,17 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
+    def for_export(self) -> "ImageClassifier":
+        """An eval-mode copy specialised to the fixed input size (static padding): the graph every bundle gets."""
+        import copy
+
+        from .backbones import freeze_same_padding
+
+        clone = copy.deepcopy(self).eval().to("cpu")
+        h, w = self.preprocessing.input_size
+        freeze_same_padding(clone, torch.zeros((1, h, w, 3), dtype=torch.uint8))
+        return clone
+
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 

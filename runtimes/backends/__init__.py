@@ -12,6 +12,7 @@ from ..predictor import Predictor
 # backend name -> (module, class, the Python package it needs, the pip extra that installs it)
 _REGISTRY: dict[str, tuple[str, str, str, str]] = {
     "onnxruntime": ("runtimes.backends.onnxruntime_backend", "OnnxRuntimePredictor", "onnxruntime", "onnxruntime"),
+    "openvino": ("runtimes.backends.openvino_backend", "OpenVinoPredictor", "openvino", "openvino"),
 }
 
 

@@ -1,0 +1,92 @@
+"""Calibration data for post-training quantisation: one source, two views (ONNX Runtime reader, NNCF dataset).
+
+The images are already prepared with the model's own preprocessing (uint8 NHWC at the model's size), so the
+quantiser sees exactly what the device will feed. They come from the training split, never the held-out one;
+their provenance (split, count, seed, hash of the item list) goes into the bundle's manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from runtimes.errors import InputError
+
+DEFAULT_CALIBRATION_SIZE = 300
+
+
+@dataclass
+class CalibrationData:
+    """Prepared calibration images and where they came from."""
+
+    images: np.ndarray
+    split: str
+    items: list[str]
+    seed: int | None = None
+    source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8 or len(self.images) == 0:
+            raise InputError(f"calibration images must be a non-empty uint8 (N, H, W, 3) batch, got {self.images.dtype} {self.images.shape}")
+        if len(self.items) != len(self.images):
+            raise InputError(f"calibration data: {len(self.images)} images but {len(self.items)} item names")
+        if self.split in ("test", "held-out"):
+            raise InputError("calibration data must not come from the held-out split the export is validated on")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def provenance(self) -> dict[str, Any]:
+        """What the manifest records: split, count, seed, sha256 of the item list (in order)."""
+        digest = hashlib.sha256("\n".join(self.items).encode()).hexdigest()
+        return {"split": self.split, "count": len(self), "seed": self.seed, "source": self.source, "items_sha256": digest, **self.extra}
+
+    def subset(self, count: int) -> "CalibrationData":
+        """The first `count` samples (already a seeded random draw), e.g. to show what too few samples do."""
+        count = max(1, min(int(count), len(self)))
+        return CalibrationData(self.images[:count], self.split, self.items[:count], self.seed, self.source, dict(self.extra))
+
+    def batches(self, batch_size: int, *, exact: bool = False) -> Iterator[np.ndarray]:
+        """Consecutive batches; `exact` pads the last one (repeating its last image) for fixed-batch models."""
+        for s in range(0, len(self.images), batch_size):
+            part = self.images[s : s + batch_size]
+            if exact and len(part) < batch_size:
+                part = np.concatenate([part, np.repeat(part[-1:], batch_size - len(part), axis=0)])
+            yield part
+
+    def ort_reader(self, input_name: str, batch_size: int = 1):
+        """An `onnxruntime.quantization.CalibrationDataReader` over these images (feeds `{input_name: batch}`).
+
+        Every batch has exactly `batch_size` images (the entropy/percentile calibrators stack per-batch
+        histograms and need equal shapes; fixed-batch models need it anyway).
+        """
+        from onnxruntime.quantization import CalibrationDataReader
+
+        data = self
+
+        class _Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._it = iter(())
+                self.rewind()
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self._it, None)
+                return None if batch is None else {input_name: batch}
+
+            def rewind(self) -> None:
+                self._it = data.batches(batch_size, exact=True)
+
+            def __len__(self) -> int:
+                return -(-len(data) // batch_size)
+
+        return _Reader()
+
+    def nncf_dataset(self, batch_size: int = 1):
+        """An `nncf.Dataset` over these images (each item one uint8 batch, fed to the model's single input)."""
+        import nncf
+
+        return nncf.Dataset(list(self.batches(batch_size, exact=True)))

@@ -1,0 +1,108 @@
+"""ONNX fp32 -> OpenVINO IR (fp32, fp16 weights) and int8 through NNCF post-training quantisation.
+
+- `openvino` / `openvino-fp16`: `openvino.convert_model` on the validated fp32 ONNX, saved with or without fp16
+  weight compression (the CPU plugin still computes in fp32/bf16; GPUs and NPUs compute in fp16).
+- `openvino-int8`: `nncf.quantize` with full bias correction (not the fast variant) on calibration images from the
+  training split. With accuracy control, `nncf.quantize_with_accuracy_control` reverts the most sensitive layers
+  to float until the metric on the tuning split drops by at most `max_drop`; the layers left in float are read
+  back from the quantised graph and recorded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .calibration import CalibrationData
+
+WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
+
+
+def read_onnx(path: str | os.PathLike[str]):
+    """The ONNX file as an `openvino.Model` (its shapes, static or dynamic, carry over)."""
+    import openvino as ov
+
+    return ov.convert_model(str(path))
+
+
+def save_ir(model, out_dir: str | os.PathLike[str], *, fp16: bool) -> dict[str, Any]:
+    """Write model.xml + model.bin into `out_dir`; returns the facts for the manifest."""
+    import openvino as ov
+
+    ov.save_model(model, str(Path(out_dir) / "model.xml"), compress_to_fp16=fp16)
+    return {"tool": "openvino.convert_model", "weights": "fp16" if fp16 else "fp32", "openvino": ov.__version__}
+
+
+def float_layers(model) -> list[str]:
+    """Weight layers of a quantised model whose activations are not quantised (no FakeQuantize feeding them)."""
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in WEIGHT_OPS:
+            continue
+        source = op.input_value(0).get_node()
+        if source.get_type_name() != "FakeQuantize":
+            names.append(op.get_friendly_name())
+    return names
+
+
+def quantize_int8(
+    model,
+    calibration: CalibrationData,
+    *,
+    accuracy_control: dict[str, Any] | None = None,
+    feed_batch: int | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """NNCF post-training int8 of an `openvino.Model`. Returns (quantised model, settings for the manifest).
+
+    accuracy_control: {"images", "expected" (labels, or torch's top-1), "max_drop" (fraction), "split"} runs
+    NNCF's accuracy-aware quantisation, with top-1 hits on that tuning data as the metric.
+    feed_batch: the model's fixed batch size, if it has one (inputs are then padded to it).
+    """
+    import nncf
+
+    dataset = calibration.nncf_dataset(feed_batch or 1)
+    settings: dict[str, Any] = {
+        "tool": "nncf.quantize",
+        "nncf": nncf.__version__,
+        "preset": "performance (symmetric weights and activations)",
+        "bias_correction": "fast (NNCF default)",
+        "per_channel": True,
+    }
+    common = {"subset_size": len(calibration), "preset": nncf.QuantizationPreset.PERFORMANCE}
+    if accuracy_control is None:
+        quantized = nncf.quantize(model, dataset, **common)
+    else:
+        images, expected = accuracy_control["images"], accuracy_control["expected"]
+        step = feed_batch or 32
+        items = []
+        for s in range(0, len(images), step):
+            part, want = images[s : s + step], expected[s : s + step]
+            if feed_batch and len(part) < feed_batch:
+                part = np.concatenate([part, np.repeat(part[-1:], feed_batch - len(part), axis=0)])
+            items.append((part, want))
+
+        def validate(compiled, data) -> float:
+            hits = total = 0
+            for batch, want in data:
+                logits = np.asarray(compiled(batch)[0])[: len(want)]
+                hits += int((logits.argmax(1) == want).sum())
+                total += len(want)
+            return hits / max(total, 1)
+
+        quantized = nncf.quantize_with_accuracy_control(
+            model, dataset, nncf.Dataset(items), validation_fn=validate,
+            max_drop=float(accuracy_control["max_drop"]), drop_type=nncf.DropType.ABSOLUTE, **common,
+        )
+        settings.update(
+            tool="nncf.quantize_with_accuracy_control",
+            accuracy_control={
+                "split": accuracy_control.get("split"),
+                "count": int(len(images)),
+                "max_drop": float(accuracy_control["max_drop"]),
+            },
+        )
+    settings["float_layers"] = float_layers(quantized)
+    return quantized, settings
