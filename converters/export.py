@@ -213,7 +213,12 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
         rr = job.reduce_range()
         settings = quantize_int8_dynamic(job.preprocessed(), target, reduce_range=rr["reduce_range"])
         return dict(settings, reduce_range_reason=rr["reason"]), None, {}
-    assert job.calibration is not None  # checked by export_bundles before any work
+    from . import openvino_convert as ovc
+
+    if spec.name in ("openvino", "openvino-fp16"):
+        return ovc.save_ir(ovc.read_onnx(job.base_onnx), out_dir, fp16=spec.name == "openvino-fp16"), None, {}
+    if job.calibration is None:  # export_bundles checks this before any work; this guards direct callers
+        raise InputError(f"{spec.name} needs calibration data")
     calibration = dict(job.calibration.provenance())
     if spec.name == "onnx-int8":
         from .onnx_quantize import quantize_int8_accuracy_aware, quantize_int8_static
@@ -233,12 +238,9 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
         settings["reduce_range_reason"] = rr["reason"]
         calibration.update(method=q.method, per_channel=q.per_channel)
         return settings, calibration, {}
-    from . import openvino_convert as ovc
+    import nncf
 
     model = ovc.read_onnx(job.base_onnx)
-    if spec.name in ("openvino", "openvino-fp16"):
-        return ovc.save_ir(model, out_dir, fp16=spec.name == "openvino-fp16"), None, {}
-    import nncf
 
     control = None
     if q.accuracy_aware:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -77,6 +78,13 @@ def quantizable_nodes(path: str | os.PathLike[str]) -> list[str]:
     return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in QUANTIZABLE_WEIGHT_OPS]
 
 
+class _SkipUint8InputWarning:
+    """onnxruntime logs a multi-line warning on the root logger for the uint8 graph input, which is correct to skip."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("Inference failed or unsupported type to quantize for tensor")
+
+
 def quantize_int8_static(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -101,22 +109,26 @@ def quantize_int8_static(
     if method not in methods:
         raise InputError(f"unknown calibration method {method!r} (choose from {', '.join(CALIBRATION_METHODS)})")
     cache = {"calibration_cache_path": str(range_cache)} if range_cache is not None and _accepts("calibration_cache_path") else {}
-    quantize_static(
-        str(src),
-        str(dst),
-        calibration.ort_reader(input_name, feed_batch),
-        quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=methods[method],
-        nodes_to_exclude=list(exclude),
-        # minmax folds ranges every 16 batches instead of holding every activation of every sample in memory
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, **({"CalibMaxIntermediateOutputs": 16} if method == "minmax" else {})},
-        calibration_providers=["CPUExecutionProvider"],
-        **cache,
-    )
+    quiet = _SkipUint8InputWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        quantize_static(
+            str(src),
+            str(dst),
+            calibration.ort_reader(input_name, feed_batch),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            nodes_to_exclude=list(exclude),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            calibration_providers=["CPUExecutionProvider"],
+            **cache,
+        )
+    finally:
+        logging.getLogger().removeFilter(quiet)
     return {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",

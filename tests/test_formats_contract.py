@@ -1,0 +1,180 @@
+"""The runtime contract (DESIGN.md section 5) against every backend and precision, with real ONNX Runtime and
+OpenVINO sessions, plus the quantisation pieces: calibration provenance, the int8 kernel decision, the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtimes
+from converters.export import FORMAT_SPECS, FORMATS
+from runtimes.errors import InputError, ValidationFailed
+
+from conftest import SMALL, run_cli
+
+
+@pytest.fixture(scope="session")
+def format_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The 64 px digits run exported once to every format. Failed gates are written anyway (marked) so the
+    runtime contract can be checked on every artifact; the gate itself is tested separately."""
+    import edge_transfer as et
+
+    out = tmp_path_factory.mktemp("formats") / "digits"
+    results = et.export(digits_run.path, out=out, format=",".join(FORMATS), calibration_size=64, allow_failed_validation=True)
+    assert [r.format for r in results] == list(FORMATS)
+    return {r.format: r.path for r in results}
+
+
+@pytest.fixture(scope="session")
+def test_images(digits_run) -> np.ndarray:
+    from edge_transfer.data import load_digits_dataset, stratified_split
+    from runtimes.preprocess import PreprocessConfig
+
+    ds = load_digits_dataset()
+    split = stratified_split(ds.targets, seed=0)
+    cfg = PreprocessConfig.from_dict(digits_run.config["preprocessing"])
+    return ds.prepared_batch(split.test[:48], cfg)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_metadata_matches_the_format(fmt: str, format_bundles, digits_run):
+    spec = FORMAT_SPECS[fmt]
+    with runtimes.load(format_bundles[fmt]) as p:
+        assert p.manifest.backend == spec.backend and p.precision == spec.precision
+        assert p.manifest.raw["model"]["export_format"] == fmt
+        assert p.inputs[0].dtype == "uint8" and p.inputs[0].shape == ("batch", SMALL, SMALL, 3)
+        assert p.outputs[0].shape == ("batch", 10) and list(p.labels) == digits_run.config["labels"]
+        d = p.describe()
+        assert d["backend"] == spec.backend and d["device"] == "cpu"
+        if spec.backend == "openvino":
+            assert d["execution_devices"] == ["CPU"]
+        else:
+            assert d["providers"] == ["CPUExecutionProvider"]
+    m = runtimes.read_manifest(format_bundles[fmt])
+    v = m.validation
+    assert v["split"] == "test" and v["count"] == digits_run.metrics["test_count"] and "ms_per_image" in v
+    if spec.calibrated:
+        cal = m.calibration
+        assert cal["split"] == "train" and cal["count"] == 64 and len(cal["items_sha256"]) == 64
+    else:
+        assert m.calibration is None
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bad_input_is_refused_before_the_backend(fmt: str, format_bundles, test_images):
+    with runtimes.load(format_bundles[fmt]) as p:
+        with pytest.raises(InputError, match="dtype uint8"):
+            p.run(test_images.astype(np.float32))
+        with pytest.raises(InputError, match=f"{SMALL}x{SMALL}"):
+            p.run(test_images[:, :32])
+        with pytest.raises(InputError, match="channels"):
+            p.run(test_images[..., :1])
+        with pytest.raises(InputError, match="empty"):
+            p.run(test_images[:0])
+
+
+# top-1 agreement with the fp32 ONNX Runtime reference that each format must reach on 48 test images
+AGREEMENT = {"onnx": 1.0, "openvino": 1.0, "onnx-fp16": 0.97, "openvino-fp16": 0.97, "onnx-int8": 0.8, "openvino-int8": 0.8}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_outputs_agree_with_the_onnx_runtime_cpu_reference(fmt: str, format_bundles, test_images):
+    with runtimes.load(format_bundles["onnx"]) as ref:
+        expected = ref.run(test_images)
+    with runtimes.load(format_bundles[fmt]) as p:
+        got = p.run(test_images)
+        one = p.run(test_images[:1])  # a dynamic batch: batch 1 gives the same logits as inside a batch
+    assert got.shape == expected.shape and got.dtype == np.float32
+    if fmt == "onnx-int8-dynamic":
+        # dynamic int8 quantises activations per tensor with ranges taken from the batch itself, so its logits
+        # depend on the batch's other images and may collapse on depthwise convs; the gate, not this contract,
+        # decides whether it ships, so only the shape/dtype contract applies here
+        return
+    np.testing.assert_allclose(one[0], got[0], rtol=1e-3, atol=1e-3 if p.precision == "fp32" else 0.1)
+    agreement = float((got.argmax(1) == expected.argmax(1)).mean())
+    assert agreement >= AGREEMENT[fmt], f"{fmt}: top-1 agreement {agreement:.3f} with ONNX Runtime fp32"
+    if FORMAT_SPECS[fmt].precision == "fp32":
+        assert np.abs(got - expected).max() < 1e-3
+
+
+def test_quantised_bundles_are_smaller(format_bundles):
+    size = {f: sum(p.stat().st_size for p in format_bundles[f].iterdir()) for f in FORMATS}
+    assert size["onnx-fp16"] < 0.55 * size["onnx"] and size["openvino-fp16"] < 0.55 * size["openvino"]
+    assert size["onnx-int8"] < 0.35 * size["onnx"] and size["openvino-int8"] < 0.35 * size["openvino"]
+
+
+def test_openvino_refuses_a_device_it_does_not_have(format_bundles):
+    from runtimes.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="NPU|available"):
+        runtimes.load(format_bundles["openvino"], device="npu")
+    with pytest.raises(InputError, match="hint"):
+        runtimes.load(format_bundles["openvino"], hint="fastest")
+
+
+def test_fixed_batch_bundle_pads_partial_batches(digits_run, tmp_path: Path, test_images):
+    import edge_transfer as et
+
+    (res,) = et.export(digits_run.path, out=tmp_path / "b4", format="openvino", batch_size=4)
+    with runtimes.load(res.path) as p:
+        assert p.inputs[0].shape == (4, SMALL, SMALL, 3) and p.max_batch == 4
+        with pytest.raises(InputError, match="fixed batch of 4"):
+            p.run(test_images[:3])
+        out = p.run_chunked(test_images[:7])  # 4 + 3 (padded to 4, trimmed back)
+    assert out.shape == (7, 10)
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def test_int8_kernel_decision_follows_the_cpu():
+    from converters.onnx_quantize import cpu_int8_kernels
+
+    assert cpu_int8_kernels("flags\t: fpu sse avx2 fma", "x86_64")["reduce_range"] is True
+    vnni = cpu_int8_kernels("flags\t: fpu avx2 avx512f avx512_vnni", "x86_64")
+    assert vnni["reduce_range"] is False and "avx512_vnni" in vnni["reason"]
+    assert cpu_int8_kernels("", "aarch64")["reduce_range"] is False
+
+
+def test_calibration_data_records_provenance_and_feeds_both_tools():
+    from converters.calibration import CalibrationData
+
+    imgs = np.random.default_rng(0).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    cal = CalibrationData(imgs, "train", [f"img{i}" for i in range(5)], seed=3, source="x")
+    p = cal.provenance()
+    assert p["split"] == "train" and p["count"] == 5 and p["seed"] == 3
+    other = CalibrationData(imgs, "train", [f"img{i}" for i in (0, 1, 2, 4, 3)], seed=3)
+    assert other.provenance()["items_sha256"] != p["items_sha256"]
+    feeds = list(iter(cal.ort_reader("images", 2).get_next, None))
+    assert [f["images"].shape[0] for f in feeds] == [2, 2, 2]  # the last batch is padded to the fixed size
+    assert len(list(cal.nncf_dataset().get_inference_data())) == 5
+    with pytest.raises(InputError, match="held-out"):
+        CalibrationData(imgs, "test", ["a"] * 5)
+
+
+def test_bad_quantisation_is_caught_by_the_gate(digits_run, tmp_path: Path):
+    """Per-tensor weights calibrated on 2 images: the depthwise convs collapse and the export is refused."""
+    import edge_transfer as et
+
+    with pytest.raises(ValidationFailed) as info:
+        et.export(digits_run.path, out=tmp_path / "bad", format="onnx-int8", per_channel=False, calibration_size=2)
+    msg = str(info.value)
+    assert "onnx-int8" in msg and "FAIL" in msg and "drop" in msg and "not written" in msg
+    assert not (tmp_path / "bad").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_exports_several_formats_with_a_table_and_json(digits_run, tmp_path: Path):
+    r = run_cli("export", str(digits_run.path), "--format", "onnx,openvino-fp16", "--out", str(tmp_path / "multi"))
+    assert r.returncode == 0, r.stderr
+    assert "format" in r.stdout and "onnx" in r.stdout and "openvino-fp16" in r.stdout and "PASS" in r.stdout
+    assert (tmp_path / "multi" / "onnx" / "model.onnx").is_file() and (tmp_path / "multi" / "openvino-fp16" / "model.xml").is_file()
+    r = run_cli("export", str(digits_run.path), "--format", "onnx,openvino-fp16", "--out", str(tmp_path / "multi"), "--json", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["passed"] is True and [f["format"] for f in doc["formats"]] == ["onnx", "openvino-fp16"]
+    assert all(f["validation"]["passed"] and f["bytes"] > 0 for f in doc["formats"])
+    r = run_cli("export", str(digits_run.path), "--format", "onnx,tflite", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "tflite" in r.stderr and "available" in r.stderr
