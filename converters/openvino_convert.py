@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,19 @@ def quantize_int8(
         "per_channel": True,
     }
     common = {"subset_size": len(calibration), "preset": nncf.QuantizationPreset.PERFORMANCE}
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars go to stdout; keep stdout for results/JSON
+        quantized = _run_nncf(nncf, model, dataset, common, accuracy_control, feed_batch)
+    if accuracy_control is not None:
+        settings.update(
+            tool="nncf.quantize_with_accuracy_control",
+            accuracy_control={"split": accuracy_control.get("split"), "count": int(len(accuracy_control["images"])),
+                              "max_drop": float(accuracy_control["max_drop"])},
+        )
+    settings["float_layers"] = float_layers(quantized)
+    return quantized, settings
+
+
+def _run_nncf(nncf, model, dataset, common: dict[str, Any], accuracy_control: dict[str, Any] | None, feed_batch: int | None):
     if accuracy_control is None:
         quantized = nncf.quantize(model, dataset, **common)
     else:
@@ -96,13 +111,4 @@ def quantize_int8(
             model, dataset, nncf.Dataset(items), validation_fn=validate,
             max_drop=float(accuracy_control["max_drop"]), drop_type=nncf.DropType.ABSOLUTE, **common,
         )
-        settings.update(
-            tool="nncf.quantize_with_accuracy_control",
-            accuracy_control={
-                "split": accuracy_control.get("split"),
-                "count": int(len(images)),
-                "max_drop": float(accuracy_control["max_drop"]),
-            },
-        )
-    settings["float_layers"] = float_layers(quantized)
-    return quantized, settings
+    return quantized

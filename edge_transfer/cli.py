@@ -81,7 +81,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         _print_json({"out": args.out, "passed": False, "formats": [r.summary() for r in results]})
         return 1
     if args.json:
-        _print_json({"out": args.out, "passed": True, "formats": [r.summary() for r in results]})
+        _print_json({"out": args.out, "passed": all(r.passed for r in results), "formats": [r.summary() for r in results]})
         return 0
     print(format_table([r.summary() for r in results]))
     for r in results:
@@ -128,11 +128,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"labels      {len(m.labels)}: {', '.join(m.labels[:5])}{' ...' if len(m.labels) > 5 else ''}")
     src = m.source
     print(f"source      {src.get('backbone', '?')} ({src.get('weights', '?')}), strategy {src.get('strategy', '?')}, licence {src.get('license', '?')}")
+    cal = m.calibration
+    if cal:
+        print(f"calibration {cal.get('count')} images from {cal.get('split')} of {cal.get('source')} ({cal.get('method')}), items sha256 {str(cal.get('items_sha256'))[:12]}")
+    floats = (m.raw.get("model", {}).get("conversion") or {}).get("float_layers") or (m.raw.get("model", {}).get("conversion") or {}).get("float_nodes")
+    if floats:
+        print(f"in float    {len(floats)} layer(s): {', '.join(floats[:3])}{' ...' if len(floats) > 3 else ''}")
     if v:
         print(
             f"validation  {'passed' if v.get('passed') else 'FAILED'} on {v.get('split')} ({v.get('count')} images): "
             f"agreement {_pct(v.get('top1_agreement'))}, max |diff| {v.get('max_abs_logit_diff', float('nan')):.2g}, "
             f"accuracy torch {_pct(v.get('torch_accuracy'))} / bundle {_pct(v.get('artifact_accuracy'))}"
+            + (f", drop {100 * v['accuracy_drop']:+.2f} pt" if v.get("accuracy_drop") is not None else "")
         )
     return 0
 

@@ -54,7 +54,7 @@ def test_own_image_folder_train_export_predict_via_cli(tmp_path: Path):
     assert json.loads(r.stdout)["metrics"]["test_count"] == 6
     r = run_cli("export", str(run), "--format", "onnx", "--out", str(bundle), "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["validation"]["passed"] is True
+    assert json.loads(r.stdout)["formats"][0]["validation"]["passed"] is True
     image = next((data / "two").glob("*.png"))
     r = run_cli("predict", str(bundle), str(image), "--top-k", "1", "--json")
     assert r.returncode == 0, r.stderr
@@ -103,7 +103,7 @@ def test_pretrained_efficientnet_lite0_labels_chelsea_a_cat(tmp_path: Path):
     bundle = tmp_path / "imagenet"
     r = run_cli("export", "--backbone", "efficientnet_lite0", "--strategy", "pretrained", "--format", "onnx", "--out", str(bundle), "--json")
     assert r.returncode == 0, r.stderr
-    v = json.loads(r.stdout)["validation"]
+    v = json.loads(r.stdout)["formats"][0]["validation"]
     assert v["passed"] and v["top1_agreement"] >= 0.995
     photo = tmp_path / "chelsea.png"
     Image.fromarray(data.chelsea()).save(photo)
