@@ -229,7 +229,7 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
             images, expected, baseline, allowed, desc = job.tuning_target()
             settings = quantize_int8_accuracy_aware(
                 job.preprocessed(), target, job.calibration, input_name=INPUT_NAME, tuning_images=images, expected=expected,
-                baseline=baseline, max_drop=allowed, work_dir=job.work, feed_batch=job.feed_batch, log=job.say, **options,
+                baseline=baseline, max_drop=allowed, feed_batch=job.feed_batch, log=job.say, **options,
             )
             settings["accuracy_aware"].update(desc, split=job.tuning.split if job.tuning else None)
         else:
@@ -395,7 +395,7 @@ def _export_one(
     return ExportResult(spec.name, target, bundle, validation, seconds)
 
 
-def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str]) -> None:
+def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str], *, accuracy_aware: bool = False) -> None:
     """Raise `ValidationFailed` (with the whole table) if any format was not written or failed its gate."""
     bad = [r for r in results if not r.written or r.error]
     if not bad:
@@ -403,10 +403,14 @@ def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str])
     details = "; ".join(
         f"{r.format}: {r.error or format_validation(r.validation or {})}" for r in bad
     )
+    hints = []
+    if any(r.format.endswith("int8") for r in bad):
+        hints.append("--accuracy-aware tuned on the val split and that did not hold on the held-out split (a larger val split "
+                     "makes the search more reliable)" if accuracy_aware else "use --accuracy-aware to keep sensitive layers in float")
+    hints.append("--max-drop changes the tolerance; --allow-failed-validation writes failed bundles marked as failed")
     exc = ValidationFailed(
         f"{len(bad)} of {len(results)} format(s) not written to {out}:\n{format_table([r.summary() for r in results])}\n{details}\n"
-        "(use --accuracy-aware to keep sensitive layers in float, --max-drop to change the tolerance, "
-        "or --allow-failed-validation to write failed bundles marked as failed)"
+        f"({'; '.join(hints)})"
     )
     exc.results = results  # type: ignore[attr-defined]  # the CLI's --json reports them all
     raise exc

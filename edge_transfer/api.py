@@ -276,7 +276,7 @@ def export(
         quantization=QuantizationOptions(method=calibration_method, per_channel=per_channel, reduce_range=reduce_range,
                                          accuracy_aware=accuracy_aware),
     )
-    raise_for_failures(results, out)
+    raise_for_failures(results, out, accuracy_aware=accuracy_aware)
     return results
 
 

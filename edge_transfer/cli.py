@@ -1,5 +1,5 @@
 """The `edge-transfer` command line. Host commands (train, export, demo) import torch when they run;
-device commands (predict, inspect) need only `runtimes` and one backend."""
+device commands (predict, inspect, bench) need only `runtimes` and one backend."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ EPILOG = """examples:
   edge-transfer export --backbone efficientnet_lite0 --strategy pretrained --format onnx --out bundles/imagenet
   edge-transfer predict bundles/imagenet cat.jpg --top-k 3
   edge-transfer inspect bundles/digits --json
+  edge-transfer bench bundles/digits-all/onnx bundles/digits-all/onnx-int8 --batch 1,8
 """
 
 
@@ -165,6 +166,89 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(spec: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise EdgeTransferError(f"{what} must be positive integers separated by commas, got {spec!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from runtimes.bench import bench_bundle, labelled_accuracy
+
+    from .bench_report import comparison_rows, format_table, machine_context, plot, write_csv, write_json
+
+    batches = _int_list(args.batch, "--batch")
+    options: dict[str, Any] = {}
+    if args.threads:
+        options["threads"] = args.threads
+    if args.hint:
+        options["hint"] = args.hint
+    if args.streams:
+        options["streams"] = args.streams
+    images = None
+    if args.images:
+        from runtimes.preprocess import read_image
+
+        images = [read_image(path) for path in args.images]
+    bar = None
+    results = []
+    interrupted = False
+    for path in args.bundles:
+        progress = None
+        if not args.quiet and not args.json_stdout:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                bar = tqdm(total=None if args.duration else args.iterations, desc=f"bench {path}", unit="it", file=sys.stderr, leave=False)
+
+                def progress(done: int, total: int | None, _bar=bar) -> None:
+                    _bar.update(done - _bar.n)
+        try:
+            found = bench_bundle(path, batches=batches, device=args.device, backend_options=options, mode=args.mode,
+                                 iterations=None if args.duration else args.iterations, duration=args.duration,
+                                 warmup=args.warmup, images=images, progress=progress)
+        except KeyboardInterrupt:
+            found, interrupted = [], True
+        finally:
+            if bar is not None:
+                bar.close()
+        if args.data and found:
+            import runtimes
+
+            with runtimes.load(path, device=args.device, **options) as predictor:
+                accuracy = labelled_accuracy(predictor, args.data)
+            for r in found:
+                r.accuracy = accuracy
+        results.extend(found)
+        if interrupted or any(r.interrupted for r in found):
+            interrupted = True
+            break
+    rows = comparison_rows(results)
+    if args.json:
+        write_json(results, rows, args.json, machine_context())
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.plot and results:
+        plot(results, args.plot)
+    if args.json_stdout:
+        _print_json({"machine": machine_context(), "rows": rows, "interrupted": interrupted})
+    else:
+        print(format_table(rows))
+        for r in results:
+            plain = f"; plain backend call p50 {r.plain.p50:.3f} ms" if r.plain else ""
+            print(f"{r.export_format or r.precision} batch {r.batch}: load {r.load_s:.2f} s, first call {r.first_ms:.1f} ms, "
+                  f"{r.warmup_iterations} warm-up calls, {r.latency.count} timed{plain}", file=sys.stderr)
+        if interrupted:
+            print("interrupted: the table shows what was measured before Ctrl-C", file=sys.stderr)
+    return 130 if interrupted else 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 FORMATS_HELP = """formats:
@@ -260,6 +344,38 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
+
+    b = sub.add_parser(
+        "bench", help="measure latency of one or more bundles on this device (needs only runtimes + a backend)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Latency the application sees: load and first call reported apart, warm-up until stable, then "
+                    "p50/p90/p95/p99, throughput and memory. The plain backend call (session.run / infer request) is "
+                    "timed on the same session in alternating blocks, and our overhead is reported against it.",
+        epilog="examples:\n  edge-transfer bench bundles/digits/onnx bundles/digits/onnx-int8 --batch 1,8\n"
+               "  edge-transfer bench bundles/digits/openvino-int8 --device AUTO --hint throughput --duration 10 --json bench.json\n"
+               "  edge-transfer bench bundles/digits/* --mode end-to-end --data held_out/ --csv bench.csv --plot bench.png",
+    )
+    b.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories; the first is the speed-up reference")
+    b.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
+    b.add_argument("--mode", default="model", choices=["model", "end-to-end"],
+                   help="model: the backend call on a ready uint8 tensor (default); end-to-end: decoded images in, labels out "
+                        "(resize, crop, softmax and top-k included)")
+    how_long = b.add_mutually_exclusive_group()
+    how_long.add_argument("--iterations", type=int, default=200, help="timed calls per bundle and batch (default 200)")
+    how_long.add_argument("--duration", type=float, help="measure for this many seconds instead of a fixed count")
+    b.add_argument("--warmup", type=int, help="warm-up calls (default: until two blocks of 10 agree within 5%%)")
+    b.add_argument("--device", help="onnxruntime: cpu, cuda, tensorrt; openvino: CPU, GPU, NPU, AUTO (default cpu)")
+    b.add_argument("--threads", type=int, default=0, help="inference threads (default: the backend's own choice)")
+    b.add_argument("--hint", choices=["latency", "throughput"], help="OpenVINO performance hint (default latency)")
+    b.add_argument("--streams", type=int, help="OpenVINO inference streams (default: from the hint)")
+    b.add_argument("--images", nargs="+", metavar="IMAGE", help="end-to-end inputs (default: synthetic 480x640 images)")
+    b.add_argument("--data", help="labelled image folder (one sub-folder per class): adds an accuracy column")
+    b.add_argument("--json", metavar="FILE", help="write every statistic (ours and the plain call) and the machine as JSON")
+    b.add_argument("--csv", metavar="FILE", help="write the comparison table as CSV")
+    b.add_argument("--plot", metavar="FILE.png", help="latency distributions and accuracy vs latency (needs matplotlib)")
+    b.add_argument("--json-stdout", action="store_true", help="print the rows as JSON on stdout instead of the table")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("inspect", help="verify a bundle and show its manifest", description="Verify checksums and schema, then summarise the manifest.")
     i.add_argument("bundle")

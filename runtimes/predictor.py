@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -121,6 +121,14 @@ class Predictor:
         return self._run_impl(self.check_batch(batch))
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def native_call(self) -> Callable[[np.ndarray], Any]:
+        """The backend's own inference call on this predictor's session, with nothing of ours around it.
+
+        For measuring our overhead (`runtimes.bench`): it takes a ready batch and returns whatever the backend
+        returns, without input checks or output conversion. Call it from the thread that will use it.
+        """
         raise NotImplementedError
 
     def prepare(self, images: Any) -> np.ndarray:

@@ -37,6 +37,19 @@ def digits_bundle(digits_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def format_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The 64 px digits run exported once to every format. Failed gates are written anyway (marked) so the
+    runtime contract can be checked on every artifact; the gate itself is tested separately."""
+    import edge_transfer as et
+    from converters.export import FORMATS
+
+    out = tmp_path_factory.mktemp("formats") / "digits"
+    results = et.export(digits_run.path, out=out, format=",".join(FORMATS), calibration_size=64, allow_failed_validation=True)
+    assert [r.format for r in results] == list(FORMATS)
+    return {r.format: r.path for r in results}
+
+
 @pytest.fixture()
 def bundle_copy(digits_bundle: Path, tmp_path: Path) -> Path:
     """A private copy of the digits bundle that a test may damage."""

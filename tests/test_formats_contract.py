@@ -17,18 +17,6 @@ from conftest import SMALL, run_cli
 
 
 @pytest.fixture(scope="session")
-def format_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The 64 px digits run exported once to every format. Failed gates are written anyway (marked) so the
-    runtime contract can be checked on every artifact; the gate itself is tested separately."""
-    import edge_transfer as et
-
-    out = tmp_path_factory.mktemp("formats") / "digits"
-    results = et.export(digits_run.path, out=out, format=",".join(FORMATS), calibration_size=64, allow_failed_validation=True)
-    assert [r.format for r in results] == list(FORMATS)
-    return {r.format: r.path for r in results}
-
-
-@pytest.fixture(scope="session")
 def test_images(digits_run) -> np.ndarray:
     from edge_transfer.data import load_digits_dataset, stratified_split
     from runtimes.preprocess import PreprocessConfig
@@ -153,6 +141,51 @@ def test_calibration_data_records_provenance_and_feeds_both_tools():
     assert len(list(cal.nncf_dataset().get_inference_data())) == 5
     with pytest.raises(InputError, match="held-out"):
         CalibrationData(imgs, "test", ["a"] * 5)
+
+
+def _optimized_op_types(path: Path) -> list[str]:
+    """The node types onnxruntime actually runs after its graph optimisations (its fused int8 kernels included)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_nodes_kept_in_float_stay_float_inside_onnxruntime(format_bundles, test_images, tmp_path: Path):
+    """onnxruntime re-quantises a float-weight Conv fed by DequantizeLinear (per tensor, behind our back); a node
+    we keep in float must reach the session as a float Conv, and putting every node back in float must give the
+    float model's outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    from converters.calibration import CalibrationData
+    from converters.onnx_quantize import (preprocess_for_quantization, quantize_int8_static, quantized_compute_nodes,
+                                          quantizable_nodes, with_float_nodes)
+
+    pre = tmp_path / "pre.onnx"
+    preprocess_for_quantization(format_bundles["onnx"] / "model.onnx", pre)
+    convs = [n for n in quantizable_nodes(pre) if n.endswith("Conv")]
+    cal = CalibrationData(test_images[:8], "train", [str(i) for i in range(8)])
+    full, one_float = tmp_path / "int8.onnx", tmp_path / "stem-float.onnx"
+    quantize_int8_static(pre, full, cal, input_name="images", reduce_range=True)
+    quantize_int8_static(pre, one_float, cal, input_name="images", reduce_range=True, exclude=[convs[0]])
+    int8_convs = _optimized_op_types(full).count("QLinearConv")
+    assert int8_convs > len(convs) // 2
+    assert _optimized_op_types(one_float).count("QLinearConv") == int8_convs - 1
+
+    quantized = onnx.load(full)
+    restored = with_float_nodes(quantized, onnx.load(pre), quantized_compute_nodes(quantized))
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in restored.graph.node)
+
+    def run(model) -> np.ndarray:
+        src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        return ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, {"images": test_images})[0]
+
+    np.testing.assert_allclose(run(restored), run(pre), atol=1e-4)
 
 
 def test_bad_quantisation_is_caught_by_the_gate(digits_run, tmp_path: Path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -67,3 +67,7 @@ class OnnxRuntimePredictor(Predictor):
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
         (out,) = self.session.run([self._output_name], {self._input_name: batch})
         return np.asarray(out, dtype=np.float32)
+
+    def native_call(self) -> Callable[[np.ndarray], Any]:
+        session, outputs, name = self.session, [self._output_name], self._input_name
+        return lambda batch: session.run(outputs, {name: batch})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import openvino as ov
@@ -21,17 +21,20 @@ class OpenVinoPredictor(Predictor):
 
     device: "cpu" (default), "gpu", "npu" or "auto" (OpenVINO picks; the device it picked is reported).
     hint: "latency" (default) or "throughput" (OpenVINO's PERFORMANCE_HINT). threads: CPU inference threads
-    (0 = OpenVINO's default). A device OpenVINO does not see raises `BackendUnavailableError` naming the ones it
-    does; nothing falls back silently. NPUs need static shapes: export with a fixed batch for them.
+    (0 = OpenVINO's default). streams: NUM_STREAMS (default: what the hint picks). A device OpenVINO does not
+    see raises `BackendUnavailableError` naming the ones it does; nothing falls back silently. NPUs need static shapes: export with a fixed batch for them.
     Calls are concurrent: each thread gets its own infer request.
     """
 
     backend_name = "openvino"
 
-    def __init__(self, bundle: Bundle, device: str | None = None, *, hint: str = "latency", threads: int = 0, **options: Any) -> None:
+    def __init__(self, bundle: Bundle, device: str | None = None, *, hint: str = "latency", threads: int = 0,
+                 streams: int | None = None, **options: Any) -> None:
         super().__init__(bundle)
         if options:
-            raise InputError(f"unknown openvino option(s): {', '.join(sorted(options))} (known: hint, threads)")
+            raise InputError(f"unknown openvino option(s): {', '.join(sorted(options))} (known: hint, threads, streams)")
+        if streams is not None and (not isinstance(streams, int) or streams < 1):
+            raise InputError(f"openvino streams must be a positive integer, got {streams!r}")
         dev = (device or "cpu").lower()
         if dev not in DEVICES:
             raise InputError(f"openvino device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -49,6 +52,8 @@ class OpenVinoPredictor(Predictor):
         config: dict[str, Any] = {"PERFORMANCE_HINT": HINTS[hint]}
         if threads and dev == "cpu":
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if streams is not None:
+            config["NUM_STREAMS"] = int(streams)
         try:
             self.compiled = core.compile_model(core.read_model(str(bundle.entrypoint)), dev.upper(), config)
         except RuntimeError as exc:
@@ -65,14 +70,22 @@ class OpenVinoPredictor(Predictor):
         return self._device if self._device != "auto" else f"auto:{actual}"
 
     def describe(self) -> dict[str, Any]:
-        return dict(super().describe(), execution_devices=list(self.execution_devices), hint=self._hint, openvino=ov.__version__)
+        return dict(super().describe(), execution_devices=list(self.execution_devices), hint=self._hint,
+                    streams=int(self.compiled.get_property("NUM_STREAMS")), openvino=ov.__version__)
 
-    def _run_impl(self, batch: np.ndarray) -> np.ndarray:
+    def _request(self):
+        """This thread's infer request (created on first use)."""
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        result = request.infer({0: batch})
+        return request
+
+    def _run_impl(self, batch: np.ndarray) -> np.ndarray:
+        result = self._request().infer({0: batch})
         return np.array(result[self.compiled.output(0)], dtype=np.float32)
+
+    def native_call(self) -> Callable[[np.ndarray], Any]:
+        return self._request().infer  # the same infer request `run` uses on this thread
 
     def close(self) -> None:
         self._local = threading.local()

@@ -1,0 +1,131 @@
+"""Tables, CSV, JSON and plots for `edge-transfer bench` results (`runtimes.bench.BenchResult`). No torch;
+matplotlib only for `--plot`, imported when asked for."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from runtimes.bench import BenchResult
+
+COLUMNS = ("bundle", "format", "precision", "backend", "device", "size_mb", "batch", "mode", "load_s", "first_ms",
+           "p50_ms", "p99_ms", "mean_ms", "throughput", "speedup", "overhead_pct", "plain_p50_ms", "peak_rss_mib", "accuracy")
+
+
+def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
+    """One row per (bundle, batch); `speedup` is the first bundle's p50 at the same batch over this one's."""
+    first: dict[int, float] = {}
+    for r in results:
+        first.setdefault(r.batch, r.latency.p50)
+    rows = []
+    for r in results:
+        rows.append({
+            "bundle": r.bundle,
+            "format": r.export_format or f"{r.backend}-{r.precision}",
+            "precision": r.precision,
+            "backend": r.backend,
+            "device": r.device + (f" ({','.join(r.execution['execution_devices'])})" if r.execution.get("execution_devices") else ""),
+            "size_mb": round(r.size_bytes / 1e6, 2),
+            "batch": r.batch,
+            "mode": r.mode,
+            "load_s": round(r.load_s, 3),
+            "first_ms": round(r.first_ms, 2),
+            "p50_ms": round(r.latency.p50, 3),
+            "p99_ms": round(r.latency.p99, 3),
+            "mean_ms": round(r.latency.mean, 3),
+            "throughput": round(r.throughput, 1),
+            "speedup": round(first[r.batch] / r.latency.p50, 2) if r.latency.p50 else None,
+            "overhead_pct": None if r.overhead is None else round(100 * r.overhead, 2),
+            "plain_p50_ms": None if r.plain is None else round(r.plain.p50, 3),
+            "peak_rss_mib": round(r.peak_rss_mib, 1),
+            "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
+        })
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The comparison table users read: what ran where, how big, how fast, how much we add."""
+    cols = [("format", "format"), ("precision", "prec"), ("backend", "backend"), ("device", "device"), ("size_mb", "size MB"),
+            ("batch", "batch"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("throughput", "img/s"), ("speedup", "speed-up"),
+            ("overhead_pct", "overhead")]
+    if any(r.get("accuracy") is not None for r in rows):
+        cols.append(("accuracy", "accuracy"))
+
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if key == "speedup":
+            return f"{value:.2f}x"
+        if key == "overhead_pct":
+            return f"{value:+.1f}%"
+        if key == "accuracy":
+            return f"{100 * value:.2f}%"
+        return str(value)
+
+    table = [[title for _, title in cols]] + [[cell(k, r.get(k)) for k, _ in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k) for k in COLUMNS})
+
+
+def write_json(results: Sequence[BenchResult], rows: Sequence[dict[str, Any]], path: str | os.PathLike[str],
+               context: dict[str, Any]) -> None:
+    """Everything: the table rows, each result's full statistics (ours and the plain call) and the machine."""
+    doc = {"machine": context, "rows": list(rows), "results": [r.to_dict() for r in results]}
+    Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
+    """Latency distributions per bundle and batch, and accuracy vs p50 latency when accuracy was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_acc = [r for r in results if r.accuracy is not None]
+    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(13 if with_acc else 8, 4.5), squeeze=False)
+    ax = axes[0][0]
+    labels = [f"{r.export_format or r.precision}\nb{r.batch}" for r in results]
+    ax.boxplot([r.samples_ms or [float("nan")] for r in results], whis=(1, 99), showfliers=False)
+    ax.set_xticks(range(1, len(results) + 1), labels, fontsize=8)
+    ax.set_ylabel("latency per call (ms), whiskers p1-p99")
+    ax.set_title("latency distribution")
+    if with_acc:
+        ax2 = axes[0][1]
+        for r in with_acc:
+            ax2.scatter(r.latency.p50 / r.batch, 100 * r.accuracy)
+            ax2.annotate(f"{r.export_format or r.precision} b{r.batch}", (r.latency.p50 / r.batch, 100 * r.accuracy), fontsize=8)
+        ax2.set_xlabel("p50 latency per image (ms)")
+        ax2.set_ylabel("top-1 accuracy (%)")
+        ax2.set_title("accuracy vs latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine_context() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import platform
+
+    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+                            "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info

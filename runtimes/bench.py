@@ -1,0 +1,300 @@
+"""Latency benchmark of a bundle on the device it runs on: numpy + one backend, never torch.
+
+What it measures, per bundle and batch size:
+- load time (manifest + checksums + session/compile) and the first inference, reported apart from the rest;
+- warm-up until the latency is stable (or a fixed count), then a fixed number of iterations or a duration;
+- min, mean, std, p50, p90, p95, p99, max latency, throughput, peak resident memory, bundle size;
+- in the same run, on the same session, the plain backend call (ONNX Runtime `session.run`, OpenVINO
+  `InferRequest.infer`) interleaved with ours in alternating blocks, so our overhead is measured, not assumed.
+
+Two modes: `model` times `Predictor.run` on a ready uint8 batch; `end-to-end` times `Predictor.predict` on
+decoded images at their original size (resize, crop, softmax and top-k included), labels out.
+Ctrl-C stops the measurement; what was measured so far is returned, marked `interrupted`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+MODES = ("model", "end-to-end")
+DEFAULT_ITERATIONS = 200
+BLOCK = 10  # iterations per alternating block (ours, then the plain backend call)
+WARMUP_TOLERANCE = 0.05  # warm-up ends when two consecutive blocks' medians differ by less than 5%
+WARMUP_MAX_SECONDS = 20.0
+
+
+@dataclass
+class LatencyStats:
+    """Latency statistics in milliseconds over `count` timed calls."""
+
+    count: int
+    min: float
+    mean: float
+    std: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> "LatencyStats":
+        ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+        if ms.size == 0:
+            return cls(0, *([float("nan")] * 8))
+        p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+        return cls(int(ms.size), float(ms.min()), float(ms.mean()), float(ms.std()), float(p50), float(p90), float(p95),
+                   float(p99), float(ms.max()))
+
+
+@dataclass
+class BenchResult:
+    """One bundle at one batch size. Times in ms unless named `_s`; memory in MiB."""
+
+    bundle: str
+    export_format: str | None
+    precision: str
+    backend: str
+    device: str
+    execution: dict[str, Any]
+    size_bytes: int
+    batch: int
+    mode: str
+    threads: int
+    load_s: float
+    first_ms: float
+    warmup_iterations: int
+    latency: LatencyStats
+    plain: LatencyStats | None
+    overhead: float | None  # p50 ours / p50 plain - 1 (model mode only)
+    throughput: float  # images per second over the timed calls
+    peak_rss_mib: float
+    interrupted: bool = False
+    accuracy: float | None = None
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self, *, samples: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not samples:
+            d.pop("samples_ms")
+        return d
+
+
+def _rss_mib() -> float:
+    """Resident memory of this process now (Linux /proc), or its peak where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
+
+
+def _timed(call: Callable[[], Any], n: int, out: list[float]) -> None:
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        call()
+        out.append(clock() - t0)
+
+
+def synthetic_images(count: int, size: tuple[int, int] = (480, 640), seed: int = 0) -> list[np.ndarray]:
+    """Decoded-looking RGB images (smooth gradients plus noise) at a camera-like size, for end-to-end runs."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    images = []
+    for _ in range(count):
+        base = np.stack([(xx * rng.uniform(0.1, 0.5) + yy * rng.uniform(0.1, 0.5) + rng.uniform(0, 255)) % 256 for _ in range(3)], -1)
+        images.append(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+    return images
+
+
+def bench_predictor(
+    predictor: Any,
+    *,
+    batch: int = 1,
+    mode: str = "model",
+    iterations: int | None = None,
+    duration: float | None = None,
+    warmup: int | None = None,
+    images: Sequence[np.ndarray] | None = None,
+    load_s: float = 0.0,
+    threads: int = 0,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> BenchResult:
+    """Benchmark a loaded predictor at one batch size (see the module docstring).
+
+    iterations / duration: how long to measure (default 200 iterations; `duration` in seconds wins if given).
+    warmup: a fixed number of warm-up calls, or None to warm up until two blocks of 10 agree within 5%.
+    images: end-to-end inputs (decoded RGB arrays of any size); default: synthetic 480x640 images.
+    progress: called as progress(done, total) during the timed calls (total is None for a duration).
+    """
+    if mode not in MODES:
+        raise InputError(f"bench mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if batch < 1:
+        raise InputError(f"batch size must be >= 1, got {batch}")
+    if predictor.max_batch is not None and batch != predictor.max_batch:
+        raise InputError(f"{predictor.bundle.path}: this bundle has a fixed batch of {predictor.max_batch}; cannot bench batch {batch}")
+    if iterations is not None and iterations < 1:
+        raise InputError(f"iterations must be >= 1, got {iterations}")
+    if duration is not None and duration <= 0:
+        raise InputError(f"duration must be > 0 seconds, got {duration}")
+    if iterations is None and duration is None:
+        iterations = DEFAULT_ITERATIONS
+
+    if images is None:
+        images = synthetic_images(min(batch, 8))
+    sources = [images[i % len(images)] for i in range(batch)]
+    ready = predictor.prepare(sources) if len(sources) else None
+    plain_call = predictor.native_call()
+    if mode == "model":
+        ours: Callable[[], Any] = lambda: predictor.run(ready)
+        plain: Callable[[], Any] | None = lambda: plain_call(ready)
+    else:
+        ours = lambda: predictor.predict(sources, top_k=5)
+        plain = lambda: plain_call(ready)  # the model call alone, to show what pre/post-processing costs
+    rss = _rss_mib()
+
+    t0 = time.perf_counter()
+    ours()
+    first_ms = (time.perf_counter() - t0) * 1000.0
+    rss = max(rss, _rss_mib())
+
+    samples: list[float] = []
+    plain_samples: list[float] = []
+    warm = 0
+    interrupted = False
+    try:
+        warm = _warm_up(ours, plain, warmup)
+        start = time.perf_counter()
+        total_blocks = None if duration is not None else -(-iterations // BLOCK)
+        done = 0
+        while True:
+            if duration is not None and time.perf_counter() - start >= duration:
+                break
+            if duration is None and done >= iterations:
+                break
+            n = BLOCK if duration is not None else min(BLOCK, iterations - done)
+            _timed(ours, n, samples)
+            _timed(plain, n, plain_samples)
+            done += n
+            rss = max(rss, _rss_mib())
+            if progress is not None:
+                progress(done, None if total_blocks is None else iterations)
+    except KeyboardInterrupt:
+        interrupted = True
+
+    stats = LatencyStats.of(samples)
+    plain_stats = LatencyStats.of(plain_samples) if plain_samples else None
+    overhead = None
+    if mode == "model" and plain_stats is not None and plain_stats.count and stats.count:
+        overhead = stats.p50 / plain_stats.p50 - 1.0
+    throughput = batch * len(samples) / sum(samples) if samples else float("nan")
+    describe = predictor.describe()
+    execution = {k: describe[k] for k in ("providers", "execution_devices", "hint", "streams", "onnxruntime", "openvino") if k in describe}
+    return BenchResult(
+        bundle=str(predictor.bundle.path),
+        export_format=predictor.manifest.raw.get("model", {}).get("export_format"),
+        precision=predictor.precision,
+        backend=predictor.backend_name,
+        device=predictor.device,
+        execution=execution,
+        size_bytes=predictor.bundle.size_bytes,
+        batch=batch,
+        mode=mode,
+        threads=threads,
+        load_s=load_s,
+        first_ms=first_ms,
+        warmup_iterations=warm,
+        latency=stats,
+        plain=plain_stats,
+        overhead=overhead,
+        throughput=throughput,
+        peak_rss_mib=rss,
+        interrupted=interrupted,
+        samples_ms=[s * 1000.0 for s in samples],
+    )
+
+
+def _warm_up(ours: Callable[[], Any], plain: Callable[[], Any] | None, count: int | None) -> int:
+    """Run both calls until latency is stable (or `count` times each); returns the warm-up calls made of ours."""
+    if count is not None:
+        for _ in range(count):
+            ours()
+            if plain is not None:
+                plain()
+        return count
+    start, made, previous = time.perf_counter(), 0, None
+    while True:
+        block: list[float] = []
+        _timed(ours, BLOCK, block)
+        if plain is not None:
+            _timed(plain, BLOCK, [])
+        made += BLOCK
+        median = float(np.median(block))
+        if previous is not None and abs(median - previous) <= WARMUP_TOLERANCE * previous:
+            return made
+        if time.perf_counter() - start > WARMUP_MAX_SECONDS:
+            return made
+        previous = median
+
+
+def bench_bundle(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    batches: Sequence[int] = (1,),
+    device: str | None = None,
+    backend_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> list[BenchResult]:
+    """Load a bundle (timed) and benchmark it at each batch size; options as for `bench_predictor`."""
+    from . import load
+
+    backend_options = dict(backend_options or {})
+    t0 = time.perf_counter()
+    predictor = load(bundle_dir, device=device, **backend_options)
+    load_s = time.perf_counter() - t0
+    try:
+        results = []
+        for b in batches:
+            result = bench_predictor(predictor, batch=b, load_s=load_s, threads=int(backend_options.get("threads", 0)), **options)
+            results.append(result)
+            if result.interrupted:
+                break
+        return results
+    finally:
+        predictor.close()
+
+
+def labelled_accuracy(predictor: Any, folder: str | os.PathLike[str]) -> float:
+    """Top-1 accuracy on an image folder (one sub-folder per class, named like the bundle's labels)."""
+    from .preprocess import read_image
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: --data must be an image folder with one sub-folder per class")
+    labels = list(predictor.labels)
+    hits = total = 0
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if sub.name not in labels:
+            raise InputError(f"{root}: class folder {sub.name!r} is not one of the bundle's labels")
+        files = sorted(f for f in sub.iterdir() if f.is_file() and not f.name.startswith("."))
+        for start in range(0, len(files), 64):
+            batch = predictor.prepare([read_image(str(f)) for f in files[start : start + 64]])
+            hits += int((predictor.run_chunked(batch).argmax(1) == labels.index(sub.name)).sum())
+            total += min(64, len(files) - start)
+    if total == 0:
+        raise InputError(f"{root}: no images found in its class folders")
+    return hits / total
