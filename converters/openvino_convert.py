@@ -2,7 +2,7 @@
 
 - `openvino` / `openvino-fp16`: `openvino.convert_model` on the validated fp32 ONNX, saved with or without fp16
   weight compression (the CPU plugin still computes in fp32/bf16; GPUs and NPUs compute in fp16).
-- `openvino-int8`: `nncf.quantize` with full bias correction (not the fast variant) on calibration images from the
+- `openvino-int8`: `nncf.quantize` with (fast) bias correction, NNCF's default, on calibration images from the
   training split. With accuracy control, `nncf.quantize_with_accuracy_control` reverts the most sensitive layers
   to float until the metric on the tuning split drops by at most `max_drop`; the layers left in float are read
   back from the quantised graph and recorded.

@@ -258,7 +258,7 @@ FORMATS_HELP = """formats:
   onnx-int8-dynamic   ONNX dynamic int8 (weights only calibrated offline), for comparison
   openvino            OpenVINO IR fp32
   openvino-fp16       OpenVINO IR with fp16 weights
-  openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (full bias correction)
+  openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (fast bias correction)
 
 example:
   edge-transfer export runs/digits --format onnx,onnx-int8,openvino,openvino-int8 --out bundles/digits

@@ -5,7 +5,8 @@ What it measures, per bundle and batch size:
 - warm-up until the latency is stable (or a fixed count), then a fixed number of iterations or a duration;
 - min, mean, std, p50, p90, p95, p99, max latency, throughput, peak resident memory, bundle size;
 - in the same run, on the same session, the plain backend call (ONNX Runtime `session.run`, OpenVINO
-  `InferRequest.infer`) interleaved with ours in alternating blocks, so our overhead is measured, not assumed.
+  `InferRequest.infer`) paired call by call with ours in ABBA order, so our overhead is measured, not assumed,
+  neither side always runs first, and drift during the run cancels out of the ratio.
 
 Two modes: `model` times `Predictor.run` on a ready uint8 batch; `end-to-end` times `Predictor.predict` on
 decoded images at their original size (resize, crop, softmax and top-k included), labels out.
@@ -28,7 +29,7 @@ from .errors import InputError
 
 MODES = ("model", "end-to-end")
 DEFAULT_ITERATIONS = 200
-BLOCK = 10  # iterations per alternating block (ours, then the plain backend call)
+BLOCK = 10  # pairs of calls between progress updates and duration checks
 WARMUP_TOLERANCE = 0.05  # warm-up ends when two consecutive blocks' medians differ by less than 5%
 WARMUP_MAX_SECONDS = 20.0
 
@@ -76,7 +77,7 @@ class BenchResult:
     warmup_iterations: int
     latency: LatencyStats
     plain: LatencyStats | None
-    overhead: float | None  # p50 ours / p50 plain - 1 (model mode only)
+    overhead: float | None  # ours / plain - 1: the median over side-by-side pairs of calls (model mode only)
     throughput: float  # images per second over the timed calls
     peak_rss_mib: float
     interrupted: bool = False
@@ -107,6 +108,22 @@ def _timed(call: Callable[[], Any], n: int, out: list[float]) -> None:
         t0 = clock()
         call()
         out.append(clock() - t0)
+
+
+def _paired(ours: Callable[[], Any], plain: Callable[[], Any], n: int, a: list[float], b: list[float], ratios: list[float]) -> None:
+    """`n` side-by-side pairs of calls in ABBA order (neither side always runs first); records each pair's ratio."""
+    clock = time.perf_counter
+    for i in range(n):
+        first, second = (ours, plain) if i % 2 == 0 else (plain, ours)
+        t0 = clock()
+        first()
+        t1 = clock()
+        second()
+        t2 = clock()
+        t_ours, t_plain = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+        a.append(t_ours)
+        b.append(t_plain)
+        ratios.append(t_ours / t_plain)
 
 
 def synthetic_images(count: int, size: tuple[int, int] = (480, 640), seed: int = 0) -> list[np.ndarray]:
@@ -174,6 +191,7 @@ def bench_predictor(
 
     samples: list[float] = []
     plain_samples: list[float] = []
+    ratios: list[float] = []  # per side-by-side pair of calls: ours / plain
     warm = 0
     interrupted = False
     try:
@@ -187,8 +205,7 @@ def bench_predictor(
             if duration is None and done >= iterations:
                 break
             n = BLOCK if duration is not None else min(BLOCK, iterations - done)
-            _timed(ours, n, samples)
-            _timed(plain, n, plain_samples)
+            _paired(ours, plain, n, samples, plain_samples, ratios)
             done += n
             rss = max(rss, _rss_mib())
             if progress is not None:
@@ -199,8 +216,10 @@ def bench_predictor(
     stats = LatencyStats.of(samples)
     plain_stats = LatencyStats.of(plain_samples) if plain_samples else None
     overhead = None
-    if mode == "model" and plain_stats is not None and plain_stats.count and stats.count:
-        overhead = stats.p50 / plain_stats.p50 - 1.0
+    if mode == "model" and ratios:
+        # The median of side-by-side ratios: machine drift over the run (frequency, other processes) hits both
+        # calls of a pair alike, so it cancels instead of showing up as "overhead".
+        overhead = float(np.median(ratios)) - 1.0
     throughput = batch * len(samples) / sum(samples) if samples else float("nan")
     describe = predictor.describe()
     execution = {k: describe[k] for k in ("providers", "execution_devices", "hint", "streams", "onnxruntime", "openvino") if k in describe}

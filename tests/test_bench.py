@@ -29,7 +29,7 @@ def test_bench_times_our_call_and_the_plain_backend_call(digits_bundle: Path):
     (r,) = bench_bundle(digits_bundle, batches=[2], iterations=30, warmup=3)
     assert r.batch == 2 and r.latency.count == 30 and r.plain is not None and r.plain.count == 30
     assert r.latency.min <= r.latency.p50 <= r.latency.p99 <= r.latency.max
-    assert r.overhead == pytest.approx(r.latency.p50 / r.plain.p50 - 1)
+    assert -0.5 < r.overhead < 0.5  # median of side-by-side ratios; the real cost is microseconds
     assert r.throughput == pytest.approx(2 * 30 / (sum(r.samples_ms) / 1000), rel=1e-6)
     assert r.load_s > 0 and r.first_ms > 0 and r.peak_rss_mib > 10
     assert r.backend == "onnxruntime" and r.device == "cpu" and r.execution["providers"] == ["CPUExecutionProvider"]

@@ -1,0 +1,147 @@
+"""The project's headline latency table, reproduced on this machine in one run.
+
+EfficientNet-Lite0 (the offline ImageNet weights, 224 px, uint8 NHWC in, logits out) at batch 1 and 8 through:
+torch eager fp32, ONNX Runtime fp32/fp16/int8 and OpenVINO fp32/fp16/int8. Every runtime is timed twice on the
+same session, interleaved: its plain call (`session.run`, `InferRequest.infer`) and our `Predictor.run`. The table
+gives p50 latency, throughput, our overhead against the plain call, and the speed-up against torch eager; then
+OpenVINO's own `benchmark_app` on the same IR files, for comparison.
+
+    python benchmarks/headline.py                 # about 6 minutes on 2 cores
+    python benchmarks/headline.py --iterations 300 --work /tmp/lite0-bundles --json headline.json
+
+Bundles are exported once into --work and reused by later runs (delete the folder to re-export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-fp16", "openvino-int8")
+
+
+def export_bundles(work: Path) -> dict[str, Path]:
+    import edge_transfer as et
+
+    missing = [f for f in FORMATS if not (work / f / "manifest.json").exists()]
+    if missing:
+        print(f"exporting efficientnet_lite0 to {', '.join(missing)} in {work} (once) ...", file=sys.stderr)
+        # Calibration and validation use the built-in digits images: the numbers here are latency, not accuracy.
+        et.export(backbone="efficientnet_lite0", strategy="pretrained", out=work / "_new", format=",".join(missing),
+                  calibration_size=64, allow_failed_validation=True, overwrite=True)
+        for f in missing:
+            shutil.rmtree(work / f, ignore_errors=True)
+            (work / "_new" / f).rename(work / f)
+        shutil.rmtree(work / "_new", ignore_errors=True)
+    return {f: work / f for f in FORMATS}
+
+
+def time_torch(batch: int, iterations: int) -> dict[str, float]:
+    """torch eager fp32 on the same model and input (uint8 NHWC, normalisation inside the module)."""
+    import torch
+
+    from edge_transfer.backbones import create_backbone
+    from edge_transfer.model import ImageClassifier
+
+    bb = create_backbone("efficientnet_lite0", pretrained=True)
+    model = ImageClassifier(bb, bb.source_head, bb.labels).eval()
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8))
+    samples = []
+    with torch.inference_mode():
+        for _ in range(max(5, iterations // 10)):
+            model(x)
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            model(x)
+            samples.append(time.perf_counter() - t0)
+    ms = np.asarray(samples) * 1000
+    return {"p50": float(np.median(ms)), "p99": float(np.percentile(ms, 99)), "throughput": batch * len(ms) / (ms.sum() / 1000),
+            "threads": torch.get_num_threads()}
+
+
+def benchmark_app(xml: Path, batch: int, seconds: int) -> float | None:
+    """OpenVINO's benchmark_app median latency (ms) on the same IR, latency hint, or None if it is not installed."""
+    exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
+    if not Path(exe).exists():
+        return None
+    cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-t", str(seconds), "-shape", f"images[{batch},224,224,3]"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    match = re.search(r"Median:\s+([\d.]+)\s*ms", out.stdout)
+    return float(match.group(1)) if match else None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / ".bundles"), help="where the bundles are exported (reused)")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--iterations", type=int, default=100, help="timed calls per runtime and batch at batch 1 (fewer at larger batches)")
+    p.add_argument("--json", help="also write the rows as JSON")
+    p.add_argument("--no-benchmark-app", action="store_true")
+    args = p.parse_args()
+
+    from edge_transfer.bench_report import machine_context
+    from runtimes.bench import bench_bundle
+
+    batches = [int(b) for b in args.batches.split(",")]
+    t_start = time.perf_counter()
+    bundles = export_bundles(Path(args.work))
+    rows: list[dict[str, Any]] = []
+    torch_p50: dict[int, float] = {}
+    for b in batches:
+        n = max(20, args.iterations // b)
+        t = time_torch(b, n)
+        torch_p50[b] = t["p50"]
+        rows.append({"runtime": "torch eager", "precision": "fp32", "batch": b, "plain_p50": t["p50"], "ours_p50": None,
+                     "p99": t["p99"], "throughput": t["throughput"], "overhead_pct": None, "vs_torch": 1.0})
+        print(f"torch eager batch {b}: p50 {t['p50']:.2f} ms ({t['threads']} threads)", file=sys.stderr)
+    for fmt, path in bundles.items():
+        for b in batches:
+            (r,) = bench_bundle(path, batches=[b], iterations=max(20, args.iterations // b))
+            rows.append({"runtime": r.backend, "precision": r.precision, "format": fmt, "batch": b, "plain_p50": r.plain.p50,
+                         "ours_p50": r.latency.p50, "p99": r.latency.p99, "throughput": r.throughput,
+                         "overhead_pct": 100 * r.overhead, "vs_torch": torch_p50[b] / r.latency.p50})
+            print(f"{fmt} batch {b}: ours p50 {r.latency.p50:.2f} ms, plain {r.plain.p50:.2f} ms", file=sys.stderr)
+    app: dict[str, float | None] = {}
+    if not args.no_benchmark_app:
+        for fmt in ("openvino", "openvino-fp16", "openvino-int8"):
+            for b in batches:
+                app[f"{fmt}@{b}"] = benchmark_app(bundles[fmt] / "model.xml", b, seconds=8)
+
+    machine = machine_context()
+    print(f"\nEfficientNet-Lite0, 224 px, {machine.get('cpu', machine['machine'])}, {machine['cpus']} CPUs; "
+          f"p50 latency per call in ms")
+    header = f"{'runtime':<12} {'precision':<9} {'batch':>5} {'plain p50':>10} {'ours p50':>9} {'overhead':>9} {'p99':>8} {'img/s':>8} {'vs torch':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ours = "-" if r["ours_p50"] is None else f"{r['ours_p50']:.2f}"
+        over = "-" if r["overhead_pct"] is None else f"{r['overhead_pct']:+.1f}%"
+        print(f"{r['runtime']:<12} {r['precision']:<9} {r['batch']:>5} {r['plain_p50']:>10.2f} {ours:>9} {over:>9} "
+              f"{r['p99']:>8.2f} {r['throughput']:>8.1f} {r['vs_torch']:>8.2f}x")
+    if app:
+        print("\nOpenVINO benchmark_app (latency hint, random input, same IR), median ms vs our harness's plain-call p50:")
+        for key, median in app.items():
+            fmt, b = key.split("@")
+            ours = next(r for r in rows if r.get("format") == fmt and r["batch"] == int(b))
+            shown = "not available" if median is None else f"{median:.2f} (plain {ours['plain_p50']:.2f}, ours {ours['ours_p50']:.2f})"
+            print(f"  {fmt:<14} batch {b}: {shown}")
+    print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows, "benchmark_app": app}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
