@@ -6,7 +6,7 @@ same session, interleaved: its plain call (`session.run`, `InferRequest.infer`) 
 gives p50 latency, throughput, our overhead against the plain call, and the speed-up against torch eager; then
 OpenVINO's own `benchmark_app` on the same IR files, for comparison.
 
-    python benchmarks/headline.py                 # about 6 minutes on 2 cores
+    python benchmarks/headline.py                 # about 3 minutes on 2 cores (6 with the first export)
     python benchmarks/headline.py --iterations 300 --work /tmp/lite0-bundles --json headline.json
 
 Bundles are exported once into --work and reused by later runs (delete the folder to re-export).
@@ -86,7 +86,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".bundles"), help="where the bundles are exported (reused)")
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--iterations", type=int, default=100, help="timed calls per runtime and batch at batch 1 (fewer at larger batches)")
+    p.add_argument("--iterations", type=int, default=200, help="timed calls per runtime and batch at batch 1 (fewer at larger batches)")
     p.add_argument("--json", help="also write the rows as JSON")
     p.add_argument("--no-benchmark-app", action="store_true")
     args = p.parse_args()

@@ -57,6 +57,10 @@ FORMAT_SPECS: dict[str, FormatSpec] = {
         FormatSpec("openvino", "openvino", "fp32", "openvino-ir", "model.xml", description="OpenVINO IR fp32"),
         FormatSpec("openvino-fp16", "openvino", "fp16", "openvino-ir", "model.xml", description="OpenVINO IR, fp16 weights"),
         FormatSpec("openvino-int8", "openvino", "int8", "openvino-ir", "model.xml", True, "OpenVINO IR int8 (NNCF)"),
+        FormatSpec("tensorrt", "tensorrt", "fp32", "onnx", "model.onnx", description="TensorRT-ready ONNX, fp32 engine built on the device"),
+        FormatSpec("tensorrt-fp16", "tensorrt", "fp16", "onnx", "model.onnx", description="TensorRT-ready ONNX, fp16 engine built on the device"),
+        FormatSpec("tensorrt-int8", "tensorrt", "int8", "onnx", "model.onnx", True,
+                   "TensorRT-ready QDQ ONNX (symmetric int8 from the shared calibration), int8 engine built on the device"),
     )
 }
 FORMATS = tuple(FORMAT_SPECS)
@@ -159,6 +163,7 @@ class _Job:
     tuning_logits: np.ndarray | None
     max_drop: float
     say: Callable[[str], None]
+    tensorrt: dict[str, Any]
     _pre: Path | None = None
     _cpu: dict[str, Any] | None = None
 
@@ -207,6 +212,8 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
         from .onnx_quantize import convert_fp16
 
         return convert_fp16(job.base_onnx, target), None, {}
+    if spec.backend == "tensorrt":
+        return _build_tensorrt(job, spec, target)
     if spec.name == "onnx-int8-dynamic":
         from .onnx_quantize import quantize_int8_dynamic
 
@@ -254,6 +261,36 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
     return settings, calibration, {"nncf": nncf.__version__}
 
 
+def tensorrt_settings(options: dict[str, Any], batch_size: int | None, precision: str):
+    """`runtimes.tensorrt_engine.BuildSettings` from export options; InputError names what is wrong."""
+    from runtimes.tensorrt_engine import BuildSettings, derive_profile
+
+    opts = dict(options)
+    profile = derive_profile(batch_size if batch_size is not None else "batch", opt_batch=opts.pop("opt_batch", None),
+                             max_batch=opts.pop("max_batch", None))
+    known = {"workspace_mib", "dla_core", "gpu_fallback", "hardware_compatible", "version_compatible"}
+    if set(opts) - known:
+        raise InputError(f"unknown TensorRT option(s) {', '.join(sorted(set(opts) - known))} (known: opt_batch, max_batch, {', '.join(sorted(known))})")
+    return BuildSettings(precision=precision, profile=profile, **opts)
+
+
+def _build_tensorrt(job: _Job, spec: FormatSpec, target: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """A TensorRT-ready ONNX plus the engine build settings; the engine itself is built on the device."""
+    engine = tensorrt_settings(job.tensorrt, job.batch_size, spec.precision).to_dict()
+    if spec.precision != "int8":
+        shutil.copyfile(job.base_onnx, target)
+        return {"tool": "torch.onnx", "engine": engine}, None, {}
+    from .onnx_quantize import quantize_int8_static
+
+    if job.calibration is None:
+        raise InputError(f"{spec.name} needs calibration data")
+    # TensorRT computes int8 with 32-bit accumulation on the GPU: full 8-bit weights, and zero points of 0
+    settings = quantize_int8_static(job.preprocessed(), target, job.calibration, input_name=INPUT_NAME, method=job.quantization.method,
+                                    per_channel=True, reduce_range=False, feed_batch=job.feed_batch, symmetric_activations=True)
+    calibration = dict(job.calibration.provenance(), method=job.quantization.method, per_channel=True)
+    return dict(settings, engine=engine), calibration, {}
+
+
 def export_bundles(
     model: nn.Module,
     out: str | os.PathLike[str],
@@ -273,6 +310,7 @@ def export_bundles(
     allow_failed_validation: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
+    tensorrt: dict[str, Any] | None = None,
 ) -> list[ExportResult]:
     """Export `model` (uint8 NHWC in, logits out) to one validated bundle per format.
 
@@ -281,7 +319,9 @@ def export_bundles(
     reach `min_agreement` (default by precision, see `validate.default_min_agreement`). int8 formats need
     `calibration` (from the training split); `quantization.accuracy_aware` also needs `tuning` (e.g. the val split).
     A format that fails is reported in its result and not written (unless `allow_failed_validation`); the others
-    still run. Errors that concern every format (bad arguments, the ONNX export itself) raise.
+    still run. Errors that concern every format (bad arguments, the ONNX export itself) raise. `tensorrt` sets
+    the engine build for tensorrt formats: opt_batch, max_batch, workspace_mib, dla_core, gpu_fallback,
+    hardware_compatible, version_compatible (see `runtimes.tensorrt_engine.BuildSettings`).
     """
     names = parse_formats(formats)
     specs = [FORMAT_SPECS[n] for n in names]
@@ -299,8 +339,10 @@ def export_bundles(
         raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
     if calibration is not None and calibration.images.shape[1:3] != preprocessing.input_size:
         raise InputError(f"calibration images are {calibration.images.shape[1:3]}, the model takes {preprocessing.input_size}")
-    if quantization.accuracy_aware and tuning is None and any(s.precision == "int8" for s in specs):
+    if quantization.accuracy_aware and tuning is None and any(s.name in ("onnx-int8", "openvino-int8") for s in specs):
         raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
+    if any(s.backend == "tensorrt" for s in specs):
+        tensorrt_settings(tensorrt or {}, batch_size, "fp32")  # refuse bad engine options before any work
     root = Path(out)
     targets = {s.name: root if len(specs) == 1 else root / s.name for s in specs}
     for t in targets.values():
@@ -322,7 +364,7 @@ def export_bundles(
         tuning_logits = reference_logits(model, tuning.images) if tuning is not None and quantization.accuracy_aware else None
         ref_seconds = time.perf_counter() - t
         job = _Job(work, work / "model.onnx", preprocessing.input_size, batch_size, calibration, quantization, tuning,
-                   tuning_logits, max_drop, say)
+                   tuning_logits, max_drop, say, dict(tensorrt or {}))
         batch_dim: int | str = "batch" if batch_size is None else batch_size
         for spec in specs:
             say(f"{spec.name}: {spec.description}")
@@ -377,11 +419,16 @@ def _export_one(
         manifest["producer"] = _producer(opset, spec.backend, producer_extra)
         manifest["model"] = {"backend": spec.backend, "format": spec.model_format, "precision": spec.precision,
                              "entrypoint": spec.entrypoint, "export_format": spec.name, "conversion": conversion, "files": []}
+        if spec.backend == "tensorrt":
+            manifest["model"]["tensorrt"] = conversion.pop("engine")
         manifest["calibration"] = calibration
         writer.stage(manifest)
         t = time.perf_counter()
-        with runtimes.load(writer.dir) as predictor:
+        with _validation_predictor(spec, writer.dir) as predictor:
             validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop)
+        if spec.backend == "tensorrt":
+            validation["checked_with"] = ("onnxruntime running the TensorRT-ready ONNX as written (no fused kernels); "
+                                          "the engine is checked on the device: edge-transfer build-engine BUNDLE --data DIR")
         seconds["validate"] = time.perf_counter() - t
         job.say(f"{spec.name}: {format_validation(validation)}")
         seconds = {k: round(v, 3) for k, v in seconds.items()}
@@ -393,6 +440,16 @@ def _export_one(
         manifest["validation"] = validation
         bundle = writer.commit(manifest)
     return ExportResult(spec.name, target, bundle, validation, seconds)
+
+
+def _validation_predictor(spec: FormatSpec, bundle_dir: Path) -> runtimes.Predictor:
+    """The bundle as the device will run it; for TensorRT (whose engine is built on the device) its ONNX, run by
+    onnxruntime exactly as written, which is what TensorRT's explicit quantisation implements."""
+    if spec.backend != "tensorrt":
+        return runtimes.load(bundle_dir)
+    from runtimes.backends.onnxruntime_backend import OnnxRuntimePredictor
+
+    return OnnxRuntimePredictor(runtimes.open_bundle(bundle_dir), graph_optimization="disabled")
 
 
 def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str], *, accuracy_aware: bool = False) -> None:

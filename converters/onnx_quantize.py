@@ -105,8 +105,11 @@ def quantize_int8_static(
     exclude: Sequence[str] = (),
     range_cache: str | os.PathLike[str] | None = None,
     feed_batch: int = 1,
+    symmetric_activations: bool = False,
 ) -> dict[str, Any]:
     """Static QDQ int8 (s8 activations, s8 weights) of a pre-processed model. Returns the settings used.
+
+    `symmetric_activations` gives every activation a zero point of 0, which TensorRT's explicit quantisation needs.
 
     `range_cache` (a JSON path) keeps the calibrated tensor ranges, so re-quantising with other nodes left in
     float skips calibration (onnxruntime versions without the option simply recalibrate).
@@ -133,7 +136,7 @@ def quantize_int8_static(
             nodes_to_exclude=list(exclude),
             # Relu/Clip stay in the graph (same speed and accuracy, measured), so the float tensor in front of a
             # QuantizeLinear is the activated one and keep_float_inputs can hand it to a float node unchanged.
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "QDQKeepRemovableActivations": True},
+            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, "QDQKeepRemovableActivations": True},
             calibration_providers=["CPUExecutionProvider"],
             **cache,
         )
@@ -146,7 +149,7 @@ def quantize_int8_static(
     return {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
-        "activations": "int8 (asymmetric)",
+        "activations": "int8 (symmetric, zero point 0)" if symmetric_activations else "int8 (asymmetric)",
         "weights": "int8 (symmetric)" + (", 7-bit range" if reduce_range else ""),
         "per_channel": per_channel,
         "reduce_range": reduce_range,

@@ -202,6 +202,7 @@ def export(
     batch_size: int | None = None,
     allow_failed_validation: bool = False,
     overwrite: bool = False,
+    tensorrt: dict[str, Any] | None = None,
     log: Log = _quiet,
 ):
     """Export a training run (or, with `backbone`, the source model as it is) to validated bundles, one per format.
@@ -209,10 +210,12 @@ def export(
     `format` is one name or a comma-separated list (see `converters.export.FORMATS`); with several, each bundle
     goes to `out/<format>`. Validation uses the run's held-out test split (or all of `data`); int8 calibration
     draws `calibration_size` images from the training split (or from `calibration_data`); accuracy-aware
-    quantisation tunes on the val split. `max_drop` is in accuracy points. Returns a list of
+    quantisation tunes on the val split. `max_drop` is in accuracy points. `tensorrt` sets the engine build of
+    tensorrt formats (opt_batch, max_batch, workspace_mib, dla_core, gpu_fallback, hardware_compatible,
+    version_compatible); the engine itself is built on the device. Returns a list of
     `converters.export.ExportResult`; raises `ValidationFailed` (with the table) if any format was not written.
     """
-    from converters.export import QuantizationOptions, export_bundles, parse_formats, raise_for_failures
+    from converters.export import FORMAT_SPECS, QuantizationOptions, export_bundles, parse_formats, raise_for_failures
 
     from .backbones import create_backbone
     from .data import load_dataset, stratified_split
@@ -253,7 +256,7 @@ def export(
         labels = list(bb.labels) if bb.labels else None
         reference = _reference(own, own.splits.test, "test", cfg, labels)
         source = dict(bb.source, backbone=bb.name, strategy="pretrained")
-    needs_int8 = any(f in ("onnx-int8", "openvino-int8") for f in formats)
+    needs_int8 = any(FORMAT_SPECS[f].calibrated for f in formats)
     calibration = tuning = None
     if needs_int8:
         if calibration_data is not None:
@@ -265,14 +268,14 @@ def export(
                 raise DatasetError("the run's training data cannot be reloaded for int8 calibration; pass --calibration-data DIR")
             calibration = _calibration(own, own.splits.train, "train", calibration_size, cfg)
         log(f"calibration: {len(calibration)} images from the {calibration.split} split of {calibration.source}")
-    if accuracy_aware and any(f.endswith("int8") for f in formats):
+    if accuracy_aware and any(f in ("onnx-int8", "openvino-int8") for f in formats):
         if own is None:
             raise DatasetError("the run's training data cannot be reloaded for accuracy-aware tuning (its val split)")
         tuning = _reference(own, own.splits.val, "val", cfg, labels)
     results = export_bundles(
         model.for_export(), out, formats=formats, preprocessing=cfg, labels=list(model.labels), reference=reference,
         calibration=calibration, tuning=tuning, source=source, batch_size=batch_size, max_drop=max_drop / 100.0,
-        min_agreement=min_agreement, allow_failed_validation=allow_failed_validation, overwrite=overwrite, log=log,
+        min_agreement=min_agreement, allow_failed_validation=allow_failed_validation, overwrite=overwrite, log=log, tensorrt=tensorrt,
         quantization=QuantizationOptions(method=calibration_method, per_channel=per_channel, reduce_range=reduce_range,
                                          accuracy_aware=accuracy_aware),
     )

@@ -1,5 +1,5 @@
 """The `edge-transfer` command line. Host commands (train, export, demo) import torch when they run;
-device commands (predict, inspect, bench) need only `runtimes` and one backend."""
+device commands (predict, inspect, bench, build-engine) need only `runtimes` and one backend."""
 
 from __future__ import annotations
 
@@ -58,6 +58,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tensorrt_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The --trt-* flags that were given, as `export(tensorrt=...)` options."""
+    options = {"opt_batch": args.trt_opt_batch, "max_batch": args.trt_max_batch, "workspace_mib": args.trt_workspace,
+               "dla_core": args.trt_dla_core}
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.trt_no_gpu_fallback:
+        options["gpu_fallback"] = False
+    if args.trt_hardware_compatible:
+        options["hardware_compatible"] = True
+    if args.trt_version_compatible:
+        options["version_compatible"] = True
+    return options
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from converters.validate import format_table
     from runtimes.errors import ValidationFailed
@@ -73,7 +87,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             per_channel=not args.per_tensor, accuracy_aware=args.accuracy_aware, max_drop=args.max_drop,
             min_agreement=args.min_agreement, batch_size=args.batch_size,
             allow_failed_validation=args.allow_failed_validation, overwrite=args.overwrite,
-            log=_err if not quiet else (lambda m: None),
+            log=_err if not quiet else (lambda m: None), tensorrt=_tensorrt_options(args),
         )
     except ValidationFailed as exc:
         results = getattr(exc, "results", None)
@@ -249,6 +263,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    import time
+
+    import runtimes
+    from runtimes.bench import labelled_accuracy
+
+    manifest = runtimes.read_manifest(args.bundle)
+    if manifest.backend != "tensorrt":
+        raise EdgeTransferError(f"{args.bundle}: a {manifest.backend} bundle; build-engine needs one exported with --format tensorrt[-fp16|-int8]")
+    t0 = time.perf_counter()
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    with runtimes.load(args.bundle, cache_dir=args.cache_dir, log=say) as predictor:
+        info = predictor.describe()
+        info["load_seconds"] = round(time.perf_counter() - t0, 2)
+        if args.data:
+            info["accuracy"] = labelled_accuracy(predictor, args.data)
+    if args.json:
+        _print_json(info)
+    else:
+        trt = info["tensorrt"]
+        print(f"engine for {trt['gpu_name']} (sm {trt['compute_capability']}, TensorRT {trt['tensorrt_version']}), "
+              f"{info['precision']}, batch {info['profile']['min']}-{info['profile']['max']}: {info['engine']} "
+              f"(ready in {info['load_seconds']} s)")
+        if "accuracy" in info:
+            exported = (manifest.validation or {}).get("artifact_accuracy")
+            print(f"accuracy on {args.data}: {_pct(info['accuracy'])}" + (f" (the ONNX checked at export: {_pct(exported)})" if exported is not None else ""))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 FORMATS_HELP = """formats:
@@ -259,6 +302,9 @@ FORMATS_HELP = """formats:
   openvino            OpenVINO IR fp32
   openvino-fp16       OpenVINO IR with fp16 weights
   openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (fast bias correction)
+  tensorrt            TensorRT-ready ONNX; the fp32 engine is built on the device (edge-transfer build-engine)
+  tensorrt-fp16       the same, fp16 engine
+  tensorrt-int8       TensorRT-ready QDQ ONNX (symmetric int8, shared calibration); int8 engine built on the device
 
 example:
   edge-transfer export runs/digits --format onnx,onnx-int8,openvino,openvino-int8 --out bundles/digits
@@ -329,6 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--accuracy-aware", action="store_true",
                    help="keep the most sensitive layers in float until the int8 model passes on the val split (NNCF accuracy control for OpenVINO)")
     q.add_argument("--per-tensor", action="store_true", help="onnx-int8: one scale per weight tensor instead of per channel (usually much worse)")
+    r = e.add_argument_group("TensorRT engine settings (tensorrt formats; the engine is built on the device)")
+    r.add_argument("--trt-max-batch", type=int, help="largest batch the engine accepts (default 16; --batch-size fixes it)")
+    r.add_argument("--trt-opt-batch", type=int, help="batch the engine is tuned for (default 1)")
+    r.add_argument("--trt-workspace", type=int, metavar="MIB", help="builder workspace limit in MiB (default 1024)")
+    r.add_argument("--trt-dla-core", type=int, help="run on this DLA core (Jetson Xavier/Orin)")
+    r.add_argument("--trt-no-gpu-fallback", action="store_true", help="with --trt-dla-core: fail instead of running unsupported layers on the GPU")
+    r.add_argument("--trt-hardware-compatible", action="store_true", help="engine runs on any GPU of Ampere or newer (slower)")
+    r.add_argument("--trt-version-compatible", action="store_true",
+                   help="engine runs on this or a newer TensorRT (needs the device's lean runtime library)")
     e.add_argument("--batch-size", type=int, help="fix the batch dimension to N (static shapes, needed for NPUs); default dynamic")
     e.add_argument("--allow-failed-validation", action="store_true", help="write bundles even if validation fails (marked failed)")
     e.add_argument("--overwrite", action="store_true", help="replace existing bundles (atomically)")
@@ -376,6 +431,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json-stdout", action="store_true", help="print the rows as JSON on stdout instead of the table")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
+
+    g = sub.add_parser(
+        "build-engine", help="build (or reuse) this device's TensorRT engine for a TensorRT bundle",
+        description="Build the TensorRT engine for this GPU from a bundle's TensorRT-ready ONNX and cache it (keyed by model hash, "
+                    "TensorRT version, compute capability, precision and profile); later loads reuse it. A corrupt or "
+                    "mismatched cache entry is rebuilt, never loaded. Needs TensorRT and cuda-python (JetPack on Jetson).",
+    )
+    g.add_argument("bundle")
+    g.add_argument("--cache-dir", help="engine cache (default $EDGE_TRANSFER_CACHE/engines or ~/.cache/edge-transfer/engines)")
+    g.add_argument("--data", help="labelled image folder: check the engine's accuracy on this device")
+    g.add_argument("--json", action="store_true")
+    g.add_argument("--quiet", action="store_true", help="no build progress")
+    g.set_defaults(func=cmd_build_engine)
 
     i = sub.add_parser("inspect", help="verify a bundle and show its manifest", description="Verify checksums and schema, then summarise the manifest.")
     i.add_argument("bundle")

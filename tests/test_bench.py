@@ -102,3 +102,29 @@ def test_bench_runs_on_the_device_without_torch(digits_bundle: Path, tmp_path: P
                 block_torch=True)
     assert r.returncode == 0, r.stderr
     assert "onnx" in r.stdout and json.loads((tmp_path / "b.json").read_text())["results"][0]["latency"]["count"] == 10
+
+
+def test_cli_ctrl_c_prints_what_was_measured(digits_bundle: Path, tmp_path: Path):
+    """SIGINT in the middle of a 60 s measurement: the table and the JSON still come out, exit code 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    code = "import sys\nfrom edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "bench", str(digits_bundle), "--duration", "60", "--warmup", "1", "--quiet",
+         "--json", str(tmp_path / "partial.json")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+    )
+    time.sleep(10)  # import, load and one warm-up call take about a second; then it measures for 60 s
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "p50 ms" in out and "interrupted" in err
+    doc = json.loads((tmp_path / "partial.json").read_text())
+    assert doc["results"][0]["interrupted"] is True and doc["results"][0]["latency"]["count"] > 0

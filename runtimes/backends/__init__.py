@@ -13,6 +13,7 @@ from ..predictor import Predictor
 _REGISTRY: dict[str, tuple[str, str, str, str]] = {
     "onnxruntime": ("runtimes.backends.onnxruntime_backend", "OnnxRuntimePredictor", "onnxruntime", "onnxruntime"),
     "openvino": ("runtimes.backends.openvino_backend", "OpenVinoPredictor", "openvino", "openvino"),
+    "tensorrt": ("runtimes.backends.tensorrt_backend", "TensorRTPredictor", "tensorrt", "tensorrt"),
 }
 
 

@@ -18,22 +18,30 @@ DEVICE_PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 
+# "disabled" runs a QDQ graph as written (quantise/dequantise in float, no fused int8 kernels): the reference
+# semantics of the graph, which is how a TensorRT-ready int8 ONNX is checked on a machine without TensorRT.
+GRAPH_OPTIMIZATION = {"all": "ORT_ENABLE_ALL", "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
+
 
 class OnnxRuntimePredictor(Predictor):
     """Runs an ONNX bundle with an `onnxruntime.InferenceSession`.
 
     device: "cpu" (default), "cuda" or "tensorrt". The providers actually in use are checked after the session is
     created: asking for a GPU provider that is absent raises `BackendUnavailableError`, never a silent CPU fallback.
-    threads: intra-op threads (0 = ONNX Runtime's default). Calls are concurrent: `InferenceSession.run` is
+    threads: intra-op threads (0 = ONNX Runtime's default). graph_optimization: "all" (default), "basic" or
+    "disabled". Calls are concurrent: `InferenceSession.run` is
     thread-safe, so several threads may call `run`/`predict` at once.
     """
 
     backend_name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, device: str | None = None, *, threads: int = 0, **options: Any) -> None:
+    def __init__(self, bundle: Bundle, device: str | None = None, *, threads: int = 0, graph_optimization: str = "all",
+                 **options: Any) -> None:
         super().__init__(bundle)
         if options:
-            raise InputError(f"unknown onnxruntime option(s): {', '.join(sorted(options))} (known: threads)")
+            raise InputError(f"unknown onnxruntime option(s): {', '.join(sorted(options))} (known: threads, graph_optimization)")
+        if graph_optimization not in GRAPH_OPTIMIZATION:
+            raise InputError(f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION)}, got {graph_optimization!r}")
         dev = (device or "cpu").lower()
         if dev not in DEVICE_PROVIDERS:
             raise InputError(f"onnxruntime device must be one of {', '.join(DEVICE_PROVIDERS)}, got {device!r}")
@@ -45,7 +53,7 @@ class OnnxRuntimePredictor(Predictor):
             )
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[graph_optimization])
         so.log_severity_level = 3
         providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(bundle.entrypoint), sess_options=so, providers=providers)
