@@ -272,6 +272,8 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     manifest = runtimes.read_manifest(args.bundle)
     if manifest.backend != "tensorrt":
         raise EdgeTransferError(f"{args.bundle}: a {manifest.backend} bundle; build-engine needs one exported with --format tensorrt[-fp16|-int8]")
+    if manifest.format != "onnx":
+        raise EdgeTransferError(f"{args.bundle}: already carries a built engine ({manifest.format}); build-engine needs the ONNX bundle")
     t0 = time.perf_counter()
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     with runtimes.load(args.bundle, cache_dir=args.cache_dir, log=say) as predictor:
@@ -279,6 +281,15 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         info["load_seconds"] = round(time.perf_counter() - t0, 2)
         if args.data:
             info["accuracy"] = labelled_accuracy(predictor, args.data)
+        if args.out:
+            from pathlib import Path
+
+            from runtimes.tensorrt_engine import write_engine_bundle
+
+            engine = Path(info["engine"])
+            plan = (engine / "engine.plan" if engine.is_dir() else engine).read_bytes()
+            write_engine_bundle(predictor.bundle, plan, predictor.target, args.out, overwrite=args.overwrite)
+            info["engine_bundle"] = args.out
     if args.json:
         _print_json(info)
     else:
@@ -286,6 +297,8 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         print(f"engine for {trt['gpu_name']} (sm {trt['compute_capability']}, TensorRT {trt['tensorrt_version']}), "
               f"{info['precision']}, batch {info['profile']['min']}-{info['profile']['max']}: {info['engine']} "
               f"(ready in {info['load_seconds']} s)")
+        if "engine_bundle" in info:
+            print(f"wrote engine bundle {info['engine_bundle']} (loads only on this TensorRT version and this GPU model)")
         if "accuracy" in info:
             exported = (manifest.validation or {}).get("artifact_accuracy")
             print(f"accuracy on {args.data}: {_pct(info['accuracy'])}" + (f" (the ONNX checked at export: {_pct(exported)})" if exported is not None else ""))
@@ -441,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("bundle")
     g.add_argument("--cache-dir", help="engine cache (default $EDGE_TRANSFER_CACHE/engines or ~/.cache/edge-transfer/engines)")
     g.add_argument("--data", help="labelled image folder: check the engine's accuracy on this device")
+    g.add_argument("--out", help="also write a bundle carrying the built engine, for identical devices (same TensorRT and GPU)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out bundle")
     g.add_argument("--json", action="store_true")
     g.add_argument("--quiet", action="store_true", help="no build progress")
     g.set_defaults(func=cmd_build_engine)

@@ -233,6 +233,34 @@ class EngineCache:
         shutil.rmtree(self.entry(key), ignore_errors=True)
 
 
+def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: str | os.PathLike[str], *,
+                        overwrite: bool = False) -> Any:
+    """A bundle carrying a built engine (for identical devices: same TensorRT, same GPU), written atomically.
+
+    Its manifest records where the engine was built (`model.built_on`: TensorRT version, GPU, compute capability)
+    next to the build settings; loading it elsewhere raises `EngineIncompatibleError` naming both sides.
+    """
+    import copy
+
+    from .bundle import BundleWriter
+
+    doc = copy.deepcopy(source.manifest.raw)
+    model = doc["model"]
+    doc["model"] = {
+        "backend": "tensorrt", "format": "tensorrt-engine", "precision": model["precision"], "entrypoint": "model.plan",
+        "export_format": model.get("export_format"), "conversion": model.get("conversion"), "tensorrt": model["tensorrt"],
+        "built_on": built_on.to_dict(), "built_from": {"path": model["entrypoint"],
+                                                       "sha256": next(f.sha256 for f in source.manifest.files if f.path == model["entrypoint"])},
+        "files": [],
+    }
+    doc["producer"] = dict(doc.get("producer") or {}, tensorrt=built_on.tensorrt_version, gpu=built_on.gpu_name,
+                           compute_capability=built_on.to_dict()["compute_capability"])
+    doc.pop("created", None)
+    with BundleWriter(out, overwrite=overwrite) as writer:
+        (writer.dir / "model.plan").write_bytes(plan)
+        return writer.commit(doc)
+
+
 # ------------------------------------------------------------------------------------------------ GPU side
 
 

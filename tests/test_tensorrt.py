@@ -177,3 +177,18 @@ def test_build_engine_cli_says_what_is_missing(digits_run, tmp_path: Path):
         assert result.returncode == 0, result.stderr
     else:
         assert result.returncode == 2 and "tensorrt" in result.stderr.lower() and "Traceback" not in result.stderr
+
+
+def test_engine_bundle_records_where_the_engine_was_built(digits_run, tmp_path: Path):
+    """The bundle writing only: the plan bytes here are a stand-in (no TensorRT on this machine to build one)."""
+    import edge_transfer as et
+    from runtimes.tensorrt_engine import write_engine_bundle
+
+    (r,) = et.export(digits_run.path, out=tmp_path / "trt", format="tensorrt-fp16")
+    written = write_engine_bundle(runtimes.open_bundle(r.path), b"stand-in plan", ORIN, tmp_path / "engine")
+    m = runtimes.read_manifest(written.path)
+    assert m.backend == "tensorrt" and m.format == "tensorrt-engine" and m.entrypoint == "model.plan"
+    assert m.raw["model"]["built_on"] == {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+    assert m.raw["model"]["tensorrt"]["precision"] == "fp16" and m.raw["producer"]["tensorrt"] == "10.3.0"
+    assert m.validation == runtimes.read_manifest(r.path).validation  # what the ONNX was checked against travels along
+    assert runtimes.open_bundle(written.path).size_bytes == len(b"stand-in plan")
