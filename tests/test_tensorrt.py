@@ -192,3 +192,25 @@ def test_engine_bundle_records_where_the_engine_was_built(digits_run, tmp_path: 
     assert m.raw["model"]["tensorrt"]["precision"] == "fp16" and m.raw["producer"]["tensorrt"] == "10.3.0"
     assert m.validation == runtimes.read_manifest(r.path).validation  # what the ONNX was checked against travels along
     assert runtimes.open_bundle(written.path).size_bytes == len(b"stand-in plan")
+
+
+def test_onnxruntime_gpu_providers_never_fall_back_silently(digits_bundle: Path):
+    import onnxruntime as ort
+
+    for device, provider in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+        if provider in ort.get_available_providers():
+            continue  # covered by the cuda-marked test below on GPU machines
+        with pytest.raises(BackendUnavailableError, match=f"no {provider}.*onnxruntime-gpu"):
+            runtimes.load(digits_bundle, device=device)
+
+
+@pytest.mark.cuda
+def test_onnxruntime_cuda_provider_runs_where_installed(digits_bundle: Path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu with CUDAExecutionProvider is not installed here")
+    images = np.random.default_rng(0).integers(0, 255, (4, SMALL, SMALL, 3), dtype=np.uint8)
+    with runtimes.load(digits_bundle, device="cuda") as gpu, runtimes.load(digits_bundle) as cpu:
+        assert gpu.describe()["providers"][0] == "CUDAExecutionProvider"
+        assert (gpu.run(images).argmax(1) == cpu.run(images).argmax(1)).all()
