@@ -58,7 +58,7 @@ FORMAT_SPECS: dict[str, FormatSpec] = {
         FormatSpec("openvino-fp16", "openvino", "fp16", "openvino-ir", "model.xml", description="OpenVINO IR, fp16 weights"),
         FormatSpec("openvino-int8", "openvino", "int8", "openvino-ir", "model.xml", True, "OpenVINO IR int8 (NNCF)"),
         FormatSpec("tensorrt", "tensorrt", "fp32", "onnx", "model.onnx", description="TensorRT-ready ONNX, fp32 engine built on the device"),
-        FormatSpec("tensorrt-fp16", "tensorrt", "fp16", "onnx", "model.onnx", description="TensorRT-ready ONNX, fp16 engine built on the device"),
+        FormatSpec("tensorrt-fp16", "tensorrt", "fp16", "onnx", "model.onnx", description="TensorRT-ready fp16 ONNX, fp16 engine built on the device"),
         FormatSpec("tensorrt-int8", "tensorrt", "int8", "onnx", "model.onnx", True,
                    "TensorRT-ready QDQ ONNX (symmetric int8 from the shared calibration), int8 engine built on the device"),
     )
@@ -277,9 +277,13 @@ def tensorrt_settings(options: dict[str, Any], batch_size: int | None, precision
 def _build_tensorrt(job: _Job, spec: FormatSpec, target: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
     """A TensorRT-ready ONNX plus the engine build settings; the engine itself is built on the device."""
     engine = tensorrt_settings(job.tensorrt, job.batch_size, spec.precision).to_dict()
-    if spec.precision != "int8":
+    if spec.precision == "fp32":
         shutil.copyfile(job.base_onnx, target)
         return {"tool": "torch.onnx", "engine": engine}, None, {}
+    if spec.precision == "fp16":  # a strongly typed engine takes its precision from the ONNX
+        from .onnx_quantize import convert_fp16
+
+        return dict(convert_fp16(job.base_onnx, target), engine=engine), None, {}
     from .onnx_quantize import quantize_int8_static
 
     if job.calibration is None:

@@ -316,7 +316,7 @@ FORMATS_HELP = """formats:
   openvino-fp16       OpenVINO IR with fp16 weights
   openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (fast bias correction)
   tensorrt            TensorRT-ready ONNX; the fp32 engine is built on the device (edge-transfer build-engine)
-  tensorrt-fp16       the same, fp16 engine
+  tensorrt-fp16       TensorRT-ready fp16 ONNX; fp16 engine built on the device
   tensorrt-int8       TensorRT-ready QDQ ONNX (symmetric int8, shared calibration); int8 engine built on the device
 
 example:

@@ -10,7 +10,8 @@ never loaded. This module imports `tensorrt` and `cuda-python` only inside the f
 
 TensorRT API used (TensorRT 10/11 Python): `Builder`, `Builder.create_network`, `OnnxParser.parse_from_file`,
 `Builder.create_builder_config`, `IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE)`,
-`BuilderFlag.FP16/INT8/GPU_FALLBACK/VERSION_COMPATIBLE/EXCLUDE_LEAN_RUNTIME`, `IBuilderConfig.default_device_type`
+`NetworkDefinitionCreationFlag.STRONGLY_TYPED` (or, on older TensorRT, `BuilderFlag.FP16/INT8`),
+`BuilderFlag.GPU_FALLBACK/VERSION_COMPATIBLE/EXCLUDE_LEAN_RUNTIME`, `IBuilderConfig.default_device_type`
 = `DeviceType.DLA` with `DLA_core`, `hardware_compatibility_level = HardwareCompatibilityLevel.AMPERE_PLUS`,
 `Builder.create_optimization_profile` + `IOptimizationProfile.set_shape`, `IBuilderConfig.create_timing_cache` /
 `set_timing_cache` / `get_timing_cache().serialize()`, `IProgressMonitor` via `IBuilderConfig.progress_monitor`, and
@@ -313,22 +314,28 @@ def build_engine(
 ) -> tuple[bytes, dict[str, Any]]:
     """Build a serialized engine from a TensorRT-ready ONNX. Returns (plan, facts for the cache/manifest).
 
-    int8 uses explicit quantisation: the QDQ nodes of the ONNX carry the scales from the shared calibration, so
-    no TensorRT calibrator (and no calibration cache) is involved.
+    The ONNX already has the engine's precision (fp32, fp16 weights and compute, or QDQ int8): int8 uses explicit
+    quantisation, the QDQ nodes carrying the scales from the shared calibration, so no TensorRT calibrator (and no
+    calibration cache) is involved.
     """
     trt = _import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+    # Strong typing: the ONNX's own types decide each layer's precision (fp16 ONNX -> fp16 engine, QDQ -> int8),
+    # which is how TensorRT 10 recommends and TensorRT 11 requires explicit quantisation to be built. Older
+    # TensorRT without it gets the weakly typed network and the precision flags instead.
+    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10+
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise InputError(f"{onnx_path}: TensorRT's ONNX parser refused the model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
-    if settings.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # int8 engines keep fp16 for the layers left in float
-    if settings.precision == "int8":
+    if not strongly_typed and settings.precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if not strongly_typed and settings.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
     if settings.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
