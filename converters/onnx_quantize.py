@@ -6,8 +6,10 @@
   per-channel weights and a selectable calibration method. On x86 CPUs without VNNI the int8 GEMM kernels can
   saturate on 8-bit weights, so weights use 7 bits there (`reduce_range`); the choice and the reason are recorded.
 - int8 dynamic: `quantize_dynamic` (weights int8, activations quantised on the fly), for comparison.
-- sensitivity: how much each quantised Conv/Gemm/MatMul degrades its activations (SQNR drop across the node,
-  measured on calibration images), used by the accuracy-aware loop to keep the worst offenders in float.
+- sensitivity: how much of the int8 model's logit error (vs the float model) goes away when one quantised node
+  runs in float, measured on tuning images; the accuracy-aware loop puts nodes back in float in that order.
+- keeping nodes in float is graph surgery on the QDQ model (`with_float_nodes`, `keep_float_inputs`) that
+  onnxruntime's own graph optimisations cannot undo; graph outputs (the logits) stay float.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
