@@ -81,7 +81,8 @@ def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
 
 
 def open_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
-    """Read a bundle's manifest and verify every file (paths, sizes, checksums, nothing unlisted)."""
+    """Read a bundle's manifest and verify every file (paths, sizes, checksums, nothing unlisted, ONNX external
+    data only from listed files of the bundle)."""
     root = Path(bundle_dir)
     manifest = read_manifest(root)
     if verify:
@@ -116,6 +117,14 @@ def verify_files(root: Path, manifest: Manifest) -> None:
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
             if rel != MANIFEST_NAME and rel not in listed:
                 raise IntegrityError(f"{root}: file {rel!r} is in the bundle but not listed in the manifest")
+    from .onnx_refs import check_external_data
+
+    for rel in sorted(listed):
+        if rel.endswith(".onnx"):
+            try:
+                check_external_data(root / rel, root, listed)
+            except BundleError as exc:  # IntegrityError included
+                raise type(exc)(f"{root}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -175,7 +175,7 @@ def parse_manifest(d: Any) -> Manifest:
         raise BundleError(f"manifest field 'inputs[0]' must be uint8 (batch, H, W, 3), got {spec.dtype} {list(spec.shape)}")
     try:
         pre = PreprocessConfig.from_dict(_req(d, "preprocessing", dict, ""))
-    except (InputError, TypeError) as exc:
+    except (InputError, TypeError, ValueError, KeyError, OverflowError) as exc:
         raise BundleError(f"manifest field 'preprocessing': {exc}") from None
     if tuple(spec.shape[1:3]) != pre.input_size:
         raise BundleError(

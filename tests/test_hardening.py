@@ -1,0 +1,280 @@
+"""Model files are untrusted input; device apps run for months; interrupted work never leaves half a bundle.
+
+ONNX external-data references outside the bundle, a SIGKILLed export, concurrent and long-running prediction with
+measured memory, and property-based fuzzing of the manifest parser and the bundle loader (they may only ever raise
+our typed errors)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import runtimes
+from runtimes.errors import EdgeTransferError, IntegrityError
+from runtimes.manifest import parse_manifest
+
+from conftest import ROOT, SMALL
+
+
+# ------------------------------------------------------------------------------------------------ external data
+
+
+def _model_with_external_tensor(location: str, in_attribute: bool = False):
+    """A tiny valid graph whose one tensor says its data lives in file `location`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", "8")):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    if in_attribute:  # hidden in a Constant node's attribute instead of the initializers
+        nodes = [helper.make_node("Constant", [], ["w"], value=t)]
+        inits = []
+    else:
+        nodes, inits = [], [t]
+    nodes.append(helper.make_node("Identity", ["w"], ["y"]))
+    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], initializer=inits)
+    return onnx.helper.make_model(graph)
+
+
+def _bundle_with_model(template: Path, out: Path, model, extra: dict[str, bytes] | None = None) -> Path:
+    """A copy of `template` whose model.onnx is replaced (and extra files added), with a consistent manifest."""
+    import onnx
+
+    shutil.copytree(template, out)
+    onnx.save(model, str(out / "model.onnx"))
+    for name, data in (extra or {}).items():
+        (out / name).write_bytes(data)
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["model"]["files"] = [
+        {"path": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
+        for p in sorted(out.iterdir()) if p.name != "manifest.json"
+    ]
+    (out / "manifest.json").write_text(json.dumps(doc))
+    return out
+
+
+@pytest.mark.parametrize("location,in_attribute,message", [
+    ("../secret.bin", False, "not a relative path inside the bundle"),
+    ("/etc/passwd", False, "not a relative path inside the bundle"),
+    ("../secret.bin", True, "not a relative path inside the bundle"),
+    ("weights.bin", False, "not listed in the manifest"),
+])
+def test_onnx_external_data_outside_the_bundle_is_refused(digits_bundle: Path, tmp_path: Path, location, in_attribute, message):
+    (tmp_path / "secret.bin").write_bytes(b"\x00" * 8)
+    bundle = _bundle_with_model(digits_bundle, tmp_path / "b", _model_with_external_tensor(location, in_attribute))
+    with pytest.raises(IntegrityError, match=message):
+        runtimes.load(bundle)
+
+
+def test_onnx_external_data_inside_the_bundle_is_allowed(digits_bundle: Path, tmp_path: Path):
+    from runtimes.onnx_refs import external_data_locations
+
+    bundle = _bundle_with_model(digits_bundle, tmp_path / "b", _model_with_external_tensor("weights.bin"),
+                                extra={"weights.bin": np.array([1.5, -2.0], np.float32).tobytes()})
+    runtimes.open_bundle(bundle)  # verifies: the reference names a listed, checksummed file of the bundle
+    assert external_data_locations(bundle / "model.onnx") == ["weights.bin"]
+    assert external_data_locations(digits_bundle / "model.onnx") == []
+
+
+# ------------------------------------------------------------------------------------------------ SIGKILL
+
+
+def test_sigkill_during_export_leaves_the_previous_bundle_or_none(digits_run, tmp_path: Path):
+    """Kill -9 an export at several moments: the target is always absent or the previous complete bundle."""
+    out = tmp_path / "bundle"
+    code = "import sys\nfrom edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    cmd = [sys.executable, "-c", code, "export", str(digits_run.path), "--format", "onnx,openvino", "--out", str(out),
+           "--overwrite", "--quiet"]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+    for delay in (3.0, 6.0, 9.0):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        for fmt in ("onnx", "openvino"):
+            if (out / fmt).exists():
+                runtimes.open_bundle(out / fmt)  # complete and verified: the old one or a fully published new one
+        leftovers = [p.name for p in tmp_path.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+        assert all(not (out / fmt).exists() or (out / fmt / "manifest.json").exists() for fmt in ("onnx", "openvino"))
+        # hidden temp siblings may remain after SIGKILL (nothing can clean up), but never at the target path
+        assert all(name.startswith(".") for name in leftovers)
+
+
+# ------------------------------------------------------------------------------------------------ under load
+
+
+def _images(n: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (n, SMALL, SMALL, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "onnx-int8"])
+def test_predict_from_many_threads_gives_the_same_answers(format_bundles, fmt: str):
+    images = _images(16)
+    with runtimes.load(format_bundles[fmt]) as p:
+        expected = p.run(images)
+        errors: list[BaseException] = []
+        results: dict[int, np.ndarray] = {}
+
+        def worker(k: int) -> None:
+            try:
+                for i in range(20):
+                    j = (k + i) % 16
+                    out = p.run(images[j : j + 1])
+                    results.setdefault(j, out)
+                    np.testing.assert_allclose(out, expected[j : j + 1], rtol=1e-4, atol=1e-4)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert len(results) == 16
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="resident memory is read from /proc (Linux)")
+def test_soak_thousands_of_predictions_keep_memory_and_answers_stable(digits_bundle: Path):
+    frames = [np.random.default_rng(i).integers(0, 255, (48 + i % 7, 40 + i % 5, 3), dtype=np.uint8) for i in range(10)]
+    with runtimes.load(digits_bundle) as p:
+        first = [p.predict(f, top_k=3)[0] for f in frames]
+        for _ in range(200):  # warm up allocator pools before the baseline
+            p.predict(frames[0])
+        baseline = _rss_mib()
+        for i in range(2000):
+            top = p.predict(frames[i % 10], top_k=3)[0]
+            assert top == first[i % 10]
+        growth = _rss_mib() - baseline
+    assert growth < 20, f"resident memory grew {growth:.1f} MiB over 2000 predictions"
+
+
+def test_device_loop_survives_a_bad_frame(digits_bundle: Path):
+    """The pattern from examples/: a bad frame raises InputError, the loop logs it and carries on."""
+    frames = [_images(1)[0], np.zeros((0, 0, 3), np.uint8), np.full((8, 8), np.nan, np.float32), _images(2)[1], "not-an-image"]
+    ok, bad = 0, []
+    with runtimes.load(digits_bundle) as p:
+        for frame in frames:
+            try:
+                p.predict(frame)
+                ok += 1
+            except EdgeTransferError as exc:
+                bad.append(str(exc))
+    assert ok == 2 and len(bad) == 3 and all(msg for msg in bad)
+
+
+# ------------------------------------------------------------------------------------------------ fuzzing
+
+
+def _valid_manifest(digits_bundle: Path) -> dict:
+    return json.loads((digits_bundle / "manifest.json").read_text())
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=json_values)
+def test_manifest_parser_only_raises_typed_errors_on_random_documents(doc):
+    try:
+        parse_manifest(doc)
+    except EdgeTransferError:
+        pass
+
+
+def _paths(d, prefix=()):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            yield prefix + (i,)
+            yield from _paths(v, prefix + (i,))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_manifest_parser_only_raises_typed_errors_on_mutated_manifests(digits_bundle: Path, data):
+    doc = _valid_manifest(digits_bundle)
+    paths = list(_paths(doc))
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent = doc
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            action = data.draw(st.sampled_from(["replace", "delete"]))
+            if action == "delete":
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = data.draw(json_values)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed or retyped this path
+    try:
+        parse_manifest(doc)
+    except EdgeTransferError:
+        pass
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_bundle_loader_refuses_random_corruption_with_typed_errors(digits_bundle: Path, tmp_path_factory, data):
+    """Flip, cut or append bytes of the model or the manifest: loading either works (nothing changed that matters)
+    or raises one of our errors, never a parser crash or a backend stack trace."""
+    root = tmp_path_factory.mktemp("fuzz") / "b"
+    shutil.copytree(digits_bundle, root)
+    victim = root / data.draw(st.sampled_from(["model.onnx", "manifest.json"]))
+    raw = bytearray(victim.read_bytes())
+    kind = data.draw(st.sampled_from(["flip", "truncate", "append"]))
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= data.draw(st.integers(1, 255))
+    elif kind == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=64))
+    victim.write_bytes(bytes(raw))
+    try:
+        with runtimes.load(root) as p:
+            p.run(_images(1))
+    except EdgeTransferError:
+        pass  # anything else (a protobuf/JSON/backend exception) fails the test
+
+
+@settings(max_examples=200, deadline=None)
+@given(blob=st.binary(max_size=512))
+def test_onnx_reference_walker_only_raises_typed_errors(tmp_path_factory, blob):
+    from runtimes.onnx_refs import external_data_locations
+
+    path = tmp_path_factory.mktemp("walk") / "m.onnx"
+    path.write_bytes(blob)
+    try:
+        external_data_locations(path)
+    except EdgeTransferError:
+        pass
