@@ -278,3 +278,17 @@ def test_onnx_reference_walker_only_raises_typed_errors(tmp_path_factory, blob):
         external_data_locations(path)
     except EdgeTransferError:
         pass
+
+
+def test_atheris_harness_smoke_run(digits_bundle: Path, tmp_path: Path):
+    """A bounded libFuzzer run of tests/fuzz/fuzz_bundle.py, seeded with a real manifest and model header."""
+    pytest.importorskip("atheris", reason="atheris (libFuzzer for Python) is not installed here")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "manifest").write_bytes(b"\x00" + (digits_bundle / "manifest.json").read_bytes())
+    (corpus / "model").write_bytes(b"\x01" + (digits_bundle / "model.onnx").read_bytes()[:4096])
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_bundle.py"), str(corpus), "-runs=3000",
+                        "-max_len=8192", f"-artifact_prefix={tmp_path}/"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Done 3000 runs" in r.stderr

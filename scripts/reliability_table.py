@@ -1,0 +1,202 @@
+"""Try every bad input we guard against and print what the user sees, as a Markdown table (for README.md).
+
+    python scripts/reliability_table.py BUNDLE        # BUNDLE: any ONNX bundle, e.g. demo-output/bundle
+
+Each row runs the real code path (runtimes.load / predict / run, or the training data loader) on a temporary copy
+and reports the error type and its one-line message, and whether the original files were left untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import runtimes  # noqa: E402
+from runtimes.errors import EdgeTransferError  # noqa: E402
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(path).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def outcome(fn) -> str:
+    try:
+        fn()
+    except EdgeTransferError as exc:
+        return f"`{type(exc).__name__}`: {str(exc).splitlines()[0]}"
+    except Exception as exc:  # noqa: BLE001 - a row that shows this is a bug to fix
+        return f"UNTYPED {type(exc).__name__}: {exc}"
+    return "accepted"
+
+
+def main() -> int:
+    bundle = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "demo-output" / "bundle")
+    before = digest(bundle)
+    work = Path(tempfile.mkdtemp(prefix="reliability-"))
+    rows = []
+
+    def copy(name: str) -> Path:
+        dst = work / name
+        shutil.copytree(bundle, dst)
+        return dst
+
+    p = runtimes.load(bundle)
+    h, w = p.preprocessing.input_size
+    good = np.zeros((2, h, w, 3), np.uint8)
+    cases = {
+        "float32 batch to run()": lambda: p.run(good.astype(np.float32)),
+        "1 channel batch to run()": lambda: p.run(good[..., :1]),
+        "wrong size batch to run()": lambda: p.run(good[:, : h // 2]),
+        "empty batch": lambda: p.run(good[:0]),
+        "float image with NaN to predict()": lambda: p.predict(np.full((32, 32, 3), np.nan, np.float32)),
+        "float image with inf to predict()": lambda: p.predict(np.full((32, 32, 3), np.inf, np.float32)),
+        "0x0 image": lambda: p.predict(np.zeros((0, 0, 3), np.uint8)),
+        "1x1 image": lambda: p.predict(np.zeros((1, 1, 3), np.uint8)),
+        "grayscale image (H, W)": lambda: p.predict(np.zeros((20, 30), np.uint8)),
+        "RGBA image": lambda: p.predict(np.zeros((20, 30, 4), np.uint8)),
+        "16-bit image": lambda: p.predict(np.full((20, 30, 3), 40000, np.uint16)),
+        "5-channel image": lambda: p.predict(np.zeros((20, 30, 5), np.uint8)),
+        "a string instead of an image file": lambda: p.predict("no-such-file.png"),
+    }
+    accepted_as = {
+        "1x1 image": "accepted: resized up to the model's input size",
+        "grayscale image (H, W)": "accepted: grey replicated to RGB",
+        "RGBA image": "accepted: alpha dropped",
+        "16-bit image": "accepted: scaled to 8 bits",
+    }
+    for what, fn in cases.items():
+        got = outcome(fn)
+        rows.append((what, accepted_as.get(what, got) if got == "accepted" else got))
+
+    def tamper():
+        b = copy("tampered")
+        data = bytearray((b / "model.onnx").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (b / "model.onnx").write_bytes(bytes(data))
+        runtimes.load(b)
+
+    def truncate():
+        b = copy("truncated")
+        data = (b / "model.onnx").read_bytes()
+        (b / "model.onnx").write_bytes(data[: len(data) // 2])
+        runtimes.load(b)
+
+    def unlisted():
+        b = copy("unlisted")
+        (b / "extra.bin").write_bytes(b"x")
+        runtimes.load(b)
+
+    def traversal():
+        b = copy("traversal")
+        doc = json.loads((b / "manifest.json").read_text())
+        doc["model"]["files"][0]["path"] = doc["model"]["entrypoint"] = "../model.onnx"
+        (b / "manifest.json").write_text(json.dumps(doc))
+        runtimes.load(b)
+
+    def newer():
+        b = copy("newer")
+        doc = json.loads((b / "manifest.json").read_text())
+        doc["schema_version"] = 99
+        (b / "manifest.json").write_text(json.dumps(doc))
+        runtimes.load(b)
+
+    def bad_field():
+        b = copy("badfield")
+        doc = json.loads((b / "manifest.json").read_text())
+        doc["model"]["precision"] = "int3"
+        (b / "manifest.json").write_text(json.dumps(doc))
+        runtimes.load(b)
+
+    def missing_backend():
+        b = copy("trt")
+        doc = json.loads((b / "manifest.json").read_text())
+        doc["model"]["backend"] = "tensorrt"
+        (b / "manifest.json").write_text(json.dumps(doc))
+        runtimes.load(b)
+
+    def external_data():
+        import onnx
+        from onnx import TensorProto, helper
+
+        b = copy("external")
+        t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2], data_location=TensorProto.EXTERNAL)
+        entry = t.external_data.add()
+        entry.key, entry.value = "location", "../../../etc/passwd"
+        graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], initializer=[t])
+        onnx.save(helper.make_model(graph), str(b / "model.onnx"))
+        doc = json.loads((b / "manifest.json").read_text())
+        data = (b / "model.onnx").read_bytes()
+        doc["model"]["files"][0].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        (b / "manifest.json").write_text(json.dumps(doc))
+        runtimes.load(b)
+
+    for what, fn in {"ONNX external data pointing at ../../../etc/passwd (checksums consistent)": external_data,
+                     "model file with one byte flipped": tamper, "truncated model file": truncate,
+                     "file in the bundle the manifest does not list": unlisted, "manifest path '../model.onnx'": traversal,
+                     "manifest schema_version 99": newer, "manifest precision 'int3'": bad_field,
+                     "bundle for a backend not installed here": missing_backend}.items():
+        rows.append((what, outcome(fn)))
+
+    try:
+        from PIL import Image
+
+        from edge_transfer.data import load_dataset
+
+        def folder(name: str, setup) -> Path:
+            root = work / name
+            for cls in ("cat", "dog"):
+                (root / cls).mkdir(parents=True)
+                for i in range(3):
+                    Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(root / cls / f"{i}.png")
+            setup(root)
+            return root
+
+        def corrupt(root):
+            (root / "dog" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+        def empty_class(root):
+            (root / "bird").mkdir()
+
+        def single(root):
+            shutil.rmtree(root / "dog")
+
+        def not_image(root):
+            (root / "cat" / "notes.txt").write_text("hello")  # not an image extension: ignored
+
+        for what, setup in {"dataset with a corrupt JPEG": corrupt, "dataset with an empty class folder": empty_class,
+                            "dataset with a single class": single, "dataset with a text file among images": not_image}.items():
+            root = folder(what.replace(" ", "_"), setup)
+            got = outcome(lambda: load_dataset(str(root)).prepared_batch(np.arange(7 if "corrupt" in what else 6), p.preprocessing))
+            rows.append((what, "accepted: non-image files are ignored (only image extensions are read)" if got == "accepted" else got))
+        root = folder("skip", corrupt)
+        ds = load_dataset(str(root), skip_bad=True)
+        rows.append(("the same corrupt JPEG with `--skip-bad`", f"accepted: {len(ds)} images kept, the bad one skipped with a warning"))
+    except ImportError as exc:
+        rows.append(("image-folder datasets", f"not run here ({exc})"))
+
+    untouched = digest(bundle) == before
+    print("| bad input | what the user gets |")
+    print("|---|---|")
+    for what, got in rows:
+        print(f"| {what} | {got.replace('|', '/')} |")
+    print(f"\nthe original bundle is byte-identical afterwards: {untouched}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if untouched and not any(got.startswith("UNTYPED") for _, got in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
