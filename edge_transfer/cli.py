@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Transfer-learn and save a run directory (model.safetensors + config.json with metrics).")
     t.add_argument("--data", default="digits", help="an image folder (one sub-folder per class) or 'digits' (built in; default)")
     t.add_argument("--backbone", default="efficientnet_lite0",
-                   help="efficientnet_lite0 (default, offline ImageNet weights), timm:<name>, torchvision:<name>, a run dir or a .safetensors file")
+                   help="efficientnet_lite0 (default, offline ImageNet weights), timm:<name>, torchvision:<name>, a run dir, or a .safetensors (or torch .pt/.pth state dict, loaded weights-only) file with a config.json beside it")
     t.add_argument("--strategy", default="linear-probe", choices=["pretrained", "linear-probe", "finetune", "partial"],
                    help="linear-probe: frozen backbone, cached features, new head (default); finetune: whole network; "
                         "partial: last --unfreeze-blocks blocks; pretrained: source model as it is")

@@ -21,7 +21,7 @@ from runtimes.bundle import publish_directory
 from runtimes.errors import CheckpointError
 from runtimes.preprocess import PreprocessConfig
 
-from .backbones import Backbone, create_backbone
+from .backbones import TORCH_CHECKPOINT_SUFFIXES, Backbone, create_backbone
 
 RUN_FORMAT = "edge-transfer-run"
 RUN_VERSION = 1
@@ -92,6 +92,39 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A user's torch checkpoint, loaded with `weights_only=True` and no unsafe fallback.
+
+    A pickle that holds more than tensors and plain containers is refused: unpickling it could run any code.
+    `{"state_dict": ...}` / `{"model": ...}` wrappers are unwrapped.
+    """
+    import pickle
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused: this checkpoint holds Python objects beyond tensors, and loading it would run their code "
+            f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]}). In an environment you trust, save its "
+            "state_dict with safetensors.torch.save_file and use the .safetensors file"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state_dict (names -> tensors), got {type(state).__name__}")
+    return state
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors (ours) or, loaded safely, a torch checkpoint a user hands us."""
+    if path.suffix in TORCH_CHECKPOINT_SUFFIXES:
+        return read_torch_checkpoint(path)
+    return read_safetensors(path)
 
 
 def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, config: dict[str, Any], *, overwrite: bool = False) -> Path:

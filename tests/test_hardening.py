@@ -292,3 +292,29 @@ def test_atheris_harness_smoke_run(digits_bundle: Path, tmp_path: Path):
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Done 3000 runs" in r.stderr
+
+
+class _Gadget:
+    """Stands for any object a hostile pickle would construct; weights_only=True must never build it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_torch_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path: Path):
+    import torch
+
+    from edge_transfer.backbones import create_backbone
+    from runtimes.errors import CheckpointError
+
+    import timm
+
+    (tmp_path / "config.json").write_text(json.dumps({"backbone": "timm:mobilenetv3_small_050"}))
+    good = tmp_path / "model.pth"
+    torch.save({"state_dict": timm.create_model("mobilenetv3_small_050", pretrained=False).state_dict()}, good)
+    bb = create_backbone(str(good))
+    assert bb.source["weights"] == str(good) and len(bb.source["weights_sha256"]) == 64
+    hostile = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Gadget()}, hostile)
+    with pytest.raises(CheckpointError, match="refused.*Python objects.*safetensors"):
+        create_backbone(str(hostile))
