@@ -99,33 +99,23 @@ def main() -> int:
         (b / "extra.bin").write_bytes(b"x")
         runtimes.load(b)
 
-    def traversal():
-        b = copy("traversal")
-        doc = json.loads((b / "manifest.json").read_text())
+    def edited(name: str, change):
+        """Load a copy of the bundle whose manifest `change(doc)` altered."""
+        def attempt():
+            b = copy(name)
+            doc = json.loads((b / "manifest.json").read_text())
+            change(doc)
+            (b / "manifest.json").write_text(json.dumps(doc))
+            runtimes.load(b)
+        return attempt
+
+    def _traverse(doc):
         doc["model"]["files"][0]["path"] = doc["model"]["entrypoint"] = "../model.onnx"
-        (b / "manifest.json").write_text(json.dumps(doc))
-        runtimes.load(b)
 
-    def newer():
-        b = copy("newer")
-        doc = json.loads((b / "manifest.json").read_text())
-        doc["schema_version"] = 99
-        (b / "manifest.json").write_text(json.dumps(doc))
-        runtimes.load(b)
-
-    def bad_field():
-        b = copy("badfield")
-        doc = json.loads((b / "manifest.json").read_text())
-        doc["model"]["precision"] = "int3"
-        (b / "manifest.json").write_text(json.dumps(doc))
-        runtimes.load(b)
-
-    def missing_backend():
-        b = copy("trt")
-        doc = json.loads((b / "manifest.json").read_text())
-        doc["model"]["backend"] = "tensorrt"
-        (b / "manifest.json").write_text(json.dumps(doc))
-        runtimes.load(b)
+    traversal = edited("traversal", _traverse)
+    newer = edited("newer", lambda doc: doc.update(schema_version=99))
+    bad_field = edited("badfield", lambda doc: doc["model"].update(precision="int3"))
+    missing_backend = edited("trt", lambda doc: doc["model"].update(backend="tensorrt"))
 
     def external_data():
         import onnx
