@@ -4,6 +4,7 @@
     run = et.train("digits", out="runs/digits", strategy="linear-probe")
     result = et.export(run.path, out="bundles/digits-onnx")
     predictor = et.load("bundles/digits-onnx")          # = runtimes.load, no torch needed
+    results = et.bench("bundles/digits-onnx", batches=[1, 8])   # = runtimes.bench.bench_bundle, no torch needed
 
 Importing this package does not import torch; the heavy imports happen inside the calls that need them.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from runtimes import load
+from runtimes.bench import bench_bundle as bench
 from runtimes.errors import (
     BackendUnavailableError,
     BundleError,
@@ -40,6 +42,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "load",
+    "bench",
     "train",
     "export",
     "demo",

@@ -1,0 +1,110 @@
+"""A long-running device loop: classify frames as they arrive, keep a rolling latency/throughput display, survive
+bad frames, shut down cleanly on SIGINT/SIGTERM. Needs `runtimes` and one backend; OpenCV only for --camera.
+
+    python examples/watch_folder.py BUNDLE --folder incoming/        # new image files, each classified once
+    python examples/watch_folder.py BUNDLE --camera 0                 # frames from a camera (needs opencv-python)
+    python examples/watch_folder.py BUNDLE --folder incoming/ --max-frames 100 --idle-exit 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+import runtimes
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".npy"}
+
+
+def folder_frames(folder: Path, stop: list[bool], poll: float, idle_exit: float | None) -> Iterator[tuple[str, object]]:
+    """New image files in `folder` (oldest first), each once; the file path is the frame (decoded by predict)."""
+    seen: set[Path] = set()
+    idle_since = time.monotonic()
+    while not stop[0]:
+        new = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p not in seen),
+                     key=lambda p: p.stat().st_mtime)
+        for path in new:
+            seen.add(path)
+            yield path.name, str(path)
+        if new:
+            idle_since = time.monotonic()
+        elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+            return
+        time.sleep(poll)
+
+
+def camera_frames(index: int, stop: list[bool]) -> Iterator[tuple[str, object]]:
+    import cv2  # opencv-python, only for this source
+
+    cap = cv2.VideoCapture(index)
+    try:
+        n = 0
+        while not stop[0]:
+            ok, bgr = cap.read()
+            if not ok:
+                yield f"frame {n}", np.zeros((0, 0, 3), np.uint8)  # a failed grab is a bad frame, not a crash
+            else:
+                yield f"frame {n}", bgr[:, :, ::-1]  # OpenCV gives BGR; the bundle wants RGB
+            n += 1
+    finally:
+        cap.release()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--folder", type=Path, help="watch this folder for new image files")
+    src.add_argument("--camera", type=int, help="read frames from this camera index (OpenCV)")
+    ap.add_argument("--max-frames", type=int, help="stop after this many frames")
+    ap.add_argument("--idle-exit", type=float, help="folder mode: stop after this many seconds without new files")
+    ap.add_argument("--every", type=int, default=10, help="print the rolling statistics every N frames (default 10)")
+    args = ap.parse_args()
+
+    stop = [False]
+
+    def request_stop(signum, _frame) -> None:
+        stop[0] = True  # finish the current frame, then leave the loop
+        print(f"received {signal.Signals(signum).name}, stopping after this frame", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    predictor = runtimes.load(args.bundle)
+    print(f"running {args.bundle} on {predictor.describe()['backend']} {predictor.device}", flush=True)
+    frames = folder_frames(args.folder, stop, 0.05, args.idle_exit) if args.folder else camera_frames(args.camera, stop)
+    window: collections.deque[float] = collections.deque(maxlen=100)
+    ok = bad = 0
+    started = time.perf_counter()
+    with predictor:
+        for name, frame in frames:
+            t0 = time.perf_counter()
+            try:
+                top = predictor.predict(frame, top_k=1)[0][0]
+            except runtimes.EdgeTransferError as exc:  # a bad frame: log it, keep going
+                bad += 1
+                print(f"{name}: skipped ({exc})", file=sys.stderr, flush=True)
+                continue
+            window.append(time.perf_counter() - t0)
+            ok += 1
+            print(f"{name}: {top.label} {top.score:.0%}", flush=True)
+            if ok % args.every == 0:
+                ms = np.asarray(window) * 1000
+                print(f"[last {len(ms)}] p50 {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms, "
+                      f"{len(ms) / (ms.sum() / 1000):.0f} frames/s", flush=True)
+            if args.max_frames and ok + bad >= args.max_frames:
+                break
+    elapsed = time.perf_counter() - started
+    print(f"done: {ok} classified, {bad} skipped in {elapsed:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
