@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from runtimes.errors import InputError
+from runtimes.predictor import padded_chunks
 
 DEFAULT_CALIBRATION_SIZE = 300
 
@@ -52,10 +53,7 @@ class CalibrationData:
 
     def batches(self, batch_size: int, *, exact: bool = False) -> Iterator[np.ndarray]:
         """Consecutive batches; `exact` pads the last one (repeating its last image) for fixed-batch models."""
-        for s in range(0, len(self.images), batch_size):
-            part = self.images[s : s + batch_size]
-            if exact and len(part) < batch_size:
-                part = np.concatenate([part, np.repeat(part[-1:], batch_size - len(part), axis=0)])
+        for part, _ in padded_chunks(self.images, batch_size, pad=exact):
             yield part
 
     def ort_reader(self, input_name: str, batch_size: int = 1):

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from runtimes.errors import InputError
+from runtimes.predictor import padded_chunks
 
 from .calibration import CalibrationData
 
@@ -286,14 +287,8 @@ class _Scorer:
         options.log_severity_level = 3
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
-        out = []
-        for start in range(0, len(self.images), self.chunk):
-            part = self.images[start : start + self.chunk]
-            n = len(part)
-            if self.exact and n < self.chunk:
-                part = np.concatenate([part, np.repeat(part[-1:], self.chunk - n, axis=0)])
-            out.append(session.run(None, {self.input_name: part})[0][:n])
-        return np.concatenate(out)
+        return np.concatenate([session.run(None, {self.input_name: part})[0][:n]
+                               for part, n in padded_chunks(self.images, self.chunk, pad=self.exact)])
 
 
 def _logit_error(reference: np.ndarray, logits: np.ndarray) -> float:

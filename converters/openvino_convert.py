@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.predictor import padded_chunks
+
 from .calibration import CalibrationData
 
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
@@ -92,12 +94,8 @@ def _run_nncf(nncf, model, dataset, common: dict[str, Any], accuracy_control: di
     else:
         images, expected = accuracy_control["images"], accuracy_control["expected"]
         step = feed_batch or 32
-        items = []
-        for s in range(0, len(images), step):
-            part, want = images[s : s + step], expected[s : s + step]
-            if feed_batch and len(part) < feed_batch:
-                part = np.concatenate([part, np.repeat(part[-1:], feed_batch - len(part), axis=0)])
-            items.append((part, want))
+        items = [(part, expected[s : s + n])
+                 for s, (part, n) in zip(range(0, len(images), step), padded_chunks(images, step, pad=bool(feed_batch)))]
 
         def validate(compiled, data) -> float:
             hits = total = 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -28,6 +28,17 @@ class Classification:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "index": self.index, "score": self.score}
+
+
+def padded_chunks(images: np.ndarray, size: int, *, pad: bool = False) -> Iterator[tuple[np.ndarray, int]]:
+    """(chunk, number of real images) over `images` in chunks of `size`; `pad` repeats the last image so every
+    chunk has exactly `size` (for fixed-batch models), and callers keep only the first n outputs."""
+    for start in range(0, len(images), size):
+        part = images[start : start + size]
+        n = len(part)
+        if pad and n < size:
+            part = np.concatenate([part, np.repeat(part[-1:], size - n, axis=0)])
+        yield part, n
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -173,14 +184,7 @@ class Predictor:
     def run_chunked(self, batch: np.ndarray, chunk: int = 64) -> np.ndarray:
         """`run` over a batch of any size, in chunks (padding the last one for fixed-batch bundles)."""
         size = self.max_batch or chunk
-        outs = []
-        for start in range(0, batch.shape[0], size):
-            part = batch[start : start + size]
-            n = part.shape[0]
-            if self.max_batch is not None and n < size:
-                part = np.concatenate([part, np.repeat(part[-1:], size - n, axis=0)])
-            outs.append(self.run(part)[:n])
-        return np.concatenate(outs)
+        return np.concatenate([self.run(part)[:n] for part, n in padded_chunks(batch, size, pad=self.max_batch is not None)])
 
     def close(self) -> None:
         """Release backend resources."""

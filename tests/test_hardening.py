@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runtimes
+from runtimes.bench import _rss_mib  # the harness's own resident-memory reading
 from runtimes.errors import EdgeTransferError, IntegrityError
 from runtimes.manifest import parse_manifest
 
@@ -147,11 +148,6 @@ def test_predict_from_many_threads_gives_the_same_answers(format_bundles, fmt: s
             t.join()
     assert not errors, errors[0]
     assert len(results) == 16
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="resident memory is read from /proc (Linux)")
