@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,25 +50,40 @@ def train(
     test_fraction: float = 0.2,
     skip_bad: bool = False,
     device: str = "auto",
+    mixed_precision: str = "auto",
+    num_workers: int | None = None,
+    feature_batch_size: int | None = None,
     cache_dir: str | None = None,
     pretrained: bool = True,
     progress: bool = True,
     overwrite: bool = False,
+    resume: bool = False,
     log: Log = _quiet,
 ) -> TrainedRun:
     """Transfer-learn `backbone` onto `data` ("digits", an image-folder path, or an `ImageDataset`) and save a run.
 
     The run directory holds model.safetensors and config.json (metrics, split, data fingerprint): no pickle.
+    finetune/partial checkpoint every epoch to `<out>.checkpoint` (removed once the run is saved); `resume=True`
+    continues from it. Under `accelerate launch` / `torchrun` every process calls this; only the main one writes.
+    `batch_size` is the global batch, split across processes.
     """
     from runtimes.preprocess import PreprocessConfig
 
     from .backbones import create_backbone
+    from .checkpoint import checkpoint_dir_for
     from .data import ImageDataset, load_dataset, stratified_split
     from .model import save_run
-    from .training import TrainConfig, fit
+    from .training import TrainConfig, distributed_rank, fit, wait_for_all_ranks
 
+    if distributed_rank() != 0:  # under accelerate launch / torchrun only the main process speaks
+        log, progress = _quiet, False
+    ckpt = checkpoint_dir_for(out)
     if Path(out).exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; pass --overwrite to replace it")
+    if ckpt.exists() and not resume and not overwrite:
+        raise CheckpointError(
+            f"{ckpt} holds the checkpoint of an interrupted run: pass --resume to continue it, or --overwrite to start over"
+        )
     t0 = time.perf_counter()
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data, skip_bad=skip_bad)
     splits = stratified_split(dataset.targets, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, classes=dataset.classes)
@@ -84,8 +100,14 @@ def train(
     )
     cfg = TrainConfig(
         strategy=strategy, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, unfreeze_blocks=unfreeze_blocks, seed=seed,
-        device=device, cache_dir=cache_dir, progress=progress,
+        device=device, mixed_precision=mixed_precision, num_workers=num_workers, feature_batch_size=feature_batch_size,
+        cache_dir=cache_dir, checkpoint_dir=str(ckpt), resume=resume, progress=progress,
     )
+    if resume and not (ckpt / "state.json").is_file():
+        log(f"resume: no checkpoint at {ckpt}; starting from the beginning")
+    elif overwrite and not resume and ckpt.exists() and distributed_rank() == 0:
+        shutil.rmtree(ckpt)
+    wait_for_all_ranks()
     result = fit(bb, dataset, splits, cfg, log=log)
     model = result.model
     head_cfg = (
@@ -109,7 +131,11 @@ def train(
         "training": result.details,
         "history": result.history,
     }
-    path = save_run(out, model, config, overwrite=overwrite)
+    path = Path(out)
+    if distributed_rank() == 0:  # one complete artifact, written by the main process only
+        save_run(out, model, config, overwrite=overwrite)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    wait_for_all_ranks()
     return TrainedRun(path, result.metrics, config, round(time.perf_counter() - t0, 2), result.history)
 
 

@@ -15,6 +15,8 @@ EPILOG = """examples:
   edge-transfer demo
   edge-transfer train --data digits --strategy linear-probe --out runs/digits
   edge-transfer train --data my_photos/ --strategy finetune --epochs 5 --image-size 160 --out runs/photos
+  edge-transfer train --data my_photos/ --strategy finetune --epochs 5 --image-size 160 --out runs/photos --resume
+  torchrun --nproc_per_node 4 -m edge_transfer train --data my_photos/ --strategy finetune --out runs/photos
   edge-transfer export runs/digits --format onnx --out bundles/digits
   edge-transfer export runs/digits --format onnx-int8,openvino-int8 --accuracy-aware --out bundles/digits-int8
   edge-transfer export --backbone efficientnet_lite0 --strategy pretrained --format onnx --out bundles/imagenet
@@ -46,9 +48,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.data, out=args.out, backbone=args.backbone, strategy=args.strategy, image_size=args.image_size,
         interpolation=args.interpolation, crop_pct=args.crop_pct, epochs=args.epochs, lr=args.lr,
         weight_decay=args.weight_decay, batch_size=args.batch_size, unfreeze_blocks=args.unfreeze_blocks,
-        seed=args.seed, skip_bad=args.skip_bad, device=args.device, cache_dir=args.cache_dir,
-        progress=not args.quiet and not args.json, overwrite=args.overwrite, log=_err if not args.quiet else (lambda m: None),
+        seed=args.seed, skip_bad=args.skip_bad, device=args.device, mixed_precision=args.mixed_precision,
+        num_workers=args.workers, feature_batch_size=args.feature_batch_size, cache_dir=args.cache_dir,
+        progress=not args.quiet and not args.json, overwrite=args.overwrite, resume=args.resume,
+        log=_err if not args.quiet else (lambda m: None),
     )
+    from .training import distributed_rank
+
+    if distributed_rank() != 0:  # under accelerate launch / torchrun the main process reports
+        return 0
     if args.json:
         _print_json({"run": str(run.path), "metrics": run.metrics, "seconds": run.seconds})
     else:
@@ -351,13 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="epochs (finetune/partial, default 10) or L-BFGS iterations (linear-probe, default 300)")
     t.add_argument("--lr", type=float, help="head learning rate (default 1e-3); the backbone gets 0.1x")
     t.add_argument("--weight-decay", type=float, help="weight decay; linear-probe default: pick the L2 strength on val from a grid")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32,
+                   help="global batch size, split across processes under accelerate launch/torchrun (default 32)")
     t.add_argument("--unfreeze-blocks", type=int, default=2, help="partial: how many of the last blocks to train (default 2)")
     t.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and shuffling (default 0)")
     t.add_argument("--skip-bad", action="store_true", help="leave unreadable images out with a warning instead of stopping")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device (default: CUDA when present)")
+    t.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
+                   help="auto (default): bf16 on GPUs that support it, else fp16 with loss scaling; none on the CPU")
+    t.add_argument("--workers", type=int, help="data-loading worker processes (default: 0 on the CPU, up to 8 per GPU)")
+    t.add_argument("--feature-batch-size", type=int,
+                   help="linear-probe: batch for computing the feature cache (default 64 on the CPU, 256 on a GPU)")
     t.add_argument("--cache-dir", help="feature cache (default $EDGE_TRANSFER_CACHE or ~/.cache/edge-transfer)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--resume", action="store_true",
+                   help="finetune/partial: continue an interrupted run from OUT.checkpoint (written after every epoch)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory (and drop its checkpoint)")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.add_argument("--quiet", action="store_true", help="no progress or per-epoch lines")
     t.set_defaults(func=cmd_train)
@@ -485,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        _err("interrupted")
+        _err("interrupted" + ("; continue a finetune/partial run with the same command plus --resume" if args.command == "train" else ""))
         return 130
 
 

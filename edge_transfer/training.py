@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -57,9 +58,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "auto"
-    feature_batch_size: int = 64
-    num_workers: int = 0
+    feature_batch_size: int | None = None
+    num_workers: int | None = None
     cache_dir: str | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
     progress: bool = True
 
     def resolved(self) -> "TrainConfig":
@@ -74,8 +77,12 @@ class TrainConfig:
         c.patience = _DEFAULT_PATIENCE[c.strategy] if c.patience is None else int(c.patience)
         if c.strategy != "pretrained" and c.epochs < 1:
             raise InputError(f"epochs must be >= 1, got {c.epochs}")
-        if c.batch_size < 1 or c.feature_batch_size < 1:
+        if c.batch_size < 1 or (c.feature_batch_size is not None and c.feature_batch_size < 1):
             raise InputError("batch sizes must be >= 1")
+        if c.num_workers is not None and c.num_workers < 0:
+            raise InputError(f"num_workers must be >= 0, got {c.num_workers}")
+        if c.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise InputError(f"mixed_precision must be auto, no, bf16 or fp16, got {c.mixed_precision!r}")
         if c.strategy == "partial" and c.unfreeze_blocks < 1:
             raise InputError(f"unfreeze_blocks must be >= 1 for the partial strategy, got {c.unfreeze_blocks}")
         return c
@@ -100,15 +107,70 @@ def _stderr(msg: str) -> None:
 
 
 def make_accelerator(device: str = "auto", mixed_precision: str = "auto"):
-    """An `accelerate.Accelerator`: CUDA when present (bf16 where supported, else fp16 with loss scaling), else CPU."""
-    from accelerate import Accelerator
+    """An `accelerate.Accelerator`: CUDA when present (bf16 where supported, else fp16 with loss scaling), else CPU.
+
+    Under `accelerate launch` or `torchrun` it joins the process group (NCCL on GPUs, gloo on CPUs). Batches are
+    split across processes (`split_batches`): `batch_size` is the global batch, so the data order, the number of
+    steps and the learning-rate schedule do not depend on how many processes run.
+    """
+    from accelerate import Accelerator, DataLoaderConfiguration
 
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but torch sees no CUDA GPU")
     if mixed_precision == "auto":
         mixed_precision = "no" if use_cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    if use_cpu and mixed_precision == "fp16":
+        raise InputError("fp16 mixed precision needs a CUDA GPU; use 'bf16' or 'no' on the CPU")
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def _silent(msg: str) -> None:
+    pass
+
+
+def distributed_rank() -> int:
+    """This process's global rank (0 when not launched with several processes)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def wait_for_all_ranks() -> None:
+    """A barrier across processes when a process group is up; a no-op otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _check_divisible(batch: int, accelerator: Any, what: str) -> None:
+    n = accelerator.num_processes
+    if batch % n:
+        raise InputError(f"{what} {batch} must be a multiple of the number of processes ({n}): it is split across them")
+
+
+def _auto_workers(accelerator: Any) -> int:
+    """Data-loading workers: none on the CPU (they would compete with training for cores), several per GPU."""
+    if accelerator.device.type != "cuda":
+        return 0
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 2) // per_node - 1))
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A shuffle that is a pure function of (seed, epoch): the same on every rank and after a resume."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g).tolist())
 
 
 class _Prepared(torch.utils.data.Dataset):
@@ -126,8 +188,10 @@ class _Prepared(torch.utils.data.Dataset):
 
 
 def _loader(ds: torch.utils.data.Dataset, batch: int, shuffle: bool, seed: int, workers: int, pin: bool) -> torch.utils.data.DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=shuffle, generator=g, num_workers=workers, pin_memory=pin)
+    """A loader with pinned memory on CUDA and persistent workers; shuffled by `EpochShuffle` (call `set_epoch`)."""
+    sampler = EpochShuffle(len(ds), seed) if shuffle else None
+    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, pin_memory=pin,
+                                       persistent_workers=workers > 0)
 
 
 # ------------------------------------------------------------------------------------------------ feature cache
@@ -157,7 +221,11 @@ def extract_features(
     progress: bool = True,
     log: Log = _stderr,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Pooled backbone features for every dataset item, computed once and cached (safetensors, atomic write)."""
+    """Pooled backbone features for every dataset item, computed once and cached (safetensors, atomic write).
+
+    With several processes each computes its share of every batch and the shares are gathered back in dataset
+    order; only the main process writes the cache. `batch_size` is the global batch.
+    """
     from safetensors.numpy import load_file, save_file
 
     key_doc = {
@@ -170,31 +238,50 @@ def extract_features(
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:32]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache / "features" / f"{key}.safetensors"
+    feats = None
     if path.is_file():
         try:
             feats = load_file(str(path))["features"]
-            if feats.shape == (len(dataset), model.backbone.num_features):
-                log(f"features: reusing cache {path} ({feats.shape[0]} x {feats.shape[1]})")
-                return feats, {"cache": str(path), "cache_hit": True, "key": key}
+            if feats.shape != (len(dataset), model.backbone.num_features):
+                feats = None
         except Exception:  # a corrupt cache entry is recomputed, never trusted
             log(f"features: cache entry {path} is unreadable; recomputing")
+            feats = None
+    if _all_ranks_agree(feats is not None, accelerator):
+        log(f"features: reusing cache {path} ({feats.shape[0]} x {feats.shape[1]})")
+        return feats, {"cache": str(path), "cache_hit": True, "key": key}
+    _check_divisible(batch_size, accelerator, "feature batch size")
     ds = _Prepared(dataset, np.arange(len(dataset)), model.preprocessing)
-    loader = _loader(ds, batch_size, False, 0, num_workers, accelerator.device.type == "cuda")
+    loader = accelerator.prepare_data_loader(_loader(ds, batch_size, False, 0, num_workers, accelerator.device.type == "cuda"))
     net = accelerator.prepare_model(model, evaluation_mode=True)
     net.eval()
+    if accelerator.device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
     chunks = []
+    bar = tqdm(loader, desc="features", unit="batch", disable=not progress or not accelerator.is_main_process, leave=False)
     with torch.inference_mode():
-        for images, _ in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
-            images = images.to(accelerator.device, non_blocking=True)
+        for images, _ in bar:
             with accelerator.autocast():
                 f = accelerator.unwrap_model(net).features(images)
-            chunks.append(f.float().cpu().numpy())
+            chunks.append(accelerator.gather_for_metrics(f.float()).cpu().numpy())
     feats = np.concatenate(chunks).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"features": feats}, str(tmp), metadata={k: json.dumps(v) for k, v in key_doc.items()})
-    os.replace(tmp, path)
+    if feats.shape[0] != len(dataset):
+        raise RuntimeError(f"gathered {feats.shape[0]} feature rows for {len(dataset)} images")
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"features": feats}, str(tmp), metadata={k: json.dumps(v) for k, v in key_doc.items()})
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
     return feats, {"cache": str(path), "cache_hit": False, "key": key}
+
+
+def _all_ranks_agree(flag: bool, accelerator: Any) -> bool:
+    """True only when `flag` holds on every process (one process's missing cache file means all recompute)."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() == accelerator.num_processes)
 
 
 # ------------------------------------------------------------------------------------------------ heads on cached features
@@ -316,10 +403,19 @@ def train_network(
     cfg: TrainConfig,
     *,
     accelerator: Any,
+    fingerprint: dict[str, Any] | None = None,
     log: Log = _stderr,
 ) -> tuple[ImageClassifier, list[dict[str, Any]], dict[str, Any]]:
-    """finetune / partial: train with AdamW + cosine schedule, early stopping on val accuracy, best weights restored."""
+    """finetune / partial: train with AdamW + cosine schedule, early stopping on val accuracy, best weights restored.
+
+    Runs data-parallel (DDP through Accelerate) when launched with several processes; per-epoch metrics are
+    reduced across them. With `cfg.checkpoint_dir`, the main process checkpoints after every epoch, and
+    `cfg.resume` continues from that checkpoint so the run ends exactly where an uninterrupted one would.
+    """
+    from .checkpoint import TrainingCheckpoint, capture_rng, restore_rng
+
     details = _set_trainable(model, cfg.strategy, cfg.unfreeze_blocks)
+    _check_divisible(cfg.batch_size, accelerator, "batch size")
     head_params = list(model.head.parameters())
     bb_params = [p for p in model.backbone.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
@@ -331,18 +427,43 @@ def train_network(
     val_dl = _loader(_Prepared(dataset, splits.val, model.preprocessing), cfg.batch_size, False, 0, cfg.num_workers, pin)
     steps = cfg.epochs * len(train_dl)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    ckpt_path = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    resumed = None
+    if cfg.resume and ckpt_path is not None and (ckpt_path / "state.json").is_file():
+        resumed = TrainingCheckpoint.load(ckpt_path)
+        resumed.check_matches(fingerprint or {}, ckpt_path)
+        model.load_state_dict(resumed.model)
+    # DDP on the CPU warns about depthwise-conv gradients whose strides differ only along a size-1 dimension
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     net, opt, train_dl, val_dl, sched = accelerator.prepare(model, opt, train_dl, val_dl, sched)
     if accelerator.device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     loss_fn = nn.CrossEntropyLoss()
-    best, best_state, stale, history = (-1.0, math.inf), None, 0, []
+    best, best_state, stale, history, first_epoch = (-1.0, math.inf), None, 0, [], 0
+    if resumed is not None:
+        opt.load_state_dict(resumed.optimizer)
+        sched.load_state_dict(resumed.scheduler)
+        if resumed.scaler is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(resumed.scaler)
+        p = resumed.progress
+        best, stale, history, first_epoch = (p["best_accuracy"], p["best_loss"]), p["stale"], p["history"], resumed.epoch
+        best_state = resumed.best
+        rank = accelerator.process_index
+        if rank < len(resumed.rng):
+            restore_rng(*resumed.rng[rank])
+        log(f"resumed from {ckpt_path} after epoch {resumed.epoch}/{cfg.epochs} (best val accuracy so far {best[0]:.4f})")
+        details["resumed_after_epoch"] = resumed.epoch
     details["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    for epoch in range(cfg.epochs):
+    details["processes"] = accelerator.num_processes
+    early_stopped = resumed is not None and bool(cfg.patience) and stale >= cfg.patience
+    for epoch in range(first_epoch, first_epoch if early_stopped else cfg.epochs):
         t0 = time.perf_counter()
+        train_dl.set_epoch(epoch)
         net.train()
         _freeze_frozen_norms(net)
-        total, correct, seen = 0.0, 0, 0
-        bar = tqdm(train_dl, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress, leave=False)
+        sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss * n, correct, seen
+        bar = tqdm(train_dl, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not cfg.progress or not accelerator.is_main_process, leave=False)
         for images, targets in bar:
             with accelerator.autocast():
                 logits = net(images)
@@ -351,10 +472,10 @@ def train_network(
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            total += loss.item() * len(targets)
-            correct += int((logits.argmax(1) == targets).sum())
-            seen += len(targets)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
+            sums += torch.stack([loss.detach().double() * len(targets), (logits.argmax(1) == targets).sum().double(),
+                                 torch.tensor(float(len(targets)), dtype=torch.float64, device=sums.device)])
+            bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}")
+        total, correct, seen = accelerator.reduce(sums, reduction="sum").tolist()
         val_loss, val_acc = _evaluate(net, val_dl, accelerator)
         row = {
             "epoch": epoch + 1,
@@ -374,19 +495,60 @@ def train_network(
             best_state = {k: v.detach().to("cpu").clone() for k, v in accelerator.unwrap_model(net).state_dict().items()}
         else:
             stale += 1
-            if cfg.patience and stale >= cfg.patience:
-                log(f"early stop at epoch {epoch + 1} (best val accuracy {best[0]:.4f})")
-                break
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, epoch + 1, net, opt, sched, best, best_state, stale, history, fingerprint, accelerator, capture_rng)
+        if cfg.patience and stale >= cfg.patience:
+            log(f"early stop at epoch {epoch + 1} (best val accuracy {best[0]:.4f})")
+            break
     model = accelerator.unwrap_model(net)
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     for p in model.parameters():
         p.requires_grad_(True)
     accelerator.free_memory()
     return model.to("cpu").to(memory_format=torch.contiguous_format).eval(), history, details
 
 
+def _save_checkpoint(path: Path, epoch: int, net: Any, opt: Any, sched: Any, best: tuple[float, float],
+                     best_state: dict[str, torch.Tensor] | None, stale: int, history: list[dict[str, Any]],
+                     fingerprint: dict[str, Any] | None, accelerator: Any, capture_rng: Callable) -> None:
+    """Every rank hands its RNG state to the main process, which alone writes the checkpoint."""
+    from accelerate.utils import gather_object
+
+    from .checkpoint import TrainingCheckpoint
+
+    rng = capture_rng()
+    states = gather_object([rng]) if accelerator.num_processes > 1 else [rng]
+    if accelerator.is_main_process:
+        TrainingCheckpoint(
+            epoch=epoch,
+            fingerprint=fingerprint or {},
+            model=accelerator.unwrap_model(net).state_dict(),
+            optimizer=opt.state_dict(),
+            scheduler=sched.state_dict(),
+            progress={"best_accuracy": best[0], "best_loss": best[1], "stale": stale, "history": history},
+            rng=states,
+            best=best_state,
+            scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        ).save(path)
+    accelerator.wait_for_everyone()
+
+
 def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
     return float((np.argmax(logits, 1) == targets).mean()) if len(targets) else float("nan")
+
+
+def run_fingerprint(cfg: TrainConfig, backbone: Backbone, dataset: ImageDataset, splits: Splits) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it (the process count may change: batches are global)."""
+    keys = ("strategy", "epochs", "lr", "backbone_lr_scale", "batch_size", "weight_decay", "patience", "unfreeze_blocks",
+            "dropout", "seed")
+    doc: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
+    doc["backbone"] = backbone.name
+    doc["backbone_weights"] = weights_fingerprint(backbone)[:16]
+    doc["preprocessing"] = backbone.preprocessing.to_dict()
+    doc["data"] = dataset.fingerprint()
+    doc["split"] = hashlib.sha256(np.concatenate([splits.train, splits.val]).astype(np.int64).tobytes()).hexdigest()[:16]
+    return json.loads(json.dumps(doc))  # the form it has after a round trip through state.json
 
 
 def fit(
@@ -410,8 +572,17 @@ def fit(
         model = ImageClassifier(backbone, backbone.source_head, backbone.labels).eval()
         return TrainResult(model, {}, [], details)
     accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
+    if not accelerator.is_main_process:  # one voice: only the main process logs and draws progress bars
+        log, cfg.progress = _silent, False
+    on_gpu = accelerator.device.type == "cuda"
+    if cfg.num_workers is None:
+        cfg.num_workers = _auto_workers(accelerator)
+    if cfg.feature_batch_size is None:
+        cfg.feature_batch_size = 256 if on_gpu else 64
+    details["train_config"] = asdict(cfg)
     details["device"] = str(accelerator.device)
     details["mixed_precision"] = accelerator.mixed_precision
+    details["processes"] = accelerator.num_processes
     n_classes = len(dataset.classes)
     if cfg.strategy == "linear-probe":
         model = ImageClassifier(backbone, nn.Identity(), dataset.classes)
@@ -433,7 +604,8 @@ def fit(
         logits = {s: head(torch.from_numpy(feats[getattr(splits, s)])).detach().numpy() for s in ("train", "val", "test")}
     else:
         model = ImageClassifier(backbone, build_head(backbone.num_features, n_classes, cfg.dropout), dataset.classes)
-        model, history, more = train_network(model, dataset, splits, cfg, accelerator=accelerator, log=log)
+        fingerprint = run_fingerprint(cfg, backbone, dataset, splits)
+        model, history, more = train_network(model, dataset, splits, cfg, accelerator=accelerator, fingerprint=fingerprint, log=log)
         details.update(more)
         logits = {
             s: reference_logits(model, dataset.prepared_batch(getattr(splits, s), model.preprocessing))
