@@ -122,7 +122,8 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "auto"):
         mixed_precision = "no" if use_cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     if use_cpu and mixed_precision == "fp16":
         raise InputError("fp16 mixed precision needs a CUDA GPU; use 'bf16' or 'no' on the CPU")
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    loading = DataLoaderConfiguration(split_batches=True, non_blocking=not use_cpu)  # pinned batches copy asynchronously
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, dataloader_config=loading)
 
 
 def _silent(msg: str) -> None:
