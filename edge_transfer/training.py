@@ -118,6 +118,8 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "auto"):
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but torch sees no CUDA GPU")
+    if mixed_precision == "auto" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
+        mixed_precision = os.environ["ACCELERATE_MIXED_PRECISION"]  # `accelerate launch --mixed_precision X`
     if mixed_precision == "auto":
         mixed_precision = "no" if use_cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     if use_cpu and mixed_precision == "fp16":

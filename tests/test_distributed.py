@@ -1,4 +1,4 @@
-"""Distributed training (2 CPU processes over gloo, launched by the real torchrun) and resumable checkpoints.
+"""Distributed training (2 CPU processes over gloo, launched by the real torchrun / accelerate launch) and resume.
 
 Tolerances, stated once:
 - finetune with a GroupNorm backbone (no batch statistics, so 2 half-batches and 1 whole batch compute the same
@@ -55,14 +55,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(args: list[str], *, processes: int = 1, cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`edge-transfer train ARGS` in one process, or under the real torchrun with `processes` CPU processes."""
-    launcher = [sys.executable, "-m", "edge_transfer"]
-    if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
-                    "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "edge_transfer"]
+def _launcher(name: str, processes: int) -> list[str]:
+    """The real launchers, as a user types them (CPU processes, gloo)."""
+    if name == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
+                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "edge_transfer"]
+    # accelerate launch starts several local processes through torchrun with --multi_gpu (--cpu alone means one
+    # process, or mpirun); on a machine without GPUs each process's Accelerator then joins the group over gloo.
+    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port()), "-m", "edge_transfer"]
+
+
+def _train(args: list[str], *, processes: int = 1, launcher: str = "torchrun", cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`edge-transfer train ARGS` in one process, or under torchrun / accelerate launch with `processes` processes."""
+    cmd = _launcher(launcher, processes) if processes > 1 else [sys.executable, "-m", "edge_transfer"]
     env = {**os.environ, "EDGE_TRANSFER_CACHE": str(cache), "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([*launcher, "train", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    r = subprocess.run([*cmd, "train", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -105,7 +114,8 @@ def test_two_process_linear_probe_shards_and_gathers_features(four_classes: Path
 
     args = ["--data", str(four_classes), "--strategy", "linear-probe", "--image-size", "32", "--json", "--quiet"]
     _train([*args, "--out", str(tmp_path / "one" / "run")], cache=tmp_path / "c1")
-    _train([*args, "--out", str(tmp_path / "two" / "run"), "--feature-batch-size", "32"], processes=2, cache=tmp_path / "c2")
+    _train([*args, "--out", str(tmp_path / "two" / "run"), "--feature-batch-size", "32"], processes=2,
+           launcher="accelerate", cache=tmp_path / "c2")
 
     _only_one_artifact(tmp_path / "two", "run")
     (f1,), (f2,) = (list((tmp_path / c / "features").iterdir()) for c in ("c1", "c2"))
@@ -195,9 +205,7 @@ def test_two_gpu_finetune_under_torchrun(four_classes: Path, groupnorm_backbone:
 
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA devices")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "edge_transfer"]
-    r = subprocess.run([*launcher, "train", "--data", str(four_classes), "--backbone", str(groupnorm_backbone),
+    r = subprocess.run([*_launcher("torchrun", 2), "train", "--data", str(four_classes), "--backbone", str(groupnorm_backbone),
                         "--strategy", "finetune", "--image-size", "48", "--epochs", "2", "--batch-size", "16",
                         "--device", "cuda", "--json", "--out", str(tmp_path / "run")],
                        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "EDGE_TRANSFER_CACHE": str(tmp_path / "c")})
