@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtimes import load
+from runtimes import load, read_manifest
 from runtimes.bench import bench_bundle as bench
 from runtimes.errors import (
     BackendUnavailableError,
@@ -42,6 +42,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "load",
+    "read_manifest",
     "bench",
     "train",
     "export",
