@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from converters.export import reference_logits
-from runtimes.errors import InputError
+from runtimes.errors import CheckpointError, InputError
 from runtimes.preprocess import PreprocessConfig
 
 from .backbones import Backbone
@@ -250,7 +250,7 @@ def extract_features(
         except Exception:  # a corrupt cache entry is recomputed, never trusted
             log(f"features: cache entry {path} is unreadable; recomputing")
             feats = None
-    if _all_ranks_agree(feats is not None, accelerator):
+    if _ranks_with(feats is not None, accelerator) == accelerator.num_processes:
         log(f"features: reusing cache {path} ({feats.shape[0]} x {feats.shape[1]})")
         return feats, {"cache": str(path), "cache_hit": True, "key": key}
     _check_divisible(batch_size, accelerator, "feature batch size")
@@ -279,12 +279,12 @@ def extract_features(
     return feats, {"cache": str(path), "cache_hit": False, "key": key}
 
 
-def _all_ranks_agree(flag: bool, accelerator: Any) -> bool:
-    """True only when `flag` holds on every process (one process's missing cache file means all recompute)."""
+def _ranks_with(flag: bool, accelerator: Any) -> int:
+    """On how many processes `flag` holds (e.g. one process's missing cache file means all recompute)."""
     if accelerator.num_processes == 1:
-        return flag
+        return int(flag)
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(t, reduction="sum").item() == accelerator.num_processes)
+    return int(accelerator.reduce(t, reduction="sum").item())
 
 
 # ------------------------------------------------------------------------------------------------ heads on cached features
@@ -432,7 +432,14 @@ def train_network(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     ckpt_path = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     resumed = None
-    if cfg.resume and ckpt_path is not None and (ckpt_path / "state.json").is_file():
+    found = cfg.resume and ckpt_path is not None and (ckpt_path / "state.json").is_file()
+    seen_by = _ranks_with(found, accelerator)
+    if 0 < seen_by < accelerator.num_processes:
+        raise CheckpointError(
+            f"{ckpt_path}: only {seen_by} of {accelerator.num_processes} processes can read this checkpoint; "
+            "resuming on several machines needs --out on a filesystem that every machine sees"
+        )
+    if found:
         resumed = TrainingCheckpoint.load(ckpt_path)
         resumed.check_matches(fingerprint or {}, ckpt_path)
         model.load_state_dict(resumed.model)
