@@ -415,7 +415,7 @@ def train_network(
     reduced across them. With `cfg.checkpoint_dir`, the main process checkpoints after every epoch, and
     `cfg.resume` continues from that checkpoint so the run ends exactly where an uninterrupted one would.
     """
-    from .checkpoint import TrainingCheckpoint, capture_rng, restore_rng
+    from .checkpoint import TrainingCheckpoint, restore_rng
 
     details = _set_trainable(model, cfg.strategy, cfg.unfreeze_blocks)
     _check_divisible(cfg.batch_size, accelerator, "batch size")
@@ -464,7 +464,6 @@ def train_network(
         log(f"resumed from {ckpt_path} after epoch {resumed.epoch}/{cfg.epochs} (best val accuracy so far {best[0]:.4f})")
         details["resumed_after_epoch"] = resumed.epoch
     details["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    details["processes"] = accelerator.num_processes
     early_stopped = resumed is not None and bool(cfg.patience) and stale >= cfg.patience
     for epoch in range(first_epoch, first_epoch if early_stopped else cfg.epochs):
         t0 = time.perf_counter()
@@ -506,7 +505,7 @@ def train_network(
         else:
             stale += 1
         if ckpt_path is not None:
-            _save_checkpoint(ckpt_path, epoch + 1, net, opt, sched, best, best_state, stale, history, fingerprint, accelerator, capture_rng)
+            _save_checkpoint(ckpt_path, epoch + 1, net, opt, sched, best, best_state, stale, history, fingerprint, accelerator)
         if cfg.patience and stale >= cfg.patience:
             log(f"early stop at epoch {epoch + 1} (best val accuracy {best[0]:.4f})")
             break
@@ -521,11 +520,11 @@ def train_network(
 
 def _save_checkpoint(path: Path, epoch: int, net: Any, opt: Any, sched: Any, best: tuple[float, float],
                      best_state: dict[str, torch.Tensor] | None, stale: int, history: list[dict[str, Any]],
-                     fingerprint: dict[str, Any] | None, accelerator: Any, capture_rng: Callable) -> None:
+                     fingerprint: dict[str, Any] | None, accelerator: Any) -> None:
     """Every rank hands its RNG state to the main process, which alone writes the checkpoint."""
     from accelerate.utils import gather_object
 
-    from .checkpoint import TrainingCheckpoint
+    from .checkpoint import TrainingCheckpoint, capture_rng
 
     rng = capture_rng()
     states = gather_object([rng]) if accelerator.num_processes > 1 else [rng]

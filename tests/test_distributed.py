@@ -212,3 +212,35 @@ def test_two_gpu_finetune_under_torchrun(four_classes: Path, groupnorm_backbone:
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["training"]["processes"] == 2 and cfg["training"]["device"].startswith("cuda")
+
+
+def test_checkpoint_round_trips_optimizer_and_rng_without_pickle(tmp_path: Path):
+    import random
+
+    import torch
+
+    from edge_transfer.checkpoint import TrainingCheckpoint, capture_rng, restore_rng
+
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    net(torch.randn(8, 4)).sum().backward()
+    opt.step()
+    rng = capture_rng()
+    expected = (torch.rand(3), np.random.rand(2), random.random())
+    TrainingCheckpoint(epoch=1, fingerprint={"lr": 0.01}, model=net.state_dict(), optimizer=opt.state_dict(),
+                       scheduler={"last_epoch": 1}, progress={"stale": 0}, rng=[rng]).save(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+    back = TrainingCheckpoint.load(tmp_path / "ckpt")
+    fresh = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    fresh.load_state_dict(back.optimizer)
+    for a, b in zip(opt.state_dict()["state"].values(), fresh.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert fresh.param_groups[0]["betas"] == opt.param_groups[0]["betas"]
+    restore_rng(*back.rng[0])
+    again = (torch.rand(3), np.random.rand(2), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+    from runtimes.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"different run \(lr: checkpoint 0.01, now 0.02\)"):
+        back.check_matches({"lr": 0.02}, tmp_path / "ckpt")
