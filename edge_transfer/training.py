@@ -586,8 +586,9 @@ def fit(
     on_gpu = accelerator.device.type == "cuda"
     if cfg.num_workers is None:
         cfg.num_workers = _auto_workers(accelerator)
-    if cfg.feature_batch_size is None:
-        cfg.feature_batch_size = 256 if on_gpu else 64
+    if cfg.feature_batch_size is None:  # the default is rounded up to split evenly across processes
+        n = accelerator.num_processes
+        cfg.feature_batch_size = -(-(256 if on_gpu else 64) // n) * n
     details["train_config"] = asdict(cfg)
     details["device"] = str(accelerator.device)
     details["mixed_precision"] = accelerator.mixed_precision
