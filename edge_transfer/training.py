@@ -448,7 +448,6 @@ def train_network(
     net, opt, train_dl, val_dl, sched = accelerator.prepare(model, opt, train_dl, val_dl, sched)
     if accelerator.device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    loss_fn = nn.CrossEntropyLoss()
     best, best_state, stale, history, first_epoch = (-1.0, math.inf), None, 0, [], 0
     if resumed is not None:
         opt.load_state_dict(resumed.optimizer)
@@ -470,21 +469,22 @@ def train_network(
         train_dl.set_epoch(epoch)
         net.train()
         _freeze_frozen_norms(net)
-        sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss * n, correct, seen
+        sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # summed loss, correct, seen
         bar = tqdm(train_dl, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not cfg.progress or not accelerator.is_main_process, leave=False)
         for images, targets in bar:
             with accelerator.autocast():
                 logits = net(images)
-                loss = loss_fn(logits.float(), targets)
-            accelerator.backward(loss)
+                losses = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+            accelerator.backward(losses.mean())
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            sums += torch.stack([loss.detach().double() * len(targets), (logits.argmax(1) == targets).sum().double(),
-                                 torch.tensor(float(len(targets)), dtype=torch.float64, device=sums.device)])
+            # every process's per-image results, less the images repeated to even out the last batch
+            lost, hits = accelerator.gather_for_metrics((losses.detach().double(), (logits.argmax(1) == targets).double()))
+            sums += torch.stack([lost.sum(), hits.sum(), torch.tensor(float(lost.numel()), dtype=torch.float64, device=sums.device)])
             bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}")
-        total, correct, seen = accelerator.reduce(sums, reduction="sum").tolist()
+        total, correct, seen = sums.tolist()
         val_loss, val_acc = _evaluate(net, val_dl, accelerator)
         row = {
             "epoch": epoch + 1,
