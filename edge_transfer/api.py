@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -11,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtimes.errors import CheckpointError, DatasetError, InputError
+from runtimes.errors import CheckpointError, DatasetError, EdgeTransferError, InputError
 
 Log = Callable[[str], None]
 
@@ -208,6 +209,47 @@ def _calibration(d: _ExportData, indices: np.ndarray, split: str, size: int, cfg
     )
 
 
+def _main_process_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Under `torchrun` / `accelerate launch`, run `fn` on rank 0 alone: one writer per artifact.
+
+    With a process group up (e.g. after `train` in the same script) the other ranks wait and get rank 0's result,
+    or raise its error. Without one (the command itself launched on several processes) they return `[]` at once.
+    """
+
+    @functools.wraps(fn)
+    def on_rank_zero(*args: Any, **kwargs: Any) -> Any:
+        import pickle
+
+        import torch.distributed as dist
+
+        from .training import distributed_rank
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return fn(*args, **kwargs) if distributed_rank() == 0 else []
+        box: list[Any] = [None]
+        error: BaseException | None = None
+        if dist.get_rank() == 0:
+            try:
+                box = [("result", fn(*args, **kwargs))]
+            except Exception as exc:  # every rank raises it; rank 0 keeps its own traceback
+                error = exc
+                try:
+                    pickle.dumps(exc)
+                    box = [("error", exc)]
+                except Exception:
+                    box = [("error", EdgeTransferError(f"rank 0 failed: {type(exc).__name__}: {exc}"))]
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if error is not None:
+            raise error
+        if kind == "error":
+            raise value
+        return value
+
+    return on_rank_zero
+
+
+@_main_process_only
 def export(
     run: str | os.PathLike[str] | None = None,
     *,
@@ -240,6 +282,7 @@ def export(
     tensorrt formats (opt_batch, max_batch, workspace_mib, dla_core, gpu_fallback, hardware_compatible,
     version_compatible); the engine itself is built on the device. Returns a list of
     `converters.export.ExportResult`; raises `ValidationFailed` (with the table) if any format was not written.
+    Under a launcher only rank 0 exports (see `_main_process_only`).
     """
     from converters.export import FORMAT_SPECS, QuantizationOptions, export_bundles, parse_formats, raise_for_failures
 

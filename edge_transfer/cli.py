@@ -103,6 +103,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise
         _print_json({"out": args.out, "passed": False, "formats": [r.summary() for r in results]})
         return 1
+    from .training import distributed_rank
+
+    if distributed_rank() != 0:  # launched on several processes: rank 0 exported and reports
+        return 0
     if args.json:
         _print_json({"out": args.out, "passed": all(r.passed for r in results), "formats": [r.summary() for r in results]})
         return 0

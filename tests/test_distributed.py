@@ -244,3 +244,30 @@ def test_checkpoint_round_trips_optimizer_and_rng_without_pickle(tmp_path: Path)
 
     with pytest.raises(CheckpointError, match=r"different run \(lr: checkpoint 0.01, now 0.02\)"):
         back.check_matches({"lr": 0.02}, tmp_path / "ckpt")
+
+
+def test_python_api_under_torchrun_trains_and_exports_once(four_classes: Path, tmp_path: Path):
+    """A user's script: `et.train` then `et.export` on every rank; one run, one bundle, every rank gets the result."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "import edge_transfer as et\n"
+        "data, out = sys.argv[1], sys.argv[2]\n"
+        "run = et.train(data, out=f'{out}/run', strategy='linear-probe', image_size=32, progress=False)\n"
+        "(result,) = et.export(run.path, out=f'{out}/bundle')\n"
+        "print(json.dumps({'rank': int(os.environ['RANK']), 'bundle': str(result.path), 'passed': result.passed,\n"
+        "                  'test_accuracy': run.metrics['test_accuracy']}))\n"
+    )
+    launcher = _launcher("torchrun", 2)[:-2]  # without "-m edge_transfer": a script instead
+    env = {**os.environ, "EDGE_TRANSFER_CACHE": str(tmp_path / "c"), "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([*launcher, str(script), str(four_classes), str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reports = sorted((json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")), key=lambda d: d["rank"])
+    assert [d["rank"] for d in reports] == [0, 1]
+    assert reports[0] == dict(reports[1], rank=0), "every rank gets rank 0's run metrics and export result"
+    assert reports[0]["passed"] and reports[0]["bundle"].endswith("bundle")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bundle", "run"]
+    import runtimes
+
+    assert runtimes.read_manifest(tmp_path / "out" / "bundle").validation["passed"]
