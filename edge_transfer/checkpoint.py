@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtimes.bundle import publish_directory
+from runtimes.bundle import staged_directory
 from runtimes.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "edge-transfer-checkpoint"
@@ -107,9 +105,7 @@ class TrainingCheckpoint:
         from safetensors.torch import save_file
 
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-        try:
+        with staged_directory(target) as tmp:
             save_file(_cpu(self.model), str(tmp / "model.safetensors"))
             if self.best is not None:
                 save_file(_cpu(self.best), str(tmp / "best.safetensors"))
@@ -129,10 +125,6 @@ class TrainingCheckpoint:
                 "rng": [d for _, d in self.rng],
             }
             (tmp / STATE_NAME).write_text(json.dumps(doc, indent=1) + "\n")
-            publish_directory(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     @classmethod

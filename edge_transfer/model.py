@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from runtimes.bundle import publish_directory
+from runtimes.bundle import staged_directory
 from runtimes.errors import CheckpointError
 from runtimes.preprocess import PreprocessConfig
 
@@ -134,17 +132,11 @@ def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, confi
     target = Path(run_dir)
     if target.exists() and not overwrite:
         raise CheckpointError(f"{target} already exists; pass --overwrite to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    with staged_directory(target) as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in classifier.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": RUN_FORMAT})
         doc = {"format": RUN_FORMAT, "version": RUN_VERSION, **config}
         (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
-        publish_directory(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

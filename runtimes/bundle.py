@@ -8,6 +8,7 @@ interrupted export leaves either nothing or the previous complete bundle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import BundleError, IntegrityError
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, parse_manifest, utc_now
@@ -197,6 +198,21 @@ class BundleWriter:
         publish_directory(self.dir, self.target)
         self.committed = True
         return Bundle(path=self.target, manifest=parsed)
+
+
+@contextlib.contextmanager
+def staged_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temp sibling of `target` to write into; published over `target` (`publish_directory`) when the block
+    ends normally, removed when it raises. A SIGKILL leaves only a hidden `.name.partial-*` sibling."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        publish_directory(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish_directory(staged: Path, target: Path) -> None:
