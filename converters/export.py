@@ -267,7 +267,7 @@ def tensorrt_settings(options: dict[str, Any], batch_size: int | None, precision
 
     opts = dict(options)
     profile = derive_profile(batch_size if batch_size is not None else "batch", opt_batch=opts.pop("opt_batch", None),
-                             max_batch=opts.pop("max_batch", None))
+                             max_batch=opts.pop("max_batch", None), static=opts.get("dla_core") is not None)
     known = {"workspace_mib", "dla_core", "gpu_fallback", "hardware_compatible", "version_compatible"}
     if set(opts) - known:
         raise InputError(f"unknown TensorRT option(s) {', '.join(sorted(set(opts) - known))} (known: opt_batch, max_batch, {', '.join(sorted(known))})")
@@ -288,9 +288,11 @@ def _build_tensorrt(job: _Job, spec: FormatSpec, target: Path) -> tuple[dict[str
 
     if job.calibration is None:
         raise InputError(f"{spec.name} needs calibration data")
-    # TensorRT computes int8 with 32-bit accumulation on the GPU: full 8-bit weights, and zero points of 0
+    # TensorRT computes int8 with 32-bit accumulation on the GPU: full 8-bit weights, zero points of 0, and float
+    # biases (its ONNX parser refuses DequantizeLinear on int32 biases)
     settings = quantize_int8_static(job.preprocessed(), target, job.calibration, input_name=INPUT_NAME, method=job.quantization.method,
-                                    per_channel=True, reduce_range=False, feed_batch=job.feed_batch, symmetric_activations=True)
+                                    per_channel=True, reduce_range=False, feed_batch=job.feed_batch, symmetric_activations=True,
+                                    quantize_bias=False)
     calibration = dict(job.calibration.provenance(), method=job.quantization.method, per_channel=True)
     return dict(settings, engine=engine), calibration, {}
 
@@ -345,8 +347,12 @@ def export_bundles(
         raise InputError(f"calibration images are {calibration.images.shape[1:3]}, the model takes {preprocessing.input_size}")
     if quantization.accuracy_aware and tuning is None and any(s.name in ("onnx-int8", "openvino-int8") for s in specs):
         raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
-    if any(s.backend == "tensorrt" for s in specs):
-        tensorrt_settings(tensorrt or {}, batch_size, "fp32")  # refuse bad engine options before any work
+    for s in specs:
+        if s.backend == "tensorrt":  # refuse bad engine options before any work, naming the format
+            try:
+                tensorrt_settings(tensorrt or {}, batch_size, s.precision)
+            except InputError as exc:
+                raise InputError(f"format {s.name}: {exc}") from None
     root = Path(out)
     targets = {s.name: root if len(specs) == 1 else root / s.name for s in specs}
     for t in targets.values():

@@ -107,10 +107,13 @@ def quantize_int8_static(
     range_cache: str | os.PathLike[str] | None = None,
     feed_batch: int = 1,
     symmetric_activations: bool = False,
+    quantize_bias: bool = True,
 ) -> dict[str, Any]:
     """Static QDQ int8 (s8 activations, s8 weights) of a pre-processed model. Returns the settings used.
 
     `symmetric_activations` gives every activation a zero point of 0, which TensorRT's explicit quantisation needs.
+    `quantize_bias=False` keeps biases float (no DequantizeLinear on int32 biases, which TensorRT's ONNX parser refuses:
+    its DequantizeLinear takes int8 only; TensorRT quantises the bias itself when it fuses the layer).
 
     `range_cache` (a JSON path) keeps the calibrated tensor ranges, so re-quantising with other nodes left in
     float skips calibration (onnxruntime versions without the option simply recalibrate).
@@ -137,7 +140,8 @@ def quantize_int8_static(
             nodes_to_exclude=list(exclude),
             # Relu/Clip stay in the graph (same speed and accuracy, measured), so the float tensor in front of a
             # QuantizeLinear is the activated one and keep_float_inputs can hand it to a float node unchanged.
-            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, "QDQKeepRemovableActivations": True},
+            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, "QDQKeepRemovableActivations": True,
+                           "QuantizeBias": quantize_bias},
             calibration_providers=["CPUExecutionProvider"],
             **cache,
         )
@@ -152,6 +156,7 @@ def quantize_int8_static(
         "format": "QDQ",
         "activations": "int8 (symmetric, zero point 0)" if symmetric_activations else "int8 (asymmetric)",
         "weights": "int8 (symmetric)" + (", 7-bit range" if reduce_range else ""),
+        "biases": "int32 (DequantizeLinear)" if quantize_bias else "float",
         "per_channel": per_channel,
         "reduce_range": reduce_range,
         "method": method,

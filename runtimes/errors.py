@@ -33,6 +33,10 @@ class EngineIncompatibleError(EdgeTransferError):
     """A compiled engine was built for another runtime version or device than the one present."""
 
 
+class InferenceError(EdgeTransferError):
+    """A backend failed while running a batch, or the predictor was used after `close()`."""
+
+
 class ValidationFailed(EdgeTransferError):
     """An exported artifact disagrees with its torch reference beyond the tolerance."""
 
@@ -52,6 +56,7 @@ __all__ = [
     "IntegrityError",
     "BackendUnavailableError",
     "EngineIncompatibleError",
+    "InferenceError",
     "ValidationFailed",
     "DatasetError",
     "CheckpointError",

@@ -1,21 +1,12 @@
-"""TensorRT engines, built where they run: build settings, optimisation profiles, compatibility checks, the
-engine cache, and the builder itself.
+"""TensorRT engines, built where they run: build settings, optimisation profiles, the device an engine targets,
+compatibility checks, the engine cache and the engine bundle writer. Pure logic: nothing here imports TensorRT or
+CUDA, so all of it is tested on every machine (the GPU side is `runtimes.tensorrt_build`).
 
 TensorRT engines are tied to the TensorRT version and the GPU that built them, so a TensorRT bundle carries a
-TensorRT-ready ONNX (fp32, or QDQ int8 from the shared calibration) plus the build settings, and the engine is built
-on the device the first time the bundle is loaded (or by `edge-transfer build-engine`). Engines are cached under a
-key made of everything that makes an engine valid; a cache entry that is corrupt or does not match is rebuilt,
-never loaded. This module imports `tensorrt` and `cuda-python` only inside the functions that need a GPU
-(`running_target`, `build_engine`), so its logic is usable and tested anywhere.
-
-TensorRT API used (TensorRT 10/11 Python): `Builder`, `Builder.create_network`, `OnnxParser.parse_from_file`,
-`Builder.create_builder_config`, `IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE)`,
-`NetworkDefinitionCreationFlag.STRONGLY_TYPED` (or, on older TensorRT, `BuilderFlag.FP16/INT8`),
-`BuilderFlag.GPU_FALLBACK/VERSION_COMPATIBLE/EXCLUDE_LEAN_RUNTIME`, `IBuilderConfig.default_device_type`
-= `DeviceType.DLA` with `DLA_core`, `hardware_compatibility_level = HardwareCompatibilityLevel.AMPERE_PLUS`,
-`Builder.create_optimization_profile` + `IOptimizationProfile.set_shape`, `IBuilderConfig.create_timing_cache` /
-`set_timing_cache` / `get_timing_cache().serialize()`, `IProgressMonitor` via `IBuilderConfig.progress_monitor`, and
-`Builder.build_serialized_network`.
+TensorRT-ready ONNX (fp32, fp16, or QDQ int8 from the shared calibration) plus the build settings, and the engine is
+built on the device the first time the bundle is loaded (or by `edge-transfer build-engine`). Engines are cached
+under a key made of everything that makes an engine valid; a cache entry that is corrupt or does not match is
+rebuilt, never loaded.
 """
 
 from __future__ import annotations
@@ -23,17 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .errors import BackendUnavailableError, EngineIncompatibleError, InputError
+from .errors import EngineIncompatibleError, InputError
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+DLA_PRECISIONS = ("fp16", "int8")  # the DLA has no fp32 kernels
 DEFAULT_MAX_BATCH = 16
 AMPERE_PLUS = (8, 0)  # TensorRT's hardware-compatible engines run on compute capability 8.0 and newer
+MIN_TENSORRT = (8, 5)  # execute_async_v3, named I/O tensors and memory pools
+MIN_TENSORRT_VERSION_COMPATIBLE = (8, 6)
 
 
 @dataclass(frozen=True)
@@ -47,6 +41,10 @@ class BatchProfile:
     def contains(self, batch: int) -> bool:
         return self.min <= batch <= self.max
 
+    @property
+    def static(self) -> bool:
+        return self.min == self.opt == self.max
+
     def shapes(self, height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """(min, opt, max) input shapes for an NHWC uint8 image input."""
         return tuple((b, height, width, 3) for b in (self.min, self.opt, self.max))  # type: ignore[return-value]
@@ -56,16 +54,26 @@ class BatchProfile:
 
 
 def derive_profile(batch_dim: int | str | None, *, min_batch: int | None = None, opt_batch: int | None = None,
-                   max_batch: int | None = None) -> BatchProfile:
+                   max_batch: int | None = None, static: bool = False) -> BatchProfile:
     """The batch range for a bundle's input: its fixed batch, or the requested range within a dynamic batch.
 
     A dynamic batch defaults to min 1, opt 1 (edge applications mostly run one frame at a time), max 16.
+    `static` (DLA engines, which need min = opt = max) makes the default one batch size: the opt or max given, else 1.
     """
     if isinstance(batch_dim, int):
         for name, value in (("min", min_batch), ("opt", opt_batch), ("max", max_batch)):
             if value is not None and value != batch_dim:
                 raise InputError(f"this bundle has a fixed batch of {batch_dim}; a {name} batch of {value} cannot be built")
         return BatchProfile(batch_dim, batch_dim, batch_dim)
+    if static:
+        given = {v for v in (min_batch, opt_batch, max_batch) if v is not None}
+        if len(given) > 1:
+            raise InputError(f"a DLA engine needs one batch size (min = opt = max), got {sorted(given)}; "
+                             "give one of --trt-opt-batch/--trt-max-batch, or a fixed --batch-size")
+        size = given.pop() if given else 1
+        if size < 1:
+            raise InputError(f"the batch size must be at least 1, got {size}")
+        return BatchProfile(size, size, size)
     lo = 1 if min_batch is None else min_batch
     hi = max(DEFAULT_MAX_BATCH, lo) if max_batch is None else max_batch
     opt = lo if opt_batch is None else opt_batch
@@ -91,10 +99,19 @@ class BuildSettings:
             raise InputError(f"TensorRT precision must be one of {', '.join(ENGINE_PRECISIONS)}, got {self.precision!r}")
         if self.workspace_mib < 1:
             raise InputError(f"workspace must be at least 1 MiB, got {self.workspace_mib}")
-        if self.dla_core is not None and self.dla_core < 0:
+        if self.dla_core is None:
+            return
+        if self.dla_core < 0:
             raise InputError(f"DLA core must be >= 0, got {self.dla_core}")
-        if self.dla_core is not None and self.hardware_compatible:
+        if self.hardware_compatible:
             raise InputError("DLA engines cannot be hardware-compatible (TensorRT builds those for GPUs of Ampere and newer)")
+        if self.precision not in DLA_PRECISIONS:
+            raise InputError(f"the DLA runs fp16 or int8 only, not {self.precision}: export with --format tensorrt-fp16 or "
+                             "tensorrt-int8 (an fp32 engine with a DLA core would silently run everything on the GPU)")
+        if not self.profile.static:
+            p = self.profile
+            raise InputError(f"the DLA needs a static batch (min = opt = max), got {p.min}/{p.opt}/{p.max}: give a fixed "
+                             "--batch-size, or one of --trt-opt-batch/--trt-max-batch")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -109,74 +126,131 @@ class BuildSettings:
                        dla_core=d.get("dla_core"), gpu_fallback=bool(d.get("gpu_fallback", True)),
                        hardware_compatible=bool(d.get("hardware_compatible", False)),
                        version_compatible=bool(d.get("version_compatible", False)))
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"TensorRT build settings are incomplete or malformed ({exc}): {d}") from None
 
 
 @dataclass(frozen=True)
 class EngineTarget:
-    """What an engine runs on: the TensorRT version and the GPU (name, compute capability)."""
+    """What an engine runs on: the full TensorRT version and the GPU (name, compute capability, whether it is an
+    integrated Jetson/DRIVE GPU, and how many DLA cores sit beside it)."""
 
     tensorrt_version: str
     gpu_name: str
     compute_capability: tuple[int, int]
+    integrated: bool = False
+    dla_cores: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"tensorrt_version": self.tensorrt_version, "gpu_name": self.gpu_name,
-                "compute_capability": f"{self.compute_capability[0]}.{self.compute_capability[1]}"}
+                "compute_capability": f"{self.compute_capability[0]}.{self.compute_capability[1]}",
+                "integrated": self.integrated, "dla_cores": self.dla_cores}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EngineTarget":
-        major, minor = (int(x) for x in str(d["compute_capability"]).split("."))
-        return cls(str(d["tensorrt_version"]), str(d.get("gpu_name", "?")), (major, minor))
+        try:
+            major, minor = (int(x) for x in str(d["compute_capability"]).split("."))
+            return cls(str(d["tensorrt_version"]), str(d.get("gpu_name", "?")), (major, minor),
+                       bool(d.get("integrated", False)), int(d.get("dla_cores", 0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"TensorRT engine target is incomplete or malformed ({exc}): {d}") from None
+
+    @property
+    def sm(self) -> str:
+        return f"sm {self.compute_capability[0]}.{self.compute_capability[1]}"
 
 
-def _version(v: str) -> tuple[int, ...]:
+def version_tuple(v: str) -> tuple[int, ...]:
+    """'10.3.0.26' -> (10, 3, 0, 26): every numeric part, so builds that differ only in the fourth part differ."""
     parts = []
-    for p in v.split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
+    for p in str(v).split("."):
+        digits = re.match(r"\d*", p).group()  # type: ignore[union-attr]
         parts.append(int(digits) if digits else 0)
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
     return tuple(parts)
+
+
+def check_buildable(settings: BuildSettings, target: EngineTarget) -> None:
+    """Refuse build settings this device's TensorRT/GPU cannot honour, before minutes are spent building."""
+    trt = version_tuple(target.tensorrt_version)
+    if trt[:2] < MIN_TENSORRT:
+        raise EngineIncompatibleError(f"TensorRT {target.tensorrt_version} is too old: edge-transfer needs TensorRT "
+                                      f"{'.'.join(map(str, MIN_TENSORRT))} or newer (JetPack 5.1 or later)")
+    if settings.version_compatible and trt[:2] < MIN_TENSORRT_VERSION_COMPATIBLE:
+        raise EngineIncompatibleError(f"version-compatible engines need TensorRT 8.6 or newer; this device has {target.tensorrt_version}")
+    if settings.hardware_compatible:
+        if target.integrated:
+            raise EngineIncompatibleError(
+                f"hardware-compatible engines are not supported on {target.gpu_name} (an integrated Jetson/DRIVE GPU: "
+                "TensorRT supports them on discrete GPUs only); export without --trt-hardware-compatible")
+        if target.compute_capability < AMPERE_PLUS:
+            raise EngineIncompatibleError(f"hardware-compatible engines need a GPU of compute capability 8.0 or newer to "
+                                          f"build; this device has {target.gpu_name} ({target.sm})")
+    if settings.dla_core is not None and settings.dla_core >= target.dla_cores:
+        have = f"{target.dla_cores} DLA core(s)" if target.dla_cores else "no DLA"
+        raise EngineIncompatibleError(f"the bundle asks for DLA core {settings.dla_core}, but {target.gpu_name} has {have}; "
+                                      "export it without --trt-dla-core for this device")
 
 
 def check_compatible(built: EngineTarget, settings: BuildSettings, running: EngineTarget) -> None:
     """Refuse an engine the running TensorRT/GPU cannot safely load, naming both sides.
 
-    Version: an engine needs the exact TensorRT version that built it, unless it was built version-compatible,
-    which then runs on that version or a newer one. GPU: the same compute capability, unless built
-    hardware-compatible, which then runs on any GPU of Ampere (8.0) or newer.
+    Version: an engine needs the exact TensorRT version that built it (all four parts), unless it was built
+    version-compatible, which then runs on that version or a newer one of the same major (through the builder's
+    lean runtime). GPU: the same GPU model, unless built hardware-compatible, which runs on any discrete GPU of
+    Ampere (8.0) or newer; never on an integrated Jetson/DRIVE GPU. A DLA engine needs that DLA core here.
     """
-    b, r = _version(built.tensorrt_version), _version(running.tensorrt_version)
+    b, r = version_tuple(built.tensorrt_version), version_tuple(running.tensorrt_version)
     if settings.version_compatible:
         if r < b:
             raise EngineIncompatibleError(
                 f"engine built version-compatible with TensorRT {built.tensorrt_version} cannot run on the older "
                 f"TensorRT {running.tensorrt_version} here; rebuild it on this device")
+        if r[0] != b[0]:
+            raise EngineIncompatibleError(
+                f"engine built version-compatible with TensorRT {built.tensorrt_version} runs on later {b[0]}.x versions "
+                f"only, this device has TensorRT {running.tensorrt_version}; rebuild it here (edge-transfer build-engine)")
     elif b != r:
         raise EngineIncompatibleError(
             f"engine built with TensorRT {built.tensorrt_version}, but this device runs TensorRT "
             f"{running.tensorrt_version}; rebuild it here (edge-transfer build-engine) or build it version-compatible")
     cc_b, cc_r = built.compute_capability, running.compute_capability
     if settings.hardware_compatible:
+        if running.integrated or built.integrated:
+            raise EngineIncompatibleError(
+                f"hardware-compatible engine (built on {built.gpu_name}, {built.sm}) cannot run on {running.gpu_name}: "
+                "integrated Jetson/DRIVE GPUs do not support hardware compatibility; rebuild it here (edge-transfer build-engine)")
         if cc_r < AMPERE_PLUS:
             raise EngineIncompatibleError(
-                f"hardware-compatible engine (built on {built.gpu_name}, sm {cc_b[0]}.{cc_b[1]}) needs a GPU of compute "
-                f"capability 8.0 or newer; this device has {running.gpu_name}, sm {cc_r[0]}.{cc_r[1]}")
-    elif cc_b != cc_r:
+                f"hardware-compatible engine (built on {built.gpu_name}, {built.sm}) needs a GPU of compute "
+                f"capability 8.0 or newer; this device has {running.gpu_name}, {running.sm}")
+    elif cc_b != cc_r or built.gpu_name != running.gpu_name or built.integrated != running.integrated:
         raise EngineIncompatibleError(
-            f"engine built for {built.gpu_name} (sm {cc_b[0]}.{cc_b[1]}), but this device has {running.gpu_name} "
-            f"(sm {cc_r[0]}.{cc_r[1]}); rebuild it here (edge-transfer build-engine)")
+            f"engine built for {built.gpu_name} ({built.sm}), but this device has {running.gpu_name} "
+            f"({running.sm}); rebuild it here (edge-transfer build-engine)")
+    if settings.dla_core is not None and settings.dla_core >= running.dla_cores:
+        raise EngineIncompatibleError(f"engine built for DLA core {settings.dla_core}, but {running.gpu_name} here has "
+                                      f"{running.dla_cores} DLA core(s)")
+
+
+def _target_ident(target: EngineTarget) -> dict[str, Any]:
+    return {"tensorrt": list(version_tuple(target.tensorrt_version)), "tensorrt_version": target.tensorrt_version,
+            "gpu": target.gpu_name, "compute_capability": list(target.compute_capability),
+            "integrated": target.integrated, "dla_cores": target.dla_cores}
 
 
 def cache_key(model_sha256: str, target: EngineTarget, settings: BuildSettings) -> str:
-    """Everything that makes an engine valid: the model, TensorRT version, compute capability and build settings."""
-    ident = {
-        "model": model_sha256,
-        "tensorrt": target.tensorrt_version,
-        "compute_capability": list(target.compute_capability),
-        "settings": settings.to_dict(),
-    }
+    """Everything that makes an engine valid: the model, the full TensorRT version, the GPU model (name, compute
+    capability, integrated or not, DLA cores: an Orin AGX and an Orin Nano share sm 8.7) and the build settings."""
+    ident = {"model": model_sha256, "target": _target_ident(target), "settings": settings.to_dict()}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def timing_cache_path(root: str | os.PathLike[str], target: EngineTarget) -> Path:
+    """A timing cache per GPU model and TensorRT version: one made elsewhere is never offered to this builder."""
+    ident = hashlib.sha256(json.dumps(_target_ident(target), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / f"timing-{ident}.cache"
 
 
 def default_cache_dir() -> Path:
@@ -185,13 +259,26 @@ def default_cache_dir() -> Path:
 
 
 class EngineCache:
-    """Engines on disk: `<root>/<key>/engine.plan` + `meta.json` (target, settings, sha256 of the plan)."""
+    """Engines on disk: `<root>/<key>/engine.plan` + `meta.json` (target, settings, sha256 of the plan), and one
+    timing cache per device model and TensorRT version."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
 
+    def ensure(self) -> Path:
+        """Create the cache directory (the builder writes the timing cache into it before any entry exists)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the engine cache directory {self.root}: {exc.strerror or exc}; "
+                             "pass another cache_dir (--cache-dir)") from None
+        return self.root
+
     def entry(self, key: str) -> Path:
         return self.root / key
+
+    def timing_cache(self, target: EngineTarget) -> Path:
+        return timing_cache_path(self.root, target)
 
     def load(self, key: str, target: EngineTarget, settings: BuildSettings) -> bytes | None:
         """The cached plan for `key`, or None when absent. A corrupt or mismatched entry is deleted, not loaded."""
@@ -218,14 +305,14 @@ class EngineCache:
 
     def store(self, key: str, plan: bytes, target: EngineTarget, settings: BuildSettings, extra: dict[str, Any] | None = None) -> Path:
         """Write an entry atomically (temp directory, then rename), replacing any previous one."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
-        (tmp / "engine.plan").write_bytes(plan)
+        from .bundle import staged_directory
+
         meta = {"sha256": hashlib.sha256(plan).hexdigest(), "bytes": len(plan), "target": target.to_dict(),
                 "settings": settings.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        self.evict(key)
-        os.replace(tmp, self.entry(key))
+        self.ensure()
+        with staged_directory(self.entry(key)) as tmp:
+            (tmp / "engine.plan").write_bytes(plan)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         return self.entry(key)
 
     def evict(self, key: str) -> None:
@@ -236,10 +323,11 @@ class EngineCache:
 
 def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: str | os.PathLike[str], *,
                         overwrite: bool = False) -> Any:
-    """A bundle carrying a built engine (for identical devices: same TensorRT, same GPU), written atomically.
+    """A bundle carrying a built engine (for identical devices: same TensorRT, same GPU model), written atomically.
 
-    Its manifest records where the engine was built (`model.built_on`: TensorRT version, GPU, compute capability)
-    next to the build settings; loading it elsewhere raises `EngineIncompatibleError` naming both sides.
+    Its manifest records where the engine was built (`model.built_on`: TensorRT version, GPU, compute capability,
+    integrated, DLA cores) next to the build settings; loading it elsewhere raises `EngineIncompatibleError` naming
+    both sides.
     """
     import copy
 
@@ -260,136 +348,3 @@ def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: s
     with BundleWriter(out, overwrite=overwrite) as writer:
         (writer.dir / "model.plan").write_bytes(plan)
         return writer.commit(doc)
-
-
-# ------------------------------------------------------------------------------------------------ GPU side
-
-
-def _import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"TensorRT is not installed here ({exc}); on Jetson it comes with JetPack, elsewhere: "
-            "pip install 'edge-transfer[tensorrt]' (NVIDIA's index must be reachable)") from None
-    return trt
-
-
-def _import_cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as exc:
-            raise BackendUnavailableError(f"cuda-python is not installed here ({exc}): pip install 'edge-transfer[tensorrt]'") from None
-    return cudart
-
-
-def cuda_check(result: Any) -> Any:
-    """Unpack a cuda-python call's (error, *values) tuple; raise on any error code."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise BackendUnavailableError(f"CUDA call failed: {err}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def running_target(device: int = 0) -> EngineTarget:
-    """The TensorRT version and GPU of this machine (needs TensorRT and cuda-python)."""
-    trt = _import_tensorrt()
-    cudart = _import_cudart()
-    props = cuda_check(cudart.cudaGetDeviceProperties(device))
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return EngineTarget(trt.__version__, name.strip("\x00 "), (int(props.major), int(props.minor)))
-
-
-def build_engine(
-    onnx_path: str | os.PathLike[str],
-    settings: BuildSettings,
-    *,
-    input_name: str,
-    input_hw: tuple[int, int],
-    timing_cache: str | os.PathLike[str] | None = None,
-    log: Callable[[str], None] = lambda msg: None,
-) -> tuple[bytes, dict[str, Any]]:
-    """Build a serialized engine from a TensorRT-ready ONNX. Returns (plan, facts for the cache/manifest).
-
-    The ONNX already has the engine's precision (fp32, fp16 weights and compute, or QDQ int8): int8 uses explicit
-    quantisation, the QDQ nodes carrying the scales from the shared calibration, so no TensorRT calibrator (and no
-    calibration cache) is involved.
-    """
-    trt = _import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    # Strong typing: the ONNX's own types decide each layer's precision (fp16 ONNX -> fp16 engine, QDQ -> int8),
-    # which is how TensorRT 10 recommends and TensorRT 11 requires explicit quantisation to be built. Older
-    # TensorRT without it gets the weakly typed network and the precision flags instead.
-    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10+
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise InputError(f"{onnx_path}: TensorRT's ONNX parser refused the model: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
-    if not strongly_typed and settings.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if not strongly_typed and settings.precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-    if settings.dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = settings.dla_core
-        if settings.gpu_fallback:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    if settings.hardware_compatible:
-        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
-    if settings.version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-        config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)  # no host code inside the plan
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, *settings.profile.shapes(*input_hw))
-    config.add_optimization_profile(profile)
-    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
-    monitor = _progress_monitor(trt, log)
-    if monitor is not None:
-        config.progress_monitor = monitor
-    t0 = time.perf_counter()
-    log(f"building TensorRT {settings.precision} engine (batch {settings.profile.min}-{settings.profile.max}, "
-        f"this takes minutes the first time)")
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise InputError(f"{onnx_path}: TensorRT could not build an engine (see the TensorRT messages above)")
-    seconds = time.perf_counter() - t0
-    if timing_cache:
-        Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
-    log(f"engine built in {seconds:.1f} s")
-    return bytes(plan), {"build_seconds": round(seconds, 2), "tensorrt_version": trt.__version__}
-
-
-def _progress_monitor(trt: Any, log: Callable[[str], None]):
-    """A TensorRT IProgressMonitor that logs top-level phases with elapsed time (None where unsupported)."""
-    base = getattr(trt, "IProgressMonitor", None)
-    if base is None:
-        return None
-
-    class Monitor(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            base.__init__(self)
-            self.started: dict[str, float] = {}
-
-        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            self.started[phase_name] = time.perf_counter()
-            if parent_phase is None:
-                log(f"  {phase_name} ({num_steps} steps)")
-
-        def step_complete(self, phase_name: str, step: int) -> bool:
-            return True  # never cancel
-
-        def phase_finish(self, phase_name: str) -> None:
-            start = self.started.pop(phase_name, None)
-            if start is not None and not self.started:
-                log(f"  {phase_name} done in {time.perf_counter() - start:.1f} s")
-
-    return Monitor()

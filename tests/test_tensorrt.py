@@ -13,12 +13,16 @@ import pytest
 
 import runtimes
 from runtimes.errors import BackendUnavailableError, EngineIncompatibleError, InputError
-from runtimes.tensorrt_engine import (BatchProfile, BuildSettings, EngineCache, EngineTarget, cache_key, check_compatible,
-                                      derive_profile)
+from runtimes.tensorrt_build import check_cuda_python, choose_lean_runtime, network_flag_names
+from runtimes.tensorrt_engine import (BatchProfile, BuildSettings, EngineCache, EngineTarget, cache_key, check_buildable,
+                                      check_compatible, derive_profile, timing_cache_path)
 
 from conftest import SMALL, run_cli
 
 ORIN = EngineTarget("10.3.0", "Orin", (8, 7))
+ORIN_AGX = EngineTarget("10.3.0.30", "Orin", (8, 7), integrated=True, dla_cores=2)
+ORIN_NANO = EngineTarget("10.3.0.30", "Orin Nano", (8, 7), integrated=True, dla_cores=0)
+RTX = EngineTarget("10.3.0.30", "NVIDIA GeForce RTX 4090", (8, 9))
 SETTINGS = BuildSettings("fp16", BatchProfile(1, 1, 16))
 
 
@@ -27,7 +31,7 @@ def _has_tensorrt_gpu() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (its libraries come from NVIDIA's index, unreachable from this machine)"
     try:
-        from runtimes.tensorrt_engine import running_target
+        from runtimes.tensorrt_build import running_target
 
         running_target()
     except Exception as exc:  # no GPU, no driver, no cuda-python
@@ -47,7 +51,7 @@ def test_profile_follows_the_bundle_batch():
 
 
 def test_build_settings_are_checked_and_round_trip():
-    s = BuildSettings("int8", BatchProfile(1, 2, 8), dla_core=0, version_compatible=True)
+    s = BuildSettings("int8", BatchProfile(2, 2, 2), dla_core=0, version_compatible=True)
     assert BuildSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     with pytest.raises(InputError, match="precision"):
         BuildSettings("int4", BatchProfile(1, 1, 1))
@@ -55,6 +59,99 @@ def test_build_settings_are_checked_and_round_trip():
         BuildSettings("fp16", BatchProfile(1, 1, 1), dla_core=0, hardware_compatible=True)
     with pytest.raises(InputError, match="malformed"):
         BuildSettings.from_dict({"precision": "fp16"})
+
+
+def test_dla_settings_need_a_static_profile_and_fp16_or_int8():
+    BuildSettings("fp16", BatchProfile(2, 2, 2), dla_core=0)
+    with pytest.raises(InputError, match="fp16 or int8 only"):
+        BuildSettings("fp32", BatchProfile(1, 1, 1), dla_core=0)
+    with pytest.raises(InputError, match=r"static batch.*1/1/16"):
+        BuildSettings("int8", BatchProfile(1, 1, 16), dla_core=0)
+    assert derive_profile("batch", static=True) == BatchProfile(1, 1, 1)
+    assert derive_profile("batch", opt_batch=4, static=True) == BatchProfile(4, 4, 4)
+    assert derive_profile(8, static=True) == BatchProfile(8, 8, 8)
+    with pytest.raises(InputError, match="one batch size"):
+        derive_profile("batch", opt_batch=1, max_batch=8, static=True)
+
+
+def test_dla_export_options_are_refused_before_any_work_or_get_a_static_profile(digits_run, tmp_path: Path):
+    import edge_transfer as et
+
+    with pytest.raises(InputError, match="format tensorrt: the DLA runs fp16 or int8 only"):
+        et.export(digits_run.path, out=tmp_path / "x", format="tensorrt", tensorrt={"dla_core": 0})
+    assert not (tmp_path / "x").exists()
+    result = run_cli("export", str(digits_run.path), "--format", "tensorrt", "--trt-dla-core", "0", "--out", str(tmp_path / "y"))
+    assert result.returncode != 0 and "DLA runs fp16 or int8" in result.stderr and "Traceback" not in result.stderr
+    (r,) = et.export(digits_run.path, out=tmp_path / "dla", format="tensorrt-fp16", tensorrt={"dla_core": 0})
+    engine = runtimes.read_manifest(r.path).raw["model"]["tensorrt"]
+    assert engine["dla_core"] == 0 and engine["profile"] == {"min": 1, "opt": 1, "max": 1}
+
+
+def test_build_settings_this_device_cannot_honour_are_refused_before_building():
+    s16 = BuildSettings("fp16", BatchProfile(1, 1, 1))
+    check_buildable(s16, ORIN_AGX)
+    with pytest.raises(EngineIncompatibleError, match="not supported on Orin"):
+        check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 16), hardware_compatible=True), ORIN_AGX)
+    with pytest.raises(EngineIncompatibleError, match="8.0 or newer to build"):
+        check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 16), hardware_compatible=True),
+                        EngineTarget("10.3.0", "Tesla T4", (7, 5)))
+    check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 1), dla_core=1), ORIN_AGX)
+    with pytest.raises(EngineIncompatibleError, match="DLA core 0, but Orin Nano has no DLA"):
+        check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 1), dla_core=0), ORIN_NANO)
+    with pytest.raises(EngineIncompatibleError, match="too old"):
+        check_buildable(s16, EngineTarget("8.4.1", "Xavier", (7, 2), integrated=True))
+    with pytest.raises(EngineIncompatibleError, match="8.6 or newer"):
+        check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 16), version_compatible=True), EngineTarget("8.5.2", "Orin", (8, 7)))
+
+
+def test_network_flags_per_tensorrt_major():
+    assert network_flag_names("8.5.2.2", has_strongly_typed=False) == ["EXPLICIT_BATCH"]  # JetPack 5: implicit batch otherwise
+    assert network_flag_names("8.6.1", has_strongly_typed=False) == ["EXPLICIT_BATCH"]
+    assert network_flag_names("9.3.0", has_strongly_typed=True) == ["EXPLICIT_BATCH", "STRONGLY_TYPED"]
+    assert network_flag_names("10.3.0.30", has_strongly_typed=True) == ["STRONGLY_TYPED"]
+    assert network_flag_names("11.4.0.106", has_strongly_typed=True) == ["STRONGLY_TYPED"]
+
+
+def test_cuda_python_must_match_the_driver_and_tensorrt_cuda_major():
+    check_cuda_python("12.6.2", 12060)  # JetPack 6
+    check_cuda_python("12.9.0", 13000)  # older bindings on a newer driver run
+    check_cuda_python(None, 12060)
+    with pytest.raises(BackendUnavailableError, match=r"cuda-python 13\.0\.1 needs a CUDA 13 driver.*CUDA 12\.6.*'cuda-python>=12,<13'"):
+        check_cuda_python("13.0.1", 12060)
+    with pytest.raises(BackendUnavailableError, match=r"TensorRT here is built for CUDA 13"):
+        check_cuda_python("12.9.0", 13000, tensorrt_cuda=13)
+
+
+def test_every_tensorrt_extra_pins_cuda_python_to_one_major():
+    import re
+    import tomllib
+
+    from conftest import ROOT
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pinned = 0
+    for name, reqs in extras.items():
+        for req in reqs:
+            m = re.fullmatch(r"cuda-python>=(\d+)\.0,<(\d+)", req.replace(" ", ""))
+            if req.startswith("cuda-python"):
+                assert m and int(m.group(2)) == int(m.group(1)) + 1, (name, req)
+                cuda = re.search(r"cu(\d+)$", name)
+                assert cuda is None or int(cuda.group(1)) == int(m.group(1)), (name, req)
+                pinned += 1
+            assert not req.startswith("tensorrt>="), f"[{name}]: pip's tensorrt metapackage picks a CUDA major by itself"
+    assert pinned >= 3 and "jetson" in extras and not any(r.startswith("tensorrt") for r in extras["jetson"])
+
+
+def test_the_lean_runtime_must_be_the_builders_version():
+    own = "libnvinfer_lean.so.10"
+    assert choose_lean_runtime("10.3.0.30", "10.3.0.30", None, own) == own  # same TensorRT here: its own library
+    with pytest.raises(EngineIncompatibleError, match="libnvinfer_lean of TensorRT 10.3.0.30"):
+        choose_lean_runtime("10.3.0.30", "10.7.0.23", None, own)
+    with pytest.raises(EngineIncompatibleError, match="is TensorRT 10.7"):
+        choose_lean_runtime("10.3.0.30", "10.7.0.23", "/usr/lib/aarch64-linux-gnu/libnvinfer_lean.so.10.7.0", own)
+    given = "/opt/tensorrt-10.3/lib/libnvinfer_lean.so.10.3.0"
+    assert choose_lean_runtime("10.3.0.30", "10.7.0.23", given, own) == given
+    assert choose_lean_runtime("10.3.0.30", "10.7.0.23", "/opt/lean.so", own) == "/opt/lean.so"  # no version in the name
 
 
 def test_engines_are_refused_on_another_tensorrt_or_gpu_naming_both_sides():
@@ -69,6 +166,14 @@ def test_engines_are_refused_on_another_tensorrt_or_gpu_naming_both_sides():
         check_compatible(ORIN, compatible, EngineTarget("10.2.0", "Orin", (8, 7)))
     with pytest.raises(EngineIncompatibleError, match="8.0 or newer"):
         check_compatible(ORIN, compatible, EngineTarget("10.3.0", "T4", (7, 5)))
+    with pytest.raises(EngineIncompatibleError, match="10.3.0.26.*10.3.0.30"):  # the fourth part counts
+        check_compatible(EngineTarget("10.3.0.26", "Orin", (8, 7)), SETTINGS, EngineTarget("10.3.0.30", "Orin", (8, 7)))
+    with pytest.raises(EngineIncompatibleError, match="Orin Nano"):  # same sm 8.7, another device
+        check_compatible(ORIN_AGX, SETTINGS, ORIN_NANO)
+    with pytest.raises(EngineIncompatibleError, match="integrated Jetson/DRIVE GPUs"):
+        check_compatible(RTX, compatible, ORIN_AGX)
+    with pytest.raises(EngineIncompatibleError, match="later 10.x versions only"):
+        check_compatible(ORIN, compatible, EngineTarget("11.0.0", "Orin", (8, 7)))
 
 
 def test_cache_key_covers_everything_that_makes_an_engine():
@@ -80,9 +185,13 @@ def test_cache_key_covers_everything_that_makes_an_engine():
         cache_key("a" * 64, EngineTarget("10.3.0", "Orin", (8, 6)), SETTINGS),
         cache_key("a" * 64, ORIN, BuildSettings("int8", BatchProfile(1, 1, 16))),
         cache_key("a" * 64, ORIN, BuildSettings("fp16", BatchProfile(1, 4, 16))),
-        cache_key("a" * 64, ORIN, BuildSettings("fp16", BatchProfile(1, 1, 16), dla_core=1)),
+        cache_key("a" * 64, ORIN, BuildSettings("fp16", BatchProfile(1, 1, 1), dla_core=1)),
+        cache_key("a" * 64, EngineTarget("10.3.0.1", "Orin", (8, 7)), SETTINGS),  # full version, not three parts
+        cache_key("a" * 64, EngineTarget("10.3.0", "Orin Nano", (8, 7)), SETTINGS),  # same sm, another device
+        cache_key("a" * 64, EngineTarget("10.3.0", "Orin", (8, 7), dla_cores=2), SETTINGS),
     }
-    assert base not in others and len(others) == 6
+    assert base not in others and len(others) == 9
+    assert timing_cache_path("/c", ORIN_AGX) != timing_cache_path("/c", ORIN_NANO) != timing_cache_path("/c", RTX)
 
 
 def test_engine_cache_rebuilds_corrupt_or_mismatched_entries(tmp_path: Path):
@@ -124,9 +233,20 @@ def test_tensorrt_bundles_carry_a_checked_onnx_and_build_settings(digits_run, tm
     zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
     assert zero_points and all(np.all(z == 0) for z in zero_points)  # TensorRT needs symmetric activations
     assert runtimes.read_manifest(int8.path).calibration["split"] == "train"
-    if _has_tensorrt_gpu() is not None:
-        with pytest.raises(BackendUnavailableError, match=r"edge-transfer\[tensorrt\]"):
+    # TensorRT's parser takes DequantizeLinear on int8 only: biases stay float (no int32 DequantizeLinear)
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 0
+    assert _int32_dequantize_inputs(graph) == []
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(BackendUnavailableError, match=r"JetPack.*edge-transfer\[jetson\].*edge-transfer\[tensorrt-cu12\]"):
             runtimes.load(fp32.path)
+
+
+def _int32_dequantize_inputs(graph) -> list[str]:
+    """Names of int32 tensors that feed a DequantizeLinear (what TensorRT's ONNX parser refuses)."""
+    from onnx import TensorProto
+
+    int32 = {i.name for i in graph.initializer if i.data_type == TensorProto.INT32}
+    return [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int32]
 
 
 @pytest.mark.tensorrt
@@ -168,15 +288,28 @@ def test_cuda_training_step_and_export_from_a_cuda_model(tmp_path: Path):
     assert (tmp_path / "m.onnx").stat().st_size > 1_000_000
 
 
-def test_build_engine_cli_says_what_is_missing(digits_run, tmp_path: Path):
-    import edge_transfer as et
+def test_build_engine_cli_says_what_is_missing(format_bundles, tmp_path: Path):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the hardware test below runs build-engine instead")
+    result = run_cli("build-engine", str(format_bundles["tensorrt"]), "--cache-dir", str(tmp_path / "engines"), block_torch=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "TensorRT is not installed" in result.stderr or "'tensorrt' is not installed" in result.stderr
+    assert "JetPack" in result.stderr and not (tmp_path / "engines").exists()
 
-    (r,) = et.export(digits_run.path, out=tmp_path / "trt", format="tensorrt")
-    result = run_cli("build-engine", str(r.path), "--cache-dir", str(tmp_path / "engines"), block_torch=True)
-    if _has_tensorrt_gpu() is None:
-        assert result.returncode == 0, result.stderr
-    else:
-        assert result.returncode == 2 and "tensorrt" in result.stderr.lower() and "Traceback" not in result.stderr
+
+@pytest.mark.tensorrt
+def test_build_engine_cli_builds_caches_and_writes_an_engine_bundle(format_bundles, tmp_path: Path):
+    reason = _has_tensorrt_gpu()
+    if reason:
+        pytest.skip(reason)
+    cache = tmp_path / "fresh" / "engines"  # a cache directory that does not exist yet
+    result = run_cli("build-engine", str(format_bundles["tensorrt-fp16"]), "--cache-dir", str(cache), "--json",
+                     "--out", str(tmp_path / "engine"), block_torch=True)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert Path(info["engine"]).parent == cache and list(cache.glob("timing-*.cache"))
+    with runtimes.load(tmp_path / "engine") as p:
+        assert p.run(np.zeros((1, SMALL, SMALL, 3), np.uint8)).shape == (1, 10)
 
 
 def test_engine_bundle_records_where_the_engine_was_built(digits_run, tmp_path: Path):
@@ -188,7 +321,8 @@ def test_engine_bundle_records_where_the_engine_was_built(digits_run, tmp_path: 
     written = write_engine_bundle(runtimes.open_bundle(r.path), b"stand-in plan", ORIN, tmp_path / "engine")
     m = runtimes.read_manifest(written.path)
     assert m.backend == "tensorrt" and m.format == "tensorrt-engine" and m.entrypoint == "model.plan"
-    assert m.raw["model"]["built_on"] == {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+    assert m.raw["model"]["built_on"] == {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7",
+                                          "integrated": False, "dla_cores": 0}
     assert m.raw["model"]["tensorrt"]["precision"] == "fp16" and m.raw["producer"]["tensorrt"] == "10.3.0"
     assert m.validation == runtimes.read_manifest(r.path).validation  # what the ONNX was checked against travels along
     assert runtimes.open_bundle(written.path).size_bytes == len(b"stand-in plan")
@@ -214,3 +348,26 @@ def test_onnxruntime_cuda_provider_runs_where_installed(digits_bundle: Path):
     with runtimes.load(digits_bundle, device="cuda") as gpu, runtimes.load(digits_bundle) as cpu:
         assert gpu.describe()["providers"][0] == "CUDAExecutionProvider"
         assert (gpu.run(images).argmax(1) == cpu.run(images).argmax(1)).all()
+
+
+def test_onnxruntime_tensorrt_provider_settings_and_node_placement(digits_bundle: Path, tmp_path: Path):
+    """The TensorRT EP's options (engine/timing caches, the bundle's batch range and precision) and the profile
+    reader that reports which provider ran each node; the GPU run itself is the cuda-marked test above."""
+    import onnxruntime as ort
+
+    from runtimes.backends.onnxruntime_backend import placement_from_profile
+
+    with runtimes.load(digits_bundle) as p:
+        opts = p._tensorrt_options(str(tmp_path))
+        assert opts["trt_engine_cache_enable"] and Path(opts["trt_engine_cache_path"]).is_dir()
+        assert opts["trt_timing_cache_path"] == opts["trt_engine_cache_path"] == str(tmp_path / "ort-tensorrt")
+        assert opts["trt_profile_min_shapes"] == f"images:1x{SMALL}x{SMALL}x3"
+        assert opts["trt_profile_max_shapes"] == f"images:16x{SMALL}x{SMALL}x3"
+        assert not opts["trt_fp16_enable"] and not opts["trt_int8_enable"]  # an fp32 bundle runs in fp32
+    so = ort.SessionOptions()
+    so.enable_profiling, so.profile_file_prefix = True, str(tmp_path / "prof")
+    session = ort.InferenceSession(str(digits_bundle / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    session.run(None, {"images": np.zeros((1, SMALL, SMALL, 3), np.uint8)})
+    placement = placement_from_profile(session.end_profiling())
+    assert list(placement) == ["CPUExecutionProvider"] and placement["CPUExecutionProvider"] > 10
+    assert placement_from_profile(str(tmp_path / "missing.json")) == {}

@@ -44,9 +44,14 @@ def create_predictor(bundle: Bundle, device: str | None = None, **options: Any) 
     try:
         importlib.import_module(package)
     except ImportError as exc:
+        if name == "tensorrt":  # not installable from PyPI alone: JetPack, or NVIDIA's index
+            from ..tensorrt_build import INSTALL_HINT
+
+            how = INSTALL_HINT
+        else:
+            how = f"install it with: pip install 'edge-transfer[{extra}]'"
         raise BackendUnavailableError(
-            f"{bundle.path}: this bundle needs the {name} backend, but '{package}' is not installed here "
-            f"({exc}); install it with: pip install 'edge-transfer[{extra}]'"
+            f"{bundle.path}: this bundle needs the {name} backend, but '{package}' is not installed here ({exc}); {how}"
         ) from None
     predictor_cls = getattr(importlib.import_module(module), cls)
     return predictor_cls(bundle, device=device, **options)

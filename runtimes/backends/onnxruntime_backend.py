@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from typing import Any, Callable
 
 import numpy as np
@@ -36,26 +40,39 @@ class OnnxRuntimePredictor(Predictor):
     backend_name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, device: str | None = None, *, threads: int = 0, graph_optimization: str = "all",
-                 **options: Any) -> None:
+                 cache_dir: str | None = None, **options: Any) -> None:
         super().__init__(bundle)
         if options:
-            raise InputError(f"unknown onnxruntime option(s): {', '.join(sorted(options))} (known: threads, graph_optimization)")
+            raise InputError(f"unknown onnxruntime option(s): {', '.join(sorted(options))} (known: threads, graph_optimization, cache_dir)")
         if graph_optimization not in GRAPH_OPTIMIZATION:
             raise InputError(f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION)}, got {graph_optimization!r}")
         dev = (device or "cpu").lower()
         if dev not in DEVICE_PROVIDERS:
             raise InputError(f"onnxruntime device must be one of {', '.join(DEVICE_PROVIDERS)}, got {device!r}")
         wanted = DEVICE_PROVIDERS[dev]
-        if wanted not in ort.get_available_providers():
+        available = ort.get_available_providers()
+        # The TensorRT EP hands nodes TensorRT cannot run to the next provider: CUDA, so they stay on the GPU
+        needed = [wanted] + (["CUDAExecutionProvider"] if dev == "tensorrt" else [])
+        missing = [p for p in needed if p not in available]
+        if missing:
             raise BackendUnavailableError(
-                f"onnxruntime here has no {wanted} (available: {', '.join(ort.get_available_providers())}); "
+                f"onnxruntime here has no {', '.join(missing)} (available: {', '.join(available)}); "
                 f"install onnxruntime-gpu for CUDA/TensorRT, or use device='cpu'"
             )
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads)
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[graph_optimization])
         so.log_severity_level = 3
-        providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
+        profile_dir = None
+        if dev != "cpu":  # one profiled warm-up run tells which provider each node ran on
+            profile_dir = tempfile.mkdtemp(prefix="edge-transfer-ort-profile-")
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(profile_dir, "placement")
+        providers: list[Any] = [wanted, "CPUExecutionProvider"]
+        if dev == "tensorrt":
+            providers = [("TensorrtExecutionProvider", self._tensorrt_options(cache_dir)), "CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif dev == "cpu":
+            providers = [wanted]
         self.session = ort.InferenceSession(str(bundle.entrypoint), sess_options=so, providers=providers)
         used = self.session.get_providers()
         if used[0] != wanted:
@@ -64,13 +81,42 @@ class OnnxRuntimePredictor(Predictor):
         self._device = dev
         self._input_name = self.session.get_inputs()[0].name
         self._output_name = self.session.get_outputs()[0].name
+        self.placement: dict[str, int] | None = None
+        if profile_dir is not None:
+            try:
+                h, w = self.preprocessing.input_size
+                self.session.run([self._output_name], {self._input_name: np.zeros((self.max_batch or 1, h, w, 3), np.uint8)})
+                self.placement = placement_from_profile(self.session.end_profiling())
+            finally:
+                shutil.rmtree(profile_dir, ignore_errors=True)
+
+    def _tensorrt_options(self, cache_dir: str | None) -> dict[str, Any]:
+        """TensorRT EP settings: engines and timing caches kept on disk (not rebuilt for every session), one
+        optimisation profile covering the bundle's batch range, and the bundle's own precision."""
+        from ..tensorrt_engine import DEFAULT_MAX_BATCH, default_cache_dir
+
+        root = os.path.join(cache_dir, "ort-tensorrt") if cache_dir else str(default_cache_dir().parent / "ort-tensorrt")
+        os.makedirs(root, exist_ok=True)
+        h, w = self.preprocessing.input_size
+        name = self.inputs[0].name
+        lo, hi = (self.max_batch, self.max_batch) if self.max_batch else (1, DEFAULT_MAX_BATCH)
+        return {
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": root,
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": root,
+            "trt_fp16_enable": self.precision == "fp16", "trt_int8_enable": self.precision == "int8",
+            "trt_profile_min_shapes": f"{name}:{lo}x{h}x{w}x3", "trt_profile_opt_shapes": f"{name}:{lo}x{h}x{w}x3",
+            "trt_profile_max_shapes": f"{name}:{hi}x{h}x{w}x3",
+        }
 
     @property
     def device(self) -> str:
         return self._device
 
     def describe(self) -> dict[str, Any]:
-        return dict(super().describe(), providers=list(self.providers), onnxruntime=ort.__version__)
+        info = dict(super().describe(), providers=list(self.providers), onnxruntime=ort.__version__)
+        if self.placement is not None:
+            info["placement"] = dict(self.placement)  # provider -> nodes it ran (TensorRT subgraphs count as one)
+        return info
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
         (out,) = self.session.run([self._output_name], {self._input_name: batch})
@@ -79,3 +125,21 @@ class OnnxRuntimePredictor(Predictor):
     def native_call(self) -> Callable[[np.ndarray], Any]:
         session, outputs, name = self.session, [self._output_name], self._input_name
         return lambda batch: session.run(outputs, {name: batch})
+
+
+def placement_from_profile(profile_path: str) -> dict[str, int]:
+    """provider -> number of graph nodes it ran, from an ONNX Runtime profile (`InferenceSession.end_profiling()`)."""
+    try:
+        with open(profile_path, encoding="utf-8") as f:
+            events = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    nodes: dict[str, str] = {}
+    for e in events if isinstance(events, list) else []:
+        args = e.get("args") or {} if isinstance(e, dict) else {}
+        if e.get("cat") == "Node" and "provider" in args:
+            nodes[str(e.get("name", "")).rsplit("_kernel_time", 1)[0]] = str(args["provider"])
+    counts: dict[str, int] = {}
+    for provider in nodes.values():
+        counts[provider] = counts.get(provider, 0) + 1
+    return counts

@@ -1,16 +1,20 @@
-"""TensorRT backend: builds (or takes from the cache) the engine for this device, checks it, runs it with
-cuda-python device buffers on a CUDA stream. Needs numpy, tensorrt and cuda-python; never torch.
+"""TensorRT backend: builds (or takes from the cache) the engine for this device, checks it against the bundle,
+runs it from pinned host buffers on a CUDA stream. Needs numpy, tensorrt and cuda-python; never torch.
 
 TensorRT API used: `Runtime`, `Runtime.engine_host_code_allowed` (kept False), `Runtime.deserialize_cuda_engine`,
-`ICudaEngine.create_execution_context`, `ICudaEngine.get_tensor_name/get_tensor_mode/num_io_tensors`,
-`IExecutionContext.set_input_shape`, `set_tensor_address`, `execute_async_v3`,
-`Runtime.load_runtime` (lean runtime for version-compatible plans), `Runtime.DLA_core`. CUDA (cuda-python
-`cudart`): `cudaSetDevice`, `cudaGetDeviceProperties`, `cudaStreamCreate`, `cudaMalloc`, `cudaMemcpyAsync`,
-`cudaStreamSynchronize`, `cudaFree`, and, with `cuda_graph=True`, `cudaStreamBeginCapture` / `cudaStreamEndCapture` / `cudaGraphInstantiate` / `cudaGraphLaunch`.
+`Runtime.load_runtime` (the builder's lean runtime for version-compatible plans), `Runtime.DLA_core`,
+`ICudaEngine.num_io_tensors/get_tensor_name/get_tensor_mode/get_tensor_dtype/get_tensor_profile_shape`,
+`nptype`, `ICudaEngine.create_execution_context`, `IExecutionContext.set_input_shape/get_tensor_shape/
+set_tensor_address/execute_async_v3`. CUDA (cuda-python `cudart`): `cudaSetDevice` (on every call),
+`cudaStreamCreate/Destroy`, `cudaMallocHost/cudaFreeHost` (pinned staging), `cudaHostAlloc(cudaHostAllocMapped)` +
+`cudaHostGetDevicePointer` (zero-copy on integrated GPUs), `cudaMalloc/cudaFree`, `cudaMemcpyAsync`,
+`cudaStreamSynchronize`, and with `cuda_graph=True` `cudaStreamBeginCapture/EndCapture`, `cudaGraphInstantiate`,
+`cudaGraphLaunch`, `cudaGraphExecDestroy/cudaGraphDestroy`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from typing import Any, Callable
@@ -18,10 +22,37 @@ from typing import Any, Callable
 import numpy as np
 
 from ..bundle import Bundle
-from ..errors import BackendUnavailableError, InputError
+from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
 from ..predictor import Predictor
-from ..tensorrt_engine import (BuildSettings, EngineCache, EngineTarget, build_engine, cache_key, check_compatible, cuda_check,
-                               running_target, _import_cudart, _import_tensorrt)
+from ..tensorrt_build import _import_cudart, _import_tensorrt, build_engine, cuda_check, load_lean_runtime, running_target
+from ..tensorrt_engine import BuildSettings, EngineCache, EngineTarget, cache_key, check_buildable, check_compatible
+
+
+class _PinnedBuffer:
+    """Host memory the GPU reads or writes. Pinned (page-locked) host memory plus a device buffer on a discrete GPU;
+    on an integrated GPU (Jetson) one mapped pinned allocation that both sides address, so no copies are needed."""
+
+    def __init__(self, cudart: Any, nbytes: int, dtype: np.dtype, zero_copy: bool) -> None:
+        self._cudart, self.zero_copy = cudart, zero_copy
+        self.host: Any = None
+        self.device: Any = None
+        if zero_copy:
+            mapped = getattr(cudart, "cudaHostAllocMapped", 2)
+            self.host = cuda_check(cudart.cudaHostAlloc(nbytes, mapped), "cudaHostAlloc")
+            self.device = cuda_check(cudart.cudaHostGetDevicePointer(self.host, 0), "cudaHostGetDevicePointer")
+        else:
+            self.host = cuda_check(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+            self.device = cuda_check(cudart.cudaMalloc(nbytes), "cudaMalloc")
+        raw = (ctypes.c_uint8 * nbytes).from_address(int(self.host))
+        self.array = np.frombuffer(raw, dtype=np.uint8).view(dtype)
+
+    def free(self) -> None:
+        if self.device is not None and not self.zero_copy:
+            self._cudart.cudaFree(self.device)
+        if self.host is not None:
+            self._cudart.cudaFreeHost(self.host)
+        self.host = self.device = None
+        self.array = None  # type: ignore[assignment]
 
 
 class TensorRTPredictor(Predictor):
@@ -30,7 +61,9 @@ class TensorRTPredictor(Predictor):
     The bundle carries a TensorRT-ready ONNX and its build settings (`model.tensorrt`). On load the engine for this
     device comes from the cache (`cache_dir`, default ~/.cache/edge-transfer/engines) or is built and cached; the
     cached entry's TensorRT version and GPU are checked before it is deserialised (`EngineIncompatibleError` names
-    both sides). Calls are serialised with a lock: one execution context and one set of buffers per predictor.
+    both sides). Input and output are bound by the manifest's names; their dtypes and shapes are read from the
+    engine and must match the bundle. Calls are serialised with a lock: one execution context, one stream and one
+    set of pinned buffers per predictor; `close()` frees them, and any call after it raises `InferenceError`.
     """
 
     backend_name = "tensorrt"
@@ -44,78 +77,127 @@ class TensorRTPredictor(Predictor):
             raise InputError(f"tensorrt runs on device 'cuda', got {device!r}")
         raw = bundle.manifest.raw["model"].get("tensorrt")
         if not isinstance(raw, dict):
-            raise InputError(f"{bundle.path}: manifest field 'model.tensorrt' (the engine build settings) is missing")
-        self.settings = BuildSettings.from_dict(raw)
+            raise BundleError(f"{bundle.path}: manifest field 'model.tensorrt' (the engine build settings) is missing")
+        try:
+            self.settings = BuildSettings.from_dict(raw)
+        except InputError as exc:
+            raise BundleError(f"{bundle.path}: manifest field 'model.tensorrt': {exc}") from None
         self._log = log or (lambda msg: None)
-        trt = _import_tensorrt()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._buffers: list[_PinnedBuffer] = []
+        self._stream: Any = None
+        self._graph: tuple[Any, Any] | None = None
+        self._shape_n: int | None = None  # batch size the context's input shape is set to
+        self._cuda_graph = cuda_graph
+        self._gpu = int(gpu)
+        self._trt = trt = _import_tensorrt()
         self._cudart = cudart = _import_cudart()
-        cuda_check(cudart.cudaSetDevice(gpu))
-        self.target = running_target(gpu)
-        self.engine_path, plan = self._engine(cache_dir)
+        cuda_check(cudart.cudaSetDevice(self._gpu), f"cudaSetDevice({self._gpu})")
+        self.target = running_target(self._gpu, trt, cudart)
+        self.built_on, self.engine_path, plan = self._engine(cache_dir)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         runtime.engine_host_code_allowed = False  # plans never carry host code here (no embedded lean runtime)
         if self.settings.version_compatible:
-            # built with EXCLUDE_LEAN_RUNTIME: the lean runtime comes from this device's TensorRT installation
             lean = lean_runtime or os.environ.get("EDGE_TRANSFER_TRT_LEAN_RUNTIME")
-            if not lean:
-                raise InputError("a version-compatible engine needs TensorRT's lean runtime library: pass lean_runtime= "
-                                 "or set EDGE_TRANSFER_TRT_LEAN_RUNTIME (e.g. /usr/lib/aarch64-linux-gnu/libnvinfer_lean.so.10)")
-            runtime = runtime.load_runtime(lean)
+            runtime = load_lean_runtime(runtime, self.built_on.tensorrt_version, self.target.tensorrt_version, lean)
         if self.settings.dla_core is not None:
             runtime.DLA_core = self.settings.dla_core
+        self._runtime = runtime
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise BackendUnavailableError(f"TensorRT could not deserialise the engine {self.engine_path}")
+            raise BackendUnavailableError(f"TensorRT could not deserialise the engine {self.engine_path} (see the TensorRT messages above)")
         self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._in, self._out = inputs[0], outputs[0]
-        self._classes = len(self.labels)
-        self._stream = cuda_check(cudart.cudaStreamCreate())
-        profile = self.settings.profile
-        h, w = self.preprocessing.input_size
-        self._d_in = cuda_check(cudart.cudaMalloc(profile.max * h * w * 3))
-        self._d_out = cuda_check(cudart.cudaMalloc(profile.max * self._classes * 4))
-        self.context.set_tensor_address(self._in, int(self._d_in))
-        self.context.set_tensor_address(self._out, int(self._d_out))
-        self._cuda_graph = cuda_graph
-        self._graphs: dict[int, Any] = {}
-        self._lock = threading.Lock()
+        if self.context is None:
+            raise BackendUnavailableError("TensorRT could not create an execution context (out of GPU memory?)")
+        try:
+            self._bind_io()
+        except BaseException:
+            self.close()
+            raise
 
-    def _engine(self, cache_dir: str | None) -> tuple[Any, bytes]:
-        """(where the engine came from, the plan): a prebuilt engine bundle after checking where it was built, or
-        this device's cache entry for the bundle's ONNX, built first if absent or invalid."""
+    # ---------------------------------------------------------------- loading
+    def _engine(self, cache_dir: str | None) -> tuple[EngineTarget, Any, bytes]:
+        """(where the engine was built, where it came from, the plan): a prebuilt engine bundle after checking where it
+        was built, or this device's cache entry for the bundle's ONNX, built first if absent or invalid."""
         if self.manifest.format == "tensorrt-engine":
             built = self.manifest.raw["model"].get("built_on")
             if not isinstance(built, dict):
-                raise InputError(f"{self.bundle.path}: manifest field 'model.built_on' (TensorRT version and GPU) is missing")
-            check_compatible(EngineTarget.from_dict(built), self.settings, self.target)
-            return self.bundle.entrypoint, self.bundle.entrypoint.read_bytes()
+                raise BundleError(f"{self.bundle.path}: manifest field 'model.built_on' (TensorRT version and GPU) is missing")
+            try:
+                built_on = EngineTarget.from_dict(built)
+            except InputError as exc:
+                raise BundleError(f"{self.bundle.path}: manifest field 'model.built_on': {exc}") from None
+            check_compatible(built_on, self.settings, self.target)
+            return built_on, self.bundle.entrypoint, self.bundle.entrypoint.read_bytes()
+        check_buildable(self.settings, self.target)
         cache = EngineCache(cache_dir)
         model_sha = next(f.sha256 for f in self.manifest.files if f.path == self.manifest.entrypoint)
         key = cache_key(model_sha, self.target, self.settings)
         plan = cache.load(key, self.target, self.settings)
         if plan is None:
+            cache.ensure()  # the builder writes the timing cache here before the first entry exists
             plan, facts = build_engine(self.bundle.entrypoint, self.settings, input_name=self.inputs[0].name,
-                                       input_hw=self.preprocessing.input_size, timing_cache=cache.root / "timing.cache",
-                                       log=self._log)
+                                       input_hw=self.preprocessing.input_size, timing_cache=cache.timing_cache(self.target),
+                                       log=self._log, trt=self._trt)
             cache.store(key, plan, self.target, self.settings, extra=facts)
-        return cache.entry(key), plan
+        return self.target, cache.entry(key), plan
 
+    def _bind_io(self) -> None:
+        """Bind input and output by the manifest's names; check dtypes and shapes against the bundle; allocate."""
+        trt, engine, cudart = self._trt, self.engine, self._cudart
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        modes = {n: engine.get_tensor_mode(n) for n in names}
+        self._in, self._out = self.inputs[0].name, self.outputs[0].name
+        for name, mode, what in ((self._in, trt.TensorIOMode.INPUT, "input"), (self._out, trt.TensorIOMode.OUTPUT, "output")):
+            if modes.get(name) != mode:
+                raise BundleError(f"{self.bundle.path}: the manifest's {what} '{name}' is not an {what} of the engine "
+                                  f"(engine I/O: {', '.join(names)})")
+        in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._in)))
+        self._out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._out)))
+        if in_dtype != np.uint8:
+            raise BundleError(f"{self.bundle.path}: engine input '{self._in}' is {in_dtype}, the manifest says uint8")
+        if self._out_dtype.kind != "f":
+            raise BundleError(f"{self.bundle.path}: engine output '{self._out}' is {self._out_dtype}, expected floating-point logits")
+        lo, _, hi = (tuple(int(d) for d in shape) for shape in engine.get_tensor_profile_shape(self._in, 0))
+        h, w = self.preprocessing.input_size
+        if len(hi) != 4 or hi[1:] != (h, w, 3):
+            raise BundleError(f"{self.bundle.path}: engine input '{self._in}' takes shape {hi}, the manifest says (N, {h}, {w}, 3)")
+        self._min_batch, self._max_batch = lo[0], hi[0]
+        if not self.context.set_input_shape(self._in, hi):
+            raise BundleError(f"{self.bundle.path}: the engine refused input shape {hi}")
+        self._shape_n = hi[0]
+        out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self._out))
+        self._classes = int(np.prod(out_shape[1:])) if len(out_shape) > 1 else 1
+        if self._classes != len(self.labels):
+            raise BundleError(f"{self.bundle.path}: engine output '{self._out}' has {self._classes} values per image "
+                              f"(shape {out_shape}), the manifest lists {len(self.labels)} labels")
+        self._stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        zero_copy = self.target.integrated
+        self._in_buf = _PinnedBuffer(cudart, hi[0] * h * w * 3, np.dtype(np.uint8), zero_copy)
+        self._buffers.append(self._in_buf)
+        self._out_buf = _PinnedBuffer(cudart, hi[0] * self._classes * self._out_dtype.itemsize, self._out_dtype, zero_copy)
+        self._buffers.append(self._out_buf)
+        self.context.set_tensor_address(self._in, int(self._in_buf.device))
+        self.context.set_tensor_address(self._out, int(self._out_buf.device))
+
+    # ---------------------------------------------------------------- metadata
     @property
     def device(self) -> str:
-        return "dla" if self.settings.dla_core is not None else "cuda"
+        settings = getattr(self, "settings", None)
+        return "dla" if settings is not None and settings.dla_core is not None else "cuda"
 
     def describe(self) -> dict[str, Any]:
-        return dict(super().describe(), tensorrt=self.target.to_dict(), profile=self.settings.profile.to_dict(),
-                    engine=str(self.engine_path), cuda_graph=self._cuda_graph)
+        return dict(super().describe(), tensorrt=self.target.to_dict(), built_on=self.built_on.to_dict(),
+                    profile=self.settings.profile.to_dict(), engine=str(self.engine_path), cuda_graph=self._cuda_graph,
+                    output_dtype=str(self._out_dtype), zero_copy=self.target.integrated)
 
+    # ---------------------------------------------------------------- running
     def check_batch(self, batch: Any) -> np.ndarray:
         batch = super().check_batch(batch)
-        if not self.settings.profile.contains(batch.shape[0]):
-            p = self.settings.profile
-            raise InputError(f"input '{self.inputs[0].name}': batch {batch.shape[0]} is outside the engine's profile ({p.min}-{p.max})")
+        lo, hi = getattr(self, "_min_batch", self.settings.profile.min), getattr(self, "_max_batch", self.settings.profile.max)
+        if not lo <= batch.shape[0] <= hi:
+            raise InputError(f"input '{self.inputs[0].name}': batch {batch.shape[0]} is outside the engine's profile ({lo}-{hi})")
         return batch
 
     def run_chunked(self, batch: np.ndarray, chunk: int = 64) -> np.ndarray:
@@ -124,31 +206,54 @@ class TensorRTPredictor(Predictor):
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
         cudart = self._cudart
         n = batch.shape[0]
-        out = np.empty((n, self._classes), dtype=np.float32)
         with self._lock:
-            self.context.set_input_shape(self._in, batch.shape)
-            cuda_check(cudart.cudaMemcpyAsync(self._d_in, batch.ctypes.data, batch.nbytes,
-                                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream))
-            self._execute(n)
-            cuda_check(cudart.cudaMemcpyAsync(out.ctypes.data, self._d_out, out.nbytes,
-                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream))
-            cuda_check(cudart.cudaStreamSynchronize(self._stream))
-        return out
+            if self._closed:
+                raise InferenceError(f"{self.bundle.path}: this TensorRT predictor is closed")
+            cuda_check(cudart.cudaSetDevice(self._gpu), f"cudaSetDevice({self._gpu})")  # per call: threads may differ
+            if n != self._shape_n:
+                if not self.context.set_input_shape(self._in, batch.shape):
+                    raise InferenceError(f"TensorRT refused input shape {batch.shape}")
+                self._shape_n = n
+                self._drop_graph()  # a graph replays the shapes it was captured with
+            self._in_buf.array[: batch.size] = batch.reshape(-1)
+            out_items = n * self._classes
+            if not self._in_buf.zero_copy:
+                cuda_check(cudart.cudaMemcpyAsync(self._in_buf.device, self._in_buf.host, batch.nbytes,
+                                                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream), "cudaMemcpyAsync")
+            self._execute()
+            if not self._out_buf.zero_copy:
+                cuda_check(cudart.cudaMemcpyAsync(self._out_buf.host, self._out_buf.device, out_items * self._out_dtype.itemsize,
+                                                  cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream), "cudaMemcpyAsync")
+            cuda_check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            out = self._out_buf.array[:out_items].astype(np.float32)  # a copy: the buffer is reused by the next call
+        return out.reshape(n, self._classes)
 
-    def _execute(self, n: int) -> None:
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(int(self._stream)):
+            raise InferenceError("TensorRT execute_async_v3 failed (see the TensorRT messages above)")
+
+    def _execute(self) -> None:
+        """Run the context on the stream: directly, or through a CUDA graph of the current shape."""
         if not self._cuda_graph:
-            if not self.context.execute_async_v3(int(self._stream)):
-                raise BackendUnavailableError("TensorRT execute_async_v3 failed")
+            self._enqueue()
             return
         cudart = self._cudart
-        graph_exec = self._graphs.get(n)
-        if graph_exec is None:  # capture once per batch size, after one ordinary run (TensorRT's advice)
-            self.context.execute_async_v3(int(self._stream))
-            cuda_check(cudart.cudaStreamBeginCapture(self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            self.context.execute_async_v3(int(self._stream))
-            graph = cuda_check(cudart.cudaStreamEndCapture(self._stream))
-            graph_exec = self._graphs[n] = cuda_check(cudart.cudaGraphInstantiate(graph, 0))
-        cuda_check(cudart.cudaGraphLaunch(graph_exec, self._stream))
+        if self._graph is None:
+            # TensorRT's rule: after a shape change, one ordinary enqueue before capturing (it may set up resources)
+            self._enqueue()
+            cuda_check(cudart.cudaStreamBeginCapture(self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
+                       "cudaStreamBeginCapture")
+            self._enqueue()
+            graph = cuda_check(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
+            self._graph = (graph, cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"))
+        cuda_check(cudart.cudaGraphLaunch(self._graph[1], self._stream), "cudaGraphLaunch")
+
+    def _drop_graph(self) -> None:
+        if self._graph is not None:
+            graph, graph_exec = self._graph
+            self._graph = None
+            self._cudart.cudaGraphExecDestroy(graph_exec)
+            self._cudart.cudaGraphDestroy(graph)
 
     def native_call(self) -> Callable[[np.ndarray], Any]:
         def plain(batch: np.ndarray) -> np.ndarray:
@@ -157,11 +262,24 @@ class TensorRTPredictor(Predictor):
         return plain
 
     def close(self) -> None:
-        cudart = getattr(self, "_cudart", None)
-        if cudart is None:
+        """Free the graph, buffers and stream; idempotent, and safe while other threads call `run`."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:
             return
-        for ptr in (getattr(self, "_d_in", None), getattr(self, "_d_out", None)):
-            if ptr is not None:
-                cudart.cudaFree(ptr)
-        self._d_in = self._d_out = None
-        self.context = self.engine = None
+        with lock:
+            if self._closed:
+                return
+            self._closed = True
+            cudart = getattr(self, "_cudart", None)
+            if cudart is None:
+                return
+            if self._stream is not None:
+                cudart.cudaStreamSynchronize(self._stream)
+            self._drop_graph()
+            for buf in self._buffers:
+                buf.free()
+            self._buffers.clear()
+            if self._stream is not None:
+                cudart.cudaStreamDestroy(self._stream)
+                self._stream = None
+            self.context = self.engine = None
