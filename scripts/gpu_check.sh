@@ -1,68 +1,118 @@
 #!/usr/bin/env bash
-# Run every hardware test (CUDA, TensorRT) on this machine and print a parity table of the TensorRT engines
-# against ONNX Runtime. Made for a Jetson (JetPack's TensorRT) or any CUDA box with TensorRT installed:
-#   bash scripts/gpu_check.sh            # from the repository root, with edge-transfer installed (make setup)
-# Tests whose hardware is missing are reported as skipped with the reason, never as passed.
+# Check edge-transfer on an NVIDIA machine: TensorRT engines (fp32/fp16/int8) against ONNX Runtime fp32, and every
+# hardware test. Made for a Jetson (JetPack's TensorRT) or any CUDA box with TensorRT installed:
+#   bash scripts/gpu_check.sh              # from the repository root, with edge-transfer installed
+#   bash scripts/gpu_check.sh --cuda-only  # a GPU without TensorRT: the CUDA tests only (training, ORT CUDA provider)
+# It installs nothing. It requires an NVIDIA GPU, TensorRT and a cuda-python whose major matches the driver's CUDA
+# major (see README, "TensorRT"), says which versions it found, and exits non-zero when any of them is missing
+# ("nothing tested"), when any step fails, or when a TensorRT test skipped although TensorRT and a GPU are here.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
+MODE=full
+[ "${1:-}" = "--cuda-only" ] && MODE=cuda-only
+WORK=$(mktemp -d -t gpu-check-XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+status=0
 
 echo "== machine"
-"$PY" - <<'PYEOF'
-import importlib.util, platform
-print("python", platform.python_version(), platform.machine())
-for mod in ("torch", "tensorrt", "onnxruntime", "cuda"):
-    print(f"{mod:12s}", "installed" if importlib.util.find_spec(mod) else "missing")
+GPU_CHECK_MODE=$MODE "$PY" - <<'PYEOF' || exit 3
+import importlib.util, os, platform, sys
+
+def nothing_tested(why):
+    print(f"gpu_check: nothing tested: {why}", file=sys.stderr)
+    sys.exit(3)
+
+print("python     ", platform.python_version(), platform.machine())
 try:
     import torch
-    print("torch cuda  ", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+    print("torch      ", torch.__version__, "cuda", torch.cuda.is_available(),
+          torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 except ImportError:
-    pass
+    torch = None
 try:
     import onnxruntime as ort
-    print("ORT providers", ort.get_available_providers())
+    print("onnxruntime", ort.__version__, ort.get_available_providers())
 except ImportError:
     pass
+if os.environ["GPU_CHECK_MODE"] == "cuda-only":
+    if torch is None or not torch.cuda.is_available():
+        nothing_tested("no CUDA device visible to torch")
+    sys.exit(0)
+if importlib.util.find_spec("tensorrt") is None:
+    nothing_tested("TensorRT is not installed (JetPack provides it; on x86 pip install 'edge-transfer[tensorrt-cu12]' "
+                   "or -cu13 from NVIDIA's index); run with --cuda-only to test the CUDA paths alone")
+from runtimes.errors import EdgeTransferError
+from runtimes.tensorrt_build import cuda_python_version, running_target, tensorrt_cuda_major
+print("cuda-python", cuda_python_version(), "| TensorRT built for CUDA", tensorrt_cuda_major() or "? (system TensorRT)")
+try:
+    target = running_target(0)
+except EdgeTransferError as exc:
+    nothing_tested(str(exc))
+print("tensorrt   ", target.tensorrt_version, "on", target.gpu_name, target.sm,
+      "integrated" if target.integrated else "discrete", f"{target.dla_cores} DLA core(s)")
 PYEOF
 
-echo "== hardware tests (cuda, tensorrt markers)"
-"$PY" -m pytest -q -rs -m "cuda or tensorrt" tests/
-status=$?
+junit_counts() {  # "tests failures errors skipped" of a pytest junit XML
+    "$PY" -c "import sys, xml.etree.ElementTree as E; s = E.parse(sys.argv[1]).getroot(); s = s.find('testsuite') if s.tag == 'testsuites' else s; print(*(s.get(k) for k in ('tests', 'failures', 'errors', 'skipped')))" "$1"
+}
 
-echo "== TensorRT parity (digits demo model, fp32/fp16/int8 engines vs ONNX Runtime fp32)"
-"$PY" - <<'PYEOF'
-import sys, tempfile, time
+echo "== CUDA tests (cuda marker: training step, ONNX Runtime CUDA provider)"
+"$PY" -m pytest -q -rs -m "cuda and not tensorrt" tests/ --junitxml="$WORK/cuda.xml" || status=1
+read -r n f e s < <(junit_counts "$WORK/cuda.xml")
+[ "${n:-0}" -gt "${s:-0}" ] || { echo "gpu_check: FAILED: every CUDA test skipped" >&2; status=1; }
+
+if [ "$MODE" = full ]; then
+    echo "== TensorRT tests (tensorrt marker)"
+    "$PY" -m pytest -q -rs -m tensorrt tests/ --junitxml="$WORK/trt.xml" || status=1
+    read -r n f e s < <(junit_counts "$WORK/trt.xml")
+    if [ "${s:-0}" != 0 ]; then echo "gpu_check: FAILED: $s TensorRT test(s) skipped on a machine with TensorRT and a GPU" >&2; status=1; fi
+
+    echo "== TensorRT parity (digits linear probe, 64 px: engines vs ONNX Runtime fp32 on the test split)"
+    GPU_CHECK_WORK=$WORK "$PY" - <<'PYEOF' || status=1
+import os, sys, time
 from pathlib import Path
 import numpy as np
-try:
-    import tensorrt  # noqa: F401
-except ImportError as exc:
-    print(f"skipped: TensorRT is not installed here ({exc})")
-    sys.exit(0)
 import edge_transfer as et
 import runtimes
+from edge_transfer.data import load_digits_dataset, stratified_split
 from runtimes.backends.onnxruntime_backend import OnnxRuntimePredictor
 
-work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-run = et.train("digits", out=work / "run", strategy="linear-probe", image_size=64)
-results = et.export(run.path, out=work / "bundles", format="tensorrt,tensorrt-fp16,tensorrt-int8", allow_failed_validation=True)
-from edge_transfer.data import load_digits_dataset, stratified_split
+work = Path(os.environ["GPU_CHECK_WORK"])
+run = et.train("digits", out=work / "run", strategy="linear-probe", image_size=64, progress=False)
+results = et.export(run.path, out=work / "bundles", format="tensorrt,tensorrt-fp16,tensorrt-int8", calibration_size=256)
 ds = load_digits_dataset()
 test = stratified_split(ds.targets, seed=0).test
 cfg = runtimes.read_manifest(results[0].path).preprocessing
 images, targets = ds.prepared_batch(test, cfg), ds.targets[test]
 ref = OnnxRuntimePredictor(runtimes.open_bundle(results[0].path)).run_chunked(images)
-print(f"{'format':14s} {'build+load s':>12s} {'accuracy':>9s} {'agree vs ORT':>12s} {'max |diff|':>10s} {'p50 ms b1':>9s}")
+floor = {"fp32": 0.99, "fp16": 0.99, "int8": 0.95}
+print(f"{'format':14s} {'build s':>8s} {'accuracy':>9s} {'agree':>8s} {'max|diff|':>9s} {'p50 ms b1':>9s} {'graph ms b1':>11s}")
+failed = []
 for r in results:
     t = time.perf_counter()
     with runtimes.load(r.path, cache_dir=str(work / "engines")) as p:
-        ready = time.perf_counter() - t
+        build = time.perf_counter() - t
         out = p.run_chunked(images)
         lat = []
-        for _ in range(50):
+        for _ in range(100):
             t1 = time.perf_counter(); p.run(images[:1]); lat.append(time.perf_counter() - t1)
-    print(f"{r.format:14s} {ready:12.1f} {100 * (out.argmax(1) == targets).mean():8.2f}% "
-          f"{100 * (out.argmax(1) == ref.argmax(1)).mean():11.2f}% {np.abs(out - ref).max():10.4f} {1000 * np.median(lat):9.3f}")
+    with runtimes.load(r.path, cache_dir=str(work / "engines"), cuda_graph=True) as g:
+        assert np.allclose(g.run_chunked(images), out, atol=1e-3), f"{r.format}: CUDA-graph results differ"
+        glat = []
+        for _ in range(100):
+            t1 = time.perf_counter(); g.run(images[:1]); glat.append(time.perf_counter() - t1)
+    agree, precision = float((out.argmax(1) == ref.argmax(1)).mean()), runtimes.read_manifest(r.path).precision
+    print(f"{r.format:14s} {build:8.1f} {100 * (out.argmax(1) == targets).mean():8.2f}% {100 * agree:7.2f}% "
+          f"{np.abs(out - ref).max():9.4f} {1000 * np.median(lat):9.3f} {1000 * np.median(glat):11.3f}")
+    if agree < floor[precision]:
+        failed.append(f"{r.format} agrees {100 * agree:.2f}% with ONNX Runtime fp32 (needs {100 * floor[precision]:.0f}%)")
+for line in failed:
+    print(f"gpu_check: FAILED: {line}", file=sys.stderr)
+sys.exit(1 if failed else 0)
 PYEOF
+fi
+
+if [ $status -ne 0 ]; then echo "gpu_check: FAILED (see above)" >&2; else echo "gpu_check: all steps passed ($MODE)"; fi
 exit $status

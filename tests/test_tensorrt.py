@@ -1,11 +1,14 @@
 """TensorRT: the plain logic runs everywhere (profiles, build settings, compatibility decisions, cache keys and the
 engine cache, the TensorRT-ready export); the real build and inference are hardware tests that run where TensorRT
-and an NVIDIA GPU exist and skip with the reason elsewhere. Nothing here pretends TensorRT ran."""
+and an NVIDIA GPU exist and skip with the reason elsewhere. Nothing here pretends TensorRT ran: the backend's
+control flow is tested against a named stand-in in `test_tensorrt_control_flow.py`."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -371,3 +374,17 @@ def test_onnxruntime_tensorrt_provider_settings_and_node_placement(digits_bundle
     placement = placement_from_profile(session.end_profiling())
     assert list(placement) == ["CPUExecutionProvider"] and placement["CPUExecutionProvider"] > 10
     assert placement_from_profile(str(tmp_path / "missing.json")) == {}
+
+
+def test_gpu_check_without_tensorrt_says_nothing_was_tested_and_fails():
+    import subprocess
+
+    from conftest import ROOT
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: gpu_check.sh runs for real")
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: nothing tested: TensorRT is not installed"), result.stderr
