@@ -75,8 +75,9 @@ class OnnxRuntimePredictor(Predictor):
             providers = [wanted]
         self.session = ort.InferenceSession(str(bundle.entrypoint), sess_options=so, providers=providers)
         used = self.session.get_providers()
-        if used[0] != wanted:
-            raise BackendUnavailableError(f"onnxruntime could not start {wanted} (session uses {used}); not falling back to CPU silently")
+        if used[0] != wanted or any(p not in used for p in needed):
+            raise BackendUnavailableError(f"onnxruntime could not start {', '.join(needed)} (session uses {used}); "
+                                          "not falling back to CPU silently")
         self.providers = used
         self._device = dev
         self._input_name = self.session.get_inputs()[0].name
@@ -136,8 +137,10 @@ def placement_from_profile(profile_path: str) -> dict[str, int]:
         return {}
     nodes: dict[str, str] = {}
     for e in events if isinstance(events, list) else []:
-        args = e.get("args") or {} if isinstance(e, dict) else {}
-        if e.get("cat") == "Node" and "provider" in args:
+        if not isinstance(e, dict):
+            continue
+        args = e.get("args") or {}
+        if e.get("cat") == "Node" and isinstance(args, dict) and "provider" in args:
             nodes[str(e.get("name", "")).rsplit("_kernel_time", 1)[0]] = str(args["provider"])
     counts: dict[str, int] = {}
     for provider in nodes.values():
