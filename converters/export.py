@@ -28,6 +28,7 @@ from runtimes.bundle import Bundle, BundleWriter
 from runtimes.errors import BundleError, EdgeTransferError, InputError, ValidationFailed
 from runtimes.manifest import SCHEMA_VERSION, utc_now
 from runtimes.preprocess import PreprocessConfig
+from runtimes.selftest import DEFAULT_SELF_TEST_SIZE, choose_golden, write_self_test
 
 from .calibration import CalibrationData
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
@@ -164,6 +165,7 @@ class _Job:
     max_drop: float
     say: Callable[[str], None]
     tensorrt: dict[str, Any]
+    self_test_size: int = 16
     _pre: Path | None = None
     _cpu: dict[str, Any] | None = None
 
@@ -317,6 +319,7 @@ def export_bundles(
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
     tensorrt: dict[str, Any] | None = None,
+    self_test_size: int = DEFAULT_SELF_TEST_SIZE,
 ) -> list[ExportResult]:
     """Export `model` (uint8 NHWC in, logits out) to one validated bundle per format.
 
@@ -327,7 +330,8 @@ def export_bundles(
     A format that fails is reported in its result and not written (unless `allow_failed_validation`); the others
     still run. Errors that concern every format (bad arguments, the ONNX export itself) raise. `tensorrt` sets
     the engine build for tensorrt formats: opt_batch, max_batch, workspace_mib, dla_core, gpu_fallback,
-    hardware_compatible, version_compatible (see `runtimes.tensorrt_engine.BuildSettings`).
+    hardware_compatible, version_compatible (see `runtimes.tensorrt_engine.BuildSettings`). Every bundle carries a
+    self-test (`runtimes.selftest`) of `self_test_size` golden images drawn from `reference` (0: none).
     """
     names = parse_formats(formats)
     specs = [FORMAT_SPECS[n] for n in names]
@@ -338,6 +342,8 @@ def export_bundles(
         raise InputError(f"max_drop must be a fraction within [0, 1] (0.01 = 1 point), got {max_drop}")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if not isinstance(self_test_size, int) or self_test_size < 0:
+        raise InputError(f"self_test_size must be a whole number >= 0, got {self_test_size!r}")
     if reference.images.shape[1:3] != preprocessing.input_size:
         raise InputError(f"reference images are {reference.images.shape[1:3]}, the model takes {preprocessing.input_size}")
     calibrated = [s.name for s in specs if s.calibrated]
@@ -374,7 +380,7 @@ def export_bundles(
         tuning_logits = reference_logits(model, tuning.images) if tuning is not None and quantization.accuracy_aware else None
         ref_seconds = time.perf_counter() - t
         job = _Job(work, work / "model.onnx", preprocessing.input_size, batch_size, calibration, quantization, tuning,
-                   tuning_logits, max_drop, say, dict(tensorrt or {}))
+                   tuning_logits, max_drop, say, dict(tensorrt or {}), self_test_size)
         batch_dim: int | str = "batch" if batch_size is None else batch_size
         for spec in specs:
             say(f"{spec.name}: {spec.description}")
@@ -434,8 +440,13 @@ def _export_one(
         manifest["calibration"] = calibration
         writer.stage(manifest)
         t = time.perf_counter()
+        golden = choose_golden(len(reference.images), job.self_test_size) if job.self_test_size else None
         with _validation_predictor(spec, writer.dir) as predictor:
             validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop)
+            golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
+        if golden is not None:
+            manifest["self_test"] = write_self_test(writer.dir, reference.images[golden], ref[golden], golden_logits,
+                                                    spec.precision, validation.get("inference_precision"))
         if spec.backend == "tensorrt":
             validation["checked_with"] = ("onnxruntime running the TensorRT-ready ONNX as written (no fused kernels); "
                                           "the engine is checked on the device: edge-transfer build-engine BUNDLE --data DIR")

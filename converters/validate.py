@@ -92,6 +92,7 @@ def compare(
         "min_agreement": None if min_agreement is None else float(min_agreement),
         "checks": checks,
         "ms_per_image": round(1000 * seconds / len(data.images), 3),
+        "inference_precision": predictor.inference_precision,  # what the device is pinned to (see OpenVINO)
         "runtime": predictor.describe(),
         "passed": bool(checks) and all(checks.values()),
     }

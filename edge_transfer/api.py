@@ -271,6 +271,7 @@ def export(
     allow_failed_validation: bool = False,
     overwrite: bool = False,
     tensorrt: dict[str, Any] | None = None,
+    self_test_size: int = 16,
     log: Log = _quiet,
 ):
     """Export a training run (or, with `backbone`, the source model as it is) to validated bundles, one per format.
@@ -280,7 +281,8 @@ def export(
     draws `calibration_size` images from the training split (or from `calibration_data`); accuracy-aware
     quantisation tunes on the val split. `max_drop` is in accuracy points. `tensorrt` sets the engine build of
     tensorrt formats (opt_batch, max_batch, workspace_mib, dla_core, gpu_fallback, hardware_compatible,
-    version_compatible); the engine itself is built on the device. Returns a list of
+    version_compatible); the engine itself is built on the device. Each bundle carries a self-test of
+    `self_test_size` golden images (`edge-transfer check`). Returns a list of
     `converters.export.ExportResult`; raises `ValidationFailed` (with the table) if any format was not written.
     Under a launcher only rank 0 exports (see `_main_process_only`).
     """
@@ -345,7 +347,7 @@ def export(
         model.for_export(), out, formats=formats, preprocessing=cfg, labels=list(model.labels), reference=reference,
         calibration=calibration, tuning=tuning, source=source, batch_size=batch_size, max_drop=max_drop / 100.0,
         min_agreement=min_agreement, allow_failed_validation=allow_failed_validation, overwrite=overwrite, log=log, tensorrt=tensorrt,
-        quantization=QuantizationOptions(method=calibration_method, per_channel=per_channel, reduce_range=reduce_range,
+        self_test_size=self_test_size, quantization=QuantizationOptions(method=calibration_method, per_channel=per_channel, reduce_range=reduce_range,
                                          accuracy_aware=accuracy_aware),
     )
     raise_for_failures(results, out, accuracy_aware=accuracy_aware)

@@ -11,8 +11,9 @@ from typing import Any, Sequence
 
 from runtimes.bench import BenchResult
 
-COLUMNS = ("bundle", "format", "precision", "backend", "device", "size_mb", "batch", "mode", "load_s", "first_ms",
-           "p50_ms", "p99_ms", "mean_ms", "throughput", "speedup", "overhead_pct", "plain_p50_ms", "peak_rss_mib", "accuracy")
+COLUMNS = ("bundle", "format", "precision", "runs_at", "backend", "device", "size_mb", "batch", "mode", "load_s", "first_ms",
+           "p50_ms", "p99_ms", "mean_ms", "throughput", "speedup", "overhead_pct", "plain_p50_ms", "peak_rss_mib", "accuracy",
+           "self_test")
 
 
 def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
@@ -26,6 +27,7 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
             "bundle": r.bundle,
             "format": r.export_format or f"{r.backend}-{r.precision}",
             "precision": r.precision,
+            "runs_at": r.execution.get("inference_precision"),  # what the backend computes in (read back)
             "backend": r.backend,
             "device": r.device + (f" ({','.join(r.execution['execution_devices'])})" if r.execution.get("execution_devices") else ""),
             "size_mb": round(r.size_bytes / 1e6, 2),
@@ -42,17 +44,20 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
             "plain_p50_ms": None if r.plain is None else round(r.plain.p50, 3),
             "peak_rss_mib": round(r.peak_rss_mib, 1),
             "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
+            "self_test": r.self_test,
         })
     return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The comparison table users read: what ran where, how big, how fast, how much we add."""
-    cols = [("format", "format"), ("precision", "prec"), ("backend", "backend"), ("device", "device"), ("size_mb", "size MB"),
+    cols = [("format", "format"), ("precision", "prec"), ("runs_at", "runs at"), ("backend", "backend"), ("device", "device"), ("size_mb", "size MB"),
             ("batch", "batch"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("throughput", "img/s"), ("speedup", "speed-up"),
             ("overhead_pct", "overhead")]
     if any(r.get("accuracy") is not None for r in rows):
         cols.append(("accuracy", "accuracy"))
+    if any(r.get("self_test") is not None for r in rows):
+        cols.append(("self_test", "self-test"))
 
     def cell(key: str, value: Any) -> str:
         if value is None:

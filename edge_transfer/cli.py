@@ -11,6 +11,10 @@ from typing import Any, Sequence
 
 from runtimes.errors import EdgeTransferError
 
+PRECISION_CHOICES = ("f32", "f16", "bf16")
+PRECISION_HELP = ("compute in this precision instead of the one the bundle was validated at (OpenVINO: bf16/f16 where the "
+                  "device supports them; the precision actually used is reported)")
+
 EPILOG = """examples:
   edge-transfer demo
   edge-transfer train --data digits --strategy linear-probe --out runs/digits
@@ -22,6 +26,7 @@ EPILOG = """examples:
   edge-transfer export --backbone efficientnet_lite0 --strategy pretrained --format onnx --out bundles/imagenet
   edge-transfer predict bundles/imagenet cat.jpg --top-k 3
   edge-transfer inspect bundles/digits --json
+  edge-transfer check bundles/digits --inference-precision bf16
   edge-transfer bench bundles/digits-all/onnx bundles/digits-all/onnx-int8 --batch 1,8
 """
 
@@ -39,6 +44,41 @@ def _pct(x: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ commands
+
+
+def _precision_option(args: argparse.Namespace) -> dict[str, Any]:
+    """--inference-precision as a backend option (only when given: backends pin the validated one otherwise)."""
+    return {"inference_precision": args.inference_precision} if getattr(args, "inference_precision", None) else {}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import runtimes
+    from runtimes.cpu import cpu_features
+
+    with runtimes.load(args.bundle, device=args.device, **_precision_option(args)) as predictor:
+        result = predictor.self_test(raise_on_failure=False)
+        info = predictor.describe()
+        warnings = list(getattr(predictor, "warnings", []))
+    cpu = cpu_features()
+    failures = [] if result.passed else [result.summary()]
+    failures += warnings
+    report = {"bundle": args.bundle, "backend": info["backend"], "device": info["device"], "precision": info["precision"],
+              "inference_precision": info.get("inference_precision"), "cpu": cpu.to_dict(), "self_test": result.to_dict(),
+              "warnings": warnings, "passed": not failures}
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"bundle     {args.bundle} ({info['format']}, {info['precision']})")
+        print(f"runtime    {info['backend']} on {info['device']}, computing in {info.get('inference_precision') or 'unknown precision'}")
+        print(f"cpu        {cpu.summary()}")
+        print(result.summary())
+        for w in warnings:
+            print(f"warning    {w}")
+        print("PASS" if not failures else "FAIL")
+    if failures:
+        _err(f"error: {args.bundle}: " + "; ".join(failures))
+        return 1
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -95,7 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             per_channel=not args.per_tensor, accuracy_aware=args.accuracy_aware, max_drop=args.max_drop,
             min_agreement=args.min_agreement, batch_size=args.batch_size,
             allow_failed_validation=args.allow_failed_validation, overwrite=args.overwrite,
-            log=_err if not quiet else (lambda m: None), tensorrt=_tensorrt_options(args),
+            log=_err if not quiet else (lambda m: None), tensorrt=_tensorrt_options(args), self_test_size=args.self_test_size,
         )
     except ValidationFailed as exc:
         results = getattr(exc, "results", None)
@@ -119,7 +159,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import runtimes
 
-    predictor = runtimes.load(args.bundle, device=args.device)
+    predictor = runtimes.load(args.bundle, device=args.device, **_precision_option(args))
     results = predictor.predict(args.images, top_k=args.top_k)
     if args.json:
         _print_json(
@@ -215,6 +255,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         options["hint"] = args.hint
     if args.streams:
         options["streams"] = args.streams
+    options.update(_precision_option(args))
+    self_tests = _bench_self_tests(args.bundles, args.device, options, args.ignore_self_test)
+    if self_tests is None:
+        return 1
     images = None
     if args.images:
         from runtimes.preprocess import read_image
@@ -251,6 +295,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 accuracy = labelled_accuracy(predictor, args.data)
             for r in found:
                 r.accuracy = accuracy
+        for r in found:
+            r.self_test = self_tests[path]
         results.extend(found)
         if interrupted or any(r.interrupted for r in found):
             interrupted = True
@@ -273,6 +319,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if interrupted:
             print("interrupted: the table shows what was measured before Ctrl-C", file=sys.stderr)
     return 130 if interrupted else 0
+
+
+def _bench_self_tests(bundles: Sequence[str], device: str | None, options: dict[str, Any], ignore: bool) -> dict[str, str] | None:
+    """Run each bundle's self-test in the configuration about to be measured; None (after one `error:` line) when
+    one fails and `ignore` is off: a speed is not worth reporting for results that differ from the validated ones."""
+    import runtimes
+
+    statuses, failed = {}, []
+    for path in bundles:
+        with runtimes.load(path, device=device, **options) as predictor:
+            result = predictor.self_test(raise_on_failure=False)
+        statuses[path] = result.status
+        if result.status == "fail":
+            failed.append(f"{path}: {result.summary()}")
+            if ignore:
+                _err(f"warning: {path}: {result.summary()} (measured anyway: --ignore-self-test)")
+        elif result.status == "missing":
+            _err(f"note: {path}: {result.summary()}")
+    if failed and not ignore:
+        _err("error: not measuring configurations whose self-test fails (--ignore-self-test measures them anyway): " + "; ".join(failed))
+        return None
+    return statuses
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
@@ -418,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trt-version-compatible", action="store_true",
                    help="engine runs on this or a newer TensorRT (needs the device's lean runtime library)")
     e.add_argument("--batch-size", type=int, help="fix the batch dimension to N (static shapes, needed for NPUs); default dynamic")
+    e.add_argument("--self-test-size", type=int, default=16,
+                   help="golden images (seeded draw from the held-out data) stored with torch reference logits for 'edge-transfer check' (default 16; 0: none)")
     e.add_argument("--allow-failed-validation", action="store_true", help="write bundles even if validation fails (marked failed)")
     e.add_argument("--overwrite", action="store_true", help="replace existing bundles (atomically)")
     e.add_argument("--json", action="store_true", help="print every format's result as JSON")
@@ -430,8 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
+    pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser(
+        "check", help="run a bundle's self-test on this device (torch-free): PASS/FAIL, exit 0/1",
+        description="Run the bundle's golden images through its backend here and compare with the torch fp32 reference "
+                    "stored at export, within the tolerances its gate measured. Prints backend, device, the precision "
+                    "actually used, the CPU features that matter (VNNI, bf16, fp16), agreement and error, then PASS or "
+                    "FAIL; exits 1 with one 'error:' line on FAIL (or when the bundle has no self-test data).",
+    )
+    c.add_argument("bundle")
+    c.add_argument("--device", help="backend device (as for predict; default cpu)")
+    c.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=cmd_check)
 
     b = sub.add_parser(
         "bench", help="measure latency of one or more bundles on this device (needs only runtimes + a backend)",
@@ -456,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=0, help="inference threads (default: the backend's own choice)")
     b.add_argument("--hint", choices=["latency", "throughput"], help="OpenVINO performance hint (default latency)")
     b.add_argument("--streams", type=int, help="OpenVINO inference streams (default: from the hint)")
+    b.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+    b.add_argument("--ignore-self-test", action="store_true",
+                   help="measure bundles whose self-test fails in this configuration (the failure is printed beside the numbers)")
     b.add_argument("--images", nargs="+", metavar="IMAGE", help="end-to-end inputs (default: synthetic 480x640 images)")
     b.add_argument("--data", help="labelled image folder (one sub-folder per class): adds an accuracy column")
     b.add_argument("--json", metavar="FILE", help="write every statistic (ours and the plain call) and the machine as JSON")

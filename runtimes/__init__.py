@@ -22,6 +22,7 @@ from .errors import (
     InferenceError,
     InputError,
     IntegrityError,
+    SelfTestFailed,
     ValidationFailed,
 )
 from .manifest import SCHEMA_VERSION, Manifest
@@ -60,6 +61,7 @@ __all__ = [
     "BackendUnavailableError",
     "EngineIncompatibleError",
     "InferenceError",
+    "SelfTestFailed",
     "ValidationFailed",
     "DatasetError",
     "CheckpointError",

@@ -82,6 +82,7 @@ class BenchResult:
     peak_rss_mib: float
     interrupted: bool = False
     accuracy: float | None = None
+    self_test: str | None = None  # "pass", "fail" (reported only when the caller overrode the refusal) or "missing"
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, samples: bool = False) -> dict[str, Any]:
@@ -222,7 +223,8 @@ def bench_predictor(
         overhead = float(np.median(ratios)) - 1.0
     throughput = batch * len(samples) / sum(samples) if samples else float("nan")
     describe = predictor.describe()
-    execution = {k: describe[k] for k in ("providers", "execution_devices", "hint", "streams", "onnxruntime", "openvino") if k in describe}
+    execution = {k: describe[k] for k in ("providers", "execution_devices", "hint", "streams", "inference_precision", "onnxruntime", "openvino")
+                 if k in describe}
     return BenchResult(
         bundle=str(predictor.bundle.path),
         export_format=predictor.manifest.raw.get("model", {}).get("export_format"),

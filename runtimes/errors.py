@@ -37,6 +37,15 @@ class InferenceError(EdgeTransferError):
     """A backend failed while running a batch, or the predictor was used after `close()`."""
 
 
+class SelfTestFailed(EdgeTransferError):
+    """A bundle's self-test disagrees with its torch reference beyond the tolerance on this device and precision.
+    `result` holds the measured `runtimes.selftest.SelfTestResult`."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class ValidationFailed(EdgeTransferError):
     """An exported artifact disagrees with its torch reference beyond the tolerance."""
 
@@ -57,6 +66,7 @@ __all__ = [
     "BackendUnavailableError",
     "EngineIncompatibleError",
     "InferenceError",
+    "SelfTestFailed",
     "ValidationFailed",
     "DatasetError",
     "CheckpointError",

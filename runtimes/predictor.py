@@ -41,6 +41,15 @@ def padded_chunks(images: np.ndarray, size: int, *, pad: bool = False) -> Iterat
         yield part, n
 
 
+def check_as_written(backend: str, precision: str, requested: str | None) -> None:
+    """Backends that compute a graph in its own types accept only that precision when one is asked for."""
+    own = "f16" if precision == "fp16" else "f32"
+    alias = {"fp32": "f32", "fp16": "f16"}.get(str(requested), requested)
+    if requested is not None and alias != own:
+        raise InputError(f"{backend} computes this {precision} bundle as written ({own}); it has no {requested} mode "
+                         "(OpenVINO bundles take inference_precision='bf16' or 'f16', or export an fp16 format)")
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -89,6 +98,10 @@ class Predictor:
         """The device the backend actually runs on (not merely the one requested)."""
         raise NotImplementedError
 
+    #: the arithmetic the backend actually uses, read back where the backend can tell (f32, f16, bf16; int8 models
+    #: name their int8 part too); backends set it after loading
+    inference_precision: str | None = None
+
     @property
     def max_batch(self) -> int | None:
         dim = self.inputs[0].shape[0]
@@ -99,6 +112,7 @@ class Predictor:
             "backend": self.backend_name,
             "device": self.device,
             "precision": self.precision,
+            "inference_precision": self.inference_precision,
             "format": self.manifest.format,
             "input": self.inputs[0].to_dict(),
             "output": self.outputs[0].to_dict(),
@@ -185,6 +199,20 @@ class Predictor:
         """`run` over a batch of any size, in chunks (padding the last one for fixed-batch bundles)."""
         size = self.max_batch or chunk
         return np.concatenate([self.run(part)[:n] for part, n in padded_chunks(batch, size, pad=self.max_batch is not None)])
+
+    def self_test(self, *, raise_on_failure: bool = True) -> Any:
+        """Run the bundle's golden images here and compare with its torch reference (`runtimes.selftest`).
+
+        Returns a `SelfTestResult` (status "pass", or "missing" for bundles without self-test data). A failure raises
+        `SelfTestFailed` (carrying the result), unless `raise_on_failure=False`.
+        """
+        from .selftest import SelfTestFailed, run_self_test
+
+        result = run_self_test(self)
+        if result.status == "fail" and raise_on_failure:
+            raise SelfTestFailed(f"{self.bundle.path} on {self.backend_name} {self.device} "
+                                 f"({self.inference_precision or 'precision unknown'}): {result.summary()}", result)
+        return result
 
     def close(self) -> None:
         """Release backend resources."""

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, InputError
-from ..predictor import Predictor
+from ..predictor import Predictor, check_as_written
 
 # runtimes device name -> ONNX Runtime execution provider
 DEVICE_PROVIDERS = {
@@ -21,6 +21,11 @@ DEVICE_PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+
+# what a bundle's graph computes in, as written (int8 graphs keep some nodes and the logits in float)
+AS_WRITTEN = {"fp32": "f32", "fp16": "f16", "int8": "int8+f32"}
+
+
 
 # "disabled" runs a QDQ graph as written (quantise/dequantise in float, no fused int8 kernels): the reference
 # semantics of the graph, which is how a TensorRT-ready int8 ONNX is checked on a machine without TensorRT.
@@ -40,10 +45,12 @@ class OnnxRuntimePredictor(Predictor):
     backend_name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, device: str | None = None, *, threads: int = 0, graph_optimization: str = "all",
-                 cache_dir: str | None = None, **options: Any) -> None:
+                 cache_dir: str | None = None, inference_precision: str | None = None, **options: Any) -> None:
         super().__init__(bundle)
         if options:
-            raise InputError(f"unknown onnxruntime option(s): {', '.join(sorted(options))} (known: threads, graph_optimization, cache_dir)")
+            raise InputError(f"unknown onnxruntime option(s): {', '.join(sorted(options))} (known: threads, graph_optimization, cache_dir, "
+                             "inference_precision)")
+        check_as_written("onnxruntime", self.precision, inference_precision)
         if graph_optimization not in GRAPH_OPTIMIZATION:
             raise InputError(f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION)}, got {graph_optimization!r}")
         dev = (device or "cpu").lower()
@@ -80,6 +87,9 @@ class OnnxRuntimePredictor(Predictor):
                                           "not falling back to CPU silently")
         self.providers = used
         self._device = dev
+        # ONNX Runtime computes a graph in the types it is written in: it has no automatic bf16 on x86, and its
+        # bf16 fast-math GEMM (ARM only) is an opt-in session option we never set
+        self.inference_precision = AS_WRITTEN[self.precision]
         self._input_name = self.session.get_inputs()[0].name
         self._output_name = self.session.get_outputs()[0].name
         self.placement: dict[str, int] | None = None

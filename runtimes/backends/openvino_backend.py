@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable
 
@@ -14,12 +15,35 @@ from ..predictor import Predictor
 
 DEVICES = ("cpu", "gpu", "npu", "auto")
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+# runtimes.load(..., inference_precision=...) -> OpenVINO's INFERENCE_PRECISION_HINT
+INFERENCE_PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
+_SHORT = {"float32": "f32", "f32": "f32", "float16": "f16", "f16": "f16", "bfloat16": "bf16", "bf16": "bf16"}
+log = logging.getLogger(__name__)
+
+
+def short_precision(value: Any) -> str:
+    """OpenVINO's element type as we name it: <Type: 'bfloat16'> -> 'bf16'."""
+    text = str(value)
+    if "'" in text:
+        text = text.split("'")[1]
+    return _SHORT.get(text, text)
+
+
+def validated_precision(manifest: Any) -> str:
+    """The inference precision a bundle was validated at (recorded by the export since it was pinned), else f32:
+    OpenVINO would otherwise pick bf16 by itself on CPUs with native bf16, a precision nobody validated."""
+    v = manifest.validation or {}
+    recorded = v.get("inference_precision") if isinstance(v, dict) else None
+    return INFERENCE_PRECISIONS.get(str(recorded), "f32") if recorded else "f32"
 
 
 class OpenVinoPredictor(Predictor):
     """Runs an OpenVINO IR bundle (model.xml + model.bin) with `openvino.Core.compile_model`.
 
     device: "cpu" (default), "gpu", "npu" or "auto" (OpenVINO picks; the device it picked is reported).
+    inference_precision: None (default: the precision the bundle was validated at, f32 unless recorded otherwise) or
+    "f32" | "f16" | "bf16" to choose a lower one explicitly. The precision OpenVINO actually uses is read back from
+    the compiled model (`inference_precision`, `describe()`).
     hint: "latency" (default) or "throughput" (OpenVINO's PERFORMANCE_HINT). threads: CPU inference threads
     (0 = OpenVINO's default). streams: NUM_STREAMS (default: what the hint picks). A device OpenVINO does not
     see raises `BackendUnavailableError` naming the ones it does; nothing falls back silently. NPUs need static shapes: export with a fixed batch for them.
@@ -29,10 +53,13 @@ class OpenVinoPredictor(Predictor):
     backend_name = "openvino"
 
     def __init__(self, bundle: Bundle, device: str | None = None, *, hint: str = "latency", threads: int = 0,
-                 streams: int | None = None, **options: Any) -> None:
+                 streams: int | None = None, inference_precision: str | None = None, **options: Any) -> None:
         super().__init__(bundle)
         if options:
-            raise InputError(f"unknown openvino option(s): {', '.join(sorted(options))} (known: hint, threads, streams)")
+            raise InputError(f"unknown openvino option(s): {', '.join(sorted(options))} (known: hint, threads, streams, inference_precision)")
+        if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
+            raise InputError(f"inference_precision must be one of f32, f16, bf16, got {inference_precision!r}")
+        self.requested_precision = INFERENCE_PRECISIONS[inference_precision] if inference_precision else validated_precision(bundle.manifest)
         if streams is not None and (not isinstance(streams, int) or streams < 1):
             raise InputError(f"openvino streams must be a positive integer, got {streams!r}")
         dev = (device or "cpu").lower()
@@ -54,6 +81,11 @@ class OpenVinoPredictor(Predictor):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if streams is not None:
             config["NUM_STREAMS"] = int(streams)
+        pin = {"INFERENCE_PRECISION_HINT": self.requested_precision}
+        if dev in ("cpu", "gpu"):
+            config.update(pin)
+        elif dev == "auto":  # AUTO passes per-device properties on to the device it picks
+            config["DEVICE_PROPERTIES"] = {d: dict(pin) for d in ("CPU", "GPU") if any(a.split(".")[0] == d for a in available)}
         try:
             self.compiled = core.compile_model(core.read_model(str(bundle.entrypoint)), dev.upper(), config)
         except RuntimeError as exc:
@@ -62,6 +94,31 @@ class OpenVinoPredictor(Predictor):
         self._device = dev
         self._hint = hint
         self._local = threading.local()
+        self._device_props = self._read_device_properties()
+        self.inference_precision = self._read_back("INFERENCE_PRECISION_HINT", short_precision)
+        if dev != "npu" and self.inference_precision not in (None, self.requested_precision):
+            log.warning("%s: OpenVINO runs at %s although %s was asked for; results may differ from the validated ones",
+                        bundle.path, self.inference_precision, self.requested_precision)
+
+    def _read_device_properties(self) -> dict[str, dict[str, Any]]:
+        """name -> the properties this compiled model supports: its own, or, under AUTO, each device's."""
+        supported = {str(p) for p in self.compiled.get_property("SUPPORTED_PROPERTIES")}
+        if "INFERENCE_PRECISION_HINT" in supported or "DEVICE_PROPERTIES" not in supported:
+            props = {}
+            for name in ("INFERENCE_PRECISION_HINT", "NUM_STREAMS"):
+                if name in supported:
+                    props[name] = self.compiled.get_property(name)
+            return {"": props}
+        per_device = self.compiled.get_property("DEVICE_PROPERTIES")
+        return {str(k): dict(v) for k, v in per_device.items() if isinstance(v, dict)} if isinstance(per_device, dict) else {}
+
+    def _read_back(self, name: str, convert: Callable[[Any], Any]) -> Any:
+        """A property of the compiled model (or, under AUTO, of the device(s) running it); None where unsupported."""
+        values = {dev: convert(p[name]) for dev, p in self._device_props.items() if name in p}
+        if not values:
+            return None
+        distinct = sorted({str(v) for v in values.values()})
+        return next(iter(values.values())) if len(distinct) == 1 else ",".join(f"{d}:{v}" for d, v in values.items())
 
     @property
     def device(self) -> str:
@@ -71,7 +128,8 @@ class OpenVinoPredictor(Predictor):
 
     def describe(self) -> dict[str, Any]:
         return dict(super().describe(), execution_devices=list(self.execution_devices), hint=self._hint,
-                    streams=int(self.compiled.get_property("NUM_STREAMS")), openvino=ov.__version__)
+                    streams=self._read_back("NUM_STREAMS", int), inference_precision=self.inference_precision,
+                    requested_precision=self.requested_precision, openvino=ov.__version__)
 
     def _request(self):
         """This thread's infer request (created on first use)."""

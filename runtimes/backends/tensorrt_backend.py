@@ -23,7 +23,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
-from ..predictor import Predictor
+from ..predictor import Predictor, check_as_written
 from ..tensorrt_build import _import_cudart, _import_tensorrt, build_engine, cuda_check, load_lean_runtime, running_target
 from ..tensorrt_engine import BuildSettings, EngineCache, EngineTarget, cache_key, check_buildable, check_compatible
 
@@ -69,10 +69,13 @@ class TensorRTPredictor(Predictor):
     backend_name = "tensorrt"
 
     def __init__(self, bundle: Bundle, device: str | None = None, *, cache_dir: str | None = None, cuda_graph: bool = False,
-                 gpu: int = 0, lean_runtime: str | None = None, log: Callable[[str], None] | None = None, **options: Any) -> None:
+                 gpu: int = 0, lean_runtime: str | None = None, log: Callable[[str], None] | None = None,
+                 inference_precision: str | None = None, **options: Any) -> None:
         super().__init__(bundle)
         if options:
-            raise InputError(f"unknown tensorrt option(s): {', '.join(sorted(options))} (known: cache_dir, cuda_graph, gpu, lean_runtime)")
+            raise InputError(f"unknown tensorrt option(s): {', '.join(sorted(options))} (known: cache_dir, cuda_graph, gpu, lean_runtime, "
+                             "inference_precision)")
+        check_as_written("tensorrt", self.precision, inference_precision)  # strongly typed: the ONNX's own types
         if (device or "cuda").lower() not in ("cuda", "gpu"):
             raise InputError(f"tensorrt runs on device 'cuda', got {device!r}")
         raw = bundle.manifest.raw["model"].get("tensorrt")
@@ -104,6 +107,8 @@ class TensorRTPredictor(Predictor):
         if self.settings.dla_core is not None:
             runtime.DLA_core = self.settings.dla_core
         self._runtime = runtime
+        # strongly typed: the ONNX's own types; weakly typed (TensorRT 8) int8 builds may also pick fp16 kernels
+        self.inference_precision = {"fp32": "f32", "fp16": "f16", "int8": "int8+f32"}[self.settings.precision]
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise BackendUnavailableError(f"TensorRT could not deserialise the engine {self.engine_path} (see the TensorRT messages above)")

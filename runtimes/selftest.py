@@ -1,0 +1,155 @@
+"""The self-test every bundle carries: golden inputs, torch fp32 reference logits and tolerances from the export's
+gate, so a device can check, without torch, that it computes what was validated on the host.
+
+At export (`write_self_test`): a seeded draw of the gate's held-out images (uint8, at the model's input size) goes to
+`selftest/images.npy`, the torch fp32 logits for them to `selftest/reference_logits.npy`; both are listed files with
+sha256 like every other bundle file. The manifest's `self_test` section records what the artifact measured on them
+at export (agreement with torch, max |logit diff|, the error relative to the reference's largest logit, the
+inference precision used) and the tolerances derived from that. On the device (`run_self_test`) the same images go
+through the loaded predictor and are compared with the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .bundle import check_relative_path
+from .errors import BundleError, SelfTestFailed  # noqa: F401  (SelfTestFailed: re-exported for callers)
+
+if TYPE_CHECKING:
+    from .predictor import Predictor
+
+SELF_TEST_DIR = "selftest"
+DEFAULT_SELF_TEST_SIZE = 16
+# the smallest relative logit error a precision is allowed on the device, whatever the host measured: a bf16 run of an
+# fp32 bundle (relative error ~1e-2) fails, ordinary kernel differences between CPUs (~1e-6) pass
+MIN_REL_TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}
+REL_TOLERANCE_FACTOR = 3.0  # the device may differ from torch up to 3x what the host's artifact did
+
+
+@dataclass
+class SelfTestResult:
+    """The outcome of a bundle's self-test on this device. `status`: "pass", "fail" or "missing" (no self-test data)."""
+
+    status: str
+    backend: str
+    device: str
+    inference_precision: str | None
+    count: int = 0
+    agreement: float | None = None
+    max_abs_diff: float | None = None
+    rel_err: float | None = None
+    min_agreement: float | None = None
+    max_rel_err: float | None = None
+    at_export: dict[str, Any] | None = None
+    reason: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"passed": self.passed}
+
+    def summary(self) -> str:
+        if self.status == "missing":
+            return f"self-test: MISSING ({self.reason})"
+        line = (f"self-test on {self.count} golden images: agreement {100 * (self.agreement or 0):.2f}% (needs "
+                f">= {100 * (self.min_agreement or 0):.2f}%), relative logit error {self.rel_err:.2e} (needs <= "
+                f"{self.max_rel_err:.2e}), max |logit diff| {self.max_abs_diff:.3g}: {self.status.upper()}")
+        return line + (f" ({self.reason})" if self.reason else "")
+
+
+def measure(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Agreement, max |diff| and the max |diff| relative to the reference's largest |logit| (scale-free)."""
+    diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
+    scale = max(float(np.abs(reference).max()), 1e-12)
+    max_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")
+    return {"agreement": float((logits.argmax(1) == reference.argmax(1)).mean()), "max_abs_diff": max_diff,
+            "rel_err": max_diff / scale}
+
+
+def choose_golden(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded draw of `size` of `count` images, in order."""
+    k = min(size, count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=k, replace=False))
+
+
+def write_self_test(bundle_dir: str | Path, images: np.ndarray, reference: np.ndarray, artifact: np.ndarray,
+                    precision: str, inference_precision: str | None, seed: int = 0) -> dict[str, Any]:
+    """Write the golden images and reference logits into a bundle being written; return its manifest section."""
+    root = Path(bundle_dir) / SELF_TEST_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "images.npy", np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
+    np.save(root / "reference_logits.npy", np.ascontiguousarray(reference, dtype=np.float32), allow_pickle=False)
+    m = measure(artifact, reference)
+    flips = 0.0 if precision != "int8" else 1.0 / len(images)  # int8 may flip one near-tie more than it did here
+    return {
+        "images": f"{SELF_TEST_DIR}/images.npy",
+        "reference": f"{SELF_TEST_DIR}/reference_logits.npy",
+        "reference_from": "torch fp32",
+        "count": int(len(images)),
+        "seed": seed,
+        "at_export": {**{k: round(v, 8) for k, v in m.items()}, "inference_precision": inference_precision},
+        "tolerance": {"min_agreement": round(max(0.0, m["agreement"] - flips), 6),
+                      "max_rel_err": float(f"{max(REL_TOLERANCE_FACTOR * m['rel_err'], MIN_REL_TOLERANCE[precision]):.3g}")},
+    }
+
+
+def _section(predictor: "Predictor") -> dict[str, Any] | None:
+    section = predictor.manifest.raw.get("self_test")
+    if section is None:
+        return None
+    where = f"{predictor.bundle.path}: manifest field 'self_test'"
+    if not isinstance(section, dict):
+        raise BundleError(f"{where} must be an object")
+    tol = section.get("tolerance")
+    if not isinstance(tol, dict) or not all(isinstance(tol.get(k), (int, float)) and not isinstance(tol.get(k), bool)
+                                            for k in ("min_agreement", "max_rel_err")):
+        raise BundleError(f"{where}.tolerance must hold numbers min_agreement and max_rel_err")
+    listed = {f.path for f in predictor.manifest.files}
+    for key in ("images", "reference"):
+        rel = section.get(key)
+        if not isinstance(rel, str):
+            raise BundleError(f"{where}.{key} must be a file path")
+        check_relative_path(rel)
+        if rel not in listed:
+            raise BundleError(f"{where}.{key}: {rel} is not among the bundle's checksummed files")
+    return section
+
+
+def _load(predictor: "Predictor", rel: str) -> np.ndarray:
+    try:
+        return np.load(predictor.bundle.file(rel), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{predictor.bundle.path}: self-test file {rel} cannot be read: {exc}") from None
+
+
+def run_self_test(predictor: "Predictor") -> SelfTestResult:
+    """Run the bundle's golden images through `predictor` and compare with the stored torch reference."""
+    base = {"backend": predictor.backend_name, "device": predictor.device, "inference_precision": predictor.inference_precision}
+    section = _section(predictor)
+    if section is None:
+        return SelfTestResult("missing", **base, reason="this bundle has no self-test data (exported before self-tests "
+                                                         "existed); re-export it to get one")
+    images, reference = _load(predictor, section["images"]), _load(predictor, section["reference"])
+    h, w = predictor.preprocessing.input_size
+    if images.dtype != np.uint8 or images.shape[1:] != (h, w, 3) or len(images) == 0:
+        raise BundleError(f"{predictor.bundle.path}: self-test images are {images.dtype} {images.shape}, the model takes uint8 (N, {h}, {w}, 3)")
+    if reference.shape != (len(images), len(predictor.labels)):
+        raise BundleError(f"{predictor.bundle.path}: self-test reference is {reference.shape}, expected ({len(images)}, {len(predictor.labels)})")
+    m = measure(predictor.run_chunked(images), reference)
+    tol = section["tolerance"]
+    reasons = []
+    if m["agreement"] < tol["min_agreement"] - 1e-9:
+        reasons.append("top-1 agreement below tolerance")
+    if not m["rel_err"] <= tol["max_rel_err"]:
+        reasons.append("logits drifted beyond tolerance")
+    return SelfTestResult("fail" if reasons else "pass", **base, count=len(images), agreement=m["agreement"],
+                          max_abs_diff=m["max_abs_diff"], rel_err=m["rel_err"], min_agreement=float(tol["min_agreement"]),
+                          max_rel_err=float(tol["max_rel_err"]), at_export=section.get("at_export"),
+                          reason="; ".join(reasons) or None)
