@@ -27,6 +27,7 @@ import runtimes
 from runtimes.bundle import Bundle, BundleWriter
 from runtimes.errors import BundleError, EdgeTransferError, InputError, ValidationFailed
 from runtimes.manifest import SCHEMA_VERSION, utc_now
+from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS, reduce_range_for
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import DEFAULT_SELF_TEST_SIZE, choose_golden, write_self_test
 
@@ -69,12 +70,14 @@ FORMATS = tuple(FORMAT_SPECS)
 
 @dataclass
 class QuantizationOptions:
-    """How int8 formats are made. `reduce_range=None` decides from this CPU (see `cpu_int8_kernels`)."""
+    """How int8 formats are made. `target_cpu` (see `runtimes.cpu.TARGET_CPUS`) is the CPU the bundle will run on,
+    never the host's: "portable" (default) is safe on every CPU. `reduce_range` overrides its weight range."""
 
     method: str = "minmax"
     per_channel: bool = True
     reduce_range: bool | None = None
     accuracy_aware: bool = False
+    target_cpu: str = DEFAULT_TARGET_CPU
 
 
 @dataclass
@@ -167,7 +170,6 @@ class _Job:
     tensorrt: dict[str, Any]
     self_test_size: int = 16
     _pre: Path | None = None
-    _cpu: dict[str, Any] | None = None
 
     @property
     def feed_batch(self) -> int:
@@ -183,13 +185,11 @@ class _Job:
         return self._pre
 
     def reduce_range(self) -> dict[str, Any]:
+        """The int8 weight range for the target CPU (not this host's), with the reason; recorded in the manifest."""
+        target = self.quantization.target_cpu
         if self.quantization.reduce_range is not None:
-            return {"reduce_range": self.quantization.reduce_range, "reason": "set by the caller"}
-        if self._cpu is None:
-            from .onnx_quantize import cpu_int8_kernels
-
-            self._cpu = cpu_int8_kernels()
-        return self._cpu
+            return {"name": target, "reduce_range": self.quantization.reduce_range, "reason": "set by the caller"}
+        return {"name": target, "reduce_range": reduce_range_for(target), "reason": TARGET_CPUS[target][1]}
 
     def tuning_target(self) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, Any]]:
         """(images, expected top-1, torch's metric, allowed drop, description) for accuracy-aware search."""
@@ -221,7 +221,7 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
 
         rr = job.reduce_range()
         settings = quantize_int8_dynamic(job.preprocessed(), target, reduce_range=rr["reduce_range"])
-        return dict(settings, reduce_range_reason=rr["reason"]), None, {}
+        return dict(settings, reduce_range_reason=rr["reason"], target_cpu=rr), None, {}
     from . import openvino_convert as ovc
 
     if spec.name in ("openvino", "openvino-fp16"):
@@ -245,6 +245,7 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
             settings = quantize_int8_static(job.preprocessed(), target, job.calibration, input_name=INPUT_NAME,
                                             feed_batch=job.feed_batch, **options)
         settings["reduce_range_reason"] = rr["reason"]
+        settings["target_cpu"] = rr
         calibration.update(method=q.method, per_channel=q.per_channel)
         return settings, calibration, {}
     import nncf
@@ -255,7 +256,10 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
     if q.accuracy_aware:
         images, expected, baseline, allowed, desc = job.tuning_target()
         control = {"images": images, "expected": expected, "max_drop": allowed, "split": job.tuning.split if job.tuning else None}
-    quantized, settings = ovc.quantize_int8(model, job.calibration, accuracy_control=control, feed_batch=job.batch_size)
+    rr = job.reduce_range()
+    quantized, settings = ovc.quantize_int8(model, job.calibration, accuracy_control=control, feed_batch=job.batch_size,
+                                            overflow_fix="enable" if rr["reduce_range"] else "disable")
+    settings["target_cpu"] = rr
     if control is not None:
         settings["accuracy_control"].update(desc, baseline=round(baseline, 6))
     settings.update(ovc.save_ir(quantized, out_dir, fp16=False), weights="int8")
@@ -342,6 +346,8 @@ def export_bundles(
         raise InputError(f"max_drop must be a fraction within [0, 1] (0.01 = 1 point), got {max_drop}")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if quantization.target_cpu not in TARGET_CPUS:
+        raise InputError(f"target CPU must be one of {', '.join(TARGET_CPUS)}, got {quantization.target_cpu!r}")
     if not isinstance(self_test_size, int) or self_test_size < 0:
         raise InputError(f"self_test_size must be a whole number >= 0, got {self_test_size!r}")
     if reference.images.shape[1:3] != preprocessing.input_size:
@@ -437,6 +443,8 @@ def _export_one(
                              "entrypoint": spec.entrypoint, "export_format": spec.name, "conversion": conversion, "files": []}
         if spec.backend == "tensorrt":
             manifest["model"]["tensorrt"] = conversion.pop("engine")
+        if "target_cpu" in conversion:  # int8 on CPUs: which CPUs its kernels are safe on (checked at load)
+            manifest["model"]["target_cpu"] = conversion.pop("target_cpu")
         manifest["calibration"] = calibration
         writer.stage(manifest)
         t = time.perf_counter()

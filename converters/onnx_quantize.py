@@ -4,7 +4,8 @@
   float32 logits out), so an fp16 bundle is a drop-in replacement for the fp32 one.
 - int8 static: `quant_pre_process` (shape inference, fusions) then `quantize_static` in QDQ format with
   per-channel weights and a selectable calibration method. On x86 CPUs without VNNI the int8 GEMM kernels can
-  saturate on 8-bit weights, so weights use 7 bits there (`reduce_range`); the choice and the reason are recorded.
+  saturate on 8-bit weights, so weights use 7 bits (`reduce_range`) unless the export targets a VNNI or Arm CPU
+  (`runtimes.cpu.TARGET_CPUS`: decided for the device, never from the exporting host); the choice is recorded.
 - int8 dynamic: `quantize_dynamic` (weights int8, activations quantised on the fly), for comparison.
 - sensitivity: how much of the int8 model's logit error (vs the float model) goes away when one quantised node
   runs in float, measured on tuning images; the accuracy-aware loop puts nodes back in float in that order.
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,34 +29,6 @@ from .calibration import CalibrationData
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZABLE_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
-_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu_int8_kernels(cpuinfo: str | None = None, machine: str | None = None) -> dict[str, Any]:
-    """Decide `reduce_range` for this host's CPU (where the bundle is validated), with the reason.
-
-    x86-64 without VNNI multiplies u8 x s8 pairs into saturating 16-bit sums (vpmaddubsw): full 8-bit weights can
-    overflow, so weights are quantised to 7 bits. VNNI/AMX x86 CPUs and ARM64 (sdot) accumulate in 32 bits.
-    """
-    machine = (machine or platform.machine()).lower()
-    if machine in ("aarch64", "arm64"):
-        return {"reduce_range": False, "reason": f"{machine}: int8 dot products accumulate in 32 bits"}
-    if machine not in ("x86_64", "amd64", "i386", "i686"):
-        return {"reduce_range": True, "reason": f"{machine}: unknown int8 kernels, 7-bit weights to be safe"}
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
-    found = sorted(flags.intersection(_VNNI_FLAGS))
-    if found:
-        return {"reduce_range": False, "reason": f"x86-64 with {', '.join(found)}: no saturation, full 8-bit weights"}
-    if not flags:
-        return {"reduce_range": True, "reason": "x86-64, CPU flags unknown: 7-bit weights (reduce_range) to avoid saturation"}
-    return {"reduce_range": True, "reason": "x86-64 without VNNI: 7-bit weights (reduce_range) to avoid u8s8 saturation"}
-
-
 def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> dict[str, Any]:
     """Weights and compute in fp16; graph inputs/outputs keep their types (uint8 in, float32 out)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16

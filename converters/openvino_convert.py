@@ -58,8 +58,12 @@ def quantize_int8(
     *,
     accuracy_control: dict[str, Any] | None = None,
     feed_batch: int | None = None,
+    overflow_fix: str = "enable",
 ) -> tuple[Any, dict[str, Any]]:
     """NNCF post-training int8 of an `openvino.Model`. Returns (quantised model, settings for the manifest).
+
+    overflow_fix: "enable" quantises every layer's weights to 7 bits, so CPUs without VNNI cannot saturate (NNCF's
+    overflow fix); "disable" keeps full 8-bit weights, for VNNI/AMX and Arm CPUs only.
 
     accuracy_control: {"images", "expected" (labels, or torch's top-1), "max_drop" (fraction), "split"} runs
     NNCF's accuracy-aware quantisation, with top-1 hits on that tuning data as the metric.
@@ -74,10 +78,14 @@ def quantize_int8(
         "preset": "performance (symmetric weights and activations)",
         "bias_correction": "fast (NNCF default)",
         "per_channel": True,
+        "overflow_fix": overflow_fix,
     }
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
     common = {"subset_size": len(calibration), "preset": nncf.QuantizationPreset.PERFORMANCE}
     with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars go to stdout; keep stdout for results/JSON
-        quantized = _run_nncf(nncf, model, dataset, common, accuracy_control, feed_batch)
+        quantized = _run_nncf(nncf, model, dataset, common, accuracy_control, feed_batch, advanced)
     if accuracy_control is not None:
         settings.update(
             tool="nncf.quantize_with_accuracy_control",
@@ -88,9 +96,10 @@ def quantize_int8(
     return quantized, settings
 
 
-def _run_nncf(nncf, model, dataset, common: dict[str, Any], accuracy_control: dict[str, Any] | None, feed_batch: int | None):
+def _run_nncf(nncf, model, dataset, common: dict[str, Any], accuracy_control: dict[str, Any] | None, feed_batch: int | None,
+              advanced: Any = None):
     if accuracy_control is None:
-        quantized = nncf.quantize(model, dataset, **common)
+        quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **common)
     else:
         images, expected = accuracy_control["images"], accuracy_control["expected"]
         step = feed_batch or 32
@@ -107,6 +116,7 @@ def _run_nncf(nncf, model, dataset, common: dict[str, Any], accuracy_control: di
 
         quantized = nncf.quantize_with_accuracy_control(
             model, dataset, nncf.Dataset(items), validation_fn=validate,
-            max_drop=float(accuracy_control["max_drop"]), drop_type=nncf.DropType.ABSOLUTE, **common,
+            max_drop=float(accuracy_control["max_drop"]), drop_type=nncf.DropType.ABSOLUTE,
+            advanced_quantization_parameters=advanced, **common,
         )
     return quantized

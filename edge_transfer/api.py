@@ -264,6 +264,7 @@ def export(
     calibration_method: str = "minmax",
     per_channel: bool = True,
     reduce_range: bool | None = None,
+    target_cpu: str = "portable",
     accuracy_aware: bool = False,
     max_drop: float = 1.0,
     min_agreement: float | None = None,
@@ -279,7 +280,8 @@ def export(
     `format` is one name or a comma-separated list (see `converters.export.FORMATS`); with several, each bundle
     goes to `out/<format>`. Validation uses the run's held-out test split (or all of `data`); int8 calibration
     draws `calibration_size` images from the training split (or from `calibration_data`); accuracy-aware
-    quantisation tunes on the val split. `max_drop` is in accuracy points. `tensorrt` sets the engine build of
+    quantisation tunes on the val split; `target_cpu` is the CPU the int8 bundles will run on ("portable", "x86-avx2",
+    "x86-vnni", "arm64"; see `runtimes.cpu.TARGET_CPUS`). `max_drop` is in accuracy points. `tensorrt` sets the engine build of
     tensorrt formats (opt_batch, max_batch, workspace_mib, dla_core, gpu_fallback, hardware_compatible,
     version_compatible); the engine itself is built on the device. Each bundle carries a self-test of
     `self_test_size` golden images (`edge-transfer check`). Returns a list of
@@ -347,7 +349,7 @@ def export(
         model.for_export(), out, formats=formats, preprocessing=cfg, labels=list(model.labels), reference=reference,
         calibration=calibration, tuning=tuning, source=source, batch_size=batch_size, max_drop=max_drop / 100.0,
         min_agreement=min_agreement, allow_failed_validation=allow_failed_validation, overwrite=overwrite, log=log, tensorrt=tensorrt,
-        self_test_size=self_test_size, quantization=QuantizationOptions(method=calibration_method, per_channel=per_channel, reduce_range=reduce_range,
+        self_test_size=self_test_size, quantization=QuantizationOptions(method=calibration_method, per_channel=per_channel, reduce_range=reduce_range, target_cpu=target_cpu,
                                          accuracy_aware=accuracy_aware),
     )
     raise_for_failures(results, out, accuracy_aware=accuracy_aware)

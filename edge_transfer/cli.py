@@ -132,7 +132,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             args.run, out=args.out, format=args.format, backbone=args.backbone, strategy=args.strategy,
             image_size=args.image_size, data=args.data, calibration_data=args.calibration_data,
             calibration_size=args.calibration_size, calibration_method=args.calibration_method,
-            per_channel=not args.per_tensor, accuracy_aware=args.accuracy_aware, max_drop=args.max_drop,
+            per_channel=not args.per_tensor, target_cpu=args.target_cpu, accuracy_aware=args.accuracy_aware, max_drop=args.max_drop,
             min_agreement=args.min_agreement, batch_size=args.batch_size,
             allow_failed_validation=args.allow_failed_validation, overwrite=args.overwrite,
             log=_err if not quiet else (lambda m: None), tensorrt=_tensorrt_options(args), self_test_size=args.self_test_size,
@@ -475,6 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx-int8 activation ranges (default minmax; percentile is slower, sometimes more accurate)")
     q.add_argument("--accuracy-aware", action="store_true",
                    help="keep the most sensitive layers in float until the int8 model passes on the val split (NNCF accuracy control for OpenVINO)")
+    q.add_argument("--target-cpu", default="portable", choices=["portable", "x86-avx2", "x86-vnni", "arm64"],
+                   help="the CPU the int8 bundles will run on, not this host: portable (default) and x86-avx2 use 7-bit "
+                        "weights that cannot saturate on CPUs without VNNI; x86-vnni and arm64 use full 8-bit weights, and "
+                        "a bundle made for them warns at load (and fails 'check') on an x86 CPU without VNNI")
     q.add_argument("--per-tensor", action="store_true", help="onnx-int8: one scale per weight tensor instead of per channel (usually much worse)")
     r = e.add_argument_group("TensorRT engine settings (tensorrt formats; the engine is built on the device)")
     r.add_argument("--trt-max-batch", type=int, help="largest batch the engine accepts (default 16; --batch-size fixes it)")

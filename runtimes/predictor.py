@@ -67,6 +67,21 @@ class Predictor:
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
+        self.warnings: list[str] = []  # what makes this bundle unsafe here (reported by describe() and `check`)
+
+    def _check_int8_target(self) -> None:
+        """For int8 bundles run on this CPU: warn (logging) when their kernels can saturate here."""
+        import logging
+
+        from .cpu import cpu_features, int8_target_problem
+
+        target = self.manifest.raw["model"].get("target_cpu")
+        if not isinstance(target, dict):
+            return
+        problem = int8_target_problem(target.get("name"), target.get("reduce_range"), cpu_features())
+        if problem:
+            self.warnings.append(problem)
+            logging.getLogger(__name__).warning("%s: %s", self.bundle.path, problem)
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -117,6 +132,7 @@ class Predictor:
             "input": self.inputs[0].to_dict(),
             "output": self.outputs[0].to_dict(),
             "num_classes": len(self.labels),
+            "warnings": list(self.warnings),
         }
 
     # ---------------------------------------------------------------- running

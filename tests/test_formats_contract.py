@@ -133,15 +133,6 @@ def test_fixed_batch_bundle_pads_partial_batches(digits_run, tmp_path: Path, tes
 # ------------------------------------------------------------------------------------------------ pieces
 
 
-def test_int8_kernel_decision_follows_the_cpu():
-    from converters.onnx_quantize import cpu_int8_kernels
-
-    assert cpu_int8_kernels("flags\t: fpu sse avx2 fma", "x86_64")["reduce_range"] is True
-    vnni = cpu_int8_kernels("flags\t: fpu avx2 avx512f avx512_vnni", "x86_64")
-    assert vnni["reduce_range"] is False and "avx512_vnni" in vnni["reason"]
-    assert cpu_int8_kernels("", "aarch64")["reduce_range"] is False
-
-
 def test_calibration_data_records_provenance_and_feeds_both_tools():
     from converters.calibration import CalibrationData
 

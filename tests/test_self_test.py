@@ -204,3 +204,36 @@ def test_int8_targets_and_where_their_kernels_can_saturate():
     assert int8_target_problem("portable", True, avx2) is None
     assert int8_target_problem(None, None, avx2) is None  # a float bundle
     assert int8_target_problem("arm64", False, cpu_features(GRAVITON3, "aarch64")) is None
+
+
+def test_int8_bundles_record_their_target_cpu_portable_by_default(format_bundles):
+    for fmt in ("onnx-int8", "openvino-int8"):
+        m = runtimes.read_manifest(format_bundles[fmt])
+        target = m.raw["model"]["target_cpu"]
+        assert target["name"] == "portable" and target["reduce_range"] is True and "7-bit" in target["reason"], fmt
+    assert runtimes.read_manifest(format_bundles["onnx-int8"]).raw["model"]["conversion"]["reduce_range"] is True
+    assert runtimes.read_manifest(format_bundles["openvino-int8"]).raw["model"]["conversion"]["overflow_fix"] == "enable"
+    assert "target_cpu" not in runtimes.read_manifest(format_bundles["onnx"]).raw["model"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx-int8", "openvino-int8"])
+def test_a_vnni_bundle_on_a_cpu_without_vnni_warns_and_fails_check(fmt, format_bundles, tmp_path: Path, monkeypatch, caplog, capsys):
+    """The CPU is synthetic here (an AVX2-only /proc/cpuinfo); the bundle's target is edited to x86-vnni."""
+    import runtimes.cpu
+    from edge_transfer.cli import main
+
+    bundle = tmp_path / fmt
+    shutil.copytree(format_bundles[fmt], bundle)
+    doc = json.loads((bundle / "manifest.json").read_text())
+    doc["model"]["target_cpu"] = {"name": "x86-vnni", "reduce_range": False, "reason": "test"}
+    (bundle / "manifest.json").write_text(json.dumps(doc))
+    with runtimes.load(bundle) as p:  # this machine's real CPU decides
+        assert bool(p.warnings) == (cpu_features().x86 and not cpu_features().vnni)
+    monkeypatch.setattr(runtimes.cpu, "cpu_features", lambda: cpu_features(AVX2_ONLY, "x86_64"))
+    with caplog.at_level("WARNING"), runtimes.load(bundle) as p:
+        assert len(p.warnings) == 1 and "can saturate" in p.describe()["warnings"][0]
+    assert any("can saturate" in r.getMessage() for r in caplog.records)
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--target-cpu portable" in err[0]

@@ -90,6 +90,8 @@ class OnnxRuntimePredictor(Predictor):
         # ONNX Runtime computes a graph in the types it is written in: it has no automatic bf16 on x86, and its
         # bf16 fast-math GEMM (ARM only) is an opt-in session option we never set
         self.inference_precision = AS_WRITTEN[self.precision]
+        if dev == "cpu":
+            self._check_int8_target()
         self._input_name = self.session.get_inputs()[0].name
         self._output_name = self.session.get_outputs()[0].name
         self.placement: dict[str, int] | None = None

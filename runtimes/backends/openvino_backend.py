@@ -96,6 +96,8 @@ class OpenVinoPredictor(Predictor):
         self._local = threading.local()
         self._device_props = self._read_device_properties()
         self.inference_precision = self._read_back("INFERENCE_PRECISION_HINT", short_precision)
+        if any(d.split(".")[0] == "CPU" for d in self.execution_devices):
+            self._check_int8_target()
         if dev != "npu" and self.inference_precision not in (None, self.requested_precision):
             log.warning("%s: OpenVINO runs at %s although %s was asked for; results may differ from the validated ones",
                         bundle.path, self.inference_precision, self.requested_precision)
