@@ -66,6 +66,7 @@ def main() -> int:
     ap.add_argument("--max-frames", type=int, help="stop after this many frames")
     ap.add_argument("--idle-exit", type=float, help="folder mode: stop after this many seconds without new files")
     ap.add_argument("--every", type=int, default=10, help="print the rolling statistics every N frames (default 10)")
+    ap.add_argument("--skip-self-test", action="store_true", help="start without running the bundle's self-test first")
     args = ap.parse_args()
 
     stop = [False]
@@ -78,7 +79,14 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     predictor = runtimes.load(args.bundle)
-    print(f"running {args.bundle} on {predictor.describe()['backend']} {predictor.device}", flush=True)
+    if not args.skip_self_test:  # before serving: does this device compute what was validated on the host?
+        try:
+            print(predictor.self_test().summary(), flush=True)
+        except runtimes.SelfTestFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(f"running {args.bundle} on {predictor.describe()['backend']} {predictor.device} "
+          f"({predictor.inference_precision or 'precision unknown'})", flush=True)
     frames = folder_frames(args.folder, stop, 0.05, args.idle_exit) if args.folder else camera_frames(args.camera, stop)
     window: collections.deque[float] = collections.deque(maxlen=100)
     ok = bad = 0

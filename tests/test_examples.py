@@ -37,6 +37,27 @@ def test_watch_folder_classifies_new_files_and_survives_a_bad_one(digits_bundle:
     assert r.returncode == 0, r.stderr
     assert r.stdout.count(": ") >= 12 and "[last 10] p50" in r.stdout
     assert "broken.npy: skipped" in r.stderr and "done: 12 classified, 1 skipped" in r.stdout
+    assert r.stdout.startswith("self-test on 16 golden images") and ": PASS" in r.stdout.splitlines()[0]
+
+
+def test_watch_folder_refuses_to_start_when_the_self_test_fails(digits_bundle: Path, tmp_path: Path):
+    import hashlib
+    import json
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(digits_bundle, bundle)
+    ref = bundle / "selftest" / "reference_logits.npy"
+    np.save(ref, -np.load(ref))  # a reference the model cannot match, with its checksum re-made
+    doc = json.loads((bundle / "manifest.json").read_text())
+    for f in doc["model"]["files"]:
+        if f["path"] == "selftest/reference_logits.npy":
+            f.update(sha256=hashlib.sha256(ref.read_bytes()).hexdigest(), bytes=ref.stat().st_size)
+    (bundle / "manifest.json").write_text(json.dumps(doc))
+    _frames(tmp_path / "incoming", 1)
+    r = subprocess.run(_example("watch_folder.py", str(bundle), "--folder", str(tmp_path / "incoming"), "--idle-exit", "1"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "self-test" in r.stderr and "FAIL" in r.stderr and "classified" not in r.stdout
 
 
 def test_watch_folder_stops_cleanly_on_sigterm(digits_bundle: Path, tmp_path: Path):
