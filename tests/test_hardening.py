@@ -62,8 +62,8 @@ def _bundle_with_model(template: Path, out: Path, model, extra: dict[str, bytes]
         (out / name).write_bytes(data)
     doc = json.loads((out / "manifest.json").read_text())
     doc["model"]["files"] = [
-        {"path": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
-        for p in sorted(out.iterdir()) if p.name != "manifest.json"
+        {"path": p.relative_to(out).as_posix(), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
+        for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"
     ]
     (out / "manifest.json").write_text(json.dumps(doc))
     return out
