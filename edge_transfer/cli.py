@@ -207,7 +207,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"agreement {_pct(v.get('top1_agreement'))}, max |diff| {v.get('max_abs_logit_diff', float('nan')):.2g}, "
             f"accuracy torch {_pct(v.get('torch_accuracy'))} / bundle {_pct(v.get('artifact_accuracy'))}"
             + (f", drop {100 * v['accuracy_drop']:+.2f} pt" if v.get("accuracy_drop") is not None else "")
+            + (f", at {v['inference_precision']}" if isinstance(v.get("inference_precision"), str) else "")
         )
+    target = m.raw.get("model", {}).get("target_cpu")
+    if isinstance(target, dict):
+        print(f"target cpu  {target.get('name')} ({'7-bit' if target.get('reduce_range') else 'full 8-bit'} weights)")
+    st = m.raw.get("self_test")
+    if isinstance(st, dict):
+        print(f"self-test   {st.get('count')} golden images vs {st.get('reference_from')} (edge-transfer check BUNDLE)")
+    else:
+        print("self-test   none (exported before self-tests; re-export to get one)")
     return 0
 
 
