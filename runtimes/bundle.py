@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
@@ -44,13 +44,23 @@ def check_relative_path(rel: str) -> PurePosixPath:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle on disk."""
+    """A verified bundle on disk.
+
+    `blobs` holds the model files (the entrypoint and its companions, e.g. OpenVINO's weights) exactly as they were
+    read and checked against their sha256, so a backend runs the bytes that were verified: a file swapped on disk
+    after the check is never loaded. Model files must therefore fit in memory.
+    """
 
     path: Path
     manifest: Manifest
+    blobs: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def file(self, rel: str) -> Path:
         return self.path / rel
+
+    def verified_bytes(self, rel: str) -> bytes | None:
+        """The verified bytes of a model file, or None when the bundle was opened without verification."""
+        return self.blobs.get(rel)
 
     @property
     def entrypoint(self) -> Path:
@@ -86,13 +96,40 @@ def open_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> B
     data only from listed files of the bundle)."""
     root = Path(bundle_dir)
     manifest = read_manifest(root)
-    if verify:
-        verify_files(root, manifest)
-    return Bundle(path=root, manifest=manifest)
+    blobs = verify_files(root, manifest) if verify else {}
+    return Bundle(path=root, manifest=manifest, blobs=blobs)
 
 
-def verify_files(root: Path, manifest: Manifest) -> None:
+def model_files(manifest: Manifest) -> set[str]:
+    """The files a backend loads: the entrypoint and listed files beside it with the same stem (model.bin)."""
+    entry = PurePosixPath(manifest.entrypoint)
+    return {f.path for f in manifest.files
+            if f.path == manifest.entrypoint or (PurePosixPath(f.path).parent == entry.parent and PurePosixPath(f.path).stem == entry.stem)}
+
+
+def _is_onnx(rel: str, manifest: Manifest) -> bool:
+    """ONNX files whatever their name: the entrypoint of an ONNX bundle, and any file named *.onnx (any case)."""
+    return rel.lower().endswith(".onnx") or (rel == manifest.entrypoint and manifest.format == "onnx")
+
+
+def _read_checked(root: Path, p: Path, entry: Any) -> bytes:
+    """Read a file once and check those very bytes against the manifest."""
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise IntegrityError(f"{root}: bundle file {entry.path!r} cannot be read: {exc.strerror or exc}") from None
+    if len(data) != entry.bytes:
+        raise IntegrityError(f"{root}: bundle file {entry.path!r} is {len(data)} bytes, the manifest says {entry.bytes} (truncated or replaced)")
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise IntegrityError(f"{root}: bundle file {entry.path!r} fails its sha256 check (modified or corrupt)")
+    return data
+
+
+def verify_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
+    """Check every listed file; return the verified bytes of the model files (see `Bundle.blobs`)."""
     real_root = root.resolve()
+    keep = model_files(manifest)
+    blobs: dict[str, bytes] = {}
     listed = set()
     for entry in manifest.files:
         check_relative_path(entry.path)
@@ -107,11 +144,18 @@ def verify_files(root: Path, manifest: Manifest) -> None:
             raise IntegrityError(f"{root}: bundle file {entry.path!r} listed in the manifest is missing")
         if real_root not in p.resolve().parents:
             raise IntegrityError(f"{root}: bundle file {entry.path!r} resolves outside the bundle")
-        size = p.stat().st_size
-        if size != entry.bytes:
-            raise IntegrityError(f"{root}: bundle file {entry.path!r} is {size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
-        if sha256_file(p) != entry.sha256:
-            raise IntegrityError(f"{root}: bundle file {entry.path!r} fails its sha256 check (modified or corrupt)")
+        if entry.path in keep or _is_onnx(entry.path, manifest):
+            blobs[entry.path] = _read_checked(root, p, entry)
+        else:
+            size = p.stat().st_size
+            if size != entry.bytes:
+                raise IntegrityError(f"{root}: bundle file {entry.path!r} is {size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
+            try:
+                digest = sha256_file(p)
+            except OSError as exc:
+                raise IntegrityError(f"{root}: bundle file {entry.path!r} cannot be read: {exc.strerror or exc}") from None
+            if digest != entry.sha256:
+                raise IntegrityError(f"{root}: bundle file {entry.path!r} fails its sha256 check (modified or corrupt)")
         listed.add(entry.path)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
@@ -121,11 +165,12 @@ def verify_files(root: Path, manifest: Manifest) -> None:
     from .onnx_refs import check_external_data
 
     for rel in sorted(listed):
-        if rel.endswith(".onnx"):
+        if _is_onnx(rel, manifest):
             try:
-                check_external_data(root / rel, root, listed)
+                check_external_data(root / rel, root, listed, blobs[rel])
             except BundleError as exc:  # IntegrityError included
                 raise type(exc)(f"{root}: {exc}") from None
+    return {rel: data for rel, data in blobs.items() if rel in keep}
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -82,19 +82,20 @@ def _walk(buf: memoryview, kind: str, depth: int, found: list[str]) -> None:
             _walk(v, children[number], depth + 1, found)
 
 
-def external_data_locations(path: str | Path) -> list[str]:
-    """Every external-data `location` the ONNX file at `path` refers to, in file order."""
+def external_data_locations(path: str | Path, data: bytes | None = None) -> list[str]:
+    """Every external-data `location` the ONNX file at `path` (or its bytes `data`) refers to, in file order."""
     found: list[str] = []
-    _walk(memoryview(Path(path).read_bytes()), "model", 0, found)
+    _walk(memoryview(Path(path).read_bytes() if data is None else data), "model", 0, found)
     return found
 
 
-def check_external_data(model_path: Path, bundle_root: Path, listed: set[str]) -> None:
-    """Refuse external-data references that leave the bundle or name files the manifest does not list."""
+def check_external_data(model_path: Path, bundle_root: Path, listed: set[str], data: bytes | None = None) -> None:
+    """Refuse external-data references that leave the bundle or name files the manifest does not list.
+    `data`: the file's bytes as already read and verified (then the file is not read again)."""
     from .bundle import check_relative_path
 
     model_dir = model_path.parent
-    for location in external_data_locations(model_path):
+    for location in external_data_locations(model_path, data):
         try:
             check_relative_path(location)
         except IntegrityError:

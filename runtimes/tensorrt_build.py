@@ -7,7 +7,7 @@ as arguments, so their control flow is tested here with a stand-in module (`test
 real build runs only where TensorRT and a GPU exist.
 
 TensorRT API used (8.5 to 11): `Builder`, `Builder.create_network`, `NetworkDefinitionCreationFlag.EXPLICIT_BATCH`
-(before 10.0) / `STRONGLY_TYPED`, `OnnxParser.parse_from_file`, `Builder.create_builder_config`,
+(before 10.0) / `STRONGLY_TYPED`, `OnnxParser.parse` / `parse_from_file`, `Builder.create_builder_config`,
 `IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE)`, `BuilderFlag.FP16/INT8` (weakly typed networks
 only), `BuilderFlag.GPU_FALLBACK/VERSION_COMPATIBLE/EXCLUDE_LEAN_RUNTIME`, `IBuilderConfig.default_device_type`
 = `DeviceType.DLA` with `DLA_core`, `hardware_compatibility_level = HardwareCompatibilityLevel.AMPERE_PLUS`,
@@ -178,7 +178,7 @@ def _save_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> N
 
 
 def build_engine(
-    onnx_path: str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str] | bytes,
     settings: BuildSettings,
     *,
     input_name: str,
@@ -187,7 +187,7 @@ def build_engine(
     log: Callable[[str], None] = lambda msg: None,
     trt: Any = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """Build a serialized engine from a TensorRT-ready ONNX. Returns (plan, facts for the cache/manifest).
+    """Build a serialized engine from a TensorRT-ready ONNX (a path, or the verified bytes). Returns (plan, facts).
 
     The ONNX already has the engine's precision (fp32, fp16 weights and compute, or QDQ int8): int8 uses explicit
     quantisation, the QDQ nodes carrying the scales from the shared calibration, so no TensorRT calibrator (and no
@@ -199,9 +199,11 @@ def build_engine(
     flags, strongly_typed = network_flags(trt)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    parsed = parser.parse(onnx_path) if isinstance(onnx_path, bytes) else parser.parse_from_file(str(onnx_path))
+    where = "model.onnx" if isinstance(onnx_path, bytes) else str(onnx_path)
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise InputError(f"{onnx_path}: TensorRT's ONNX parser refused the model: {errors}")
+        raise InputError(f"{where}: TensorRT's ONNX parser refused the model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
     if not strongly_typed and settings.precision in ("fp16", "int8"):
@@ -231,7 +233,7 @@ def build_engine(
         f"this takes minutes the first time)")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise InputError(f"{onnx_path}: TensorRT could not build an engine (see the TensorRT messages above)")
+        raise InputError(f"{where}: TensorRT could not build an engine (see the TensorRT messages above)")
     seconds = time.perf_counter() - t0
     if cache_path is not None and has_cache:
         _save_timing_cache(config, cache_path, log)

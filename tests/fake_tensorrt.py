@@ -188,9 +188,14 @@ def make_fake_tensorrt(cudart: FakeCudart, *, version: str = "10.3.0.26", strong
             self.network = network
 
         def parse_from_file(self, path: str) -> bool:
+            with open(path, "rb") as f:
+                return self.parse(f.read())
+
+        def parse(self, data: bytes) -> bool:
             import onnx
 
-            graph = onnx.load(path, load_external_data=False).graph
+            record["parsed_bytes"] = len(data)
+            graph = onnx.load_from_string(data).graph
             inp, out = graph.input[0], graph.output[0]
             dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
             self.network.io = {"input": inp.name, "hw": dims[1:3], "output": out.name,

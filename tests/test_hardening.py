@@ -314,3 +314,62 @@ def test_torch_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path
     torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Gadget()}, hostile)
     with pytest.raises(CheckpointError, match="refused.*Python objects.*safetensors"):
         create_backbone(str(hostile))
+
+
+# ------------------------------------------------------------------------------------------------ swap race
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_a_model_file_swapped_during_load_never_runs(fmt, format_bundles, tmp_path: Path):
+    """A thread swaps the model file between the checked graph and another one (hard link + os.replace) while the
+    main thread loads: every load either refuses (IntegrityError) or runs the graph whose sha256 it checked."""
+    import threading
+
+    import onnx
+    from onnx import numpy_helper
+
+    bundle = tmp_path / "b"
+    shutil.copytree(format_bundles[fmt], bundle)
+    target = bundle / ("model.onnx" if fmt == "onnx" else "model.bin")
+    good, other = tmp_path / "good", tmp_path / "other"
+    shutil.copyfile(target, good)
+    if fmt == "onnx":
+        model = onnx.load(good)
+        w = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.5, w.name))
+        onnx.save(model, other)
+    else:  # the same layout, other weights: every float32 weight doubled
+        weights = np.frombuffer(good.read_bytes(), np.uint8).copy()
+        weights[: len(weights) // 4 * 4].view(np.float32)[:] *= 2.0
+        other.write_bytes(weights.tobytes())
+    images = np.random.default_rng(0).integers(0, 255, (4, SMALL, SMALL, 3), dtype=np.uint8)
+    with runtimes.load(bundle) as p:
+        expected = p.run(images)
+    stop = threading.Event()
+
+    def swapper() -> None:
+        i = 0
+        while not stop.is_set():
+            link = tmp_path / f"link{i % 2}"
+            link.unlink(missing_ok=True)
+            os.link(other if i % 2 == 0 else good, link)
+            os.replace(link, target)
+            i += 1
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    ran = refused = swapped = 0
+    try:
+        for _ in range(150):
+            try:
+                with runtimes.load(bundle) as p:
+                    out = p.run(images)
+            except IntegrityError:
+                refused += 1
+                continue
+            ran += 1
+            swapped += not np.allclose(out, expected, atol=1e-4)
+    finally:
+        stop.set()
+        thread.join()
+    assert swapped == 0 and ran > 0 and refused > 0, (ran, refused, swapped)

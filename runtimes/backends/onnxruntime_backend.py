@@ -80,7 +80,7 @@ class OnnxRuntimePredictor(Predictor):
             providers = [("TensorrtExecutionProvider", self._tensorrt_options(cache_dir)), "CUDAExecutionProvider", "CPUExecutionProvider"]
         elif dev == "cpu":
             providers = [wanted]
-        self.session = ort.InferenceSession(str(bundle.entrypoint), sess_options=so, providers=providers)
+        self.session = ort.InferenceSession(_model_source(bundle), sess_options=so, providers=providers)
         used = self.session.get_providers()
         if used[0] != wanted or any(p not in used for p in needed):
             raise BackendUnavailableError(f"onnxruntime could not start {', '.join(needed)} (session uses {used}); "
@@ -138,6 +138,17 @@ class OnnxRuntimePredictor(Predictor):
     def native_call(self) -> Callable[[np.ndarray], Any]:
         session, outputs, name = self.session, [self._output_name], self._input_name
         return lambda batch: session.run(outputs, {name: batch})
+
+
+def _model_source(bundle: Bundle) -> Any:
+    """The verified bytes of the model (what was hashed is what runs), or its path when it keeps tensors in external
+    files (ONNX Runtime resolves those relative to the model's path) or the bundle was opened unverified."""
+    from ..onnx_refs import external_data_locations
+
+    data = bundle.verified_bytes(bundle.manifest.entrypoint)
+    if data is None or external_data_locations(bundle.entrypoint, data):
+        return str(bundle.entrypoint)
+    return data
 
 
 def placement_from_profile(profile_path: str) -> dict[str, int]:

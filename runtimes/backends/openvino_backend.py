@@ -10,7 +10,7 @@ import numpy as np
 import openvino as ov
 
 from ..bundle import Bundle
-from ..errors import BackendUnavailableError, InputError
+from ..errors import BackendUnavailableError, BundleError, InputError
 from ..predictor import Predictor
 
 DEVICES = ("cpu", "gpu", "npu", "auto")
@@ -35,6 +35,16 @@ def validated_precision(manifest: Any) -> str:
     v = manifest.validation or {}
     recorded = v.get("inference_precision") if isinstance(v, dict) else None
     return INFERENCE_PRECISIONS.get(str(recorded), "f32") if recorded else "f32"
+
+
+def _read_model(core: Any, bundle: Bundle) -> Any:
+    """The IR from the verified bytes (model.xml and its weights), so what was hashed is what runs."""
+    entry = bundle.manifest.entrypoint
+    xml = bundle.verified_bytes(entry)
+    if xml is None:
+        return core.read_model(str(bundle.entrypoint))
+    weights = bundle.verified_bytes(entry[: -len(".xml")] + ".bin") if entry.endswith(".xml") else None
+    return core.read_model(model=xml, weights=weights if weights is not None else b"")
 
 
 class OpenVinoPredictor(Predictor):
@@ -87,7 +97,12 @@ class OpenVinoPredictor(Predictor):
         elif dev == "auto":  # AUTO passes per-device properties on to the device it picks
             config["DEVICE_PROPERTIES"] = {d: dict(pin) for d in ("CPU", "GPU") if any(a.split(".")[0] == d for a in available)}
         try:
-            self.compiled = core.compile_model(core.read_model(str(bundle.entrypoint)), dev.upper(), config)
+            model = _read_model(core, bundle)
+        except RuntimeError as exc:  # checksums passed, so the producer wrote a broken IR (offsets past the weights...)
+            raise BundleError(f"{bundle.path}: OpenVINO cannot read the IR {bundle.entrypoint.name}: "
+                              f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+        try:
+            self.compiled = core.compile_model(model, dev.upper(), config)
         except RuntimeError as exc:
             raise BackendUnavailableError(f"OpenVINO could not compile {bundle.entrypoint.name} for {dev.upper()}: {exc}") from None
         self.execution_devices = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]

@@ -134,7 +134,8 @@ class TensorRTPredictor(Predictor):
             except InputError as exc:
                 raise BundleError(f"{self.bundle.path}: manifest field 'model.built_on': {exc}") from None
             check_compatible(built_on, self.settings, self.target)
-            return built_on, self.bundle.entrypoint, self.bundle.entrypoint.read_bytes()
+            plan = self.bundle.verified_bytes(self.manifest.entrypoint)
+            return built_on, self.bundle.entrypoint, plan if plan is not None else self.bundle.entrypoint.read_bytes()
         check_buildable(self.settings, self.target)
         cache = EngineCache(cache_dir)
         model_sha = next(f.sha256 for f in self.manifest.files if f.path == self.manifest.entrypoint)
@@ -142,7 +143,8 @@ class TensorRTPredictor(Predictor):
         plan = cache.load(key, self.target, self.settings)
         if plan is None:
             cache.ensure()  # the builder writes the timing cache here before the first entry exists
-            plan, facts = build_engine(self.bundle.entrypoint, self.settings, input_name=self.inputs[0].name,
+            onnx = self.bundle.verified_bytes(self.manifest.entrypoint)  # the bytes that were hashed, not the file again
+            plan, facts = build_engine(self.bundle.entrypoint if onnx is None else onnx, self.settings, input_name=self.inputs[0].name,
                                        input_hw=self.preprocessing.input_size, timing_cache=cache.timing_cache(self.target),
                                        log=self._log, trt=self._trt)
             cache.store(key, plan, self.target, self.settings, extra=facts)
