@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from .bundle import Bundle
-from .errors import InputError
+from .errors import BundleError, InferenceError, InputError
 from .manifest import Manifest, TensorSpec
 from .preprocess import PreprocessConfig, prepare_image, read_image
 
@@ -48,6 +48,20 @@ def check_as_written(backend: str, precision: str, requested: str | None) -> Non
     if requested is not None and alias != own:
         raise InputError(f"{backend} computes this {precision} bundle as written ({own}); it has no {requested} mode "
                          "(OpenVINO bundles take inference_precision='bf16' or 'f16', or export an fp16 format)")
+
+
+# backend type names -> the manifest's dtype names
+_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+           "uint8_t": "uint8", "u8": "uint8", "float32": "float32", "f32": "float32", "float16": "float16", "f16": "float16",
+           "int64_t": "int64", "i64": "int64", "uint8": "uint8", "int64": "int64"}
+
+
+def manifest_dtype(backend_type: Any) -> str:
+    """A backend's element type in the manifest's words ('tensor(float)', <Type: 'float32'> -> 'float32')."""
+    text = str(backend_type)
+    if "'" in text:
+        text = text.split("'")[1]
+    return _DTYPES.get(text, text)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -135,6 +149,36 @@ class Predictor:
             "warnings": list(self.warnings),
         }
 
+    def check_graph_io(self, graph_inputs: dict[str, tuple[str, tuple[Any, ...]]],
+                       graph_outputs: dict[str, tuple[str, tuple[Any, ...]]]) -> None:
+        """Raise `BundleError` (naming both sides) unless the model's own I/O is what the manifest says: the input
+        and output exist *by name*, the input's dtype, rank and static dims match, the output is float logits, and
+        its width is the number of labels. Dims are ints, or None/str for dynamic ones."""
+        where = f"{self.bundle.path}"
+        checks = ((self.inputs[0], graph_inputs, "input"), (self.outputs[0], graph_outputs, "output"))
+        for spec, graph, kind in checks:
+            if spec.name not in graph:
+                raise BundleError(f"{where}: the manifest's {kind} '{spec.name}' is not an {kind} of the model "
+                                  f"(model {kind}s: {', '.join(graph) or 'none'})")
+        dtype, shape = graph_inputs[self.inputs[0].name]
+        spec = self.inputs[0]
+        if dtype != spec.dtype:
+            raise BundleError(f"{where}: input '{spec.name}' is {dtype} in the model, {spec.dtype} in the manifest")
+        if len(shape) != len(spec.shape):
+            raise BundleError(f"{where}: input '{spec.name}' has rank {len(shape)} in the model, {len(spec.shape)} in the manifest")
+        for axis, (g, m) in enumerate(zip(shape, spec.shape)):
+            if isinstance(m, int) and isinstance(g, int) and g != m:
+                raise BundleError(f"{where}: input '{spec.name}' dimension {axis} is {g} in the model, {m} in the manifest "
+                                  f"(model shape {list(shape)}, manifest {list(spec.shape)})")
+        dtype, shape = graph_outputs[self.outputs[0].name]
+        out = self.outputs[0]
+        if dtype not in ("float32", "float16"):
+            raise BundleError(f"{where}: output '{out.name}' is {dtype} in the model; expected float32 or float16 logits")
+        width = shape[-1] if shape else None
+        if isinstance(width, int) and width != len(self.labels):
+            raise BundleError(f"{where}: output '{out.name}' has {width} values per image in the model, but the manifest "
+                              f"lists {len(self.labels)} labels")
+
     # ---------------------------------------------------------------- running
     def check_batch(self, batch: Any) -> np.ndarray:
         """Raise `InputError` unless `batch` is exactly what the model takes: uint8 (N, H, W, 3), N >= 1."""
@@ -158,8 +202,13 @@ class Predictor:
         return np.ascontiguousarray(batch)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run a ready uint8 NHWC batch; return the raw output (float32 logits, shape (N, num_classes))."""
-        return self._run_impl(self.check_batch(batch))
+        """Run a ready uint8 NHWC batch; return the raw output (float32 logits, shape (N, num_classes)).
+        Non-finite logits are returned as they are (`predict` refuses them)."""
+        out = self._run_impl(self.check_batch(batch))
+        if out.ndim != 2 or out.shape != (len(batch), len(self.labels)):
+            raise BundleError(f"{self.bundle.path}: the model returned shape {out.shape} for a batch of {len(batch)}; the "
+                              f"manifest lists {len(self.labels)} labels")
+        return out
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -203,7 +252,12 @@ class Predictor:
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         batch = self.prepare(images)
-        probs = softmax(self.run_chunked(batch))
+        logits = self.run_chunked(batch)
+        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+        if bad.size:
+            raise InferenceError(f"{self.bundle.path}: the model produced NaN/inf logits for image(s) "
+                                 f"{', '.join(map(str, bad[:10]))}{' ...' if bad.size > 10 else ''}; no labels are given for them")
+        probs = softmax(logits)
         k = min(top_k, probs.shape[1])
         results = []
         for row in probs:

@@ -373,3 +373,102 @@ def test_a_model_file_swapped_during_load_never_runs(fmt, format_bundles, tmp_pa
         stop.set()
         thread.join()
     assert swapped == 0 and ran > 0 and refused > 0, (ran, refused, swapped)
+
+
+# ------------------------------------------------------------------------------------------------ model vs manifest
+
+
+def _toy_model(outputs: tuple[str, ...] = ("logits",), classes: int = 10, in_type: int | None = None, nan: bool = False):
+    """uint8 images -> mean colour -> MatMul -> `classes` logits; a 'features' output (argmax 7 everywhere) when asked."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, classes)).astype(np.float32)
+    w2 = np.zeros((3, classes), np.float32)
+    w2[:, 7] = 100.0
+    nodes = [helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["raw"]),
+             helper.make_node("Div" if nan else "Identity", ["raw", "zero"] if nan else ["raw"], ["logits"]),
+             helper.make_node("MatMul", ["m", "w2"], ["features"])]
+    inits = [numpy_helper.from_array(np.array([1, 2], np.int64), "axes"), numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros((1,), np.float32), "zero")]
+    graph = helper.make_graph(
+        nodes, "toy", [helper.make_tensor_value_info("images", in_type or TensorProto.UINT8, ["batch", SMALL, SMALL, 3])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", classes]) for n in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model, w
+
+
+def _labels(bundle: Path, labels: list[str]) -> Path:
+    doc = json.loads((bundle / "manifest.json").read_text())
+    doc["labels"] = labels
+    doc["outputs"][0]["shape"] = ["batch", len(labels)]  # a consistent manifest: only the model disagrees
+    (bundle / "manifest.json").write_text(json.dumps(doc))
+    return bundle
+
+
+def test_outputs_are_bound_by_name_not_position(digits_bundle: Path, tmp_path: Path):
+    model, w = _toy_model(outputs=("features", "logits"))
+    bundle = _bundle_with_model(digits_bundle, tmp_path / "b", model)
+    img = np.random.default_rng(1).integers(0, 255, (SMALL, SMALL, 3), dtype=np.uint8)
+    expected = int(np.argmax(img.reshape(-1, 3).astype(np.float64).mean(0) @ w))
+    with runtimes.load(bundle) as p:
+        assert p.predict(img, top_k=1)[0][0].index == expected != 7
+
+
+@pytest.mark.parametrize("n_labels", [20, 5])
+def test_labels_must_match_the_output_width(n_labels, digits_bundle: Path, tmp_path: Path):
+    model, _ = _toy_model()
+    bundle = _labels(_bundle_with_model(digits_bundle, tmp_path / "b", model), [f"c{i}" for i in range(n_labels)])
+    with pytest.raises(runtimes.BundleError, match=f"10 values per image in the model, but the manifest lists {n_labels} labels"):
+        runtimes.load(bundle)
+
+
+def test_input_dtype_must_match_the_manifest(digits_bundle: Path, tmp_path: Path):
+    from onnx import TensorProto
+
+    model, _ = _toy_model(in_type=TensorProto.FLOAT)
+    with pytest.raises(runtimes.BundleError, match="input 'images' is float32 in the model, uint8 in the manifest"):
+        runtimes.load(_bundle_with_model(digits_bundle, tmp_path / "b", model))
+
+
+def test_nan_logits_are_refused_by_predict_and_returned_raw_by_run(digits_bundle: Path, tmp_path: Path):
+    model, _ = _toy_model(nan=True)
+    bundle = _bundle_with_model(digits_bundle, tmp_path / "b", model)
+    with runtimes.load(bundle) as p:
+        img = np.full((1, SMALL, SMALL, 3), 10, np.uint8)
+        assert not np.isfinite(p.run(img)).all()
+        with pytest.raises(runtimes.InferenceError, match=r"NaN/inf logits for image\(s\) 0"):
+            p.predict(img)
+
+
+def _ir_bundle(template: Path, out: Path, onnx_model) -> Path:
+    """A copy of an OpenVINO bundle whose IR is `onnx_model` converted by OpenVINO, with a consistent manifest."""
+    import onnx
+    import openvino as ov
+
+    shutil.copytree(template, out)
+    onnx.save(onnx_model, str(out.parent / "toy.onnx"))
+    ov.save_model(ov.convert_model(str(out.parent / "toy.onnx")), str(out / "model.xml"), compress_to_fp16=False)
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["model"]["files"] = [
+        {"path": p.relative_to(out).as_posix(), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
+        for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"
+    ]
+    (out / "manifest.json").write_text(json.dumps(doc))
+    return out
+
+
+def test_openvino_binds_by_name_and_checks_the_label_count(format_bundles, tmp_path: Path):
+    model, w = _toy_model(outputs=("features", "logits"))
+    bundle = _ir_bundle(format_bundles["openvino"], tmp_path / "ir", model)
+    img = np.random.default_rng(1).integers(0, 255, (SMALL, SMALL, 3), dtype=np.uint8)
+    expected = int(np.argmax(img.reshape(-1, 3).astype(np.float64).mean(0) @ w))
+    with runtimes.load(bundle) as p:
+        assert p.predict(img, top_k=1)[0][0].index == expected != 7
+    with pytest.raises(runtimes.BundleError, match="manifest lists 20 labels"):
+        runtimes.load(_labels(bundle, [f"c{i}" for i in range(20)]))

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, InputError
-from ..predictor import Predictor, check_as_written
+from ..predictor import Predictor, check_as_written, manifest_dtype
 
 # runtimes device name -> ONNX Runtime execution provider
 DEVICE_PROVIDERS = {
@@ -92,8 +92,9 @@ class OnnxRuntimePredictor(Predictor):
         self.inference_precision = AS_WRITTEN[self.precision]
         if dev == "cpu":
             self._check_int8_target()
-        self._input_name = self.session.get_inputs()[0].name
-        self._output_name = self.session.get_outputs()[0].name
+        self.check_graph_io({i.name: (manifest_dtype(i.type), tuple(i.shape)) for i in self.session.get_inputs()},
+                            {o.name: (manifest_dtype(o.type), tuple(o.shape)) for o in self.session.get_outputs()})
+        self._input_name, self._output_name = self.inputs[0].name, self.outputs[0].name  # by name, never by position
         self.placement: dict[str, int] | None = None
         if profile_dir is not None:
             try:

@@ -11,7 +11,7 @@ import openvino as ov
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InputError
-from ..predictor import Predictor
+from ..predictor import Predictor, manifest_dtype
 
 DEVICES = ("cpu", "gpu", "npu", "auto")
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -105,6 +105,13 @@ class OpenVinoPredictor(Predictor):
             self.compiled = core.compile_model(model, dev.upper(), config)
         except RuntimeError as exc:
             raise BackendUnavailableError(f"OpenVINO could not compile {bundle.entrypoint.name} for {dev.upper()}: {exc}") from None
+        def ports(items: Any) -> dict[str, tuple[str, tuple[Any, ...]]]:
+            return {name: (manifest_dtype(port.get_element_type()), tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape()))
+                    for port in items for name in port.get_names()}
+
+        self.check_graph_io(ports(self.compiled.inputs), ports(self.compiled.outputs))
+        self._output = self.compiled.output(self.outputs[0].name)  # by name, never by position
+        self._input_name = self.inputs[0].name
         self.execution_devices = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
         self._device = dev
         self._hint = hint
@@ -156,8 +163,8 @@ class OpenVinoPredictor(Predictor):
         return request
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
-        result = self._request().infer({0: batch})
-        return np.array(result[self.compiled.output(0)], dtype=np.float32)
+        result = self._request().infer({self._input_name: batch})
+        return np.array(result[self._output], dtype=np.float32)
 
     def native_call(self) -> Callable[[np.ndarray], Any]:
         return self._request().infer  # the same infer request `run` uses on this thread
