@@ -18,6 +18,7 @@ MANIFEST_NAME = "manifest.json"
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = ("uint8", "float16", "float32", "int64")
+MAX_BATCH = 4096  # a fixed batch larger than this is refused as malformed (predict/run chunk to it)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ def parse_manifest(d: Any) -> Manifest:
     spec = inputs[0]
     if spec.dtype != "uint8" or len(spec.shape) != 4 or spec.shape[3] != 3:
         raise BundleError(f"manifest field 'inputs[0]' must be uint8 (batch, H, W, 3), got {spec.dtype} {list(spec.shape)}")
+    if isinstance(spec.shape[0], int) and spec.shape[0] > MAX_BATCH:
+        raise BundleError(f"manifest field 'inputs[0].shape[0]': a fixed batch of {spec.shape[0]} (at most {MAX_BATCH})")
     try:
         pre = PreprocessConfig.from_dict(_req(d, "preprocessing", dict, ""))
     except (InputError, TypeError, ValueError, KeyError, OverflowError) as exc:

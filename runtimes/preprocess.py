@@ -21,6 +21,9 @@ from .errors import InputError
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
+MAX_INPUT_SIDE = 8192  # pixels per side of a model input; larger ones are refused as malformed
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How a raw image becomes the model's input tensor.
@@ -43,15 +46,17 @@ class PreprocessConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in self.input_size):
+            raise InputError(f"preprocessing.input_size must be two whole numbers (height, width), got {self.input_size!r}")
         size = tuple(int(s) for s in self.input_size)
-        if len(size) != 2 or min(size) < 1:
-            raise InputError(f"preprocessing.input_size must be two positive ints (height, width), got {self.input_size!r}")
+        if len(size) != 2 or min(size) < 1 or max(size) > MAX_INPUT_SIDE:
+            raise InputError(f"preprocessing.input_size must be two ints from 1 to {MAX_INPUT_SIDE} (height, width), got {self.input_size!r}")
         object.__setattr__(self, "input_size", size)
         if self.interpolation not in INTERPOLATIONS:
             raise InputError(
                 f"preprocessing.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
             )
-        if not 0.0 < float(self.crop_pct) <= 1.0:
+        if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) or not 0.0 < float(self.crop_pct) <= 1.0:
             raise InputError(f"preprocessing.crop_pct must be in (0, 1], got {self.crop_pct!r}")
         for name in ("mean", "std"):
             values = tuple(float(v) for v in getattr(self, name))

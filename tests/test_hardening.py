@@ -472,3 +472,26 @@ def test_openvino_binds_by_name_and_checks_the_label_count(format_bundles, tmp_p
         assert p.predict(img, top_k=1)[0][0].index == expected != 7
     with pytest.raises(runtimes.BundleError, match="manifest lists 20 labels"):
         runtimes.load(_labels(bundle, [f"c{i}" for i in range(20)]))
+
+
+# ------------------------------------------------------------------------------------------------ parser limits
+
+
+@pytest.mark.parametrize("name,edit,message", [
+    ("1000-deep JSON", lambda t: t.rstrip()[:-1] + ', "x": ' + "[" * 1000 + "]" * 1000 + "}", "not a usable manifest"),
+    ("40-deep JSON", lambda t: t.rstrip()[:-1] + ', "x": ' + "[" * 40 + "]" * 40 + "}", "nested deeper than 32"),
+    ("5000-digit integer", lambda t: t.replace('"schema_version": 1', '"schema_version": ' + "9" * 5000), "5000 digits"),
+    ("NaN constant", lambda t: t.replace('"crop_pct": 1.0', '"crop_pct": NaN'), "NaN is not valid JSON"),
+    ("crop_pct as a string", lambda t: t.replace('"crop_pct": 1.0', '"crop_pct": "1"'), "crop_pct must be in"),
+    ("input size 100000", lambda t: t.replace(f"{SMALL}, {SMALL}", "100000, 100000"), "from 1 to 8192"),
+    ("fixed batch 10^12", lambda t: t.replace('"batch", %d' % SMALL, "1000000000000, %d" % SMALL, 1), "at most 4096"),
+])
+def test_manifest_parser_limits_give_typed_errors(name, edit, message, digits_bundle: Path, tmp_path: Path):
+    bundle = tmp_path / "b"
+    shutil.copytree(digits_bundle, bundle)
+    text = json.dumps(json.loads((bundle / "manifest.json").read_text()))  # one line, ", " separators
+    changed = edit(text)
+    assert changed != text, name
+    (bundle / "manifest.json").write_text(changed)
+    with pytest.raises(runtimes.BundleError, match=message):
+        runtimes.read_manifest(bundle)
