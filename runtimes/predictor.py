@@ -30,6 +30,9 @@ class Classification:
         return {"label": self.label, "index": self.index, "score": self.score}
 
 
+RUN_CHUNK = 256  # `run` hands the backend at most this many images at once (a 4096-image call ran ORT out of memory)
+
+
 def padded_chunks(images: np.ndarray, size: int, *, pad: bool = False) -> Iterator[tuple[np.ndarray, int]]:
     """(chunk, number of real images) over `images` in chunks of `size`; `pad` repeats the last image so every
     chunk has exactly `size` (for fixed-batch models), and callers keep only the first n outputs."""
@@ -204,7 +207,11 @@ class Predictor:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run a ready uint8 NHWC batch; return the raw output (float32 logits, shape (N, num_classes)).
         Non-finite logits are returned as they are (`predict` refuses them)."""
-        out = self._run_impl(self.check_batch(batch))
+        batch = self.check_batch(batch)
+        if self.max_batch is None and len(batch) > RUN_CHUNK:  # bounded backend memory, whatever the caller passes
+            out = np.concatenate([self._run_impl(part) for part, _ in padded_chunks(batch, RUN_CHUNK)])
+        else:
+            out = self._run_impl(batch)
         if out.ndim != 2 or out.shape != (len(batch), len(self.labels)):
             raise BundleError(f"{self.bundle.path}: the model returned shape {out.shape} for a batch of {len(batch)}; the "
                               f"manifest lists {len(self.labels)} labels")
@@ -235,7 +242,7 @@ class Predictor:
                 images = [images]
             else:
                 raise InputError(f"expected an image (H, W[, C]) or a batch (N, H, W, C), got shape {images.shape}")
-        if not isinstance(images, Iterable):
+        if not isinstance(images, Iterable) or isinstance(images, (bytes, dict)):
             raise InputError(f"expected image arrays or file paths, got {type(images).__name__}")
         prepared = []
         for i, img in enumerate(images):

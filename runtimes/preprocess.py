@@ -11,6 +11,7 @@ The contract with the exported graph: images become **uint8, NHWC, RGB at the mo
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -105,7 +106,12 @@ def to_rgb_uint8(image: Any, *, what: str = "image") -> np.ndarray:
     Accepts HxW (grey), HxWx1, HxWx3 (RGB) or HxWx4 (RGBA, alpha dropped); uint8, uint16 (scaled down), bool, or
     float in [0, 1]. Anything else raises `InputError` naming `what`.
     """
-    arr = np.asarray(image)
+    try:
+        arr = np.asarray(image)
+    except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot make an array of
+        raise InputError(f"{what}: not an image array ({exc})") from None
+    if arr.dtype == object:
+        raise InputError(f"{what}: not an image array (ragged or mixed-type nested lists)")
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
@@ -239,6 +245,27 @@ def normalize(batch: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: every camera frame and photo, far below Pillow's 89 MP bomb warning
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) `read_image` decodes: EDGE_TRANSFER_MAX_IMAGE_PIXELS, else 40 MP."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("EDGE_TRANSFER_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)))
+    except ValueError:
+        return DEFAULT_MAX_IMAGE_PIXELS
+
+
+def _int_image(arr: np.ndarray, path: str) -> np.ndarray:
+    """32-bit integer images by their range: 8-bit or 16-bit values as such, anything else refused."""
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > 65535:
+        raise InputError(f"{path}: 32-bit integer image with values {lo}..{hi}; expected 0..255 or 0..65535 (convert it to 8 or 16 bits)")
+    return arr.astype(np.uint8) if hi <= 255 else arr.astype(np.uint16)
+
+
 def read_image(path: str) -> np.ndarray:
     """Decode an image file to an array. `.npy` needs numpy only; other formats need Pillow."""
     import os
@@ -251,16 +278,33 @@ def read_image(path: str) -> np.ndarray:
         except Exception as exc:  # numpy raises several types for bad files
             raise InputError(f"{path}: not a readable .npy array ({exc})") from None
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, ImageOps, UnidentifiedImageError
     except ImportError:
         raise InputError(f"{path}: decoding image files needs Pillow (pip install pillow); .npy arrays work without it") from None
+    limit = max_image_pixels()
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # Pillow warns about large images; the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            w, h = im.size
+            if w * h > limit:  # checked before decoding: a small file can expand to gigabytes
+                raise InputError(f"{path}: {w}x{h} pixels is more than this device accepts ({limit}; set "
+                                 f"EDGE_TRANSFER_MAX_IMAGE_PIXELS to change it)")
             im.load()
+            im = ImageOps.exif_transpose(im)  # as the camera held it: the same in training and on the device
             if im.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(im, dtype=np.uint16)
+            if im.mode == "F":  # float images: values in [0, 1] are accepted, others refused by to_rgb_uint8
+                return np.asarray(im, dtype=np.float32)
+            if im.mode in ("I", "I;32"):
+                return _int_image(np.asarray(im, dtype=np.int64), path)
             if im.mode not in ("RGB", "L", "RGBA"):
                 im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
             return np.asarray(im)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: refused as a decompression bomb ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: not a readable image ({exc})") from None

@@ -495,3 +495,80 @@ def test_manifest_parser_limits_give_typed_errors(name, edit, message, digits_bu
     (bundle / "manifest.json").write_text(changed)
     with pytest.raises(runtimes.BundleError, match=message):
         runtimes.read_manifest(bundle)
+
+
+# ------------------------------------------------------------------------------------------------ close, big batches, odd images
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_close_while_threads_predict_gives_answers_or_a_typed_error(fmt, format_bundles):
+    p = runtimes.load(format_bundles[fmt])
+    img = np.zeros((SMALL, SMALL, 3), np.uint8)
+    untyped: list[BaseException] = []
+
+    def worker() -> None:
+        for _ in range(300):
+            try:
+                p.predict(img, top_k=1)
+            except runtimes.InferenceError:
+                return
+            except BaseException as exc:  # the bug this test looks for
+                untyped.append(exc)
+                return
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    p.close()
+    for t in threads:
+        t.join()
+    assert untyped == []
+    with pytest.raises(runtimes.InferenceError, match="closed"):
+        p.run(np.zeros((1, SMALL, SMALL, 3), np.uint8))
+
+
+def test_run_hands_the_backend_bounded_chunks(digits_bundle: Path, monkeypatch):
+    from runtimes.predictor import RUN_CHUNK
+
+    with runtimes.load(digits_bundle) as p:
+        sizes: list[int] = []
+        inner = p._run_impl
+        monkeypatch.setattr(p, "_run_impl", lambda b: sizes.append(len(b)) or inner(b))
+        batch = np.random.default_rng(0).integers(0, 255, (RUN_CHUNK * 2 + 3, SMALL, SMALL, 3), dtype=np.uint8)
+        out = p.run(batch)
+        assert out.shape == (len(batch), 10) and sizes == [RUN_CHUNK, RUN_CHUNK, 3]
+        assert np.allclose(out[-3:], inner(batch[-3:]), atol=1e-5)
+
+
+def test_ragged_input_is_an_input_error(digits_bundle: Path):
+    with runtimes.load(digits_bundle) as p:
+        for bad in ([[1, 2], [3]], [[[1, 2, 3]], [[1, 2]]], b"bytes", {"a": 1}):
+            with pytest.raises(runtimes.InputError):
+                p.predict(bad)
+
+
+def test_images_as_users_take_them(tmp_path: Path, monkeypatch):
+    from PIL import Image
+
+    from runtimes.preprocess import prepare_image, read_image, to_rgb_uint8
+
+    im = Image.new("RGB", (20, 10), (255, 0, 0))
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a portrait photo stored sideways
+    im.save(tmp_path / "portrait.jpg", exif=exif)
+    assert read_image(str(tmp_path / "portrait.jpg")).shape == (20, 10, 3)
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(tmp_path / "half.tif")
+    assert to_rgb_uint8(read_image(str(tmp_path / "half.tif"))).max() == 128  # not black
+    Image.fromarray(np.full((8, 8), 1000, np.int32), mode="I").save(tmp_path / "i16.tif")
+    assert read_image(str(tmp_path / "i16.tif")).dtype == np.uint16  # scaled as 16-bit, not saturated white
+    Image.fromarray(np.full((8, 8), 70000, np.int32), mode="I").save(tmp_path / "i32.tif")
+    with pytest.raises(runtimes.InputError, match="32-bit integer image with values 70000..70000"):
+        read_image(str(tmp_path / "i32.tif"))
+    Image.fromarray(np.full((8, 8), 2.0, np.float32), mode="F").save(tmp_path / "hdr.tif")
+    with pytest.raises(runtimes.InputError, match=r"float images must hold values in \[0, 1\]"):
+        prepare_image(read_image(str(tmp_path / "hdr.tif")), runtimes.PreprocessConfig(input_size=(8, 8)))
+    Image.new("L", (7000, 7000)).save(tmp_path / "big.png")
+    monkeypatch.setenv("EDGE_TRANSFER_MAX_IMAGE_PIXELS", "1000000")
+    with pytest.raises(runtimes.InputError, match="7000x7000 pixels is more than this device accepts"):
+        read_image(str(tmp_path / "big.png"))

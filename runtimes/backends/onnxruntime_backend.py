@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..bundle import Bundle
-from ..errors import BackendUnavailableError, InputError
+from ..errors import BackendUnavailableError, InferenceError, InputError
 from ..predictor import Predictor, check_as_written, manifest_dtype
 
 # runtimes device name -> ONNX Runtime execution provider
@@ -133,12 +133,22 @@ class OnnxRuntimePredictor(Predictor):
         return info
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([self._output_name], {self._input_name: batch})
+        session = self.session  # close() may drop it meanwhile; a call already holding it finishes
+        if session is None:
+            raise InferenceError(f"{self.bundle.path}: this predictor is closed")
+        try:
+            (out,) = session.run([self._output_name], {self._input_name: batch})
+        except Exception as exc:  # onnxruntime's own exception types (Fail, RuntimeException, ...)
+            raise InferenceError(f"{self.bundle.path}: onnxruntime failed on a batch of {len(batch)}: {exc}") from None
         return np.asarray(out, dtype=np.float32)
 
     def native_call(self) -> Callable[[np.ndarray], Any]:
         session, outputs, name = self.session, [self._output_name], self._input_name
         return lambda batch: session.run(outputs, {name: batch})
+
+    def close(self) -> None:
+        """Release the session; later calls raise `InferenceError` (calls already running finish)."""
+        self.session = None
 
 
 def _model_source(bundle: Bundle) -> Any:

@@ -10,7 +10,7 @@ import numpy as np
 import openvino as ov
 
 from ..bundle import Bundle
-from ..errors import BackendUnavailableError, BundleError, InputError
+from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
 from ..predictor import Predictor, manifest_dtype
 
 DEVICES = ("cpu", "gpu", "npu", "auto")
@@ -159,16 +159,26 @@ class OpenVinoPredictor(Predictor):
         """This thread's infer request (created on first use)."""
         request = getattr(self._local, "request", None)
         if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+            compiled = self.compiled
+            if compiled is None:
+                raise InferenceError(f"{self.bundle.path}: this predictor is closed")
+            request = self._local.request = compiled.create_infer_request()
         return request
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
-        result = self._request().infer({self._input_name: batch})
+        if self.compiled is None:
+            raise InferenceError(f"{self.bundle.path}: this predictor is closed")
+        try:
+            result = self._request().infer({self._input_name: batch})
+        except RuntimeError as exc:
+            raise InferenceError(f"{self.bundle.path}: OpenVINO failed on a batch of {len(batch)}: {exc}") from None
         return np.array(result[self._output], dtype=np.float32)
 
     def native_call(self) -> Callable[[np.ndarray], Any]:
         return self._request().infer  # the same infer request `run` uses on this thread
 
     def close(self) -> None:
-        self._local = threading.local()
+        """Drop the compiled model and this predictor's infer requests; later calls raise `InferenceError` (calls
+        already running finish on the request they hold). Safe from any thread."""
         self.compiled = None
+        self._local = threading.local()
