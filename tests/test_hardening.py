@@ -572,3 +572,37 @@ def test_images_as_users_take_them(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("EDGE_TRANSFER_MAX_IMAGE_PIXELS", "1000000")
     with pytest.raises(runtimes.InputError, match="7000x7000 pixels is more than this device accepts"):
         read_image(str(tmp_path / "big.png"))
+
+
+@pytest.mark.parametrize("case", ["empty model", "custom-op domain", "manifest size 32, graph 64"])
+def test_models_onnxruntime_cannot_load_are_bundle_errors(case, digits_bundle: Path, tmp_path: Path):
+    import onnx
+    from onnx import helper
+
+    bundle = tmp_path / "b"
+    if case == "empty model":
+        shutil.copytree(digits_bundle, bundle)
+        (bundle / "model.onnx").write_bytes(b"")
+        _rehash_all(bundle)
+    elif case == "custom-op domain":
+        model, _ = _toy_model()
+        model.graph.node[2].domain = "com.example.custom"
+        model.opset_import.append(helper.make_opsetid("com.example.custom", 1))
+        _bundle_with_model(digits_bundle, bundle, model)
+    else:
+        model, _ = _toy_model()
+        _bundle_with_model(digits_bundle, bundle, model)
+        doc = json.loads((bundle / "manifest.json").read_text())
+        doc["preprocessing"]["input_size"] = [32, 32]
+        doc["inputs"][0]["shape"] = ["batch", 32, 32, 3]
+        (bundle / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(runtimes.BundleError):
+        runtimes.load(bundle)
+
+
+def _rehash_all(bundle: Path) -> None:
+    doc = json.loads((bundle / "manifest.json").read_text())
+    for entry in doc["model"]["files"]:
+        data = (bundle / entry["path"]).read_bytes()
+        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (bundle / "manifest.json").write_text(json.dumps(doc))

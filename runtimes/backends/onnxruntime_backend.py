@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..bundle import Bundle
-from ..errors import BackendUnavailableError, InferenceError, InputError
+from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
 from ..predictor import Predictor, check_as_written, manifest_dtype
 
 # runtimes device name -> ONNX Runtime execution provider
@@ -80,7 +80,11 @@ class OnnxRuntimePredictor(Predictor):
             providers = [("TensorrtExecutionProvider", self._tensorrt_options(cache_dir)), "CUDAExecutionProvider", "CPUExecutionProvider"]
         elif dev == "cpu":
             providers = [wanted]
-        self.session = ort.InferenceSession(_model_source(bundle), sess_options=so, providers=providers)
+        try:
+            self.session = ort.InferenceSession(_model_source(bundle), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime's Fail/InvalidArgument/...: the checksums passed, the model does not load
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"{bundle.path}: onnxruntime cannot load {bundle.manifest.entrypoint}: {first}") from None
         used = self.session.get_providers()
         if used[0] != wanted or any(p not in used for p in needed):
             raise BackendUnavailableError(f"onnxruntime could not start {', '.join(needed)} (session uses {used}); "
