@@ -60,6 +60,11 @@ def _bundle_with_model(template: Path, out: Path, model, extra: dict[str, bytes]
     onnx.save(model, str(out / "model.onnx"))
     for name, data in (extra or {}).items():
         (out / name).write_bytes(data)
+    return _relist(out)
+
+
+def _relist(out: Path) -> Path:
+    """List every file of the bundle in its manifest with fresh sha256 and sizes, as a careless producer would."""
     doc = json.loads((out / "manifest.json").read_text())
     doc["model"]["files"] = [
         {"path": p.relative_to(out).as_posix(), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
@@ -454,13 +459,7 @@ def _ir_bundle(template: Path, out: Path, onnx_model) -> Path:
     shutil.copytree(template, out)
     onnx.save(onnx_model, str(out.parent / "toy.onnx"))
     ov.save_model(ov.convert_model(str(out.parent / "toy.onnx")), str(out / "model.xml"), compress_to_fp16=False)
-    doc = json.loads((out / "manifest.json").read_text())
-    doc["model"]["files"] = [
-        {"path": p.relative_to(out).as_posix(), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
-        for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"
-    ]
-    (out / "manifest.json").write_text(json.dumps(doc))
-    return out
+    return _relist(out)
 
 
 def test_openvino_binds_by_name_and_checks_the_label_count(format_bundles, tmp_path: Path):
@@ -583,7 +582,7 @@ def test_models_onnxruntime_cannot_load_are_bundle_errors(case, digits_bundle: P
     if case == "empty model":
         shutil.copytree(digits_bundle, bundle)
         (bundle / "model.onnx").write_bytes(b"")
-        _rehash_all(bundle)
+        _relist(bundle)
     elif case == "custom-op domain":
         model, _ = _toy_model()
         model.graph.node[2].domain = "com.example.custom"
@@ -599,10 +598,3 @@ def test_models_onnxruntime_cannot_load_are_bundle_errors(case, digits_bundle: P
     with pytest.raises(runtimes.BundleError):
         runtimes.load(bundle)
 
-
-def _rehash_all(bundle: Path) -> None:
-    doc = json.loads((bundle / "manifest.json").read_text())
-    for entry in doc["model"]["files"]:
-        data = (bundle / entry["path"]).read_bytes()
-        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    (bundle / "manifest.json").write_text(json.dumps(doc))
