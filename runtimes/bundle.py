@@ -1,4 +1,4 @@
-"""Bundle directories: verified reading and atomic writing (DESIGN.md section 2).
+"""Bundle directories: verified reading and atomic writing (README: The bundle).
 
 Reading checks, before any backend sees a byte: the manifest schema, that every listed path is relative, inside
 the bundle and not a symlink, that sizes and sha256 match, and that no unlisted file is present.

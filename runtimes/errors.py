@@ -1,4 +1,4 @@
-"""The typed error hierarchy shared by every edge-transfer package (DESIGN.md section 4).
+"""The typed error hierarchy shared by every edge-transfer package (README: Reliability).
 
 `runtimes` owns it because it is the one package every other package may import.
 """

@@ -1,4 +1,4 @@
-"""manifest.json: the versioned description of a bundle (DESIGN.md section 2), parsed without any host package.
+"""manifest.json: the versioned description of a bundle (README: The bundle), parsed without any host package.
 
 `parse_manifest` checks every field the runtime relies on and names the field at fault; the other sections
 (`producer`, `source`, `validation`, `calibration`) are carried as plain dicts for people and tools to read.

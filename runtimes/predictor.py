@@ -1,4 +1,4 @@
-"""The runner contract every backend implements (DESIGN.md section 3, in the style of Polygraphy's runners).
+"""The runner contract every backend implements (README: On the device; in the style of Polygraphy's runners).
 
 Public methods live here and check their input before a backend sees it; a backend overrides only `_run_impl`
 (and reports what it actually runs on through `device` / `providers`).

@@ -1,4 +1,4 @@
-"""The one definition of image preprocessing (DESIGN.md section 2).
+"""The one definition of image preprocessing (README: The bundle).
 
 Training, feature caching, calibration, validation and the device all call these functions, so what a model sees
 is identical everywhere by construction. Everything here is numpy only.

@@ -1,4 +1,4 @@
-"""The runtime contract (DESIGN.md section 5) against every backend and precision, with real ONNX Runtime and
+"""The runtime contract (README: On the device) against every backend and precision, with real ONNX Runtime and
 OpenVINO sessions, plus the quantisation pieces: calibration provenance, the int8 kernel decision, the gate."""
 
 from __future__ import annotations
