@@ -58,7 +58,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     with runtimes.load(args.bundle, device=args.device, **_precision_option(args)) as predictor:
         result = predictor.self_test(raise_on_failure=False)
         info = predictor.describe()
-        warnings = list(getattr(predictor, "warnings", []))
+        warnings = list(predictor.warnings)
     cpu = cpu_features()
     failures = [] if result.passed else [result.summary()]
     failures += warnings

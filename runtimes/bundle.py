@@ -149,15 +149,21 @@ def _is_onnx(rel: str, manifest: Manifest) -> bool:
     return rel.lower().endswith(".onnx") or (rel == manifest.entrypoint and manifest.format == "onnx")
 
 
-def _read_checked(root: Path, p: Path, entry: Any) -> bytes:
-    """Read a file once and check those very bytes against the manifest."""
+def _check_file(root: Path, p: Path, entry: Any, *, keep: bool) -> bytes | None:
+    """Check a listed file's size and sha256. With `keep`, read it once and return those very bytes (the ones a
+    backend will load); otherwise stream it (self-test arrays and other data need not sit in memory)."""
     try:
-        data = p.read_bytes()
+        if keep:
+            data: bytes | None = p.read_bytes()
+            size, digest = len(data), hashlib.sha256(data).hexdigest()
+        else:
+            data, size = None, p.stat().st_size
+            digest = sha256_file(p) if size == entry.bytes else ""
     except OSError as exc:
         raise IntegrityError(f"{root}: bundle file {entry.path!r} cannot be read: {exc.strerror or exc}") from None
-    if len(data) != entry.bytes:
-        raise IntegrityError(f"{root}: bundle file {entry.path!r} is {len(data)} bytes, the manifest says {entry.bytes} (truncated or replaced)")
-    if hashlib.sha256(data).hexdigest() != entry.sha256:
+    if size != entry.bytes:
+        raise IntegrityError(f"{root}: bundle file {entry.path!r} is {size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
+    if digest != entry.sha256:
         raise IntegrityError(f"{root}: bundle file {entry.path!r} fails its sha256 check (modified or corrupt)")
     return data
 
@@ -181,18 +187,9 @@ def verify_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
             raise IntegrityError(f"{root}: bundle file {entry.path!r} listed in the manifest is missing")
         if real_root not in p.resolve().parents:
             raise IntegrityError(f"{root}: bundle file {entry.path!r} resolves outside the bundle")
-        if entry.path in keep or _is_onnx(entry.path, manifest):
-            blobs[entry.path] = _read_checked(root, p, entry)
-        else:
-            size = p.stat().st_size
-            if size != entry.bytes:
-                raise IntegrityError(f"{root}: bundle file {entry.path!r} is {size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
-            try:
-                digest = sha256_file(p)
-            except OSError as exc:
-                raise IntegrityError(f"{root}: bundle file {entry.path!r} cannot be read: {exc.strerror or exc}") from None
-            if digest != entry.sha256:
-                raise IntegrityError(f"{root}: bundle file {entry.path!r} fails its sha256 check (modified or corrupt)")
+        data = _check_file(root, p, entry, keep=entry.path in keep or _is_onnx(entry.path, manifest))
+        if data is not None:
+            blobs[entry.path] = data
         listed.add(entry.path)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:

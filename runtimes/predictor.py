@@ -44,6 +44,10 @@ def padded_chunks(images: np.ndarray, size: int, *, pad: bool = False) -> Iterat
         yield part, n
 
 
+# what a bundle's graph computes in, as written (int8 graphs keep some nodes and the logits in float)
+AS_WRITTEN = {"fp32": "f32", "fp16": "f16", "int8": "int8+f32"}
+
+
 def check_as_written(backend: str, precision: str, requested: str | None) -> None:
     """Backends that compute a graph in its own types accept only that precision when one is asked for."""
     own = "f16" if precision == "fp16" else "f32"

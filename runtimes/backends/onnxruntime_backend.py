@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
-from ..predictor import Predictor, check_as_written, manifest_dtype
+from ..predictor import AS_WRITTEN, Predictor, check_as_written, manifest_dtype
 
 # runtimes device name -> ONNX Runtime execution provider
 DEVICE_PROVIDERS = {
@@ -21,9 +21,6 @@ DEVICE_PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-
-# what a bundle's graph computes in, as written (int8 graphs keep some nodes and the logits in float)
-AS_WRITTEN = {"fp32": "f32", "fp16": "f16", "int8": "int8+f32"}
 
 
 

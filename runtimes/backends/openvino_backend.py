@@ -17,16 +17,14 @@ DEVICES = ("cpu", "gpu", "npu", "auto")
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 # runtimes.load(..., inference_precision=...) -> OpenVINO's INFERENCE_PRECISION_HINT
 INFERENCE_PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
-_SHORT = {"float32": "f32", "f32": "f32", "float16": "f16", "f16": "f16", "bfloat16": "bf16", "bf16": "bf16"}
+_SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 log = logging.getLogger(__name__)
 
 
 def short_precision(value: Any) -> str:
     """OpenVINO's element type as we name it: <Type: 'bfloat16'> -> 'bf16'."""
-    text = str(value)
-    if "'" in text:
-        text = text.split("'")[1]
-    return _SHORT.get(text, text)
+    name = manifest_dtype(value)
+    return _SHORT.get(name, name)
 
 
 def validated_precision(manifest: Any) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
-from ..predictor import Predictor, check_as_written
+from ..predictor import AS_WRITTEN, Predictor, check_as_written
 from ..tensorrt_build import _import_cudart, _import_tensorrt, build_engine, cuda_check, load_lean_runtime, running_target
 from ..tensorrt_engine import BuildSettings, EngineCache, EngineTarget, cache_key, check_buildable, check_compatible
 
@@ -108,7 +108,7 @@ class TensorRTPredictor(Predictor):
             runtime.DLA_core = self.settings.dla_core
         self._runtime = runtime
         # strongly typed: the ONNX's own types; weakly typed (TensorRT 8) int8 builds may also pick fp16 kernels
-        self.inference_precision = {"fp32": "f32", "fp16": "f16", "int8": "int8+f32"}[self.settings.precision]
+        self.inference_precision = AS_WRITTEN[self.settings.precision]
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise BackendUnavailableError(f"TensorRT could not deserialise the engine {self.engine_path} (see the TensorRT messages above)")
