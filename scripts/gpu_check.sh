@@ -63,6 +63,39 @@ echo "== CUDA tests (cuda marker: training step, ONNX Runtime CUDA provider)"
 read -r n f e s < <(junit_counts "$WORK/cuda.xml")
 [ "${n:-0}" -gt "${s:-0}" ] || { echo "gpu_check: FAILED: every CUDA test skipped" >&2; status=1; }
 
+echo "== trained on the GPU, run on the CPU (digits finetune, 64 px, 2 epochs; the ONNX bundle against torch on CUDA)"
+GPU_CHECK_WORK=$WORK "$PY" - <<'PYEOF' || status=1
+import os, sys, time
+from pathlib import Path
+import numpy as np
+import torch
+import edge_transfer as et
+import runtimes
+from edge_transfer.data import load_digits_dataset, stratified_split
+from edge_transfer.model import load_run
+
+work = Path(os.environ["GPU_CHECK_WORK"])
+t = time.perf_counter()
+run = et.train("digits", out=work / "ft", strategy="finetune", image_size=64, epochs=2, device="cuda", progress=False)
+train_s = time.perf_counter() - t
+(bundle,) = et.export(run.path, out=work / "ft-onnx", format="onnx")
+ds = load_digits_dataset()
+test = stratified_split(ds.targets, seed=0).test
+images, targets = ds.prepared_batch(test, runtimes.read_manifest(bundle.path).preprocessing), ds.targets[test]
+model = load_run(run.path)[0].eval().cuda()
+with torch.inference_mode():
+    gpu = torch.cat([model(torch.from_numpy(images[s:s + 128]).cuda()).float().cpu() for s in range(0, len(images), 128)]).numpy()
+with runtimes.load(bundle.path) as p:
+    cpu = p.run_chunked(images)
+agree = float((gpu.argmax(1) == cpu.argmax(1)).mean())
+print(f"trained on {run.config['training']['device']} ({run.config['training']['mixed_precision']}) in {train_s:.1f} s; "
+      f"test accuracy torch-cuda {100 * (gpu.argmax(1) == targets).mean():.2f}% | bundle on CPU {100 * (cpu.argmax(1) == targets).mean():.2f}% | "
+      f"agreement {100 * agree:.2f}% | max|diff| {np.abs(gpu - cpu).max():.4f} | export gate passed: {bundle.validation['passed']}")
+if agree < 0.99 or not bundle.validation["passed"]:
+    print("gpu_check: FAILED: the CPU bundle does not answer as the CUDA-trained model does", file=sys.stderr)
+    sys.exit(1)
+PYEOF
+
 if [ "$MODE" = full ]; then
     echo "== TensorRT tests (tensorrt marker)"
     "$PY" -m pytest -q -rs -m tensorrt tests/ --junitxml="$WORK/trt.xml" || status=1
