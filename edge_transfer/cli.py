@@ -39,8 +39,31 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _pct(x: Any) -> str:
+    """A fraction as a percentage; a manifest value that is not a number is shown marked, never a traceback."""
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.2f}%" if _is_number(x) else _bad(x)
+
+
+def _num(x: Any, spec: str = ".2g") -> str:
+    if x is None:
+        return "n/a"
+    return format(x, spec) if _is_number(x) else _bad(x)
+
+
+def _bad(x: Any) -> str:
+    return f"<malformed: {str(x)[:40]!r}>"
+
+
+def _section(d: Any, key: str) -> dict[str, Any]:
+    """An optional object inside an untrusted manifest section, {} when absent or not an object."""
+    value = d.get(key) if isinstance(d, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -186,6 +209,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _print_json(dict(m.raw, verified=True))
         return 0
     v = m.validation or {}
+    model = _section(m.raw, "model")
     print(f"bundle      {bundle.path}  (verified: {len(m.files)} file(s), {bundle.size_bytes / 1e6:.2f} MB)")
     print(f"model       {m.backend} / {m.format} / {m.precision}, created {m.created}")
     print(f"input       {m.inputs[0].name} {m.inputs[0].dtype} {list(m.inputs[0].shape)} {m.inputs[0].layout or ''}")
@@ -198,18 +222,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     cal = m.calibration
     if cal:
         print(f"calibration {cal.get('count')} images from {cal.get('split')} of {cal.get('source')} ({cal.get('method')}), items sha256 {str(cal.get('items_sha256'))[:12]}")
-    floats = (m.raw.get("model", {}).get("conversion") or {}).get("float_layers") or (m.raw.get("model", {}).get("conversion") or {}).get("float_nodes")
-    if floats:
-        print(f"in float    {len(floats)} layer(s): {', '.join(floats[:3])}{' ...' if len(floats) > 3 else ''}")
+    conversion = model.get("conversion")
+    if conversion is not None and not isinstance(conversion, dict):
+        print(f"conversion  {_bad(conversion)}")
+    conversion = _section(model, "conversion")
+    floats = conversion.get("float_layers") or conversion.get("float_nodes")
+    if isinstance(floats, list) and floats:
+        print(f"in float    {len(floats)} layer(s): {', '.join(map(str, floats[:3]))}{' ...' if len(floats) > 3 else ''}")
     if v:
         print(
-            f"validation  {'passed' if v.get('passed') else 'FAILED'} on {v.get('split')} ({v.get('count')} images): "
-            f"agreement {_pct(v.get('top1_agreement'))}, max |diff| {v.get('max_abs_logit_diff', float('nan')):.2g}, "
+            f"validation  {'passed' if v.get('passed') is True else 'FAILED'} on {v.get('split')} ({v.get('count')} images): "
+            f"agreement {_pct(v.get('top1_agreement'))}, max |diff| {_num(v.get('max_abs_logit_diff'))}, "
             f"accuracy torch {_pct(v.get('torch_accuracy'))} / bundle {_pct(v.get('artifact_accuracy'))}"
-            + (f", drop {100 * v['accuracy_drop']:+.2f} pt" if v.get("accuracy_drop") is not None else "")
+            + (f", drop {_num(100 * v['accuracy_drop'] if _is_number(v['accuracy_drop']) else v['accuracy_drop'], '+.2f')} pt"
+               if v.get("accuracy_drop") is not None else "")
             + (f", at {v['inference_precision']}" if isinstance(v.get("inference_precision"), str) else "")
         )
-    target = m.raw.get("model", {}).get("target_cpu")
+    target = model.get("target_cpu")
     if isinstance(target, dict):
         print(f"target cpu  {target.get('name')} ({'7-bit' if target.get('reduce_range') else 'full 8-bit'} weights)")
     st = m.raw.get("self_test")
@@ -598,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # labels and file names from a bundle may hold unprintable characters
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return args.func(args)

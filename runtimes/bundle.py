@@ -36,6 +36,10 @@ def check_relative_path(rel: str) -> PurePosixPath:
     """Refuse absolute paths, `..`, backslashes and empty parts in a manifest path."""
     if not rel or "\\" in rel or rel.startswith("/") or ":" in rel:
         raise IntegrityError(f"bundle file path {rel!r} must be a relative POSIX path")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise IntegrityError(f"bundle file path {rel!r} is not valid UTF-8") from None
     p = PurePosixPath(rel)
     if any(part in ("", ".", "..") for part in rel.split("/")):
         raise IntegrityError(f"bundle file path {rel!r} must not contain '.', '..' or empty parts")
@@ -102,13 +106,16 @@ def _depth(value: Any) -> int:
 def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
     """Parse and validate manifest.json without checking the model files."""
     root = Path(bundle_dir)
-    if not root.exists():
-        raise BundleError(f"{root}: no such bundle directory")
-    if not root.is_dir():
-        raise BundleError(f"{root}: a bundle is a directory, this is a file")
     mpath = root / MANIFEST_NAME
-    if mpath.is_symlink() or not mpath.is_file():
-        raise BundleError(f"{root}: no {MANIFEST_NAME} (not a bundle, or an interrupted export)")
+    try:
+        if not root.exists():
+            raise BundleError(f"{root}: no such bundle directory")
+        if not root.is_dir():
+            raise BundleError(f"{root}: a bundle is a directory, this is a file")
+        if mpath.is_symlink() or not mpath.is_file():
+            raise BundleError(f"{root}: no {MANIFEST_NAME} (not a bundle, or an interrupted export)")
+    except OSError as exc:  # e.g. a directory this user may not search
+        raise BundleError(f"{root}: cannot be read: {exc.strerror or exc}") from None
     try:
         size = mpath.stat().st_size
         if size > MAX_MANIFEST_BYTES:
@@ -168,6 +175,19 @@ def _check_file(root: Path, p: Path, entry: Any, *, keep: bool) -> bytes | None:
     return data
 
 
+def _check_location(root: Path, real_root: Path, p: Path, rel: str) -> None:
+    """No component of a listed file may be a symlink, the file must exist, and it must resolve inside the bundle."""
+    cur = root
+    for part in PurePosixPath(rel).parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise IntegrityError(f"{root}: bundle file {rel!r} is (or passes through) a symlink")
+    if not p.is_file():
+        raise IntegrityError(f"{root}: bundle file {rel!r} listed in the manifest is missing")
+    if real_root not in p.resolve().parents:
+        raise IntegrityError(f"{root}: bundle file {rel!r} resolves outside the bundle")
+
+
 def verify_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
     """Check every listed file; return the verified bytes of the model files (see `Bundle.blobs`)."""
     real_root = root.resolve()
@@ -177,21 +197,20 @@ def verify_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
     for entry in manifest.files:
         check_relative_path(entry.path)
         p = root / entry.path
-        # No component may be a symlink, and the resolved path must stay inside the bundle.
-        cur = root
-        for part in PurePosixPath(entry.path).parts:
-            cur = cur / part
-            if cur.is_symlink():
-                raise IntegrityError(f"{root}: bundle file {entry.path!r} is (or passes through) a symlink")
-        if not p.is_file():
-            raise IntegrityError(f"{root}: bundle file {entry.path!r} listed in the manifest is missing")
-        if real_root not in p.resolve().parents:
-            raise IntegrityError(f"{root}: bundle file {entry.path!r} resolves outside the bundle")
+        try:
+            _check_location(root, real_root, p, entry.path)
+        except OSError as exc:  # a directory on the way that this user may not search
+            raise IntegrityError(f"{root}: bundle file {entry.path!r} cannot be read: {exc.strerror or exc}") from None
         data = _check_file(root, p, entry, keep=entry.path in keep or _is_onnx(entry.path, manifest))
         if data is not None:
             blobs[entry.path] = data
         listed.add(entry.path)
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(exc: OSError) -> None:  # a directory that cannot be listed could hide unlisted files
+        where = Path(exc.filename).relative_to(root).as_posix() if exc.filename else "?"
+        raise IntegrityError(f"{root}: bundle directory {where!r} cannot be listed: {exc.strerror or exc}")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
             if rel != MANIFEST_NAME and rel not in listed:

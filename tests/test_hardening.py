@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from runtimes.bench import _rss_mib  # the harness's own resident-memory reading
 from runtimes.errors import EdgeTransferError, IntegrityError
 from runtimes.manifest import parse_manifest
 
-from conftest import ROOT, SMALL
+from conftest import ROOT, SMALL, run_cli
 
 
 # ------------------------------------------------------------------------------------------------ external data
@@ -598,3 +599,100 @@ def test_models_onnxruntime_cannot_load_are_bundle_errors(case, digits_bundle: P
     with pytest.raises(runtimes.BundleError):
         runtimes.load(bundle)
 
+
+
+# ------------------------------------------------------------------------------------------------ files, names, the CLI
+
+
+_DROP_FILE_ACCESS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+
+
+def _inspect_obeying_file_modes(bundle: Path) -> subprocess.CompletedProcess:
+    """`edge-transfer inspect BUNDLE` in a process that file modes apply to. Root (CI, containers) ignores them, so
+    there the CLI runs without the two capabilities that override them (util-linux setpriv), still as root."""
+    code = "import sys\nfrom edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    prefix = _DROP_FILE_ACCESS if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, sys.executable, "-c", code, "inspect", str(bundle)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, timeout=300)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX file modes")
+@pytest.mark.parametrize("what,mode_of,message", [
+    ("unreadable model file", "model.onnx", "bundle file 'model.onnx' cannot be read: Permission denied"),
+    ("unsearchable listed subdirectory", "selftest", "bundle file 'selftest/images.npy' cannot be read: Permission denied"),
+    ("unlistable unlisted subdirectory", "extra", "bundle directory 'extra' cannot be listed: Permission denied"),
+    ("unlistable bundle directory", ".", "bundle directory '.' cannot be listed: Permission denied"),
+    ("unsearchable bundle directory", "..", "cannot be read: Permission denied"),
+])
+def test_files_this_user_may_not_read_are_typed_errors(what, mode_of, message, digits_bundle: Path):
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without util-linux setpriv: file modes cannot be made to apply")
+    top = Path(tempfile.mkdtemp(prefix="perm-"))
+    try:
+        bundle = top / "b"
+        shutil.copytree(digits_bundle, bundle)
+        if mode_of == "extra":  # a directory the manifest does not list, holding a file the check must not miss
+            (bundle / "extra").mkdir()
+            (bundle / "extra" / "payload.onnx").write_bytes(b"x")
+        modes = {"model.onnx": 0o000, "selftest": 0o000, "extra": 0o000, ".": 0o311, "..": 0o000}
+        os.chmod(bundle if mode_of in (".", "..") else bundle / mode_of, modes[mode_of])
+        r = _inspect_obeying_file_modes(bundle)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+    finally:
+        for p in [top, *top.rglob("*")] if top.exists() else []:
+            os.chmod(p, 0o755)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_file_names_that_are_not_utf8(digits_bundle: Path, tmp_path: Path):
+    """A listed name with a lone surrogate (what JSON can carry of undecodable bytes) and an unlisted file whose
+    name is not valid UTF-8 on disk: both typed, and the message prints."""
+    listed = _relist(shutil.copytree(digits_bundle, tmp_path / "listed"))
+    doc = json.loads((listed / "manifest.json").read_text())
+    doc["model"]["files"].append({"path": "x\udcff.bin", "sha256": "0" * 64, "bytes": 1})
+    (listed / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match=r"'x\\udcff.bin' is not valid UTF-8"):
+        runtimes.load(listed)
+
+    unlisted = shutil.copytree(digits_bundle, tmp_path / "unlisted")
+    with open(os.fsencode(unlisted) + b"/notes-\xff.txt", "wb") as f:
+        f.write(b"hi")
+    r = run_cli("inspect", str(unlisted), block_torch=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "file 'notes-\\udcff.txt' is in the bundle but not listed in the manifest" in r.stderr
+
+
+def _edit_manifest(bundle: Path, edit) -> Path:
+    doc = json.loads((bundle / "manifest.json").read_text())
+    edit(doc)
+    (bundle / "manifest.json").write_text(json.dumps(doc))
+    return bundle
+
+
+@pytest.mark.parametrize("edit,shown", [
+    (lambda d: d["validation"].update(max_abs_logit_diff=None), "max |diff| n/a"),
+    (lambda d: d["validation"].update(max_abs_logit_diff="0.1"), "max |diff| <malformed: '0.1'>"),
+    (lambda d: d["validation"].update(top1_agreement="99%"), "agreement <malformed: '99%'>"),
+    (lambda d: d["validation"].update(accuracy_drop=[1]), "drop <malformed: '[1]'> pt"),
+    (lambda d: d["model"].update(conversion="torch.onnx"), "conversion  <malformed: 'torch.onnx'>"),
+    (lambda d: d["model"].update(conversion={"float_layers": "stem"}), "self-test"),
+])
+def test_inspect_prints_what_it_can_and_marks_malformed_fields(edit, shown, digits_bundle: Path, tmp_path: Path):
+    bundle = _edit_manifest(shutil.copytree(digits_bundle, tmp_path / "b"), edit)
+    r = run_cli("inspect", str(bundle), block_torch=True)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert shown in r.stdout and "labels      10" in r.stdout
+
+
+def test_labels_with_unprintable_characters_print_safely(digits_bundle: Path, tmp_path: Path):
+    bundle = _edit_manifest(shutil.copytree(digits_bundle, tmp_path / "b"),
+                            lambda d: d.update(labels=[f"cls\udcff{i}" for i in range(10)]))
+    image = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.fromarray(_images(1)[0]).save(image)
+    for args in (("inspect", str(bundle)), ("predict", str(bundle), str(image))):
+        r = run_cli(*args, block_torch=True, env={"PYTHONIOENCODING": "utf-8"})
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert "cls\\udcff" in r.stdout
