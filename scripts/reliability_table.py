@@ -20,6 +20,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tests"))
+
 import runtimes  # noqa: E402
 from runtimes.errors import EdgeTransferError  # noqa: E402
 
@@ -40,6 +42,125 @@ def outcome(fn) -> str:
     except Exception as exc:  # noqa: BLE001 - a row that shows this is a bug to fix
         return f"UNTYPED {type(exc).__name__}: {exc}"
     return "accepted"
+
+
+def crafted_bundle_rows(bundle: Path, work: Path, p) -> list[tuple[str, str]]:
+    """Bundles whose checksums are consistent but whose model or manifest is wrong (tests/crafted.py builds them)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from crafted import bundle_with_model, edit_manifest, labels, model_with_external_tensor, relist, toy_model
+
+    h = p.preprocessing.input_size[0]
+    n = 0
+
+    def fresh(model=None) -> Path:
+        nonlocal n
+        n += 1
+        if model is None:
+            dst = work / f"crafted-{n}"
+            shutil.copytree(bundle, dst)
+            return relist(dst)
+        return bundle_with_model(bundle, work / f"crafted-{n}", model)
+
+    rows = []
+    two_out, w = toy_model(outputs=("features", "logits"), size=h)
+    img = np.random.default_rng(1).integers(0, 255, (h, h, 3), dtype=np.uint8)
+    expected = int(np.argmax(img.reshape(-1, 3).astype(np.float64).mean(0) @ w))
+    with runtimes.load(fresh(two_out)) as q:
+        got = q.predict(img, top_k=1)[0][0].index
+    rows.append(("model with outputs `features` then `logits`, the manifest names `logits`",
+                 "accepted: outputs are bound by name; the answer is the logits' class" if got == expected else f"WRONG class {got}"))
+    for count in (20, 5):
+        rows.append((f"{count} labels for a 10-output model", outcome(lambda: runtimes.load(labels(fresh(toy_model(size=h)[0]), [f"c{i}" for i in range(count)])))))
+    rows.append(("float32 model input, the manifest says uint8", outcome(lambda: runtimes.load(fresh(toy_model(in_type=TensorProto.FLOAT, size=h)[0])))))
+
+    def nan_logits():
+        with runtimes.load(fresh(toy_model(nan=True, size=h)[0])) as q:
+            q.predict(img)
+    rows.append(("a model that outputs NaN logits, to predict()", outcome(nan_logits)))
+
+    def empty():
+        b = fresh()
+        (b / "model.onnx").write_bytes(b"")
+        runtimes.load(relist(b))
+    rows.append(("empty model.onnx", outcome(empty)))
+    custom, _ = toy_model(size=h)
+    custom.graph.node[2].domain = "com.example.custom"
+    custom.opset_import.append(helper.make_opsetid("com.example.custom", 1))
+    rows.append(("an operator from an unknown custom domain", outcome(lambda: runtimes.load(fresh(custom)))))
+    rows.append(("manifest input size 32, graph input size " + str(h), outcome(lambda: runtimes.load(edit_manifest(
+        fresh(toy_model(size=h)[0]), lambda d: (d["preprocessing"].update(input_size=[32, 32]), d["inputs"][0].update(shape=["batch", 32, 32, 3])))))))
+
+    def renamed_entrypoint():
+        b = fresh()
+        (b / "model.onnx").unlink()
+        onnx.save(model_with_external_tensor("/etc/passwd"), str(b / "model.ONNX"))
+        runtimes.load(edit_manifest(relist(b), lambda d: d["model"].update(entrypoint="model.ONNX")))
+    rows.append(("entrypoint `model.ONNX` whose external data is /etc/passwd", outcome(renamed_entrypoint)))
+
+    def non_utf8_path():
+        b = fresh()
+        runtimes.load(edit_manifest(b, lambda d: d["model"]["files"].append({"path": "x\udcff.bin", "sha256": "0" * 64, "bytes": 1})))
+    rows.append(("manifest path that is not valid UTF-8", outcome(non_utf8_path)))
+
+    def manifest_text(name: str, change) -> None:
+        b = fresh()
+        text = json.dumps(json.loads((b / "manifest.json").read_text()))
+        (b / "manifest.json").write_text(change(text))
+        runtimes.load(b)
+    limits = {
+        "manifest JSON nested 1,000 deep": lambda t: t.rstrip()[:-1] + ', "x": ' + "[" * 1000 + "]" * 1000 + "}",
+        "manifest integer of 5,000 digits": lambda t: t.replace('"schema_version": 1', '"schema_version": ' + "9" * 5000),
+        "manifest `crop_pct` as the string \"1\"": lambda t: t.replace('"crop_pct": 1.0', '"crop_pct": "1"'),
+        "manifest input size 100000 x 100000": lambda t: t.replace(f"{h}, {h}", "100000, 100000"),
+        "manifest fixed batch of 10^12": lambda t: t.replace('"batch", %d' % h, "1000000000000, %d" % h, 1),
+    }
+    for what, change in limits.items():
+        rows.append((what, outcome(lambda: manifest_text(what, change))))
+
+    def openvino_offset_past_the_end():
+        import openvino as ov
+
+        b = fresh()
+        ov.save_model(ov.convert_model(str(b / "model.onnx")), str(b / "model.xml"), compress_to_fp16=False)
+        (b / "model.onnx").unlink()
+        xml = (b / "model.xml").read_text()
+        (b / "model.xml").write_text(xml.replace('offset="0"', 'offset="999999999"', 1))
+        runtimes.load(edit_manifest(relist(b), lambda d: d["model"].update(backend="openvino", format="openvino", entrypoint="model.xml")))
+    try:
+        import openvino  # noqa: F401
+
+        rows.append(("OpenVINO IR whose weight offset is past the end of model.bin", outcome(openvino_offset_past_the_end)))
+    except ImportError:
+        pass
+    return rows
+
+
+def image_rows(work: Path, p) -> list[tuple[str, str]]:
+    """Images as users take them, and batches as apps pass them."""
+    from PIL import Image
+
+    rows = [("ragged nested list as an image", outcome(lambda: p.predict([[1, 2], [3]])))]
+    h, w = p.preprocessing.input_size
+    big = np.zeros((1000, h, w, 3), np.uint8)
+    rows.append(("1,000-image batch to run()", "accepted: handed to the backend 256 at a time" if outcome(lambda: p.run(big)) == "accepted" else "FAILED"))
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(work / "sideways.jpg", exif=exif)
+    from runtimes.preprocess import read_image, to_rgb_uint8
+
+    upright = read_image(str(work / "sideways.jpg")).shape[:2] == (40, 20)
+    rows.append(("JPEG stored sideways with EXIF orientation 6", "accepted: turned upright, as in training" if upright else "WRONG: read sideways"))
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(work / "half.tif")
+    grey = int(to_rgb_uint8(read_image(str(work / "half.tif"))).max())
+    rows.append(("float TIFF of 0.5 everywhere", f"accepted: scaled by its range to grey {grey}"))
+    Image.fromarray(np.full((8, 8), 70000, np.int32), mode="I").save(work / "i32.tif")
+    rows.append(("32-bit TIFF with values 70000", outcome(lambda: p.predict(str(work / "i32.tif")))))
+    Image.new("L", (7000, 7000)).save(work / "bomb.png")
+    rows.append(("7000 x 7000 PNG (49 MP)", outcome(lambda: p.predict(str(work / "bomb.png")))))
+    return rows
 
 
 def main() -> int:
@@ -141,6 +262,11 @@ def main() -> int:
                      "bundle for a backend not installed here": missing_backend}.items():
         rows.append((what, outcome(fn)))
 
+    rows += crafted_bundle_rows(bundle, work, p)
+    rows += image_rows(work, p)
+    p.close()
+    rows.append(("predict() after close()", outcome(lambda: p.predict(good[0]))))
+
     try:
         from PIL import Image
 
@@ -182,10 +308,10 @@ def main() -> int:
     print("| bad input | what the user gets |")
     print("|---|---|")
     for what, got in rows:
-        print(f"| {what} | {got.replace('|', '/')} |")
+        print(f"| {what} | {got.replace(str(work), '...').replace('|', '/')} |")
     print(f"\nthe original bundle is byte-identical afterwards: {untouched}")
     shutil.rmtree(work, ignore_errors=True)
-    return 0 if untouched and not any(got.startswith("UNTYPED") for _, got in rows) else 1
+    return 0 if untouched and not any(got.startswith(("UNTYPED", "WRONG", "FAILED")) for _, got in rows) else 1
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ our typed errors)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,50 +28,11 @@ from runtimes.errors import EdgeTransferError, IntegrityError
 from runtimes.manifest import parse_manifest
 
 from conftest import ROOT, SMALL, run_cli
+from crafted import bundle_with_model as _bundle_with_model, edit_manifest as _edit_manifest, ir_bundle as _ir_bundle
+from crafted import labels as _labels, model_with_external_tensor as _model_with_external_tensor, relist as _relist, toy_model as _toy_model
 
 
 # ------------------------------------------------------------------------------------------------ external data
-
-
-def _model_with_external_tensor(location: str, in_attribute: bool = False):
-    """A tiny valid graph whose one tensor says its data lives in file `location`."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2], data_location=TensorProto.EXTERNAL)
-    for key, value in (("location", location), ("offset", "0"), ("length", "8")):
-        entry = t.external_data.add()
-        entry.key, entry.value = key, value
-    if in_attribute:  # hidden in a Constant node's attribute instead of the initializers
-        nodes = [helper.make_node("Constant", [], ["w"], value=t)]
-        inits = []
-    else:
-        nodes, inits = [], [t]
-    nodes.append(helper.make_node("Identity", ["w"], ["y"]))
-    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], initializer=inits)
-    return onnx.helper.make_model(graph)
-
-
-def _bundle_with_model(template: Path, out: Path, model, extra: dict[str, bytes] | None = None) -> Path:
-    """A copy of `template` whose model.onnx is replaced (and extra files added), with a consistent manifest."""
-    import onnx
-
-    shutil.copytree(template, out)
-    onnx.save(model, str(out / "model.onnx"))
-    for name, data in (extra or {}).items():
-        (out / name).write_bytes(data)
-    return _relist(out)
-
-
-def _relist(out: Path) -> Path:
-    """List every file of the bundle in its manifest with fresh sha256 and sizes, as a careless producer would."""
-    doc = json.loads((out / "manifest.json").read_text())
-    doc["model"]["files"] = [
-        {"path": p.relative_to(out).as_posix(), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
-        for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"
-    ]
-    (out / "manifest.json").write_text(json.dumps(doc))
-    return out
 
 
 @pytest.mark.parametrize("location,in_attribute,message", [
@@ -296,6 +256,51 @@ def test_atheris_harness_smoke_run(digits_bundle: Path, tmp_path: Path):
     assert "Done 3000 runs" in r.stderr
 
 
+@pytest.fixture(scope="module")
+def load_harness():
+    """tests/fuzz/fuzz_load.py's harness: a toy ONNX Runtime bundle and its OpenVINO IR twin, loadable in milliseconds."""
+    sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
+    import fuzz_load
+
+    harness = fuzz_load.Harness()
+    yield fuzz_load, harness
+    shutil.rmtree(harness.work, ignore_errors=True)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_rehashed_mutated_bundles_answer_or_raise_typed_errors(load_harness, data):
+    """Flip, cut or append bytes of the manifest, the ONNX model, the IR's XML or its weights, then re-make the
+    checksums: the mutation reaches the parser, the model checks and the backend, which may answer or raise our
+    errors, never anything else (the harness lets only EdgeTransferError through)."""
+    fuzz_load, harness = load_harness
+    target = data.draw(st.integers(0, len(fuzz_load.TARGETS) - 1))
+    backend, name = fuzz_load.TARGETS[target]
+    if backend not in harness.seeds:
+        pytest.skip(f"{backend} is not installed here")
+    raw = bytearray(harness.seeds[backend][name])
+    kind = data.draw(st.sampled_from(["flip", "truncate", "append"]))
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= data.draw(st.integers(1, 255))
+    elif kind == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=64))
+    harness(bytes([target]) + (b"\x00" if name == "manifest.json" else b"") + bytes(raw))
+
+
+def test_atheris_load_harness_smoke_run(load_harness, tmp_path: Path):
+    """A bounded libFuzzer run of tests/fuzz/fuzz_load.py (the long run's count is in the README)."""
+    pytest.importorskip("atheris", reason="atheris (libFuzzer for Python) is not installed here")
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_load.py"), str(tmp_path / "corpus"), "-runs=1500",
+                        "-max_len=20000", "-len_control=0", f"-artifact_prefix={tmp_path}/"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Done 1500 runs" in r.stderr and "fuzz_load: " in r.stderr
+
+
 class _Gadget:
     """Stands for any object a hostile pickle would construct; weights_only=True must never build it."""
 
@@ -384,39 +389,6 @@ def test_a_model_file_swapped_during_load_never_runs(fmt, format_bundles, tmp_pa
 # ------------------------------------------------------------------------------------------------ model vs manifest
 
 
-def _toy_model(outputs: tuple[str, ...] = ("logits",), classes: int = 10, in_type: int | None = None, nan: bool = False):
-    """uint8 images -> mean colour -> MatMul -> `classes` logits; a 'features' output (argmax 7 everywhere) when asked."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(3, classes)).astype(np.float32)
-    w2 = np.zeros((3, classes), np.float32)
-    w2[:, 7] = 100.0
-    nodes = [helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
-             helper.make_node("MatMul", ["m", "w"], ["raw"]),
-             helper.make_node("Div" if nan else "Identity", ["raw", "zero"] if nan else ["raw"], ["logits"]),
-             helper.make_node("MatMul", ["m", "w2"], ["features"])]
-    inits = [numpy_helper.from_array(np.array([1, 2], np.int64), "axes"), numpy_helper.from_array(w, "w"),
-             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros((1,), np.float32), "zero")]
-    graph = helper.make_graph(
-        nodes, "toy", [helper.make_tensor_value_info("images", in_type or TensorProto.UINT8, ["batch", SMALL, SMALL, 3])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", classes]) for n in outputs], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model, w
-
-
-def _labels(bundle: Path, labels: list[str]) -> Path:
-    doc = json.loads((bundle / "manifest.json").read_text())
-    doc["labels"] = labels
-    doc["outputs"][0]["shape"] = ["batch", len(labels)]  # a consistent manifest: only the model disagrees
-    (bundle / "manifest.json").write_text(json.dumps(doc))
-    return bundle
-
-
 def test_outputs_are_bound_by_name_not_position(digits_bundle: Path, tmp_path: Path):
     model, w = _toy_model(outputs=("features", "logits"))
     bundle = _bundle_with_model(digits_bundle, tmp_path / "b", model)
@@ -450,17 +422,6 @@ def test_nan_logits_are_refused_by_predict_and_returned_raw_by_run(digits_bundle
         assert not np.isfinite(p.run(img)).all()
         with pytest.raises(runtimes.InferenceError, match=r"NaN/inf logits for image\(s\) 0"):
             p.predict(img)
-
-
-def _ir_bundle(template: Path, out: Path, onnx_model) -> Path:
-    """A copy of an OpenVINO bundle whose IR is `onnx_model` converted by OpenVINO, with a consistent manifest."""
-    import onnx
-    import openvino as ov
-
-    shutil.copytree(template, out)
-    onnx.save(onnx_model, str(out.parent / "toy.onnx"))
-    ov.save_model(ov.convert_model(str(out.parent / "toy.onnx")), str(out / "model.xml"), compress_to_fp16=False)
-    return _relist(out)
 
 
 def test_openvino_binds_by_name_and_checks_the_label_count(format_bundles, tmp_path: Path):
@@ -576,7 +537,6 @@ def test_images_as_users_take_them(tmp_path: Path, monkeypatch):
 
 @pytest.mark.parametrize("case", ["empty model", "custom-op domain", "manifest size 32, graph 64"])
 def test_models_onnxruntime_cannot_load_are_bundle_errors(case, digits_bundle: Path, tmp_path: Path):
-    import onnx
     from onnx import helper
 
     bundle = tmp_path / "b"
@@ -598,7 +558,6 @@ def test_models_onnxruntime_cannot_load_are_bundle_errors(case, digits_bundle: P
         (bundle / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(runtimes.BundleError):
         runtimes.load(bundle)
-
 
 
 # ------------------------------------------------------------------------------------------------ files, names, the CLI
@@ -663,13 +622,6 @@ def test_file_names_that_are_not_utf8(digits_bundle: Path, tmp_path: Path):
     assert "file 'notes-\\udcff.txt' is in the bundle but not listed in the manifest" in r.stderr
 
 
-def _edit_manifest(bundle: Path, edit) -> Path:
-    doc = json.loads((bundle / "manifest.json").read_text())
-    edit(doc)
-    (bundle / "manifest.json").write_text(json.dumps(doc))
-    return bundle
-
-
 @pytest.mark.parametrize("edit,shown", [
     (lambda d: d["validation"].update(max_abs_logit_diff=None), "max |diff| n/a"),
     (lambda d: d["validation"].update(max_abs_logit_diff="0.1"), "max |diff| <malformed: '0.1'>"),
@@ -696,3 +648,13 @@ def test_labels_with_unprintable_characters_print_safely(digits_bundle: Path, tm
         r = run_cli(*args, block_torch=True, env={"PYTHONIOENCODING": "utf-8"})
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         assert "cls\\udcff" in r.stdout
+
+
+def test_reliability_table_script_finds_every_case_typed_or_answered(digits_bundle: Path):
+    """scripts/reliability_table.py makes the README's table; every row must be a typed error or a right answer."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "reliability_table.py"), str(digits_bundle)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) > 40 and not any(w in r.stdout for w in ("UNTYPED", "WRONG", "FAILED"))
+    assert "the original bundle is byte-identical afterwards: True" in r.stdout
