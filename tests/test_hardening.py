@@ -291,6 +291,21 @@ def test_rehashed_mutated_bundles_answer_or_raise_typed_errors(load_harness, dat
     harness(bytes([target]) + (b"\x00" if name == "manifest.json" else b"") + bytes(raw))
 
 
+@pytest.mark.parametrize("case", sorted(p.name for p in (ROOT / "tests" / "fuzz" / "regressions").iterdir()))
+def test_inputs_the_load_fuzzer_once_crashed_on_are_typed_errors(load_harness, case):
+    """Each file is one file's content that libFuzzer found (name: target number, what it broke); it must now give
+    a BundleError."""
+    fuzz_load, harness = load_harness
+    target = int(case.split("-")[0])
+    backend, name = fuzz_load.TARGETS[target]
+    if backend not in harness.seeds:
+        pytest.skip(f"{backend} is not installed here")
+    content = (ROOT / "tests" / "fuzz" / "regressions" / case).read_bytes()
+    harness.outcomes.clear()
+    harness(bytes([target]) + (b"\x00" if name == "manifest.json" else b"") + content)
+    assert harness.outcomes == {f"{backend}/{name}: BundleError": 1}
+
+
 def test_atheris_load_harness_smoke_run(load_harness, tmp_path: Path):
     """A bounded libFuzzer run of tests/fuzz/fuzz_load.py (the long run's count is in the README)."""
     pytest.importorskip("atheris", reason="atheris (libFuzzer for Python) is not installed here")

@@ -93,8 +93,13 @@ class OnnxRuntimePredictor(Predictor):
         self.inference_precision = AS_WRITTEN[self.precision]
         if dev == "cpu":
             self._check_int8_target()
-        self.check_graph_io({i.name: (manifest_dtype(i.type), tuple(i.shape)) for i in self.session.get_inputs()},
-                            {o.name: (manifest_dtype(o.type), tuple(o.shape)) for o in self.session.get_outputs()})
+        try:
+            graph_inputs = {i.name: (manifest_dtype(i.type), tuple(i.shape)) for i in self.session.get_inputs()}
+            graph_outputs = {o.name: (manifest_dtype(o.type), tuple(o.shape)) for o in self.session.get_outputs()}
+        except UnicodeDecodeError as exc:  # found by tests/fuzz/fuzz_load.py: ORT loads such a graph, then cannot name it
+            raise BundleError(f"{bundle.path}: {bundle.manifest.entrypoint}: an input or output name or dimension "
+                              f"in the model is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        self.check_graph_io(graph_inputs, graph_outputs)
         self._input_name, self._output_name = self.inputs[0].name, self.outputs[0].name  # by name, never by position
         self.placement: dict[str, int] | None = None
         if profile_dir is not None:

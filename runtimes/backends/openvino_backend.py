@@ -99,6 +99,8 @@ class OpenVinoPredictor(Predictor):
         except RuntimeError as exc:  # checksums passed, so the producer wrote a broken IR (offsets past the weights...)
             raise BundleError(f"{bundle.path}: OpenVINO cannot read the IR {bundle.entrypoint.name}: "
                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+        except UnicodeDecodeError as exc:  # found by tests/fuzz/fuzz_load.py
+            raise BundleError(f"{bundle.path}: the IR {bundle.entrypoint.name} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
         try:
             self.compiled = core.compile_model(model, dev.upper(), config)
         except RuntimeError as exc:
@@ -107,7 +109,12 @@ class OpenVinoPredictor(Predictor):
             return {name: (manifest_dtype(port.get_element_type()), tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape()))
                     for port in items for name in port.get_names()}
 
-        self.check_graph_io(ports(self.compiled.inputs), ports(self.compiled.outputs))
+        try:
+            graph_inputs, graph_outputs = ports(self.compiled.inputs), ports(self.compiled.outputs)
+        except UnicodeDecodeError as exc:
+            raise BundleError(f"{bundle.path}: an input or output name in the IR {bundle.entrypoint.name} is not valid UTF-8 "
+                              f"({exc.reason} at byte {exc.start})") from None
+        self.check_graph_io(graph_inputs, graph_outputs)
         self._output = self.compiled.output(self.outputs[0].name)  # by name, never by position
         self._input_name = self.inputs[0].name
         self.execution_devices = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
