@@ -41,8 +41,15 @@ def export_bundles(work: Path) -> dict[str, Path]:
     if missing:
         print(f"exporting efficientnet_lite0 to {', '.join(missing)} in {work} (once) ...", file=sys.stderr)
         # Calibration and validation use the built-in digits images: the numbers here are latency, not accuracy.
-        et.export(backbone="efficientnet_lite0", strategy="pretrained", out=work / "_new", format=",".join(missing),
-                  calibration_size=64, allow_failed_validation=True, overwrite=True)
+        et.export(
+            backbone="efficientnet_lite0",
+            strategy="pretrained",
+            out=work / "_new",
+            format=",".join(missing),
+            calibration_size=64,
+            allow_failed_validation=True,
+            overwrite=True,
+        )
         for f in missing:
             shutil.rmtree(work / f, ignore_errors=True)
             (work / "_new" / f).rename(work / f)
@@ -69,8 +76,12 @@ def time_torch(batch: int, iterations: int) -> dict[str, float]:
             model(x)
             samples.append(time.perf_counter() - t0)
     ms = np.asarray(samples) * 1000
-    return {"p50": float(np.median(ms)), "p99": float(np.percentile(ms, 99)), "throughput": batch * len(ms) / (ms.sum() / 1000),
-            "threads": torch.get_num_threads()}
+    return {
+        "p50": float(np.median(ms)),
+        "p99": float(np.percentile(ms, 99)),
+        "throughput": batch * len(ms) / (ms.sum() / 1000),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def benchmark_app(xml: Path, batch: int, seconds: int) -> float | None:
@@ -78,8 +89,21 @@ def benchmark_app(xml: Path, batch: int, seconds: int) -> float | None:
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     if not Path(exe).exists():
         return None
-    cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-t", str(seconds), "-shape", f"images[{batch},224,224,3]",
-           "-infer_precision", "f32"]  # as our OpenVINO runs are pinned
+    cmd = [
+        exe,
+        "-m",
+        str(xml),
+        "-d",
+        "CPU",
+        "-hint",
+        "latency",
+        "-t",
+        str(seconds),
+        "-shape",
+        f"images[{batch},224,224,3]",
+        "-infer_precision",
+        "f32",
+    ]  # as our OpenVINO runs are pinned
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     match = re.search(r"Median:\s+([\d.]+)\s*ms", out.stdout)
     return float(match.group(1)) if match else None
@@ -106,17 +130,40 @@ def main() -> int:
         n = max(20, args.iterations // b)
         t = time_torch(b, n)
         torch_p50[b] = t["p50"]
-        rows.append({"runtime": "torch eager", "precision": "fp32", "runs_at": "f32", "batch": b, "plain_p50": t["p50"], "ours_p50": None,
-                     "p99": t["p99"], "throughput": t["throughput"], "overhead_pct": None, "vs_torch": 1.0})
+        rows.append(
+            {
+                "runtime": "torch eager",
+                "precision": "fp32",
+                "runs_at": "f32",
+                "batch": b,
+                "plain_p50": t["p50"],
+                "ours_p50": None,
+                "p99": t["p99"],
+                "throughput": t["throughput"],
+                "overhead_pct": None,
+                "vs_torch": 1.0,
+            }
+        )
         print(f"torch eager batch {b}: p50 {t['p50']:.2f} ms ({t['threads']} threads)", file=sys.stderr)
     for fmt, path in bundles.items():
         for b in batches:
             (r,) = bench_bundle(path, batches=[b], iterations=max(20, args.iterations // b))
             # "runs at" is read back from the backend: OpenVINO is pinned to the validated f32, never a silent bf16
-            rows.append({"runtime": r.backend, "precision": r.precision, "runs_at": r.execution.get("inference_precision") or "?",
-                         "format": fmt, "batch": b, "plain_p50": r.plain.p50,
-                         "ours_p50": r.latency.p50, "p99": r.latency.p99, "throughput": r.throughput,
-                         "overhead_pct": 100 * r.overhead, "vs_torch": torch_p50[b] / r.latency.p50})
+            rows.append(
+                {
+                    "runtime": r.backend,
+                    "precision": r.precision,
+                    "runs_at": r.execution.get("inference_precision") or "?",
+                    "format": fmt,
+                    "batch": b,
+                    "plain_p50": r.plain.p50,
+                    "ours_p50": r.latency.p50,
+                    "p99": r.latency.p99,
+                    "throughput": r.throughput,
+                    "overhead_pct": 100 * r.overhead,
+                    "vs_torch": torch_p50[b] / r.latency.p50,
+                }
+            )
             print(f"{fmt} batch {b}: ours p50 {r.latency.p50:.2f} ms, plain {r.plain.p50:.2f} ms", file=sys.stderr)
     app: dict[str, float | None] = {}
     if not args.no_benchmark_app:
@@ -125,16 +172,20 @@ def main() -> int:
                 app[f"{fmt}@{b}"] = benchmark_app(bundles[fmt] / "model.xml", b, seconds=8)
 
     machine = machine_context()
-    print(f"\nEfficientNet-Lite0, 224 px, {machine.get('cpu', machine['machine'])}, {machine['cpus']} CPUs; "
-          f"p50 latency per call in ms")
-    header = f"{'runtime':<12} {'precision':<9} {'runs at':<8} {'batch':>5} {'plain p50':>10} {'ours p50':>9} {'overhead':>9} {'p99':>8} {'img/s':>8} {'vs torch':>9}"
+    print(f"\nEfficientNet-Lite0, 224 px, {machine.get('cpu', machine['machine'])}, {machine['cpus']} CPUs; p50 latency per call in ms")
+    header = (
+        f"{'runtime':<12} {'precision':<9} {'runs at':<8} {'batch':>5} {'plain p50':>10} {'ours p50':>9} {'overhead':>9} "
+        f"{'p99':>8} {'img/s':>8} {'vs torch':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         ours = "-" if r["ours_p50"] is None else f"{r['ours_p50']:.2f}"
         over = "-" if r["overhead_pct"] is None else f"{r['overhead_pct']:+.1f}%"
-        print(f"{r['runtime']:<12} {r['precision']:<9} {r['runs_at']:<8} {r['batch']:>5} {r['plain_p50']:>10.2f} {ours:>9} {over:>9} "
-              f"{r['p99']:>8.2f} {r['throughput']:>8.1f} {r['vs_torch']:>8.2f}x")
+        print(
+            f"{r['runtime']:<12} {r['precision']:<9} {r['runs_at']:<8} {r['batch']:>5} {r['plain_p50']:>10.2f} {ours:>9} {over:>9} "
+            f"{r['p99']:>8.2f} {r['throughput']:>8.1f} {r['vs_torch']:>8.2f}x"
+        )
     if app:
         print("\nOpenVINO benchmark_app (latency hint, random input, same IR), median ms vs our harness's plain-call p50:")
         for key, median in app.items():

@@ -8,8 +8,9 @@ their provenance (split, count, seed, hash of the item list) goes into the bundl
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class CalibrationData:
         digest = hashlib.sha256("\n".join(self.items).encode()).hexdigest()
         return {"split": self.split, "count": len(self), "seed": self.seed, "source": self.source, "items_sha256": digest, **self.extra}
 
-    def subset(self, count: int) -> "CalibrationData":
+    def subset(self, count: int) -> CalibrationData:
         """The first `count` samples (already a seeded random draw), e.g. to show what too few samples do."""
         count = max(1, min(int(count), len(self)))
         return CalibrationData(self.images[:count], self.split, self.items[:count], self.seed, self.source, dict(self.extra))
@@ -68,7 +69,7 @@ class CalibrationData:
 
         class _Reader(CalibrationDataReader):
             def __init__(self) -> None:
-                self._it = iter(())
+                self._it: Iterator[np.ndarray] = iter(())
                 self.rewind()
 
             def get_next(self) -> dict[str, np.ndarray] | None:

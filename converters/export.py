@@ -14,9 +14,10 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -25,9 +26,9 @@ from torch import nn
 
 import runtimes
 from runtimes.bundle import Bundle, BundleWriter
+from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS, reduce_range_for
 from runtimes.errors import BundleError, EdgeTransferError, InputError, ValidationFailed
 from runtimes.manifest import SCHEMA_VERSION, utc_now
-from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS, reduce_range_for
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import DEFAULT_SELF_TEST_SIZE, choose_golden, write_self_test
 
@@ -60,9 +61,18 @@ FORMAT_SPECS: dict[str, FormatSpec] = {
         FormatSpec("openvino-fp16", "openvino", "fp16", "openvino-ir", "model.xml", description="OpenVINO IR, fp16 weights"),
         FormatSpec("openvino-int8", "openvino", "int8", "openvino-ir", "model.xml", True, "OpenVINO IR int8 (NNCF)"),
         FormatSpec("tensorrt", "tensorrt", "fp32", "onnx", "model.onnx", description="TensorRT-ready ONNX, fp32 engine built on the device"),
-        FormatSpec("tensorrt-fp16", "tensorrt", "fp16", "onnx", "model.onnx", description="TensorRT-ready fp16 ONNX, fp16 engine built on the device"),
-        FormatSpec("tensorrt-int8", "tensorrt", "int8", "onnx", "model.onnx", True,
-                   "TensorRT-ready QDQ ONNX (symmetric int8 from the shared calibration), int8 engine built on the device"),
+        FormatSpec(
+            "tensorrt-fp16", "tensorrt", "fp16", "onnx", "model.onnx", description="TensorRT-ready fp16 ONNX, fp16 engine built on the device"
+        ),
+        FormatSpec(
+            "tensorrt-int8",
+            "tensorrt",
+            "int8",
+            "onnx",
+            "model.onnx",
+            True,
+            "TensorRT-ready QDQ ONNX (symmetric int8 from the shared calibration), int8 engine built on the device",
+        ),
     )
 }
 FORMATS = tuple(FORMAT_SPECS)
@@ -105,8 +115,16 @@ class ExportResult:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready row: format, path, bytes, written, passed, error, validation."""
-        return {"format": self.format, "path": str(self.path), "bytes": self.size_bytes, "written": self.written,
-                "passed": self.passed, "error": self.error, "validation": self.validation, "seconds": self.seconds}
+        return {
+            "format": self.format,
+            "path": str(self.path),
+            "bytes": self.size_bytes,
+            "written": self.written,
+            "passed": self.passed,
+            "error": self.error,
+            "validation": self.validation,
+            "seconds": self.seconds,
+        }
 
 
 def parse_formats(spec: str | Sequence[str]) -> list[str]:
@@ -237,13 +255,21 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
         if q.accuracy_aware:
             images, expected, baseline, allowed, desc = job.tuning_target()
             settings = quantize_int8_accuracy_aware(
-                job.preprocessed(), target, job.calibration, input_name=INPUT_NAME, tuning_images=images, expected=expected,
-                baseline=baseline, max_drop=allowed, feed_batch=job.feed_batch, log=job.say, **options,
+                job.preprocessed(),
+                target,
+                job.calibration,
+                input_name=INPUT_NAME,
+                tuning_images=images,
+                expected=expected,
+                baseline=baseline,
+                max_drop=allowed,
+                feed_batch=job.feed_batch,
+                log=job.say,
+                **options,
             )
             settings["accuracy_aware"].update(desc, split=job.tuning.split if job.tuning else None)
         else:
-            settings = quantize_int8_static(job.preprocessed(), target, job.calibration, input_name=INPUT_NAME,
-                                            feed_batch=job.feed_batch, **options)
+            settings = quantize_int8_static(job.preprocessed(), target, job.calibration, input_name=INPUT_NAME, feed_batch=job.feed_batch, **options)
         settings["reduce_range_reason"] = rr["reason"]
         settings["target_cpu"] = rr
         calibration.update(method=q.method, per_channel=q.per_channel)
@@ -257,8 +283,9 @@ def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], 
         images, expected, baseline, allowed, desc = job.tuning_target()
         control = {"images": images, "expected": expected, "max_drop": allowed, "split": job.tuning.split if job.tuning else None}
     rr = job.reduce_range()
-    quantized, settings = ovc.quantize_int8(model, job.calibration, accuracy_control=control, feed_batch=job.batch_size,
-                                            overflow_fix="enable" if rr["reduce_range"] else "disable")
+    quantized, settings = ovc.quantize_int8(
+        model, job.calibration, accuracy_control=control, feed_batch=job.batch_size, overflow_fix="enable" if rr["reduce_range"] else "disable"
+    )
     settings["target_cpu"] = rr
     if control is not None:
         settings["accuracy_control"].update(desc, baseline=round(baseline, 6))
@@ -272,11 +299,17 @@ def tensorrt_settings(options: dict[str, Any], batch_size: int | None, precision
     from runtimes.tensorrt_engine import BuildSettings, derive_profile
 
     opts = dict(options)
-    profile = derive_profile(batch_size if batch_size is not None else "batch", opt_batch=opts.pop("opt_batch", None),
-                             max_batch=opts.pop("max_batch", None), static=opts.get("dla_core") is not None)
+    profile = derive_profile(
+        batch_size if batch_size is not None else "batch",
+        opt_batch=opts.pop("opt_batch", None),
+        max_batch=opts.pop("max_batch", None),
+        static=opts.get("dla_core") is not None,
+    )
     known = {"workspace_mib", "dla_core", "gpu_fallback", "hardware_compatible", "version_compatible"}
     if set(opts) - known:
-        raise InputError(f"unknown TensorRT option(s) {', '.join(sorted(set(opts) - known))} (known: opt_batch, max_batch, {', '.join(sorted(known))})")
+        raise InputError(
+            f"unknown TensorRT option(s) {', '.join(sorted(set(opts) - known))} (known: opt_batch, max_batch, {', '.join(sorted(known))})"
+        )
     return BuildSettings(precision=precision, profile=profile, **opts)
 
 
@@ -296,9 +329,18 @@ def _build_tensorrt(job: _Job, spec: FormatSpec, target: Path) -> tuple[dict[str
         raise InputError(f"{spec.name} needs calibration data")
     # TensorRT computes int8 with 32-bit accumulation on the GPU: full 8-bit weights, zero points of 0, and float
     # biases (its ONNX parser refuses DequantizeLinear on int32 biases)
-    settings = quantize_int8_static(job.preprocessed(), target, job.calibration, input_name=INPUT_NAME, method=job.quantization.method,
-                                    per_channel=True, reduce_range=False, feed_batch=job.feed_batch, symmetric_activations=True,
-                                    quantize_bias=False)
+    settings = quantize_int8_static(
+        job.preprocessed(),
+        target,
+        job.calibration,
+        input_name=INPUT_NAME,
+        method=job.quantization.method,
+        per_channel=True,
+        reduce_range=False,
+        feed_batch=job.feed_batch,
+        symmetric_activations=True,
+        quantize_bias=False,
+    )
     calibration = dict(job.calibration.provenance(), method=job.quantization.method, per_channel=True)
     return dict(settings, engine=engine), calibration, {}
 
@@ -367,9 +409,9 @@ def export_bundles(
                 raise InputError(f"format {s.name}: {exc}") from None
     root = Path(out)
     targets = {s.name: root if len(specs) == 1 else root / s.name for s in specs}
-    for t in targets.values():
-        if t.exists() and not overwrite:
-            raise BundleError(f"{t} already exists; pass --overwrite (overwrite=True) to replace it")
+    for target in targets.values():
+        if target.exists() and not overwrite:
+            raise BundleError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
     say = log or (lambda msg: None)
     results: list[ExportResult] = []
     with tempfile.TemporaryDirectory(prefix="edge-transfer-export-") as work_dir:
@@ -385,8 +427,20 @@ def export_bundles(
         ref = reference_logits(model, reference.images)
         tuning_logits = reference_logits(model, tuning.images) if tuning is not None and quantization.accuracy_aware else None
         ref_seconds = time.perf_counter() - t
-        job = _Job(work, work / "model.onnx", preprocessing.input_size, batch_size, calibration, quantization, tuning,
-                   tuning_logits, max_drop, say, dict(tensorrt or {}), self_test_size)
+        job = _Job(
+            work,
+            work / "model.onnx",
+            preprocessing.input_size,
+            batch_size,
+            calibration,
+            quantization,
+            tuning,
+            tuning_logits,
+            max_drop,
+            say,
+            dict(tensorrt or {}),
+            self_test_size,
+        )
         batch_dim: int | str = "batch" if batch_size is None else batch_size
         for spec in specs:
             say(f"{spec.name}: {spec.description}")
@@ -403,8 +457,21 @@ def export_bundles(
             }
             agreement = min_agreement if min_agreement is not None else default_min_agreement(spec.precision, reference.targets is not None)
             try:
-                results.append(_export_one(job, spec, targets[spec.name], base, ref, reference, agreement, opset,
-                                           allow_failed_validation, overwrite, {"onnx_export": base_seconds, "torch_reference": ref_seconds}))
+                results.append(
+                    _export_one(
+                        job,
+                        spec,
+                        targets[spec.name],
+                        base,
+                        ref,
+                        reference,
+                        agreement,
+                        opset,
+                        allow_failed_validation,
+                        overwrite,
+                        {"onnx_export": base_seconds, "torch_reference": ref_seconds},
+                    )
+                )
             except ValidationFailed:
                 raise
             except EdgeTransferError as exc:
@@ -439,8 +506,15 @@ def _export_one(
             raise EdgeTransferError(f"{spec.name}: conversion failed: {type(exc).__name__}: {exc}") from exc
         seconds["convert"] = time.perf_counter() - t
         manifest["producer"] = _producer(opset, spec.backend, producer_extra)
-        manifest["model"] = {"backend": spec.backend, "format": spec.model_format, "precision": spec.precision,
-                             "entrypoint": spec.entrypoint, "export_format": spec.name, "conversion": conversion, "files": []}
+        manifest["model"] = {
+            "backend": spec.backend,
+            "format": spec.model_format,
+            "precision": spec.precision,
+            "entrypoint": spec.entrypoint,
+            "export_format": spec.name,
+            "conversion": conversion,
+            "files": [],
+        }
         if spec.backend == "tensorrt":
             manifest["model"]["tensorrt"] = conversion.pop("engine")
         if "target_cpu" in conversion:  # int8 on CPUs: which CPUs its kernels are safe on (checked at load)
@@ -452,12 +526,15 @@ def _export_one(
         with _validation_predictor(spec, writer.dir) as predictor:
             validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
-        if golden is not None:
-            manifest["self_test"] = write_self_test(writer.dir, reference.images[golden], ref[golden], golden_logits,
-                                                    spec.precision, validation.get("inference_precision"))
+        if golden is not None and golden_logits is not None:
+            manifest["self_test"] = write_self_test(
+                writer.dir, reference.images[golden], ref[golden], golden_logits, spec.precision, validation.get("inference_precision")
+            )
         if spec.backend == "tensorrt":
-            validation["checked_with"] = ("onnxruntime running the TensorRT-ready ONNX as written (no fused kernels); "
-                                          "the engine is checked on the device: edge-transfer build-engine BUNDLE --data DIR")
+            validation["checked_with"] = (
+                "onnxruntime running the TensorRT-ready ONNX as written (no fused kernels); "
+                "the engine is checked on the device: edge-transfer build-engine BUNDLE --data DIR"
+            )
         seconds["validate"] = time.perf_counter() - t
         job.say(f"{spec.name}: {format_validation(validation)}")
         seconds = {k: round(v, 3) for k, v in seconds.items()}
@@ -486,13 +563,14 @@ def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str],
     bad = [r for r in results if not r.written or r.error]
     if not bad:
         return
-    details = "; ".join(
-        f"{r.format}: {r.error or format_validation(r.validation or {})}" for r in bad
-    )
+    details = "; ".join(f"{r.format}: {r.error or format_validation(r.validation or {})}" for r in bad)
     hints = []
     if any(r.format.endswith("int8") for r in bad):
-        hints.append("--accuracy-aware tuned on the val split and that did not hold on the held-out split (a larger val split "
-                     "makes the search more reliable)" if accuracy_aware else "use --accuracy-aware to keep sensitive layers in float")
+        hints.append(
+            "--accuracy-aware tuned on the val split and that did not hold on the held-out split (a larger val split makes the search more reliable)"
+            if accuracy_aware
+            else "use --accuracy-aware to keep sensitive layers in float"
+        )
     hints.append("--max-drop changes the tolerance; --allow-failed-validation writes failed bundles marked as failed")
     exc = ValidationFailed(
         f"{len(bad)} of {len(results)} format(s) not written to {out}:\n{format_table([r.summary() for r in results])}\n{details}\n"

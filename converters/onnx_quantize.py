@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,6 +30,8 @@ from .calibration import CalibrationData
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZABLE_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+
+
 def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> dict[str, Any]:
     """Weights and compute in fp16; graph inputs/outputs keep their types (uint8 in, float32 out)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -49,8 +52,11 @@ def quantized_compute_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes of a QDQ model that read a quantised activation (so could run in float instead)."""
     constants = {init.name for init in model.graph.initializer}
     dq_outputs = {node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear" and node.input[0] not in constants}
-    return [node.name for node in model.graph.node
-            if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and node.name and any(i in dq_outputs for i in node.input)]
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and node.name and any(i in dq_outputs for i in node.input)
+    ]
 
 
 def quantizable_nodes(path: str | os.PathLike[str]) -> list[str]:
@@ -111,8 +117,12 @@ def quantize_int8_static(
             nodes_to_exclude=list(exclude),
             # Relu/Clip stay in the graph (same speed and accuracy, measured), so the float tensor in front of a
             # QuantizeLinear is the activated one and keep_float_inputs can hand it to a float node unchanged.
-            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, "QDQKeepRemovableActivations": True,
-                           "QuantizeBias": quantize_bias},
+            extra_options={
+                "ActivationSymmetric": symmetric_activations,
+                "WeightSymmetric": True,
+                "QDQKeepRemovableActivations": True,
+                "QuantizeBias": quantize_bias,
+            },
             calibration_providers=["CPUExecutionProvider"],
             **cache,
         )
@@ -243,8 +253,13 @@ def quantize_int8_dynamic(src: str | os.PathLike[str], dst: str | os.PathLike[st
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8)
-    return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8", "activations": "dynamic uint8",
-            "per_channel": True, "reduce_range": reduce_range}
+    return {
+        "tool": "onnxruntime.quantization.quantize_dynamic",
+        "weights": "int8",
+        "activations": "dynamic uint8",
+        "per_channel": True,
+        "reduce_range": reduce_range,
+    }
 
 
 class _Scorer:
@@ -263,8 +278,9 @@ class _Scorer:
         options.log_severity_level = 3
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
-        return np.concatenate([session.run(None, {self.input_name: part})[0][:n]
-                               for part, n in padded_chunks(self.images, self.chunk, pad=self.exact)])
+        return np.concatenate(
+            [session.run(None, {self.input_name: part})[0][:n] for part, n in padded_chunks(self.images, self.chunk, pad=self.exact)]
+        )
 
 
 def _logit_error(reference: np.ndarray, logits: np.ndarray) -> float:
@@ -339,13 +355,18 @@ def quantize_int8_accuracy_aware(
             kept.append(name)
             candidate = with_float_nodes(quantized, original, kept)
             value = metric(candidate)
-            trail.append({"float_nodes": len(kept), "node": name, "metric": round(value, 6)})
+            trail.append({"float_nodes": len(kept), "node": name, "metric": round(value, 6)})  # type: ignore[dict-item]
             log(f"onnx-int8 accuracy-aware: {len(kept)} node(s) in float (+{name}) -> tuning metric {100 * value:.2f}%")
             if baseline - value <= max_drop:
                 break
         onnx.save(candidate, str(dst))
         settings["sensitivity"] = [{"node": n, "logit_error_removed": v} for n, v in ranked[: max(len(kept), 8)]]
     settings["float_nodes"] = kept
-    settings["accuracy_aware"] = {"baseline": round(baseline, 6), "max_drop": max_drop, "tuning_count": int(len(tuning_images)),
-                                  "passed_on_tuning": bool(baseline - value <= max_drop), "trail": trail}
+    settings["accuracy_aware"] = {
+        "baseline": round(baseline, 6),
+        "max_drop": max_drop,
+        "tuning_count": int(len(tuning_images)),
+        "passed_on_tuning": bool(baseline - value <= max_drop),
+        "trail": trail,
+    }
     return settings

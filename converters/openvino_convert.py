@@ -89,22 +89,23 @@ def quantize_int8(
     if accuracy_control is not None:
         settings.update(
             tool="nncf.quantize_with_accuracy_control",
-            accuracy_control={"split": accuracy_control.get("split"), "count": int(len(accuracy_control["images"])),
-                              "max_drop": float(accuracy_control["max_drop"])},
+            accuracy_control={
+                "split": accuracy_control.get("split"),
+                "count": int(len(accuracy_control["images"])),
+                "max_drop": float(accuracy_control["max_drop"]),
+            },
         )
     settings["float_layers"] = float_layers(quantized)
     return quantized, settings
 
 
-def _run_nncf(nncf, model, dataset, common: dict[str, Any], accuracy_control: dict[str, Any] | None, feed_batch: int | None,
-              advanced: Any = None):
+def _run_nncf(nncf, model, dataset, common: dict[str, Any], accuracy_control: dict[str, Any] | None, feed_batch: int | None, advanced: Any = None):
     if accuracy_control is None:
         quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **common)
     else:
         images, expected = accuracy_control["images"], accuracy_control["expected"]
         step = feed_batch or 32
-        items = [(part, expected[s : s + n])
-                 for s, (part, n) in zip(range(0, len(images), step), padded_chunks(images, step, pad=bool(feed_batch)))]
+        items = [(part, expected[s : s + n]) for s, (part, n) in zip(range(0, len(images), step), padded_chunks(images, step, pad=bool(feed_batch)))]
 
         def validate(compiled, data) -> float:
             hits = total = 0
@@ -115,8 +116,13 @@ def _run_nncf(nncf, model, dataset, common: dict[str, Any], accuracy_control: di
             return hits / max(total, 1)
 
         quantized = nncf.quantize_with_accuracy_control(
-            model, dataset, nncf.Dataset(items), validation_fn=validate,
-            max_drop=float(accuracy_control["max_drop"]), drop_type=nncf.DropType.ABSOLUTE,
-            advanced_quantization_parameters=advanced, **common,
+            model,
+            dataset,
+            nncf.Dataset(items),
+            validation_fn=validate,
+            max_drop=float(accuracy_control["max_drop"]),
+            drop_type=nncf.DropType.ABSOLUTE,
+            advanced_quantization_parameters=advanced,
+            **common,
         )
     return quantized

@@ -72,7 +72,7 @@ def compare(
     diff = np.abs(logits.astype(np.float64) - reference_logits.astype(np.float64))
     torch_acc = _accuracy(reference_logits, data.targets)
     art_acc = _accuracy(logits, data.targets)
-    drop = None if torch_acc is None else round(torch_acc - art_acc, 6)
+    drop = None if torch_acc is None or art_acc is None else round(torch_acc - art_acc, 6)
     checks = {}
     if drop is not None and max_drop is not None:
         checks["accuracy_drop"] = drop <= max_drop + 1e-9
@@ -127,15 +127,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         result = "PASS" if v.get("passed") else ("ERROR" if r.get("error") and not v else "FAIL")
         if v and not v.get("passed") and r.get("written"):
             result = "FAIL (written)"
-        lines.append((
-            r["format"],
-            "-" if not r.get("bytes") else f"{r['bytes'] / 1e6:.2f} MB",
-            _pct(v.get("artifact_accuracy")) if v else "-",
-            ("n/a" if drop is None else f"{100 * drop:+.2f} pt") if v else "-",
-            _pct(v.get("top1_agreement")) if v else "-",
-            f"{v['ms_per_image']:.2f}" if v.get("ms_per_image") is not None else "-",
-            result,
-        ))
+        lines.append(
+            (
+                r["format"],
+                "-" if not r.get("bytes") else f"{r['bytes'] / 1e6:.2f} MB",
+                _pct(v.get("artifact_accuracy")) if v else "-",
+                ("n/a" if drop is None else f"{100 * drop:+.2f} pt") if v else "-",
+                _pct(v.get("top1_agreement")) if v else "-",
+                f"{v['ms_per_image']:.2f}" if v.get("ms_per_image") is not None else "-",
+                result,
+            )
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]

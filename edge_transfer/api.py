@@ -6,9 +6,10 @@ import functools
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -78,13 +79,11 @@ def train(
 
     if distributed_rank() != 0:  # under accelerate launch / torchrun only the main process speaks
         log, progress = _quiet, False
-    ckpt = checkpoint_dir_for(out)
+    ckpt = checkpoint_dir_for(Path(out))
     if Path(out).exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; pass --overwrite to replace it")
     if ckpt.exists() and not resume and not overwrite:
-        raise CheckpointError(
-            f"{ckpt} holds the checkpoint of an interrupted run: pass --resume to continue it, or --overwrite to start over"
-        )
+        raise CheckpointError(f"{ckpt} holds the checkpoint of an interrupted run: pass --resume to continue it, or --overwrite to start over")
     t0 = time.perf_counter()
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data, skip_bad=skip_bad)
     splits = stratified_split(dataset.targets, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, classes=dataset.classes)
@@ -100,9 +99,21 @@ def train(
         f"backbone {bb.name} at {bb.preprocessing.input_size[0]}x{bb.preprocessing.input_size[1]}; strategy {strategy}"
     )
     cfg = TrainConfig(
-        strategy=strategy, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, unfreeze_blocks=unfreeze_blocks, seed=seed,
-        device=device, mixed_precision=mixed_precision, num_workers=num_workers, feature_batch_size=feature_batch_size,
-        cache_dir=cache_dir, checkpoint_dir=str(ckpt), resume=resume, progress=progress,
+        strategy=strategy,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        unfreeze_blocks=unfreeze_blocks,
+        seed=seed,
+        device=device,
+        mixed_precision=mixed_precision,
+        num_workers=num_workers,
+        feature_batch_size=feature_batch_size,
+        cache_dir=cache_dir,
+        checkpoint_dir=str(ckpt),
+        resume=resume,
+        progress=progress,
     )
     if resume and not (ckpt / "state.json").is_file():
         log(f"resume: no checkpoint at {ckpt}; starting from the beginning")
@@ -172,8 +183,11 @@ def _run_data(config: dict[str, Any], data: str | None = None) -> _ExportData:
     split = config.get("split", {})
     seed = int(split.get("seed", 0))
     splits = stratified_split(
-        dataset.targets, val_fraction=split.get("val_fraction", 0.15), test_fraction=split.get("test_fraction", 0.2),
-        seed=seed, classes=dataset.classes,
+        dataset.targets,
+        val_fraction=split.get("val_fraction", 0.15),
+        test_fraction=split.get("test_fraction", 0.2),
+        seed=seed,
+        classes=dataset.classes,
     )
     return _ExportData(dataset, splits, str(source), seed)
 
@@ -205,7 +219,11 @@ def _calibration(d: _ExportData, indices: np.ndarray, split: str, size: int, cfg
     rng = np.random.default_rng(d.seed)
     picks = rng.permutation(indices)[: min(size, len(indices))]
     return CalibrationData(
-        d.dataset.prepared_batch(picks, cfg), split, [d.dataset.describe_item(int(i)) for i in picks], seed=d.seed, source=d.source,
+        d.dataset.prepared_batch(picks, cfg),
+        split,
+        [d.dataset.describe_item(int(i)) for i in picks],
+        seed=d.seed,
+        source=d.source,
     )
 
 
@@ -290,7 +308,7 @@ def export(
     """
     from converters.export import FORMAT_SPECS, QuantizationOptions, export_bundles, parse_formats, raise_for_failures
 
-    from .backbones import create_backbone
+    from .backbones import DEFAULT_BACKBONE, create_backbone
     from .data import load_dataset, stratified_split
     from .model import ImageClassifier, load_run
 
@@ -309,19 +327,22 @@ def export(
             own = None  # validating on --data alone; calibration/tuning then need their own source
         held_out = _run_data(config, data) if data is not None else own
         cfg = model.preprocessing
-        reference = (
-            _reference(held_out, np.arange(len(held_out.dataset)), "all", cfg, None)
-            if data is not None
-            else _reference(own, own.splits.test, "test", cfg, None)
-        )
+        if data is not None:
+            assert held_out is not None
+            reference = _reference(held_out, np.arange(len(held_out.dataset)), "all", cfg, None)
+        else:
+            assert own is not None  # _run_data raised otherwise
+            reference = _reference(own, own.splits.test, "test", cfg, None)
         source = dict(config.get("source", {}), run=str(run), training_metrics=config.get("metrics", {}))
         labels = None
     else:
         if strategy != "pretrained":
             raise InputError(f"export --backbone uses the source model as it is (--strategy pretrained); for {strategy!r}, train first")
-        bb = create_backbone(backbone, pretrained=True)
+        bb = create_backbone(backbone or DEFAULT_BACKBONE, pretrained=True)
         if image_size:
             bb.preprocessing = bb.preprocessing.with_size(image_size)
+        if bb.source_head is None or bb.labels is None:
+            raise InputError(f"{bb.name} has no classifier of its own to use as it is; train a head on your data first")
         model = ImageClassifier(bb, bb.source_head, bb.labels).eval()
         cfg = model.preprocessing
         ds = load_dataset(data or "digits")
@@ -346,11 +367,26 @@ def export(
             raise DatasetError("the run's training data cannot be reloaded for accuracy-aware tuning (its val split)")
         tuning = _reference(own, own.splits.val, "val", cfg, labels)
     results = export_bundles(
-        model.for_export(), out, formats=formats, preprocessing=cfg, labels=list(model.labels), reference=reference,
-        calibration=calibration, tuning=tuning, source=source, batch_size=batch_size, max_drop=max_drop / 100.0,
-        min_agreement=min_agreement, allow_failed_validation=allow_failed_validation, overwrite=overwrite, log=log, tensorrt=tensorrt,
-        self_test_size=self_test_size, quantization=QuantizationOptions(method=calibration_method, per_channel=per_channel, reduce_range=reduce_range, target_cpu=target_cpu,
-                                         accuracy_aware=accuracy_aware),
+        model.for_export(),
+        out,
+        formats=formats,
+        preprocessing=cfg,
+        labels=list(model.labels),
+        reference=reference,
+        calibration=calibration,
+        tuning=tuning,
+        source=source,
+        batch_size=batch_size,
+        max_drop=max_drop / 100.0,
+        min_agreement=min_agreement,
+        allow_failed_validation=allow_failed_validation,
+        overwrite=overwrite,
+        log=log,
+        tensorrt=tensorrt,
+        self_test_size=self_test_size,
+        quantization=QuantizationOptions(
+            method=calibration_method, per_channel=per_channel, reduce_range=reduce_range, target_cpu=target_cpu, accuracy_aware=accuracy_aware
+        ),
     )
     raise_for_failures(results, out, accuracy_aware=accuracy_aware)
     return results
@@ -382,9 +418,18 @@ def demo(
     run_dir, bundle_dir = out / "run", out / "bundle"
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    trained = train("digits", out=run_dir, backbone=backbone, strategy=strategy, image_size=image_size,
-                    interpolation=interpolation, epochs=epochs,
-                    progress=progress, overwrite=True, log=log)
+    trained = train(
+        "digits",
+        out=run_dir,
+        backbone=backbone,
+        strategy=strategy,
+        image_size=image_size,
+        interpolation=interpolation,
+        epochs=epochs,
+        progress=progress,
+        overwrite=True,
+        log=log,
+    )
     timings["train"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     (exported,) = export(run_dir, out=bundle_dir, overwrite=True, log=log)

@@ -16,9 +16,10 @@ model's own classifier (``source_head``), its labels, its preprocessing config a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,7 +93,7 @@ def _timm_preprocessing(cfg: dict[str, Any]) -> PreprocessConfig:
     )
 
 
-def _timm_block_groups(model: nn.Module) -> list[list[str]]:
+def _timm_block_groups(model: Any) -> list[list[str]]:  # a timm model: its helpers are not typed
     from timm.models import group_parameters
 
     try:
@@ -102,11 +103,11 @@ def _timm_block_groups(model: nn.Module) -> list[list[str]]:
     return [list(names) for _, names in sorted(groups.items())]
 
 
-def _timm_features(body: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _timm_features(body: Any, x: torch.Tensor) -> torch.Tensor:
     return body.forward_head(body.forward_features(x), pre_logits=True)
 
 
-def _from_timm_model(name: str, model: nn.Module, source: dict[str, Any], labels: list[str] | None) -> Backbone:
+def _from_timm_model(name: str, model: Any, source: dict[str, Any], labels: list[str] | None) -> Backbone:
     head = model.get_classifier()
     head = head if isinstance(head, nn.Module) and any(True for _ in head.parameters()) else None
     groups = _timm_block_groups(model)
@@ -168,8 +169,8 @@ def _timm(name: str, pretrained: bool, num_classes: int | None = None, state_dic
     import timm
 
     try:
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+        model: Any = timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise InputError(f"unknown timm model {name!r} (see timm.list_models())") from None
@@ -331,8 +332,7 @@ def _local(ckpt: LocalCheckpoint) -> Backbone:
             raise CheckpointError(f"{ckpt.weights}: config 'backbone' must be 'timm:<name>' or 'torchvision:<name>', got {arch!r}")
         bb.labels = list(labels) if labels else [str(i) for i in range(_out_features(bb.source_head))]
     bb.name = str(ckpt.weights.parent if ckpt.weights.name == "model.safetensors" else ckpt.weights)
-    bb.source = dict(bb.source, architecture=ckpt.config["backbone"], weights=str(ckpt.weights),
-                     weights_sha256=sha256_file(ckpt.weights))
+    bb.source = dict(bb.source, architecture=ckpt.config["backbone"], weights=str(ckpt.weights), weights_sha256=sha256_file(ckpt.weights))
     if "preprocessing" in ckpt.config:
         bb.preprocessing = PreprocessConfig.from_dict(ckpt.config["preprocessing"])
     return bb

@@ -6,14 +6,35 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from runtimes.bench import BenchResult
 
-COLUMNS = ("bundle", "format", "precision", "runs_at", "backend", "device", "size_mb", "batch", "mode", "load_s", "first_ms",
-           "p50_ms", "p99_ms", "mean_ms", "throughput", "speedup", "overhead_pct", "plain_p50_ms", "peak_rss_mib", "accuracy",
-           "self_test")
+COLUMNS = (
+    "bundle",
+    "format",
+    "precision",
+    "runs_at",
+    "backend",
+    "device",
+    "size_mb",
+    "batch",
+    "mode",
+    "load_s",
+    "first_ms",
+    "p50_ms",
+    "p99_ms",
+    "mean_ms",
+    "throughput",
+    "speedup",
+    "overhead_pct",
+    "plain_p50_ms",
+    "peak_rss_mib",
+    "accuracy",
+    "self_test",
+)
 
 
 def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
@@ -23,37 +44,50 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
         first.setdefault(r.batch, r.latency.p50)
     rows = []
     for r in results:
-        rows.append({
-            "bundle": r.bundle,
-            "format": r.export_format or f"{r.backend}-{r.precision}",
-            "precision": r.precision,
-            "runs_at": r.execution.get("inference_precision"),  # what the backend computes in (read back)
-            "backend": r.backend,
-            "device": r.device + (f" ({','.join(r.execution['execution_devices'])})" if r.execution.get("execution_devices") else ""),
-            "size_mb": round(r.size_bytes / 1e6, 2),
-            "batch": r.batch,
-            "mode": r.mode,
-            "load_s": round(r.load_s, 3),
-            "first_ms": round(r.first_ms, 2),
-            "p50_ms": round(r.latency.p50, 3),
-            "p99_ms": round(r.latency.p99, 3),
-            "mean_ms": round(r.latency.mean, 3),
-            "throughput": round(r.throughput, 1),
-            "speedup": round(first[r.batch] / r.latency.p50, 2) if r.latency.p50 else None,
-            "overhead_pct": None if r.overhead is None else round(100 * r.overhead, 2),
-            "plain_p50_ms": None if r.plain is None else round(r.plain.p50, 3),
-            "peak_rss_mib": round(r.peak_rss_mib, 1),
-            "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
-            "self_test": r.self_test,
-        })
+        rows.append(
+            {
+                "bundle": r.bundle,
+                "format": r.export_format or f"{r.backend}-{r.precision}",
+                "precision": r.precision,
+                "runs_at": r.execution.get("inference_precision"),  # what the backend computes in (read back)
+                "backend": r.backend,
+                "device": r.device + (f" ({','.join(r.execution['execution_devices'])})" if r.execution.get("execution_devices") else ""),
+                "size_mb": round(r.size_bytes / 1e6, 2),
+                "batch": r.batch,
+                "mode": r.mode,
+                "load_s": round(r.load_s, 3),
+                "first_ms": round(r.first_ms, 2),
+                "p50_ms": round(r.latency.p50, 3),
+                "p99_ms": round(r.latency.p99, 3),
+                "mean_ms": round(r.latency.mean, 3),
+                "throughput": round(r.throughput, 1),
+                "speedup": round(first[r.batch] / r.latency.p50, 2) if r.latency.p50 else None,
+                "overhead_pct": None if r.overhead is None else round(100 * r.overhead, 2),
+                "plain_p50_ms": None if r.plain is None else round(r.plain.p50, 3),
+                "peak_rss_mib": round(r.peak_rss_mib, 1),
+                "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
+                "self_test": r.self_test,
+            }
+        )
     return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The comparison table users read: what ran where, how big, how fast, how much we add."""
-    cols = [("format", "format"), ("precision", "prec"), ("runs_at", "runs at"), ("backend", "backend"), ("device", "device"), ("size_mb", "size MB"),
-            ("batch", "batch"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("throughput", "img/s"), ("speedup", "speed-up"),
-            ("overhead_pct", "overhead")]
+    cols = [
+        ("format", "format"),
+        ("precision", "prec"),
+        ("runs_at", "runs at"),
+        ("backend", "backend"),
+        ("device", "device"),
+        ("size_mb", "size MB"),
+        ("batch", "batch"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
+        ("throughput", "img/s"),
+        ("speedup", "speed-up"),
+        ("overhead_pct", "overhead"),
+    ]
     if any(r.get("accuracy") is not None for r in rows):
         cols.append(("accuracy", "accuracy"))
     if any(r.get("self_test") is not None for r in rows):
@@ -85,8 +119,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> N
             writer.writerow({k: r.get(k) for k in COLUMNS})
 
 
-def write_json(results: Sequence[BenchResult], rows: Sequence[dict[str, Any]], path: str | os.PathLike[str],
-               context: dict[str, Any]) -> None:
+def write_json(results: Sequence[BenchResult], rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], context: dict[str, Any]) -> None:
     """Everything: the table rows, each result's full statistics (ours and the plain call) and the machine."""
     doc = {"machine": context, "rows": list(rows), "results": [r.to_dict() for r in results]}
     Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
@@ -110,8 +143,9 @@ def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
     if with_acc:
         ax2 = axes[0][1]
         for r in with_acc:
-            ax2.scatter(r.latency.p50 / r.batch, 100 * r.accuracy)
-            ax2.annotate(f"{r.export_format or r.precision} b{r.batch}", (r.latency.p50 / r.batch, 100 * r.accuracy), fontsize=8)
+            acc = 100 * (r.accuracy or 0.0)  # with_acc holds results that have an accuracy
+            ax2.scatter(r.latency.p50 / r.batch, acc)
+            ax2.annotate(f"{r.export_format or r.precision} b{r.batch}", (r.latency.p50 / r.batch, acc), fontsize=8)
         ax2.set_xlabel("p50 latency per image (ms)")
         ax2.set_ylabel("top-1 accuracy (%)")
         ax2.set_title("accuracy vs latency")
@@ -124,8 +158,7 @@ def machine_context() -> dict[str, Any]:
     """What the numbers were measured on."""
     import platform
 
-    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-                            "cpus": os.cpu_count()}
+    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(), "cpus": os.cpu_count()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -16,7 +16,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["cuda"] = torch.cuda.get_rng_state()
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    name, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     version, internal, py_gauss = random.getstate()
     doc = {"numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)], "python": [version, list(internal), py_gauss]}
     return tensors, doc
@@ -128,7 +128,7 @@ class TrainingCheckpoint:
         return target
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainingCheckpoint":
+    def load(cls, path: str | Path) -> TrainingCheckpoint:
         from .model import read_safetensors
 
         path = Path(path)
@@ -145,7 +145,7 @@ class TrainingCheckpoint:
         rng = []
         for rank, rest in enumerate(doc["rng"]):
             prefix = f"{rank}."
-            rng.append(({k[len(prefix):]: v for k, v in rng_tensors.items() if k.startswith(prefix)}, rest))
+            rng.append(({k[len(prefix) :]: v for k, v in rng_tensors.items() if k.startswith(prefix)}, rest))
         best = read_safetensors(path / "best.safetensors") if (path / "best.safetensors").is_file() else None
         return cls(
             epoch=int(doc["epoch"]),
@@ -165,8 +165,7 @@ class TrainingCheckpoint:
         if differs:
             detail = "; ".join(f"{k}: checkpoint {self.fingerprint.get(k)!r}, now {fingerprint.get(k)!r}" for k in differs)
             raise CheckpointError(
-                f"{path}: this checkpoint belongs to a different run ({detail}); rerun with the same settings, "
-                "or pass --overwrite to start over"
+                f"{path}: this checkpoint belongs to a different run ({detail}); rerun with the same settings, or pass --overwrite to start over"
             )
 
 

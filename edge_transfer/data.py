@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class ImageDataset:
                 h.update(np.ascontiguousarray(item).tobytes())
         return h.hexdigest()
 
-    def subset(self, keep: Sequence[int]) -> "ImageDataset":
+    def subset(self, keep: Sequence[int]) -> ImageDataset:
         keep = list(keep)
         return ImageDataset(self.name, self.classes, [self.items[i] for i in keep], self.targets[keep], dict(self.info))
 
@@ -165,7 +166,9 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def dataset_from_arrays(images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[Any], classes: Sequence[str] | None = None, name: str = "arrays") -> ImageDataset:
+def dataset_from_arrays(
+    images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[Any], classes: Sequence[str] | None = None, name: str = "arrays"
+) -> ImageDataset:
     """In-memory images (any sizes) with labels given as class indices or class names."""
     if len(images) != len(labels):
         raise DatasetError(f"{name}: {len(images)} images but {len(labels)} labels")
@@ -173,7 +176,11 @@ def dataset_from_arrays(images: Sequence[np.ndarray] | np.ndarray, labels: Seque
         raise DatasetError(f"{name}: no images")
     labels = list(labels)
     if classes is None:
-        classes = sorted({str(x) for x in labels}, key=lambda s: (len(s), s)) if not all(isinstance(x, (int, np.integer)) for x in labels) else [str(i) for i in range(int(max(labels)) + 1)]
+        classes = (
+            sorted({str(x) for x in labels}, key=lambda s: (len(s), s))
+            if not all(isinstance(x, (int, np.integer)) for x in labels)
+            else [str(i) for i in range(int(max(labels)) + 1)]
+        )
     classes = [str(c) for c in classes]
     index = {c: i for i, c in enumerate(classes)}
     targets = []
@@ -219,7 +226,9 @@ class Splits:
         }
 
 
-def stratified_split(targets: np.ndarray, *, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0, classes: Sequence[str] | None = None) -> Splits:
+def stratified_split(
+    targets: np.ndarray, *, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0, classes: Sequence[str] | None = None
+) -> Splits:
     """Per class, shuffle with `seed` and cut into train/val/test; every class appears in every split."""
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise InputError(f"val/test fractions must be in (0, 1) and sum below 1, got {val_fraction} and {test_fraction}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -38,7 +38,8 @@ class InGraphNormalize(nn.Module):
         self.register_buffer("shift", -mean / std, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+        scale, shift = cast(torch.Tensor, self.scale), cast(torch.Tensor, self.shift)
+        return x.permute(0, 3, 1, 2).to(torch.float32) * scale + shift
 
 
 def build_head(in_features: int, num_classes: int, dropout: float = 0.0) -> nn.Module:
@@ -67,7 +68,7 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
-    def for_export(self) -> "ImageClassifier":
+    def for_export(self) -> ImageClassifier:
         """An eval-mode copy specialised to the fixed input size (static padding): the graph every bundle gets."""
         import copy
 

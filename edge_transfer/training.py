@@ -16,9 +16,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         if self.strategy not in STRATEGIES:
             raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         c = copy.copy(self)
@@ -193,8 +194,7 @@ class _Prepared(torch.utils.data.Dataset):
 def _loader(ds: torch.utils.data.Dataset, batch: int, shuffle: bool, seed: int, workers: int, pin: bool) -> torch.utils.data.DataLoader:
     """A loader with pinned memory on CUDA and persistent workers; shuffled by `EpochShuffle` (call `set_epoch`)."""
     sampler = EpochShuffle(len(ds), seed) if shuffle else None
-    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, pin_memory=pin,
-                                       persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
 
 
 # ------------------------------------------------------------------------------------------------ feature cache
@@ -322,10 +322,17 @@ def fit_linear_head(
         linear = head[-1]
         nn.init.zeros_(linear.weight)
         nn.init.zeros_(linear.bias)
-        opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=cfg.epochs, history_size=20,
-                                line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+        opt = torch.optim.LBFGS(
+            linear.parameters(),
+            lr=1.0,
+            max_iter=cfg.epochs,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-6,
+            tolerance_change=1e-9,
+        )
 
-        def closure() -> torch.Tensor:
+        def closure(opt: Any = opt, linear: nn.Module = linear, l2: float = l2) -> torch.Tensor:  # bound now: used in this iteration
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(linear(xt), yt) + 0.5 * l2 * linear.weight.pow(2).sum()
             loss.backward()
@@ -470,8 +477,9 @@ def train_network(
         net.train()
         _freeze_frozen_norms(net)
         sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # summed loss, correct, seen
-        bar = tqdm(train_dl, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not cfg.progress or not accelerator.is_main_process, leave=False)
+        bar = tqdm(
+            train_dl, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress or not accelerator.is_main_process, leave=False
+        )
         for images, targets in bar:
             with accelerator.autocast():
                 logits = net(images)
@@ -518,9 +526,19 @@ def train_network(
     return model.to("cpu").to(memory_format=torch.contiguous_format).eval(), history, details
 
 
-def _save_checkpoint(path: Path, epoch: int, net: Any, opt: Any, sched: Any, best: tuple[float, float],
-                     best_state: dict[str, torch.Tensor] | None, stale: int, history: list[dict[str, Any]],
-                     fingerprint: dict[str, Any] | None, accelerator: Any) -> None:
+def _save_checkpoint(
+    path: Path,
+    epoch: int,
+    net: Any,
+    opt: Any,
+    sched: Any,
+    best: tuple[float, float],
+    best_state: dict[str, torch.Tensor] | None,
+    stale: int,
+    history: list[dict[str, Any]],
+    fingerprint: dict[str, Any] | None,
+    accelerator: Any,
+) -> None:
     """Every rank hands its RNG state to the main process, which alone writes the checkpoint."""
     from accelerate.utils import gather_object
 
@@ -549,8 +567,7 @@ def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
 
 def run_fingerprint(cfg: TrainConfig, backbone: Backbone, dataset: ImageDataset, splits: Splits) -> dict[str, Any]:
     """What a checkpoint must share with the run that resumes it (the process count may change: batches are global)."""
-    keys = ("strategy", "epochs", "lr", "backbone_lr_scale", "batch_size", "weight_decay", "patience", "unfreeze_blocks",
-            "dropout", "seed")
+    keys = ("strategy", "epochs", "lr", "backbone_lr_scale", "batch_size", "weight_decay", "patience", "unfreeze_blocks", "dropout", "seed")
     doc: dict[str, Any] = {k: getattr(cfg, k) for k in keys}
     doc["backbone"] = backbone.name
     doc["backbone_weights"] = weights_fingerprint(backbone)[:16]
@@ -597,16 +614,28 @@ def fit(
     if cfg.strategy == "linear-probe":
         model = ImageClassifier(backbone, nn.Identity(), dataset.classes)
         feats, cache = extract_features(
-            model, dataset, accelerator=accelerator, batch_size=cfg.feature_batch_size, num_workers=cfg.num_workers,
-            cache_dir=cfg.cache_dir, progress=cfg.progress, log=log,
+            model,
+            dataset,
+            accelerator=accelerator,
+            batch_size=cfg.feature_batch_size,
+            num_workers=cfg.num_workers,
+            cache_dir=cfg.cache_dir,
+            progress=cfg.progress,
+            log=log,
         )
         details["feature_cache"] = cache
         details["seconds_features"] = round(time.perf_counter() - t0, 2)
         y = dataset.targets
         t1 = time.perf_counter()
         head, history = fit_linear_head(
-            feats[splits.train], y[splits.train], feats[splits.val], y[splits.val], n_classes, cfg,
-            device=accelerator.device, log=log,
+            feats[splits.train],
+            y[splits.train],
+            feats[splits.val],
+            y[splits.val],
+            n_classes,
+            cfg,
+            device=accelerator.device,
+            log=log,
         )
         details["seconds_head"] = round(time.perf_counter() - t1, 2)
         model.head = head
@@ -617,10 +646,7 @@ def fit(
         fingerprint = run_fingerprint(cfg, backbone, dataset, splits)
         model, history, more = train_network(model, dataset, splits, cfg, accelerator=accelerator, fingerprint=fingerprint, log=log)
         details.update(more)
-        logits = {
-            s: reference_logits(model, dataset.prepared_batch(getattr(splits, s), model.preprocessing))
-            for s in ("val", "test")
-        }
+        logits = {s: reference_logits(model, dataset.prepared_batch(getattr(splits, s), model.preprocessing)) for s in ("val", "test")}
     metrics = {f"{s}_accuracy": accuracy(v, dataset.targets[getattr(splits, s)]) for s, v in logits.items()}
     metrics["test_count"] = int(len(splits.test))
     details["seconds_total"] = round(time.perf_counter() - t0, 2)

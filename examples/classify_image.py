@@ -1,6 +1,6 @@
 """Minimal device-side embedding: load a bundle with `runtimes` alone (no torch) and classify image files.
 
-    python examples/classify_image.py BUNDLE IMAGE [IMAGE ...]
+python examples/classify_image.py BUNDLE IMAGE [IMAGE ...]
 """
 
 import sys

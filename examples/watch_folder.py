@@ -13,8 +13,8 @@ import collections
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -28,8 +28,7 @@ def folder_frames(folder: Path, stop: list[bool], poll: float, idle_exit: float 
     seen: set[Path] = set()
     idle_since = time.monotonic()
     while not stop[0]:
-        new = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p not in seen),
-                     key=lambda p: p.stat().st_mtime)
+        new = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p not in seen), key=lambda p: p.stat().st_mtime)
         for path in new:
             seen.add(path)
             yield path.name, str(path)
@@ -85,8 +84,10 @@ def main() -> int:
         except runtimes.SelfTestFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    print(f"running {args.bundle} on {predictor.describe()['backend']} {predictor.device} "
-          f"({predictor.inference_precision or 'precision unknown'})", flush=True)
+    print(
+        f"running {args.bundle} on {predictor.describe()['backend']} {predictor.device} ({predictor.inference_precision or 'precision unknown'})",
+        flush=True,
+    )
     frames = folder_frames(args.folder, stop, 0.05, args.idle_exit) if args.folder else camera_frames(args.camera, stop)
     window: collections.deque[float] = collections.deque(maxlen=100)
     ok = bad = 0
@@ -105,8 +106,10 @@ def main() -> int:
             print(f"{name}: {top.label} {top.score:.0%}", flush=True)
             if ok % args.every == 0:
                 ms = np.asarray(window) * 1000
-                print(f"[last {len(ms)}] p50 {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms, "
-                      f"{len(ms) / (ms.sum() / 1000):.0f} frames/s", flush=True)
+                print(
+                    f"[last {len(ms)}] p50 {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms, {len(ms) / (ms.sum() / 1000):.0f} frames/s",
+                    flush=True,
+                )
             if args.max_frames and ok + bad >= args.max_frames:
                 break
     elapsed = time.perf_counter() - started

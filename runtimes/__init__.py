@@ -1,9 +1,9 @@
 """edge-transfer's device-side runtime: load a bundle, check it, run it. Needs numpy plus one backend, never torch.
 
-    import runtimes
-    predictor = runtimes.load("my_bundle")          # verifies manifest + checksums first
-    predictor.predict(image, top_k=3)                # any image size; the bundle's preprocessing is applied
-    predictor.run(batch_uint8_nhwc)                  # raw logits
+import runtimes
+predictor = runtimes.load("my_bundle")          # verifies manifest + checksums first
+predictor.predict(image, top_k=3)                # any image size; the bundle's preprocessing is applied
+predictor.run(batch_uint8_nhwc)                  # raw logits
 """
 
 from __future__ import annotations

@@ -19,9 +19,10 @@ import os
 import platform
 import resource
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,13 +50,12 @@ class LatencyStats:
     max: float
 
     @classmethod
-    def of(cls, seconds: Sequence[float]) -> "LatencyStats":
+    def of(cls, seconds: Sequence[float]) -> LatencyStats:
         ms = np.asarray(seconds, dtype=np.float64) * 1000.0
         if ms.size == 0:
             return cls(0, *([float("nan")] * 8))
         p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
-        return cls(int(ms.size), float(ms.min()), float(ms.mean()), float(ms.std()), float(p50), float(p90), float(p95),
-                   float(p99), float(ms.max()))
+        return cls(int(ms.size), float(ms.min()), float(ms.mean()), float(ms.std()), float(p50), float(p90), float(p95), float(p99), float(ms.max()))
 
 
 @dataclass
@@ -179,7 +179,7 @@ def bench_predictor(
     plain_call = predictor.native_call()
     if mode == "model":
         ours: Callable[[], Any] = lambda: predictor.run(ready)
-        plain: Callable[[], Any] | None = lambda: plain_call(ready)
+        plain: Callable[[], Any] = lambda: plain_call(ready)
     else:
         ours = lambda: predictor.predict(sources, top_k=5)
         plain = lambda: plain_call(ready)  # the model call alone, to show what pre/post-processing costs
@@ -198,14 +198,15 @@ def bench_predictor(
     try:
         warm = _warm_up(ours, plain, warmup)
         start = time.perf_counter()
-        total_blocks = None if duration is not None else -(-iterations // BLOCK)
+        count = iterations or 0  # used only when no duration is given, and then set
+        total_blocks = None if duration is not None else -(-count // BLOCK)
         done = 0
         while True:
             if duration is not None and time.perf_counter() - start >= duration:
                 break
-            if duration is None and done >= iterations:
+            if duration is None and done >= count:
                 break
-            n = BLOCK if duration is not None else min(BLOCK, iterations - done)
+            n = BLOCK if duration is not None else min(BLOCK, count - done)
             _paired(ours, plain, n, samples, plain_samples, ratios)
             done += n
             rss = max(rss, _rss_mib())
@@ -223,8 +224,11 @@ def bench_predictor(
         overhead = float(np.median(ratios)) - 1.0
     throughput = batch * len(samples) / sum(samples) if samples else float("nan")
     describe = predictor.describe()
-    execution = {k: describe[k] for k in ("providers", "execution_devices", "hint", "streams", "inference_precision", "onnxruntime", "openvino")
-                 if k in describe}
+    execution = {
+        k: describe[k]
+        for k in ("providers", "execution_devices", "hint", "streams", "inference_precision", "onnxruntime", "openvino")
+        if k in describe
+    }
     return BenchResult(
         bundle=str(predictor.bundle.path),
         export_format=predictor.manifest.raw.get("model", {}).get("export_format"),

@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import BundleError, IntegrityError
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, parse_manifest, utc_now
@@ -147,8 +148,11 @@ def open_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> B
 def model_files(manifest: Manifest) -> set[str]:
     """The files a backend loads: the entrypoint and listed files beside it with the same stem (model.bin)."""
     entry = PurePosixPath(manifest.entrypoint)
-    return {f.path for f in manifest.files
-            if f.path == manifest.entrypoint or (PurePosixPath(f.path).parent == entry.parent and PurePosixPath(f.path).stem == entry.stem)}
+    return {
+        f.path
+        for f in manifest.files
+        if f.path == manifest.entrypoint or (PurePosixPath(f.path).parent == entry.parent and PurePosixPath(f.path).stem == entry.stem)
+    }
 
 
 def _is_onnx(rel: str, manifest: Manifest) -> bool:
@@ -161,8 +165,9 @@ def _check_file(root: Path, p: Path, entry: Any, *, keep: bool) -> bytes | None:
     backend will load); otherwise stream it (self-test arrays and other data need not sit in memory)."""
     try:
         if keep:
-            data: bytes | None = p.read_bytes()
-            size, digest = len(data), hashlib.sha256(data).hexdigest()
+            blob = p.read_bytes()
+            data: bytes | None = blob
+            size, digest = len(blob), hashlib.sha256(blob).hexdigest()
         else:
             data, size = None, p.stat().st_size
             digest = sha256_file(p) if size == entry.bytes else ""
@@ -250,7 +255,7 @@ class BundleWriter:
         self.dir: Path = Path()
         self.committed = False
 
-    def __enter__(self) -> "BundleWriter":
+    def __enter__(self) -> BundleWriter:
         parent = self.target.parent
         parent.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))

@@ -59,17 +59,25 @@ def cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> CpuF
             flags.update(value.split())
     if machine in ("aarch64", "arm64"):  # Armv8.2+: sdot/udot for int8, bf16 and fp16 arithmetic
         return CpuFeatures(machine, vnni="asimddp" in flags, bf16="bf16" in flags, fp16="asimdhp" in flags)
-    return CpuFeatures(machine, avx2="avx2" in flags, avx512="avx512f" in flags, vnni=any(f in flags for f in VNNI_FLAGS),
-                       bf16=any(f in flags for f in BF16_FLAGS), fp16=any(f in flags for f in FP16_FLAGS))
+    return CpuFeatures(
+        machine,
+        avx2="avx2" in flags,
+        avx512="avx512f" in flags,
+        vnni=any(f in flags for f in VNNI_FLAGS),
+        bf16=any(f in flags for f in BF16_FLAGS),
+        fp16=any(f in flags for f in FP16_FLAGS),
+    )
 
 
 # target -> (7-bit weights?, why)
 TARGET_CPUS: dict[str, tuple[bool, str]] = {
     "portable": (True, "7-bit weights: safe on every CPU (x86 u8s8 kernels without VNNI cannot saturate on them)"),
-    "x86-avx2": (True, "AVX2/AVX-512 without VNNI: u8s8 kernels add pairs of 8-bit products in 16 bits and can "
-                       "saturate on full 8-bit weights, so weights use 7 bits (ONNX Runtime's guidance)"),
-    "x86-vnni": (False, "VNNI (AVX512-VNNI, AVX-VNNI, AMX) accumulates int8 products in 32 bits: full 8-bit weights; "
-                        "only for CPUs that have it"),
+    "x86-avx2": (
+        True,
+        "AVX2/AVX-512 without VNNI: u8s8 kernels add pairs of 8-bit products in 16 bits and can "
+        "saturate on full 8-bit weights, so weights use 7 bits (ONNX Runtime's guidance)",
+    ),
+    "x86-vnni": (False, "VNNI (AVX512-VNNI, AVX-VNNI, AMX) accumulates int8 products in 32 bits: full 8-bit weights; only for CPUs that have it"),
     "arm64": (False, "Arm sdot/udot accumulate in 32 bits: full 8-bit weights"),
 }
 DEFAULT_TARGET_CPU = "portable"
@@ -84,6 +92,8 @@ def int8_target_problem(target: str | None, reduce_range: bool | None, cpu: CpuF
     if reduce_range is None or reduce_range:
         return None  # float bundle, or 7-bit weights: safe everywhere
     if cpu.x86 and not cpu.vnni:
-        return (f"this int8 bundle has full 8-bit weights (built for {target or 'a VNNI CPU'}), but this CPU ({cpu.summary()}) "
-                "has no VNNI: its int8 kernels can saturate on them; re-export with --target-cpu portable or x86-avx2")
+        return (
+            f"this int8 bundle has full 8-bit weights (built for {target or 'a VNNI CPU'}), but this CPU ({cpu.summary()}) "
+            "has no VNNI: its int8 kernels can saturate on them; re-export with --target-cpu portable or x86-avx2"
+        )
     return None

@@ -132,8 +132,7 @@ def parse_manifest(d: Any) -> Manifest:
     version = _req(d, "schema_version", int, "")
     if version > SCHEMA_VERSION:
         raise BundleError(
-            f"manifest schema_version {version} is newer than this runtime supports ({SCHEMA_VERSION}); "
-            "upgrade edge-transfer on this device"
+            f"manifest schema_version {version} is newer than this runtime supports ({SCHEMA_VERSION}); upgrade edge-transfer on this device"
         )
     if version < 1:
         raise BundleError(f"manifest schema_version must be >= 1, got {version}")
@@ -181,9 +180,7 @@ def parse_manifest(d: Any) -> Manifest:
     except (InputError, TypeError, ValueError, KeyError, OverflowError) as exc:
         raise BundleError(f"manifest field 'preprocessing': {exc}") from None
     if tuple(spec.shape[1:3]) != pre.input_size:
-        raise BundleError(
-            f"manifest field 'inputs[0].shape' {list(spec.shape)} disagrees with preprocessing.input_size {list(pre.input_size)}"
-        )
+        raise BundleError(f"manifest field 'inputs[0].shape' {list(spec.shape)} disagrees with preprocessing.input_size {list(pre.input_size)}")
     labels = _req(d, "labels", list, "")
     if not labels or not all(isinstance(x, str) for x in labels):
         raise BundleError("manifest field 'labels' must be a non-empty list of strings")

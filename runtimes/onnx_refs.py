@@ -10,6 +10,7 @@ and functions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import BundleError, IntegrityError
@@ -41,18 +42,19 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: memoryview):
-    """(field number, wire type, value) for each field; length-delimited values as memoryview slices."""
+def _delimited_fields(buf: memoryview) -> Iterator[tuple[int, memoryview]]:
+    """(field number, value) for each length-delimited field, values as memoryview slices; other fields are skipped."""
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
+        value = None
         if wire == 0:
-            value, pos = _varint(buf, pos)
+            _, pos = _varint(buf, pos)
         elif wire == 1:
-            value, pos = None, pos + 8
+            pos += 8
         elif wire == 5:
-            value, pos = None, pos + 4
+            pos += 4
         elif wire == 2:
             size, pos = _varint(buf, pos)
             value, pos = buf[pos : pos + size], pos + size
@@ -60,7 +62,8 @@ def _fields(buf: memoryview):
             raise BundleError(f"not a valid ONNX file (unsupported protobuf wire type {wire})")
         if pos > len(buf):
             raise BundleError("not a valid ONNX file (a protobuf field runs past the end of the file)")
-        yield number, wire, value
+        if value is not None:
+            yield number, value
 
 
 def _walk(buf: memoryview, kind: str, depth: int, found: list[str]) -> None:
@@ -69,16 +72,16 @@ def _walk(buf: memoryview, kind: str, depth: int, found: list[str]) -> None:
     children = _CHILDREN[kind]
     if kind == "entry":
         key = value = None
-        for number, wire, v in _fields(buf):
-            if wire == 2 and number == 1:
+        for number, v in _delimited_fields(buf):
+            if number == 1:
                 key = bytes(v).decode("utf-8", "replace")
-            elif wire == 2 and number == 2:
+            elif number == 2:
                 value = bytes(v).decode("utf-8", "replace")
         if key == "location" and value is not None:
             found.append(value)
         return
-    for number, wire, v in _fields(buf):
-        if wire == 2 and number in children:
+    for number, v in _delimited_fields(buf):
+        if number in children:
             _walk(v, children[number], depth + 1, found)
 
 

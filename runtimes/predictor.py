@@ -6,9 +6,10 @@ Public methods live here and check their input before a backend sees it; a backe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -53,14 +54,29 @@ def check_as_written(backend: str, precision: str, requested: str | None) -> Non
     own = "f16" if precision == "fp16" else "f32"
     alias = {"fp32": "f32", "fp16": "f16"}.get(str(requested), requested)
     if requested is not None and alias != own:
-        raise InputError(f"{backend} computes this {precision} bundle as written ({own}); it has no {requested} mode "
-                         "(OpenVINO bundles take inference_precision='bf16' or 'f16', or export an fp16 format)")
+        raise InputError(
+            f"{backend} computes this {precision} bundle as written ({own}); it has no {requested} mode "
+            "(OpenVINO bundles take inference_precision='bf16' or 'f16', or export an fp16 format)"
+        )
 
 
 # backend type names -> the manifest's dtype names
-_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-           "uint8_t": "uint8", "u8": "uint8", "float32": "float32", "f32": "float32", "float16": "float16", "f16": "float16",
-           "int64_t": "int64", "i64": "int64", "uint8": "uint8", "int64": "int64"}
+_DTYPES = {
+    "tensor(uint8)": "uint8",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "uint8_t": "uint8",
+    "u8": "uint8",
+    "float32": "float32",
+    "f32": "float32",
+    "float16": "float16",
+    "f16": "float16",
+    "int64_t": "int64",
+    "i64": "int64",
+    "uint8": "uint8",
+    "int64": "int64",
+}
 
 
 def manifest_dtype(backend_type: Any) -> str:
@@ -156,8 +172,7 @@ class Predictor:
             "warnings": list(self.warnings),
         }
 
-    def check_graph_io(self, graph_inputs: dict[str, tuple[str, tuple[Any, ...]]],
-                       graph_outputs: dict[str, tuple[str, tuple[Any, ...]]]) -> None:
+    def check_graph_io(self, graph_inputs: dict[str, tuple[str, tuple[Any, ...]]], graph_outputs: dict[str, tuple[str, tuple[Any, ...]]]) -> None:
         """Raise `BundleError` (naming both sides) unless the model's own I/O is what the manifest says: the input
         and output exist *by name*, the input's dtype, rank and static dims match, the output is float logits, and
         its width is the number of labels. Dims are ints, or None/str for dynamic ones."""
@@ -165,8 +180,9 @@ class Predictor:
         checks = ((self.inputs[0], graph_inputs, "input"), (self.outputs[0], graph_outputs, "output"))
         for spec, graph, kind in checks:
             if spec.name not in graph:
-                raise BundleError(f"{where}: the manifest's {kind} '{spec.name}' is not an {kind} of the model "
-                                  f"(model {kind}s: {', '.join(graph) or 'none'})")
+                raise BundleError(
+                    f"{where}: the manifest's {kind} '{spec.name}' is not an {kind} of the model (model {kind}s: {', '.join(graph) or 'none'})"
+                )
         dtype, shape = graph_inputs[self.inputs[0].name]
         spec = self.inputs[0]
         if dtype != spec.dtype:
@@ -175,16 +191,19 @@ class Predictor:
             raise BundleError(f"{where}: input '{spec.name}' has rank {len(shape)} in the model, {len(spec.shape)} in the manifest")
         for axis, (g, m) in enumerate(zip(shape, spec.shape)):
             if isinstance(m, int) and isinstance(g, int) and g != m:
-                raise BundleError(f"{where}: input '{spec.name}' dimension {axis} is {g} in the model, {m} in the manifest "
-                                  f"(model shape {list(shape)}, manifest {list(spec.shape)})")
+                raise BundleError(
+                    f"{where}: input '{spec.name}' dimension {axis} is {g} in the model, {m} in the manifest "
+                    f"(model shape {list(shape)}, manifest {list(spec.shape)})"
+                )
         dtype, shape = graph_outputs[self.outputs[0].name]
         out = self.outputs[0]
         if dtype not in ("float32", "float16"):
             raise BundleError(f"{where}: output '{out.name}' is {dtype} in the model; expected float32 or float16 logits")
         width = shape[-1] if shape else None
         if isinstance(width, int) and width != len(self.labels):
-            raise BundleError(f"{where}: output '{out.name}' has {width} values per image in the model, but the manifest "
-                              f"lists {len(self.labels)} labels")
+            raise BundleError(
+                f"{where}: output '{out.name}' has {width} values per image in the model, but the manifest lists {len(self.labels)} labels"
+            )
 
     # ---------------------------------------------------------------- running
     def check_batch(self, batch: Any) -> np.ndarray:
@@ -217,8 +236,9 @@ class Predictor:
         else:
             out = self._run_impl(batch)
         if out.ndim != 2 or out.shape != (len(batch), len(self.labels)):
-            raise BundleError(f"{self.bundle.path}: the model returned shape {out.shape} for a batch of {len(batch)}; the "
-                              f"manifest lists {len(self.labels)} labels")
+            raise BundleError(
+                f"{self.bundle.path}: the model returned shape {out.shape} for a batch of {len(batch)}; the manifest lists {len(self.labels)} labels"
+            )
         return out
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
@@ -266,8 +286,10 @@ class Predictor:
         logits = self.run_chunked(batch)
         bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
         if bad.size:
-            raise InferenceError(f"{self.bundle.path}: the model produced NaN/inf logits for image(s) "
-                                 f"{', '.join(map(str, bad[:10]))}{' ...' if bad.size > 10 else ''}; no labels are given for them")
+            raise InferenceError(
+                f"{self.bundle.path}: the model produced NaN/inf logits for image(s) "
+                f"{', '.join(map(str, bad[:10]))}{' ...' if bad.size > 10 else ''}; no labels are given for them"
+            )
         probs = softmax(logits)
         k = min(top_k, probs.shape[1])
         results = []
@@ -291,14 +313,16 @@ class Predictor:
 
         result = run_self_test(self)
         if result.status == "fail" and raise_on_failure:
-            raise SelfTestFailed(f"{self.bundle.path} on {self.backend_name} {self.device} "
-                                 f"({self.inference_precision or 'precision unknown'}): {result.summary()}", result)
+            raise SelfTestFailed(
+                f"{self.bundle.path} on {self.backend_name} {self.device} ({self.inference_precision or 'precision unknown'}): {result.summary()}",
+                result,
+            )
         return result
 
     def close(self) -> None:
         """Release backend resources."""
 
-    def __enter__(self) -> "Predictor":
+    def __enter__(self) -> Predictor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,9 +55,7 @@ class PreprocessConfig:
             raise InputError(f"preprocessing.input_size must be two ints from 1 to {MAX_INPUT_SIDE} (height, width), got {self.input_size!r}")
         object.__setattr__(self, "input_size", size)
         if self.interpolation not in INTERPOLATIONS:
-            raise InputError(
-                f"preprocessing.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
-            )
+            raise InputError(f"preprocessing.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) or not 0.0 < float(self.crop_pct) <= 1.0:
             raise InputError(f"preprocessing.crop_pct must be in (0, 1], got {self.crop_pct!r}")
         for name in ("mean", "std"):
@@ -79,7 +78,7 @@ class PreprocessConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
@@ -90,7 +89,7 @@ class PreprocessConfig:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
 
-    def with_size(self, size: int | Sequence[int]) -> "PreprocessConfig":
+    def with_size(self, size: int | Sequence[int]) -> PreprocessConfig:
         hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
         d = self.to_dict()
         d["input_size"] = hw
@@ -146,7 +145,7 @@ def to_rgb_uint8(image: Any, *, what: str = "image") -> np.ndarray:
 # --------------------------------------------------------------------------------------------- resampling
 
 
-def _kernel(name: str):
+def _kernel(name: str) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
     if name == "bilinear":
         return 1.0, lambda x: np.clip(1.0 - np.abs(x), 0.0, None)
     if name == "bicubic":  # Keys cubic, a = -0.5 (as Pillow)
@@ -240,7 +239,7 @@ def prepare_batch(images: Iterable[Any], cfg: PreprocessConfig) -> np.ndarray:
 
 def normalize(batch: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Numpy reference of the in-graph step: uint8 NHWC -> float32 NCHW, scaled to [0, 1] and mean/std-normalised."""
-    x = batch.astype(np.float32) / 255.0
+    x: np.ndarray = batch.astype(np.float32) / 255.0
     x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
@@ -285,12 +284,13 @@ def read_image(path: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():  # Pillow warns about large images; the limit below decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im: Image.Image = Image.open(path)
         with im:
             w, h = im.size
             if w * h > limit:  # checked before decoding: a small file can expand to gigabytes
-                raise InputError(f"{path}: {w}x{h} pixels is more than this device accepts ({limit}; set "
-                                 f"EDGE_TRANSFER_MAX_IMAGE_PIXELS to change it)")
+                raise InputError(
+                    f"{path}: {w}x{h} pixels is more than this device accepts ({limit}; set EDGE_TRANSFER_MAX_IMAGE_PIXELS to change it)"
+                )
             im.load()
             im = ImageOps.exif_transpose(im)  # as the camera held it: the same in training and on the device
             if im.mode in ("I;16", "I;16B", "I;16L"):

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .bundle import check_relative_path
-from .errors import BundleError, SelfTestFailed  # noqa: F401  (SelfTestFailed: re-exported for callers)
+from .errors import BundleError, SelfTestFailed
+
+__all__ = ["SelfTestFailed", "SelfTestResult", "run_self_test", "write_self_test"]
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -58,9 +60,11 @@ class SelfTestResult:
     def summary(self) -> str:
         if self.status == "missing":
             return f"self-test: MISSING ({self.reason})"
-        line = (f"self-test on {self.count} golden images: agreement {100 * (self.agreement or 0):.2f}% (needs "
-                f">= {100 * (self.min_agreement or 0):.2f}%), relative logit error {self.rel_err:.2e} (needs <= "
-                f"{self.max_rel_err:.2e}), max |logit diff| {self.max_abs_diff:.3g}: {self.status.upper()}")
+        line = (
+            f"self-test on {self.count} golden images: agreement {100 * (self.agreement or 0):.2f}% (needs "
+            f">= {100 * (self.min_agreement or 0):.2f}%), relative logit error {self.rel_err:.2e} (needs <= "
+            f"{self.max_rel_err:.2e}), max |logit diff| {self.max_abs_diff:.3g}: {self.status.upper()}"
+        )
         return line + (f" ({self.reason})" if self.reason else "")
 
 
@@ -69,8 +73,7 @@ def measure(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
     scale = max(float(np.abs(reference).max()), 1e-12)
     max_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")
-    return {"agreement": float((logits.argmax(1) == reference.argmax(1)).mean()), "max_abs_diff": max_diff,
-            "rel_err": max_diff / scale}
+    return {"agreement": float((logits.argmax(1) == reference.argmax(1)).mean()), "max_abs_diff": max_diff, "rel_err": max_diff / scale}
 
 
 def choose_golden(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -79,8 +82,15 @@ def choose_golden(count: int, size: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=k, replace=False))
 
 
-def write_self_test(bundle_dir: str | Path, images: np.ndarray, reference: np.ndarray, artifact: np.ndarray,
-                    precision: str, inference_precision: str | None, seed: int = 0) -> dict[str, Any]:
+def write_self_test(
+    bundle_dir: str | Path,
+    images: np.ndarray,
+    reference: np.ndarray,
+    artifact: np.ndarray,
+    precision: str,
+    inference_precision: str | None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Write the golden images and reference logits into a bundle being written; return its manifest section."""
     root = Path(bundle_dir) / SELF_TEST_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -95,12 +105,14 @@ def write_self_test(bundle_dir: str | Path, images: np.ndarray, reference: np.nd
         "count": int(len(images)),
         "seed": seed,
         "at_export": {**{k: round(v, 8) for k, v in m.items()}, "inference_precision": inference_precision},
-        "tolerance": {"min_agreement": round(max(0.0, m["agreement"] - flips), 6),
-                      "max_rel_err": float(f"{max(REL_TOLERANCE_FACTOR * m['rel_err'], MIN_REL_TOLERANCE[precision]):.3g}")},
+        "tolerance": {
+            "min_agreement": round(max(0.0, m["agreement"] - flips), 6),
+            "max_rel_err": float(f"{max(REL_TOLERANCE_FACTOR * m['rel_err'], MIN_REL_TOLERANCE[precision]):.3g}"),
+        },
     }
 
 
-def _section(predictor: "Predictor") -> dict[str, Any] | None:
+def _section(predictor: Predictor) -> dict[str, Any] | None:
     section = predictor.manifest.raw.get("self_test")
     if section is None:
         return None
@@ -108,8 +120,9 @@ def _section(predictor: "Predictor") -> dict[str, Any] | None:
     if not isinstance(section, dict):
         raise BundleError(f"{where} must be an object")
     tol = section.get("tolerance")
-    if not isinstance(tol, dict) or not all(isinstance(tol.get(k), (int, float)) and not isinstance(tol.get(k), bool)
-                                            for k in ("min_agreement", "max_rel_err")):
+    if not isinstance(tol, dict) or not all(
+        isinstance(tol.get(k), (int, float)) and not isinstance(tol.get(k), bool) for k in ("min_agreement", "max_rel_err")
+    ):
         raise BundleError(f"{where}.tolerance must hold numbers min_agreement and max_rel_err")
     listed = {f.path for f in predictor.manifest.files}
     for key in ("images", "reference"):
@@ -122,20 +135,21 @@ def _section(predictor: "Predictor") -> dict[str, Any] | None:
     return section
 
 
-def _load(predictor: "Predictor", rel: str) -> np.ndarray:
+def _load(predictor: Predictor, rel: str) -> np.ndarray:
     try:
         return np.load(predictor.bundle.file(rel), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BundleError(f"{predictor.bundle.path}: self-test file {rel} cannot be read: {exc}") from None
 
 
-def run_self_test(predictor: "Predictor") -> SelfTestResult:
+def run_self_test(predictor: Predictor) -> SelfTestResult:
     """Run the bundle's golden images through `predictor` and compare with the stored torch reference."""
-    base = {"backend": predictor.backend_name, "device": predictor.device, "inference_precision": predictor.inference_precision}
+    base: dict[str, Any] = {"backend": predictor.backend_name, "device": predictor.device, "inference_precision": predictor.inference_precision}
     section = _section(predictor)
     if section is None:
-        return SelfTestResult("missing", **base, reason="this bundle has no self-test data (exported before self-tests "
-                                                         "existed); re-export it to get one")
+        return SelfTestResult(
+            "missing", **base, reason="this bundle has no self-test data (exported before self-tests existed); re-export it to get one"
+        )
     images, reference = _load(predictor, section["images"]), _load(predictor, section["reference"])
     h, w = predictor.preprocessing.input_size
     if images.dtype != np.uint8 or images.shape[1:] != (h, w, 3) or len(images) == 0:
@@ -149,7 +163,15 @@ def run_self_test(predictor: "Predictor") -> SelfTestResult:
         reasons.append("top-1 agreement below tolerance")
     if not m["rel_err"] <= tol["max_rel_err"]:
         reasons.append("logits drifted beyond tolerance")
-    return SelfTestResult("fail" if reasons else "pass", **base, count=len(images), agreement=m["agreement"],
-                          max_abs_diff=m["max_abs_diff"], rel_err=m["rel_err"], min_agreement=float(tol["min_agreement"]),
-                          max_rel_err=float(tol["max_rel_err"]), at_export=section.get("at_export"),
-                          reason="; ".join(reasons) or None)
+    return SelfTestResult(
+        "fail" if reasons else "pass",
+        **base,
+        count=len(images),
+        agreement=m["agreement"],
+        max_abs_diff=m["max_abs_diff"],
+        rel_err=m["rel_err"],
+        min_agreement=float(tol["min_agreement"]),
+        max_rel_err=float(tol["max_rel_err"]),
+        at_export=section.get("at_export"),
+        reason="; ".join(reasons) or None,
+    )

@@ -23,15 +23,18 @@ import importlib.metadata
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import BackendUnavailableError, EngineIncompatibleError, InputError
 from .tensorrt_engine import BuildSettings, EngineTarget, version_tuple
 
-INSTALL_HINT = ("on Jetson TensorRT comes with JetPack: make the venv with --system-site-packages and "
-                "pip install 'edge-transfer[jetson]'; on x86, pip install 'edge-transfer[tensorrt-cu12]' (or -cu13, matching "
-                "your driver's CUDA major) with NVIDIA's package index reachable")
+INSTALL_HINT = (
+    "on Jetson TensorRT comes with JetPack: make the venv with --system-site-packages and "
+    "pip install 'edge-transfer[jetson]'; on x86, pip install 'edge-transfer[tensorrt-cu12]' (or -cu13, matching "
+    "your driver's CUDA major) with NVIDIA's package index reachable"
+)
 
 
 def _import_tensorrt() -> Any:
@@ -49,8 +52,10 @@ def _import_cudart() -> Any:
         try:
             from cuda import cudart  # older cuda-python
         except ImportError as exc:
-            raise BackendUnavailableError(f"cuda-python is not installed here ({exc}): pip install 'cuda-python>=12,<13' "
-                                          "for a CUDA 12 driver (JetPack 6), 'cuda-python>=13,<14' for CUDA 13") from None
+            raise BackendUnavailableError(
+                f"cuda-python is not installed here ({exc}): pip install 'cuda-python>=12,<13' "
+                "for a CUDA 12 driver (JetPack 6), 'cuda-python>=13,<14' for CUDA 13"
+            ) from None
     return cudart
 
 
@@ -81,7 +86,7 @@ def tensorrt_cuda_major() -> int | None:
     """The CUDA major the pip-installed TensorRT was built for (tensorrt-cu12 / -cu13), None when unknown (JetPack)."""
     found = set()
     for dist in importlib.metadata.distributions():
-        m = re.fullmatch(r"tensorrt[-_]cu(\d+)(?:[-_](?:libs|bindings))?", (dist.metadata.get("Name") or "").lower())
+        m = re.fullmatch(r"tensorrt[-_]cu(\d+)(?:[-_](?:libs|bindings))?", (dist.metadata["Name"] or "").lower())
         if m:
             found.add(int(m.group(1)))
     return found.pop() if len(found) == 1 else None
@@ -101,25 +106,25 @@ def check_cuda_python(bindings_version: str | None, driver_version: int, tensorr
     if major > drv_major:
         raise BackendUnavailableError(
             f"cuda-python {bindings_version} needs a CUDA {major} driver, but this driver supports CUDA "
-            f"{drv_major}.{drv_minor}: pip install {pin} (cuda-python's major must match the driver's CUDA major)")
+            f"{drv_major}.{drv_minor}: pip install {pin} (cuda-python's major must match the driver's CUDA major)"
+        )
     if tensorrt_cuda is not None and tensorrt_cuda != major:
         raise BackendUnavailableError(
             f"cuda-python {bindings_version} is for CUDA {major}, but TensorRT here is built for CUDA {tensorrt_cuda}: "
-            f"pip install 'cuda-python>={tensorrt_cuda},<{tensorrt_cuda + 1}'")
+            f"pip install 'cuda-python>={tensorrt_cuda},<{tensorrt_cuda + 1}'"
+        )
 
 
 def running_target(device: int = 0, trt: Any = None, cudart: Any = None) -> EngineTarget:
     """The TensorRT version and GPU of this machine (needs TensorRT and a cuda-python that fits the driver)."""
     trt = trt or _import_tensorrt()
     cudart = cudart or _import_cudart()
-    check_cuda_python(cuda_python_version(), int(cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")),
-                      tensorrt_cuda_major())
+    check_cuda_python(cuda_python_version(), int(cuda_check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")), tensorrt_cuda_major())
     props = cuda_check(cudart.cudaGetDeviceProperties(device), f"cudaGetDeviceProperties({device})")
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     dla = int(getattr(runtime, "num_DLA_cores", 0) or 0)
-    return EngineTarget(str(trt.__version__), name.strip("\x00 "), (int(props.major), int(props.minor)),
-                        bool(getattr(props, "integrated", 0)), dla)
+    return EngineTarget(str(trt.__version__), name.strip("\x00 "), (int(props.major), int(props.minor)), bool(getattr(props, "integrated", 0)), dla)
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -229,8 +234,7 @@ def build_engine(
     if monitor is not None:
         config.progress_monitor = monitor
     t0 = time.perf_counter()
-    log(f"building TensorRT {settings.precision} engine (batch {settings.profile.min}-{settings.profile.max}, "
-        f"this takes minutes the first time)")
+    log(f"building TensorRT {settings.precision} engine (batch {settings.profile.min}-{settings.profile.max}, this takes minutes the first time)")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise InputError(f"{where}: TensorRT could not build an engine (see the TensorRT messages above)")
@@ -249,7 +253,7 @@ def _progress_monitor(trt: Any, log: Callable[[str], None]) -> Any:
 
     class Monitor(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            base.__init__(self)
+            super().__init__()
             self.started: dict[str, float] = {}
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
@@ -273,8 +277,9 @@ def _progress_monitor(trt: Any, log: Callable[[str], None]) -> Any:
 
 def lean_library_version(path: str) -> tuple[int, ...] | None:
     """The TensorRT version in a lean runtime's file name (`libnvinfer_lean.so.10.3.0` -> (10, 3)), None if absent."""
-    m = re.search(r"nvinfer_lean[^/\\]*?\.so\.(\d+(?:\.\d+)*)$", os.path.basename(path)) or \
-        re.search(r"nvinfer_lean_?(\d+)\.dll$", os.path.basename(path))
+    m = re.search(r"nvinfer_lean[^/\\]*?\.so\.(\d+(?:\.\d+)*)$", os.path.basename(path)) or re.search(
+        r"nvinfer_lean_?(\d+)\.dll$", os.path.basename(path)
+    )
     return version_tuple(m.group(1)) if m else None
 
 
@@ -291,14 +296,16 @@ def choose_lean_runtime(built_version: str, running_version: str, given: str | N
         if named is not None and built[: len(named)] != named:
             raise EngineIncompatibleError(
                 f"lean runtime {given} is TensorRT {'.'.join(map(str, named))}, but the engine was built with TensorRT "
-                f"{built_version}: a version-compatible plan needs the lean runtime of the TensorRT that built it")
+                f"{built_version}: a version-compatible plan needs the lean runtime of the TensorRT that built it"
+            )
         return given
     if built == version_tuple(running_version) and found:
         return found
     raise EngineIncompatibleError(
         f"this version-compatible engine was built with TensorRT {built_version} and carries no lean runtime; this device "
         f"runs TensorRT {running_version}. Pass lean_runtime= (or EDGE_TRANSFER_TRT_LEAN_RUNTIME) the libnvinfer_lean "
-        f"of TensorRT {built_version}, or rebuild the engine here (edge-transfer build-engine)")
+        f"of TensorRT {built_version}, or rebuild the engine here (edge-transfer build-engine)"
+    )
 
 
 def load_lean_runtime(runtime: Any, built_version: str, running_version: str, given: str | None) -> Any:
@@ -307,6 +314,7 @@ def load_lean_runtime(runtime: Any, built_version: str, running_version: str, gi
     path = choose_lean_runtime(built_version, running_version, given, found)
     lean = runtime.load_runtime(path)
     if lean is None:
-        raise EngineIncompatibleError(f"TensorRT could not load the lean runtime {path} (engine built with TensorRT "
-                                      f"{built_version}); see the TensorRT messages above")
+        raise EngineIncompatibleError(
+            f"TensorRT could not load the lean runtime {path} (engine built with TensorRT {built_version}); see the TensorRT messages above"
+        )
     return lean

@@ -53,8 +53,9 @@ class BatchProfile:
         return asdict(self)
 
 
-def derive_profile(batch_dim: int | str | None, *, min_batch: int | None = None, opt_batch: int | None = None,
-                   max_batch: int | None = None, static: bool = False) -> BatchProfile:
+def derive_profile(
+    batch_dim: int | str | None, *, min_batch: int | None = None, opt_batch: int | None = None, max_batch: int | None = None, static: bool = False
+) -> BatchProfile:
     """The batch range for a bundle's input: its fixed batch, or the requested range within a dynamic batch.
 
     A dynamic batch defaults to min 1, opt 1 (edge applications mostly run one frame at a time), max 16.
@@ -68,8 +69,10 @@ def derive_profile(batch_dim: int | str | None, *, min_batch: int | None = None,
     if static:
         given = {v for v in (min_batch, opt_batch, max_batch) if v is not None}
         if len(given) > 1:
-            raise InputError(f"a DLA engine needs one batch size (min = opt = max), got {sorted(given)}; "
-                             "give one of --trt-opt-batch/--trt-max-batch, or a fixed --batch-size")
+            raise InputError(
+                f"a DLA engine needs one batch size (min = opt = max), got {sorted(given)}; "
+                "give one of --trt-opt-batch/--trt-max-batch, or a fixed --batch-size"
+            )
         size = given.pop() if given else 1
         if size < 1:
             raise InputError(f"the batch size must be at least 1, got {size}")
@@ -106,12 +109,16 @@ class BuildSettings:
         if self.hardware_compatible:
             raise InputError("DLA engines cannot be hardware-compatible (TensorRT builds those for GPUs of Ampere and newer)")
         if self.precision not in DLA_PRECISIONS:
-            raise InputError(f"the DLA runs fp16 or int8 only, not {self.precision}: export with --format tensorrt-fp16 or "
-                             "tensorrt-int8 (an fp32 engine with a DLA core would silently run everything on the GPU)")
+            raise InputError(
+                f"the DLA runs fp16 or int8 only, not {self.precision}: export with --format tensorrt-fp16 or "
+                "tensorrt-int8 (an fp32 engine with a DLA core would silently run everything on the GPU)"
+            )
         if not self.profile.static:
             p = self.profile
-            raise InputError(f"the DLA needs a static batch (min = opt = max), got {p.min}/{p.opt}/{p.max}: give a fixed "
-                             "--batch-size, or one of --trt-opt-batch/--trt-max-batch")
+            raise InputError(
+                f"the DLA needs a static batch (min = opt = max), got {p.min}/{p.opt}/{p.max}: give a fixed "
+                "--batch-size, or one of --trt-opt-batch/--trt-max-batch"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -119,13 +126,18 @@ class BuildSettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BuildSettings":
+    def from_dict(cls, d: dict[str, Any]) -> BuildSettings:
         try:
             profile = BatchProfile(**d["profile"])
-            return cls(precision=d["precision"], profile=profile, workspace_mib=int(d.get("workspace_mib", 1024)),
-                       dla_core=d.get("dla_core"), gpu_fallback=bool(d.get("gpu_fallback", True)),
-                       hardware_compatible=bool(d.get("hardware_compatible", False)),
-                       version_compatible=bool(d.get("version_compatible", False)))
+            return cls(
+                precision=d["precision"],
+                profile=profile,
+                workspace_mib=int(d.get("workspace_mib", 1024)),
+                dla_core=d.get("dla_core"),
+                gpu_fallback=bool(d.get("gpu_fallback", True)),
+                hardware_compatible=bool(d.get("hardware_compatible", False)),
+                version_compatible=bool(d.get("version_compatible", False)),
+            )
         except (KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"TensorRT build settings are incomplete or malformed ({exc}): {d}") from None
 
@@ -142,16 +154,21 @@ class EngineTarget:
     dla_cores: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tensorrt_version": self.tensorrt_version, "gpu_name": self.gpu_name,
-                "compute_capability": f"{self.compute_capability[0]}.{self.compute_capability[1]}",
-                "integrated": self.integrated, "dla_cores": self.dla_cores}
+        return {
+            "tensorrt_version": self.tensorrt_version,
+            "gpu_name": self.gpu_name,
+            "compute_capability": f"{self.compute_capability[0]}.{self.compute_capability[1]}",
+            "integrated": self.integrated,
+            "dla_cores": self.dla_cores,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EngineTarget":
+    def from_dict(cls, d: dict[str, Any]) -> EngineTarget:
         try:
             major, minor = (int(x) for x in str(d["compute_capability"]).split("."))
-            return cls(str(d["tensorrt_version"]), str(d.get("gpu_name", "?")), (major, minor),
-                       bool(d.get("integrated", False)), int(d.get("dla_cores", 0)))
+            return cls(
+                str(d["tensorrt_version"]), str(d.get("gpu_name", "?")), (major, minor), bool(d.get("integrated", False)), int(d.get("dla_cores", 0))
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"TensorRT engine target is incomplete or malformed ({exc}): {d}") from None
 
@@ -175,22 +192,27 @@ def check_buildable(settings: BuildSettings, target: EngineTarget) -> None:
     """Refuse build settings this device's TensorRT/GPU cannot honour, before minutes are spent building."""
     trt = version_tuple(target.tensorrt_version)
     if trt[:2] < MIN_TENSORRT:
-        raise EngineIncompatibleError(f"TensorRT {target.tensorrt_version} is too old: edge-transfer needs TensorRT "
-                                      f"{'.'.join(map(str, MIN_TENSORRT))} or newer (JetPack 5.1 or later)")
+        raise EngineIncompatibleError(
+            f"TensorRT {target.tensorrt_version} is too old: edge-transfer needs TensorRT "
+            f"{'.'.join(map(str, MIN_TENSORRT))} or newer (JetPack 5.1 or later)"
+        )
     if settings.version_compatible and trt[:2] < MIN_TENSORRT_VERSION_COMPATIBLE:
         raise EngineIncompatibleError(f"version-compatible engines need TensorRT 8.6 or newer; this device has {target.tensorrt_version}")
     if settings.hardware_compatible:
         if target.integrated:
             raise EngineIncompatibleError(
                 f"hardware-compatible engines are not supported on {target.gpu_name} (an integrated Jetson/DRIVE GPU: "
-                "TensorRT supports them on discrete GPUs only); export without --trt-hardware-compatible")
+                "TensorRT supports them on discrete GPUs only); export without --trt-hardware-compatible"
+            )
         if target.compute_capability < AMPERE_PLUS:
-            raise EngineIncompatibleError(f"hardware-compatible engines need a GPU of compute capability 8.0 or newer to "
-                                          f"build; this device has {target.gpu_name} ({target.sm})")
+            raise EngineIncompatibleError(
+                f"hardware-compatible engines need a GPU of compute capability 8.0 or newer to build; this device has {target.gpu_name} ({target.sm})"
+            )
     if settings.dla_core is not None and settings.dla_core >= target.dla_cores:
         have = f"{target.dla_cores} DLA core(s)" if target.dla_cores else "no DLA"
-        raise EngineIncompatibleError(f"the bundle asks for DLA core {settings.dla_core}, but {target.gpu_name} has {have}; "
-                                      "export it without --trt-dla-core for this device")
+        raise EngineIncompatibleError(
+            f"the bundle asks for DLA core {settings.dla_core}, but {target.gpu_name} has {have}; export it without --trt-dla-core for this device"
+        )
 
 
 def check_compatible(built: EngineTarget, settings: BuildSettings, running: EngineTarget) -> None:
@@ -206,38 +228,50 @@ def check_compatible(built: EngineTarget, settings: BuildSettings, running: Engi
         if r < b:
             raise EngineIncompatibleError(
                 f"engine built version-compatible with TensorRT {built.tensorrt_version} cannot run on the older "
-                f"TensorRT {running.tensorrt_version} here; rebuild it on this device")
+                f"TensorRT {running.tensorrt_version} here; rebuild it on this device"
+            )
         if r[0] != b[0]:
             raise EngineIncompatibleError(
                 f"engine built version-compatible with TensorRT {built.tensorrt_version} runs on later {b[0]}.x versions "
-                f"only, this device has TensorRT {running.tensorrt_version}; rebuild it here (edge-transfer build-engine)")
+                f"only, this device has TensorRT {running.tensorrt_version}; rebuild it here (edge-transfer build-engine)"
+            )
     elif b != r:
         raise EngineIncompatibleError(
             f"engine built with TensorRT {built.tensorrt_version}, but this device runs TensorRT "
-            f"{running.tensorrt_version}; rebuild it here (edge-transfer build-engine) or build it version-compatible")
+            f"{running.tensorrt_version}; rebuild it here (edge-transfer build-engine) or build it version-compatible"
+        )
     cc_b, cc_r = built.compute_capability, running.compute_capability
     if settings.hardware_compatible:
         if running.integrated or built.integrated:
             raise EngineIncompatibleError(
                 f"hardware-compatible engine (built on {built.gpu_name}, {built.sm}) cannot run on {running.gpu_name}: "
-                "integrated Jetson/DRIVE GPUs do not support hardware compatibility; rebuild it here (edge-transfer build-engine)")
+                "integrated Jetson/DRIVE GPUs do not support hardware compatibility; rebuild it here (edge-transfer build-engine)"
+            )
         if cc_r < AMPERE_PLUS:
             raise EngineIncompatibleError(
                 f"hardware-compatible engine (built on {built.gpu_name}, {built.sm}) needs a GPU of compute "
-                f"capability 8.0 or newer; this device has {running.gpu_name}, {running.sm}")
+                f"capability 8.0 or newer; this device has {running.gpu_name}, {running.sm}"
+            )
     elif cc_b != cc_r or built.gpu_name != running.gpu_name or built.integrated != running.integrated:
         raise EngineIncompatibleError(
             f"engine built for {built.gpu_name} ({built.sm}), but this device has {running.gpu_name} "
-            f"({running.sm}); rebuild it here (edge-transfer build-engine)")
+            f"({running.sm}); rebuild it here (edge-transfer build-engine)"
+        )
     if settings.dla_core is not None and settings.dla_core >= running.dla_cores:
-        raise EngineIncompatibleError(f"engine built for DLA core {settings.dla_core}, but {running.gpu_name} here has "
-                                      f"{running.dla_cores} DLA core(s)")
+        raise EngineIncompatibleError(
+            f"engine built for DLA core {settings.dla_core}, but {running.gpu_name} here has {running.dla_cores} DLA core(s)"
+        )
 
 
 def _target_ident(target: EngineTarget) -> dict[str, Any]:
-    return {"tensorrt": list(version_tuple(target.tensorrt_version)), "tensorrt_version": target.tensorrt_version,
-            "gpu": target.gpu_name, "compute_capability": list(target.compute_capability),
-            "integrated": target.integrated, "dla_cores": target.dla_cores}
+    return {
+        "tensorrt": list(version_tuple(target.tensorrt_version)),
+        "tensorrt_version": target.tensorrt_version,
+        "gpu": target.gpu_name,
+        "compute_capability": list(target.compute_capability),
+        "integrated": target.integrated,
+        "dla_cores": target.dla_cores,
+    }
 
 
 def cache_key(model_sha256: str, target: EngineTarget, settings: BuildSettings) -> str:
@@ -270,8 +304,9 @@ class EngineCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot create the engine cache directory {self.root}: {exc.strerror or exc}; "
-                             "pass another cache_dir (--cache-dir)") from None
+            raise InputError(
+                f"cannot create the engine cache directory {self.root}: {exc.strerror or exc}; pass another cache_dir (--cache-dir)"
+            ) from None
         return self.root
 
     def entry(self, key: str) -> Path:
@@ -307,8 +342,14 @@ class EngineCache:
         """Write an entry atomically (temp directory, then rename), replacing any previous one."""
         from .bundle import staged_directory
 
-        meta = {"sha256": hashlib.sha256(plan).hexdigest(), "bytes": len(plan), "target": target.to_dict(),
-                "settings": settings.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
+        meta = {
+            "sha256": hashlib.sha256(plan).hexdigest(),
+            "bytes": len(plan),
+            "target": target.to_dict(),
+            "settings": settings.to_dict(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {}),
+        }
         self.ensure()
         with staged_directory(self.entry(key)) as tmp:
             (tmp / "engine.plan").write_bytes(plan)
@@ -321,8 +362,7 @@ class EngineCache:
         shutil.rmtree(self.entry(key), ignore_errors=True)
 
 
-def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: str | os.PathLike[str], *,
-                        overwrite: bool = False) -> Any:
+def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: str | os.PathLike[str], *, overwrite: bool = False) -> Any:
     """A bundle carrying a built engine (for identical devices: same TensorRT, same GPU model), written atomically.
 
     Its manifest records where the engine was built (`model.built_on`: TensorRT version, GPU, compute capability,
@@ -336,14 +376,23 @@ def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: s
     doc = copy.deepcopy(source.manifest.raw)
     model = doc["model"]
     doc["model"] = {
-        "backend": "tensorrt", "format": "tensorrt-engine", "precision": model["precision"], "entrypoint": "model.plan",
-        "export_format": model.get("export_format"), "conversion": model.get("conversion"), "tensorrt": model["tensorrt"],
-        "built_on": built_on.to_dict(), "built_from": {"path": model["entrypoint"],
-                                                       "sha256": next(f.sha256 for f in source.manifest.files if f.path == model["entrypoint"])},
+        "backend": "tensorrt",
+        "format": "tensorrt-engine",
+        "precision": model["precision"],
+        "entrypoint": "model.plan",
+        "export_format": model.get("export_format"),
+        "conversion": model.get("conversion"),
+        "tensorrt": model["tensorrt"],
+        "built_on": built_on.to_dict(),
+        "built_from": {"path": model["entrypoint"], "sha256": next(f.sha256 for f in source.manifest.files if f.path == model["entrypoint"])},
         "files": [],
     }
-    doc["producer"] = dict(doc.get("producer") or {}, tensorrt=built_on.tensorrt_version, gpu=built_on.gpu_name,
-                           compute_capability=built_on.to_dict()["compute_capability"])
+    doc["producer"] = dict(
+        doc.get("producer") or {},
+        tensorrt=built_on.tensorrt_version,
+        gpu=built_on.gpu_name,
+        compute_capability=built_on.to_dict()["compute_capability"],
+    )
     doc.pop("created", None)
     with BundleWriter(out, overwrite=overwrite) as writer:
         (writer.dir / "model.plan").write_bytes(plan)

@@ -69,55 +69,72 @@ def crafted_bundle_rows(bundle: Path, work: Path, p) -> list[tuple[str, str]]:
     expected = int(np.argmax(img.reshape(-1, 3).astype(np.float64).mean(0) @ w))
     with runtimes.load(fresh(two_out)) as q:
         got = q.predict(img, top_k=1)[0][0].index
-    rows.append(("model with outputs `features` then `logits`, the manifest names `logits`",
-                 "accepted: outputs are bound by name; the answer is the logits' class" if got == expected else f"WRONG class {got}"))
+    rows.append(
+        (
+            "model with outputs `features` then `logits`, the manifest names `logits`",
+            "accepted: outputs are bound by name; the answer is the logits' class" if got == expected else f"WRONG class {got}",
+        )
+    )
     for count in (20, 5):
-        rows.append((f"{count} labels for a 10-output model", outcome(lambda: runtimes.load(labels(fresh(toy_model(size=h)[0]), [f"c{i}" for i in range(count)])))))
-    rows.append(("float32 model input, the manifest says uint8", outcome(lambda: runtimes.load(fresh(toy_model(in_type=TensorProto.FLOAT, size=h)[0])))))
+        names = [f"c{i}" for i in range(count)]
+        rows.append((f"{count} labels for a 10-output model", outcome(lambda names=names: runtimes.load(labels(fresh(toy_model(size=h)[0]), names)))))
+    float_input = toy_model(in_type=TensorProto.FLOAT, size=h)[0]
+    rows.append(("float32 model input, the manifest says uint8", outcome(lambda: runtimes.load(fresh(float_input)))))
 
     def nan_logits():
         with runtimes.load(fresh(toy_model(nan=True, size=h)[0])) as q:
             q.predict(img)
+
     rows.append(("a model that outputs NaN logits, to predict()", outcome(nan_logits)))
 
     def empty():
         b = fresh()
         (b / "model.onnx").write_bytes(b"")
         runtimes.load(relist(b))
+
     rows.append(("empty model.onnx", outcome(empty)))
     custom, _ = toy_model(size=h)
     custom.graph.node[2].domain = "com.example.custom"
     custom.opset_import.append(helper.make_opsetid("com.example.custom", 1))
     rows.append(("an operator from an unknown custom domain", outcome(lambda: runtimes.load(fresh(custom)))))
-    rows.append(("manifest input size 32, graph input size " + str(h), outcome(lambda: runtimes.load(edit_manifest(
-        fresh(toy_model(size=h)[0]), lambda d: (d["preprocessing"].update(input_size=[32, 32]), d["inputs"][0].update(shape=["batch", 32, 32, 3])))))))
+
+    def smaller(d: dict) -> None:
+        d["preprocessing"].update(input_size=[32, 32])
+        d["inputs"][0].update(shape=["batch", 32, 32, 3])
+
+    rows.append(
+        ("manifest input size 32, graph input size " + str(h), outcome(lambda: runtimes.load(edit_manifest(fresh(toy_model(size=h)[0]), smaller))))
+    )
 
     def renamed_entrypoint():
         b = fresh()
         (b / "model.onnx").unlink()
         onnx.save(model_with_external_tensor("/etc/passwd"), str(b / "model.ONNX"))
         runtimes.load(edit_manifest(relist(b), lambda d: d["model"].update(entrypoint="model.ONNX")))
+
     rows.append(("entrypoint `model.ONNX` whose external data is /etc/passwd", outcome(renamed_entrypoint)))
 
     def non_utf8_path():
         b = fresh()
         runtimes.load(edit_manifest(b, lambda d: d["model"]["files"].append({"path": "x\udcff.bin", "sha256": "0" * 64, "bytes": 1})))
+
     rows.append(("manifest path that is not valid UTF-8", outcome(non_utf8_path)))
 
-    def manifest_text(name: str, change) -> None:
+    def manifest_text(change) -> None:
         b = fresh()
         text = json.dumps(json.loads((b / "manifest.json").read_text()))
         (b / "manifest.json").write_text(change(text))
         runtimes.load(b)
+
     limits = {
         "manifest JSON nested 1,000 deep": lambda t: t.rstrip()[:-1] + ', "x": ' + "[" * 1000 + "]" * 1000 + "}",
         "manifest integer of 5,000 digits": lambda t: t.replace('"schema_version": 1', '"schema_version": ' + "9" * 5000),
-        "manifest `crop_pct` as the string \"1\"": lambda t: t.replace('"crop_pct": 1.0', '"crop_pct": "1"'),
+        'manifest `crop_pct` as the string "1"': lambda t: t.replace('"crop_pct": 1.0', '"crop_pct": "1"'),
         "manifest input size 100000 x 100000": lambda t: t.replace(f"{h}, {h}", "100000, 100000"),
-        "manifest fixed batch of 10^12": lambda t: t.replace('"batch", %d' % h, "1000000000000, %d" % h, 1),
+        "manifest fixed batch of 10^12": lambda t: t.replace(f'"batch", {h}', f"1000000000000, {h}", 1),
     }
     for what, change in limits.items():
-        rows.append((what, outcome(lambda: manifest_text(what, change))))
+        rows.append((what, outcome(lambda change=change: manifest_text(change))))
 
     def openvino_offset_past_the_end():
         import openvino as ov
@@ -128,6 +145,7 @@ def crafted_bundle_rows(bundle: Path, work: Path, p) -> list[tuple[str, str]]:
         xml = (b / "model.xml").read_text()
         (b / "model.xml").write_text(xml.replace('offset="0"', 'offset="999999999"', 1))
         runtimes.load(edit_manifest(relist(b), lambda d: d["model"].update(backend="openvino", format="openvino", entrypoint="model.xml")))
+
     try:
         import openvino  # noqa: F401
 
@@ -144,7 +162,8 @@ def image_rows(work: Path, p) -> list[tuple[str, str]]:
     rows = [("ragged nested list as an image", outcome(lambda: p.predict([[1, 2], [3]])))]
     h, w = p.preprocessing.input_size
     big = np.zeros((1000, h, w, 3), np.uint8)
-    rows.append(("1,000-image batch to run()", "accepted: handed to the backend 256 at a time" if outcome(lambda: p.run(big)) == "accepted" else "FAILED"))
+    chunked = outcome(lambda: p.run(big)) == "accepted"
+    rows.append(("1,000-image batch to run()", "accepted: handed to the backend 256 at a time" if chunked else "FAILED"))
     im = Image.new("RGB", (40, 20), (255, 0, 0))
     exif = im.getexif()
     exif[0x0112] = 6
@@ -222,12 +241,14 @@ def main() -> int:
 
     def edited(name: str, change):
         """Load a copy of the bundle whose manifest `change(doc)` altered."""
+
         def attempt():
             b = copy(name)
             doc = json.loads((b / "manifest.json").read_text())
             change(doc)
             (b / "manifest.json").write_text(json.dumps(doc))
             runtimes.load(b)
+
         return attempt
 
     def _traverse(doc):
@@ -246,8 +267,9 @@ def main() -> int:
         t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2], data_location=TensorProto.EXTERNAL)
         entry = t.external_data.add()
         entry.key, entry.value = "location", "../../../etc/passwd"
-        graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], initializer=[t])
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["w"], ["y"])], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], initializer=[t]
+        )
         onnx.save(helper.make_model(graph), str(b / "model.onnx"))
         doc = json.loads((b / "manifest.json").read_text())
         data = (b / "model.onnx").read_bytes()
@@ -255,11 +277,16 @@ def main() -> int:
         (b / "manifest.json").write_text(json.dumps(doc))
         runtimes.load(b)
 
-    for what, fn in {"ONNX external data pointing at ../../../etc/passwd (checksums consistent)": external_data,
-                     "model file with one byte flipped": tamper, "truncated model file": truncate,
-                     "file in the bundle the manifest does not list": unlisted, "manifest path '../model.onnx'": traversal,
-                     "manifest schema_version 99": newer, "manifest precision 'int3'": bad_field,
-                     "bundle for a backend not installed here": missing_backend}.items():
+    for what, fn in {
+        "ONNX external data pointing at ../../../etc/passwd (checksums consistent)": external_data,
+        "model file with one byte flipped": tamper,
+        "truncated model file": truncate,
+        "file in the bundle the manifest does not list": unlisted,
+        "manifest path '../model.onnx'": traversal,
+        "manifest schema_version 99": newer,
+        "manifest precision 'int3'": bad_field,
+        "bundle for a backend not installed here": missing_backend,
+    }.items():
         rows.append((what, outcome(fn)))
 
     rows += crafted_bundle_rows(bundle, work, p)
@@ -293,10 +320,15 @@ def main() -> int:
         def not_image(root):
             (root / "cat" / "notes.txt").write_text("hello")  # not an image extension: ignored
 
-        for what, setup in {"dataset with a corrupt JPEG": corrupt, "dataset with an empty class folder": empty_class,
-                            "dataset with a single class": single, "dataset with a text file among images": not_image}.items():
+        for what, setup in {
+            "dataset with a corrupt JPEG": corrupt,
+            "dataset with an empty class folder": empty_class,
+            "dataset with a single class": single,
+            "dataset with a text file among images": not_image,
+        }.items():
             root = folder(what.replace(" ", "_"), setup)
-            got = outcome(lambda: load_dataset(str(root)).prepared_batch(np.arange(7 if "corrupt" in what else 6), p.preprocessing))
+            count = 7 if "corrupt" in what else 6
+            got = outcome(lambda root=root, count=count: load_dataset(str(root)).prepared_batch(np.arange(count), p.preprocessing))
             rows.append((what, "accepted: non-image files are ignored (only image extensions are read)" if got == "accepted" else got))
         root = folder("skip", corrupt)
         ds = load_dataset(str(root), skip_bad=True)

@@ -77,9 +77,17 @@ def soak(bundle: str, calls: int, threads: int, warmup: int) -> dict:
         for t in workers:
             t.join()
         seconds = time.perf_counter() - t0
-        return {"bundle": bundle, "backend": p.describe().get("backend", p.manifest.backend), "calls": state["done"],
-                "errors": len(state["errors"]), "first_error": (state["errors"] or [""])[0], "differ": state["differ"],
-                "rss_warm": state["rss_warm"], "rss_end": _rss_mib(), "calls_per_s": state["done"] / seconds}
+        return {
+            "bundle": bundle,
+            "backend": p.describe().get("backend", p.manifest.backend),
+            "calls": state["done"],
+            "errors": len(state["errors"]),
+            "first_error": (state["errors"] or [""])[0],
+            "differ": state["differ"],
+            "rss_warm": state["rss_warm"],
+            "rss_end": _rss_mib(),
+            "calls_per_s": state["done"] / seconds,
+        }
 
 
 def main() -> int:
@@ -93,8 +101,10 @@ def main() -> int:
     print(f"| bundle | backend | calls | threads | errors | differing answers | RSS after {args.warmup} calls | RSS at the end | calls/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {Path(r['bundle']).name} | {r['backend']} | {r['calls']} | {args.threads} | {r['errors']} | {r['differ']} | "
-              f"{r['rss_warm']:.1f} MiB | {r['rss_end']:.1f} MiB | {r['calls_per_s']:.0f} |")
+        print(
+            f"| {Path(r['bundle']).name} | {r['backend']} | {r['calls']} | {args.threads} | {r['errors']} | {r['differ']} | "
+            f"{r['rss_warm']:.1f} MiB | {r['rss_end']:.1f} MiB | {r['calls_per_s']:.0f} |"
+        )
         if r["errors"]:
             print(f"first error in {r['bundle']}: {r['first_error']}")
     return 1 if any(r["errors"] or r["differ"] for r in rows) else 0

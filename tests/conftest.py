@@ -88,12 +88,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, block_torch: bool = F
     code += "from edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=600,
     )
 
 
 # Importing any of these raises ImportError, as on a device where only runtimes + a backend are installed.
 BLOCK_HOST_PACKAGES = (
-    "for _m in ('torch', 'torchvision', 'timm', 'onnx', 'accelerate', 'safetensors', 'sklearn', 'skimage'):\n"
-    "    sys.modules[_m] = None\n"
+    "for _m in ('torch', 'torchvision', 'timm', 'onnx', 'accelerate', 'safetensors', 'sklearn', 'skimage'):\n    sys.modules[_m] = None\n"
 )

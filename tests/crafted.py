@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,8 @@ def relist(out: Path) -> Path:
     doc = json.loads((out / "manifest.json").read_text())
     doc["model"]["files"] = [
         {"path": p.relative_to(out).as_posix(), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
-        for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
     ]
     (out / "manifest.json").write_text(json.dumps(doc))
     return out
@@ -53,8 +55,7 @@ def labels(bundle: Path, names: list[str]) -> Path:
     return bundle
 
 
-def toy_model(outputs: tuple[str, ...] = ("logits",), classes: int = 10, in_type: int | None = None, nan: bool = False,
-              size: int = SMALL):
+def toy_model(outputs: tuple[str, ...] = ("logits",), classes: int = 10, in_type: int | None = None, nan: bool = False, size: int = SMALL):
     """uint8 images -> mean colour -> MatMul -> `classes` logits; a 'features' output (argmax 7 everywhere) when asked."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -63,16 +64,26 @@ def toy_model(outputs: tuple[str, ...] = ("logits",), classes: int = 10, in_type
     w = rng.normal(size=(3, classes)).astype(np.float32)
     w2 = np.zeros((3, classes), np.float32)
     w2[:, 7] = 100.0
-    nodes = [helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
-             helper.make_node("MatMul", ["m", "w"], ["raw"]),
-             helper.make_node("Div" if nan else "Identity", ["raw", "zero"] if nan else ["raw"], ["logits"]),
-             helper.make_node("MatMul", ["m", "w2"], ["features"])]
-    inits = [numpy_helper.from_array(np.array([1, 2], np.int64), "axes"), numpy_helper.from_array(w, "w"),
-             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros((1,), np.float32), "zero")]
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+        helper.make_node("MatMul", ["m", "w"], ["raw"]),
+        helper.make_node("Div" if nan else "Identity", ["raw", "zero"] if nan else ["raw"], ["logits"]),
+        helper.make_node("MatMul", ["m", "w2"], ["features"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(np.zeros((1,), np.float32), "zero"),
+    ]
     graph = helper.make_graph(
-        nodes, "toy", [helper.make_tensor_value_info("images", in_type or TensorProto.UINT8, ["batch", size, size, 3])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", classes]) for n in outputs], inits)
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("images", in_type or TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", classes]) for n in outputs],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)

@@ -155,9 +155,17 @@ class TensorIOMode(enum.IntEnum):
     OUTPUT = 2
 
 
-def make_fake_tensorrt(cudart: FakeCudart, *, version: str = "10.3.0.26", strongly_typed: bool = True, dla_cores: int = 0,
-                       output_dtype: DataType = DataType.FLOAT, extra_output_first: bool = False,
-                       timing_cache_returned: bool = True, lean_runtime_loads: bool = True) -> types.ModuleType:
+def make_fake_tensorrt(
+    cudart: FakeCudart,
+    *,
+    version: str = "10.3.0.26",
+    strongly_typed: bool = True,
+    dla_cores: int = 0,
+    output_dtype: DataType = DataType.FLOAT,
+    extra_output_first: bool = False,
+    timing_cache_returned: bool = True,
+    lean_runtime_loads: bool = True,
+) -> types.ModuleType:
     """A `tensorrt` module whose builder reads the ONNX's I/O with `onnx` and whose engine computes `toy_logits`."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
@@ -198,8 +206,7 @@ def make_fake_tensorrt(cudart: FakeCudart, *, version: str = "10.3.0.26", strong
             graph = onnx.load_from_string(data).graph
             inp, out = graph.input[0], graph.output[0]
             dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-            self.network.io = {"input": inp.name, "hw": dims[1:3], "output": out.name,
-                               "classes": out.type.tensor_type.shape.dim[1].dim_value}
+            self.network.io = {"input": inp.name, "hw": dims[1:3], "output": out.name, "classes": out.type.tensor_type.shape.dim[1].dim_value}
             return True
 
     class TimingCache:
@@ -286,7 +293,7 @@ def make_fake_tensorrt(cudart: FakeCudart, *, version: str = "10.3.0.26", strong
         def get_tensor_profile_shape(self, name: str, profile: int) -> list[list[int]]:
             return [list(s) for s in self.plan["profile"]]
 
-        def create_execution_context(self) -> "Context":
+        def create_execution_context(self) -> Context:
             return Context(self)
 
     class Context:
@@ -325,7 +332,7 @@ def make_fake_tensorrt(cudart: FakeCudart, *, version: str = "10.3.0.26", strong
         def __init__(self, logger: Logger) -> None:
             self.engine_host_code_allowed, self.num_DLA_cores, self.DLA_core = True, dla_cores, -1
 
-        def load_runtime(self, path: str) -> "Runtime | None":
+        def load_runtime(self, path: str) -> Runtime | None:
             record["lean_runtimes"].append(path)
             return Runtime(Logger()) if lean_runtime_loads else None
 

@@ -79,9 +79,25 @@ def test_cli_compares_bundles_and_writes_json_csv_and_plot(format_bundles, tmp_p
         (data / ds.classes[ds.targets[i]]).mkdir(parents=True, exist_ok=True)
         np.save(data / ds.classes[ds.targets[i]] / f"{i}.npy", img)
     out = tmp_path / "bench"
-    r = run_cli("bench", str(format_bundles["onnx"]), str(format_bundles["openvino-int8"]), "--batch", "1,2",
-                "--iterations", "20", "--warmup", "2", "--data", str(data), "--json", f"{out}.json", "--csv", f"{out}.csv",
-                "--plot", f"{out}.png")
+    r = run_cli(
+        "bench",
+        str(format_bundles["onnx"]),
+        str(format_bundles["openvino-int8"]),
+        "--batch",
+        "1,2",
+        "--iterations",
+        "20",
+        "--warmup",
+        "2",
+        "--data",
+        str(data),
+        "--json",
+        f"{out}.json",
+        "--csv",
+        f"{out}.csv",
+        "--plot",
+        f"{out}.png",
+    )
     assert r.returncode == 0, r.stderr
     header, *lines = r.stdout.strip().splitlines()[:1] + r.stdout.strip().splitlines()[2:]
     assert "p50 ms" in header and "p99 ms" in header and "speed-up" in header and "overhead" in header and "accuracy" in header
@@ -98,8 +114,7 @@ def test_cli_compares_bundles_and_writes_json_csv_and_plot(format_bundles, tmp_p
 
 
 def test_bench_runs_on_the_device_without_torch(digits_bundle: Path, tmp_path: Path):
-    r = run_cli("bench", str(digits_bundle), "--iterations", "10", "--warmup", "1", "--json", str(tmp_path / "b.json"),
-                block_torch=True)
+    r = run_cli("bench", str(digits_bundle), "--iterations", "10", "--warmup", "1", "--json", str(tmp_path / "b.json"), block_torch=True)
     assert r.returncode == 0, r.stderr
     assert "onnx" in r.stdout and json.loads((tmp_path / "b.json").read_text())["results"][0]["latency"]["count"] == 10
 
@@ -116,9 +131,25 @@ def test_cli_ctrl_c_prints_what_was_measured(digits_bundle: Path, tmp_path: Path
 
     code = "import sys\nfrom edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "bench", str(digits_bundle), "--duration", "60", "--warmup", "1", "--quiet",
-         "--json", str(tmp_path / "partial.json")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        [
+            sys.executable,
+            "-c",
+            code,
+            "bench",
+            str(digits_bundle),
+            "--duration",
+            "60",
+            "--warmup",
+            "1",
+            "--quiet",
+            "--json",
+            str(tmp_path / "partial.json"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
     )
     time.sleep(10)  # import, load and one warm-up call take about a second; then it measures for 60 s
     assert proc.poll() is None

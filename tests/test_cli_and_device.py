@@ -15,11 +15,15 @@ from conftest import BLOCK_HOST_PACKAGES, ROOT, run_cli, write_image_folder
 
 
 def test_import_runtimes_and_predict_without_torch(digits_bundle: Path):
-    code = "import sys\n" + BLOCK_HOST_PACKAGES + (
-        "import numpy as np, runtimes, edge_transfer\n"
-        f"p = runtimes.load({str(digits_bundle)!r})\n"
-        "print(p.predict(np.zeros((8, 8), np.uint8), top_k=1)[0][0].label)\n"
-        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    code = (
+        "import sys\n"
+        + BLOCK_HOST_PACKAGES
+        + (
+            "import numpy as np, runtimes, edge_transfer\n"
+            f"p = runtimes.load({str(digits_bundle)!r})\n"
+            "print(p.predict(np.zeros((8, 8), np.uint8), top_k=1)[0][0].label)\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        )
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -40,7 +44,7 @@ def test_predict_and_inspect_cli_without_torch(digits_bundle: Path, tmp_path: Pa
 
 
 def test_missing_backend_names_the_pip_extra(digits_bundle: Path):
-    code = "import sys\nsys.modules['onnxruntime'] = None\nimport runtimes\n" f"runtimes.load({str(digits_bundle)!r})\n"
+    code = f"import sys\nsys.modules['onnxruntime'] = None\nimport runtimes\nruntimes.load({str(digits_bundle)!r})\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "BackendUnavailableError" in r.stderr and "edge-transfer[onnxruntime]" in r.stderr
 
@@ -128,9 +132,13 @@ def test_example_classify_image_runs_without_torch(digits_bundle: Path, tmp_path
 
     img = tmp_path / "digit.npy"
     np.save(img, load_digits_dataset().items[0])
-    code = "import sys, runpy\n" + BLOCK_HOST_PACKAGES + (
-        f"sys.argv = ['classify_image.py', {str(digits_bundle)!r}, {str(img)!r}]\n"
-        "runpy.run_path('examples/classify_image.py', run_name='__main__')\n"
+    code = (
+        "import sys, runpy\n"
+        + BLOCK_HOST_PACKAGES
+        + (
+            f"sys.argv = ['classify_image.py', {str(digits_bundle)!r}, {str(img)!r}]\n"
+            "runpy.run_path('examples/classify_image.py', run_name='__main__')\n"
+        )
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr

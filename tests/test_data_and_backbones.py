@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_image_folder
 from edge_transfer.backbones import create_backbone
 from edge_transfer.data import dataset_from_arrays, load_digits_dataset, load_image_folder, stratified_split
 from runtimes.errors import CheckpointError, DatasetError, InputError
+
+from conftest import write_image_folder
 
 
 def test_digits_are_rgb_uint8_with_ten_classes():

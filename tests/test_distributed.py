@@ -58,13 +58,40 @@ def _free_port() -> int:
 def _launcher(name: str, processes: int) -> list[str]:
     """The real launchers, as a user types them (CPU processes, gloo)."""
     if name == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "edge_transfer"]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "edge_transfer",
+        ]
     # accelerate launch starts several local processes through torchrun with --multi_gpu (--cpu alone means one
     # process, or mpirun); on a machine without GPUs each process's Accelerator then joins the group over gloo.
-    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), "-m", "edge_transfer"]
+    return [
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "edge_transfer",
+    ]
 
 
 def _train(args: list[str], *, processes: int = 1, launcher: str = "torchrun", cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -88,8 +115,23 @@ def _only_one_artifact(parent: Path, name: str) -> None:
 
 
 def test_two_process_finetune_matches_single_process(four_classes: Path, groupnorm_backbone: Path, tmp_path: Path):
-    args = ["--data", str(four_classes), "--backbone", str(groupnorm_backbone), "--strategy", "finetune",
-            "--image-size", "48", "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--json"]
+    args = [
+        "--data",
+        str(four_classes),
+        "--backbone",
+        str(groupnorm_backbone),
+        "--strategy",
+        "finetune",
+        "--image-size",
+        "48",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "3e-3",
+        "--json",
+    ]
     _train([*args, "--quiet", "--out", str(tmp_path / "one" / "run")], cache=tmp_path / "c1")
     two = _train([*args, "--out", str(tmp_path / "two" / "run")], processes=2, cache=tmp_path / "c2")
 
@@ -114,8 +156,7 @@ def test_two_process_linear_probe_shards_and_gathers_features(four_classes: Path
 
     args = ["--data", str(four_classes), "--strategy", "linear-probe", "--image-size", "32", "--json", "--quiet"]
     _train([*args, "--out", str(tmp_path / "one" / "run")], cache=tmp_path / "c1")
-    _train([*args, "--out", str(tmp_path / "two" / "run"), "--feature-batch-size", "32"], processes=2,
-           launcher="accelerate", cache=tmp_path / "c2")
+    _train([*args, "--out", str(tmp_path / "two" / "run"), "--feature-batch-size", "32"], processes=2, launcher="accelerate", cache=tmp_path / "c2")
 
     _only_one_artifact(tmp_path / "two", "run")
     (f1,), (f2,) = (list((tmp_path / c / "features").iterdir()) for c in ("c1", "c2"))
@@ -148,8 +189,13 @@ def test_resume_after_sigkill_ends_where_the_uninterrupted_run_ends(four_classes
 
     out, ckpt = tmp_path / "cut" / "run", tmp_path / "cut" / "run.checkpoint"
     env = {**os.environ, "EDGE_TRANSFER_CACHE": str(tmp_path / "c"), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "edge_transfer", "train", *args, "--quiet", "--out", str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_transfer", "train", *args, "--quiet", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         try:
@@ -164,11 +210,18 @@ def test_resume_after_sigkill_ends_where_the_uninterrupted_run_ends(four_classes
     assert 1 <= state["epoch"] < 3 and not out.exists(), "killed between epochs: a checkpoint, no run directory"
     assert {p.suffix for p in ckpt.iterdir()} == {".safetensors", ".json"}, "no pickle in checkpoints"
 
-    again = subprocess.run([sys.executable, "-m", "edge_transfer", "train", *args, "--out", str(out)],
-                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "edge_transfer", "train", *args, "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
     assert again.returncode != 0 and "pass --resume to continue it" in again.stderr
-    other = subprocess.run([sys.executable, "-m", "edge_transfer", "train", *args, "--lr", "0.01", "--resume", "--out", str(out)],
-                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    other = subprocess.run(
+        [sys.executable, "-m", "edge_transfer", "train", *args, "--lr", "0.01", "--resume", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
     assert other.returncode != 0 and "belongs to a different run (lr: checkpoint 0.001, now 0.01)" in other.stderr
 
     resumed = _train([*args, "--resume", "--out", str(out)], cache=tmp_path / "c")
@@ -205,10 +258,34 @@ def test_two_gpu_finetune_under_torchrun(four_classes: Path, groupnorm_backbone:
 
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA devices")
-    r = subprocess.run([*_launcher("torchrun", 2), "train", "--data", str(four_classes), "--backbone", str(groupnorm_backbone),
-                        "--strategy", "finetune", "--image-size", "48", "--epochs", "2", "--batch-size", "16",
-                        "--device", "cuda", "--json", "--out", str(tmp_path / "run")],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "EDGE_TRANSFER_CACHE": str(tmp_path / "c")})
+    r = subprocess.run(
+        [
+            *_launcher("torchrun", 2),
+            "train",
+            "--data",
+            str(four_classes),
+            "--backbone",
+            str(groupnorm_backbone),
+            "--strategy",
+            "finetune",
+            "--image-size",
+            "48",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--device",
+            "cuda",
+            "--json",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "EDGE_TRANSFER_CACHE": str(tmp_path / "c")},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["training"]["processes"] == 2 and cfg["training"]["device"].startswith("cuda")
@@ -227,10 +304,16 @@ def test_checkpoint_round_trips_optimizer_and_rng_without_pickle(tmp_path: Path)
     opt.step()
     rng = capture_rng()
     expected = (torch.rand(3), np.random.rand(2), random.random())
-    TrainingCheckpoint(epoch=1, fingerprint={"lr": 0.01}, model=net.state_dict(), optimizer=opt.state_dict(),
-                       scheduler={"last_epoch": 1}, progress={"stale": 0}, rng=[rng]).save(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+    TrainingCheckpoint(
+        epoch=1,
+        fingerprint={"lr": 0.01},
+        model=net.state_dict(),
+        optimizer=opt.state_dict(),
+        scheduler={"last_epoch": 1},
+        progress={"stale": 0},
+        rng=[rng],
+    ).save(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
     back = TrainingCheckpoint.load(tmp_path / "ckpt")
     fresh = torch.optim.AdamW(net.parameters(), lr=1e-2)
     fresh.load_state_dict(back.optimizer)
@@ -260,8 +343,9 @@ def test_python_api_under_torchrun_trains_and_exports_once(four_classes: Path, t
     )
     launcher = _launcher("torchrun", 2)[:-2]  # without "-m edge_transfer": a script instead
     env = {**os.environ, "EDGE_TRANSFER_CACHE": str(tmp_path / "c"), "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([*launcher, str(script), str(four_classes), str(tmp_path / "out")],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    r = subprocess.run(
+        [*launcher, str(script), str(four_classes), str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     reports = sorted((json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")), key=lambda d: d["rank"])
     assert [d["rank"] for d in reports] == [0, 1]

@@ -16,8 +16,10 @@ from conftest import BLOCK_HOST_PACKAGES, ROOT
 
 def _example(name: str, *args: str, **popen) -> list[str]:
     """The command line that runs examples/<name> with torch and the other host packages blocked."""
-    code = "import runpy, sys\n" + BLOCK_HOST_PACKAGES + f"sys.argv = [{name!r}] + sys.argv[1:]\n" \
-           f"runpy.run_path({str(ROOT / 'examples' / name)!r}, run_name='__main__')\n"
+    code = (
+        "import runpy, sys\n" + BLOCK_HOST_PACKAGES + f"sys.argv = [{name!r}] + sys.argv[1:]\n"
+        f"runpy.run_path({str(ROOT / 'examples' / name)!r}, run_name='__main__')\n"
+    )
     return [sys.executable, "-c", code, *args]
 
 
@@ -32,8 +34,13 @@ def test_watch_folder_classifies_new_files_and_survives_a_bad_one(digits_bundle:
     incoming = tmp_path / "incoming"
     _frames(incoming, 12)
     (incoming / "broken.npy").write_bytes(b"not an array")
-    r = subprocess.run(_example("watch_folder.py", str(digits_bundle), "--folder", str(incoming), "--idle-exit", "1",
-                                "--every", "5"), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        _example("watch_folder.py", str(digits_bundle), "--folder", str(incoming), "--idle-exit", "1", "--every", "5"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.count(": ") >= 12 and "[last 10] p50" in r.stdout
     assert "broken.npy: skipped" in r.stderr and "done: 12 classified, 1 skipped" in r.stdout
@@ -55,16 +62,26 @@ def test_watch_folder_refuses_to_start_when_the_self_test_fails(digits_bundle: P
             f.update(sha256=hashlib.sha256(ref.read_bytes()).hexdigest(), bytes=ref.stat().st_size)
     (bundle / "manifest.json").write_text(json.dumps(doc))
     _frames(tmp_path / "incoming", 1)
-    r = subprocess.run(_example("watch_folder.py", str(bundle), "--folder", str(tmp_path / "incoming"), "--idle-exit", "1"),
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        _example("watch_folder.py", str(bundle), "--folder", str(tmp_path / "incoming"), "--idle-exit", "1"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "self-test" in r.stderr and "FAIL" in r.stderr and "classified" not in r.stdout
 
 
 def test_watch_folder_stops_cleanly_on_sigterm(digits_bundle: Path, tmp_path: Path):
     incoming = tmp_path / "incoming"
     _frames(incoming, 3)
-    proc = subprocess.Popen(_example("watch_folder.py", str(digits_bundle), "--folder", str(incoming)), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _example("watch_folder.py", str(digits_bundle), "--folder", str(incoming)),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(6)  # start, classify the three frames, then wait for more
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -73,8 +90,9 @@ def test_watch_folder_stops_cleanly_on_sigterm(digits_bundle: Path, tmp_path: Pa
 
 
 def test_pipelined_example_prints_its_gain_over_the_simple_loop(digits_bundle: Path):
-    r = subprocess.run(_example("pipelined.py", str(digits_bundle), "--frames", "24", "--workers", "2"), cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        _example("pipelined.py", str(digits_bundle), "--frames", "24", "--workers", "2"), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert "simple loop:" in r.stdout and "pipelined (2 workers):" in r.stdout
     assert "gain: " in r.stdout and "same labels on 24/24 frames" in r.stdout

@@ -77,8 +77,17 @@ def test_bad_input_is_refused_before_the_backend(fmt: str, format_bundles, test_
 
 
 # top-1 agreement with the fp32 ONNX Runtime reference that each format must reach on 48 test images
-AGREEMENT = {"onnx": 1.0, "openvino": 1.0, "onnx-fp16": 0.97, "openvino-fp16": 0.97, "onnx-int8": 0.8, "openvino-int8": 0.8,
-             "tensorrt": 0.97, "tensorrt-fp16": 0.97, "tensorrt-int8": 0.8}  # TensorRT fp32 may use TF32 on Ampere+
+AGREEMENT = {
+    "onnx": 1.0,
+    "openvino": 1.0,
+    "onnx-fp16": 0.97,
+    "openvino-fp16": 0.97,
+    "onnx-int8": 0.8,
+    "openvino-int8": 0.8,
+    "tensorrt": 0.97,
+    "tensorrt-fp16": 0.97,
+    "tensorrt-int8": 0.8,
+}  # TensorRT fp32 may use TF32 on Ampere+
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -169,8 +178,13 @@ def test_nodes_kept_in_float_stay_float_inside_onnxruntime(format_bundles, test_
     import onnxruntime as ort
 
     from converters.calibration import CalibrationData
-    from converters.onnx_quantize import (preprocess_for_quantization, quantize_int8_static, quantized_compute_nodes,
-                                          quantizable_nodes, with_float_nodes)
+    from converters.onnx_quantize import (
+        preprocess_for_quantization,
+        quantizable_nodes,
+        quantize_int8_static,
+        quantized_compute_nodes,
+        with_float_nodes,
+    )
 
     pre = tmp_path / "pre.onnx"
     preprocess_for_quantization(format_bundles["onnx"] / "model.onnx", pre)
@@ -252,8 +266,16 @@ def test_pretrained_lite0_keeps_its_imagenet_answers_in_every_format(tmp_path: P
         items.append(f"{n}[{y}:{y + s},{x}:{x + s}]")
     calibration = CalibrationData(np.stack(crops), "photo-crops", items, seed=0, source="skimage.data")
     formats = [f for f in FORMATS if f != "onnx-int8-dynamic"]
-    results = export_bundles(model.for_export(), tmp_path / "lite0", formats=formats, preprocessing=cfg, labels=list(bb.labels),
-                             reference=ReferenceData(ref, None, "skimage-photos"), calibration=calibration, allow_failed_validation=True)
+    results = export_bundles(
+        model.for_export(),
+        tmp_path / "lite0",
+        formats=formats,
+        preprocessing=cfg,
+        labels=list(bb.labels),
+        reference=ReferenceData(ref, None, "skimage-photos"),
+        calibration=calibration,
+        allow_failed_validation=True,
+    )
     with torch.no_grad():
         expected = model(torch.from_numpy(ref)).numpy()
     top1 = expected.argmax(1)

@@ -28,19 +28,26 @@ from runtimes.errors import EdgeTransferError, IntegrityError
 from runtimes.manifest import parse_manifest
 
 from conftest import ROOT, SMALL, run_cli
-from crafted import bundle_with_model as _bundle_with_model, edit_manifest as _edit_manifest, ir_bundle as _ir_bundle
-from crafted import labels as _labels, model_with_external_tensor as _model_with_external_tensor, relist as _relist, toy_model as _toy_model
-
+from crafted import bundle_with_model as _bundle_with_model
+from crafted import edit_manifest as _edit_manifest
+from crafted import ir_bundle as _ir_bundle
+from crafted import labels as _labels
+from crafted import model_with_external_tensor as _model_with_external_tensor
+from crafted import relist as _relist
+from crafted import toy_model as _toy_model
 
 # ------------------------------------------------------------------------------------------------ external data
 
 
-@pytest.mark.parametrize("location,in_attribute,message", [
-    ("../secret.bin", False, "not a relative path inside the bundle"),
-    ("/etc/passwd", False, "not a relative path inside the bundle"),
-    ("../secret.bin", True, "not a relative path inside the bundle"),
-    ("weights.bin", False, "not listed in the manifest"),
-])
+@pytest.mark.parametrize(
+    "location,in_attribute,message",
+    [
+        ("../secret.bin", False, "not a relative path inside the bundle"),
+        ("/etc/passwd", False, "not a relative path inside the bundle"),
+        ("../secret.bin", True, "not a relative path inside the bundle"),
+        ("weights.bin", False, "not listed in the manifest"),
+    ],
+)
 def test_onnx_external_data_outside_the_bundle_is_refused(digits_bundle: Path, tmp_path: Path, location, in_attribute, message):
     (tmp_path / "secret.bin").write_bytes(b"\x00" * 8)
     bundle = _bundle_with_model(digits_bundle, tmp_path / "b", _model_with_external_tensor(location, in_attribute))
@@ -51,8 +58,9 @@ def test_onnx_external_data_outside_the_bundle_is_refused(digits_bundle: Path, t
 def test_onnx_external_data_inside_the_bundle_is_allowed(digits_bundle: Path, tmp_path: Path):
     from runtimes.onnx_refs import external_data_locations
 
-    bundle = _bundle_with_model(digits_bundle, tmp_path / "b", _model_with_external_tensor("weights.bin"),
-                                extra={"weights.bin": np.array([1.5, -2.0], np.float32).tobytes()})
+    bundle = _bundle_with_model(
+        digits_bundle, tmp_path / "b", _model_with_external_tensor("weights.bin"), extra={"weights.bin": np.array([1.5, -2.0], np.float32).tobytes()}
+    )
     runtimes.open_bundle(bundle)  # verifies: the reference names a listed, checksummed file of the bundle
     assert external_data_locations(bundle / "model.onnx") == ["weights.bin"]
     assert external_data_locations(digits_bundle / "model.onnx") == []
@@ -65,8 +73,7 @@ def test_sigkill_during_export_leaves_the_previous_bundle_or_none(digits_run, tm
     """Kill -9 an export at several moments: the target is always absent or the previous complete bundle."""
     out = tmp_path / "bundle"
     code = "import sys\nfrom edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    cmd = [sys.executable, "-c", code, "export", str(digits_run.path), "--format", "onnx,openvino", "--out", str(out),
-           "--overwrite", "--quiet"]
+    cmd = [sys.executable, "-c", code, "export", str(digits_run.path), "--format", "onnx,openvino", "--out", str(out), "--overwrite", "--quiet"]
     assert subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
     for delay in (3.0, 6.0, 9.0):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -153,7 +160,7 @@ def _valid_manifest(digits_bundle: Path) -> dict:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
     max_leaves=20,
 )
@@ -249,9 +256,21 @@ def test_atheris_harness_smoke_run(digits_bundle: Path, tmp_path: Path):
     corpus.mkdir()
     (corpus / "manifest").write_bytes(b"\x00" + (digits_bundle / "manifest.json").read_bytes())
     (corpus / "model").write_bytes(b"\x01" + (digits_bundle / "model.onnx").read_bytes()[:4096])
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_bundle.py"), str(corpus), "-runs=3000",
-                        "-max_len=8192", f"-artifact_prefix={tmp_path}/"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "fuzz" / "fuzz_bundle.py"),
+            str(corpus),
+            "-runs=3000",
+            "-max_len=8192",
+            f"-artifact_prefix={tmp_path}/",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Done 3000 runs" in r.stderr
 
@@ -309,9 +328,21 @@ def test_inputs_the_load_fuzzer_once_crashed_on_are_typed_errors(load_harness, c
 def test_atheris_load_harness_smoke_run(load_harness, tmp_path: Path):
     """A bounded libFuzzer run of tests/fuzz/fuzz_load.py (the long run's count is in the README)."""
     pytest.importorskip("atheris", reason="atheris (libFuzzer for Python) is not installed here")
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_load.py"), str(tmp_path / "corpus"), "-runs=1500",
-                        "-max_len=20000", "-len_control=0", f"-artifact_prefix={tmp_path}/"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "fuzz" / "fuzz_load.py"),
+            str(tmp_path / "corpus"),
+            "-runs=1500",
+            "-max_len=20000",
+            "-len_control=0",
+            f"-artifact_prefix={tmp_path}/",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Done 1500 runs" in r.stderr and "fuzz_load: " in r.stderr
 
@@ -324,12 +355,11 @@ class _Gadget:
 
 
 def test_torch_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path: Path):
+    import timm
     import torch
 
     from edge_transfer.backbones import create_backbone
     from runtimes.errors import CheckpointError
-
-    import timm
 
     (tmp_path / "config.json").write_text(json.dumps({"backbone": "timm:mobilenetv3_small_050"}))
     good = tmp_path / "model.pth"
@@ -453,15 +483,18 @@ def test_openvino_binds_by_name_and_checks_the_label_count(format_bundles, tmp_p
 # ------------------------------------------------------------------------------------------------ parser limits
 
 
-@pytest.mark.parametrize("name,edit,message", [
-    ("1000-deep JSON", lambda t: t.rstrip()[:-1] + ', "x": ' + "[" * 1000 + "]" * 1000 + "}", "not a usable manifest"),
-    ("40-deep JSON", lambda t: t.rstrip()[:-1] + ', "x": ' + "[" * 40 + "]" * 40 + "}", "nested deeper than 32"),
-    ("5000-digit integer", lambda t: t.replace('"schema_version": 1', '"schema_version": ' + "9" * 5000), "5000 digits"),
-    ("NaN constant", lambda t: t.replace('"crop_pct": 1.0', '"crop_pct": NaN'), "NaN is not valid JSON"),
-    ("crop_pct as a string", lambda t: t.replace('"crop_pct": 1.0', '"crop_pct": "1"'), "crop_pct must be in"),
-    ("input size 100000", lambda t: t.replace(f"{SMALL}, {SMALL}", "100000, 100000"), "from 1 to 8192"),
-    ("fixed batch 10^12", lambda t: t.replace('"batch", %d' % SMALL, "1000000000000, %d" % SMALL, 1), "at most 4096"),
-])
+@pytest.mark.parametrize(
+    "name,edit,message",
+    [
+        ("1000-deep JSON", lambda t: t.rstrip()[:-1] + ', "x": ' + "[" * 1000 + "]" * 1000 + "}", "not a usable manifest"),
+        ("40-deep JSON", lambda t: t.rstrip()[:-1] + ', "x": ' + "[" * 40 + "]" * 40 + "}", "nested deeper than 32"),
+        ("5000-digit integer", lambda t: t.replace('"schema_version": 1', '"schema_version": ' + "9" * 5000), "5000 digits"),
+        ("NaN constant", lambda t: t.replace('"crop_pct": 1.0', '"crop_pct": NaN'), "NaN is not valid JSON"),
+        ("crop_pct as a string", lambda t: t.replace('"crop_pct": 1.0', '"crop_pct": "1"'), "crop_pct must be in"),
+        ("input size 100000", lambda t: t.replace(f"{SMALL}, {SMALL}", "100000, 100000"), "from 1 to 8192"),
+        ("fixed batch 10^12", lambda t: t.replace(f'"batch", {SMALL}', f"1000000000000, {SMALL}", 1), "at most 4096"),
+    ],
+)
 def test_manifest_parser_limits_give_typed_errors(name, edit, message, digits_bundle: Path, tmp_path: Path):
     bundle = tmp_path / "b"
     shutil.copytree(digits_bundle, bundle)
@@ -586,18 +619,27 @@ def _inspect_obeying_file_modes(bundle: Path) -> subprocess.CompletedProcess:
     there the CLI runs without the two capabilities that override them (util-linux setpriv), still as root."""
     code = "import sys\nfrom edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     prefix = _DROP_FILE_ACCESS if os.geteuid() == 0 else []
-    return subprocess.run([*prefix, sys.executable, "-c", code, "inspect", str(bundle)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, timeout=300)
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", code, "inspect", str(bundle)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=300,
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX file modes")
-@pytest.mark.parametrize("what,mode_of,message", [
-    ("unreadable model file", "model.onnx", "bundle file 'model.onnx' cannot be read: Permission denied"),
-    ("unsearchable listed subdirectory", "selftest", "bundle file 'selftest/images.npy' cannot be read: Permission denied"),
-    ("unlistable unlisted subdirectory", "extra", "bundle directory 'extra' cannot be listed: Permission denied"),
-    ("unlistable bundle directory", ".", "bundle directory '.' cannot be listed: Permission denied"),
-    ("unsearchable bundle directory", "..", "cannot be read: Permission denied"),
-])
+@pytest.mark.parametrize(
+    "what,mode_of,message",
+    [
+        ("unreadable model file", "model.onnx", "bundle file 'model.onnx' cannot be read: Permission denied"),
+        ("unsearchable listed subdirectory", "selftest", "bundle file 'selftest/images.npy' cannot be read: Permission denied"),
+        ("unlistable unlisted subdirectory", "extra", "bundle directory 'extra' cannot be listed: Permission denied"),
+        ("unlistable bundle directory", ".", "bundle directory '.' cannot be listed: Permission denied"),
+        ("unsearchable bundle directory", "..", "cannot be read: Permission denied"),
+    ],
+)
 def test_files_this_user_may_not_read_are_typed_errors(what, mode_of, message, digits_bundle: Path):
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("running as root without util-linux setpriv: file modes cannot be made to apply")
@@ -637,14 +679,17 @@ def test_file_names_that_are_not_utf8(digits_bundle: Path, tmp_path: Path):
     assert "file 'notes-\\udcff.txt' is in the bundle but not listed in the manifest" in r.stderr
 
 
-@pytest.mark.parametrize("edit,shown", [
-    (lambda d: d["validation"].update(max_abs_logit_diff=None), "max |diff| n/a"),
-    (lambda d: d["validation"].update(max_abs_logit_diff="0.1"), "max |diff| <malformed: '0.1'>"),
-    (lambda d: d["validation"].update(top1_agreement="99%"), "agreement <malformed: '99%'>"),
-    (lambda d: d["validation"].update(accuracy_drop=[1]), "drop <malformed: '[1]'> pt"),
-    (lambda d: d["model"].update(conversion="torch.onnx"), "conversion  <malformed: 'torch.onnx'>"),
-    (lambda d: d["model"].update(conversion={"float_layers": "stem"}), "self-test"),
-])
+@pytest.mark.parametrize(
+    "edit,shown",
+    [
+        (lambda d: d["validation"].update(max_abs_logit_diff=None), "max |diff| n/a"),
+        (lambda d: d["validation"].update(max_abs_logit_diff="0.1"), "max |diff| <malformed: '0.1'>"),
+        (lambda d: d["validation"].update(top1_agreement="99%"), "agreement <malformed: '99%'>"),
+        (lambda d: d["validation"].update(accuracy_drop=[1]), "drop <malformed: '[1]'> pt"),
+        (lambda d: d["model"].update(conversion="torch.onnx"), "conversion  <malformed: 'torch.onnx'>"),
+        (lambda d: d["model"].update(conversion={"float_layers": "stem"}), "self-test"),
+    ],
+)
 def test_inspect_prints_what_it_can_and_marks_malformed_fields(edit, shown, digits_bundle: Path, tmp_path: Path):
     bundle = _edit_manifest(shutil.copytree(digits_bundle, tmp_path / "b"), edit)
     r = run_cli("inspect", str(bundle), block_torch=True)
@@ -653,8 +698,7 @@ def test_inspect_prints_what_it_can_and_marks_malformed_fields(edit, shown, digi
 
 
 def test_labels_with_unprintable_characters_print_safely(digits_bundle: Path, tmp_path: Path):
-    bundle = _edit_manifest(shutil.copytree(digits_bundle, tmp_path / "b"),
-                            lambda d: d.update(labels=[f"cls\udcff{i}" for i in range(10)]))
+    bundle = _edit_manifest(shutil.copytree(digits_bundle, tmp_path / "b"), lambda d: d.update(labels=[f"cls\udcff{i}" for i in range(10)]))
     image = tmp_path / "digit.png"
     from PIL import Image
 
@@ -667,8 +711,9 @@ def test_labels_with_unprintable_characters_print_safely(digits_bundle: Path, tm
 
 def test_reliability_table_script_finds_every_case_typed_or_answered(digits_bundle: Path):
     """scripts/reliability_table.py makes the README's table; every row must be a typed error or a right answer."""
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "reliability_table.py"), str(digits_bundle)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "reliability_table.py"), str(digits_bundle)], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) > 40 and not any(w in r.stdout for w in ("UNTYPED", "WRONG", "FAILED"))

@@ -52,14 +52,26 @@ def test_auto_device_describes_what_it_supports(format_bundles, tmp_path: Path):
     with runtimes.load(format_bundles["openvino"], device="auto") as p:
         d = p.describe()
         assert d["device"].startswith("auto:") and d["inference_precision"] == "f32" and isinstance(d["streams"], int)
-    result = run_cli("bench", str(format_bundles["openvino"]), "--device", "AUTO", "--hint", "throughput", "--iterations", "20",
-                     "--warmup", "2", "--json-stdout", "--quiet", block_torch=True)
+    result = run_cli(
+        "bench",
+        str(format_bundles["openvino"]),
+        "--device",
+        "AUTO",
+        "--hint",
+        "throughput",
+        "--iterations",
+        "20",
+        "--warmup",
+        "2",
+        "--json-stdout",
+        "--quiet",
+        block_torch=True,
+    )
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)["rows"]
     assert row["runs_at"] == "f32" and row["self_test"] == "pass"
     np.save(tmp_path / "img.npy", np.zeros((SMALL, SMALL, 3), np.uint8))
-    predicted = run_cli("predict", str(format_bundles["openvino"]), str(tmp_path / "img.npy"), "--device", "auto", "--json",
-                        block_torch=True)
+    predicted = run_cli("predict", str(format_bundles["openvino"]), str(tmp_path / "img.npy"), "--device", "auto", "--json", block_torch=True)
     assert predicted.returncode == 0, predicted.stderr
     assert json.loads(predicted.stdout)["runtime"]["inference_precision"] == "f32"
 
@@ -112,11 +124,22 @@ def test_check_and_bench_flag_bf16_drift_where_the_cpu_runs_bf16(format_bundles,
     result = run_cli("check", str(bundle), "--inference-precision", "bf16", block_torch=True)
     assert result.returncode == 1 and "computing in bf16" in result.stdout and result.stdout.strip().endswith("FAIL")
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
-    bench = run_cli("bench", str(bundle), "--inference-precision", "bf16", "--iterations", "10", "--warmup", "2", "--quiet",
-                    block_torch=True)
+    bench = run_cli("bench", str(bundle), "--inference-precision", "bf16", "--iterations", "10", "--warmup", "2", "--quiet", block_torch=True)
     assert bench.returncode == 1 and "not measuring" in bench.stderr and "p50" not in bench.stdout
-    forced = run_cli("bench", str(bundle), "--inference-precision", "bf16", "--iterations", "10", "--warmup", "2", "--quiet",
-                     "--ignore-self-test", "--json-stdout", block_torch=True)
+    forced = run_cli(
+        "bench",
+        str(bundle),
+        "--inference-precision",
+        "bf16",
+        "--iterations",
+        "10",
+        "--warmup",
+        "2",
+        "--quiet",
+        "--ignore-self-test",
+        "--json-stdout",
+        block_torch=True,
+    )
     assert forced.returncode == 0, forced.stderr
     (row,) = json.loads(forced.stdout)["rows"]
     assert row["runs_at"] == "bf16" and row["self_test"] == "fail" and "measured anyway" in forced.stderr

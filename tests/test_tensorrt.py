@@ -17,8 +17,17 @@ import pytest
 import runtimes
 from runtimes.errors import BackendUnavailableError, EngineIncompatibleError, InputError
 from runtimes.tensorrt_build import check_cuda_python, choose_lean_runtime, network_flag_names
-from runtimes.tensorrt_engine import (BatchProfile, BuildSettings, EngineCache, EngineTarget, cache_key, check_buildable,
-                                      check_compatible, derive_profile, timing_cache_path)
+from runtimes.tensorrt_engine import (
+    BatchProfile,
+    BuildSettings,
+    EngineCache,
+    EngineTarget,
+    cache_key,
+    check_buildable,
+    check_compatible,
+    derive_profile,
+    timing_cache_path,
+)
 
 from conftest import SMALL, run_cli
 
@@ -96,8 +105,7 @@ def test_build_settings_this_device_cannot_honour_are_refused_before_building():
     with pytest.raises(EngineIncompatibleError, match="not supported on Orin"):
         check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 16), hardware_compatible=True), ORIN_AGX)
     with pytest.raises(EngineIncompatibleError, match="8.0 or newer to build"):
-        check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 16), hardware_compatible=True),
-                        EngineTarget("10.3.0", "Tesla T4", (7, 5)))
+        check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 16), hardware_compatible=True), EngineTarget("10.3.0", "Tesla T4", (7, 5)))
     check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 1), dla_core=1), ORIN_AGX)
     with pytest.raises(EngineIncompatibleError, match="DLA core 0, but Orin Nano has no DLA"):
         check_buildable(BuildSettings("fp16", BatchProfile(1, 1, 1), dla_core=0), ORIN_NANO)
@@ -127,6 +135,7 @@ def test_cuda_python_must_match_the_driver_and_tensorrt_cuda_major():
 
 def test_every_tensorrt_extra_pins_cuda_python_to_one_major():
     import re
+
     import tomllib
 
     from conftest import ROOT
@@ -220,8 +229,7 @@ def test_tensorrt_bundles_carry_a_checked_onnx_and_build_settings(digits_run, tm
 
     import edge_transfer as et
 
-    results = et.export(digits_run.path, out=tmp_path / "trt", format="tensorrt,tensorrt-int8", calibration_size=32,
-                        allow_failed_validation=True)
+    results = et.export(digits_run.path, out=tmp_path / "trt", format="tensorrt,tensorrt-int8", calibration_size=32, allow_failed_validation=True)
     for r in results:
         m = runtimes.read_manifest(r.path)
         assert m.backend == "tensorrt" and m.format == "onnx"
@@ -306,8 +314,9 @@ def test_build_engine_cli_builds_caches_and_writes_an_engine_bundle(format_bundl
     if reason:
         pytest.skip(reason)
     cache = tmp_path / "fresh" / "engines"  # a cache directory that does not exist yet
-    result = run_cli("build-engine", str(format_bundles["tensorrt-fp16"]), "--cache-dir", str(cache), "--json",
-                     "--out", str(tmp_path / "engine"), block_torch=True)
+    result = run_cli(
+        "build-engine", str(format_bundles["tensorrt-fp16"]), "--cache-dir", str(cache), "--json", "--out", str(tmp_path / "engine"), block_torch=True
+    )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert Path(info["engine"]).parent == cache and list(cache.glob("timing-*.cache"))
@@ -324,8 +333,13 @@ def test_engine_bundle_records_where_the_engine_was_built(digits_run, tmp_path: 
     written = write_engine_bundle(runtimes.open_bundle(r.path), b"stand-in plan", ORIN, tmp_path / "engine")
     m = runtimes.read_manifest(written.path)
     assert m.backend == "tensorrt" and m.format == "tensorrt-engine" and m.entrypoint == "model.plan"
-    assert m.raw["model"]["built_on"] == {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7",
-                                          "integrated": False, "dla_cores": 0}
+    assert m.raw["model"]["built_on"] == {
+        "tensorrt_version": "10.3.0",
+        "gpu_name": "Orin",
+        "compute_capability": "8.7",
+        "integrated": False,
+        "dla_cores": 0,
+    }
     assert m.raw["model"]["tensorrt"]["precision"] == "fp16" and m.raw["producer"]["tensorrt"] == "10.3.0"
     assert m.validation == runtimes.read_manifest(r.path).validation  # what the ONNX was checked against travels along
     assert runtimes.open_bundle(written.path).size_bytes == len(b"stand-in plan")
@@ -383,8 +397,9 @@ def test_gpu_check_without_tensorrt_says_nothing_was_tested_and_fails():
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here: gpu_check.sh runs for real")
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHON": sys.executable})
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable}
+    )
     assert result.returncode == 3, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu_check: nothing tested: TensorRT is not installed"), result.stderr

@@ -21,8 +21,8 @@ from runtimes.errors import BundleError, EngineIncompatibleError, InferenceError
 from runtimes.tensorrt_engine import EngineTarget
 
 import fake_tensorrt
-from fake_tensorrt import DataType, toy_logits
 from conftest import SMALL
+from fake_tensorrt import DataType, toy_logits
 
 
 @pytest.fixture()
@@ -189,8 +189,14 @@ def test_version_compatible_engines_need_the_builders_lean_runtime(monkeypatch, 
     src = tmp_path / "src"
     shutil.copytree(format_bundles["tensorrt"], src)
     _edit_engine_settings(src, version_compatible=True)
-    plan = json.dumps({"fake_plan": "10.3.0.26", "io": {"input": "images", "hw": [SMALL, SMALL], "output": "logits", "classes": 10},
-                       "profile": [[1, SMALL, SMALL, 3], [1, SMALL, SMALL, 3], [16, SMALL, SMALL, 3]], "dla": -1}).encode()
+    plan = json.dumps(
+        {
+            "fake_plan": "10.3.0.26",
+            "io": {"input": "images", "hw": [SMALL, SMALL], "output": "logits", "classes": 10},
+            "profile": [[1, SMALL, SMALL, 3], [1, SMALL, SMALL, 3], [16, SMALL, SMALL, 3]],
+            "dla": -1,
+        }
+    ).encode()
     built = EngineTarget("10.3.0.26", "Fake GPU", (8, 7))
     engine = write_engine_bundle(runtimes.open_bundle(src), plan, built, tmp_path / "engine").path
     with pytest.raises(EngineIncompatibleError, match="libnvinfer_lean of TensorRT 10.3.0.26"):

@@ -42,8 +42,7 @@ def test_feature_cache_is_reused(digits_run, tmp_path: Path):
 
 @pytest.mark.parametrize("strategy", ["finetune", "partial"])
 def test_finetune_and_partial_train_the_right_parameters(strategy: str, tmp_path: Path):
-    run = et.train(_subset(), out=tmp_path / strategy, strategy=strategy, image_size=32, epochs=2, batch_size=8,
-                   unfreeze_blocks=1, progress=False)
+    run = et.train(_subset(), out=tmp_path / strategy, strategy=strategy, image_size=32, epochs=2, batch_size=8, unfreeze_blocks=1, progress=False)
     assert len(run.history) >= 1 and "val_accuracy" in run.history[0]
     details = run.config["training"]
     base = et.create_backbone("efficientnet_lite0")
@@ -99,7 +98,6 @@ def test_validation_gate_blocks_a_bad_export(digits_run, tmp_path: Path):
     with pytest.raises(ValidationFailed, match="agreement"):
         export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref)
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
-    res = export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref,
-                        allow_failed_validation=True)
+    res = export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref, allow_failed_validation=True)
     assert res.validation["passed"] is False and res.validation["overridden"] is True
     assert runtimes.read_manifest(tmp_path / "b").validation["passed"] is False

@@ -36,10 +36,7 @@ def registered_backends() -> list[str]:
 def create_predictor(bundle: Bundle, device: str | None = None, **options: Any) -> Predictor:
     name = bundle.manifest.backend
     if name not in _REGISTRY:
-        raise BundleError(
-            f"{bundle.path}: backend {name!r} is not supported by this version of runtimes "
-            f"(registered: {', '.join(_REGISTRY)})"
-        )
+        raise BundleError(f"{bundle.path}: backend {name!r} is not supported by this version of runtimes (registered: {', '.join(_REGISTRY)})")
     module, cls, package, extra = _REGISTRY[name]
     try:
         importlib.import_module(package)

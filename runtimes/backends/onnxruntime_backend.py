@@ -6,7 +6,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -21,7 +22,6 @@ DEVICE_PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-
 
 
 # "disabled" runs a QDQ graph as written (quantise/dequantise in float, no fused int8 kernels): the reference
@@ -41,12 +41,22 @@ class OnnxRuntimePredictor(Predictor):
 
     backend_name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, device: str | None = None, *, threads: int = 0, graph_optimization: str = "all",
-                 cache_dir: str | None = None, inference_precision: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str | None = None,
+        *,
+        threads: int = 0,
+        graph_optimization: str = "all",
+        cache_dir: str | None = None,
+        inference_precision: str | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(bundle)
         if options:
-            raise InputError(f"unknown onnxruntime option(s): {', '.join(sorted(options))} (known: threads, graph_optimization, cache_dir, "
-                             "inference_precision)")
+            raise InputError(
+                f"unknown onnxruntime option(s): {', '.join(sorted(options))} (known: threads, graph_optimization, cache_dir, inference_precision)"
+            )
         check_as_written("onnxruntime", self.precision, inference_precision)
         if graph_optimization not in GRAPH_OPTIMIZATION:
             raise InputError(f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION)}, got {graph_optimization!r}")
@@ -84,8 +94,7 @@ class OnnxRuntimePredictor(Predictor):
             raise BundleError(f"{bundle.path}: onnxruntime cannot load {bundle.manifest.entrypoint}: {first}") from None
         used = self.session.get_providers()
         if used[0] != wanted or any(p not in used for p in needed):
-            raise BackendUnavailableError(f"onnxruntime could not start {', '.join(needed)} (session uses {used}); "
-                                          "not falling back to CPU silently")
+            raise BackendUnavailableError(f"onnxruntime could not start {', '.join(needed)} (session uses {used}); not falling back to CPU silently")
         self.providers = used
         self._device = dev
         # ONNX Runtime computes a graph in the types it is written in: it has no automatic bf16 on x86, and its
@@ -97,8 +106,10 @@ class OnnxRuntimePredictor(Predictor):
             graph_inputs = {i.name: (manifest_dtype(i.type), tuple(i.shape)) for i in self.session.get_inputs()}
             graph_outputs = {o.name: (manifest_dtype(o.type), tuple(o.shape)) for o in self.session.get_outputs()}
         except UnicodeDecodeError as exc:  # found by tests/fuzz/fuzz_load.py: ORT loads such a graph, then cannot name it
-            raise BundleError(f"{bundle.path}: {bundle.manifest.entrypoint}: an input or output name or dimension "
-                              f"in the model is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            raise BundleError(
+                f"{bundle.path}: {bundle.manifest.entrypoint}: an input or output name or dimension "
+                f"in the model is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from None
         self.check_graph_io(graph_inputs, graph_outputs)
         self._input_name, self._output_name = self.inputs[0].name, self.outputs[0].name  # by name, never by position
         self.placement: dict[str, int] | None = None
@@ -121,10 +132,14 @@ class OnnxRuntimePredictor(Predictor):
         name = self.inputs[0].name
         lo, hi = (self.max_batch, self.max_batch) if self.max_batch else (1, DEFAULT_MAX_BATCH)
         return {
-            "trt_engine_cache_enable": True, "trt_engine_cache_path": root,
-            "trt_timing_cache_enable": True, "trt_timing_cache_path": root,
-            "trt_fp16_enable": self.precision == "fp16", "trt_int8_enable": self.precision == "int8",
-            "trt_profile_min_shapes": f"{name}:{lo}x{h}x{w}x3", "trt_profile_opt_shapes": f"{name}:{lo}x{h}x{w}x3",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": root,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": root,
+            "trt_fp16_enable": self.precision == "fp16",
+            "trt_int8_enable": self.precision == "int8",
+            "trt_profile_min_shapes": f"{name}:{lo}x{h}x{w}x3",
+            "trt_profile_opt_shapes": f"{name}:{lo}x{h}x{w}x3",
             "trt_profile_max_shapes": f"{name}:{hi}x{h}x{w}x3",
         }
 

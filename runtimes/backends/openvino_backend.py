@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import openvino as ov
@@ -54,14 +55,24 @@ class OpenVinoPredictor(Predictor):
     the compiled model (`inference_precision`, `describe()`).
     hint: "latency" (default) or "throughput" (OpenVINO's PERFORMANCE_HINT). threads: CPU inference threads
     (0 = OpenVINO's default). streams: NUM_STREAMS (default: what the hint picks). A device OpenVINO does not
-    see raises `BackendUnavailableError` naming the ones it does; nothing falls back silently. NPUs need static shapes: export with a fixed batch for them.
+    see raises `BackendUnavailableError` naming the ones it does; nothing falls back silently. NPUs need static shapes:
+    export with a fixed batch for them.
     Calls are concurrent: each thread gets its own infer request.
     """
 
     backend_name = "openvino"
 
-    def __init__(self, bundle: Bundle, device: str | None = None, *, hint: str = "latency", threads: int = 0,
-                 streams: int | None = None, inference_precision: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str | None = None,
+        *,
+        hint: str = "latency",
+        threads: int = 0,
+        streams: int | None = None,
+        inference_precision: str | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(bundle)
         if options:
             raise InputError(f"unknown openvino option(s): {', '.join(sorted(options))} (known: hint, threads, streams, inference_precision)")
@@ -97,23 +108,30 @@ class OpenVinoPredictor(Predictor):
         try:
             model = _read_model(core, bundle)
         except RuntimeError as exc:  # checksums passed, so the producer wrote a broken IR (offsets past the weights...)
-            raise BundleError(f"{bundle.path}: OpenVINO cannot read the IR {bundle.entrypoint.name}: "
-                              f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+            raise BundleError(
+                f"{bundle.path}: OpenVINO cannot read the IR {bundle.entrypoint.name}: "
+                f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
+            ) from None
         except UnicodeDecodeError as exc:  # found by tests/fuzz/fuzz_load.py
             raise BundleError(f"{bundle.path}: the IR {bundle.entrypoint.name} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
         try:
             self.compiled = core.compile_model(model, dev.upper(), config)
         except RuntimeError as exc:
             raise BackendUnavailableError(f"OpenVINO could not compile {bundle.entrypoint.name} for {dev.upper()}: {exc}") from None
+
         def ports(items: Any) -> dict[str, tuple[str, tuple[Any, ...]]]:
-            return {name: (manifest_dtype(port.get_element_type()), tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape()))
-                    for port in items for name in port.get_names()}
+            return {
+                name: (manifest_dtype(port.get_element_type()), tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape()))
+                for port in items
+                for name in port.get_names()
+            }
 
         try:
             graph_inputs, graph_outputs = ports(self.compiled.inputs), ports(self.compiled.outputs)
         except UnicodeDecodeError as exc:
-            raise BundleError(f"{bundle.path}: an input or output name in the IR {bundle.entrypoint.name} is not valid UTF-8 "
-                              f"({exc.reason} at byte {exc.start})") from None
+            raise BundleError(
+                f"{bundle.path}: an input or output name in the IR {bundle.entrypoint.name} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from None
         self.check_graph_io(graph_inputs, graph_outputs)
         self._output = self.compiled.output(self.outputs[0].name)  # by name, never by position
         self._input_name = self.inputs[0].name
@@ -126,14 +144,18 @@ class OpenVinoPredictor(Predictor):
         if any(d.split(".")[0] == "CPU" for d in self.execution_devices):
             self._check_int8_target()
         if dev != "npu" and self.inference_precision not in (None, self.requested_precision):
-            log.warning("%s: OpenVINO runs at %s although %s was asked for; results may differ from the validated ones",
-                        bundle.path, self.inference_precision, self.requested_precision)
+            log.warning(
+                "%s: OpenVINO runs at %s although %s was asked for; results may differ from the validated ones",
+                bundle.path,
+                self.inference_precision,
+                self.requested_precision,
+            )
 
     def _read_device_properties(self) -> dict[str, dict[str, Any]]:
         """name -> the properties this compiled model supports: its own, or, under AUTO, each device's."""
         supported = {str(p) for p in self.compiled.get_property("SUPPORTED_PROPERTIES")}
         if "INFERENCE_PRECISION_HINT" in supported or "DEVICE_PROPERTIES" not in supported:
-            props = {}
+            props: dict[str, Any] = {}
             for name in ("INFERENCE_PRECISION_HINT", "NUM_STREAMS"):
                 if name in supported:
                     props[name] = self.compiled.get_property(name)
@@ -156,11 +178,17 @@ class OpenVinoPredictor(Predictor):
         return self._device if self._device != "auto" else f"auto:{actual}"
 
     def describe(self) -> dict[str, Any]:
-        return dict(super().describe(), execution_devices=list(self.execution_devices), hint=self._hint,
-                    streams=self._read_back("NUM_STREAMS", int), inference_precision=self.inference_precision,
-                    requested_precision=self.requested_precision, openvino=ov.__version__)
+        return dict(
+            super().describe(),
+            execution_devices=list(self.execution_devices),
+            hint=self._hint,
+            streams=self._read_back("NUM_STREAMS", int),
+            inference_precision=self.inference_precision,
+            requested_precision=self.requested_precision,
+            openvino=ov.__version__,
+        )
 
-    def _request(self):
+    def _request(self) -> Any:
         """This thread's infer request (created on first use)."""
         request = getattr(self._local, "request", None)
         if request is None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class _PinnedBuffer:
             self.host = cuda_check(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
             self.device = cuda_check(cudart.cudaMalloc(nbytes), "cudaMalloc")
         raw = (ctypes.c_uint8 * nbytes).from_address(int(self.host))
-        self.array = np.frombuffer(raw, dtype=np.uint8).view(dtype)
+        self.array: np.ndarray = np.frombuffer(memoryview(raw).cast("B"), dtype=np.uint8).view(dtype)
 
     def free(self) -> None:
         if self.device is not None and not self.zero_copy:
@@ -52,7 +53,7 @@ class _PinnedBuffer:
         if self.host is not None:
             self._cudart.cudaFreeHost(self.host)
         self.host = self.device = None
-        self.array = None  # type: ignore[assignment]
+        self.array = np.empty(0, np.uint8)  # the pinned memory it viewed is gone
 
 
 class TensorRTPredictor(Predictor):
@@ -68,13 +69,24 @@ class TensorRTPredictor(Predictor):
 
     backend_name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, device: str | None = None, *, cache_dir: str | None = None, cuda_graph: bool = False,
-                 gpu: int = 0, lean_runtime: str | None = None, log: Callable[[str], None] | None = None,
-                 inference_precision: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str | None = None,
+        *,
+        cache_dir: str | None = None,
+        cuda_graph: bool = False,
+        gpu: int = 0,
+        lean_runtime: str | None = None,
+        log: Callable[[str], None] | None = None,
+        inference_precision: str | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(bundle)
         if options:
-            raise InputError(f"unknown tensorrt option(s): {', '.join(sorted(options))} (known: cache_dir, cuda_graph, gpu, lean_runtime, "
-                             "inference_precision)")
+            raise InputError(
+                f"unknown tensorrt option(s): {', '.join(sorted(options))} (known: cache_dir, cuda_graph, gpu, lean_runtime, inference_precision)"
+            )
         check_as_written("tensorrt", self.precision, inference_precision)  # strongly typed: the ONNX's own types
         if (device or "cuda").lower() not in ("cuda", "gpu"):
             raise InputError(f"tensorrt runs on device 'cuda', got {device!r}")
@@ -144,9 +156,15 @@ class TensorRTPredictor(Predictor):
         if plan is None:
             cache.ensure()  # the builder writes the timing cache here before the first entry exists
             onnx = self.bundle.verified_bytes(self.manifest.entrypoint)  # the bytes that were hashed, not the file again
-            plan, facts = build_engine(self.bundle.entrypoint if onnx is None else onnx, self.settings, input_name=self.inputs[0].name,
-                                       input_hw=self.preprocessing.input_size, timing_cache=cache.timing_cache(self.target),
-                                       log=self._log, trt=self._trt)
+            plan, facts = build_engine(
+                self.bundle.entrypoint if onnx is None else onnx,
+                self.settings,
+                input_name=self.inputs[0].name,
+                input_hw=self.preprocessing.input_size,
+                timing_cache=cache.timing_cache(self.target),
+                log=self._log,
+                trt=self._trt,
+            )
             cache.store(key, plan, self.target, self.settings, extra=facts)
         return self.target, cache.entry(key), plan
 
@@ -158,8 +176,9 @@ class TensorRTPredictor(Predictor):
         self._in, self._out = self.inputs[0].name, self.outputs[0].name
         for name, mode, what in ((self._in, trt.TensorIOMode.INPUT, "input"), (self._out, trt.TensorIOMode.OUTPUT, "output")):
             if modes.get(name) != mode:
-                raise BundleError(f"{self.bundle.path}: the manifest's {what} '{name}' is not an {what} of the engine "
-                                  f"(engine I/O: {', '.join(names)})")
+                raise BundleError(
+                    f"{self.bundle.path}: the manifest's {what} '{name}' is not an {what} of the engine (engine I/O: {', '.join(names)})"
+                )
         in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._in)))
         self._out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._out)))
         if in_dtype != np.uint8:
@@ -177,8 +196,10 @@ class TensorRTPredictor(Predictor):
         out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self._out))
         self._classes = int(np.prod(out_shape[1:])) if len(out_shape) > 1 else 1
         if self._classes != len(self.labels):
-            raise BundleError(f"{self.bundle.path}: engine output '{self._out}' has {self._classes} values per image "
-                              f"(shape {out_shape}), the manifest lists {len(self.labels)} labels")
+            raise BundleError(
+                f"{self.bundle.path}: engine output '{self._out}' has {self._classes} values per image "
+                f"(shape {out_shape}), the manifest lists {len(self.labels)} labels"
+            )
         self._stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         zero_copy = self.target.integrated
         self._in_buf = _PinnedBuffer(cudart, hi[0] * h * w * 3, np.dtype(np.uint8), zero_copy)
@@ -195,9 +216,16 @@ class TensorRTPredictor(Predictor):
         return "dla" if settings is not None and settings.dla_core is not None else "cuda"
 
     def describe(self) -> dict[str, Any]:
-        return dict(super().describe(), tensorrt=self.target.to_dict(), built_on=self.built_on.to_dict(),
-                    profile=self.settings.profile.to_dict(), engine=str(self.engine_path), cuda_graph=self._cuda_graph,
-                    output_dtype=str(self._out_dtype), zero_copy=self.target.integrated)
+        return dict(
+            super().describe(),
+            tensorrt=self.target.to_dict(),
+            built_on=self.built_on.to_dict(),
+            profile=self.settings.profile.to_dict(),
+            engine=str(self.engine_path),
+            cuda_graph=self._cuda_graph,
+            output_dtype=str(self._out_dtype),
+            zero_copy=self.target.integrated,
+        )
 
     # ---------------------------------------------------------------- running
     def check_batch(self, batch: Any) -> np.ndarray:
@@ -225,12 +253,24 @@ class TensorRTPredictor(Predictor):
             self._in_buf.array[: batch.size] = batch.reshape(-1)
             out_items = n * self._classes
             if not self._in_buf.zero_copy:
-                cuda_check(cudart.cudaMemcpyAsync(self._in_buf.device, self._in_buf.host, batch.nbytes,
-                                                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream), "cudaMemcpyAsync")
+                cuda_check(
+                    cudart.cudaMemcpyAsync(
+                        self._in_buf.device, self._in_buf.host, batch.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream
+                    ),
+                    "cudaMemcpyAsync",
+                )
             self._execute()
             if not self._out_buf.zero_copy:
-                cuda_check(cudart.cudaMemcpyAsync(self._out_buf.host, self._out_buf.device, out_items * self._out_dtype.itemsize,
-                                                  cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream), "cudaMemcpyAsync")
+                cuda_check(
+                    cudart.cudaMemcpyAsync(
+                        self._out_buf.host,
+                        self._out_buf.device,
+                        out_items * self._out_dtype.itemsize,
+                        cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                        self._stream,
+                    ),
+                    "cudaMemcpyAsync",
+                )
             cuda_check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
             out = self._out_buf.array[:out_items].astype(np.float32)  # a copy: the buffer is reused by the next call
         return out.reshape(n, self._classes)
@@ -248,8 +288,9 @@ class TensorRTPredictor(Predictor):
         if self._graph is None:
             # TensorRT's rule: after a shape change, one ordinary enqueue before capturing (it may set up resources)
             self._enqueue()
-            cuda_check(cudart.cudaStreamBeginCapture(self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
-                       "cudaStreamBeginCapture")
+            cuda_check(
+                cudart.cudaStreamBeginCapture(self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture"
+            )
             self._enqueue()
             graph = cuda_check(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
             self._graph = (graph, cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"))

@@ -38,21 +38,30 @@ def toy_onnx() -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "conv_w"),
-             numpy_helper.from_array(np.zeros(8, np.float32), "conv_b"),
-             numpy_helper.from_array(rng.normal(size=(8, 10)).astype(np.float32), "fc_w"),
-             numpy_helper.from_array(np.full(10, 0.1, np.float32), "fc_b"),
-             numpy_helper.from_array(np.float32(1 / 255), "scale")]
-    nodes = [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["f", "scale"], ["x"]),
-             helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"])]
-    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", SIZE, SIZE, 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "conv_b"),
+        numpy_helper.from_array(rng.normal(size=(8, 10)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.full(10, 0.1, np.float32), "fc_b"),
+        numpy_helper.from_array(np.float32(1 / 255), "scale"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["f", "scale"], ["x"]),
+        helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
@@ -62,14 +71,29 @@ def toy_onnx() -> bytes:
 def manifest(backend: str) -> dict:
     entry = "model.xml" if backend == "openvino" else "model.onnx"
     return {
-        "schema_version": 1, "created": "2026-11-28T00:00:00Z",
+        "schema_version": 1,
+        "created": "2026-11-28T00:00:00Z",
         "inputs": [{"name": "images", "dtype": "uint8", "shape": ["batch", SIZE, SIZE, 3], "layout": "NHWC"}],
         "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}],
-        "preprocessing": {"input_size": [SIZE, SIZE], "interpolation": "bilinear", "crop_pct": 1.0, "mean": [0.5] * 3,
-                          "std": [0.5] * 3, "colour_order": "RGB", "layout": "NHWC", "dtype": "uint8", "normalize_in_graph": True},
+        "preprocessing": {
+            "input_size": [SIZE, SIZE],
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+            "colour_order": "RGB",
+            "layout": "NHWC",
+            "dtype": "uint8",
+            "normalize_in_graph": True,
+        },
         "labels": [str(i) for i in range(10)],
-        "model": {"backend": backend, "format": "openvino" if backend == "openvino" else "onnx", "precision": "fp32",
-                  "entrypoint": entry, "files": []},
+        "model": {
+            "backend": backend,
+            "format": "openvino" if backend == "openvino" else "onnx",
+            "precision": "fp32",
+            "entrypoint": entry,
+            "files": [],
+        },
     }
 
 
@@ -92,8 +116,11 @@ def seed_bundles(work: Path) -> dict[str, dict[str, bytes]]:
 
 def relist(bundle: Path, doc: dict) -> None:
     """Re-make the manifest's file list (sha256, bytes) from what is on disk."""
-    doc["model"]["files"] = [{"path": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
-                             for p in sorted(bundle.iterdir()) if p.name != "manifest.json"]
+    doc["model"]["files"] = [
+        {"path": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
+        for p in sorted(bundle.iterdir())
+        if p.name != "manifest.json"
+    ]
 
 
 def write_bundle(bundle: Path, seeds: dict[str, dict[str, bytes]], data: bytes) -> bool:
