@@ -9,9 +9,10 @@ explicitly allows it (then the manifest says `passed: false`).
 
 from __future__ import annotations
 
+__all__ = ["FORMATS", "FORMAT_SPECS", "ExportResult", "QuantizationOptions", "export_bundle", "export_bundles", "parse_formats", "raise_for_failures"]
+
 import os
 import platform
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,68 +27,17 @@ from torch import nn
 
 import runtimes
 from runtimes.bundle import Bundle, BundleWriter
-from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS, reduce_range_for
+from runtimes.cpu import TARGET_CPUS
 from runtimes.errors import BundleError, EdgeTransferError, InputError, ValidationFailed
 from runtimes.manifest import SCHEMA_VERSION, utc_now
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import DEFAULT_SELF_TEST_SIZE, choose_golden, write_self_test
 
 from .calibration import CalibrationData
+from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, QuantizationOptions, parse_formats, tensorrt_settings
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
+from .torch_reference import reference_logits
 from .validate import DEFAULT_MAX_DROP, ReferenceData, compare, default_min_agreement, format_table, format_validation
-
-
-@dataclass(frozen=True)
-class FormatSpec:
-    """What one `--format` produces: backend, precision, file layout, and whether it needs calibration data."""
-
-    name: str
-    backend: str
-    precision: str
-    model_format: str
-    entrypoint: str
-    calibrated: bool = False
-    description: str = ""
-
-
-FORMAT_SPECS: dict[str, FormatSpec] = {
-    s.name: s
-    for s in (
-        FormatSpec("onnx", "onnxruntime", "fp32", "onnx", "model.onnx", description="ONNX fp32"),
-        FormatSpec("onnx-fp16", "onnxruntime", "fp16", "onnx", "model.onnx", description="ONNX, fp16 weights and compute; uint8 in, fp32 out"),
-        FormatSpec("onnx-int8", "onnxruntime", "int8", "onnx", "model.onnx", True, "ONNX static int8 (QDQ, per-channel weights)"),
-        FormatSpec("onnx-int8-dynamic", "onnxruntime", "int8", "onnx", "model.onnx", description="ONNX dynamic int8 (for comparison)"),
-        FormatSpec("openvino", "openvino", "fp32", "openvino-ir", "model.xml", description="OpenVINO IR fp32"),
-        FormatSpec("openvino-fp16", "openvino", "fp16", "openvino-ir", "model.xml", description="OpenVINO IR, fp16 weights"),
-        FormatSpec("openvino-int8", "openvino", "int8", "openvino-ir", "model.xml", True, "OpenVINO IR int8 (NNCF)"),
-        FormatSpec("tensorrt", "tensorrt", "fp32", "onnx", "model.onnx", description="TensorRT-ready ONNX, fp32 engine built on the device"),
-        FormatSpec(
-            "tensorrt-fp16", "tensorrt", "fp16", "onnx", "model.onnx", description="TensorRT-ready fp16 ONNX, fp16 engine built on the device"
-        ),
-        FormatSpec(
-            "tensorrt-int8",
-            "tensorrt",
-            "int8",
-            "onnx",
-            "model.onnx",
-            True,
-            "TensorRT-ready QDQ ONNX (symmetric int8 from the shared calibration), int8 engine built on the device",
-        ),
-    )
-}
-FORMATS = tuple(FORMAT_SPECS)
-
-
-@dataclass
-class QuantizationOptions:
-    """How int8 formats are made. `target_cpu` (see `runtimes.cpu.TARGET_CPUS`) is the CPU the bundle will run on,
-    never the host's: "portable" (default) is safe on every CPU. `reduce_range` overrides its weight range."""
-
-    method: str = "minmax"
-    per_channel: bool = True
-    reduce_range: bool | None = None
-    accuracy_aware: bool = False
-    target_cpu: str = DEFAULT_TARGET_CPU
 
 
 @dataclass
@@ -127,27 +77,6 @@ class ExportResult:
         }
 
 
-def parse_formats(spec: str | Sequence[str]) -> list[str]:
-    """'onnx,openvino-int8' or a list -> validated, de-duplicated format names in the given order."""
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
-    names = [n for n in names if n]
-    if not names:
-        raise InputError(f"no export format given (available: {', '.join(FORMATS)})")
-    unknown = [n for n in names if n not in FORMAT_SPECS]
-    if unknown:
-        raise InputError(f"unknown export format(s) {', '.join(map(repr, unknown))} (available: {', '.join(FORMATS)})")
-    return list(dict.fromkeys(names))
-
-
-def reference_logits(model: nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    model = model.eval().to("cpu")
-    outs = []
-    with torch.inference_mode():
-        for s in range(0, len(images), batch_size):
-            outs.append(model(torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size]))).float().numpy())
-    return np.concatenate(outs)
-
-
 def _producer(opset: int, backend: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from . import __version__
 
@@ -169,180 +98,6 @@ def _producer(opset: int, backend: str, extra: dict[str, Any] | None = None) -> 
         "python": platform.python_version(),
         "host": f"{platform.system()} {platform.machine()}",
     }
-
-
-@dataclass
-class _Job:
-    """Everything shared by the formats of one export call."""
-
-    work: Path
-    base_onnx: Path
-    input_size: tuple[int, int]
-    batch_size: int | None
-    calibration: CalibrationData | None
-    quantization: QuantizationOptions
-    tuning: ReferenceData | None
-    tuning_logits: np.ndarray | None
-    max_drop: float
-    say: Callable[[str], None]
-    tensorrt: dict[str, Any]
-    self_test_size: int = 16
-    _pre: Path | None = None
-
-    @property
-    def feed_batch(self) -> int:
-        return self.batch_size or 1
-
-    def preprocessed(self) -> Path:
-        """The fp32 graph after onnxruntime's quantisation pre-processing (made once, shared by int8 formats)."""
-        if self._pre is None:
-            from .onnx_quantize import preprocess_for_quantization
-
-            self._pre = self.work / "preprocessed.onnx"
-            preprocess_for_quantization(self.base_onnx, self._pre)
-        return self._pre
-
-    def reduce_range(self) -> dict[str, Any]:
-        """The int8 weight range for the target CPU (not this host's), with the reason; recorded in the manifest."""
-        target = self.quantization.target_cpu
-        if self.quantization.reduce_range is not None:
-            return {"name": target, "reduce_range": self.quantization.reduce_range, "reason": "set by the caller"}
-        return {"name": target, "reduce_range": reduce_range_for(target), "reason": TARGET_CPUS[target][1]}
-
-    def tuning_target(self) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, Any]]:
-        """(images, expected top-1, torch's metric, allowed drop, description) for accuracy-aware search."""
-        if self.tuning is None or self.tuning_logits is None:
-            raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
-        top1 = self.tuning_logits.argmax(1)
-        if self.tuning.targets is not None:
-            baseline = float((top1 == self.tuning.targets).mean())
-            return self.tuning.images, self.tuning.targets, baseline, self.max_drop, {"metric": "accuracy"}
-        allowed = 1.0 - (default_min_agreement("int8", False) or 0.97)
-        return self.tuning.images, top1, 1.0, allowed, {"metric": "top-1 agreement with fp32"}
-
-
-def _build(job: _Job, spec: FormatSpec, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
-    """Write `spec`'s model files into `out_dir`. Returns (conversion settings, calibration record, producer extras)."""
-    target = out_dir / spec.entrypoint
-    q = job.quantization
-    if spec.name == "onnx":
-        shutil.copyfile(job.base_onnx, target)
-        return {"tool": "torch.onnx"}, None, {}
-    if spec.name == "onnx-fp16":
-        from .onnx_quantize import convert_fp16
-
-        return convert_fp16(job.base_onnx, target), None, {}
-    if spec.backend == "tensorrt":
-        return _build_tensorrt(job, spec, target)
-    if spec.name == "onnx-int8-dynamic":
-        from .onnx_quantize import quantize_int8_dynamic
-
-        rr = job.reduce_range()
-        settings = quantize_int8_dynamic(job.preprocessed(), target, reduce_range=rr["reduce_range"])
-        return dict(settings, reduce_range_reason=rr["reason"], target_cpu=rr), None, {}
-    from . import openvino_convert as ovc
-
-    if spec.name in ("openvino", "openvino-fp16"):
-        return ovc.save_ir(ovc.read_onnx(job.base_onnx), out_dir, fp16=spec.name == "openvino-fp16"), None, {}
-    if job.calibration is None:  # export_bundles checks this before any work; this guards direct callers
-        raise InputError(f"{spec.name} needs calibration data")
-    calibration = dict(job.calibration.provenance())
-    if spec.name == "onnx-int8":
-        from .onnx_quantize import quantize_int8_accuracy_aware, quantize_int8_static
-
-        rr = job.reduce_range()
-        options = {"method": q.method, "per_channel": q.per_channel, "reduce_range": rr["reduce_range"]}
-        if q.accuracy_aware:
-            images, expected, baseline, allowed, desc = job.tuning_target()
-            settings = quantize_int8_accuracy_aware(
-                job.preprocessed(),
-                target,
-                job.calibration,
-                input_name=INPUT_NAME,
-                tuning_images=images,
-                expected=expected,
-                baseline=baseline,
-                max_drop=allowed,
-                feed_batch=job.feed_batch,
-                log=job.say,
-                **options,
-            )
-            settings["accuracy_aware"].update(desc, split=job.tuning.split if job.tuning else None)
-        else:
-            settings = quantize_int8_static(job.preprocessed(), target, job.calibration, input_name=INPUT_NAME, feed_batch=job.feed_batch, **options)
-        settings["reduce_range_reason"] = rr["reason"]
-        settings["target_cpu"] = rr
-        calibration.update(method=q.method, per_channel=q.per_channel)
-        return settings, calibration, {}
-    import nncf
-
-    model = ovc.read_onnx(job.base_onnx)
-
-    control = None
-    if q.accuracy_aware:
-        images, expected, baseline, allowed, desc = job.tuning_target()
-        control = {"images": images, "expected": expected, "max_drop": allowed, "split": job.tuning.split if job.tuning else None}
-    rr = job.reduce_range()
-    quantized, settings = ovc.quantize_int8(
-        model, job.calibration, accuracy_control=control, feed_batch=job.batch_size, overflow_fix="enable" if rr["reduce_range"] else "disable"
-    )
-    settings["target_cpu"] = rr
-    if control is not None:
-        settings["accuracy_control"].update(desc, baseline=round(baseline, 6))
-    settings.update(ovc.save_ir(quantized, out_dir, fp16=False), weights="int8")
-    calibration.update(method="minmax (NNCF)", per_channel=True)
-    return settings, calibration, {"nncf": nncf.__version__}
-
-
-def tensorrt_settings(options: dict[str, Any], batch_size: int | None, precision: str):
-    """`runtimes.tensorrt_engine.BuildSettings` from export options; InputError names what is wrong."""
-    from runtimes.tensorrt_engine import BuildSettings, derive_profile
-
-    opts = dict(options)
-    profile = derive_profile(
-        batch_size if batch_size is not None else "batch",
-        opt_batch=opts.pop("opt_batch", None),
-        max_batch=opts.pop("max_batch", None),
-        static=opts.get("dla_core") is not None,
-    )
-    known = {"workspace_mib", "dla_core", "gpu_fallback", "hardware_compatible", "version_compatible"}
-    if set(opts) - known:
-        raise InputError(
-            f"unknown TensorRT option(s) {', '.join(sorted(set(opts) - known))} (known: opt_batch, max_batch, {', '.join(sorted(known))})"
-        )
-    return BuildSettings(precision=precision, profile=profile, **opts)
-
-
-def _build_tensorrt(job: _Job, spec: FormatSpec, target: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
-    """A TensorRT-ready ONNX plus the engine build settings; the engine itself is built on the device."""
-    engine = tensorrt_settings(job.tensorrt, job.batch_size, spec.precision).to_dict()
-    if spec.precision == "fp32":
-        shutil.copyfile(job.base_onnx, target)
-        return {"tool": "torch.onnx", "engine": engine}, None, {}
-    if spec.precision == "fp16":  # a strongly typed engine takes its precision from the ONNX
-        from .onnx_quantize import convert_fp16
-
-        return dict(convert_fp16(job.base_onnx, target), engine=engine), None, {}
-    from .onnx_quantize import quantize_int8_static
-
-    if job.calibration is None:
-        raise InputError(f"{spec.name} needs calibration data")
-    # TensorRT computes int8 with 32-bit accumulation on the GPU: full 8-bit weights, zero points of 0, and float
-    # biases (its ONNX parser refuses DequantizeLinear on int32 biases)
-    settings = quantize_int8_static(
-        job.preprocessed(),
-        target,
-        job.calibration,
-        input_name=INPUT_NAME,
-        method=job.quantization.method,
-        per_channel=True,
-        reduce_range=False,
-        feed_batch=job.feed_batch,
-        symmetric_activations=True,
-        quantize_bias=False,
-    )
-    calibration = dict(job.calibration.provenance(), method=job.quantization.method, per_channel=True)
-    return dict(settings, engine=engine), calibration, {}
 
 
 def export_bundles(
@@ -427,7 +182,7 @@ def export_bundles(
         ref = reference_logits(model, reference.images)
         tuning_logits = reference_logits(model, tuning.images) if tuning is not None and quantization.accuracy_aware else None
         ref_seconds = time.perf_counter() - t
-        job = _Job(
+        job = ExportJob(
             work,
             work / "model.onnx",
             preprocessing.input_size,
@@ -483,7 +238,7 @@ def export_bundles(
 
 
 def _export_one(
-    job: _Job,
+    job: ExportJob,
     spec: FormatSpec,
     target: Path,
     manifest: dict[str, Any],
@@ -499,7 +254,7 @@ def _export_one(
     with BundleWriter(target, overwrite=overwrite) as writer:
         t = time.perf_counter()
         try:
-            conversion, calibration, producer_extra = _build(job, spec, writer.dir)
+            conversion, calibration, producer_extra = spec.build(job, writer.dir)
         except EdgeTransferError:
             raise
         except Exception as exc:  # a converter library failing on this graph: report it for this format

@@ -15,6 +15,8 @@ import numpy as np
 
 from runtimes.errors import CheckpointError, DatasetError, EdgeTransferError, InputError
 
+from .config import DEFAULT_BACKBONE, TrainConfig
+
 Log = Callable[[str], None]
 
 
@@ -37,22 +39,22 @@ def train(
     data: Any = "digits",
     *,
     out: str | os.PathLike[str],
-    backbone: str = "efficientnet_lite0",
-    strategy: str = "linear-probe",
+    backbone: str = DEFAULT_BACKBONE,
+    strategy: str = TrainConfig.strategy,
     image_size: int | None = None,
     interpolation: str | None = None,
     crop_pct: float | None = 1.0,
     epochs: int | None = None,
     lr: float | None = None,
     weight_decay: float | None = None,
-    batch_size: int = 32,
-    unfreeze_blocks: int = 2,
-    seed: int = 0,
+    batch_size: int = TrainConfig.batch_size,
+    unfreeze_blocks: int = TrainConfig.unfreeze_blocks,
+    seed: int = TrainConfig.seed,
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
     skip_bad: bool = False,
-    device: str = "auto",
-    mixed_precision: str = "auto",
+    device: str = TrainConfig.device,
+    mixed_precision: str = TrainConfig.mixed_precision,
     num_workers: int | None = None,
     feature_batch_size: int | None = None,
     cache_dir: str | None = None,
@@ -74,8 +76,9 @@ def train(
     from .backbones import create_backbone
     from .checkpoint import checkpoint_dir_for
     from .data import ImageDataset, load_dataset, stratified_split
+    from .distributed import distributed_rank, wait_for_all_ranks
     from .model import save_run
-    from .training import TrainConfig, distributed_rank, fit, wait_for_all_ranks
+    from .training import fit
 
     if distributed_rank() != 0:  # under accelerate launch / torchrun only the main process speaks
         log, progress = _quiet, False
@@ -240,7 +243,7 @@ def _main_process_only(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         import torch.distributed as dist
 
-        from .training import distributed_rank
+        from .distributed import distributed_rank
 
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return fn(*args, **kwargs) if distributed_rank() == 0 else []
@@ -308,7 +311,7 @@ def export(
     """
     from converters.export import FORMAT_SPECS, QuantizationOptions, export_bundles, parse_formats, raise_for_failures
 
-    from .backbones import DEFAULT_BACKBONE, create_backbone
+    from .backbones import create_backbone
     from .data import load_dataset, stratified_split
     from .model import ImageClassifier, load_run
 

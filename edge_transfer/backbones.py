@@ -28,7 +28,7 @@ from runtimes.bundle import sha256_file
 from runtimes.errors import CheckpointError, InputError
 from runtimes.preprocess import PreprocessConfig
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from .config import DEFAULT_BACKBONE
 
 
 class Backbone(nn.Module):

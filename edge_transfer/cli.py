@@ -12,6 +12,8 @@ from typing import Any
 
 from runtimes.errors import EdgeTransferError
 
+from .config import DEFAULT_BACKBONE, STRATEGIES, TrainConfig
+
 PRECISION_CHOICES = ("f32", "f16", "bf16")
 PRECISION_HELP = (
     "compute in this precision instead of the one the bundle was validated at (OpenVINO: bf16/f16 where the "
@@ -143,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         log=_err if not args.quiet else (lambda m: None),
     )
-    from .training import distributed_rank
+    from .distributed import distributed_rank
 
     if distributed_rank() != 0:  # under accelerate launch / torchrun the main process reports
         return 0
@@ -206,7 +208,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise
         _print_json({"out": args.out, "passed": False, "formats": [r.summary() for r in results]})
         return 1
-    from .training import distributed_rank
+    from .distributed import distributed_rank
 
     if distributed_rank() != 0:  # launched on several processes: rank 0 exported and reports
         return 0
@@ -548,14 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="digits", help="an image folder (one sub-folder per class) or 'digits' (built in; default)")
     t.add_argument(
         "--backbone",
-        default="efficientnet_lite0",
+        default=DEFAULT_BACKBONE,
         help="efficientnet_lite0 (default, offline ImageNet weights), timm:<name>, torchvision:<name>, a run dir, or a .safetensors "
         "(or torch .pt/.pth state dict, loaded weights-only) file with a config.json beside it",
     )
     t.add_argument(
         "--strategy",
-        default="linear-probe",
-        choices=["pretrained", "linear-probe", "finetune", "partial"],
+        default=TrainConfig.strategy,
+        choices=STRATEGIES,
         help="linear-probe: frozen backbone, cached features, new head (default); finetune: whole network; "
         "partial: last --unfreeze-blocks blocks; pretrained: source model as it is",
     )
@@ -567,15 +569,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="head learning rate (default 1e-3); the backbone gets 0.1x")
     t.add_argument("--weight-decay", type=float, help="weight decay; linear-probe default: pick the L2 strength on val from a grid")
     t.add_argument(
-        "--batch-size", type=int, default=32, help="global batch size, split across processes under accelerate launch/torchrun (default 32)"
+        "--batch-size",
+        type=int,
+        default=TrainConfig.batch_size,
+        help=f"global batch size, split across processes under accelerate launch/torchrun (default {TrainConfig.batch_size})",
     )
-    t.add_argument("--unfreeze-blocks", type=int, default=2, help="partial: how many of the last blocks to train (default 2)")
-    t.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and shuffling (default 0)")
+    t.add_argument(
+        "--unfreeze-blocks",
+        type=int,
+        default=TrainConfig.unfreeze_blocks,
+        help=f"partial: how many of the last blocks to train (default {TrainConfig.unfreeze_blocks})",
+    )
+    t.add_argument("--seed", type=int, default=TrainConfig.seed, help=f"seed for splits, initialisation and shuffling (default {TrainConfig.seed})")
     t.add_argument("--skip-bad", action="store_true", help="leave unreadable images out with a warning instead of stopping")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device (default: CUDA when present)")
+    t.add_argument("--device", default=TrainConfig.device, choices=["auto", "cpu", "cuda"], help="training device (default: CUDA when present)")
     t.add_argument(
         "--mixed-precision",
-        default="auto",
+        default=TrainConfig.mixed_precision,
         choices=["auto", "no", "bf16", "fp16"],
         help="auto (default): bf16 on GPUs that support it, else fp16 with loss scaling; none on the CPU",
     )

@@ -143,3 +143,26 @@ def test_example_classify_image_runs_without_torch(digits_bundle: Path, tmp_path
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "onnxruntime on cpu" in r.stdout and "digit.npy" in r.stdout
+
+
+def test_cli_train_defaults_are_the_api_defaults():
+    """One home for every default: `edge-transfer train` with no options means what `et.train()` means."""
+    import inspect
+
+    import edge_transfer as et
+    from edge_transfer.cli import build_parser
+    from edge_transfer.config import STRATEGIES, TrainConfig
+
+    args = build_parser().parse_args(["train", "--out", "x"])
+    api = {k: p.default for k, p in inspect.signature(et.train).parameters.items() if p.default is not inspect.Parameter.empty}
+    flag_to_param = {"workers": "num_workers"}
+    compared = 0
+    for flag, value in vars(args).items():
+        param = flag_to_param.get(flag, flag)
+        if param in api and flag not in ("out", "func", "command"):
+            assert value == api[param], f"--{flag.replace('_', '-')} defaults to {value!r}, et.train({param}=...) to {api[param]!r}"
+            compared += 1
+    assert compared >= 10
+    assert api["strategy"] == TrainConfig.strategy and api["batch_size"] == TrainConfig.batch_size
+    train_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
+    assert tuple(next(a for a in train_parser._actions if a.dest == "strategy").choices) == STRATEGIES

@@ -173,7 +173,7 @@ def test_batches_must_split_evenly_across_processes():
     """Pure logic (a stand-in for a 2-process Accelerator): the global batch is split, so it must divide."""
     from types import SimpleNamespace
 
-    from edge_transfer.training import _check_divisible
+    from edge_transfer.distributed import check_divisible as _check_divisible
     from runtimes.errors import InputError
 
     _check_divisible(16, SimpleNamespace(num_processes=2), "batch size")

@@ -1,0 +1,337 @@
+"""Export formats: one `FormatSpec` per `--format`, each with the builder that writes its model files
+(docs/ARCHITECTURE.md, "A new export format"). Validation, the self-test, the manifest and the atomic write are
+the same for every format (converters/export.py)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS, reduce_range_for
+from runtimes.errors import InputError
+
+from .calibration import CalibrationData
+from .onnx_export import INPUT_NAME
+from .validate import ReferenceData, default_min_agreement
+
+# (conversion settings for the manifest, calibration record or None, extra producer versions)
+Built = tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]
+
+
+@dataclass
+class QuantizationOptions:
+    """How int8 formats are made. `target_cpu` (see `runtimes.cpu.TARGET_CPUS`) is the CPU the bundle will run on,
+    never the host's: "portable" (default) is safe on every CPU. `reduce_range` overrides its weight range."""
+
+    method: str = "minmax"
+    per_channel: bool = True
+    reduce_range: bool | None = None
+    accuracy_aware: bool = False
+    target_cpu: str = DEFAULT_TARGET_CPU
+
+
+@dataclass
+class ExportJob:
+    """Everything shared by the formats of one export call."""
+
+    work: Path
+    base_onnx: Path
+    input_size: tuple[int, int]
+    batch_size: int | None
+    calibration: CalibrationData | None
+    quantization: QuantizationOptions
+    tuning: ReferenceData | None
+    tuning_logits: np.ndarray | None
+    max_drop: float
+    say: Callable[[str], None]
+    tensorrt: dict[str, Any]
+    self_test_size: int = 16
+    _pre: Path | None = None
+
+    @property
+    def feed_batch(self) -> int:
+        return self.batch_size or 1
+
+    def preprocessed(self) -> Path:
+        """The fp32 graph after onnxruntime's quantisation pre-processing (made once, shared by int8 formats)."""
+        if self._pre is None:
+            from .onnx_quantize import preprocess_for_quantization
+
+            self._pre = self.work / "preprocessed.onnx"
+            preprocess_for_quantization(self.base_onnx, self._pre)
+        return self._pre
+
+    def reduce_range(self) -> dict[str, Any]:
+        """The int8 weight range for the target CPU (not this host's), with the reason; recorded in the manifest."""
+        target = self.quantization.target_cpu
+        if self.quantization.reduce_range is not None:
+            return {"name": target, "reduce_range": self.quantization.reduce_range, "reason": "set by the caller"}
+        return {"name": target, "reduce_range": reduce_range_for(target), "reason": TARGET_CPUS[target][1]}
+
+    def tuning_target(self) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, Any]]:
+        """(images, expected top-1, torch's metric, allowed drop, description) for accuracy-aware search."""
+        if self.tuning is None or self.tuning_logits is None:
+            raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
+        top1 = self.tuning_logits.argmax(1)
+        if self.tuning.targets is not None:
+            baseline = float((top1 == self.tuning.targets).mean())
+            return self.tuning.images, self.tuning.targets, baseline, self.max_drop, {"metric": "accuracy"}
+        allowed = 1.0 - (default_min_agreement("int8", False) or 0.97)
+        return self.tuning.images, top1, 1.0, allowed, {"metric": "top-1 agreement with fp32"}
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """What one `--format` produces: backend, precision, file layout, and whether it needs calibration data."""
+
+    name: str
+    backend: str
+    precision: str
+    model_format: str
+    entrypoint: str
+    calibrated: bool = False
+    description: str = ""
+    builder: Callable[[ExportJob, FormatSpec, Path], Built] | None = field(default=None, compare=False, repr=False)
+
+    def build(self, job: ExportJob, out_dir: Path) -> Built:
+        """Write this format's model files into `out_dir` (see `Built`)."""
+        if self.builder is None:
+            raise InputError(f"format {self.name} has no builder")
+        return self.builder(job, self, out_dir)
+
+
+def build_onnx(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
+    """The fp32 graph as torch.onnx wrote it."""
+    shutil.copyfile(job.base_onnx, out_dir / spec.entrypoint)
+    return {"tool": "torch.onnx"}, None, {}
+
+
+def build_onnx_fp16(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
+    from .onnx_quantize import convert_fp16
+
+    return convert_fp16(job.base_onnx, out_dir / spec.entrypoint), None, {}
+
+
+def build_onnx_int8_dynamic(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
+    from .onnx_quantize import quantize_int8_dynamic
+
+    rr = job.reduce_range()
+    settings = quantize_int8_dynamic(job.preprocessed(), out_dir / spec.entrypoint, reduce_range=rr["reduce_range"])
+    return dict(settings, reduce_range_reason=rr["reason"], target_cpu=rr), None, {}
+
+
+def build_openvino_ir(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
+    from . import openvino_convert as ovc
+
+    return ovc.save_ir(ovc.read_onnx(job.base_onnx), out_dir, fp16=spec.precision == "fp16"), None, {}
+
+
+def _calibration(job: ExportJob, spec: FormatSpec) -> CalibrationData:
+    if job.calibration is None:  # export_bundles checks this before any work; this guards direct callers
+        raise InputError(f"{spec.name} needs calibration data")
+    return job.calibration
+
+
+def build_onnx_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
+    """Static QDQ int8 with ONNX Runtime's quantiser, optionally accuracy-aware (sensitive nodes kept in float)."""
+    from .onnx_quantize import quantize_int8_accuracy_aware, quantize_int8_static
+
+    data, q, target = _calibration(job, spec), job.quantization, out_dir / spec.entrypoint
+    calibration = dict(data.provenance())
+    rr = job.reduce_range()
+    options = {"method": q.method, "per_channel": q.per_channel, "reduce_range": rr["reduce_range"]}
+    if q.accuracy_aware:
+        images, expected, baseline, allowed, desc = job.tuning_target()
+        settings = quantize_int8_accuracy_aware(
+            job.preprocessed(),
+            target,
+            data,
+            input_name=INPUT_NAME,
+            tuning_images=images,
+            expected=expected,
+            baseline=baseline,
+            max_drop=allowed,
+            feed_batch=job.feed_batch,
+            log=job.say,
+            **options,
+        )
+        settings["accuracy_aware"].update(desc, split=job.tuning.split if job.tuning else None)
+    else:
+        settings = quantize_int8_static(job.preprocessed(), target, data, input_name=INPUT_NAME, feed_batch=job.feed_batch, **options)
+    settings["reduce_range_reason"] = rr["reason"]
+    settings["target_cpu"] = rr
+    calibration.update(method=q.method, per_channel=q.per_channel)
+    return settings, calibration, {}
+
+
+def build_openvino_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
+    """NNCF post-training int8 (optionally with accuracy control), saved as IR."""
+    import nncf
+
+    from . import openvino_convert as ovc
+
+    data = _calibration(job, spec)
+    calibration = dict(data.provenance())
+    model = ovc.read_onnx(job.base_onnx)
+    control = None
+    if job.quantization.accuracy_aware:
+        images, expected, baseline, allowed, desc = job.tuning_target()
+        control = {"images": images, "expected": expected, "max_drop": allowed, "split": job.tuning.split if job.tuning else None}
+    rr = job.reduce_range()
+    quantized, settings = ovc.quantize_int8(
+        model, data, accuracy_control=control, feed_batch=job.batch_size, overflow_fix="enable" if rr["reduce_range"] else "disable"
+    )
+    settings["target_cpu"] = rr
+    if control is not None:
+        settings["accuracy_control"].update(desc, baseline=round(baseline, 6))
+    settings.update(ovc.save_ir(quantized, out_dir, fp16=False), weights="int8")
+    calibration.update(method="minmax (NNCF)", per_channel=True)
+    return settings, calibration, {"nncf": nncf.__version__}
+
+
+def tensorrt_settings(options: dict[str, Any], batch_size: int | None, precision: str) -> Any:
+    """`runtimes.tensorrt_engine.BuildSettings` from export options; InputError names what is wrong."""
+    from runtimes.tensorrt_engine import BuildSettings, derive_profile
+
+    opts = dict(options)
+    profile = derive_profile(
+        batch_size if batch_size is not None else "batch",
+        opt_batch=opts.pop("opt_batch", None),
+        max_batch=opts.pop("max_batch", None),
+        static=opts.get("dla_core") is not None,
+    )
+    known = {"workspace_mib", "dla_core", "gpu_fallback", "hardware_compatible", "version_compatible"}
+    if set(opts) - known:
+        raise InputError(
+            f"unknown TensorRT option(s) {', '.join(sorted(set(opts) - known))} (known: opt_batch, max_batch, {', '.join(sorted(known))})"
+        )
+    return BuildSettings(precision=precision, profile=profile, **opts)
+
+
+def build_tensorrt(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
+    """A TensorRT-ready ONNX plus the engine build settings; the engine itself is built on the device."""
+    target = out_dir / spec.entrypoint
+    engine = tensorrt_settings(job.tensorrt, job.batch_size, spec.precision).to_dict()
+    if spec.precision == "fp32":
+        shutil.copyfile(job.base_onnx, target)
+        return {"tool": "torch.onnx", "engine": engine}, None, {}
+    if spec.precision == "fp16":  # a strongly typed engine takes its precision from the ONNX
+        from .onnx_quantize import convert_fp16
+
+        return dict(convert_fp16(job.base_onnx, target), engine=engine), None, {}
+    from .onnx_quantize import quantize_int8_static
+
+    if job.calibration is None:
+        raise InputError(f"{spec.name} needs calibration data")
+    # TensorRT computes int8 with 32-bit accumulation on the GPU: full 8-bit weights, zero points of 0, and float
+    # biases (its ONNX parser refuses DequantizeLinear on int32 biases)
+    settings = quantize_int8_static(
+        job.preprocessed(),
+        target,
+        job.calibration,
+        input_name=INPUT_NAME,
+        method=job.quantization.method,
+        per_channel=True,
+        reduce_range=False,
+        feed_batch=job.feed_batch,
+        symmetric_activations=True,
+        quantize_bias=False,
+    )
+    calibration = dict(job.calibration.provenance(), method=job.quantization.method, per_channel=True)
+    return dict(settings, engine=engine), calibration, {}
+
+
+FORMAT_SPECS: dict[str, FormatSpec] = {
+    s.name: s
+    for s in (
+        FormatSpec("onnx", "onnxruntime", "fp32", "onnx", "model.onnx", description="ONNX fp32", builder=build_onnx),
+        FormatSpec(
+            "onnx-fp16",
+            "onnxruntime",
+            "fp16",
+            "onnx",
+            "model.onnx",
+            description="ONNX, fp16 weights and compute; uint8 in, fp32 out",
+            builder=build_onnx_fp16,
+        ),
+        FormatSpec(
+            "onnx-int8",
+            "onnxruntime",
+            "int8",
+            "onnx",
+            "model.onnx",
+            calibrated=True,
+            description="ONNX static int8 (QDQ, per-channel weights)",
+            builder=build_onnx_int8,
+        ),
+        FormatSpec(
+            "onnx-int8-dynamic",
+            "onnxruntime",
+            "int8",
+            "onnx",
+            "model.onnx",
+            description="ONNX dynamic int8 (for comparison)",
+            builder=build_onnx_int8_dynamic,
+        ),
+        FormatSpec("openvino", "openvino", "fp32", "openvino-ir", "model.xml", description="OpenVINO IR fp32", builder=build_openvino_ir),
+        FormatSpec(
+            "openvino-fp16", "openvino", "fp16", "openvino-ir", "model.xml", description="OpenVINO IR, fp16 weights", builder=build_openvino_ir
+        ),
+        FormatSpec(
+            "openvino-int8",
+            "openvino",
+            "int8",
+            "openvino-ir",
+            "model.xml",
+            calibrated=True,
+            description="OpenVINO IR int8 (NNCF)",
+            builder=build_openvino_int8,
+        ),
+        FormatSpec(
+            "tensorrt",
+            "tensorrt",
+            "fp32",
+            "onnx",
+            "model.onnx",
+            description="TensorRT-ready ONNX, fp32 engine built on the device",
+            builder=build_tensorrt,
+        ),
+        FormatSpec(
+            "tensorrt-fp16",
+            "tensorrt",
+            "fp16",
+            "onnx",
+            "model.onnx",
+            description="TensorRT-ready fp16 ONNX, fp16 engine built on the device",
+            builder=build_tensorrt,
+        ),
+        FormatSpec(
+            "tensorrt-int8",
+            "tensorrt",
+            "int8",
+            "onnx",
+            "model.onnx",
+            calibrated=True,
+            description="TensorRT-ready QDQ ONNX (symmetric int8 from the shared calibration), int8 engine built on the device",
+            builder=build_tensorrt,
+        ),
+    )
+}
+FORMATS = tuple(FORMAT_SPECS)
+
+
+def parse_formats(spec: str | Sequence[str]) -> list[str]:
+    """'onnx,openvino-int8' or a list -> validated, de-duplicated format names in the given order."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    if not names:
+        raise InputError(f"no export format given (available: {', '.join(FORMATS)})")
+    unknown = [n for n in names if n not in FORMAT_SPECS]
+    if unknown:
+        raise InputError(f"unknown export format(s) {', '.join(map(repr, unknown))} (available: {', '.join(FORMATS)})")
+    return list(dict.fromkeys(names))

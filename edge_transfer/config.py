@@ -1,0 +1,86 @@
+"""Training options and the strategy table, with one home for every default (docs/ARCHITECTURE.md).
+
+Torch-free, so the CLI can build its flags, choices and defaults from here on a device-only install.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from runtimes.errors import InputError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One transfer strategy: its defaults, and the function that trains it ("module:function", imported when
+    used; None for `pretrained`, which trains nothing)."""
+
+    name: str
+    epochs: int
+    lr: float
+    weight_decay: float | None  # None: chosen on the validation split (the probe's L2 sweep)
+    patience: int
+    trainer: str | None
+    description: str
+
+
+STRATEGY_SPECS: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy("pretrained", 0, 0.0, 0.0, 0, None, "the source model as it is, with its own labels"),
+        Strategy("linear-probe", 300, 1e-3, None, 10, "edge_transfer.probe:fit_probe", "a new linear head on cached frozen features"),
+        Strategy("finetune", 10, 1e-3, 1e-4, 3, "edge_transfer.finetune:fit_network", "a new head and the whole network"),
+        Strategy("partial", 10, 1e-3, 1e-4, 3, "edge_transfer.finetune:fit_network", "a new head and the last N blocks"),
+    )
+}
+STRATEGIES = tuple(STRATEGY_SPECS)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; `None` means the strategy's default."""
+
+    strategy: str = "linear-probe"
+    epochs: int | None = None
+    lr: float | None = None
+    backbone_lr_scale: float = 0.1
+    batch_size: int = 32
+    weight_decay: float | None = None
+    patience: int | None = None
+    unfreeze_blocks: int = 2
+    dropout: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "auto"
+    feature_batch_size: int | None = None
+    num_workers: int | None = None
+    cache_dir: str | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def resolved(self) -> TrainConfig:
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        spec = STRATEGY_SPECS[self.strategy]
+        c = copy.copy(self)
+        c.epochs = spec.epochs if c.epochs is None else int(c.epochs)
+        c.lr = spec.lr if c.lr is None else float(c.lr)
+        c.weight_decay = spec.weight_decay if c.weight_decay is None else float(c.weight_decay)
+        if c.weight_decay is not None and c.weight_decay < 0:
+            raise InputError(f"weight_decay must be >= 0, got {c.weight_decay}")
+        c.patience = spec.patience if c.patience is None else int(c.patience)
+        if c.strategy != "pretrained" and c.epochs < 1:
+            raise InputError(f"epochs must be >= 1, got {c.epochs}")
+        if c.batch_size < 1 or (c.feature_batch_size is not None and c.feature_batch_size < 1):
+            raise InputError("batch sizes must be >= 1")
+        if c.num_workers is not None and c.num_workers < 0:
+            raise InputError(f"num_workers must be >= 0, got {c.num_workers}")
+        if c.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise InputError(f"mixed_precision must be auto, no, bf16 or fp16, got {c.mixed_precision!r}")
+        if c.strategy == "partial" and c.unfreeze_blocks < 1:
+            raise InputError(f"unfreeze_blocks must be >= 1 for the partial strategy, got {c.unfreeze_blocks}")
+        return c

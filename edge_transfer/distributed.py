@@ -1,0 +1,67 @@
+"""Accelerate set-up and the helpers that keep several processes in step (README: GPUs, several GPUs or machines)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from runtimes.errors import InputError
+
+
+def make_accelerator(device: str = "auto", mixed_precision: str = "auto") -> Any:
+    """An `accelerate.Accelerator`: CUDA when present (bf16 where supported, else fp16 with loss scaling), else CPU.
+
+    Under `accelerate launch` or `torchrun` it joins the process group (NCCL on GPUs, gloo on CPUs). Batches are
+    split across processes (`split_batches`): `batch_size` is the global batch, so the data order, the number of
+    steps and the learning-rate schedule do not depend on how many processes run.
+    """
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but torch sees no CUDA GPU")
+    if mixed_precision == "auto" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
+        mixed_precision = os.environ["ACCELERATE_MIXED_PRECISION"]  # `accelerate launch --mixed_precision X`
+    if mixed_precision == "auto":
+        mixed_precision = "no" if use_cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if use_cpu and mixed_precision == "fp16":
+        raise InputError("fp16 mixed precision needs a CUDA GPU; use 'bf16' or 'no' on the CPU")
+    loading = DataLoaderConfiguration(split_batches=True, non_blocking=not use_cpu)  # pinned batches copy asynchronously
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, dataloader_config=loading)
+
+
+def distributed_rank() -> int:
+    """This process's global rank (0 when not launched with several processes)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def wait_for_all_ranks() -> None:
+    """A barrier across processes when a process group is up; a no-op otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def check_divisible(batch: int, accelerator: Any, what: str) -> None:
+    n = accelerator.num_processes
+    if batch % n:
+        raise InputError(f"{what} {batch} must be a multiple of the number of processes ({n}): it is split across them")
+
+
+def auto_workers(accelerator: Any) -> int:
+    """Data-loading workers: none on the CPU (they would compete with training for cores), several per GPU."""
+    if accelerator.device.type != "cuda":
+        return 0
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 2) // per_node - 1))
+
+
+def ranks_with(flag: bool, accelerator: Any) -> int:
+    """On how many processes `flag` holds (e.g. one process's missing cache file means all recompute)."""
+    if accelerator.num_processes == 1:
+        return int(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return int(accelerator.reduce(t, reduction="sum").item())
