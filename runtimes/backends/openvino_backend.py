@@ -117,6 +117,9 @@ class OpenVinoPredictor(Predictor):
         try:
             self.compiled = core.compile_model(model, dev.upper(), config)
         except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if dev == "cpu":  # the CPU plugin runs any valid IR: the checksummed files hold a broken model
+                raise BundleError(f"{bundle.path}: OpenVINO cannot compile the IR {bundle.entrypoint.name} for CPU: {first}") from None
             raise BackendUnavailableError(f"OpenVINO could not compile {bundle.entrypoint.name} for {dev.upper()}: {exc}") from None
 
         def ports(items: Any) -> dict[str, tuple[str, tuple[Any, ...]]]:
