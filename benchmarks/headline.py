@@ -61,8 +61,8 @@ def time_torch(batch: int, iterations: int) -> dict[str, float]:
     """torch eager fp32 on the same model and input (uint8 NHWC, normalisation inside the module)."""
     import torch
 
-    from edge_transfer.backbones import create_backbone
     from edge_transfer.model import ImageClassifier
+    from edge_transfer.sources import create_backbone
 
     bb = create_backbone("efficientnet_lite0", pretrained=True)
     model = ImageClassifier(bb, bb.source_head, bb.labels).eval()

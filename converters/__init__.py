@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from runtimes import __version__ as __version__  # one home: pyproject.toml
 
 __all__ = ["export_bundle", "ReferenceData", "FORMATS"]
 

@@ -78,7 +78,7 @@ class ExportResult:
 
 
 def _producer(opset: int, backend: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    from . import __version__
+    from runtimes import __version__
 
     if backend == "openvino":
         import openvino

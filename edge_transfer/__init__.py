@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtimes import __version__ as __version__  # one home: pyproject.toml
 from runtimes import load, read_manifest
 from runtimes.bench import bench_bundle as bench
 from runtimes.errors import (
@@ -27,9 +28,7 @@ from runtimes.errors import (
     ValidationFailed,
 )
 
-__version__ = "0.1.0"
-
-_LAZY = {"train": "api", "export": "api", "demo": "api", "create_backbone": "backbones", "load_run": "model"}
+_LAZY = {"train": "api", "export": "api", "demo": "demo", "create_backbone": "sources", "load_run": "sources"}
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import time
@@ -13,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import CheckpointError, DatasetError, EdgeTransferError, InputError
+from runtimes.errors import CheckpointError, DatasetError, InputError
 
 from .config import DEFAULT_BACKBONE, TrainConfig
+from .distributed import main_process_only
+from .export_data import ExportData, draw_calibration, reference_data, run_data
 
 Log = Callable[[str], None]
 
@@ -73,11 +74,11 @@ def train(
     """
     from runtimes.preprocess import PreprocessConfig
 
-    from .backbones import create_backbone
     from .checkpoint import checkpoint_dir_for
     from .data import ImageDataset, load_dataset, stratified_split
     from .distributed import distributed_rank, wait_for_all_ranks
     from .model import save_run
+    from .sources import create_backbone
     from .training import fit
 
     if distributed_rank() != 0:  # under accelerate launch / torchrun only the main process speaks
@@ -157,120 +158,7 @@ def train(
 # ------------------------------------------------------------------------------------------------ export
 
 
-@dataclass
-class _ExportData:
-    """Where an export's data comes from: held-out reference, calibration (train split) and tuning (val split)."""
-
-    dataset: Any
-    splits: Any
-    source: str
-    seed: int
-
-
-def _run_data(config: dict[str, Any], data: str | None = None) -> _ExportData:
-    """Rebuild a run's dataset and its exact seeded split (the data must be unchanged since training)."""
-    from .data import load_dataset, stratified_split
-
-    info = config.get("data", {})
-    source = data or info.get("source")
-    if not source:
-        raise DatasetError("this run was trained on in-memory data: pass --data (a folder or 'digits') for validation")
-    dataset = load_dataset(source, skip_bad=bool(info.get("skip_bad")))
-    if data is None and dataset.fingerprint() != info.get("fingerprint"):
-        raise DatasetError(
-            f"{source}: the dataset changed since training, so its held-out split cannot be reproduced; "
-            "restore it or pass --data with held-out data to validate against"
-        )
-    if list(dataset.classes) != list(config["labels"]):
-        raise DatasetError(f"{source}: classes {dataset.classes} differ from the run's labels {config['labels']}")
-    split = config.get("split", {})
-    seed = int(split.get("seed", 0))
-    splits = stratified_split(
-        dataset.targets,
-        val_fraction=split.get("val_fraction", 0.15),
-        test_fraction=split.get("test_fraction", 0.2),
-        seed=seed,
-        classes=dataset.classes,
-    )
-    return _ExportData(dataset, splits, str(source), seed)
-
-
-def _reference(d: _ExportData, indices: np.ndarray, split: str, cfg: Any, model_labels: list[str] | None):
-    """Prepared images of `indices` with targets in the model's label space (None when the labels do not match)."""
-    from converters.validate import ReferenceData
-
-    images = d.dataset.prepared_batch(indices, cfg)
-    targets = d.dataset.targets[indices]
-    matched = True
-    if model_labels is not None and list(model_labels) != list(d.dataset.classes):
-        matched = all(c in model_labels for c in d.dataset.classes)
-        if matched:
-            lookup = np.asarray([model_labels.index(c) for c in d.dataset.classes])
-            targets = lookup[targets]
-    desc = {"source": d.source, "count": int(len(indices))}
-    if model_labels is not None and list(model_labels) != list(d.dataset.classes):
-        desc["labels_match_model"] = matched
-    return ReferenceData(images, targets if matched else None, split, desc)
-
-
-def _calibration(d: _ExportData, indices: np.ndarray, split: str, size: int, cfg: Any):
-    """A seeded draw of `size` images (all when fewer) from `indices`, prepared like everything else."""
-    from converters.calibration import CalibrationData
-
-    if size < 1:
-        raise InputError(f"--calibration-size must be >= 1, got {size}")
-    rng = np.random.default_rng(d.seed)
-    picks = rng.permutation(indices)[: min(size, len(indices))]
-    return CalibrationData(
-        d.dataset.prepared_batch(picks, cfg),
-        split,
-        [d.dataset.describe_item(int(i)) for i in picks],
-        seed=d.seed,
-        source=d.source,
-    )
-
-
-def _main_process_only(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Under `torchrun` / `accelerate launch`, run `fn` on rank 0 alone: one writer per artifact.
-
-    With a process group up (e.g. after `train` in the same script) the other ranks wait and get rank 0's result,
-    or raise its error. Without one (the command itself launched on several processes) they return `[]` at once.
-    """
-
-    @functools.wraps(fn)
-    def on_rank_zero(*args: Any, **kwargs: Any) -> Any:
-        import pickle
-
-        import torch.distributed as dist
-
-        from .distributed import distributed_rank
-
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return fn(*args, **kwargs) if distributed_rank() == 0 else []
-        box: list[Any] = [None]
-        error: BaseException | None = None
-        if dist.get_rank() == 0:
-            try:
-                box = [("result", fn(*args, **kwargs))]
-            except Exception as exc:  # every rank raises it; rank 0 keeps its own traceback
-                error = exc
-                try:
-                    pickle.dumps(exc)
-                    box = [("error", exc)]
-                except Exception:
-                    box = [("error", EdgeTransferError(f"rank 0 failed: {type(exc).__name__}: {exc}"))]
-        dist.broadcast_object_list(box, src=0)
-        kind, value = box[0]
-        if error is not None:
-            raise error
-        if kind == "error":
-            raise value
-        return value
-
-    return on_rank_zero
-
-
-@_main_process_only
+@main_process_only
 def export(
     run: str | os.PathLike[str] | None = None,
     *,
@@ -307,13 +195,13 @@ def export(
     version_compatible); the engine itself is built on the device. Each bundle carries a self-test of
     `self_test_size` golden images (`edge-transfer check`). Returns a list of
     `converters.export.ExportResult`; raises `ValidationFailed` (with the table) if any format was not written.
-    Under a launcher only rank 0 exports (see `_main_process_only`).
+    Under a launcher only rank 0 exports (see `main_process_only`).
     """
     from converters.export import FORMAT_SPECS, QuantizationOptions, export_bundles, parse_formats, raise_for_failures
 
-    from .backbones import create_backbone
     from .data import load_dataset, stratified_split
-    from .model import ImageClassifier, load_run
+    from .model import ImageClassifier
+    from .sources import create_backbone, load_run
 
     if (run is None) == (backbone is None):
         raise InputError("export needs either a training run directory or --backbone NAME --strategy pretrained")
@@ -323,19 +211,19 @@ def export(
     if run is not None:
         model, config = load_run(run)
         try:
-            own = _run_data(config)
+            own = run_data(config)
         except DatasetError:
             if data is None:
                 raise
             own = None  # validating on --data alone; calibration/tuning then need their own source
-        held_out = _run_data(config, data) if data is not None else own
+        held_out = run_data(config, data) if data is not None else own
         cfg = model.preprocessing
         if data is not None:
             assert held_out is not None
-            reference = _reference(held_out, np.arange(len(held_out.dataset)), "all", cfg, None)
+            reference = reference_data(held_out, np.arange(len(held_out.dataset)), "all", cfg, None)
         else:
-            assert own is not None  # _run_data raised otherwise
-            reference = _reference(own, own.splits.test, "test", cfg, None)
+            assert own is not None  # run_data raised otherwise
+            reference = reference_data(own, own.splits.test, "test", cfg, None)
         source = dict(config.get("source", {}), run=str(run), training_metrics=config.get("metrics", {}))
         labels = None
     else:
@@ -349,26 +237,26 @@ def export(
         model = ImageClassifier(bb, bb.source_head, bb.labels).eval()
         cfg = model.preprocessing
         ds = load_dataset(data or "digits")
-        own = _ExportData(ds, stratified_split(ds.targets, seed=0, classes=ds.classes), str(data or "digits"), 0)
+        own = ExportData(ds, stratified_split(ds.targets, seed=0, classes=ds.classes), str(data or "digits"), 0)
         labels = list(bb.labels) if bb.labels else None
-        reference = _reference(own, own.splits.test, "test", cfg, labels)
+        reference = reference_data(own, own.splits.test, "test", cfg, labels)
         source = dict(bb.source, backbone=bb.name, strategy="pretrained")
     needs_int8 = any(FORMAT_SPECS[f].calibrated for f in formats)
     calibration = tuning = None
     if needs_int8:
         if calibration_data is not None:
             cal_ds = load_dataset(calibration_data)
-            cal = _ExportData(cal_ds, None, str(calibration_data), 0)
-            calibration = _calibration(cal, np.arange(len(cal_ds)), "calibration-data", calibration_size, cfg)
+            cal = ExportData(cal_ds, None, str(calibration_data), 0)
+            calibration = draw_calibration(cal, np.arange(len(cal_ds)), "calibration-data", calibration_size, cfg)
         else:
             if own is None:
                 raise DatasetError("the run's training data cannot be reloaded for int8 calibration; pass --calibration-data DIR")
-            calibration = _calibration(own, own.splits.train, "train", calibration_size, cfg)
+            calibration = draw_calibration(own, own.splits.train, "train", calibration_size, cfg)
         log(f"calibration: {len(calibration)} images from the {calibration.split} split of {calibration.source}")
     if accuracy_aware and any(f in ("onnx-int8", "openvino-int8") for f in formats):
         if own is None:
             raise DatasetError("the run's training data cannot be reloaded for accuracy-aware tuning (its val split)")
-        tuning = _reference(own, own.splits.val, "val", cfg, labels)
+        tuning = reference_data(own, own.splits.val, "val", cfg, labels)
     results = export_bundles(
         model.for_export(),
         out,
@@ -393,73 +281,3 @@ def export(
     )
     raise_for_failures(results, out, accuracy_aware=accuracy_aware)
     return results
-
-
-# ------------------------------------------------------------------------------------------------ demo
-
-
-def demo(
-    out: str | os.PathLike[str] = "demo-output",
-    *,
-    image_size: int | None = 128,
-    interpolation: str = "bilinear",
-    backbone: str = "efficientnet_lite0",
-    strategy: str = "linear-probe",
-    epochs: int | None = None,
-    progress: bool = True,
-    log: Log = _quiet,
-) -> dict[str, Any]:
-    """digits -> transfer-learn -> ONNX bundle -> validation -> predictions through `runtimes` alone. Returns a summary.
-
-    Defaults (128 px, bilinear) are what the 8x8 digits need: bicubic upsampling of such tiny images rings.
-    """
-    import runtimes
-
-    from .data import load_digits_dataset, stratified_split
-
-    out = Path(out)
-    run_dir, bundle_dir = out / "run", out / "bundle"
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    trained = train(
-        "digits",
-        out=run_dir,
-        backbone=backbone,
-        strategy=strategy,
-        image_size=image_size,
-        interpolation=interpolation,
-        epochs=epochs,
-        progress=progress,
-        overwrite=True,
-        log=log,
-    )
-    timings["train"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    (exported,) = export(run_dir, out=bundle_dir, overwrite=True, log=log)
-    timings["export_and_validate"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    predictor = runtimes.load(bundle_dir)
-    timings["load_bundle"] = round(time.perf_counter() - t, 3)
-    dataset = load_digits_dataset()
-    splits = stratified_split(dataset.targets, seed=0)
-    picks = splits.test[:5]
-    t = time.perf_counter()
-    preds = predictor.predict([dataset.items[i] for i in picks], top_k=1)
-    timings["predict_5_images"] = round(time.perf_counter() - t, 3)
-    v = exported.validation
-    return {
-        "backbone": backbone,
-        "strategy": strategy,
-        "image_size": list(predictor.preprocessing.input_size),
-        "run": str(run_dir),
-        "bundle": str(bundle_dir),
-        "bundle_bytes": exported.size_bytes,
-        "metrics": trained.metrics,
-        "validation": {k: v[k] for k in ("split", "count", "torch_accuracy", "artifact_accuracy", "top1_agreement", "max_abs_logit_diff", "passed")},
-        "runtime": predictor.describe(),
-        "predictions": [
-            {"image": f"digits[{int(i)}]", "true": dataset.classes[dataset.targets[i]], "predicted": p[0].label, "score": round(p[0].score, 4)}
-            for i, p in zip(picks, preds)
-        ],
-        "timings_s": timings,
-    }

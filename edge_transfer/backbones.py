@@ -1,4 +1,5 @@
-"""Backbone registry with one front door: `create_backbone(name, pretrained=...)`.
+"""Registry backbones (`hub_backbone`); `edge_transfer.sources.create_backbone` is the front door that also
+takes local checkpoints.
 
 Names:
 - ``efficientnet_lite0`` (default): timm's ``tf_efficientnet_lite0`` with the real ImageNet weights shipped by the
@@ -15,20 +16,15 @@ model's own classifier (``source_head``), its labels, its preprocessing config a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from runtimes.bundle import sha256_file
 from runtimes.errors import CheckpointError, InputError
 from runtimes.preprocess import PreprocessConfig
-
-from .config import DEFAULT_BACKBONE
 
 
 class Backbone(nn.Module):
@@ -274,70 +270,6 @@ def _child_groups(model: nn.Module) -> list[list[str]]:
 # ------------------------------------------------------------------------------------------------ local checkpoints
 
 
-# torch checkpoints a user may hand us; loaded with weights_only=True (see model.read_torch_checkpoint)
-TORCH_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
-@dataclass
-class LocalCheckpoint:
-    """A `.safetensors` weights file plus the JSON config describing its architecture."""
-
-    weights: Path
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-def find_local_checkpoint(name: str) -> LocalCheckpoint | None:
-    p = Path(name)
-    if p.is_dir():
-        weights, config = p / "model.safetensors", p / "config.json"
-    elif p.suffix == ".safetensors" or p.suffix in TORCH_CHECKPOINT_SUFFIXES:
-        weights = p
-        config = p.with_suffix(".json") if p.with_suffix(".json").is_file() else p.parent / "config.json"
-    else:
-        return None
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: weights file not found")
-    if not config.is_file():
-        raise CheckpointError(f"{weights}: no JSON config beside it ({config.name} with at least 'backbone')")
-    try:
-        cfg = json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("backbone"), str):
-        raise CheckpointError(f"{config}: field 'backbone' (the architecture name, e.g. 'timm:resnet18') is missing")
-    return LocalCheckpoint(weights=weights, config=cfg)
-
-
-def _local(ckpt: LocalCheckpoint) -> Backbone:
-    """A checkpoint of ours (a run) or a plain safetensors model: rebuild the architecture, load the weights."""
-    from .model import load_classifier, read_weights
-
-    if "head" in ckpt.config:  # a training run of ours
-        classifier = load_classifier(ckpt.weights, ckpt.config)
-        bb = classifier.backbone
-        bb._source_head = [classifier.head]
-        bb.labels = list(classifier.labels)
-    else:  # the plain state dict of a timm/torchvision architecture
-        arch = ckpt.config["backbone"]
-        labels = ckpt.config.get("labels")
-        state = read_weights(ckpt.weights)
-        if arch == "efficientnet_lite0":
-            arch = "timm:tf_efficientnet_lite0"
-        n = len(labels) if labels else None
-        if arch.startswith("timm:"):
-            bb = _timm(arch[5:], False, n, state_dict=state)
-        elif arch.startswith("torchvision:"):
-            bb = _torchvision(arch[12:], False, n, state_dict=state)
-        else:
-            raise CheckpointError(f"{ckpt.weights}: config 'backbone' must be 'timm:<name>' or 'torchvision:<name>', got {arch!r}")
-        bb.labels = list(labels) if labels else [str(i) for i in range(_out_features(bb.source_head))]
-    bb.name = str(ckpt.weights.parent if ckpt.weights.name == "model.safetensors" else ckpt.weights)
-    bb.source = dict(bb.source, architecture=ckpt.config["backbone"], weights=str(ckpt.weights), weights_sha256=sha256_file(ckpt.weights))
-    if "preprocessing" in ckpt.config:
-        bb.preprocessing = PreprocessConfig.from_dict(ckpt.config["preprocessing"])
-    return bb
-
-
 def _out_features(head: nn.Module | None) -> int:
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if head is not None else []
     if not linears:
@@ -396,8 +328,8 @@ def freeze_same_padding(model: nn.Module, example: torch.Tensor) -> int:
     return len(sizes)
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, num_classes: int | None = None) -> Backbone:
-    """Create a backbone (in eval mode) by registry name or local checkpoint path (see module docstring)."""
+def hub_backbone(name: str, *, pretrained: bool = True, num_classes: int | None = None) -> Backbone | None:
+    """A registry backbone (efficientnet_lite0, timm:<name>, torchvision:<name>), or None for other names."""
     bb: Backbone | None = None
     if name == "efficientnet_lite0":
         bb = _efficientnet_lite0(pretrained)
@@ -405,19 +337,4 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, nu
         bb = _timm(name[5:], pretrained, num_classes)
     elif name.startswith("torchvision:"):
         bb = _torchvision(name[12:], pretrained, num_classes)
-    else:
-        local = find_local_checkpoint(name)
-        if local is not None:
-            bb = _local(local)
-    if bb is not None:
-        if bb.source_head is not None:
-            bb.source_head.eval()
-        return bb.eval()
-    raise InputError(
-        f"unknown backbone {name!r}: use 'efficientnet_lite0', 'timm:<name>', 'torchvision:<name>', "
-        "a training run directory or a .safetensors file with its config"
-    )
-
-
-def list_backbones() -> list[str]:
-    return ["efficientnet_lite0", "timm:<any timm model>", "torchvision:<any torchvision classifier>", "<run dir or .safetensors>"]
+    return bb

@@ -21,8 +21,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from runtimes.bundle import staged_directory
 from runtimes.errors import CheckpointError
+from runtimes.fsutil import staged_directory
 
 CHECKPOINT_FORMAT = "edge-transfer-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -129,7 +129,7 @@ class TrainingCheckpoint:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainingCheckpoint:
-        from .model import read_safetensors
+        from .weights import read_safetensors
 
         path = Path(path)
         state_file = path / STATE_NAME

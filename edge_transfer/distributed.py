@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from runtimes.errors import InputError
+from runtimes.errors import EdgeTransferError, InputError
 
 
 def make_accelerator(device: str = "auto", mixed_precision: str = "auto") -> Any:
@@ -65,3 +67,41 @@ def ranks_with(flag: bool, accelerator: Any) -> int:
         return int(flag)
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return int(accelerator.reduce(t, reduction="sum").item())
+
+
+def main_process_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Under `torchrun` / `accelerate launch`, run `fn` on rank 0 alone: one writer per artifact.
+
+    With a process group up (e.g. after `train` in the same script) the other ranks wait and get rank 0's result,
+    or raise its error. Without one (the command itself launched on several processes) they return `[]` at once.
+    """
+
+    @functools.wraps(fn)
+    def on_rank_zero(*args: Any, **kwargs: Any) -> Any:
+        import pickle
+
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return fn(*args, **kwargs) if distributed_rank() == 0 else []
+        box: list[Any] = [None]
+        error: BaseException | None = None
+        if dist.get_rank() == 0:
+            try:
+                box = [("result", fn(*args, **kwargs))]
+            except Exception as exc:  # every rank raises it; rank 0 keeps its own traceback
+                error = exc
+                try:
+                    pickle.dumps(exc)
+                    box = [("error", exc)]
+                except Exception:
+                    box = [("error", EdgeTransferError(f"rank 0 failed: {type(exc).__name__}: {exc}"))]
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if error is not None:
+            raise error
+        if kind == "error":
+            raise value
+        return value
+
+    return on_rank_zero

@@ -15,11 +15,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from runtimes.bundle import staged_directory
 from runtimes.errors import CheckpointError
+from runtimes.fsutil import staged_directory
 from runtimes.preprocess import PreprocessConfig
 
-from .backbones import TORCH_CHECKPOINT_SUFFIXES, Backbone, create_backbone
+from .backbones import Backbone
 
 RUN_FORMAT = "edge-transfer-run"
 RUN_VERSION = 1
@@ -83,49 +83,6 @@ class ImageClassifier(nn.Module):
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A user's torch checkpoint, loaded with `weights_only=True` and no unsafe fallback.
-
-    A pickle that holds more than tensors and plain containers is refused: unpickling it could run any code.
-    `{"state_dict": ...}` / `{"model": ...}` wrappers are unwrapped.
-    """
-    import pickle
-
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused: this checkpoint holds Python objects beyond tensors, and loading it would run their code "
-            f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]}). In an environment you trust, save its "
-            "state_dict with safetensors.torch.save_file and use the .safetensors file"
-        ) from None
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state_dict (names -> tensors), got {type(state).__name__}")
-    return state
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors (ours) or, loaded safely, a torch checkpoint a user hands us."""
-    if path.suffix in TORCH_CHECKPOINT_SUFFIXES:
-        return read_torch_checkpoint(path)
-    return read_safetensors(path)
-
-
 def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, config: dict[str, Any], *, overwrite: bool = False) -> Path:
     """Write model.safetensors + config.json atomically (temp sibling dir, then rename). No pickle."""
     from safetensors.torch import save_file
@@ -159,38 +116,3 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         if key not in cfg:
             raise CheckpointError(f"{path}: missing field '{key}'")
     return cfg
-
-
-def classifier_from_config(config: dict[str, Any]) -> ImageClassifier:
-    """Rebuild the (untrained) architecture a run config describes."""
-    head_cfg = config["head"]
-    labels = list(config["labels"])
-    backbone = create_backbone(config["backbone"], pretrained=False)
-    backbone.preprocessing = PreprocessConfig.from_dict(config["preprocessing"])
-    if head_cfg.get("type") == "source":
-        head = backbone.source_head
-        if head is None:
-            raise CheckpointError(f"backbone {config['backbone']!r} has no source classifier to restore")
-    elif head_cfg.get("type") == "linear":
-        head = build_head(int(head_cfg["in_features"]), int(head_cfg["num_classes"]), float(head_cfg.get("dropout", 0.0)))
-    else:
-        raise CheckpointError(f"run config field 'head.type' must be 'linear' or 'source', got {head_cfg.get('type')!r}")
-    return ImageClassifier(backbone, head, labels)
-
-
-def load_classifier(weights: str | os.PathLike[str], config: dict[str, Any]) -> ImageClassifier:
-    """Rebuild a classifier from its config and load its safetensors weights (strict)."""
-    model = classifier_from_config(config)
-    state = read_safetensors(Path(weights))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{weights}: weights do not match the architecture in its config ({first})") from None
-    return model.eval()
-
-
-def load_run(run_dir: str | os.PathLike[str]) -> tuple[ImageClassifier, dict[str, Any]]:
-    """Load a training run directory: (classifier in eval mode, its config)."""
-    config = read_run_config(run_dir)
-    return load_classifier(Path(run_dir) / WEIGHTS_NAME, config), config

@@ -29,7 +29,18 @@ from .manifest import SCHEMA_VERSION, Manifest
 from .predictor import Classification, Predictor, softmax
 from .preprocess import PreprocessConfig, prepare_batch, prepare_image, read_image
 
-__version__ = "0.1.0"
+
+def _package_version() -> str:
+    """The installed distribution's version (pyproject.toml is its one home); '0+unknown' when run from a copy."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edge-transfer")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _package_version()
 
 
 def load(bundle_dir: str | os.PathLike[str], device: str | None = None, **backend_options: Any) -> Predictor:

@@ -8,43 +8,17 @@ interrupted export leaves either nothing or the previous complete bundle.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import BundleError, IntegrityError
+from .fsutil import check_relative_path, publish_directory, sha256_file, staging_directory
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, parse_manifest, utc_now
-
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def check_relative_path(rel: str) -> PurePosixPath:
-    """Refuse absolute paths, `..`, backslashes and empty parts in a manifest path."""
-    if not rel or "\\" in rel or rel.startswith("/") or ":" in rel:
-        raise IntegrityError(f"bundle file path {rel!r} must be a relative POSIX path")
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        raise IntegrityError(f"bundle file path {rel!r} is not valid UTF-8") from None
-    p = PurePosixPath(rel)
-    if any(part in ("", ".", "..") for part in rel.split("/")):
-        raise IntegrityError(f"bundle file path {rel!r} must not contain '.', '..' or empty parts")
-    return p
 
 
 @dataclass(frozen=True)
@@ -256,9 +230,7 @@ class BundleWriter:
         self.committed = False
 
     def __enter__(self) -> BundleWriter:
-        parent = self.target.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
+        self.dir = staging_directory(self.target)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -301,32 +273,3 @@ class BundleWriter:
         publish_directory(self.dir, self.target)
         self.committed = True
         return Bundle(path=self.target, manifest=parsed)
-
-
-@contextlib.contextmanager
-def staged_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temp sibling of `target` to write into; published over `target` (`publish_directory`) when the block
-    ends normally, removed when it raises. A SIGKILL leaves only a hidden `.name.partial-*` sibling."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield tmp
-        publish_directory(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def publish_directory(staged: Path, target: Path) -> None:
-    """Move a fully written temp sibling directory to `target`, replacing a previous one.
-
-    Renames only: at every instant `target` is absent, the previous complete directory, or the new one.
-    """
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staged, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

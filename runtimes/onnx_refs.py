@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import BundleError, IntegrityError
+from .fsutil import check_relative_path
 
 # message -> {field number: child message} for the fields that can lead to a TensorProto (onnx.proto3)
 _CHILDREN: dict[str, dict[int, str]] = {
@@ -95,8 +96,6 @@ def external_data_locations(path: str | Path, data: bytes | None = None) -> list
 def check_external_data(model_path: Path, bundle_root: Path, listed: set[str], data: bytes | None = None) -> None:
     """Refuse external-data references that leave the bundle or name files the manifest does not list.
     `data`: the file's bytes as already read and verified (then the file is not read again)."""
-    from .bundle import check_relative_path
-
     model_dir = model_path.parent
     for location in external_data_locations(model_path, data):
         try:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .bundle import check_relative_path
 from .errors import BundleError, SelfTestFailed
+from .fsutil import check_relative_path
 
 __all__ = ["SelfTestFailed", "SelfTestResult", "run_self_test", "write_self_test"]
 

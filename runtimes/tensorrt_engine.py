@@ -340,7 +340,7 @@ class EngineCache:
 
     def store(self, key: str, plan: bytes, target: EngineTarget, settings: BuildSettings, extra: dict[str, Any] | None = None) -> Path:
         """Write an entry atomically (temp directory, then rename), replacing any previous one."""
-        from .bundle import staged_directory
+        from .fsutil import staged_directory
 
         meta = {
             "sha256": hashlib.sha256(plan).hexdigest(),

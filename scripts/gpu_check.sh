@@ -72,7 +72,7 @@ import torch
 import edge_transfer as et
 import runtimes
 from edge_transfer.data import load_digits_dataset, stratified_split
-from edge_transfer.model import load_run
+from edge_transfer.sources import load_run
 
 work = Path(os.environ["GPU_CHECK_WORK"])
 t = time.perf_counter()

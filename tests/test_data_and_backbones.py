@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge_transfer.backbones import create_backbone
 from edge_transfer.data import dataset_from_arrays, load_digits_dataset, load_image_folder, stratified_split
+from edge_transfer.sources import create_backbone
 from runtimes.errors import CheckpointError, DatasetError, InputError
 
 from conftest import write_image_folder

@@ -245,8 +245,8 @@ def test_pretrained_lite0_keeps_its_imagenet_answers_in_every_format(tmp_path: P
     from converters.calibration import CalibrationData
     from converters.export import export_bundles
     from converters.validate import ReferenceData
-    from edge_transfer.backbones import create_backbone
     from edge_transfer.model import ImageClassifier
+    from edge_transfer.sources import create_backbone
     from runtimes.preprocess import prepare_image
 
     bb = create_backbone("efficientnet_lite0")

@@ -358,7 +358,7 @@ def test_torch_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path
     import timm
     import torch
 
-    from edge_transfer.backbones import create_backbone
+    from edge_transfer.sources import create_backbone
     from runtimes.errors import CheckpointError
 
     (tmp_path / "config.json").write_text(json.dumps({"backbone": "timm:mobilenetv3_small_050"}))

@@ -286,8 +286,8 @@ def test_cuda_training_step_and_export_from_a_cuda_model(tmp_path: Path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here")
     from converters.onnx_export import export_onnx
-    from edge_transfer.backbones import create_backbone
     from edge_transfer.model import ImageClassifier, build_head
+    from edge_transfer.sources import create_backbone
 
     bb = create_backbone("efficientnet_lite0", pretrained=False)
     model = ImageClassifier(bb, build_head(bb.num_features, 3), ["a", "b", "c"]).cuda()

@@ -12,7 +12,7 @@ import torch
 import edge_transfer as et
 import runtimes
 from edge_transfer.data import load_digits_dataset
-from edge_transfer.model import load_run
+from edge_transfer.sources import load_run
 from runtimes.errors import CheckpointError, ValidationFailed
 
 

@@ -1,0 +1,303 @@
+"""Device commands of the CLI (predict, inspect, check, bench, build-engine): `runtimes` and one backend only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from runtimes.errors import EdgeTransferError
+
+from .cli_output import bad, err, is_number, num, pct, precision_option, print_json, section
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import runtimes
+    from runtimes.cpu import cpu_features
+
+    with runtimes.load(args.bundle, device=args.device, **precision_option(args)) as predictor:
+        result = predictor.self_test(raise_on_failure=False)
+        info = predictor.describe()
+        warnings = list(predictor.warnings)
+    cpu = cpu_features()
+    failures = [] if result.passed else [result.summary()]
+    failures += warnings
+    report = {
+        "bundle": args.bundle,
+        "backend": info["backend"],
+        "device": info["device"],
+        "precision": info["precision"],
+        "inference_precision": info.get("inference_precision"),
+        "cpu": cpu.to_dict(),
+        "self_test": result.to_dict(),
+        "warnings": warnings,
+        "passed": not failures,
+    }
+    if args.json:
+        print_json(report)
+    else:
+        print(f"bundle     {args.bundle} ({info['format']}, {info['precision']})")
+        print(f"runtime    {info['backend']} on {info['device']}, computing in {info.get('inference_precision') or 'unknown precision'}")
+        print(f"cpu        {cpu.summary()}")
+        print(result.summary())
+        for w in warnings:
+            print(f"warning    {w}")
+        print("PASS" if not failures else "FAIL")
+    if failures:
+        err(f"error: {args.bundle}: " + "; ".join(failures))
+        return 1
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import runtimes
+
+    predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args))
+    results = predictor.predict(args.images, top_k=args.top_k)
+    if args.json:
+        print_json(
+            {
+                "bundle": args.bundle,
+                "runtime": predictor.describe(),
+                "predictions": [{"image": img, "top_k": [c.to_dict() for c in r]} for img, r in zip(args.images, results)],
+            }
+        )
+        return 0
+    for img, r in zip(args.images, results):
+        print(img)
+        for c in r:
+            print(f"  {c.score:7.2%}  {c.label}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from runtimes.bundle import open_bundle
+
+    bundle = open_bundle(args.bundle)
+    m = bundle.manifest
+    if args.json:
+        print_json(dict(m.raw, verified=True))
+        return 0
+    v = m.validation or {}
+    model = section(m.raw, "model")
+    print(f"bundle      {bundle.path}  (verified: {len(m.files)} file(s), {bundle.size_bytes / 1e6:.2f} MB)")
+    print(f"model       {m.backend} / {m.format} / {m.precision}, created {m.created}")
+    print(f"input       {m.inputs[0].name} {m.inputs[0].dtype} {list(m.inputs[0].shape)} {m.inputs[0].layout or ''}")
+    print(f"output      {m.outputs[0].name} {m.outputs[0].dtype} {list(m.outputs[0].shape)}")
+    p = m.preprocessing
+    print(
+        f"preprocess  {p.input_size[0]}x{p.input_size[1]} {p.interpolation}, crop {p.crop_pct}, mean {p.mean}, std {p.std}, "
+        f"in graph: {p.normalize_in_graph}"
+    )
+    print(f"labels      {len(m.labels)}: {', '.join(m.labels[:5])}{' ...' if len(m.labels) > 5 else ''}")
+    src = m.source
+    print(
+        f"source      {src.get('backbone', '?')} ({src.get('weights', '?')}), strategy {src.get('strategy', '?')}, licence {src.get('license', '?')}"
+    )
+    cal = m.calibration
+    if cal:
+        print(
+            f"calibration {cal.get('count')} images from {cal.get('split')} of {cal.get('source')} ({cal.get('method')}), "
+            f"items sha256 {str(cal.get('items_sha256'))[:12]}"
+        )
+    conversion = model.get("conversion")
+    if conversion is not None and not isinstance(conversion, dict):
+        print(f"conversion  {bad(conversion)}")
+    conversion = section(model, "conversion")
+    floats = conversion.get("float_layers") or conversion.get("float_nodes")
+    if isinstance(floats, list) and floats:
+        print(f"in float    {len(floats)} layer(s): {', '.join(map(str, floats[:3]))}{' ...' if len(floats) > 3 else ''}")
+    if v:
+        print(
+            f"validation  {'passed' if v.get('passed') is True else 'FAILED'} on {v.get('split')} ({v.get('count')} images): "
+            f"agreement {pct(v.get('top1_agreement'))}, max |diff| {num(v.get('max_abs_logit_diff'))}, "
+            f"accuracy torch {pct(v.get('torch_accuracy'))} / bundle {pct(v.get('artifact_accuracy'))}"
+            + (
+                f", drop {num(100 * v['accuracy_drop'] if is_number(v['accuracy_drop']) else v['accuracy_drop'], '+.2f')} pt"
+                if v.get("accuracy_drop") is not None
+                else ""
+            )
+            + (f", at {v['inference_precision']}" if isinstance(v.get("inference_precision"), str) else "")
+        )
+    target = model.get("target_cpu")
+    if isinstance(target, dict):
+        print(f"target cpu  {target.get('name')} ({'7-bit' if target.get('reduce_range') else 'full 8-bit'} weights)")
+    st = m.raw.get("self_test")
+    if isinstance(st, dict):
+        print(f"self-test   {st.get('count')} golden images vs {st.get('reference_from')} (edge-transfer check BUNDLE)")
+    else:
+        print("self-test   none (exported before self-tests; re-export to get one)")
+    return 0
+
+
+def _int_list(spec: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise EdgeTransferError(f"{what} must be positive integers separated by commas, got {spec!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from runtimes.bench import bench_bundle, labelled_accuracy
+
+    from .bench_report import comparison_rows, format_table, machine_context, plot, write_csv, write_json
+
+    batches = _int_list(args.batch, "--batch")
+    options: dict[str, Any] = {}
+    if args.threads:
+        options["threads"] = args.threads
+    if args.hint:
+        options["hint"] = args.hint
+    if args.streams:
+        options["streams"] = args.streams
+    options.update(precision_option(args))
+    self_tests = _bench_self_tests(args.bundles, args.device, options, args.ignore_self_test)
+    if self_tests is None:
+        return 1
+    images = None
+    if args.images:
+        from runtimes.preprocess import read_image
+
+        images = [read_image(path) for path in args.images]
+    bar = None
+    results = []
+    interrupted = False
+    for path in args.bundles:
+        progress = None
+        if not args.quiet and not args.json_stdout:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                bar = tqdm(total=None if args.duration else args.iterations, desc=f"bench {path}", unit="it", file=sys.stderr, leave=False)
+
+                def progress(done: int, total: int | None, _bar=bar) -> None:
+                    _bar.update(done - _bar.n)
+
+        try:
+            found = bench_bundle(
+                path,
+                batches=batches,
+                device=args.device,
+                backend_options=options,
+                mode=args.mode,
+                iterations=None if args.duration else args.iterations,
+                duration=args.duration,
+                warmup=args.warmup,
+                images=images,
+                progress=progress,
+            )
+        except KeyboardInterrupt:
+            found, interrupted = [], True
+        finally:
+            if bar is not None:
+                bar.close()
+        if args.data and found:
+            import runtimes
+
+            with runtimes.load(path, device=args.device, **options) as predictor:
+                accuracy = labelled_accuracy(predictor, args.data)
+            for r in found:
+                r.accuracy = accuracy
+        for r in found:
+            r.self_test = self_tests[path]
+        results.extend(found)
+        if interrupted or any(r.interrupted for r in found):
+            interrupted = True
+            break
+    rows = comparison_rows(results)
+    if args.json:
+        write_json(results, rows, args.json, machine_context())
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.plot and results:
+        plot(results, args.plot)
+    if args.json_stdout:
+        print_json({"machine": machine_context(), "rows": rows, "interrupted": interrupted})
+    else:
+        print(format_table(rows))
+        for r in results:
+            plain = f"; plain backend call p50 {r.plain.p50:.3f} ms" if r.plain else ""
+            print(
+                f"{r.export_format or r.precision} batch {r.batch}: load {r.load_s:.2f} s, first call {r.first_ms:.1f} ms, "
+                f"{r.warmup_iterations} warm-up calls, {r.latency.count} timed{plain}",
+                file=sys.stderr,
+            )
+        if interrupted:
+            print("interrupted: the table shows what was measured before Ctrl-C", file=sys.stderr)
+    return 130 if interrupted else 0
+
+
+def _bench_self_tests(bundles: Sequence[str], device: str | None, options: dict[str, Any], ignore: bool) -> dict[str, str] | None:
+    """Run each bundle's self-test in the configuration about to be measured; None (after one `error:` line) when
+    one fails and `ignore` is off: a speed is not worth reporting for results that differ from the validated ones."""
+    import runtimes
+
+    statuses, failed = {}, []
+    for path in bundles:
+        with runtimes.load(path, device=device, **options) as predictor:
+            result = predictor.self_test(raise_on_failure=False)
+        statuses[path] = result.status
+        if result.status == "fail":
+            failed.append(f"{path}: {result.summary()}")
+            if ignore:
+                err(f"warning: {path}: {result.summary()} (measured anyway: --ignore-self-test)")
+        elif result.status == "missing":
+            err(f"note: {path}: {result.summary()}")
+    if failed and not ignore:
+        err("error: not measuring configurations whose self-test fails (--ignore-self-test measures them anyway): " + "; ".join(failed))
+        return None
+    return statuses
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    import time
+
+    import runtimes
+    from runtimes.bench import labelled_accuracy
+
+    manifest = runtimes.read_manifest(args.bundle)
+    if manifest.backend != "tensorrt":
+        raise EdgeTransferError(f"{args.bundle}: a {manifest.backend} bundle; build-engine needs one exported with --format tensorrt[-fp16|-int8]")
+    if manifest.format != "onnx":
+        raise EdgeTransferError(f"{args.bundle}: already carries a built engine ({manifest.format}); build-engine needs the ONNX bundle")
+    t0 = time.perf_counter()
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    with runtimes.load(args.bundle, cache_dir=args.cache_dir, log=say) as predictor:
+        info = predictor.describe()
+        info["load_seconds"] = round(time.perf_counter() - t0, 2)
+        if args.data:
+            info["accuracy"] = labelled_accuracy(predictor, args.data)
+        if args.out:
+            from pathlib import Path
+
+            from runtimes.tensorrt_engine import write_engine_bundle
+
+            engine = Path(info["engine"])
+            plan = (engine / "engine.plan" if engine.is_dir() else engine).read_bytes()
+            target = predictor.target  # type: ignore[attr-defined]  # a TensorRT predictor's running target
+            write_engine_bundle(predictor.bundle, plan, target, args.out, overwrite=args.overwrite)
+            info["engine_bundle"] = args.out
+    if args.json:
+        print_json(info)
+    else:
+        trt = info["tensorrt"]
+        print(
+            f"engine for {trt['gpu_name']} (sm {trt['compute_capability']}, TensorRT {trt['tensorrt_version']}), "
+            f"{info['precision']}, batch {info['profile']['min']}-{info['profile']['max']}: {info['engine']} "
+            f"(ready in {info['load_seconds']} s)"
+        )
+        if "engine_bundle" in info:
+            print(f"wrote engine bundle {info['engine_bundle']} (loads only on this TensorRT version and this GPU model)")
+        if "accuracy" in info:
+            exported = (manifest.validation or {}).get("artifact_accuracy")
+            print(
+                f"accuracy on {args.data}: {pct(info['accuracy'])}"
+                + (f" (the ONNX checked at export: {pct(exported)})" if exported is not None else "")
+            )
+    return 0
