@@ -47,11 +47,6 @@ class CalibrationData:
         digest = hashlib.sha256("\n".join(self.items).encode()).hexdigest()
         return {"split": self.split, "count": len(self), "seed": self.seed, "source": self.source, "items_sha256": digest, **self.extra}
 
-    def subset(self, count: int) -> CalibrationData:
-        """The first `count` samples (already a seeded random draw), e.g. to show what too few samples do."""
-        count = max(1, min(int(count), len(self)))
-        return CalibrationData(self.images[:count], self.split, self.items[:count], self.seed, self.source, dict(self.extra))
-
     def batches(self, batch_size: int, *, exact: bool = False) -> Iterator[np.ndarray]:
         """Consecutive batches; `exact` pads the last one (repeating its last image) for fixed-batch models."""
         for part, _ in padded_chunks(self.images, batch_size, pad=exact):

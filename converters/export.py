@@ -166,7 +166,7 @@ def export_bundles(
     targets = {s.name: root if len(specs) == 1 else root / s.name for s in specs}
     for target in targets.values():
         if target.exists() and not overwrite:
-            raise BundleError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
+            raise BundleError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
     say = log or (lambda msg: None)
     results: list[ExportResult] = []
     with tempfile.TemporaryDirectory(prefix="edge-transfer-export-") as work_dir:

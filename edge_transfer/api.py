@@ -85,9 +85,12 @@ def train(
         log, progress = _quiet, False
     ckpt = checkpoint_dir_for(Path(out))
     if Path(out).exists() and not overwrite:
-        raise CheckpointError(f"{out} already exists; pass --overwrite to replace it")
+        raise CheckpointError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
     if ckpt.exists() and not resume and not overwrite:
-        raise CheckpointError(f"{ckpt} holds the checkpoint of an interrupted run: pass --resume to continue it, or --overwrite to start over")
+        raise CheckpointError(
+            f"{ckpt} holds the checkpoint of an interrupted run: pass resume=True (--resume) to continue it, "
+            "or overwrite=True (--overwrite) to start over"
+        )
     t0 = time.perf_counter()
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data, skip_bad=skip_bad)
     splits = stratified_split(dataset.targets, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, classes=dataset.classes)

@@ -165,7 +165,8 @@ class TrainingCheckpoint:
         if differs:
             detail = "; ".join(f"{k}: checkpoint {self.fingerprint.get(k)!r}, now {fingerprint.get(k)!r}" for k in differs)
             raise CheckpointError(
-                f"{path}: this checkpoint belongs to a different run ({detail}); rerun with the same settings, or pass --overwrite to start over"
+                f"{path}: this checkpoint belongs to a different run ({detail}); rerun with the same settings, "
+                "or pass overwrite=True (--overwrite) to start over"
             )
 
 

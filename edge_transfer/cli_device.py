@@ -123,7 +123,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     target = model.get("target_cpu")
     if isinstance(target, dict):
         print(f"target cpu  {target.get('name')} ({'7-bit' if target.get('reduce_range') else 'full 8-bit'} weights)")
-    st = m.raw.get("self_test")
+    st = m.self_test
     if isinstance(st, dict):
         print(f"self-test   {st.get('count')} golden images vs {st.get('reference_from')} (edge-transfer check BUNDLE)")
     else:

@@ -22,7 +22,6 @@ from runtimes.preprocess import PreprocessConfig, prepare_image, read_image
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
-BUILTIN_DATASETS = ("digits",)
 
 
 @dataclass

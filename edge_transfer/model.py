@@ -89,7 +89,7 @@ def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, confi
 
     target = Path(run_dir)
     if target.exists() and not overwrite:
-        raise CheckpointError(f"{target} already exists; pass --overwrite to replace it")
+        raise CheckpointError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
     with staged_directory(target) as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in classifier.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": RUN_FORMAT})

@@ -43,10 +43,17 @@ def _package_version() -> str:
 __version__ = _package_version()
 
 
-def load(bundle_dir: str | os.PathLike[str], device: str | None = None, **backend_options: Any) -> Predictor:
-    """Verify a bundle (schema, paths, sizes, sha256) and return a ready `Predictor` for its backend."""
+def load(bundle_dir: str | os.PathLike[str], device: str | None = None, *, backend: str | None = None, **backend_options: Any) -> Predictor:
+    """Verify a bundle (schema, paths, sizes, sha256) and return a ready `Predictor` for its backend.
+
+    `backend` ("onnxruntime", "openvino", "tensorrt"): refuse, before any file is read, a bundle made for another
+    one (an app that ships one backend); by default the bundle's own backend is used."""
     from .backends import create_predictor
 
+    if backend is not None:
+        made_for = read_manifest(bundle_dir).backend
+        if made_for != backend:
+            raise BundleError(f"{bundle_dir}: this bundle is for {made_for}, and {backend} was asked for")
     return create_predictor(open_bundle(bundle_dir), device=device, **backend_options)
 
 

@@ -232,7 +232,7 @@ def bench_predictor(
     }
     return BenchResult(
         bundle=str(predictor.bundle.path),
-        export_format=predictor.manifest.raw.get("model", {}).get("export_format"),
+        export_format=predictor.manifest.export_format,
         precision=predictor.precision,
         backend=predictor.backend_name,
         device=predictor.device,

@@ -61,6 +61,11 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    export_format: str | None = None  # the `--format` that made it (e.g. "onnx-int8"); None in old bundles
+    target_cpu: dict[str, Any] | None = None  # int8: {"name", "reduce_range", ...} (runtimes.cpu)
+    tensorrt: dict[str, Any] | None = None  # tensorrt backend: the engine build settings (runtimes.tensorrt_engine)
+    built_on: dict[str, Any] | None = None  # a tensorrt-engine bundle: where its engine was built
+    self_test: dict[str, Any] | None = None  # golden images and tolerances (runtimes.selftest)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -98,12 +103,12 @@ def _tname(typ: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
-def _opt_dict(d: dict[str, Any], key: str) -> dict[str, Any] | None:
+def _opt_dict(d: dict[str, Any], key: str, where: str = "") -> dict[str, Any] | None:
     value = d.get(key)
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise BundleError(f"manifest field '{key}' must be an object or null, got {type(value).__name__}")
+        raise BundleError(f"manifest field '{_path(where, key)}' must be an object or null, got {type(value).__name__}")
     return value
 
 
@@ -189,6 +194,17 @@ def parse_manifest(d: Any) -> Manifest:
         raise BundleError(f"manifest field 'outputs[0].shape' {list(out_shape)} must be (batch, {len(labels)}) to match 'labels'")
     producer = _opt_dict(d, "producer") or {}
     source = _opt_dict(d, "source") or {}
+    export_format = model.get("export_format")
+    if export_format is not None and not isinstance(export_format, str):
+        raise BundleError(f"manifest field 'model.export_format' must be a string, got {type(export_format).__name__}")
+    target_cpu = _opt_dict(model, "target_cpu", "model")
+    if target_cpu is not None and (not isinstance(target_cpu.get("name"), str) or not isinstance(target_cpu.get("reduce_range"), bool)):
+        raise BundleError("manifest field 'model.target_cpu' must hold 'name' (a string) and 'reduce_range' (a boolean)")
+    tensorrt, built_on = _opt_dict(model, "tensorrt", "model"), _opt_dict(model, "built_on", "model")
+    if backend == "tensorrt" and tensorrt is None:
+        raise BundleError("manifest field 'model.tensorrt' (the engine build settings) is missing")
+    if fmt == "tensorrt-engine" and built_on is None:
+        raise BundleError("manifest field 'model.built_on' (TensorRT version and GPU) is missing")
     return Manifest(
         schema_version=version,
         created=created,
@@ -205,5 +221,10 @@ def parse_manifest(d: Any) -> Manifest:
         source=source,
         validation=_opt_dict(d, "validation"),
         calibration=_opt_dict(d, "calibration"),
+        export_format=export_format,
+        target_cpu=target_cpu,
+        tensorrt=tensorrt,
+        built_on=built_on,
+        self_test=_opt_dict(d, "self_test"),
         raw=d,
     )

@@ -112,8 +112,8 @@ class Predictor:
 
         from .cpu import cpu_features, int8_target_problem
 
-        target = self.manifest.raw["model"].get("target_cpu")
-        if not isinstance(target, dict):
+        target = self.manifest.target_cpu
+        if target is None:
             return
         problem = int8_target_problem(target.get("name"), target.get("reduce_range"), cpu_features())
         if problem:

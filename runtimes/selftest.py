@@ -113,7 +113,7 @@ def write_self_test(
 
 
 def _section(predictor: Predictor) -> dict[str, Any] | None:
-    section = predictor.manifest.raw.get("self_test")
+    section = predictor.manifest.self_test
     if section is None:
         return None
     where = f"{predictor.bundle.path}: manifest field 'self_test'"

@@ -150,3 +150,31 @@ def test_predict_accepts_any_size_and_returns_ranked_labels(digits_bundle: Path)
     smooth = PreprocessConfig(input_size=(96, 96), interpolation="bilinear")
     big = [prepare_image(img, smooth) for img in images[:5]]  # 96 x 96 renderings of the same digits
     assert [r[0].label for r in p.predict(big, top_k=1)] == [r[0].label for r in results[:5]]
+
+
+def test_load_can_insist_on_a_backend(digits_bundle: Path, format_bundles):
+    """An app that ships one backend asks for it: a bundle for another one is refused before anything is read."""
+    with runtimes.load(digits_bundle, backend="onnxruntime") as p:
+        assert p.manifest.backend == "onnxruntime"
+    with pytest.raises(BundleError, match="this bundle is for openvino, and onnxruntime was asked for"):
+        runtimes.load(format_bundles["openvino"], backend="onnxruntime")
+
+
+def test_manifest_sections_are_typed_and_checked(digits_bundle: Path, format_bundles, tmp_path: Path):
+    """The sections the runtime uses are read into `Manifest` (never reached for through `.raw`) and checked."""
+    import shutil
+
+    m = runtimes.read_manifest(format_bundles["onnx-int8"])
+    assert m.export_format == "onnx-int8" and m.target_cpu["name"] == "portable" and m.self_test["count"] > 0
+    assert runtimes.read_manifest(format_bundles["tensorrt"]).tensorrt["precision"] == "fp32"
+    bad = shutil.copytree(digits_bundle, tmp_path / "b")
+    doc = json.loads((bad / "manifest.json").read_text())
+    doc["model"]["target_cpu"] = "portable"
+    (bad / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="manifest field 'model.target_cpu' must be an object or null, got str"):
+        runtimes.read_manifest(bad)
+    doc["model"].pop("target_cpu")
+    doc["model"]["backend"] = "tensorrt"
+    (bad / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="'model.tensorrt' \\(the engine build settings\\) is missing"):
+        runtimes.read_manifest(bad)

@@ -213,7 +213,7 @@ def test_resume_after_sigkill_ends_where_the_uninterrupted_run_ends(four_classes
     again = subprocess.run(
         [sys.executable, "-m", "edge_transfer", "train", *args, "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
     )
-    assert again.returncode != 0 and "pass --resume to continue it" in again.stderr
+    assert again.returncode != 0 and "pass resume=True (--resume) to continue it" in again.stderr
     other = subprocess.run(
         [sys.executable, "-m", "edge_transfer", "train", *args, "--lr", "0.01", "--resume", "--out", str(out)],
         capture_output=True,

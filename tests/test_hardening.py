@@ -75,7 +75,7 @@ def test_sigkill_during_export_leaves_the_previous_bundle_or_none(digits_run, tm
     code = "import sys\nfrom edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     cmd = [sys.executable, "-c", code, "export", str(digits_run.path), "--format", "onnx,openvino", "--out", str(out), "--overwrite", "--quiet"]
     assert subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
-    for delay in (3.0, 6.0, 9.0):
+    for delay in (6.0,):  # one real SIGKILL mid-export; every commit point is covered deterministically below
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
@@ -87,6 +87,71 @@ def test_sigkill_during_export_leaves_the_previous_bundle_or_none(digits_run, tm
         assert all(not (out / fmt).exists() or (out / fmt / "manifest.json").exists() for fmt in ("onnx", "openvino"))
         # hidden temp siblings may remain after SIGKILL (nothing can clean up), but never at the target path
         assert all(name.startswith(".") for name in leftovers)
+
+
+_DIE_AT_RENAME = """
+import os, sys
+from pathlib import Path
+from runtimes.bundle import BundleWriter
+
+when, n = sys.argv[2], int(sys.argv[3])
+real_replace, calls = os.replace, [0]
+
+def replace(src, dst):  # the process dies before or after the n-th rename, as a power cut or kill -9 would
+    calls[0] += 1
+    if calls[0] == n and when == "before":
+        os._exit(9)
+    real_replace(src, dst)
+    if calls[0] == n and when == "after":
+        os._exit(9)
+
+os.replace = replace
+with BundleWriter(sys.argv[1], overwrite=True) as w:
+    (w.dir / "model.onnx").write_bytes(Path(sys.argv[5]).read_bytes())
+    (w.dir / "version.txt").write_text("new")
+    w.commit({"model": {"backend": "onnxruntime", "format": "onnx", "precision": "fp32", "entrypoint": "model.onnx"},
+              **{k: v for k, v in __import__("json").loads(sys.argv[4]).items() if k != "model"}})
+print("renames", calls[0])
+"""
+
+
+def test_death_at_every_commit_point_leaves_the_previous_bundle_the_new_one_or_none(digits_bundle: Path, tmp_path: Path):
+    """Deterministic fault injection: the writer's process dies just before, then just after, each rename of a
+    publish (manifest into place, old bundle aside, new bundle into place). The target is always absent, the
+    previous complete bundle, or the complete new one; never a mixture, and leftovers are hidden siblings."""
+    doc = json.loads((digits_bundle / "manifest.json").read_text())
+    target = tmp_path / "b"
+
+    def previous() -> None:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        tmp_path.mkdir()
+        with runtimes.BundleWriter(target) as w:
+            shutil.copyfile(digits_bundle / "model.onnx", w.dir / "model.onnx")
+            (w.dir / "version.txt").write_text("old")
+            w.commit({k: v for k, v in doc.items() if k != "model"} | {"model": {**doc["model"], "files": []}})
+
+    def attempt(when: str, n: int) -> subprocess.CompletedProcess:
+        args = [str(target), when, str(n), json.dumps(doc), str(digits_bundle / "model.onnx")]
+        return subprocess.run([sys.executable, "-c", _DIE_AT_RENAME, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    previous()
+    clean = attempt("never", 0)
+    assert clean.returncode == 0, clean.stderr
+    renames = int(clean.stdout.split()[-1])
+    assert renames >= 3  # manifest.json into place, the old bundle aside, the new one into place
+    seen = set()
+    for n in range(1, renames + 1):
+        for when in ("before", "after"):
+            previous()
+            r = attempt(when, n)
+            assert r.returncode == 9, r.stderr
+            if target.exists():
+                seen.add(runtimes.open_bundle(target).file("version.txt").read_text())  # verified: complete
+            else:
+                seen.add("absent")
+            leftovers = [p.name for p in tmp_path.iterdir() if p.name != "b"]
+            assert all(name.startswith(".") for name in leftovers), leftovers
+    assert seen <= {"old", "new", "absent"} and {"old", "new"} <= seen, seen
 
 
 # ------------------------------------------------------------------------------------------------ under load
@@ -213,8 +278,8 @@ def test_manifest_parser_only_raises_typed_errors_on_mutated_manifests(digits_bu
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_bundle_loader_refuses_random_corruption_with_typed_errors(digits_bundle: Path, tmp_path_factory, data):
-    """Flip, cut or append bytes of the model or the manifest: loading either works (nothing changed that matters)
-    or raises one of our errors, never a parser crash or a backend stack trace."""
+    """Flip, cut or append bytes of the model or the manifest. A changed model file is always an IntegrityError; a
+    changed manifest loads (nothing that matters changed) or raises one of our errors, never a parser crash."""
     root = tmp_path_factory.mktemp("fuzz") / "b"
     shutil.copytree(digits_bundle, root)
     victim = root / data.draw(st.sampled_from(["model.onnx", "manifest.json"]))
@@ -229,11 +294,15 @@ def test_bundle_loader_refuses_random_corruption_with_typed_errors(digits_bundle
     else:
         raw += data.draw(st.binary(min_size=1, max_size=64))
     victim.write_bytes(bytes(raw))
+    if victim.name == "model.onnx":  # a listed file changed (every mutation above changes it): the checksum catches it
+        with pytest.raises(IntegrityError):
+            runtimes.load(root)
+        return
     try:
         with runtimes.load(root) as p:
             p.run(_images(1))
     except EdgeTransferError:
-        pass  # anything else (a protobuf/JSON/backend exception) fails the test
+        pass  # anything else (a JSON/parser exception) fails the test
 
 
 @settings(max_examples=200, deadline=None)

@@ -29,10 +29,6 @@ def available_backends() -> list[str]:
     return names
 
 
-def registered_backends() -> list[str]:
-    return list(_REGISTRY)
-
-
 def create_predictor(bundle: Bundle, device: str | None = None, **options: Any) -> Predictor:
     name = bundle.manifest.backend
     if name not in _REGISTRY:

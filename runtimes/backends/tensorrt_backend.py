@@ -90,11 +90,8 @@ class TensorRTPredictor(Predictor):
         check_as_written("tensorrt", self.precision, inference_precision)  # strongly typed: the ONNX's own types
         if (device or "cuda").lower() not in ("cuda", "gpu"):
             raise InputError(f"tensorrt runs on device 'cuda', got {device!r}")
-        raw = bundle.manifest.raw["model"].get("tensorrt")
-        if not isinstance(raw, dict):
-            raise BundleError(f"{bundle.path}: manifest field 'model.tensorrt' (the engine build settings) is missing")
         try:
-            self.settings = BuildSettings.from_dict(raw)
+            self.settings = BuildSettings.from_dict(bundle.manifest.tensorrt or {})
         except InputError as exc:
             raise BundleError(f"{bundle.path}: manifest field 'model.tensorrt': {exc}") from None
         self._log = log or (lambda msg: None)
@@ -138,11 +135,8 @@ class TensorRTPredictor(Predictor):
         """(where the engine was built, where it came from, the plan): a prebuilt engine bundle after checking where it
         was built, or this device's cache entry for the bundle's ONNX, built first if absent or invalid."""
         if self.manifest.format == "tensorrt-engine":
-            built = self.manifest.raw["model"].get("built_on")
-            if not isinstance(built, dict):
-                raise BundleError(f"{self.bundle.path}: manifest field 'model.built_on' (TensorRT version and GPU) is missing")
             try:
-                built_on = EngineTarget.from_dict(built)
+                built_on = EngineTarget.from_dict(self.manifest.built_on or {})
             except InputError as exc:
                 raise BundleError(f"{self.bundle.path}: manifest field 'model.built_on': {exc}") from None
             check_compatible(built_on, self.settings, self.target)
