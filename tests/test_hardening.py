@@ -275,15 +275,9 @@ def test_manifest_parser_only_raises_typed_errors_on_mutated_manifests(digits_bu
         pass
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_bundle_loader_refuses_random_corruption_with_typed_errors(digits_bundle: Path, tmp_path_factory, data):
-    """Flip, cut or append bytes of the model or the manifest. A changed model file is always an IntegrityError; a
-    changed manifest loads (nothing that matters changed) or raises one of our errors, never a parser crash."""
-    root = tmp_path_factory.mktemp("fuzz") / "b"
-    shutil.copytree(digits_bundle, root)
-    victim = root / data.draw(st.sampled_from(["model.onnx", "manifest.json"]))
-    raw = bytearray(victim.read_bytes())
+def _mutated(data: st.DataObject, content: bytes) -> bytes:
+    """`content` with 1-8 bytes flipped, cut short, or with bytes appended: always different from `content`."""
+    raw = bytearray(content)
     kind = data.draw(st.sampled_from(["flip", "truncate", "append"]))
     if kind == "flip":
         for _ in range(data.draw(st.integers(1, 8))):
@@ -293,7 +287,18 @@ def test_bundle_loader_refuses_random_corruption_with_typed_errors(digits_bundle
         raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
     else:
         raw += data.draw(st.binary(min_size=1, max_size=64))
-    victim.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_bundle_loader_refuses_random_corruption_with_typed_errors(digits_bundle: Path, tmp_path_factory, data):
+    """Flip, cut or append bytes of the model or the manifest. A changed model file is always an IntegrityError; a
+    changed manifest loads (nothing that matters changed) or raises one of our errors, never a parser crash."""
+    root = tmp_path_factory.mktemp("fuzz") / "b"
+    shutil.copytree(digits_bundle, root)
+    victim = root / data.draw(st.sampled_from(["model.onnx", "manifest.json"]))
+    victim.write_bytes(_mutated(data, victim.read_bytes()))
     if victim.name == "model.onnx":  # a listed file changed (every mutation above changes it): the checksum catches it
         with pytest.raises(IntegrityError):
             runtimes.load(root)
@@ -366,17 +371,8 @@ def test_rehashed_mutated_bundles_answer_or_raise_typed_errors(load_harness, dat
     backend, name = fuzz_load.TARGETS[target]
     if backend not in harness.seeds:
         pytest.skip(f"{backend} is not installed here")
-    raw = bytearray(harness.seeds[backend][name])
-    kind = data.draw(st.sampled_from(["flip", "truncate", "append"]))
-    if kind == "flip":
-        for _ in range(data.draw(st.integers(1, 8))):
-            i = data.draw(st.integers(0, len(raw) - 1))
-            raw[i] ^= data.draw(st.integers(1, 255))
-    elif kind == "truncate":
-        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
-    else:
-        raw += data.draw(st.binary(min_size=1, max_size=64))
-    harness(bytes([target]) + (b"\x00" if name == "manifest.json" else b"") + bytes(raw))
+    raw = _mutated(data, harness.seeds[backend][name])
+    harness(bytes([target]) + (b"\x00" if name == "manifest.json" else b"") + raw)
 
 
 @pytest.mark.parametrize("case", sorted(p.name for p in (ROOT / "tests" / "fuzz" / "regressions").iterdir()))
