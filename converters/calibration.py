@@ -17,8 +17,6 @@ import numpy as np
 from runtimes.errors import InputError
 from runtimes.predictor import padded_chunks
 
-DEFAULT_CALIBRATION_SIZE = 300
-
 
 @dataclass
 class CalibrationData:

@@ -154,7 +154,7 @@ def export_bundles(
         raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
     if calibration is not None and calibration.images.shape[1:3] != preprocessing.input_size:
         raise InputError(f"calibration images are {calibration.images.shape[1:3]}, the model takes {preprocessing.input_size}")
-    if quantization.accuracy_aware and tuning is None and any(s.name in ("onnx-int8", "openvino-int8") for s in specs):
+    if quantization.accuracy_aware and tuning is None and any(s.tunable for s in specs):
         raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
     for s in specs:
         if s.backend == "tensorrt":  # refuse bad engine options before any work, naming the format

@@ -12,27 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS, reduce_range_for
+from runtimes.cpu import TARGET_CPUS, reduce_range_for
 from runtimes.errors import InputError
 
 from .calibration import CalibrationData
 from .onnx_export import INPUT_NAME
+from .options import DEFAULT_SELF_TEST_SIZE, QuantizationOptions
 from .validate import ReferenceData, default_min_agreement
 
 # (conversion settings for the manifest, calibration record or None, extra producer versions)
 Built = tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]
-
-
-@dataclass
-class QuantizationOptions:
-    """How int8 formats are made. `target_cpu` (see `runtimes.cpu.TARGET_CPUS`) is the CPU the bundle will run on,
-    never the host's: "portable" (default) is safe on every CPU. `reduce_range` overrides its weight range."""
-
-    method: str = "minmax"
-    per_channel: bool = True
-    reduce_range: bool | None = None
-    accuracy_aware: bool = False
-    target_cpu: str = DEFAULT_TARGET_CPU
 
 
 @dataclass
@@ -50,7 +39,7 @@ class ExportJob:
     max_drop: float
     say: Callable[[str], None]
     tensorrt: dict[str, Any]
-    self_test_size: int = 16
+    self_test_size: int = DEFAULT_SELF_TEST_SIZE
     _pre: Path | None = None
 
     @property
@@ -97,6 +86,7 @@ class FormatSpec:
     calibrated: bool = False
     description: str = ""
     builder: Callable[[ExportJob, FormatSpec, Path], Built] | None = field(default=None, compare=False, repr=False)
+    tunable: bool = False  # accuracy-aware quantisation can keep its sensitive layers in float
 
     def build(self, job: ExportJob, out_dir: Path) -> Built:
         """Write this format's model files into `out_dir` (see `Built`)."""
@@ -268,6 +258,7 @@ FORMAT_SPECS: dict[str, FormatSpec] = {
             calibrated=True,
             description="ONNX static int8 (QDQ, per-channel weights)",
             builder=build_onnx_int8,
+            tunable=True,
         ),
         FormatSpec(
             "onnx-int8-dynamic",
@@ -291,6 +282,7 @@ FORMAT_SPECS: dict[str, FormatSpec] = {
             calibrated=True,
             description="OpenVINO IR int8 (NNCF)",
             builder=build_openvino_int8,
+            tunable=True,
         ),
         FormatSpec(
             "tensorrt",

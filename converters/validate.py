@@ -15,7 +15,9 @@ import numpy as np
 from runtimes.errors import InputError
 from runtimes.predictor import Predictor
 
-DEFAULT_MAX_DROP = 0.01  # accuracy may fall at most 1.0 point below torch's
+from .options import DEFAULT_MAX_DROP_POINTS
+
+DEFAULT_MAX_DROP = DEFAULT_MAX_DROP_POINTS / 100.0  # as a fraction: accuracy may fall this far below torch's
 # top-1 agreement with torch: always required of fp32/fp16; of int8 only where no labels allow an accuracy check
 DEFAULT_MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "int8": 0.97}
 

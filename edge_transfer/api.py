@@ -12,6 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from converters.options import (
+    DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_FORMAT,
+    DEFAULT_MAX_DROP_POINTS,
+    DEFAULT_SELF_TEST_SIZE,
+    DEFAULT_TARGET_CPU,
+    QuantizationOptions,
+)
 from runtimes.errors import CheckpointError, DatasetError, InputError
 
 from .config import DEFAULT_BACKBONE, TrainConfig
@@ -166,25 +174,25 @@ def export(
     run: str | os.PathLike[str] | None = None,
     *,
     out: str | os.PathLike[str],
-    format: str | list[str] = "onnx",
+    format: str | list[str] = DEFAULT_FORMAT,
     backbone: str | None = None,
     strategy: str = "pretrained",
     image_size: int | None = None,
     data: str | None = None,
     calibration_data: str | None = None,
-    calibration_size: int = 300,
-    calibration_method: str = "minmax",
-    per_channel: bool = True,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    calibration_method: str = QuantizationOptions.method,
+    per_channel: bool = QuantizationOptions.per_channel,
     reduce_range: bool | None = None,
-    target_cpu: str = "portable",
+    target_cpu: str = DEFAULT_TARGET_CPU,
     accuracy_aware: bool = False,
-    max_drop: float = 1.0,
+    max_drop: float = DEFAULT_MAX_DROP_POINTS,
     min_agreement: float | None = None,
     batch_size: int | None = None,
     allow_failed_validation: bool = False,
     overwrite: bool = False,
     tensorrt: dict[str, Any] | None = None,
-    self_test_size: int = 16,
+    self_test_size: int = DEFAULT_SELF_TEST_SIZE,
     log: Log = _quiet,
 ):
     """Export a training run (or, with `backbone`, the source model as it is) to validated bundles, one per format.
@@ -200,7 +208,7 @@ def export(
     `converters.export.ExportResult`; raises `ValidationFailed` (with the table) if any format was not written.
     Under a launcher only rank 0 exports (see `main_process_only`).
     """
-    from converters.export import FORMAT_SPECS, QuantizationOptions, export_bundles, parse_formats, raise_for_failures
+    from converters.export import FORMAT_SPECS, export_bundles, parse_formats, raise_for_failures
 
     from .data import load_dataset, stratified_split
     from .model import ImageClassifier
@@ -256,7 +264,7 @@ def export(
                 raise DatasetError("the run's training data cannot be reloaded for int8 calibration; pass --calibration-data DIR")
             calibration = draw_calibration(own, own.splits.train, "train", calibration_size, cfg)
         log(f"calibration: {len(calibration)} images from the {calibration.split} split of {calibration.source}")
-    if accuracy_aware and any(f in ("onnx-int8", "openvino-int8") for f in formats):
+    if accuracy_aware and any(FORMAT_SPECS[f].tunable for f in formats):
         if own is None:
             raise DatasetError("the run's training data cannot be reloaded for accuracy-aware tuning (its val split)")
         tuning = reference_data(own, own.splits.val, "val", cfg, labels)

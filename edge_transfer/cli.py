@@ -8,6 +8,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from converters.options import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_FORMAT,
+    DEFAULT_MAX_DROP_POINTS,
+    DEFAULT_SELF_TEST_SIZE,
+    DEFAULT_TARGET_CPU,
+    TARGET_CPU_CHOICES,
+    QuantizationOptions,
+)
 from runtimes.errors import EdgeTransferError
 
 from .cli_device import cmd_bench, cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
@@ -132,21 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", nargs="?", help="training run directory (omit with --backbone)")
     e.add_argument("--backbone", help="export this backbone's source model as it is (with --strategy pretrained)")
     e.add_argument("--strategy", default="pretrained", help="with --backbone: only 'pretrained'")
-    e.add_argument("--format", default="onnx", help="one format or a comma-separated list (default onnx; see below)")
+    e.add_argument("--format", default=DEFAULT_FORMAT, help=f"one format or a comma-separated list (default {DEFAULT_FORMAT}; see below)")
     e.add_argument("--out", required=True, help="bundle directory to create; with several formats, one sub-directory per format")
     e.add_argument("--image-size", type=int, help="with --backbone: input size (default: the backbone's)")
     e.add_argument("--data", help="held-out data for validation (default: the run's own test split; digits for --backbone)")
-    e.add_argument("--max-drop", type=float, default=1.0, help="largest accuracy drop vs torch fp32, in points (default 1.0)")
+    e.add_argument(
+        "--max-drop",
+        type=float,
+        default=DEFAULT_MAX_DROP_POINTS,
+        help=f"largest accuracy drop vs torch fp32, in points (default {DEFAULT_MAX_DROP_POINTS})",
+    )
     e.add_argument(
         "--min-agreement", type=float, help="minimum top-1 agreement with torch (default 0.995 fp32, 0.99 fp16, 0.97 int8 on unlabelled data)"
     )
     q = e.add_argument_group("int8 quantisation")
-    q.add_argument("--calibration-size", type=int, default=300, help="calibration images drawn (seeded) from the training split (default 300)")
+    q.add_argument(
+        "--calibration-size",
+        type=int,
+        default=DEFAULT_CALIBRATION_SIZE,
+        help=f"calibration images drawn (seeded) from the training split (default {DEFAULT_CALIBRATION_SIZE})",
+    )
     q.add_argument("--calibration-data", help="calibrate on this image folder (or 'digits') instead of the training split")
     q.add_argument(
         "--calibration-method",
-        default="minmax",
-        choices=["minmax", "entropy", "percentile"],
+        default=QuantizationOptions.method,
+        choices=CALIBRATION_METHODS,
         help="onnx-int8 activation ranges (default minmax; percentile is slower, sometimes more accurate)",
     )
     q.add_argument(
@@ -156,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--target-cpu",
-        default="portable",
-        choices=["portable", "x86-avx2", "x86-vnni", "arm64"],
+        default=DEFAULT_TARGET_CPU,
+        choices=TARGET_CPU_CHOICES,
         help="the CPU the int8 bundles will run on, not this host: portable (default) and x86-avx2 use 7-bit "
         "weights that cannot saturate on CPUs without VNNI; x86-vnni and arm64 use full 8-bit weights, and "
         "a bundle made for them warns at load (and fails 'check') on an x86 CPU without VNNI",
@@ -177,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--self-test-size",
         type=int,
-        default=16,
+        default=DEFAULT_SELF_TEST_SIZE,
         help="golden images (seeded draw from the held-out data) stored with torch reference logits for 'edge-transfer check' (default 16; 0: none)",
     )
     e.add_argument("--allow-failed-validation", action="store_true", help="write bundles even if validation fails (marked failed)")

@@ -166,3 +166,22 @@ def test_cli_train_defaults_are_the_api_defaults():
     assert api["strategy"] == TrainConfig.strategy and api["batch_size"] == TrainConfig.batch_size
     train_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
     assert tuple(next(a for a in train_parser._actions if a.dest == "strategy").choices) == STRATEGIES
+
+
+def test_cli_export_defaults_are_the_api_defaults():
+    """`edge-transfer export RUN --out X` means what `et.export(RUN, out=X)` means; choices come from the same tables."""
+    import inspect
+
+    import edge_transfer as et
+    from converters.options import CALIBRATION_METHODS, TARGET_CPU_CHOICES
+    from edge_transfer.cli import build_parser
+
+    args = build_parser().parse_args(["export", "run", "--out", "x"])
+    api = {k: p.default for k, p in inspect.signature(et.export).parameters.items() if p.default is not inspect.Parameter.empty}
+    shared = [flag for flag in vars(args) if flag in api and flag not in ("run", "out", "func", "command")]
+    for flag in shared:
+        assert getattr(args, flag) == api[flag], f"--{flag.replace('_', '-')} defaults to {getattr(args, flag)!r}, et.export to {api[flag]!r}"
+    assert {"format", "max_drop", "calibration_size", "calibration_method", "target_cpu", "self_test_size"} <= set(shared)
+    export_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" export"))
+    choices = {a.dest: a.choices for a in export_parser._actions}
+    assert tuple(choices["calibration_method"]) == CALIBRATION_METHODS and tuple(choices["target_cpu"]) == TARGET_CPU_CHOICES
