@@ -18,6 +18,7 @@ from converters.options import (
     TARGET_CPU_CHOICES,
     QuantizationOptions,
 )
+from runtimes.bench import DEFAULT_ITERATIONS, DEFAULT_MODE, MODES
 from runtimes.errors import EdgeTransferError
 
 from .cli_device import cmd_bench, cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
@@ -248,13 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
     b.add_argument(
         "--mode",
-        default="model",
-        choices=["model", "end-to-end"],
+        default=DEFAULT_MODE,
+        choices=MODES,
         help="model: the backend call on a ready uint8 tensor (default); end-to-end: decoded images in, labels out "
         "(resize, crop, softmax and top-k included)",
     )
     how_long = b.add_mutually_exclusive_group()
-    how_long.add_argument("--iterations", type=int, default=200, help="timed calls per bundle and batch (default 200)")
+    how_long.add_argument(
+        "--iterations", type=int, default=DEFAULT_ITERATIONS, help=f"timed calls per bundle and batch (default {DEFAULT_ITERATIONS})"
+    )
     how_long.add_argument("--duration", type=float, help="measure for this many seconds instead of a fixed count")
     b.add_argument("--warmup", type=int, help="warm-up calls (default: until two blocks of 10 agree within 5%%)")
     b.add_argument("--device", help="onnxruntime: cpu, cuda, tensorrt; openvino: CPU, GPU, NPU, AUTO (default cpu)")

@@ -28,6 +28,7 @@ import numpy as np
 from .errors import InputError
 
 MODES = ("model", "end-to-end")
+DEFAULT_MODE = MODES[0]
 DEFAULT_ITERATIONS = 200
 BLOCK = 10  # pairs of calls between progress updates and duration checks
 WARMUP_TOLERANCE = 0.05  # warm-up ends when two consecutive blocks' medians differ by less than 5%
@@ -144,7 +145,7 @@ def bench_predictor(
     predictor: Any,
     *,
     batch: int = 1,
-    mode: str = "model",
+    mode: str = DEFAULT_MODE,
     iterations: int | None = None,
     duration: float | None = None,
     warmup: int | None = None,

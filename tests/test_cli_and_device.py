@@ -185,3 +185,18 @@ def test_cli_export_defaults_are_the_api_defaults():
     export_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" export"))
     choices = {a.dest: a.choices for a in export_parser._actions}
     assert tuple(choices["calibration_method"]) == CALIBRATION_METHODS and tuple(choices["target_cpu"]) == TARGET_CPU_CHOICES
+
+
+def test_cli_bench_defaults_are_the_library_defaults():
+    """`edge-transfer bench B` measures what `runtimes.bench.bench_predictor` measures by default."""
+    import inspect
+
+    from edge_transfer.cli import build_parser
+    from runtimes.bench import DEFAULT_ITERATIONS, MODES, bench_predictor
+
+    args = build_parser().parse_args(["bench", "b"])
+    lib = {k: p.default for k, p in inspect.signature(bench_predictor).parameters.items() if p.default is not inspect.Parameter.empty}
+    assert args.mode == lib["mode"] and args.threads == lib["threads"] and args.warmup == lib["warmup"]
+    assert args.iterations == DEFAULT_ITERATIONS and args.batch == str(lib["batch"])
+    bench_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" bench"))
+    assert tuple(next(a for a in bench_parser._actions if a.dest == "mode").choices) == MODES
