@@ -20,6 +20,7 @@ from runtimes.fsutil import staged_directory
 from runtimes.preprocess import PreprocessConfig
 
 from .backbones import Backbone
+from .weights import read_json
 
 RUN_FORMAT = "edge-transfer-run"
 RUN_VERSION = 1
@@ -104,10 +105,7 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{run_dir}: no such training run directory")
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: no {CONFIG_NAME} (not a training run, or an interrupted one)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    cfg = read_json(path)
     if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
         raise CheckpointError(f"{path}: not an edge-transfer run config (field 'format' should be {RUN_FORMAT!r})")
     if cfg.get("version", 0) > RUN_VERSION:

@@ -16,6 +16,14 @@ from runtimes.errors import CheckpointError
 TORCH_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
+def read_json(path: Path) -> Any:
+    """A JSON config file (a run's or a checkpoint's); CheckpointError naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
 @dataclass
 class LocalCheckpoint:
     """A `.safetensors` weights file plus the JSON config describing its architecture."""
@@ -37,10 +45,7 @@ def find_local_checkpoint(name: str) -> LocalCheckpoint | None:
         raise CheckpointError(f"{weights}: weights file not found")
     if not config.is_file():
         raise CheckpointError(f"{weights}: no JSON config beside it ({config.name} with at least 'backbone')")
-    try:
-        cfg = json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config}: not valid JSON ({exc})") from None
+    cfg = read_json(config)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("backbone"), str):
         raise CheckpointError(f"{config}: field 'backbone' (the architecture name, e.g. 'timm:resnet18') is missing")
     return LocalCheckpoint(weights=weights, config=cfg)
