@@ -11,11 +11,12 @@ from __future__ import annotations
 
 __all__ = ["FORMATS", "FORMAT_SPECS", "ExportResult", "QuantizationOptions", "export_bundle", "export_bundles", "parse_formats", "raise_for_failures"]
 
+import dataclasses
+import logging
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,18 @@ import runtimes
 from runtimes.bundle import Bundle, BundleWriter
 from runtimes.cpu import TARGET_CPUS
 from runtimes.errors import BundleError, EdgeTransferError, InputError, ValidationFailed
-from runtimes.manifest import SCHEMA_VERSION, utc_now
+from runtimes.manifest import SCHEMA_VERSION, Manifest, TensorSpec, utc_now
 from runtimes.preprocess import PreprocessConfig
-from runtimes.selftest import DEFAULT_SELF_TEST_SIZE, choose_golden, write_self_test
+from runtimes.selftest import choose_golden, write_self_test
 
 from .calibration import CalibrationData
-from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, QuantizationOptions, parse_formats, tensorrt_settings
+from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
+from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
 from .torch_reference import reference_logits
-from .validate import DEFAULT_MAX_DROP, ReferenceData, compare, default_min_agreement, format_table, format_validation
+from .validate import ReferenceData, compare, default_min_agreement, format_table, format_validation
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,43 +108,35 @@ def export_bundles(
     model: nn.Module,
     out: str | os.PathLike[str],
     *,
-    formats: str | Sequence[str] = ("onnx",),
     preprocessing: PreprocessConfig,
     labels: list[str],
     reference: ReferenceData,
     calibration: CalibrationData | None = None,
     tuning: ReferenceData | None = None,
-    quantization: QuantizationOptions | None = None,
     source: dict[str, Any] | None = None,
+    options: ExportOptions | None = None,
     opset: int = DEFAULT_OPSET,
-    batch_size: int | None = None,
-    max_drop: float = DEFAULT_MAX_DROP,
-    min_agreement: float | None = None,
-    allow_failed_validation: bool = False,
-    overwrite: bool = False,
-    log: Callable[[str], None] | None = None,
-    tensorrt: dict[str, Any] | None = None,
-    self_test_size: int = DEFAULT_SELF_TEST_SIZE,
+    **overrides: Any,
 ) -> list[ExportResult]:
     """Export `model` (uint8 NHWC in, logits out) to one validated bundle per format.
 
-    One format: the bundle is written at `out`. Several: at `out/<format>`. Each is validated against `reference`
-    (held-out images): accuracy may drop at most `max_drop` (fraction) below torch's, and top-1 agreement must
-    reach `min_agreement` (default by precision, see `validate.default_min_agreement`). int8 formats need
-    `calibration` (from the training split); `quantization.accuracy_aware` also needs `tuning` (e.g. the val split).
-    A format that fails is reported in its result and not written (unless `allow_failed_validation`); the others
-    still run. Errors that concern every format (bad arguments, the ONNX export itself) raise. `tensorrt` sets
-    the engine build for tensorrt formats: opt_batch, max_batch, workspace_mib, dla_core, gpu_fallback,
-    hardware_compatible, version_compatible (see `runtimes.tensorrt_engine.BuildSettings`). Every bundle carries a
-    self-test (`runtimes.selftest`) of `self_test_size` golden images drawn from `reference` (0: none).
+    `options` (`converters.options.ExportOptions`; keyword arguments override single fields) gives the formats,
+    the gate, the batch, quantisation and TensorRT settings; its data-source fields (backbone, data,
+    calibration_data, ...) are the caller's business and unused here. One format: the bundle is written at `out`.
+    Several: at `out/<format>`. Each is validated against `reference` (held-out images): accuracy may drop at
+    most `max_drop` points below torch's, and top-1 agreement must reach `min_agreement` (default by precision,
+    see `validate.default_min_agreement`). int8 formats need `calibration` (from the training split);
+    `quantization.accuracy_aware` also needs `tuning` (e.g. the val split). A format that fails is reported in its
+    result and not written (unless `allow_failed_validation`); the others still run. Errors that concern every
+    format (bad arguments, the ONNX export itself) raise. Every bundle carries a self-test (`runtimes.selftest`) of
+    `self_test_size` golden images drawn from `reference` (0: none).
     """
-    names = parse_formats(formats)
+    opts = (options or ExportOptions()).with_overrides(**overrides)
+    names = parse_formats(opts.format)
     specs = [FORMAT_SPECS[n] for n in names]
-    quantization = quantization or QuantizationOptions()
-    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
-        raise InputError(f"min_agreement must be within [0, 1], got {min_agreement}")
-    if not 0.0 <= max_drop <= 1.0:
-        raise InputError(f"max_drop must be a fraction within [0, 1] (0.01 = 1 point), got {max_drop}")
+    quantization, batch_size, self_test_size = opts.quantization, opts.batch_size, opts.self_test_size
+    if opts.min_agreement is not None and not 0.0 <= opts.min_agreement <= 1.0:
+        raise InputError(f"min_agreement must be within [0, 1], got {opts.min_agreement}")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     if quantization.target_cpu not in TARGET_CPUS:
@@ -159,20 +155,19 @@ def export_bundles(
     for s in specs:
         if s.backend == "tensorrt":  # refuse bad engine options before any work, naming the format
             try:
-                tensorrt_settings(tensorrt or {}, batch_size, s.precision)
+                opts.tensorrt.build_settings(batch_size, s.precision)
             except InputError as exc:
                 raise InputError(f"format {s.name}: {exc}") from None
     root = Path(out)
     targets = {s.name: root if len(specs) == 1 else root / s.name for s in specs}
     for target in targets.values():
-        if target.exists() and not overwrite:
+        if target.exists() and not opts.overwrite:
             raise BundleError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
-    say = log or (lambda msg: None)
     results: list[ExportResult] = []
     with tempfile.TemporaryDirectory(prefix="edge-transfer-export-") as work_dir:
         work = Path(work_dir)
         t = time.perf_counter()
-        say(f"exporting the fp32 ONNX graph (opset {opset}, batch {'dynamic' if batch_size is None else batch_size})")
+        logger.info(f"exporting the fp32 ONNX graph (opset {opset}, batch {'dynamic' if batch_size is None else batch_size})")
         info = export_onnx(model, work / "model.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size)
         base_seconds = time.perf_counter() - t
         n = len(labels)
@@ -191,39 +186,36 @@ def export_bundles(
             quantization,
             tuning,
             tuning_logits,
-            max_drop,
-            say,
-            dict(tensorrt or {}),
+            opts.max_drop / 100.0,
+            opts.tensorrt,
             self_test_size,
         )
         batch_dim: int | str = "batch" if batch_size is None else batch_size
+        common = {
+            "inputs": (TensorSpec(INPUT_NAME, "uint8", (batch_dim, *preprocessing.input_size, 3), "NHWC"),),
+            "outputs": (TensorSpec(OUTPUT_NAME, "float32", (batch_dim, n)),),
+            "preprocessing": preprocessing,
+            "labels": tuple(labels),
+            "source": dict(source or {}, export=info),
+        }
         for spec in specs:
-            say(f"{spec.name}: {spec.description}")
-            base = {
-                "schema_version": SCHEMA_VERSION,
-                "created": utc_now(),
-                "inputs": [{"name": INPUT_NAME, "dtype": "uint8", "shape": [batch_dim, *preprocessing.input_size, 3], "layout": "NHWC"}],
-                "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": [batch_dim, n]}],
-                "preprocessing": preprocessing.to_dict(),
-                "labels": list(labels),
-                "source": dict(source or {}, export=info),
-                "validation": None,
-                "calibration": None,
-            }
-            agreement = min_agreement if min_agreement is not None else default_min_agreement(spec.precision, reference.targets is not None)
+            logger.info(f"{spec.name}: {spec.description}")
+            agreement = opts.min_agreement
+            if agreement is None:
+                agreement = default_min_agreement(spec.precision, reference.targets is not None)
             try:
                 results.append(
                     _export_one(
                         job,
                         spec,
                         targets[spec.name],
-                        base,
+                        common,
                         ref,
                         reference,
                         agreement,
                         opset,
-                        allow_failed_validation,
-                        overwrite,
+                        opts.allow_failed_validation,
+                        opts.overwrite,
                         {"onnx_export": base_seconds, "torch_reference": ref_seconds},
                     )
                 )
@@ -232,7 +224,7 @@ def export_bundles(
             except EdgeTransferError as exc:
                 if len(specs) == 1:
                     raise
-                say(f"{spec.name}: ERROR {exc}")
+                logger.error(f"{spec.name}: {exc}")
                 results.append(ExportResult(spec.name, targets[spec.name], None, None, error=str(exc)))
     return results
 
@@ -241,7 +233,7 @@ def _export_one(
     job: ExportJob,
     spec: FormatSpec,
     target: Path,
-    manifest: dict[str, Any],
+    common: dict[str, Any],
     ref: np.ndarray,
     reference: ReferenceData,
     min_agreement: float | None,
@@ -260,21 +252,24 @@ def _export_one(
         except Exception as exc:  # a converter library failing on this graph: report it for this format
             raise EdgeTransferError(f"{spec.name}: conversion failed: {type(exc).__name__}: {exc}") from exc
         seconds["convert"] = time.perf_counter() - t
-        manifest["producer"] = _producer(opset, spec.backend, producer_extra)
-        manifest["model"] = {
-            "backend": spec.backend,
-            "format": spec.model_format,
-            "precision": spec.precision,
-            "entrypoint": spec.entrypoint,
-            "export_format": spec.name,
-            "conversion": conversion,
-            "files": [],
-        }
-        if spec.backend == "tensorrt":
-            manifest["model"]["tensorrt"] = conversion.pop("engine")
-        if "target_cpu" in conversion:  # int8 on CPUs: which CPUs its kernels are safe on (checked at load)
-            manifest["model"]["target_cpu"] = conversion.pop("target_cpu")
-        manifest["calibration"] = calibration
+        engine = conversion.pop("engine", None) if spec.backend == "tensorrt" else None
+        target_cpu = conversion.pop("target_cpu", None)  # int8 on CPUs: which CPUs its kernels are safe on (checked at load)
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION,
+            created=utc_now(),
+            backend=spec.backend,
+            precision=spec.precision,
+            format=spec.model_format,
+            entrypoint=spec.entrypoint,
+            files=(),  # filled in by the writer, which hashes what it publishes
+            producer=_producer(opset, spec.backend, producer_extra),
+            calibration=calibration,
+            export_format=spec.name,
+            conversion=conversion,
+            target_cpu=target_cpu,
+            tensorrt=engine,
+            **common,
+        )
         writer.stage(manifest)
         t = time.perf_counter()
         golden = choose_golden(len(reference.images), job.self_test_size) if job.self_test_size else None
@@ -282,24 +277,24 @@ def _export_one(
             validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
         if golden is not None and golden_logits is not None:
-            manifest["self_test"] = write_self_test(
+            self_test = write_self_test(
                 writer.dir, reference.images[golden], ref[golden], golden_logits, spec.precision, validation.get("inference_precision")
             )
+            manifest = dataclasses.replace(manifest, self_test=self_test)
         if spec.backend == "tensorrt":
             validation["checked_with"] = (
                 "onnxruntime running the TensorRT-ready ONNX as written (no fused kernels); "
                 "the engine is checked on the device: edge-transfer build-engine BUNDLE --data DIR"
             )
         seconds["validate"] = time.perf_counter() - t
-        job.say(f"{spec.name}: {format_validation(validation)}")
+        logger.info(f"{spec.name}: {format_validation(validation)}")
         seconds = {k: round(v, 3) for k, v in seconds.items()}
         if not validation["passed"]:
             if not allow_failed_validation:
                 return ExportResult(spec.name, target, None, validation, seconds)
             validation["overridden"] = True
-            job.say(f"WARNING: {spec.name} failed validation; writing it anyway because that was explicitly allowed")
-        manifest["validation"] = validation
-        bundle = writer.commit(manifest)
+            logger.warning(f"{spec.name} failed validation; writing it anyway because that was explicitly allowed")
+        bundle = writer.commit(dataclasses.replace(manifest, validation=validation))
     return ExportResult(spec.name, target, bundle, validation, seconds)
 
 
@@ -335,8 +330,8 @@ def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str],
     raise exc
 
 
-def export_bundle(model: nn.Module, out: str | os.PathLike[str], *, format: str = "onnx", **kwargs: Any) -> ExportResult:
+def export_bundle(model: nn.Module, out: str | os.PathLike[str], *, format: str = DEFAULT_FORMAT, **kwargs: Any) -> ExportResult:
     """One format; raises `ValidationFailed` (nothing written) when it fails its gate and no override was given."""
-    (result,) = export_bundles(model, out, formats=[format], **kwargs)
+    (result,) = export_bundles(model, out, format=format, **kwargs)
     raise_for_failures([result], out)
     return result

@@ -17,7 +17,7 @@ from runtimes.errors import InputError
 
 from .calibration import CalibrationData
 from .onnx_export import INPUT_NAME
-from .options import DEFAULT_SELF_TEST_SIZE, QuantizationOptions
+from .options import QuantizationOptions, TensorRTOptions
 from .validate import ReferenceData, default_min_agreement
 
 # (conversion settings for the manifest, calibration record or None, extra producer versions)
@@ -36,10 +36,9 @@ class ExportJob:
     quantization: QuantizationOptions
     tuning: ReferenceData | None
     tuning_logits: np.ndarray | None
-    max_drop: float
-    say: Callable[[str], None]
-    tensorrt: dict[str, Any]
-    self_test_size: int = DEFAULT_SELF_TEST_SIZE
+    max_drop: float  # a fraction (0.01 = 1 accuracy point)
+    tensorrt: TensorRTOptions
+    self_test_size: int
     _pre: Path | None = None
 
     @property
@@ -147,7 +146,6 @@ def build_onnx_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
             baseline=baseline,
             max_drop=allowed,
             feed_batch=job.feed_batch,
-            log=job.say,
             **options,
         )
         settings["accuracy_aware"].update(desc, split=job.tuning.split if job.tuning else None)
@@ -184,29 +182,10 @@ def build_openvino_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Buil
     return settings, calibration, {"nncf": nncf.__version__}
 
 
-def tensorrt_settings(options: dict[str, Any], batch_size: int | None, precision: str) -> Any:
-    """`runtimes.tensorrt_engine.BuildSettings` from export options; InputError names what is wrong."""
-    from runtimes.tensorrt_engine import BuildSettings, derive_profile
-
-    opts = dict(options)
-    profile = derive_profile(
-        batch_size if batch_size is not None else "batch",
-        opt_batch=opts.pop("opt_batch", None),
-        max_batch=opts.pop("max_batch", None),
-        static=opts.get("dla_core") is not None,
-    )
-    known = {"workspace_mib", "dla_core", "gpu_fallback", "hardware_compatible", "version_compatible"}
-    if set(opts) - known:
-        raise InputError(
-            f"unknown TensorRT option(s) {', '.join(sorted(set(opts) - known))} (known: opt_batch, max_batch, {', '.join(sorted(known))})"
-        )
-    return BuildSettings(precision=precision, profile=profile, **opts)
-
-
 def build_tensorrt(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
     """A TensorRT-ready ONNX plus the engine build settings; the engine itself is built on the device."""
     target = out_dir / spec.entrypoint
-    engine = tensorrt_settings(job.tensorrt, job.batch_size, spec.precision).to_dict()
+    engine = job.tensorrt.build_settings(job.batch_size, spec.precision).to_dict()
     if spec.precision == "fp32":
         shutil.copyfile(job.base_onnx, target)
         return {"tool": "torch.onnx", "engine": engine}, None, {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,8 @@ from runtimes.errors import InputError
 from runtimes.predictor import padded_chunks
 
 from .calibration import CalibrationData
+
+logger = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZABLE_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
@@ -327,7 +329,6 @@ def quantize_int8_accuracy_aware(
     max_drop: float,
     feed_batch: int = 1,
     rank_images: int = 128,
-    log: Callable[[str], None] = lambda msg: None,
     **options: Any,
 ) -> dict[str, Any]:
     """Static int8 that keeps the most harmful nodes in float, one at a time, until the tuning metric passes.
@@ -345,7 +346,7 @@ def quantize_int8_accuracy_aware(
 
     value = metric(dst)
     trail = [{"float_nodes": 0, "metric": round(value, 6)}]
-    log(f"onnx-int8 accuracy-aware: all nodes int8 -> tuning metric {100 * value:.2f}% (torch {100 * baseline:.2f}%)")
+    logger.info(f"onnx-int8 accuracy-aware: all nodes int8 -> tuning metric {100 * value:.2f}% (torch {100 * baseline:.2f}%)")
     kept: list[str] = []
     if baseline - value > max_drop:
         ranked = rank_sensitivity(src, dst, tuning_images[:rank_images], input_name=input_name, feed_batch=feed_batch)
@@ -356,7 +357,7 @@ def quantize_int8_accuracy_aware(
             candidate = with_float_nodes(quantized, original, kept)
             value = metric(candidate)
             trail.append({"float_nodes": len(kept), "node": name, "metric": round(value, 6)})  # type: ignore[dict-item]
-            log(f"onnx-int8 accuracy-aware: {len(kept)} node(s) in float (+{name}) -> tuning metric {100 * value:.2f}%")
+            logger.info(f"onnx-int8 accuracy-aware: {len(kept)} node(s) in float (+{name}) -> tuning metric {100 * value:.2f}%")
             if baseline - value <= max_drop:
                 break
         onnx.save(candidate, str(dst))

@@ -1,31 +1,36 @@
-"""Export options and their defaults, torch-free so the CLI builds its flags from them on any install."""
+"""Export options and their defaults: one home for each, torch-free so the CLI builds its flags from them on any
+install (docs/ARCHITECTURE.md, "Options")."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS
+from runtimes.errors import InputError
+from runtimes.options import replace_options
 from runtimes.selftest import DEFAULT_SELF_TEST_SIZE
+from runtimes.tensorrt_engine import BuildSettings, derive_profile
 
 DEFAULT_FORMAT = "onnx"
-DEFAULT_CALIBRATION_SIZE = 300  # images drawn (seeded) from the training split for int8 calibration
-DEFAULT_MAX_DROP_POINTS = 1.0  # the accuracy gate: at most this many points below torch fp32
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 TARGET_CPU_CHOICES = tuple(TARGET_CPUS)
 
 __all__ = [
     "CALIBRATION_METHODS",
-    "DEFAULT_CALIBRATION_SIZE",
     "DEFAULT_FORMAT",
-    "DEFAULT_MAX_DROP_POINTS",
-    "DEFAULT_SELF_TEST_SIZE",
     "DEFAULT_TARGET_CPU",
     "TARGET_CPU_CHOICES",
+    "ExportOptions",
     "QuantizationOptions",
+    "TensorRTOptions",
+    "replace_options",
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuantizationOptions:
     """How int8 formats are made. `target_cpu` (see `runtimes.cpu.TARGET_CPUS`) is the CPU the bundle will run on,
     never the host's: "portable" (default) is safe on every CPU. `reduce_range` overrides its weight range."""
@@ -35,3 +40,102 @@ class QuantizationOptions:
     reduce_range: bool | None = None
     accuracy_aware: bool = False
     target_cpu: str = DEFAULT_TARGET_CPU
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """The engine build of the tensorrt formats (the engine itself is built on the device). The batch range
+    defaults to 1..16 tuned for 1 (see `runtimes.tensorrt_engine.derive_profile`); a DLA core needs one batch size."""
+
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    workspace_mib: int = BuildSettings.workspace_mib
+    dla_core: int | None = None
+    gpu_fallback: bool = BuildSettings.gpu_fallback
+    hardware_compatible: bool = BuildSettings.hardware_compatible
+    version_compatible: bool = BuildSettings.version_compatible
+
+    @classmethod
+    def from_any(cls, value: TensorRTOptions | Mapping[str, Any] | None) -> TensorRTOptions:
+        """These options from an instance, a dict of option names (as `export(tensorrt={...})` takes) or None."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise InputError(f"tensorrt options must be TensorRTOptions or a dict, got {type(value).__name__}")
+        return replace_options(cls(), value, what="TensorRT")
+
+    def build_settings(self, batch_size: int | None, precision: str) -> BuildSettings:
+        """`runtimes.tensorrt_engine.BuildSettings` for a bundle of this batch and precision; InputError names what
+        is wrong."""
+        profile = derive_profile(
+            batch_size if batch_size is not None else "batch",
+            opt_batch=self.opt_batch,
+            max_batch=self.max_batch,
+            static=self.dla_core is not None,
+        )
+        return BuildSettings(
+            precision=precision,
+            profile=profile,
+            workspace_mib=self.workspace_mib,
+            dla_core=self.dla_core,
+            gpu_fallback=self.gpu_fallback,
+            hardware_compatible=self.hardware_compatible,
+            version_compatible=self.version_compatible,
+        )
+
+
+# `export(...)` keyword names that set a field of ExportOptions.quantization, and the field each sets
+QUANTIZATION_KEYWORDS = {
+    "calibration_method": "method",
+    "per_channel": "per_channel",
+    "reduce_range": "reduce_range",
+    "accuracy_aware": "accuracy_aware",
+    "target_cpu": "target_cpu",
+}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything `export` takes besides the run and the output directory; each field's default is the one default.
+
+    format: one name or a comma-separated list (see `converters.export.FORMATS`). backbone/strategy/image_size:
+    export a source model as it is instead of a run. data: held-out validation data (default: the run's test split).
+    calibration_data/calibration_size: int8 calibration images (default: drawn, seeded, from the training split).
+    max_drop: the accuracy gate, in points below torch fp32. min_agreement: top-1 agreement floor (default per
+    precision). batch_size: a fixed batch (default dynamic). self_test_size: golden images for `check`.
+    """
+
+    format: str | tuple[str, ...] = DEFAULT_FORMAT
+    backbone: str | None = None
+    strategy: str = "pretrained"
+    image_size: int | None = None
+    data: str | None = None
+    calibration_data: str | None = None
+    calibration_size: int = 300
+    max_drop: float = 1.0
+    min_agreement: float | None = None
+    batch_size: int | None = None
+    self_test_size: int = DEFAULT_SELF_TEST_SIZE
+    allow_failed_validation: bool = False
+    overwrite: bool = False
+    quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+
+    def with_overrides(self, **overrides: Any) -> ExportOptions:
+        """A copy with keyword overrides: any field, the flat quantisation names (`calibration_method`,
+        `per_channel`, `reduce_range`, `accuracy_aware`, `target_cpu`), and `tensorrt` as options or a dict."""
+        quantization = {QUANTIZATION_KEYWORDS[k]: overrides.pop(k) for k in list(overrides) if k in QUANTIZATION_KEYWORDS}
+        if "tensorrt" in overrides:
+            overrides["tensorrt"] = TensorRTOptions.from_any(overrides["tensorrt"])
+        if isinstance(overrides.get("format"), list):
+            overrides["format"] = tuple(overrides["format"])
+        options = replace_options(self, overrides, what="export")
+        if quantization:
+            options = dataclasses.replace(options, quantization=dataclasses.replace(options.quantization, **quantization))
+        if not 0 <= options.max_drop <= 100:
+            raise InputError(f"max_drop (--max-drop) is in accuracy points (0-100), got {options.max_drop}")
+        if options.calibration_size < 1:
+            raise InputError(f"calibration_size (--calibration-size) must be >= 1, got {options.calibration_size}")
+        return options

@@ -1,8 +1,8 @@
 """edge-transfer: transfer learning for edge devices (host side).
 
     import edge_transfer as et
-    run = et.train("digits", out="runs/digits", strategy="linear-probe")
-    result = et.export(run.path, out="bundles/digits-onnx")
+    run = et.train("digits", out="runs/digits", strategy="linear-probe")   # or config=et.TrainConfig(...)
+    result = et.export(run.path, out="bundles/digits-onnx")               # or options=et.ExportOptions(...)
     predictor = et.load("bundles/digits-onnx")          # = runtimes.load, no torch needed
     results = et.bench("bundles/digits-onnx", batches=[1, 8])   # = runtimes.bench.bench_bundle, no torch needed
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from converters.options import ExportOptions, QuantizationOptions, TensorRTOptions
 from runtimes import __version__ as __version__  # one home: pyproject.toml
 from runtimes import load, read_manifest
 from runtimes.bench import bench_bundle as bench
@@ -27,6 +28,8 @@ from runtimes.errors import (
     IntegrityError,
     ValidationFailed,
 )
+
+from .config import TrainConfig
 
 _LAZY = {"train": "api", "export": "api", "demo": "demo", "create_backbone": "sources", "load_run": "sources"}
 
@@ -48,6 +51,10 @@ __all__ = [
     "demo",
     "create_backbone",
     "load_run",
+    "TrainConfig",
+    "ExportOptions",
+    "QuantizationOptions",
+    "TensorRTOptions",
     "EdgeTransferError",
     "InputError",
     "BundleError",

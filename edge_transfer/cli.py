@@ -4,27 +4,18 @@ device commands (predict, inspect, bench, build-engine) need only `runtimes` and
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from converters.options import (
-    CALIBRATION_METHODS,
-    DEFAULT_CALIBRATION_SIZE,
-    DEFAULT_FORMAT,
-    DEFAULT_MAX_DROP_POINTS,
-    DEFAULT_SELF_TEST_SIZE,
-    DEFAULT_TARGET_CPU,
-    TARGET_CPU_CHOICES,
-    QuantizationOptions,
-)
-from runtimes.bench import DEFAULT_ITERATIONS, DEFAULT_MODE, MODES
+from converters.options import CALIBRATION_METHODS, TARGET_CPU_CHOICES, ExportOptions, QuantizationOptions, TensorRTOptions
+from runtimes.bench import MODES, BenchOptions
 from runtimes.errors import EdgeTransferError
+from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
 
 from .cli_device import cmd_bench, cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
 from .cli_host import cmd_demo, cmd_export, cmd_train
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, err
-from .config import DEFAULT_BACKBONE, STRATEGIES, TrainConfig
+from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err
+from .config import STRATEGIES, TrainConfig
 
 EPILOG = """examples:
   edge-transfer demo
@@ -81,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="digits", help="an image folder (one sub-folder per class) or 'digits' (built in; default)")
     t.add_argument(
         "--backbone",
-        default=DEFAULT_BACKBONE,
+        default=TrainConfig.backbone,
         help="efficientnet_lite0 (default, offline ImageNet weights), timm:<name>, torchvision:<name>, a run dir, or a .safetensors "
         "(or torch .pt/.pth state dict, loaded weights-only) file with a config.json beside it",
     )
@@ -95,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory to create")
     t.add_argument("--image-size", type=int, help="model input size in pixels (default: the backbone's, 224 for efficientnet_lite0)")
     t.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize filter (default: the backbone's)")
-    t.add_argument("--crop-pct", type=float, default=1.0, help="centre-crop share of the resized image (default 1.0: whole image)")
+    t.add_argument(
+        "--crop-pct",
+        type=float,
+        default=TrainConfig.crop_pct,
+        help=f"centre-crop share of the resized image (default {TrainConfig.crop_pct}: whole image)",
+    )
     t.add_argument("--epochs", type=int, help="epochs (finetune/partial, default 10) or L-BFGS iterations (linear-probe, default 300)")
     t.add_argument("--lr", type=float, help="head learning rate (default 1e-3); the backbone gets 0.1x")
     t.add_argument("--weight-decay", type=float, help="weight decay; linear-probe default: pick the L2 strength on val from a grid")
@@ -112,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"partial: how many of the last blocks to train (default {TrainConfig.unfreeze_blocks})",
     )
     t.add_argument("--seed", type=int, default=TrainConfig.seed, help=f"seed for splits, initialisation and shuffling (default {TrainConfig.seed})")
-    t.add_argument("--skip-bad", action="store_true", help="leave unreadable images out with a warning instead of stopping")
+    t.add_argument(
+        "--skip-bad", action="store_true", default=TrainConfig.skip_bad, help="leave unreadable images out with a warning instead of stopping"
+    )
     t.add_argument("--device", default=TrainConfig.device, choices=["auto", "cpu", "cuda"], help="training device (default: CUDA when present)")
     t.add_argument(
         "--mixed-precision",
@@ -120,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "no", "bf16", "fp16"],
         help="auto (default): bf16 on GPUs that support it, else fp16 with loss scaling; none on the CPU",
     )
-    t.add_argument("--workers", type=int, help="data-loading worker processes (default: 0 on the CPU, up to 8 per GPU)")
+    t.add_argument(
+        "--workers",
+        dest="num_workers",
+        type=int,
+        default=TrainConfig.num_workers,
+        help="data-loading worker processes (default: 0 on the CPU, up to 8 per GPU)",
+    )
     t.add_argument("--feature-batch-size", type=int, help="linear-probe: batch for computing the feature cache (default 64 on the CPU, 256 on a GPU)")
     t.add_argument("--cache-dir", help="feature cache (default $EDGE_TRANSFER_CACHE or ~/.cache/edge-transfer)")
     t.add_argument(
@@ -142,16 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("run", nargs="?", help="training run directory (omit with --backbone)")
     e.add_argument("--backbone", help="export this backbone's source model as it is (with --strategy pretrained)")
-    e.add_argument("--strategy", default="pretrained", help="with --backbone: only 'pretrained'")
-    e.add_argument("--format", default=DEFAULT_FORMAT, help=f"one format or a comma-separated list (default {DEFAULT_FORMAT}; see below)")
+    e.add_argument("--strategy", default=ExportOptions.strategy, help="with --backbone: only 'pretrained'")
+    e.add_argument("--format", default=ExportOptions.format, help=f"one format or a comma-separated list (default {ExportOptions.format}; see below)")
     e.add_argument("--out", required=True, help="bundle directory to create; with several formats, one sub-directory per format")
     e.add_argument("--image-size", type=int, help="with --backbone: input size (default: the backbone's)")
     e.add_argument("--data", help="held-out data for validation (default: the run's own test split; digits for --backbone)")
     e.add_argument(
         "--max-drop",
         type=float,
-        default=DEFAULT_MAX_DROP_POINTS,
-        help=f"largest accuracy drop vs torch fp32, in points (default {DEFAULT_MAX_DROP_POINTS})",
+        default=ExportOptions.max_drop,
+        help=f"largest accuracy drop vs torch fp32, in points (default {ExportOptions.max_drop})",
     )
     e.add_argument(
         "--min-agreement", type=float, help="minimum top-1 agreement with torch (default 0.995 fp32, 0.99 fp16, 0.97 int8 on unlabelled data)"
@@ -160,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--calibration-size",
         type=int,
-        default=DEFAULT_CALIBRATION_SIZE,
-        help=f"calibration images drawn (seeded) from the training split (default {DEFAULT_CALIBRATION_SIZE})",
+        default=ExportOptions.calibration_size,
+        help=f"calibration images drawn (seeded) from the training split (default {ExportOptions.calibration_size})",
     )
     q.add_argument("--calibration-data", help="calibrate on this image folder (or 'digits') instead of the training split")
     q.add_argument(
@@ -177,29 +181,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--target-cpu",
-        default=DEFAULT_TARGET_CPU,
+        default=QuantizationOptions.target_cpu,
         choices=TARGET_CPU_CHOICES,
         help="the CPU the int8 bundles will run on, not this host: portable (default) and x86-avx2 use 7-bit "
         "weights that cannot saturate on CPUs without VNNI; x86-vnni and arm64 use full 8-bit weights, and "
         "a bundle made for them warns at load (and fails 'check') on an x86 CPU without VNNI",
     )
-    q.add_argument("--per-tensor", action="store_true", help="onnx-int8: one scale per weight tensor instead of per channel (usually much worse)")
+    q.add_argument(
+        "--per-tensor",
+        dest="per_channel",
+        action="store_false",
+        default=QuantizationOptions.per_channel,
+        help="onnx-int8: one scale per weight tensor instead of per channel (usually much worse)",
+    )
     r = e.add_argument_group("TensorRT engine settings (tensorrt formats; the engine is built on the device)")
-    r.add_argument("--trt-max-batch", type=int, help="largest batch the engine accepts (default 16; --batch-size fixes it)")
-    r.add_argument("--trt-opt-batch", type=int, help="batch the engine is tuned for (default 1)")
-    r.add_argument("--trt-workspace", type=int, metavar="MIB", help="builder workspace limit in MiB (default 1024)")
-    r.add_argument("--trt-dla-core", type=int, help="run on this DLA core (Jetson Xavier/Orin)")
-    r.add_argument("--trt-no-gpu-fallback", action="store_true", help="with --trt-dla-core: fail instead of running unsupported layers on the GPU")
-    r.add_argument("--trt-hardware-compatible", action="store_true", help="engine runs on any GPU of Ampere or newer (slower)")
+    trt = TensorRTOptions()  # every --trt-* flag sets the TensorRTOptions field of its name (dest trt_<field>)
     r.add_argument(
-        "--trt-version-compatible", action="store_true", help="engine runs on this or a newer TensorRT (needs the device's lean runtime library)"
+        "--trt-max-batch",
+        type=int,
+        default=trt.max_batch,
+        help=f"largest batch the engine accepts (default {DEFAULT_MAX_BATCH}; --batch-size fixes it)",
+    )
+    r.add_argument("--trt-opt-batch", type=int, default=trt.opt_batch, help="batch the engine is tuned for (default 1)")
+    r.add_argument(
+        "--trt-workspace",
+        dest="trt_workspace_mib",
+        type=int,
+        metavar="MIB",
+        default=trt.workspace_mib,
+        help=f"builder workspace limit in MiB (default {trt.workspace_mib})",
+    )
+    r.add_argument("--trt-dla-core", type=int, default=trt.dla_core, help="run on this DLA core (Jetson Xavier/Orin)")
+    r.add_argument(
+        "--trt-no-gpu-fallback",
+        dest="trt_gpu_fallback",
+        action="store_false",
+        default=trt.gpu_fallback,
+        help="with --trt-dla-core: fail instead of running unsupported layers on the GPU",
+    )
+    r.add_argument(
+        "--trt-hardware-compatible", action="store_true", default=trt.hardware_compatible, help="engine runs on any GPU of Ampere or newer (slower)"
+    )
+    r.add_argument(
+        "--trt-version-compatible",
+        action="store_true",
+        default=trt.version_compatible,
+        help="engine runs on this or a newer TensorRT (needs the device's lean runtime library)",
     )
     e.add_argument("--batch-size", type=int, help="fix the batch dimension to N (static shapes, needed for NPUs); default dynamic")
     e.add_argument(
         "--self-test-size",
         type=int,
-        default=DEFAULT_SELF_TEST_SIZE,
-        help="golden images (seeded draw from the held-out data) stored with torch reference logits for 'edge-transfer check' (default 16; 0: none)",
+        default=ExportOptions.self_test_size,
+        help="golden images (seeded draw from the held-out data) stored with torch reference logits for 'edge-transfer check' "
+        f"(default {ExportOptions.self_test_size}; 0: none)",
     )
     e.add_argument("--allow-failed-validation", action="store_true", help="write bundles even if validation fails (marked failed)")
     e.add_argument("--overwrite", action="store_true", help="replace existing bundles (atomically)")
@@ -249,14 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
     b.add_argument(
         "--mode",
-        default=DEFAULT_MODE,
+        default=BenchOptions.mode,
         choices=MODES,
         help="model: the backend call on a ready uint8 tensor (default); end-to-end: decoded images in, labels out "
         "(resize, crop, softmax and top-k included)",
     )
     how_long = b.add_mutually_exclusive_group()
     how_long.add_argument(
-        "--iterations", type=int, default=DEFAULT_ITERATIONS, help=f"timed calls per bundle and batch (default {DEFAULT_ITERATIONS})"
+        "--iterations", type=int, default=BenchOptions.iterations, help=f"timed calls per bundle and batch (default {BenchOptions.iterations})"
     )
     how_long.add_argument("--duration", type=float, help="measure for this many seconds instead of a fixed count")
     b.add_argument("--warmup", type=int, help="warm-up calls (default: until two blocks of 10 agree within 5%%)")
@@ -321,7 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # labels and file names from a bundle may hold unprintable characters
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # progress lines on stderr unless --quiet; --json (stdout) silences them too, except for train, whose per-epoch
+    # lines are the only sign of life in a long run
+    json_silences = getattr(args, "json", None) is True and args.command != "train"
+    configure_logging(verbose=not getattr(args, "quiet", False) and not json_silences)
     try:
         return args.func(args)
     except EdgeTransferError as exc:

@@ -9,15 +9,15 @@ from typing import Any
 
 from runtimes.errors import EdgeTransferError
 
-from .cli_output import bad, err, is_number, num, pct, precision_option, print_json, section
+from .cli_output import bad, err, is_number, num, only_errors_from, pct, precision_option, print_json
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     import runtimes
     from runtimes.cpu import cpu_features
 
-    with runtimes.load(args.bundle, device=args.device, **precision_option(args)) as predictor:
-        result = predictor.self_test(raise_on_failure=False)
+    with only_errors_from("runtimes.predictor"), runtimes.load(args.bundle, device=args.device, **precision_option(args)) as predictor:
+        result = predictor.self_test(raise_on_failure=False)  # the load-time warnings are reported below, once
         info = predictor.describe()
         warnings = list(predictor.warnings)
     cpu = cpu_features()
@@ -80,7 +80,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print_json(dict(m.raw, verified=True))
         return 0
     v = m.validation or {}
-    model = section(m.raw, "model")
     print(f"bundle      {bundle.path}  (verified: {len(m.files)} file(s), {bundle.size_bytes / 1e6:.2f} MB)")
     print(f"model       {m.backend} / {m.format} / {m.precision}, created {m.created}")
     print(f"input       {m.inputs[0].name} {m.inputs[0].dtype} {list(m.inputs[0].shape)} {m.inputs[0].layout or ''}")
@@ -101,10 +100,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"calibration {cal.get('count')} images from {cal.get('split')} of {cal.get('source')} ({cal.get('method')}), "
             f"items sha256 {str(cal.get('items_sha256'))[:12]}"
         )
-    conversion = model.get("conversion")
-    if conversion is not None and not isinstance(conversion, dict):
-        print(f"conversion  {bad(conversion)}")
-    conversion = section(model, "conversion")
+    if m.conversion is not None and not isinstance(m.conversion, dict):
+        print(f"conversion  {bad(m.conversion)}")
+    conversion = m.conversion if isinstance(m.conversion, dict) else {}
     floats = conversion.get("float_layers") or conversion.get("float_nodes")
     if isinstance(floats, list) and floats:
         print(f"in float    {len(floats)} layer(s): {', '.join(map(str, floats[:3]))}{' ...' if len(floats) > 3 else ''}")
@@ -120,7 +118,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             )
             + (f", at {v['inference_precision']}" if isinstance(v.get("inference_precision"), str) else "")
         )
-    target = model.get("target_cpu")
+    target = m.target_cpu
     if isinstance(target, dict):
         print(f"target cpu  {target.get('name')} ({'7-bit' if target.get('reduce_range') else 'full 8-bit'} weights)")
     st = m.self_test
@@ -142,7 +140,8 @@ def _int_list(spec: str, what: str) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from runtimes.bench import bench_bundle, labelled_accuracy
+    from runtimes.bench import BenchOptions, bench_bundle, labelled_accuracy
+    from runtimes.options import options_from_namespace
 
     from .bench_report import comparison_rows, format_table, machine_context, plot, write_csv, write_json
 
@@ -185,10 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 batches=batches,
                 device=args.device,
                 backend_options=options,
-                mode=args.mode,
-                iterations=None if args.duration else args.iterations,
-                duration=args.duration,
-                warmup=args.warmup,
+                options=options_from_namespace(BenchOptions, args),
                 images=images,
                 progress=progress,
             )
@@ -267,21 +263,13 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     if manifest.format != "onnx":
         raise EdgeTransferError(f"{args.bundle}: already carries a built engine ({manifest.format}); build-engine needs the ONNX bundle")
     t0 = time.perf_counter()
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    with runtimes.load(args.bundle, cache_dir=args.cache_dir, log=say) as predictor:
+    with runtimes.load(args.bundle, cache_dir=args.cache_dir) as predictor:  # build progress: the runtimes logger
         info = predictor.describe()
         info["load_seconds"] = round(time.perf_counter() - t0, 2)
         if args.data:
             info["accuracy"] = labelled_accuracy(predictor, args.data)
         if args.out:
-            from pathlib import Path
-
-            from runtimes.tensorrt_engine import write_engine_bundle
-
-            engine = Path(info["engine"])
-            plan = (engine / "engine.plan" if engine.is_dir() else engine).read_bytes()
-            target = predictor.target  # type: ignore[attr-defined]  # a TensorRT predictor's running target
-            write_engine_bundle(predictor.bundle, plan, target, args.out, overwrite=args.overwrite)
+            predictor.write_engine_bundle(args.out, overwrite=args.overwrite)  # type: ignore[attr-defined]  # TensorRT predictors
             info["engine_bundle"] = args.out
     if args.json:
         print_json(info)

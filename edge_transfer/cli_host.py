@@ -3,39 +3,32 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import dataclasses
 
-from .cli_output import err, pct, print_json
+from converters.options import QUANTIZATION_KEYWORDS, ExportOptions, TensorRTOptions
+from runtimes.options import options_from_namespace
+
+from .cli_output import pct, print_json
+from .config import TrainConfig
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from the train flags, each `dest` a field name: no option is relayed by hand, and the defaults are
+    checked against the fields' (tests/test_cli_and_device.py)."""
+    return options_from_namespace(TrainConfig, args, progress=not args.quiet and not args.json)
+
+
+def export_options_from_args(args: argparse.Namespace) -> ExportOptions:
+    """ExportOptions from the export flags: the quantisation flags by their keyword names, --trt-* as TensorRTOptions."""
+    tensorrt = TensorRTOptions(**{f.name: getattr(args, f"trt_{f.name}") for f in dataclasses.fields(TensorRTOptions)})
+    flat = {k: getattr(args, k) for k in QUANTIZATION_KEYWORDS if hasattr(args, k)}
+    return options_from_namespace(ExportOptions, args).with_overrides(tensorrt=tensorrt, **flat)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import train
 
-    run = train(
-        args.data,
-        out=args.out,
-        backbone=args.backbone,
-        strategy=args.strategy,
-        image_size=args.image_size,
-        interpolation=args.interpolation,
-        crop_pct=args.crop_pct,
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        unfreeze_blocks=args.unfreeze_blocks,
-        seed=args.seed,
-        skip_bad=args.skip_bad,
-        device=args.device,
-        mixed_precision=args.mixed_precision,
-        num_workers=args.workers,
-        feature_batch_size=args.feature_batch_size,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet and not args.json,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        log=err if not args.quiet else (lambda m: None),
-    )
+    run = train(args.data, out=args.out, config=train_config_from_args(args))
     from .distributed import distributed_rank
 
     if distributed_rank() != 0:  # under accelerate launch / torchrun the main process reports
@@ -49,50 +42,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tensorrt_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The --trt-* flags that were given, as `export(tensorrt=...)` options."""
-    options = {"opt_batch": args.trt_opt_batch, "max_batch": args.trt_max_batch, "workspace_mib": args.trt_workspace, "dla_core": args.trt_dla_core}
-    options = {k: v for k, v in options.items() if v is not None}
-    if args.trt_no_gpu_fallback:
-        options["gpu_fallback"] = False
-    if args.trt_hardware_compatible:
-        options["hardware_compatible"] = True
-    if args.trt_version_compatible:
-        options["version_compatible"] = True
-    return options
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from converters.validate import format_table
     from runtimes.errors import ValidationFailed
 
     from .api import export
 
-    quiet = args.quiet or args.json
     try:
-        results = export(
-            args.run,
-            out=args.out,
-            format=args.format,
-            backbone=args.backbone,
-            strategy=args.strategy,
-            image_size=args.image_size,
-            data=args.data,
-            calibration_data=args.calibration_data,
-            calibration_size=args.calibration_size,
-            calibration_method=args.calibration_method,
-            per_channel=not args.per_tensor,
-            target_cpu=args.target_cpu,
-            accuracy_aware=args.accuracy_aware,
-            max_drop=args.max_drop,
-            min_agreement=args.min_agreement,
-            batch_size=args.batch_size,
-            allow_failed_validation=args.allow_failed_validation,
-            overwrite=args.overwrite,
-            log=err if not quiet else (lambda m: None),
-            tensorrt=_tensorrt_options(args),
-            self_test_size=args.self_test_size,
-        )
+        results = export(args.run, out=args.out, options=export_options_from_args(args))
     except ValidationFailed as exc:
         results = getattr(exc, "results", None)
         if not args.json or results is None:
@@ -121,7 +78,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         epochs=args.epochs,
         progress=not args.json,
-        log=err if not args.json else (lambda m: None),
     )
     if args.json:
         print_json(summary)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 PRECISION_CHOICES = ("f32", "f16", "bf16")
@@ -12,6 +15,53 @@ PRECISION_HELP = (
     "compute in this precision instead of the one the bundle was validated at (OpenVINO: bf16/f16 where the "
     "device supports them; the precision actually used is reported)"
 )
+
+
+LOGGERS = ("edge_transfer", "converters", "runtimes")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (tests and apps swap it); progress plain, problems labelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return msg if record.levelno < logging.WARNING else f"{record.levelname}: {msg}"
+
+
+def configure_logging(verbose: bool) -> None:
+    """The CLI's one logging set-up: our progress lines (INFO) on stderr unless `verbose` is False; warnings and
+    errors from every library always, as `WARNING: ...`."""
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _StderrHandler)]
+    root.addHandler(_StderrHandler())
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@contextlib.contextmanager
+def only_errors_from(name: str) -> Iterator[None]:
+    """Within the block, logger `name` passes errors only (for a command that reports those warnings itself)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def print_json(obj: Any) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 from runtimes.errors import InputError
+from runtimes.options import replace_options
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -41,9 +43,19 @@ STRATEGIES = tuple(STRATEGY_SPECS)
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters; `None` means the strategy's default."""
+    """Everything `train` takes besides the data and the output directory; `None` means the default of the backbone
+    (image_size, interpolation), of the strategy (epochs, lr, weight_decay, patience) or of the machine (device,
+    workers, feature batch). Each field's default here is the one default: the CLI's flags are checked against it."""
 
+    backbone: str = DEFAULT_BACKBONE
     strategy: str = "linear-probe"
+    pretrained: bool = True  # load the backbone's pretrained weights (False: random init, for tests)
+    image_size: int | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = 1.0  # new tasks see the whole image by default, not ImageNet's 87.5% centre crop
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    skip_bad: bool = False
     epochs: int | None = None
     lr: float | None = None
     backbone_lr_scale: float = 0.1
@@ -60,7 +72,12 @@ class TrainConfig:
     cache_dir: str | None = None
     checkpoint_dir: str | None = None
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
+
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
+        """A copy with keyword overrides (`train(data, out=..., epochs=5)`); an unknown name is an InputError."""
+        return replace_options(self, overrides, what="train")
 
     def resolved(self) -> TrainConfig:
         if self.strategy not in STRATEGIES:

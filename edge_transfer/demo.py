@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .api import Log, _quiet, export, train
+from .api import export, train
+from .config import DEFAULT_BACKBONE
 
 
 def demo(
@@ -15,11 +16,10 @@ def demo(
     *,
     image_size: int | None = 128,
     interpolation: str = "bilinear",
-    backbone: str = "efficientnet_lite0",
+    backbone: str = DEFAULT_BACKBONE,
     strategy: str = "linear-probe",
     epochs: int | None = None,
     progress: bool = True,
-    log: Log = _quiet,
 ) -> dict[str, Any]:
     """digits -> transfer-learn -> ONNX bundle -> validation -> predictions through `runtimes` alone. Returns a summary.
 
@@ -43,11 +43,10 @@ def demo(
         epochs=epochs,
         progress=progress,
         overwrite=True,
-        log=log,
     )
     timings["train"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    (exported,) = export(run_dir, out=bundle_dir, overwrite=True, log=log)
+    (exported,) = export(run_dir, out=bundle_dir, overwrite=True)
     timings["export_and_validate"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     predictor = runtimes.load(bundle_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,13 @@ def ranks_with(flag: bool, accelerator: Any) -> int:
         return int(flag)
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return int(accelerator.reduce(t, reduction="sum").item())
+
+
+def quiet_unless_main(is_main: bool) -> None:
+    """One voice under a launcher: on processes other than the main one, our loggers say warnings and errors only."""
+    if not is_main:
+        for name in ("edge_transfer", "converters", "runtimes"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main_process_only(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,7 @@ from .distributed import check_divisible, ranks_with
 from .loaders import PreparedDataset, make_loader
 from .model import ImageClassifier
 
-
-def _stderr(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -48,7 +44,6 @@ def extract_features(
     num_workers: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = _stderr,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Pooled backbone features for every dataset item, computed once and cached (safetensors, atomic write).
 
@@ -74,10 +69,10 @@ def extract_features(
             if feats.shape != (len(dataset), model.backbone.num_features):
                 feats = None
         except Exception:  # a corrupt cache entry is recomputed, never trusted
-            log(f"features: cache entry {path} is unreadable; recomputing")
+            logger.warning(f"features: cache entry {path} is unreadable; recomputing")
             feats = None
     if ranks_with(feats is not None, accelerator) == accelerator.num_processes and feats is not None:
-        log(f"features: reusing cache {path} ({feats.shape[0]} x {feats.shape[1]})")
+        logger.info(f"features: reusing cache {path} ({feats.shape[0]} x {feats.shape[1]})")
         return feats, {"cache": str(path), "cache_hit": True, "key": key}
     check_divisible(batch_size, accelerator, "feature batch size")
     ds = PreparedDataset(dataset, np.arange(len(dataset)), model.preprocessing)

@@ -3,6 +3,7 @@ schedule, early stopping, checkpoints after every epoch and an exact resume."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -24,17 +25,18 @@ from .model import ImageClassifier, build_head
 if TYPE_CHECKING:
     from .backbones import Backbone
     from .config import TrainConfig
-    from .training import Fitted, Log
+    from .training import Fitted
+logger = logging.getLogger(__name__)
 
 
-def fit_network(backbone: Backbone, dataset: ImageDataset, splits: Splits, cfg: TrainConfig, *, accelerator: Any, log: Log) -> Fitted:
+def fit_network(backbone: Backbone, dataset: ImageDataset, splits: Splits, cfg: TrainConfig, *, accelerator: Any) -> Fitted:
     """finetune / partial: a new head, the chosen blocks trained; val and test logits from the trained model."""
     from .training import Fitted, run_fingerprint
 
     n_classes = len(dataset.classes)
     model = ImageClassifier(backbone, build_head(backbone.num_features, n_classes, cfg.dropout), dataset.classes)
     fingerprint = run_fingerprint(cfg, backbone, dataset, splits)
-    model, history, more = train_network(model, dataset, splits, cfg, accelerator=accelerator, fingerprint=fingerprint, log=log)
+    model, history, more = train_network(model, dataset, splits, cfg, accelerator=accelerator, fingerprint=fingerprint)
     logits = {s: reference_logits(model, dataset.prepared_batch(getattr(splits, s), model.preprocessing)) for s in ("val", "test")}
     return Fitted(model, history, logits, more)
 
@@ -89,7 +91,6 @@ def train_network(
     *,
     accelerator: Any,
     fingerprint: dict[str, Any] | None = None,
-    log: Log,
 ) -> tuple[ImageClassifier, list[dict[str, Any]], dict[str, Any]]:
     """finetune / partial: train with AdamW + cosine schedule, early stopping on val accuracy, best weights restored.
 
@@ -145,7 +146,7 @@ def train_network(
         rank = accelerator.process_index
         if rank < len(resumed.rng):
             restore_rng(*resumed.rng[rank])
-        log(f"resumed from {ckpt_path} after epoch {resumed.epoch}/{epochs} (best val accuracy so far {best[0]:.4f})")
+        logger.info(f"resumed from {ckpt_path} after epoch {resumed.epoch}/{epochs} (best val accuracy so far {best[0]:.4f})")
         details["resumed_after_epoch"] = resumed.epoch
     details["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     early_stopped = resumed is not None and bool(patience) and stale >= patience
@@ -181,7 +182,7 @@ def train_network(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         history.append(row)
-        log(
+        logger.info(
             f"epoch {epoch + 1:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}  ({row['seconds']:.1f}s)"
         )
@@ -193,7 +194,7 @@ def train_network(
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, epoch + 1, net, opt, sched, best, best_state, stale, history, fingerprint, accelerator)
         if patience and stale >= patience:
-            log(f"early stop at epoch {epoch + 1} (best val accuracy {best[0]:.4f})")
+            logger.info(f"early stop at epoch {epoch + 1} (best val accuracy {best[0]:.4f})")
             break
     model = accelerator.unwrap_model(net)
     if best_state is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -17,12 +18,14 @@ from .model import ImageClassifier, build_head
 if TYPE_CHECKING:
     from .backbones import Backbone
     from .config import TrainConfig
-    from .training import Fitted, Log
+    from .training import Fitted
+logger = logging.getLogger(__name__)
+
 
 PROBE_L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 
 
-def fit_probe(backbone: Backbone, dataset: ImageDataset, splits: Splits, cfg: TrainConfig, *, accelerator: Any, log: Log) -> Fitted:
+def fit_probe(backbone: Backbone, dataset: ImageDataset, splits: Splits, cfg: TrainConfig, *, accelerator: Any) -> Fitted:
     """linear-probe: features once (cached), then the head; logits for every split from the cached features."""
     from .training import Fitted
 
@@ -38,7 +41,6 @@ def fit_probe(backbone: Backbone, dataset: ImageDataset, splits: Splits, cfg: Tr
         num_workers=int(cfg.num_workers or 0),
         cache_dir=cfg.cache_dir,
         progress=cfg.progress,
-        log=log,
     )
     details["feature_cache"] = cache
     details["seconds_features"] = round(time.perf_counter() - t0, 2)
@@ -52,7 +54,6 @@ def fit_probe(backbone: Backbone, dataset: ImageDataset, splits: Splits, cfg: Tr
         n_classes,
         cfg,
         device=accelerator.device,
-        log=log,
     )
     details["seconds_head"] = round(time.perf_counter() - t1, 2)
     model.head = head
@@ -70,7 +71,6 @@ def fit_linear_head(
     cfg: TrainConfig,
     *,
     device: torch.device,
-    log: Log,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """L2-regularised logistic regression on standardised cached features (the usual linear-probe protocol).
 
@@ -122,7 +122,7 @@ def fit_linear_head(
                 "val_accuracy": float((lv.argmax(1) == yv).float().mean()),
             }
         history.append(row)
-        log(f"head: L2 {l2:g}  train acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}")
+        logger.info(f"head: L2 {l2:g}  train acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}")
         key = (row["val_accuracy"], -row["val_loss"])
         if best_key is None or key > best_key:
             best_key, best_head = key, head

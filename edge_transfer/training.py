@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,7 +22,7 @@ from runtimes.errors import InputError
 from .backbones import Backbone
 from .config import STRATEGY_SPECS, TrainConfig
 from .data import ImageDataset, Splits
-from .distributed import auto_workers, make_accelerator
+from .distributed import auto_workers, make_accelerator, quiet_unless_main
 from .features import weights_fingerprint
 from .model import ImageClassifier
 
@@ -35,17 +33,6 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-
-
-Log = Callable[[str], None]
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _silent(msg: str) -> None:
-    pass
 
 
 @dataclass
@@ -80,13 +67,11 @@ def fit(
     dataset: ImageDataset,
     splits: Splits,
     cfg: TrainConfig,
-    *,
-    log: Log = _stderr,
 ) -> TrainResult:
     """Run one transfer strategy; return the trained classifier and its train/val/test metrics."""
     from accelerate.utils import set_seed
 
-    cfg = cfg.resolved()
+    cfg = cfg.resolved()  # a copy: the caller's config is not changed
     set_seed(cfg.seed)
     details: dict[str, Any] = {"strategy": cfg.strategy, "train_config": asdict(cfg)}
     t0 = time.perf_counter()
@@ -96,8 +81,9 @@ def fit(
         model = ImageClassifier(backbone, backbone.source_head, backbone.labels).eval()
         return TrainResult(model, {}, [], details)
     accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
-    if not accelerator.is_main_process:  # one voice: only the main process logs and draws progress bars
-        log, cfg.progress = _silent, False
+    quiet_unless_main(accelerator.is_main_process)  # one voice: only the main process logs and draws progress bars
+    if not accelerator.is_main_process:
+        cfg.progress = False
     on_gpu = accelerator.device.type == "cuda"
     if cfg.num_workers is None:
         cfg.num_workers = auto_workers(accelerator)
@@ -110,7 +96,7 @@ def fit(
     details["processes"] = accelerator.num_processes
     module, _, function = (STRATEGY_SPECS[cfg.strategy].trainer or "").partition(":")
     trainer = getattr(importlib.import_module(module), function)
-    fitted: Fitted = trainer(backbone, dataset, splits, cfg, accelerator=accelerator, log=log)
+    fitted: Fitted = trainer(backbone, dataset, splits, cfg, accelerator=accelerator)
     details.update(fitted.details)
     model, history, logits = fitted.model, fitted.history, fitted.logits
     metrics = {f"{s}_accuracy": accuracy(v, dataset.targets[getattr(splits, s)]) for s, v in logits.items()}

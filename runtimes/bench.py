@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .options import replace_options
 
 MODES = ("model", "end-to-end")
-DEFAULT_MODE = MODES[0]
-DEFAULT_ITERATIONS = 200
 BLOCK = 10  # pairs of calls between progress updates and duration checks
 WARMUP_TOLERANCE = 0.05  # warm-up ends when two consecutive blocks' medians differ by less than 5%
 WARMUP_MAX_SECONDS = 20.0
@@ -141,38 +140,53 @@ def synthetic_images(count: int, size: tuple[int, int] = (480, 640), seed: int =
     return images
 
 
+@dataclass(frozen=True)
+class BenchOptions:
+    """What and how long to measure; each field's default is the one default (`edge-transfer bench` builds its flags
+    from it). iterations / duration: how long to measure (`duration` in seconds wins if given). warmup: a fixed
+    number of warm-up calls, or None to warm up until two blocks of 10 agree within 5%."""
+
+    mode: str = MODES[0]
+    iterations: int = 200
+    duration: float | None = None
+    warmup: int | None = None
+
+    def checked(self) -> BenchOptions:
+        if self.mode not in MODES:
+            raise InputError(f"bench mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.iterations < 1:
+            raise InputError(f"iterations must be >= 1, got {self.iterations}")
+        if self.duration is not None and self.duration <= 0:
+            raise InputError(f"duration must be > 0 seconds, got {self.duration}")
+        if self.warmup is not None and self.warmup < 0:
+            raise InputError(f"warmup must be >= 0 calls, got {self.warmup}")
+        return self
+
+
 def bench_predictor(
     predictor: Any,
     *,
     batch: int = 1,
-    mode: str = DEFAULT_MODE,
-    iterations: int | None = None,
-    duration: float | None = None,
-    warmup: int | None = None,
+    options: BenchOptions | None = None,
     images: Sequence[np.ndarray] | None = None,
     load_s: float = 0.0,
     threads: int = 0,
     progress: Callable[[int, int | None], None] | None = None,
+    **overrides: Any,
 ) -> BenchResult:
     """Benchmark a loaded predictor at one batch size (see the module docstring).
 
-    iterations / duration: how long to measure (default 200 iterations; `duration` in seconds wins if given).
-    warmup: a fixed number of warm-up calls, or None to warm up until two blocks of 10 agree within 5%.
+    options: `BenchOptions` (mode, iterations, duration, warmup); keyword arguments override single fields.
     images: end-to-end inputs (decoded RGB arrays of any size); default: synthetic 480x640 images.
     progress: called as progress(done, total) during the timed calls (total is None for a duration).
     """
-    if mode not in MODES:
-        raise InputError(f"bench mode must be one of {', '.join(MODES)}, got {mode!r}")
+    opts = replace_options(options or BenchOptions(), overrides, what="bench").checked()
+    mode, duration, warmup = opts.mode, opts.duration, opts.warmup
+    iterations = None if duration is not None else opts.iterations
     if batch < 1:
         raise InputError(f"batch size must be >= 1, got {batch}")
     if predictor.max_batch is not None and batch != predictor.max_batch:
         raise InputError(f"{predictor.bundle.path}: this bundle has a fixed batch of {predictor.max_batch}; cannot bench batch {batch}")
-    if iterations is not None and iterations < 1:
-        raise InputError(f"iterations must be >= 1, got {iterations}")
-    if duration is not None and duration <= 0:
-        raise InputError(f"duration must be > 0 seconds, got {duration}")
-    if iterations is None and duration is None:
-        iterations = DEFAULT_ITERATIONS
 
     if images is None:
         images = synthetic_images(min(batch, 8))
@@ -286,7 +300,8 @@ def bench_bundle(
     backend_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> list[BenchResult]:
-    """Load a bundle (timed) and benchmark it at each batch size; options as for `bench_predictor`."""
+    """Load a bundle (timed) and benchmark it at each batch size; `options` (a `BenchOptions`), keyword overrides,
+    `images` and `progress` as for `bench_predictor`."""
     from . import load
 
     backend_options = dict(backend_options or {})

@@ -247,13 +247,14 @@ class BundleWriter:
                 files.append({"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size})
         return files
 
-    def stage(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], Manifest]:
+    def stage(self, manifest: Manifest | dict[str, Any]) -> tuple[dict[str, Any], Manifest]:
         """Hash the files written so far and write manifest.json into the temp dir (not yet published).
 
-        The staged directory is a complete bundle, so it can be loaded with `runtimes.load(writer.dir)` for
-        validation before `commit`. Returns the full manifest document and its parsed form.
+        `manifest` is a `Manifest` (its `files` are filled in here; writers pass one) or, for tools and tests, a
+        raw document. The staged directory is a complete bundle, so it can be loaded with
+        `runtimes.load(writer.dir)` for validation before `commit`. Returns the full document and its parsed form.
         """
-        doc = dict(manifest)
+        doc = manifest.to_dict() if isinstance(manifest, Manifest) else dict(manifest)
         doc.setdefault("schema_version", SCHEMA_VERSION)
         doc.setdefault("created", utc_now())
         doc["model"] = dict(doc["model"], files=self._file_entries())
@@ -267,7 +268,7 @@ class BundleWriter:
         os.replace(tmp_manifest, self.dir / MANIFEST_NAME)
         return doc, parsed
 
-    def commit(self, manifest: dict[str, Any]) -> Bundle:
+    def commit(self, manifest: Manifest | dict[str, Any]) -> Bundle:
         """Stage `manifest` (written last, after every file is hashed), then publish the bundle atomically."""
         _, parsed = self.stage(manifest)
         publish_directory(self.dir, self.target)

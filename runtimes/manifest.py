@@ -1,7 +1,9 @@
 """manifest.json: the versioned description of a bundle (README: The bundle), parsed without any host package.
 
 `parse_manifest` checks every field the runtime relies on and names the field at fault; the other sections
-(`producer`, `source`, `validation`, `calibration`) are carried as plain dicts for people and tools to read.
+(`producer`, `source`, `validation`, `calibration`, `model.conversion`) are carried as plain dicts for people and
+tools to read. `Manifest.to_dict` is its inverse: every writer (the export, the engine bundle) builds a `Manifest`
+and `BundleWriter` writes `to_dict()`, so what is written is what is read.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class FileEntry:
     path: str
     sha256: str
     bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "bytes": self.bytes}
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,44 @@ class Manifest:
     target_cpu: dict[str, Any] | None = None  # int8: {"name", "reduce_range", ...} (runtimes.cpu)
     tensorrt: dict[str, Any] | None = None  # tensorrt backend: the engine build settings (runtimes.tensorrt_engine)
     built_on: dict[str, Any] | None = None  # a tensorrt-engine bundle: where its engine was built
+    built_from: dict[str, Any] | None = None  # a tensorrt-engine bundle: the ONNX it was built from (path, sha256)
+    conversion: Any = None  # how the model files were made (tool, settings); informational, carried as written
     self_test: dict[str, Any] | None = None  # golden images and tolerances (runtimes.selftest)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest.json document (the inverse of `parse_manifest`); optional sections appear when set."""
+        model: dict[str, Any] = {"backend": self.backend, "format": self.format, "precision": self.precision, "entrypoint": self.entrypoint}
+        optional = {
+            "export_format": self.export_format,
+            "conversion": self.conversion,
+            "target_cpu": self.target_cpu,
+            "tensorrt": self.tensorrt,
+            "built_on": self.built_on,
+            "built_from": self.built_from,
+        }
+        model.update({k: v for k, v in optional.items() if v is not None})
+        model["files"] = [f.to_dict() for f in self.files]
+        doc: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "created": self.created,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "preprocessing": self.preprocessing.to_dict(),
+            "labels": list(self.labels),
+            "source": self.source,
+            "validation": self.validation,
+            "calibration": self.calibration,
+            "producer": self.producer,
+            "model": model,
+        }
+        if self.self_test is not None:
+            doc["self_test"] = self.self_test
+        return doc
 
 
 def utc_now() -> str:
@@ -201,6 +238,7 @@ def parse_manifest(d: Any) -> Manifest:
     if target_cpu is not None and (not isinstance(target_cpu.get("name"), str) or not isinstance(target_cpu.get("reduce_range"), bool)):
         raise BundleError("manifest field 'model.target_cpu' must hold 'name' (a string) and 'reduce_range' (a boolean)")
     tensorrt, built_on = _opt_dict(model, "tensorrt", "model"), _opt_dict(model, "built_on", "model")
+    built_from = _opt_dict(model, "built_from", "model")
     if backend == "tensorrt" and tensorrt is None:
         raise BundleError("manifest field 'model.tensorrt' (the engine build settings) is missing")
     if fmt == "tensorrt-engine" and built_on is None:
@@ -225,6 +263,8 @@ def parse_manifest(d: Any) -> Manifest:
         target_cpu=target_cpu,
         tensorrt=tensorrt,
         built_on=built_on,
+        built_from=built_from,
+        conversion=model.get("conversion"),
         self_test=_opt_dict(d, "self_test"),
         raw=d,
     )

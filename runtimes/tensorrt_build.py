@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import ctypes.util
 import importlib.metadata
+import logging
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import BackendUnavailableError, EngineIncompatibleError, InputError
 from .tensorrt_engine import BuildSettings, EngineTarget, version_tuple
+
+_log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "on Jetson TensorRT comes with JetPack: make the venv with --system-site-packages and "
@@ -150,7 +152,7 @@ def network_flags(trt: Any) -> tuple[int, bool]:
     return flags, "STRONGLY_TYPED" in names
 
 
-def _apply_timing_cache(trt: Any, config: Any, path: Path | None, log: Callable[[str], None]) -> bool:
+def _apply_timing_cache(trt: Any, config: Any, path: Path | None) -> bool:
     """Give the builder the timing cache at `path`; a cache TensorRT refuses (another device or version, corrupt)
     is replaced by a fresh one. Returns whether a cache is set."""
     data = b""
@@ -163,15 +165,15 @@ def _apply_timing_cache(trt: Any, config: Any, path: Path | None, log: Callable[
     if cache is not None and config.set_timing_cache(cache, False):
         return True
     if data:
-        log(f"timing cache {path} does not fit this device or TensorRT version; starting a fresh one")
+        _log.info(f"timing cache {path} does not fit this device or TensorRT version; starting a fresh one")
     cache = config.create_timing_cache(b"")
     return bool(cache is not None and config.set_timing_cache(cache, False))
 
 
-def _save_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> None:
+def _save_timing_cache(config: Any, path: Path) -> None:
     cache = config.get_timing_cache()
     if cache is None:
-        log("TensorRT returned no timing cache; not saving one")
+        _log.info("TensorRT returned no timing cache; not saving one")
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +181,7 @@ def _save_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> N
         tmp.write_bytes(bytes(cache.serialize()))
         os.replace(tmp, path)
     except OSError as exc:  # the engine is built; a timing cache is only an optimisation
-        log(f"could not save the timing cache {path}: {exc}")
+        _log.warning(f"could not save the timing cache {path}: {exc}")
 
 
 def build_engine(
@@ -189,7 +191,6 @@ def build_engine(
     input_name: str,
     input_hw: tuple[int, int],
     timing_cache: str | os.PathLike[str] | None = None,
-    log: Callable[[str], None] = lambda msg: None,
     trt: Any = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Build a serialized engine from a TensorRT-ready ONNX (a path, or the verified bytes). Returns (plan, facts).
@@ -229,23 +230,25 @@ def build_engine(
     profile.set_shape(input_name, *settings.profile.shapes(*input_hw))
     config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache else None
-    has_cache = _apply_timing_cache(trt, config, cache_path, log)
-    monitor = _progress_monitor(trt, log)
+    has_cache = _apply_timing_cache(trt, config, cache_path)
+    monitor = _progress_monitor(trt)
     if monitor is not None:
         config.progress_monitor = monitor
     t0 = time.perf_counter()
-    log(f"building TensorRT {settings.precision} engine (batch {settings.profile.min}-{settings.profile.max}, this takes minutes the first time)")
+    _log.info(
+        f"building TensorRT {settings.precision} engine (batch {settings.profile.min}-{settings.profile.max}, this takes minutes the first time)"
+    )
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise InputError(f"{where}: TensorRT could not build an engine (see the TensorRT messages above)")
     seconds = time.perf_counter() - t0
     if cache_path is not None and has_cache:
-        _save_timing_cache(config, cache_path, log)
-    log(f"engine built in {seconds:.1f} s")
+        _save_timing_cache(config, cache_path)
+    _log.info(f"engine built in {seconds:.1f} s")
     return bytes(plan), {"build_seconds": round(seconds, 2), "tensorrt_version": str(trt.__version__)}
 
 
-def _progress_monitor(trt: Any, log: Callable[[str], None]) -> Any:
+def _progress_monitor(trt: Any) -> Any:
     """A TensorRT IProgressMonitor that logs top-level phases with elapsed time (None where unsupported)."""
     base = getattr(trt, "IProgressMonitor", None)
     if base is None:
@@ -259,7 +262,7 @@ def _progress_monitor(trt: Any, log: Callable[[str], None]) -> Any:
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             self.started[phase_name] = time.perf_counter()
             if parent_phase is None:
-                log(f"  {phase_name} ({num_steps} steps)")
+                _log.info(f"  {phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             return True  # never cancel
@@ -267,7 +270,7 @@ def _progress_monitor(trt: Any, log: Callable[[str], None]) -> Any:
         def phase_finish(self, phase_name: str) -> None:
             start = self.started.pop(phase_name, None)
             if start is not None and not self.started:
-                log(f"  {phase_name} done in {time.perf_counter() - start:.1f} s")
+                _log.info(f"  {phase_name} done in {time.perf_counter() - start:.1f} s")
 
     return Monitor()
 

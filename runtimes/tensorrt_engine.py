@@ -132,11 +132,11 @@ class BuildSettings:
             return cls(
                 precision=d["precision"],
                 profile=profile,
-                workspace_mib=int(d.get("workspace_mib", 1024)),
+                workspace_mib=int(d.get("workspace_mib", cls.workspace_mib)),
                 dla_core=d.get("dla_core"),
-                gpu_fallback=bool(d.get("gpu_fallback", True)),
-                hardware_compatible=bool(d.get("hardware_compatible", False)),
-                version_compatible=bool(d.get("version_compatible", False)),
+                gpu_fallback=bool(d.get("gpu_fallback", cls.gpu_fallback)),
+                hardware_compatible=bool(d.get("hardware_compatible", cls.hardware_compatible)),
+                version_compatible=bool(d.get("version_compatible", cls.version_compatible)),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"TensorRT build settings are incomplete or malformed ({exc}): {d}") from None
@@ -369,31 +369,25 @@ def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: s
     integrated, DLA cores) next to the build settings; loading it elsewhere raises `EngineIncompatibleError` naming
     both sides.
     """
-    import copy
+    import dataclasses
 
     from .bundle import BundleWriter
+    from .manifest import utc_now
 
-    doc = copy.deepcopy(source.manifest.raw)
-    model = doc["model"]
-    doc["model"] = {
-        "backend": "tensorrt",
-        "format": "tensorrt-engine",
-        "precision": model["precision"],
-        "entrypoint": "model.plan",
-        "export_format": model.get("export_format"),
-        "conversion": model.get("conversion"),
-        "tensorrt": model["tensorrt"],
-        "built_on": built_on.to_dict(),
-        "built_from": {"path": model["entrypoint"], "sha256": next(f.sha256 for f in source.manifest.files if f.path == model["entrypoint"])},
-        "files": [],
-    }
-    doc["producer"] = dict(
-        doc.get("producer") or {},
-        tensorrt=built_on.tensorrt_version,
-        gpu=built_on.gpu_name,
-        compute_capability=built_on.to_dict()["compute_capability"],
+    m = source.manifest
+    where = built_on.to_dict()
+    manifest = dataclasses.replace(
+        m,
+        created=utc_now(),
+        backend="tensorrt",
+        format="tensorrt-engine",
+        entrypoint="model.plan",
+        files=(),
+        target_cpu=None,
+        built_on=where,
+        built_from={"path": m.entrypoint, "sha256": next(f.sha256 for f in m.files if f.path == m.entrypoint)},
+        producer=dict(m.producer, tensorrt=built_on.tensorrt_version, gpu=built_on.gpu_name, compute_capability=where["compute_capability"]),
     )
-    doc.pop("created", None)
     with BundleWriter(out, overwrite=overwrite) as writer:
         (writer.dir / "model.plan").write_bytes(plan)
-        return writer.commit(doc)
+        return writer.commit(manifest)

@@ -81,7 +81,10 @@ def write_image_folder(root: Path, per_class: int = 8, classes: tuple[str, ...] 
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, block_torch: bool = False) -> subprocess.CompletedProcess:
-    """Run the real `edge-transfer` CLI in a subprocess (optionally with torch made unimportable)."""
+    """Run the real `edge-transfer` CLI: in this process (argv in; exit code, stdout and stderr out, as a shell would
+    see them), or in a subprocess when torch must be unimportable or the environment differs."""
+    if not block_torch and not env:
+        return run_cli_in_process(*args)
     code = "import sys\n"
     if block_torch:
         code += BLOCK_HOST_PACKAGES
@@ -94,6 +97,29 @@ def run_cli(*args: str, env: dict[str, str] | None = None, block_torch: bool = F
         env={**os.environ, **(env or {})},
         timeout=600,
     )
+
+
+def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`edge_transfer.cli.main(args)` with stdout/stderr captured; an uncaught exception becomes exit code 1 with its
+    traceback on stderr and argparse's exits keep their code, as in a real process."""
+    import contextlib
+    import io
+    import traceback
+
+    from edge_transfer.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["edge-transfer", *args], code, out.getvalue(), err.getvalue())
 
 
 # Importing any of these raises ImportError, as on a device where only runtimes + a backend are installed.

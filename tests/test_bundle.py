@@ -178,3 +178,23 @@ def test_manifest_sections_are_typed_and_checked(digits_bundle: Path, format_bun
     (bad / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(BundleError, match="'model.tensorrt' \\(the engine build settings\\) is missing"):
         runtimes.read_manifest(bad)
+
+
+def test_the_manifest_written_is_the_manifest_read(format_bundles, tmp_path: Path):
+    """Symmetry: every writer builds a `Manifest` and writes `to_dict()`, so for each format the file on disk is
+    exactly `to_dict()` of what the reader parsed, and parsing that again gives the same `Manifest`; the engine
+    bundle writer (build-engine --out) too."""
+    from runtimes.manifest import parse_manifest
+    from runtimes.tensorrt_engine import EngineTarget, write_engine_bundle
+
+    bundles = dict(format_bundles)
+    target = EngineTarget("10.3.0.26", "Orin", (8, 7), integrated=True, dla_cores=2)
+    bundles["tensorrt-engine"] = write_engine_bundle(runtimes.open_bundle(format_bundles["tensorrt-fp16"]), b"plan", target, tmp_path / "e").path
+    for name, path in bundles.items():
+        on_disk = json.loads((Path(path) / "manifest.json").read_text())
+        m = runtimes.read_manifest(path)
+        assert m.to_dict() == on_disk, name
+        assert parse_manifest(json.loads(json.dumps(m.to_dict()))) == m, name
+    engine = runtimes.read_manifest(bundles["tensorrt-engine"])
+    assert (engine.format, engine.entrypoint, engine.built_on["gpu_name"], engine.precision) == ("tensorrt-engine", "model.plan", "Orin", "fp16")
+    assert engine.built_from["path"] == "model.onnx" and engine.labels == runtimes.read_manifest(format_bundles["tensorrt-fp16"]).labels

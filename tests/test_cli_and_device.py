@@ -145,58 +145,100 @@ def test_example_classify_image_runs_without_torch(digits_bundle: Path, tmp_path
     assert "onnxruntime on cpu" in r.stdout and "digit.npy" in r.stdout
 
 
-def test_cli_train_defaults_are_the_api_defaults():
-    """One home for every default: `edge-transfer train` with no options means what `et.train()` means."""
+def _subparser(name: str):
+    from edge_transfer.cli import build_parser
+
+    return next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(f" {name}"))
+
+
+def test_cli_train_flags_build_the_api_config_with_its_defaults():
+    """One home for every default: `edge-transfer train` with no options builds exactly `TrainConfig()`, the config
+    `et.train()` uses; each flag lands in the field of its name; choices come from the strategy table."""
+    import dataclasses
     import inspect
 
     import edge_transfer as et
     from edge_transfer.cli import build_parser
+    from edge_transfer.cli_host import train_config_from_args
     from edge_transfer.config import STRATEGIES, TrainConfig
 
-    args = build_parser().parse_args(["train", "--out", "x"])
-    api = {k: p.default for k, p in inspect.signature(et.train).parameters.items() if p.default is not inspect.Parameter.empty}
-    flag_to_param = {"workers": "num_workers"}
-    compared = 0
-    for flag, value in vars(args).items():
-        param = flag_to_param.get(flag, flag)
-        if param in api and flag not in ("out", "func", "command"):
-            assert value == api[param], f"--{flag.replace('_', '-')} defaults to {value!r}, et.train({param}=...) to {api[param]!r}"
-            compared += 1
-    assert compared >= 10
-    assert api["strategy"] == TrainConfig.strategy and api["batch_size"] == TrainConfig.batch_size
-    train_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
-    assert tuple(next(a for a in train_parser._actions if a.dest == "strategy").choices) == STRATEGIES
+    assert train_config_from_args(build_parser().parse_args(["train", "--out", "x"])) == TrainConfig()
+    assert list(inspect.signature(et.train).parameters) == ["data", "out", "config", "overrides"]
+    given = ["--backbone", "timm:resnet18", "--strategy", "partial", "--image-size", "96", "--crop-pct", "0.9", "--epochs", "3"]
+    given += ["--lr", "0.01", "--weight-decay", "0.5", "--batch-size", "8", "--unfreeze-blocks", "3", "--seed", "7", "--skip-bad"]
+    given += ["--device", "cpu", "--mixed-precision", "no", "--workers", "2", "--feature-batch-size", "16", "--cache-dir", "c"]
+    given += ["--interpolation", "bicubic", "--resume", "--overwrite", "--quiet"]
+    cfg = train_config_from_args(build_parser().parse_args(["train", "--out", "x", *given]))
+    changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(TrainConfig(), f.name)}
+    api_only = {"pretrained", "val_fraction", "test_fraction", "backbone_lr_scale", "patience", "dropout", "checkpoint_dir"}
+    assert changed == {f.name for f in dataclasses.fields(TrainConfig)} - api_only, "a train field without a flag, or a flag not forwarded"
+    assert cfg.num_workers == 2 and cfg.crop_pct == 0.9 and cfg.progress is False
+    assert tuple(next(a for a in _subparser("train")._actions if a.dest == "strategy").choices) == STRATEGIES
 
 
-def test_cli_export_defaults_are_the_api_defaults():
-    """`edge-transfer export RUN --out X` means what `et.export(RUN, out=X)` means; choices come from the same tables."""
-    import inspect
+def test_cli_export_flags_build_the_api_options_with_their_defaults():
+    """`edge-transfer export RUN --out X` builds exactly `ExportOptions()`, what `et.export(RUN, out=X)` uses; the
+    quantisation and --trt-* flags land in the typed sub-options; choices come from the same tables."""
+    import dataclasses
 
-    import edge_transfer as et
-    from converters.options import CALIBRATION_METHODS, TARGET_CPU_CHOICES
+    from converters.options import CALIBRATION_METHODS, TARGET_CPU_CHOICES, ExportOptions, TensorRTOptions
     from edge_transfer.cli import build_parser
+    from edge_transfer.cli_host import export_options_from_args
 
-    args = build_parser().parse_args(["export", "run", "--out", "x"])
-    api = {k: p.default for k, p in inspect.signature(et.export).parameters.items() if p.default is not inspect.Parameter.empty}
-    shared = [flag for flag in vars(args) if flag in api and flag not in ("run", "out", "func", "command")]
-    for flag in shared:
-        assert getattr(args, flag) == api[flag], f"--{flag.replace('_', '-')} defaults to {getattr(args, flag)!r}, et.export to {api[flag]!r}"
-    assert {"format", "max_drop", "calibration_size", "calibration_method", "target_cpu", "self_test_size"} <= set(shared)
-    export_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" export"))
-    choices = {a.dest: a.choices for a in export_parser._actions}
+    assert export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x"])) == ExportOptions()
+    given = ["--format", "onnx,openvino", "--image-size", "96", "--data", "d", "--max-drop", "2", "--min-agreement", "0.9"]
+    given += ["--calibration-size", "50", "--calibration-data", "c", "--calibration-method", "entropy", "--accuracy-aware"]
+    given += ["--target-cpu", "x86-vnni", "--per-tensor", "--batch-size", "4", "--self-test-size", "3"]
+    given += ["--allow-failed-validation", "--overwrite", "--trt-max-batch", "4", "--trt-opt-batch", "2", "--trt-workspace", "64"]
+    given += ["--trt-dla-core", "1", "--trt-no-gpu-fallback", "--trt-hardware-compatible", "--trt-version-compatible"]
+    opts = export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x", *given]))
+    default = ExportOptions()
+    changed = {f.name for f in dataclasses.fields(ExportOptions) if getattr(opts, f.name) != getattr(default, f.name)}
+    assert changed == {f.name for f in dataclasses.fields(ExportOptions)} - {"backbone", "strategy"}
+    assert opts.quantization.method == "entropy" and opts.quantization.per_channel is False and opts.quantization.target_cpu == "x86-vnni"
+    assert opts.tensorrt == TensorRTOptions(2, 4, 64, 1, False, True, True)
+    choices = {a.dest: a.choices for a in _subparser("export")._actions}
     assert tuple(choices["calibration_method"]) == CALIBRATION_METHODS and tuple(choices["target_cpu"]) == TARGET_CPU_CHOICES
 
 
-def test_cli_bench_defaults_are_the_library_defaults():
-    """`edge-transfer bench B` measures what `runtimes.bench.bench_predictor` measures by default."""
+def test_api_options_take_keyword_overrides_and_name_unknown_ones():
+    """`et.train(data, out=..., epochs=5)` and `et.export(run, out=..., target_cpu=..., tensorrt={...})` override single
+    fields of the options objects; a misspelt option is an InputError naming it, before any work."""
+    import edge_transfer as et
+    from converters.options import ExportOptions, TensorRTOptions
+    from edge_transfer.config import TrainConfig
+
+    assert TrainConfig().with_overrides(epochs=5, strategy="finetune") == TrainConfig(epochs=5, strategy="finetune")
+    opts = ExportOptions().with_overrides(target_cpu="arm64", calibration_method="percentile", tensorrt={"max_batch": 8}, format=["onnx"])
+    assert (opts.quantization.target_cpu, opts.quantization.method, opts.tensorrt, opts.format) == (
+        "arm64",
+        "percentile",
+        TensorRTOptions(max_batch=8),
+        ("onnx",),
+    )
+    with pytest.raises(et.InputError, match=r"unknown train option\(s\) epoch \(known: .*epochs"):
+        et.train("digits", out="never-written", epoch=5)
+    with pytest.raises(et.InputError, match="unknown export option.*max_dorp"):
+        et.export("run", out="never-written", max_dorp=2)
+    with pytest.raises(et.InputError, match="unknown TensorRT option.*maxbatch"):
+        ExportOptions().with_overrides(tensorrt={"maxbatch": 8})
+    with pytest.raises(et.InputError, match="max_drop .*--max-drop.* points"):
+        ExportOptions().with_overrides(max_drop=150)
+    assert not Path("never-written").exists()
+
+
+def test_cli_bench_flags_build_the_library_options_with_their_defaults():
+    """`edge-transfer bench B` measures what `runtimes.bench.bench_predictor` measures by default: its flags build
+    `BenchOptions()`; each flag lands in its field; --mode choices are the library's."""
     import inspect
 
     from edge_transfer.cli import build_parser
-    from runtimes.bench import DEFAULT_ITERATIONS, MODES, bench_predictor
+    from runtimes.bench import MODES, BenchOptions, bench_predictor
+    from runtimes.options import options_from_namespace
 
-    args = build_parser().parse_args(["bench", "b"])
+    assert options_from_namespace(BenchOptions, build_parser().parse_args(["bench", "b"])) == BenchOptions()
+    args = build_parser().parse_args(["bench", "b", "--mode", "end-to-end", "--duration", "2", "--warmup", "5"])
+    assert options_from_namespace(BenchOptions, args) == BenchOptions(mode="end-to-end", duration=2.0, warmup=5)
     lib = {k: p.default for k, p in inspect.signature(bench_predictor).parameters.items() if p.default is not inspect.Parameter.empty}
-    assert args.mode == lib["mode"] and args.threads == lib["threads"] and args.warmup == lib["warmup"]
-    assert args.iterations == DEFAULT_ITERATIONS and args.batch == str(lib["batch"])
-    bench_parser = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" bench"))
-    assert tuple(next(a for a in bench_parser._actions if a.dest == "mode").choices) == MODES
+    assert args.threads == lib["threads"] and build_parser().parse_args(["bench", "b"]).batch == str(lib["batch"])
+    assert tuple(next(a for a in _subparser("bench")._actions if a.dest == "mode").choices) == MODES

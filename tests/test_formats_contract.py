@@ -269,7 +269,7 @@ def test_pretrained_lite0_keeps_its_imagenet_answers_in_every_format(tmp_path: P
     results = export_bundles(
         model.for_export(),
         tmp_path / "lite0",
-        formats=formats,
+        format=formats,
         preprocessing=cfg,
         labels=list(bb.labels),
         reference=ReferenceData(ref, None, "skimage-photos"),

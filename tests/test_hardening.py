@@ -323,6 +323,14 @@ def test_onnx_reference_walker_only_raises_typed_errors(tmp_path_factory, blob):
         pass
 
 
+def rss_limit_flag() -> str:
+    """libFuzzer's usual 2 GiB RSS limit on top of what the harness starts with: the limit reads the peak RSS, which
+    a child inherits from this (large) pytest process across fork+exec on Linux."""
+    import resource
+
+    return f"-rss_limit_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + 2048}"
+
+
 def test_atheris_harness_smoke_run(digits_bundle: Path, tmp_path: Path):
     """A bounded libFuzzer run of tests/fuzz/fuzz_bundle.py, seeded with a real manifest and model header."""
     pytest.importorskip("atheris", reason="atheris (libFuzzer for Python) is not installed here")
@@ -337,6 +345,7 @@ def test_atheris_harness_smoke_run(digits_bundle: Path, tmp_path: Path):
             str(corpus),
             "-runs=3000",
             "-max_len=8192",
+            rss_limit_flag(),
             f"-artifact_prefix={tmp_path}/",
         ],
         cwd=ROOT,
@@ -401,6 +410,7 @@ def test_atheris_load_harness_smoke_run(load_harness, tmp_path: Path):
             "-runs=1500",
             "-max_len=20000",
             "-len_control=0",
+            rss_limit_flag(),
             f"-artifact_prefix={tmp_path}/",
         ],
         cwd=ROOT,

@@ -9,6 +9,7 @@ real TensorRT and skip with their reason here.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -60,16 +61,16 @@ def test_first_build_on_a_fresh_cache_creates_the_directory_and_timing_cache(mon
     assert trt.record["network_flags"] == [1 << 1]  # TensorRT 10: strongly typed, no EXPLICIT_BATCH
 
 
-def test_a_timing_cache_tensorrt_refuses_is_replaced_not_fatal(monkeypatch, trt_bundle: Path, tmp_path: Path):
+def test_a_timing_cache_tensorrt_refuses_is_replaced_not_fatal(monkeypatch, trt_bundle: Path, tmp_path: Path, caplog):
     trt, cudart = fake_tensorrt.install(monkeypatch)
     target = EngineTarget("10.3.0.26", "Fake GPU", (8, 7))
     from runtimes.tensorrt_engine import timing_cache_path
 
     stale = timing_cache_path(tmp_path, target)
     stale.write_bytes(b"timing cache of another GPU")
-    messages: list[str] = []
-    with runtimes.load(trt_bundle, cache_dir=str(tmp_path), log=messages.append) as p:
+    with caplog.at_level(logging.INFO, logger="runtimes"), runtimes.load(trt_bundle, cache_dir=str(tmp_path)) as p:
         p.run(_images(1))
+    messages = [r.getMessage() for r in caplog.records if r.name == "runtimes.tensorrt_build"]
     assert [ok for _, ok in trt.record["timing_cache_set"]] == [False, True]
     assert any("does not fit this device" in m for m in messages)
     assert stale.read_bytes() == b"fake-timing 10.3.0.26"  # replaced by this device's

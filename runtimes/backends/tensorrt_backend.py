@@ -78,7 +78,6 @@ class TensorRTPredictor(Predictor):
         cuda_graph: bool = False,
         gpu: int = 0,
         lean_runtime: str | None = None,
-        log: Callable[[str], None] | None = None,
         inference_precision: str | None = None,
         **options: Any,
     ) -> None:
@@ -94,7 +93,6 @@ class TensorRTPredictor(Predictor):
             self.settings = BuildSettings.from_dict(bundle.manifest.tensorrt or {})
         except InputError as exc:
             raise BundleError(f"{bundle.path}: manifest field 'model.tensorrt': {exc}") from None
-        self._log = log or (lambda msg: None)
         self._lock = threading.Lock()
         self._closed = False
         self._buffers: list[_PinnedBuffer] = []
@@ -156,7 +154,6 @@ class TensorRTPredictor(Predictor):
                 input_name=self.inputs[0].name,
                 input_hw=self.preprocessing.input_size,
                 timing_cache=cache.timing_cache(self.target),
-                log=self._log,
                 trt=self._trt,
             )
             cache.store(key, plan, self.target, self.settings, extra=facts)
@@ -208,6 +205,17 @@ class TensorRTPredictor(Predictor):
     def device(self) -> str:
         settings = getattr(self, "settings", None)
         return "dla" if settings is not None and settings.dla_core is not None else "cuda"
+
+    def write_engine_bundle(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> Bundle:
+        """A bundle carrying the engine this predictor runs, for identical devices (same TensorRT, same GPU model);
+        written atomically (`runtimes.tensorrt_engine.write_engine_bundle`)."""
+        from pathlib import Path
+
+        from ..tensorrt_engine import write_engine_bundle
+
+        engine = Path(self.engine_path)
+        plan = (engine / "engine.plan" if engine.is_dir() else engine).read_bytes()
+        return write_engine_bundle(self.bundle, plan, self.target, out, overwrite=overwrite)
 
     def describe(self) -> dict[str, Any]:
         return dict(
