@@ -19,6 +19,8 @@ import numpy as np
 from runtimes.errors import DatasetError, InputError
 from runtimes.preprocess import PreprocessConfig, prepare_image, read_image
 
+from .config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
@@ -226,7 +228,12 @@ class Splits:
 
 
 def stratified_split(
-    targets: np.ndarray, *, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0, classes: Sequence[str] | None = None
+    targets: np.ndarray,
+    *,
+    val_fraction: float = TrainConfig.val_fraction,
+    test_fraction: float = TrainConfig.test_fraction,
+    seed: int = TrainConfig.seed,
+    classes: Sequence[str] | None = None,
 ) -> Splits:
     """Per class, shuffle with `seed` and cut into train/val/test; every class appears in every split."""
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):

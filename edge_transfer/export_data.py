@@ -10,6 +10,8 @@ import numpy as np
 
 from runtimes.errors import DatasetError, InputError
 
+from .config import TrainConfig
+
 
 @dataclass
 class ExportData:
@@ -41,8 +43,8 @@ def run_data(config: dict[str, Any], data: str | None = None) -> ExportData:
     seed = int(split.get("seed", 0))
     splits = stratified_split(
         dataset.targets,
-        val_fraction=split.get("val_fraction", 0.15),
-        test_fraction=split.get("test_fraction", 0.2),
+        val_fraction=split.get("val_fraction", TrainConfig.val_fraction),
+        test_fraction=split.get("test_fraction", TrainConfig.test_fraction),
         seed=seed,
         classes=dataset.classes,
     )
