@@ -128,12 +128,13 @@ def _calibration(job: ExportJob, spec: FormatSpec) -> CalibrationData:
 
 def build_onnx_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
     """Static QDQ int8 with ONNX Runtime's quantiser, optionally accuracy-aware (sensitive nodes kept in float)."""
-    from .onnx_quantize import quantize_int8_accuracy_aware, quantize_int8_static
+    from .onnx_quantize import first_weight_nodes, quantize_int8_accuracy_aware, quantize_int8_static
 
     data, q, target = _calibration(job, spec), job.quantization, out_dir / spec.entrypoint
     calibration = dict(data.provenance())
     rr = job.reduce_range()
-    options = {"method": q.method, "per_channel": q.per_channel, "reduce_range": rr["reduce_range"]}
+    exclude = first_weight_nodes(job.preprocessed(), q.float_first_layers)
+    options = {"method": q.method, "per_channel": q.per_channel, "reduce_range": rr["reduce_range"], "exclude": exclude}
     if q.accuracy_aware:
         images, expected, baseline, allowed, desc = job.tuning_target()
         settings = quantize_int8_accuracy_aware(
@@ -153,6 +154,7 @@ def build_onnx_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
         settings = quantize_int8_static(job.preprocessed(), target, data, input_name=INPUT_NAME, feed_batch=job.feed_batch, **options)
     settings["reduce_range_reason"] = rr["reason"]
     settings["target_cpu"] = rr
+    settings["float_first_layers"] = q.float_first_layers
     calibration.update(method=q.method, per_channel=q.per_channel)
     return settings, calibration, {}
 
@@ -172,7 +174,12 @@ def build_openvino_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Buil
         control = {"images": images, "expected": expected, "max_drop": allowed, "split": job.tuning.split if job.tuning else None}
     rr = job.reduce_range()
     quantized, settings = ovc.quantize_int8(
-        model, data, accuracy_control=control, feed_batch=job.batch_size, overflow_fix="enable" if rr["reduce_range"] else "disable"
+        model,
+        data,
+        accuracy_control=control,
+        feed_batch=job.batch_size,
+        overflow_fix="enable" if rr["reduce_range"] else "disable",
+        float_first_layers=job.quantization.float_first_layers,
     )
     settings["target_cpu"] = rr
     if control is not None:

@@ -61,6 +61,12 @@ def quantized_compute_nodes(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def first_weight_nodes(path: str | os.PathLike[str], count: int) -> list[str]:
+    """The names of the first `count` Conv/Gemm/MatMul nodes in graph order (the stem side of a CNN)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")][: max(count, 0)]
+
+
 def quantizable_nodes(path: str | os.PathLike[str]) -> list[str]:
     """Names of the nodes whose weights int8 quantisation touches, in graph order."""
     return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in QUANTIZABLE_WEIGHT_OPS]
@@ -362,7 +368,7 @@ def quantize_int8_accuracy_aware(
                 break
         onnx.save(candidate, str(dst))
         settings["sensitivity"] = [{"node": n, "logit_error_removed": v} for n, v in ranked[: max(len(kept), 8)]]
-    settings["float_nodes"] = kept
+    settings["float_nodes"] = list(options.get("exclude", ())) + kept
     settings["accuracy_aware"] = {
         "baseline": round(baseline, 6),
         "max_drop": max_drop,

@@ -38,11 +38,11 @@ EPILOG = """examples:
 FORMATS_HELP = """formats:
   onnx                ONNX fp32 (ONNX Runtime)
   onnx-fp16           ONNX with fp16 weights and compute; uint8 in, fp32 logits out
-  onnx-int8           ONNX static int8: QDQ, per-channel weights, calibrated on the training split
+  onnx-int8           ONNX static int8: QDQ, per-channel weights, calibrated on the training split, stem layers in float
   onnx-int8-dynamic   ONNX dynamic int8 (weights only calibrated offline), for comparison
   openvino            OpenVINO IR fp32
   openvino-fp16       OpenVINO IR with fp16 weights
-  openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (fast bias correction)
+  openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (full bias correction, stem layers in float)
   tensorrt            TensorRT-ready ONNX; the fp32 engine is built on the device (edge-transfer build-engine)
   tensorrt-fp16       TensorRT-ready fp16 ONNX; fp16 engine built on the device
   tensorrt-int8       TensorRT-ready QDQ ONNX (symmetric int8, shared calibration); int8 engine built on the device
@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the CPU the int8 bundles will run on, not this host: portable (default) and x86-avx2 use 7-bit "
         "weights that cannot saturate on CPUs without VNNI; x86-vnni and arm64 use full 8-bit weights, and "
         "a bundle made for them warns at load (and fails 'check') on an x86 CPU without VNNI",
+    )
+    q.add_argument(
+        "--float-first-layers",
+        type=int,
+        default=QuantizationOptions.float_first_layers,
+        metavar="N",
+        help=f"onnx-int8/openvino-int8: keep the first N weight layers (stem and first depthwise conv) in float (default "
+        f"{QuantizationOptions.float_first_layers}: they cause most of the int8 loss; 0: quantise every layer)",
     )
     q.add_argument(
         "--per-tensor",

@@ -188,14 +188,15 @@ def test_cli_export_flags_build_the_api_options_with_their_defaults():
     assert export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x"])) == ExportOptions()
     given = ["--format", "onnx,openvino", "--image-size", "96", "--data", "d", "--max-drop", "2", "--min-agreement", "0.9"]
     given += ["--calibration-size", "50", "--calibration-data", "c", "--calibration-method", "entropy", "--accuracy-aware"]
-    given += ["--target-cpu", "x86-vnni", "--per-tensor", "--batch-size", "4", "--self-test-size", "3"]
+    given += ["--target-cpu", "x86-vnni", "--per-tensor", "--float-first-layers", "0", "--batch-size", "4", "--self-test-size", "3"]
     given += ["--allow-failed-validation", "--overwrite", "--trt-max-batch", "4", "--trt-opt-batch", "2", "--trt-workspace", "64"]
     given += ["--trt-dla-core", "1", "--trt-no-gpu-fallback", "--trt-hardware-compatible", "--trt-version-compatible"]
     opts = export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x", *given]))
     default = ExportOptions()
     changed = {f.name for f in dataclasses.fields(ExportOptions) if getattr(opts, f.name) != getattr(default, f.name)}
     assert changed == {f.name for f in dataclasses.fields(ExportOptions)} - {"backbone", "strategy"}
-    assert opts.quantization.method == "entropy" and opts.quantization.per_channel is False and opts.quantization.target_cpu == "x86-vnni"
+    q = opts.quantization
+    assert (q.method, q.per_channel, q.target_cpu, q.float_first_layers, q.accuracy_aware) == ("entropy", False, "x86-vnni", 0, True)
     assert opts.tensorrt == TensorRTOptions(2, 4, 64, 1, False, True, True)
     choices = {a.dest: a.choices for a in _subparser("export")._actions}
     assert tuple(choices["calibration_method"]) == CALIBRATION_METHODS and tuple(choices["target_cpu"]) == TARGET_CPU_CHOICES

@@ -298,3 +298,23 @@ def test_pretrained_lite0_keeps_its_imagenet_answers_in_every_format(tmp_path: P
                 assert top1[names.index(n)] in top5[names.index(n)], (r.format, n)
             for n in ("coffee", "rocket", "camera"):  # torch is confident (> 0.3) on these
                 assert got[names.index(n)].argmax() == top1[names.index(n)], (r.format, n)
+
+
+def test_int8_keeps_the_stem_layers_in_float_by_default_and_says_so(format_bundles):
+    """onnx-int8 and openvino-int8 leave the first two weight layers (stem conv, first depthwise conv) in float by
+    default (`QuantizationOptions.float_first_layers`, chosen by benchmarks/int8_ptq.py): the manifest names them,
+    and in the graph those layers really take float weights and inputs while the next one is int8."""
+    import onnx
+
+    conversion = runtimes.read_manifest(format_bundles["onnx-int8"]).conversion
+    assert conversion["float_first_layers"] == 2 and len(conversion["float_nodes"]) == 2
+    graph = onnx.load(str(format_bundles["onnx-int8"] / "model.onnx")).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    for conv in convs[:2]:
+        assert conv.name in conversion["float_nodes"]
+        assert made_by.get(conv.input[0]) != "DequantizeLinear" and made_by.get(conv.input[1]) != "DequantizeLinear", conv.name
+    assert made_by.get(convs[2].input[0]) == "DequantizeLinear" and made_by.get(convs[2].input[1]) == "DequantizeLinear"
+    ov = runtimes.read_manifest(format_bundles["openvino-int8"]).conversion
+    assert ov["float_first_layers"] == 2 and ov["bias_correction"].startswith("full")
+    assert len(ov["float_layers"]) == 2 and "conv_stem" in ov["float_layers"][0] and "conv_dw" in ov["float_layers"][1]
