@@ -143,6 +143,8 @@ class ExportOptions:
             options = dataclasses.replace(options, quantization=dataclasses.replace(options.quantization, **quantization))
         if not 0 <= options.max_drop <= 100:
             raise InputError(f"max_drop (--max-drop) is in accuracy points (0-100), got {options.max_drop}")
+        if options.quantization.float_first_layers < 0:
+            raise InputError(f"float_first_layers (--float-first-layers) must be >= 0, got {options.quantization.float_first_layers}")
         if options.calibration_size < 1:
             raise InputError(f"calibration_size (--calibration-size) must be >= 1, got {options.calibration_size}")
         return options

@@ -225,6 +225,8 @@ def test_api_options_take_keyword_overrides_and_name_unknown_ones():
         ExportOptions().with_overrides(tensorrt={"maxbatch": 8})
     with pytest.raises(et.InputError, match="max_drop .*--max-drop.* points"):
         ExportOptions().with_overrides(max_drop=150)
+    with pytest.raises(et.InputError, match="--float-first-layers.* >= 0, got -1"):
+        ExportOptions().with_overrides(float_first_layers=-1)
     assert not Path("never-written").exists()
 
 
