@@ -47,8 +47,7 @@ def openvino_variant(**changes: Any) -> Callable[[Path, Any], Callable[[np.ndarr
                 kwargs[k] = v
         ignored = kwargs.pop("ignored_first", 0)
         if ignored:
-            convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in ovc.WEIGHT_OPS][:ignored]
-            kwargs["ignored_scope"] = nncf.IgnoredScope(names=convs)
+            kwargs["ignored_scope"] = nncf.IgnoredScope(names=ovc.first_weight_layers(model, ignored))
         quantized = nncf.quantize(model, calibration.nncf_dataset(1), advanced_parameters=AdvancedQuantizationParameters(**advanced), **kwargs)
         compiled = ov.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         return lambda batch: np.asarray(compiled(batch)[0])
@@ -65,19 +64,14 @@ def onnxruntime_variant(**changes: Any) -> Callable[[Path, Any], Callable[[np.nd
         import onnxruntime as ort
 
         from converters.onnx_export import INPUT_NAME
-        from converters.onnx_quantize import preprocess_for_quantization, quantize_int8_static
+        from converters.onnx_quantize import first_weight_nodes, preprocess_for_quantization, quantize_int8_static
 
         pre = onnx_path.with_name("pre.onnx")
         if not pre.exists():
             preprocess_for_quantization(onnx_path, pre)
         out = onnx_path.with_name(f"q-{time.monotonic_ns()}.onnx")
         options = {"reduce_range": True, **changes}
-        ignored = options.pop("ignored_first", 0)
-        if ignored:
-            import onnx
-
-            graph = onnx.load(str(pre)).graph
-            options["exclude"] = [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")][:ignored]
+        options["exclude"] = first_weight_nodes(pre, options.pop("ignored_first", 0))
         quantize_int8_static(pre, out, calibration, input_name=INPUT_NAME, **options)
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         return lambda batch: session.run(None, {INPUT_NAME: batch})[0]

@@ -41,6 +41,11 @@ def save_ir(model, out_dir: str | os.PathLike[str], *, fp16: bool) -> dict[str, 
     return {"tool": "openvino.convert_model", "weights": "fp16" if fp16 else "fp32", "openvino": ov.__version__}
 
 
+def first_weight_layers(model, count: int) -> list[str]:
+    """The friendly names of the first `count` weight layers (the stem side of a CNN), in execution order."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in WEIGHT_OPS][: max(count, 0)]
+
+
 def float_layers(model) -> list[str]:
     """Weight layers of a quantised model whose activations are not quantised (no FakeQuantize feeding them)."""
     names = []
@@ -90,7 +95,7 @@ def quantize_int8(
     # full bias correction: documented by NNCF as the more accurate one, and measured so on both digits models
     # (benchmarks/int8_ptq.py); it doubles the build time (about 20 -> 35 s at 128 px on 2 cores)
     common: dict[str, Any] = {"subset_size": len(calibration), "preset": nncf.QuantizationPreset.PERFORMANCE, "fast_bias_correction": False}
-    first = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in WEIGHT_OPS][: max(float_first_layers, 0)]
+    first = first_weight_layers(model, float_first_layers)
     if first:
         common["ignored_scope"] = nncf.IgnoredScope(names=first)
     # NNCF's progress bars and its INFO logger write to stdout: keep stdout for results and JSON, and its INFO lines

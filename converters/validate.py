@@ -15,9 +15,6 @@ import numpy as np
 from runtimes.errors import InputError
 from runtimes.predictor import Predictor
 
-from .options import ExportOptions
-
-DEFAULT_MAX_DROP = ExportOptions.max_drop / 100.0  # as a fraction: accuracy may fall this far below torch's
 # top-1 agreement with torch: always required of fp32/fp16; of int8 only where no labels allow an accuracy check
 DEFAULT_MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.99, "int8": 0.97}
 
