@@ -94,6 +94,11 @@ def variants() -> dict[str, Callable[[Path, Any], Callable[[np.ndarray], np.ndar
             fast_bias_correction=False, advanced_overflow_fix=OverflowFix.DISABLE
         ),
         "ovbc-full bias correction + first 2 weight layers in float (now the default)": openvino_variant(fast_bias_correction=False, ignored_first=2),
+        "ovbc-full bias correction + first weight layer in float": openvino_variant(fast_bias_correction=False, ignored_first=1),
+        "ovbc-full bias correction + first 3 weight layers in float": openvino_variant(fast_bias_correction=False, ignored_first=3),
+        "ovbc-full bias correction + first 2 in float + mixed preset": openvino_variant(
+            fast_bias_correction=False, ignored_first=2, preset=__import__("nncf").QuantizationPreset.MIXED
+        ),
         "ort-plain (before: portable, reduce_range)": onnxruntime_variant(),
         "ort-no reduce_range": onnxruntime_variant(reduce_range=False),
         "ort-percentile": onnxruntime_variant(method="percentile"),

@@ -36,10 +36,11 @@ from runtimes.selftest import choose_golden, write_self_test
 
 from .calibration import CalibrationData
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
+from .int8_share import bundle_int8_share
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
 from .torch_reference import reference_logits
-from .validate import ReferenceData, compare, default_min_agreement, format_table, format_validation
+from .validate import ReferenceData, add_check, compare, default_min_agreement, format_table, format_validation
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class ExportResult:
     validation: dict[str, Any] | None
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    int8_share: dict[str, Any] | None = None  # converters.int8_share: the int8 share of the multiply-adds
 
     @property
     def written(self) -> bool:
@@ -77,6 +79,7 @@ class ExportResult:
             "passed": self.passed,
             "error": self.error,
             "validation": self.validation,
+            "int8_share": self.int8_share,
             "seconds": self.seconds,
         }
 
@@ -175,7 +178,7 @@ def export_bundles(
             raise InputError(f"model outputs {info['output_shape'][-1]} classes but {n} labels were given")
         t = time.perf_counter()
         ref = reference_logits(model, reference.images)
-        tuning_logits = reference_logits(model, tuning.images) if tuning is not None and quantization.accuracy_aware else None
+        tuning_logits = reference_logits(model, tuning.images) if tuning is not None else None
         ref_seconds = time.perf_counter() - t
         job = ExportJob(
             work,
@@ -203,10 +206,13 @@ def export_bundles(
             agreement = opts.min_agreement
             if agreement is None:
                 agreement = default_min_agreement(spec.precision, reference.targets is not None)
+            rungs = ladder(spec, quantization, can_tune=tuning is not None)
+            earlier: list[dict[str, Any]] = []
             try:
-                results.append(
-                    _export_one(
-                        job,
+                for i, (rung, rung_quantization) in enumerate(rungs):
+                    last = i == len(rungs) - 1
+                    result = _export_one(
+                        dataclasses.replace(job, quantization=rung_quantization),
                         spec,
                         targets[spec.name],
                         common,
@@ -214,11 +220,17 @@ def export_bundles(
                         reference,
                         agreement,
                         opset,
-                        opts.allow_failed_validation,
+                        opts.allow_failed_validation and last,
                         opts.overwrite,
                         {"onnx_export": base_seconds, "torch_reference": ref_seconds},
+                        rung=rung,
+                        earlier=earlier,
                     )
-                )
+                    if result.passed or last:
+                        break
+                    earlier.append(_rung_record(rung, result))
+                    logger.info(f"{spec.name}: {rung} int8 failed its gate; trying the next rung, {rungs[i + 1][0]}")
+                results.append(result)
             except ValidationFailed:
                 raise
             except EdgeTransferError as exc:
@@ -227,6 +239,36 @@ def export_bundles(
                 logger.error(f"{spec.name}: {exc}")
                 results.append(ExportResult(spec.name, targets[spec.name], None, None, error=str(exc)))
     return results
+
+
+POST_TRAINING, ACCURACY_AWARE = "post-training", "accuracy-aware"
+
+
+def ladder(spec: FormatSpec, quantization: QuantizationOptions, *, can_tune: bool) -> list[tuple[str | None, QuantizationOptions]]:
+    """The rungs one format climbs until its bundle passes: (rung name, quantisation options) in order.
+
+    Float formats have one rung without a name. int8 formats that support the accuracy-aware search (`tunable`)
+    start with post-training quantisation and, unless `fallback` is off or there is no tuning data, try the search
+    next; `accuracy_aware` starts on the search. Other int8 formats have the post-training rung only."""
+    if spec.precision != "int8":
+        return [(None, quantization)]
+    if not spec.tunable:
+        return [(POST_TRAINING, quantization)]
+    if quantization.accuracy_aware:
+        return [(ACCURACY_AWARE, quantization)]
+    rungs: list[tuple[str | None, QuantizationOptions]] = [(POST_TRAINING, quantization)]
+    if quantization.fallback and can_tune:
+        rungs.append((ACCURACY_AWARE, dataclasses.replace(quantization, accuracy_aware=True)))
+    elif quantization.fallback:
+        logger.info(f"{spec.name}: no tuning data (a val split), so no accuracy-aware rung after post-training int8")
+    return rungs
+
+
+def _rung_record(rung: str | None, result: ExportResult) -> dict[str, Any]:
+    """What a rung that failed measured, kept in the validation of the bundle that was written."""
+    v = result.validation or {}
+    keys = ("accuracy_drop", "top1_agreement", "int8_macs_share", "checks", "passed")
+    return {"rung": rung, **{k: v.get(k) for k in keys}, "seconds": result.seconds.get("convert")}
 
 
 def _export_one(
@@ -241,6 +283,9 @@ def _export_one(
     allow_failed_validation: bool,
     overwrite: bool,
     seconds: dict[str, float],
+    *,
+    rung: str | None = None,
+    earlier: list[dict[str, Any]] | None = None,
 ) -> ExportResult:
     seconds = dict(seconds)
     with BundleWriter(target, overwrite=overwrite) as writer:
@@ -252,6 +297,10 @@ def _export_one(
         except Exception as exc:  # a converter library failing on this graph: report it for this format
             raise EdgeTransferError(f"{spec.name}: conversion failed: {type(exc).__name__}: {exc}") from exc
         seconds["convert"] = time.perf_counter() - t
+        share = None
+        if spec.precision == "int8":
+            share = bundle_int8_share(spec.model_format, writer.dir / spec.entrypoint)
+            conversion["int8_share"] = share
         engine = conversion.pop("engine", None) if spec.backend == "tensorrt" else None
         target_cpu = conversion.pop("target_cpu", None)  # int8 on CPUs: which CPUs its kernels are safe on (checked at load)
         manifest = Manifest(
@@ -276,6 +325,14 @@ def _export_one(
         with _validation_predictor(spec, writer.dir) as predictor:
             validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
+        if share is not None:
+            validation["int8_macs_share"] = share["macs_share"]
+            validation["min_int8_share"] = job.quantization.min_int8_share
+            add_check(validation, "int8_share", share["macs_share"] >= job.quantization.min_int8_share)
+        if rung is not None:
+            validation["rung"] = rung
+            if earlier:
+                validation["ladder"] = list(earlier)
         if golden is not None and golden_logits is not None:
             self_test = write_self_test(
                 writer.dir, reference.images[golden], ref[golden], golden_logits, spec.precision, validation.get("inference_precision")
@@ -291,11 +348,11 @@ def _export_one(
         seconds = {k: round(v, 3) for k, v in seconds.items()}
         if not validation["passed"]:
             if not allow_failed_validation:
-                return ExportResult(spec.name, target, None, validation, seconds)
+                return ExportResult(spec.name, target, None, validation, seconds, int8_share=share)
             validation["overridden"] = True
             logger.warning(f"{spec.name} failed validation; writing it anyway because that was explicitly allowed")
         bundle = writer.commit(dataclasses.replace(manifest, validation=validation))
-    return ExportResult(spec.name, target, bundle, validation, seconds)
+    return ExportResult(spec.name, target, bundle, validation, seconds, int8_share=share)
 
 
 def _validation_predictor(spec: FormatSpec, bundle_dir: Path) -> runtimes.Predictor:
@@ -308,19 +365,23 @@ def _validation_predictor(spec: FormatSpec, bundle_dir: Path) -> runtimes.Predic
     return OnnxRuntimePredictor(runtimes.open_bundle(bundle_dir), graph_optimization="disabled")
 
 
-def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str], *, accuracy_aware: bool = False) -> None:
+def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str]) -> None:
     """Raise `ValidationFailed` (with the whole table) if any format was not written or failed its gate."""
     bad = [r for r in results if not r.written or r.error]
     if not bad:
         return
     details = "; ".join(f"{r.format}: {r.error or format_validation(r.validation or {})}" for r in bad)
     hints = []
-    if any(r.format.endswith("int8") for r in bad):
+    rungs = {(r.validation or {}).get("rung") for r in bad if FORMAT_SPECS[r.format].tunable}
+    if ACCURACY_AWARE in rungs:
         hints.append(
-            "--accuracy-aware tuned on the val split and that did not hold on the held-out split (a larger val split makes the search more reliable)"
-            if accuracy_aware
-            else "use --accuracy-aware to keep sensitive layers in float"
+            "the accuracy-aware search tuned on the val split did not hold on the held-out split, or left too much in "
+            "float (a larger val split makes the search more reliable; --min-int8-share sets how much float is allowed)"
         )
+    if any(((r.validation or {}).get("paired") or {}).get("too_small_to_judge") for r in bad):
+        hints.append("the held-out set is too small to judge a drop of --max-drop: hold out more images (train --test-fraction, or --data DIR)")
+    if POST_TRAINING in rungs:
+        hints.append("without --no-fallback, export tries the accuracy-aware search next (it needs the run's val split)")
     hints.append("--max-drop changes the tolerance; --allow-failed-validation writes failed bundles marked as failed")
     exc = ValidationFailed(
         f"{len(bad)} of {len(results)} format(s) not written to {out}:\n{format_table([r.summary() for r in results])}\n{details}\n"

@@ -39,7 +39,7 @@ class ExportJob:
     max_drop: float  # a fraction (0.01 = 1 accuracy point)
     tensorrt: TensorRTOptions
     self_test_size: int
-    _pre: Path | None = None
+    _cache: dict[str, Path] = field(default_factory=dict)  # shared by the copies each rung of the ladder makes
 
     @property
     def feed_batch(self) -> int:
@@ -47,12 +47,12 @@ class ExportJob:
 
     def preprocessed(self) -> Path:
         """The fp32 graph after onnxruntime's quantisation pre-processing (made once, shared by int8 formats)."""
-        if self._pre is None:
+        if "preprocessed" not in self._cache:
             from .onnx_quantize import preprocess_for_quantization
 
-            self._pre = self.work / "preprocessed.onnx"
-            preprocess_for_quantization(self.base_onnx, self._pre)
-        return self._pre
+            preprocess_for_quantization(self.base_onnx, self.work / "preprocessed.onnx")
+            self._cache["preprocessed"] = self.work / "preprocessed.onnx"
+        return self._cache["preprocessed"]
 
     def reduce_range(self) -> dict[str, Any]:
         """The int8 weight range for the target CPU (not this host's), with the reason; recorded in the manifest."""

@@ -306,7 +306,7 @@ def rank_sensitivity(
 ) -> list[tuple[str, float]]:
     """Quantised nodes ranked most harmful first: (node name, logit error removed by keeping it in float).
 
-    Each Conv/Gemm/MatMul is put back in float on its own (`with_float_nodes`, no re-quantisation) and the
+    Each quantised Conv/Gemm/MatMul is put back in float on its own (`with_float_nodes`, no re-quantisation) and the
     relative logit error against the float model is measured on `images`; the error it removes is its score.
     This measures what the output sees, as NNCF's accuracy control ranks its groups.
     """
@@ -316,7 +316,9 @@ def rank_sensitivity(
     reference = scorer.logits(float_model)
     base = _logit_error(reference, scorer.logits(quantized))
     ranked = []
-    for name in quantized_compute_nodes(quantized):
+    weight_nodes = {n.name for n in quantized.graph.node if n.op_type in QUANTIZABLE_WEIGHT_OPS}
+    # only weight layers: an activation (Clip) in float saves nothing, its input and output stay quantised
+    for name in [n for n in quantized_compute_nodes(quantized) if n in weight_nodes]:
         error = _logit_error(reference, scorer.logits(with_float_nodes(quantized, original, [name])))
         ranked.append((name, round(base - error, 6)))
     ranked.sort(key=lambda kv: kv[1], reverse=True)
@@ -352,7 +354,8 @@ def quantize_int8_accuracy_aware(
 
     value = metric(dst)
     trail = [{"float_nodes": 0, "metric": round(value, 6)}]
-    logger.info(f"onnx-int8 accuracy-aware: all nodes int8 -> tuning metric {100 * value:.2f}% (torch {100 * baseline:.2f}%)")
+    start = len(options.get("exclude", ()))
+    logger.info(f"onnx-int8 accuracy-aware: {start} layer(s) in float -> tuning metric {100 * value:.2f}% (torch {100 * baseline:.2f}%)")
     kept: list[str] = []
     if baseline - value > max_drop:
         ranked = rank_sensitivity(src, dst, tuning_images[:rank_images], input_name=input_name, feed_batch=feed_batch)
@@ -363,7 +366,7 @@ def quantize_int8_accuracy_aware(
             candidate = with_float_nodes(quantized, original, kept)
             value = metric(candidate)
             trail.append({"float_nodes": len(kept), "node": name, "metric": round(value, 6)})  # type: ignore[dict-item]
-            logger.info(f"onnx-int8 accuracy-aware: {len(kept)} node(s) in float (+{name}) -> tuning metric {100 * value:.2f}%")
+            logger.info(f"onnx-int8 accuracy-aware: {start + len(kept)} layer(s) in float (+{name}) -> tuning metric {100 * value:.2f}%")
             if baseline - value <= max_drop:
                 break
         onnx.save(candidate, str(dst))

@@ -38,7 +38,13 @@ class QuantizationOptions:
     `float_first_layers`: onnx-int8 and openvino-int8 keep the first N weight layers (in our backbones the stem
     convolution and the first depthwise one, about 4% of the MACs) in float. Measured on the digits finetune
     (benchmarks/int8_ptq.py): these two layers cause most of the post-training loss, 7.8 of 7.8 points in ONNX
-    Runtime and 9.2 of 9.5 in OpenVINO. 0 quantises every layer."""
+    Runtime and 9.2 of 9.5 in OpenVINO. 0 quantises every layer.
+
+    `fallback` (the ladder): an onnx-int8/openvino-int8 bundle that fails its gate after post-training
+    quantisation is made again with the accuracy-aware search (tuned on the val split), and refused only if that
+    fails too; `accuracy_aware` starts on that rung. `min_int8_share`: the gate refuses an int8 bundle whose int8
+    layers do less than this share of the multiply-adds (`converters.int8_share`), so a search that leaves most of
+    the network in float cannot pass as int8."""
 
     method: str = "minmax"
     per_channel: bool = True
@@ -46,6 +52,8 @@ class QuantizationOptions:
     accuracy_aware: bool = False
     target_cpu: str = DEFAULT_TARGET_CPU
     float_first_layers: int = 2
+    fallback: bool = True
+    min_int8_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,8 @@ QUANTIZATION_KEYWORDS = {
     "accuracy_aware": "accuracy_aware",
     "target_cpu": "target_cpu",
     "float_first_layers": "float_first_layers",
+    "fallback": "fallback",
+    "min_int8_share": "min_int8_share",
 }
 
 
@@ -132,7 +142,8 @@ class ExportOptions:
 
     def with_overrides(self, **overrides: Any) -> ExportOptions:
         """A copy with keyword overrides: any field, the flat quantisation names (`calibration_method`,
-        `per_channel`, `reduce_range`, `accuracy_aware`, `target_cpu`), and `tensorrt` as options or a dict."""
+        `per_channel`, `reduce_range`, `accuracy_aware`, `target_cpu`, `float_first_layers`, `fallback`,
+        `min_int8_share`), and `tensorrt` as options or a dict."""
         quantization = {QUANTIZATION_KEYWORDS[k]: overrides.pop(k) for k in list(overrides) if k in QUANTIZATION_KEYWORDS}
         if "tensorrt" in overrides:
             overrides["tensorrt"] = TensorRTOptions.from_any(overrides["tensorrt"])
@@ -145,6 +156,8 @@ class ExportOptions:
             raise InputError(f"max_drop (--max-drop) is in accuracy points (0-100), got {options.max_drop}")
         if options.quantization.float_first_layers < 0:
             raise InputError(f"float_first_layers (--float-first-layers) must be >= 0, got {options.quantization.float_first_layers}")
+        if not 0.0 <= options.quantization.min_int8_share <= 1.0:
+            raise InputError(f"min_int8_share (--min-int8-share) is a fraction of the multiply-adds (0-1), got {options.quantization.min_int8_share}")
         if options.calibration_size < 1:
             raise InputError(f"calibration_size (--calibration-size) must be >= 1, got {options.calibration_size}")
         return options

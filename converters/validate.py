@@ -6,6 +6,7 @@ artifact on the held-out split (when labels are known), top-1 agreement, max abs
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,49 @@ class ReferenceData:
             raise InputError(f"reference data: {len(self.images)} images but {len(self.targets)} targets")
 
 
+SIGNIFICANCE = 0.05  # the exact test's level for "this many net losses are more than chance"
+
+
+def worse_p_value(losses: int, gains: int) -> float:
+    """One-sided exact (McNemar) test on paired predictions: the chance of at least `losses` of the
+    `losses + gains` discordant images going against the artifact if it were as accurate as torch."""
+    n = losses + gains
+    return float(sum(math.comb(n, k) for k in range(losses, n + 1)) / 2**n) if n else 1.0
+
+
+def smallest_significant_loss(alpha: float = SIGNIFICANCE) -> int:
+    """The fewest net losses (with no gains) that the exact test calls significant: 5 at 5%."""
+    k = 1
+    while worse_p_value(k, 0) >= alpha:
+        k += 1
+    return k
+
+
+def paired_judgement(torch_hits: np.ndarray, artifact_hits: np.ndarray, max_drop: float) -> dict[str, Any]:
+    """The accuracy check on paired predictions (the same images through torch and the artifact).
+
+    `losses`: images torch gets right and the artifact wrong; `gains`: the reverse; the drop is their difference over
+    the count. A set is too small to judge when one image is worth more than `max_drop`: there, one net loss is
+    allowed (it is the resolution of the set, p = 0.5 under the exact test) and two or more fail; otherwise the drop
+    must be within `max_drop`, as before. The exact test's p-value is reported with both, and `resolvable_drop` says
+    from which drop this set could call a loss significant."""
+    n = len(torch_hits)
+    losses = int((torch_hits & ~artifact_hits).sum())
+    gains = int((~torch_hits & artifact_hits).sum())
+    net = losses - gains
+    too_small = 1.0 / n > max_drop + 1e-12
+    ok = net <= 1 if too_small else net / n <= max_drop + 1e-9
+    return {
+        "losses": losses,
+        "gains": gains,
+        "p_worse": round(worse_p_value(losses, gains), 6),
+        "one_image": round(1.0 / n, 6),
+        "too_small_to_judge": too_small,
+        "resolvable_drop": round(smallest_significant_loss() / n, 6),
+        "passed": bool(ok),
+    }
+
+
 def _accuracy(logits: np.ndarray, targets: np.ndarray | None) -> float | None:
     if targets is None:
         return None
@@ -59,7 +103,8 @@ def compare(
     """Run `data` through the predictor, compare with `reference_logits`; return the manifest's `validation`.
 
     The gate: accuracy may fall at most `max_drop` (a fraction: 0.01 = 1 point) below torch's when labels are
-    known, and top-1 agreement with torch must reach `min_agreement` when that is given. With neither check
+    known, judged on paired predictions (`paired_judgement`: on a set too small to tell such a drop, one net image),
+    and top-1 agreement with torch must reach `min_agreement` when that is given. With neither check
     applicable (no labels and no `min_agreement`) nothing could be checked and the gate fails.
     """
     t = time.perf_counter()
@@ -73,8 +118,10 @@ def compare(
     art_acc = _accuracy(logits, data.targets)
     drop = None if torch_acc is None or art_acc is None else round(torch_acc - art_acc, 6)
     checks = {}
-    if drop is not None and max_drop is not None:
-        checks["accuracy_drop"] = drop <= max_drop + 1e-9
+    paired = None
+    if data.targets is not None and max_drop is not None:
+        paired = paired_judgement(reference_logits.argmax(1) == data.targets, logits.argmax(1) == data.targets, max_drop)
+        checks["accuracy_drop"] = paired["passed"]
     if min_agreement is not None:
         checks["top1_agreement"] = agree >= min_agreement
     return {
@@ -84,6 +131,7 @@ def compare(
         "torch_accuracy": torch_acc,
         "artifact_accuracy": art_acc,
         "accuracy_drop": drop,
+        **({"paired": paired} if paired is not None else {}),
         "top1_agreement": agree,
         "max_abs_logit_diff": float(diff.max()),
         "mean_abs_logit_diff": float(diff.mean()),
@@ -97,6 +145,12 @@ def compare(
     }
 
 
+def add_check(validation: dict[str, Any], name: str, ok: bool) -> None:
+    """Add one more check to a `compare` result (in place); the gate passes only if every check does."""
+    validation["checks"][name] = bool(ok)
+    validation["passed"] = all(validation["checks"].values())
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
@@ -107,9 +161,20 @@ def format_validation(v: dict[str, Any]) -> str:
         need.append(f"drop <= {100 * v['max_drop']:.2f} pt")
     if v.get("min_agreement") is not None:
         need.append(f"agreement >= {_pct(v['min_agreement'])}")
+    if v.get("min_int8_share") is not None:
+        need.append(f"int8 share of multiply-adds >= {100 * v['min_int8_share']:.0f}% (is {100 * v['int8_macs_share']:.1f}%)")
     drop = "n/a" if v.get("accuracy_drop") is None else f"{100 * v['accuracy_drop']:+.2f} pt"
+    paired = v.get("paired")
+    if paired:
+        drop += f", {paired['losses']} image(s) lost and {paired['gains']} gained, exact test p={paired['p_worse']:.2g}"
+        if paired["too_small_to_judge"]:
+            need[0] = (
+                f"at most 1 net image lost (one image is {100 * paired['one_image']:.2f} pt, more than the {100 * v['max_drop']:.2f} pt "
+                f"allowed: too few images to judge that drop; this set resolves drops from {100 * paired['resolvable_drop']:.1f} pt)"
+            )
+    rung = f"{v['rung']} int8, " if v.get("rung") else ""
     return (
-        f"validation on {v['split']} ({v['count']} images): torch accuracy {_pct(v['torch_accuracy'])}, "
+        f"{rung}validation on {v['split']} ({v['count']} images): torch accuracy {_pct(v['torch_accuracy'])}, "
         f"artifact accuracy {_pct(v['artifact_accuracy'])} (drop {drop}), top-1 agreement {_pct(v['top1_agreement'])}, "
         f"max |logit diff| {v['max_abs_logit_diff']:.3g}; needs {' and '.join(need) or 'labels or a minimum agreement'}: "
         f"{'PASS' if v['passed'] else 'FAIL'}"
@@ -117,8 +182,10 @@ def format_validation(v: dict[str, Any]) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The multi-format summary: one row per format (keys: format, bytes, validation, written, error)."""
-    header = ("format", "size", "accuracy", "drop", "agreement", "ms/img", "result")
+    """The multi-format summary: one row per format (keys: format, bytes, validation, written, error). For int8
+    formats, 'int8 MACs' is the share of multiply-adds done in int8 and 'rung' the step of the ladder that made
+    the bundle (see `converters.export.ladder`)."""
+    header = ("format", "size", "accuracy", "drop", "agreement", "int8 MACs", "rung", "ms/img", "result")
     lines = []
     for r in rows:
         v = r.get("validation") or {}
@@ -133,6 +200,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 _pct(v.get("artifact_accuracy")) if v else "-",
                 ("n/a" if drop is None else f"{100 * drop:+.2f} pt") if v else "-",
                 _pct(v.get("top1_agreement")) if v else "-",
+                f"{100 * v['int8_macs_share']:.1f}%" if v.get("int8_macs_share") is not None else "-",
+                v.get("rung") or "-",
                 f"{v['ms_per_image']:.2f}" if v.get("ms_per_image") is not None else "-",
                 result,
             )

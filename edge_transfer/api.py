@@ -196,11 +196,12 @@ def export(
                 raise DatasetError("the run's training data cannot be reloaded for int8 calibration; pass --calibration-data DIR")
             calibration = draw_calibration(own, own.splits.train, "train", opts.calibration_size, cfg)
         logger.info(f"calibration: {len(calibration)} images from the {calibration.split} split of {calibration.source}")
-    accuracy_aware = opts.quantization.accuracy_aware
-    if accuracy_aware and any(FORMAT_SPECS[f].tunable for f in formats):
-        if own is None:
+    q = opts.quantization
+    if (q.accuracy_aware or q.fallback) and any(FORMAT_SPECS[f].tunable for f in formats):
+        if own is not None:  # the accuracy-aware rung of the ladder tunes on the val split
+            tuning = reference_data(own, own.splits.val, "val", cfg, labels)
+        elif q.accuracy_aware:
             raise DatasetError("the run's training data cannot be reloaded for accuracy-aware tuning (its val split)")
-        tuning = reference_data(own, own.splits.val, "val", cfg, labels)
     results = export_bundles(
         model.for_export(),
         out,
@@ -212,5 +213,5 @@ def export(
         source=source,
         options=dataclasses.replace(opts, format=tuple(formats)),
     )
-    raise_for_failures(results, out, accuracy_aware=accuracy_aware)
+    raise_for_failures(results, out)
     return results

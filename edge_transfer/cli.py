@@ -107,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=TrainConfig.unfreeze_blocks,
         help=f"partial: how many of the last blocks to train (default {TrainConfig.unfreeze_blocks})",
     )
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        default=TrainConfig.val_fraction,
+        metavar="F",
+        help=f"share of each class held out for validation: early stopping, the L2 sweep and the int8 accuracy-aware "
+        f"search (default {TrainConfig.val_fraction})",
+    )
+    t.add_argument(
+        "--test-fraction",
+        type=float,
+        default=TrainConfig.test_fraction,
+        metavar="F",
+        help=f"share of each class held out for the test split that judges every exported bundle (default "
+        f"{TrainConfig.test_fraction}; with few images, a larger share lets the gate judge a small drop)",
+    )
     t.add_argument("--seed", type=int, default=TrainConfig.seed, help=f"seed for splits, initialisation and shuffling (default {TrainConfig.seed})")
     t.add_argument(
         "--skip-bad", action="store_true", default=TrainConfig.skip_bad, help="leave unreadable images out with a warning instead of stopping"
@@ -177,7 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--accuracy-aware",
         action="store_true",
-        help="keep the most sensitive layers in float until the int8 model passes on the val split (NNCF accuracy control for OpenVINO)",
+        help="start on the second rung: keep the most sensitive layers in float until the int8 model passes on the val "
+        "split (NNCF accuracy control for OpenVINO)",
+    )
+    q.add_argument(
+        "--no-fallback",
+        dest="fallback",
+        action="store_false",
+        default=QuantizationOptions.fallback,
+        help="onnx-int8/openvino-int8: refuse a bundle that fails after post-training quantisation instead of climbing "
+        "the ladder (by default the accuracy-aware search is tried next, and the table's 'rung' column says which passed)",
+    )
+    q.add_argument(
+        "--min-int8-share",
+        type=float,
+        default=QuantizationOptions.min_int8_share,
+        metavar="FRACTION",
+        help=f"refuse an int8 bundle whose int8 layers do less than this share of the multiply-adds (default "
+        f"{QuantizationOptions.min_int8_share}; the table's 'int8 MACs' column shows it)",
     )
     q.add_argument(
         "--target-cpu",

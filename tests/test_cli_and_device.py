@@ -167,10 +167,10 @@ def test_cli_train_flags_build_the_api_config_with_its_defaults():
     given = ["--backbone", "timm:resnet18", "--strategy", "partial", "--image-size", "96", "--crop-pct", "0.9", "--epochs", "3"]
     given += ["--lr", "0.01", "--weight-decay", "0.5", "--batch-size", "8", "--unfreeze-blocks", "3", "--seed", "7", "--skip-bad"]
     given += ["--device", "cpu", "--mixed-precision", "no", "--workers", "2", "--feature-batch-size", "16", "--cache-dir", "c"]
-    given += ["--interpolation", "bicubic", "--resume", "--overwrite", "--quiet"]
+    given += ["--interpolation", "bicubic", "--resume", "--overwrite", "--quiet", "--val-fraction", "0.1", "--test-fraction", "0.3"]
     cfg = train_config_from_args(build_parser().parse_args(["train", "--out", "x", *given]))
     changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(TrainConfig(), f.name)}
-    api_only = {"pretrained", "val_fraction", "test_fraction", "backbone_lr_scale", "patience", "dropout", "checkpoint_dir"}
+    api_only = {"pretrained", "backbone_lr_scale", "patience", "dropout", "checkpoint_dir"}
     assert changed == {f.name for f in dataclasses.fields(TrainConfig)} - api_only, "a train field without a flag, or a flag not forwarded"
     assert cfg.num_workers == 2 and cfg.crop_pct == 0.9 and cfg.progress is False
     assert tuple(next(a for a in _subparser("train")._actions if a.dest == "strategy").choices) == STRATEGIES
@@ -189,6 +189,7 @@ def test_cli_export_flags_build_the_api_options_with_their_defaults():
     given = ["--format", "onnx,openvino", "--image-size", "96", "--data", "d", "--max-drop", "2", "--min-agreement", "0.9"]
     given += ["--calibration-size", "50", "--calibration-data", "c", "--calibration-method", "entropy", "--accuracy-aware"]
     given += ["--target-cpu", "x86-vnni", "--per-tensor", "--float-first-layers", "0", "--batch-size", "4", "--self-test-size", "3"]
+    given += ["--no-fallback", "--min-int8-share", "0.9"]
     given += ["--allow-failed-validation", "--overwrite", "--trt-max-batch", "4", "--trt-opt-batch", "2", "--trt-workspace", "64"]
     given += ["--trt-dla-core", "1", "--trt-no-gpu-fallback", "--trt-hardware-compatible", "--trt-version-compatible"]
     opts = export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x", *given]))
@@ -196,7 +197,7 @@ def test_cli_export_flags_build_the_api_options_with_their_defaults():
     changed = {f.name for f in dataclasses.fields(ExportOptions) if getattr(opts, f.name) != getattr(default, f.name)}
     assert changed == {f.name for f in dataclasses.fields(ExportOptions)} - {"backbone", "strategy"}
     q = opts.quantization
-    assert (q.method, q.per_channel, q.target_cpu, q.float_first_layers, q.accuracy_aware) == ("entropy", False, "x86-vnni", 0, True)
+    assert dataclasses.astuple(q) == ("entropy", False, None, True, "x86-vnni", 0, False, 0.9)  # every field but reduce_range set
     assert opts.tensorrt == TensorRTOptions(2, 4, 64, 1, False, True, True)
     choices = {a.dest: a.choices for a in _subparser("export")._actions}
     assert tuple(choices["calibration_method"]) == CALIBRATION_METHODS and tuple(choices["target_cpu"]) == TARGET_CPU_CHOICES
@@ -227,6 +228,8 @@ def test_api_options_take_keyword_overrides_and_name_unknown_ones():
         ExportOptions().with_overrides(max_drop=150)
     with pytest.raises(et.InputError, match="--float-first-layers.* >= 0, got -1"):
         ExportOptions().with_overrides(float_first_layers=-1)
+    with pytest.raises(et.InputError, match=r"--min-int8-share.*\(0-1\), got 50"):
+        ExportOptions().with_overrides(min_int8_share=50)
     assert not Path("never-written").exists()
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import runtimes
 from converters.export import FORMAT_SPECS, FORMATS
+from converters.validate import format_table
 from runtimes.errors import InputError, ValidationFailed
 
 from conftest import SMALL, run_cli
@@ -209,11 +210,12 @@ def test_nodes_kept_in_float_stay_float_inside_onnxruntime(format_bundles, test_
 
 
 def test_bad_quantisation_is_caught_by_the_gate(digits_run, tmp_path: Path):
-    """Per-tensor weights calibrated on 2 images: the depthwise convs collapse and the export is refused."""
+    """Per-tensor weights calibrated on 2 images: the depthwise convs collapse and the export is refused (on the
+    first rung; the ladder is tested on its own)."""
     import edge_transfer as et
 
     with pytest.raises(ValidationFailed) as info:
-        et.export(digits_run.path, out=tmp_path / "bad", format="onnx-int8", per_channel=False, calibration_size=2)
+        et.export(digits_run.path, out=tmp_path / "bad", format="onnx-int8", per_channel=False, calibration_size=2, fallback=False)
     msg = str(info.value)
     assert "onnx-int8" in msg and "FAIL" in msg and "drop" in msg and "not written" in msg
     assert not (tmp_path / "bad").exists() and list(tmp_path.iterdir()) == []
@@ -319,3 +321,55 @@ def test_int8_keeps_the_stem_layers_in_float_by_default_and_says_so(format_bundl
     assert ov["float_first_layers"] == 2 and ov["bias_correction"].startswith("full")
     backbone_float = [name for name in ov["float_layers"] if "/backbone/" in name]  # (the head's input has no FakeQuantize either)
     assert len(backbone_float) == 2 and "conv_stem" in backbone_float[0] and "conv_dw" in backbone_float[1]
+
+
+def test_int8_bundles_state_their_int8_share_of_the_multiply_adds(format_bundles):
+    """The manifest and the validation say how much of an "int8" bundle computes in int8 (multiply-adds counted from
+    the layer shapes), and the float layers it names are the ones the graph really runs in float."""
+    import onnx
+
+    from converters.int8_share import onnx_int8_share
+
+    fp32 = onnx_int8_share(format_bundles["onnx"] / "model.onnx")
+    assert fp32["macs_share"] == 0.0 and fp32["int8_layers"] == 0 and fp32["macs"] > 1e6
+    shares = {}
+    for fmt in ("onnx-int8", "openvino-int8", "onnx-int8-dynamic", "tensorrt-int8"):
+        manifest = runtimes.read_manifest(format_bundles[fmt])
+        share = manifest.conversion["int8_share"]
+        assert manifest.validation["int8_macs_share"] == share["macs_share"] and "int8_share" in manifest.validation["checks"]
+        assert share["macs"] == fp32["macs"] and share["layers"] == fp32["layers"], fmt  # the same network, counted the same
+        shares[fmt] = share
+    onnx_int8 = shares["onnx-int8"]
+    assert onnx_int8["float_layers"] == runtimes.read_manifest(format_bundles["onnx-int8"]).conversion["float_nodes"]
+    assert 0.9 < onnx_int8["macs_share"] < 1.0 and onnx_int8["int8_layers"] == onnx_int8["layers"] - 2
+    graph = onnx.load(str(format_bundles["onnx-int8"] / "model.onnx")).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            assert (made_by.get(node.input[0]) == "DequantizeLinear") == (node.name not in onnx_int8["float_layers"]), node.name
+    assert 0.9 < shares["openvino-int8"]["macs_share"] < 1.0
+    assert shares["onnx-int8-dynamic"]["macs_share"] == shares["tensorrt-int8"]["macs_share"] == 1.0
+    assert "int8_share" not in runtimes.read_manifest(format_bundles["onnx"]).conversion
+
+
+def test_int8_export_climbs_the_ladder_and_the_share_gate_refuses_mostly_float(digits_run, tmp_path: Path):
+    """A post-training int8 bundle that fails its gate is made again with the accuracy-aware search (the second
+    rung), and the bundle says which rung made it and what the first one measured; `fallback=False` (--no-fallback)
+    stops after the first. Asking for 100% int8 makes both rungs fail deterministically: the default keeps the stem
+    in float, and the search only ever adds float layers."""
+    import edge_transfer as et
+
+    with pytest.raises(ValidationFailed) as info:
+        et.export(digits_run.path, out=tmp_path / "strict", format="onnx-int8", min_int8_share=1.0, fallback=False)
+    msg = str(info.value)
+    assert "post-training int8" in msg and "int8 share of multiply-adds >= 100% (is 9" in msg and "without --no-fallback" in msg
+    assert "accuracy-aware int8" not in msg and not (tmp_path / "strict").exists()
+
+    (result,) = et.export(digits_run.path, out=tmp_path / "ladder", format="onnx-int8", min_int8_share=1.0, allow_failed_validation=True)
+    v = runtimes.read_manifest(result.path).validation
+    assert v["rung"] == "accuracy-aware" and v["passed"] is False and v["checks"]["int8_share"] is False
+    (first,) = v["ladder"]
+    assert first["rung"] == "post-training" and first["passed"] is False and first["checks"]["int8_share"] is False
+    conversion = runtimes.read_manifest(result.path).conversion
+    assert "accuracy_aware" in conversion and set(conversion["int8_share"]["float_layers"]) >= set(conversion["float_nodes"][:2])
+    assert "accuracy-aware" in format_table([result.summary()])

@@ -101,3 +101,57 @@ def test_validation_gate_blocks_a_bad_export(digits_run, tmp_path: Path):
     res = export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref, allow_failed_validation=True)
     assert res.validation["passed"] is False and res.validation["overridden"] is True
     assert runtimes.read_manifest(tmp_path / "b").validation["passed"] is False
+
+
+def test_the_gate_judges_paired_predictions_and_says_when_a_set_is_too_small():
+    """With 36 held-out images one image is 2.78 pt: a 1-point gate cannot tell such a drop from noise, so one net
+    image lost passes (the exact test gives p = 0.5) and two fail; on 359 images the point drop decides, as before.
+    The exact test's p-value and the drop this set could resolve are reported either way."""
+    from converters.validate import format_validation, paired_judgement, smallest_significant_loss, worse_p_value
+
+    assert worse_p_value(5, 0) == 0.03125 and worse_p_value(1, 0) == 0.5 and worse_p_value(0, 0) == 1.0
+    assert smallest_significant_loss() == 5 and worse_p_value(4, 0) > 0.05
+
+    def judge(n: int, losses: int, gains: int = 0) -> dict:
+        torch_hits = np.ones(n, bool)
+        torch_hits[:gains] = False  # torch wrong where the artifact is right
+        artifact_hits = torch_hits.copy()
+        artifact_hits[:gains] = True
+        artifact_hits[gains : gains + losses] = False
+        return paired_judgement(torch_hits, artifact_hits, 0.01)
+
+    small = judge(36, 1)
+    assert small["passed"] and small["too_small_to_judge"] and small["p_worse"] == 0.5 and small["one_image"] == pytest.approx(1 / 36, abs=1e-6)
+    assert small["resolvable_drop"] == pytest.approx(5 / 36, abs=1e-6)
+    assert not judge(36, 2)["passed"] and judge(36, 3, gains=2)["passed"]
+    assert judge(359, 3)["passed"] and not judge(359, 3)["too_small_to_judge"] and not judge(359, 4)["passed"]
+    assert judge(359, 5, gains=1)["losses"] == 5 and not judge(359, 5, gains=1)["passed"]
+    v = {
+        "split": "all",
+        "count": 36,
+        "torch_accuracy": 1.0,
+        "artifact_accuracy": 34 / 36,
+        "accuracy_drop": 2 / 36,
+        "paired": judge(36, 2),
+        "top1_agreement": 34 / 36,
+        "max_abs_logit_diff": 1.0,
+        "max_drop": 0.01,
+        "min_agreement": None,
+        "passed": False,
+    }
+    text = format_validation(v)
+    assert "2 image(s) lost and 0 gained" in text and "too few images to judge" in text and "13.9 pt" in text and text.endswith("FAIL")
+
+
+def test_a_small_held_out_set_is_judged_and_flagged(digits_run, tmp_path: Path):
+    """Through a real export: 36 images, no image changes its answer in fp32 ONNX, and the manifest says the set was
+    too small to judge a 1-point drop."""
+    from converters.export import export_bundle
+    from converters.validate import ReferenceData
+
+    model, _ = load_run(digits_run.path)
+    ds = load_digits_dataset()
+    ref = ReferenceData(ds.prepared_batch(range(36), model.preprocessing), ds.targets[:36], "test")
+    res = export_bundle(model.for_export(), tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref)
+    paired = runtimes.read_manifest(res.path).validation["paired"]
+    assert paired["too_small_to_judge"] is True and paired["losses"] == paired["gains"] == 0 and res.validation["passed"]
