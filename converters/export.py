@@ -40,7 +40,16 @@ from .int8_share import bundle_int8_share
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
 from .torch_reference import reference_logits
-from .validate import ReferenceData, add_check, compare, default_min_agreement, format_table, format_validation
+from .validate import (
+    UNLABELLED_INT8_GATE,
+    ReferenceData,
+    add_check,
+    calibration_overlap,
+    compare,
+    default_min_agreement,
+    format_table,
+    format_validation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +175,12 @@ def export_bundles(
     for target in targets.values():
         if target.exists() and not opts.overwrite:
             raise BundleError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
+    overlap = calibration_overlap(reference, calibration.items) if calibration is not None else 0
+    if overlap:
+        logger.warning(
+            f"{overlap} of the {len(reference.images)} validation images are also calibration images: the int8 gate "
+            "then partly judges the images int8 was fitted to; validate on other images (--data)"
+        )
     results: list[ExportResult] = []
     with tempfile.TemporaryDirectory(prefix="edge-transfer-export-") as work_dir:
         work = Path(work_dir)
@@ -192,6 +207,7 @@ def export_bundles(
             opts.max_drop / 100.0,
             opts.tensorrt,
             self_test_size,
+            calibration_overlap=overlap,
         )
         batch_dim: int | str = "batch" if batch_size is None else batch_size
         common = {
@@ -323,8 +339,11 @@ def _export_one(
         t = time.perf_counter()
         golden = choose_golden(len(reference.images), job.self_test_size) if job.self_test_size else None
         with _validation_predictor(spec, writer.dir) as predictor:
-            validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop)
+            gate = UNLABELLED_INT8_GATE if spec.precision == "int8" else None
+            validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop, unlabelled_gate=gate)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
+        if spec.calibrated:
+            validation["calibration_overlap"] = job.calibration_overlap
         if share is not None:
             validation["int8_macs_share"] = share["macs_share"]
             validation["min_int8_share"] = job.quantization.min_int8_share

@@ -18,7 +18,7 @@ from runtimes.errors import InputError
 from .calibration import CalibrationData
 from .onnx_export import INPUT_NAME
 from .options import QuantizationOptions, TensorRTOptions
-from .validate import ReferenceData, default_min_agreement
+from .validate import CONFIDENT, MIN_CONFIDENT_IMAGES, UNLABELLED_INT8_GATE, ReferenceData, softmax
 
 # (conversion settings for the manifest, calibration record or None, extra producer versions)
 Built = tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]
@@ -39,6 +39,7 @@ class ExportJob:
     max_drop: float  # a fraction (0.01 = 1 accuracy point)
     tensorrt: TensorRTOptions
     self_test_size: int
+    calibration_overlap: int = 0  # validation images that are also calibration images (recorded with the gate)
     _cache: dict[str, Path] = field(default_factory=dict)  # shared by the copies each rung of the ladder makes
 
     @property
@@ -69,8 +70,12 @@ class ExportJob:
         if self.tuning.targets is not None:
             baseline = float((top1 == self.tuning.targets).mean())
             return self.tuning.images, self.tuning.targets, baseline, self.max_drop, {"metric": "accuracy"}
-        allowed = 1.0 - (default_min_agreement("int8", False) or 0.97)
-        return self.tuning.images, top1, 1.0, allowed, {"metric": "top-1 agreement with fp32"}
+        # no labels: torch's answer where torch is confident, as the unlabelled gate judges (all images if none is)
+        confident = softmax(self.tuning_logits).max(1) >= CONFIDENT
+        pick = confident if confident.sum() >= MIN_CONFIDENT_IMAGES else np.ones(len(top1), bool)
+        allowed = 1.0 - UNLABELLED_INT8_GATE["confident_agreement"]
+        desc = {"metric": "top-1 agreement with fp32" + (" where fp32 is confident" if pick is confident else ""), "count": int(pick.sum())}
+        return self.tuning.images[pick], top1[pick], 1.0, allowed, desc
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from runtimes.errors import CheckpointError, DatasetError, InputError
 
 from .config import DEFAULT_BACKBONE, TrainConfig
 from .distributed import main_process_only
-from .export_data import ExportData, draw_calibration, reference_data, run_data
+from .export_data import ExportData, draw_calibration, pretrained_data, reference_data, run_data
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def export(
     """
     from converters.export import FORMAT_SPECS, export_bundles, parse_formats, raise_for_failures
 
-    from .data import load_dataset, stratified_split
+    from .data import load_dataset
     from .model import ImageClassifier
     from .sources import create_backbone, load_run
 
@@ -180,13 +180,15 @@ def export(
             raise InputError(f"{bb.name} has no classifier of its own to use as it is; train a head on your data first")
         model = ImageClassifier(bb, bb.source_head, bb.labels).eval()
         cfg = model.preprocessing
-        ds = load_dataset(data or "digits")
-        own = ExportData(ds, stratified_split(ds.targets, seed=0, classes=ds.classes), str(data or "digits"), 0)
         labels = list(bb.labels) if bb.labels else None
-        reference = reference_data(own, own.splits.test, "test", cfg, labels)
         source = dict(bb.source, backbone=bb.name, strategy="pretrained")
+    q = opts.quantization
+    calibrated = any(FORMAT_SPECS[f].calibrated for f in formats)
+    tuned = (q.accuracy_aware or q.fallback) and any(FORMAT_SPECS[f].tunable for f in formats)
     calibration = tuning = None
-    if any(FORMAT_SPECS[f].calibrated for f in formats):
+    if run is None:
+        reference, calibration, tuning = pretrained_data(opts, cfg, labels, calibrated=calibrated, tuned=tuned)
+    elif calibrated:
         if opts.calibration_data is not None:
             cal_ds = load_dataset(opts.calibration_data)
             cal = ExportData(cal_ds, None, str(opts.calibration_data), 0)
@@ -195,9 +197,9 @@ def export(
             if own is None:
                 raise DatasetError("the run's training data cannot be reloaded for int8 calibration; pass --calibration-data DIR")
             calibration = draw_calibration(own, own.splits.train, "train", opts.calibration_size, cfg)
+    if calibration is not None:
         logger.info(f"calibration: {len(calibration)} images from the {calibration.split} split of {calibration.source}")
-    q = opts.quantization
-    if (q.accuracy_aware or q.fallback) and any(FORMAT_SPECS[f].tunable for f in formats):
+    if run is not None and tuned:
         if own is not None:  # the accuracy-aware rung of the ladder tunes on the val split
             tuning = reference_data(own, own.splits.val, "val", cfg, labels)
         elif q.accuracy_aware:

@@ -3,6 +3,7 @@ caller names, prepared exactly as the model expects."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ import numpy as np
 from runtimes.errors import DatasetError, InputError
 
 from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,7 +69,60 @@ def reference_data(d: ExportData, indices: np.ndarray, split: str, cfg: Any, mod
     desc = {"source": d.source, "count": int(len(indices))}
     if model_labels is not None and list(model_labels) != list(d.dataset.classes):
         desc["labels_match_model"] = matched
-    return ReferenceData(images, targets if matched else None, split, desc)
+    items = [d.dataset.describe_item(int(i)) for i in indices]
+    return ReferenceData(images, targets if matched else None, split, desc, items)
+
+
+def pretrained_data(opts: Any, cfg: Any, labels: list[str] | None, *, calibrated: bool, tuned: bool) -> tuple[Any, Any, Any]:
+    """(reference, calibration, tuning) for exporting a source model as it is (`export --backbone`).
+
+    `--data` is validated on in full, as for a run. int8 needs `--calibration-data`: calibrating an ImageNet model
+    on images unlike its own (the built-in digits) makes int8 fail, and no default could be defended. Without
+    `--data`, a seeded share (`TrainConfig.test_fraction`) of the calibration folder is held out for validation and
+    never calibrated on. Without either, fp32/fp16 formats are checked for agreement with torch on the built-in
+    digits' test split, and the log says so. The accuracy-aware rung tunes on the calibration images."""
+    from .data import load_dataset, stratified_split
+
+    cal = None
+    if calibrated:
+        if opts.calibration_data is None:
+            raise InputError(
+                "int8 formats of a pretrained model need --calibration-data DIR, images like the device will see "
+                "(the built-in digits are unlike the images the model was trained on, and int8 calibrated on them fails)"
+            )
+        cal_ds = load_dataset(opts.calibration_data)
+        cal = ExportData(cal_ds, None, str(opts.calibration_data), 0)
+    cal_indices = np.arange(len(cal.dataset)) if cal is not None else None
+    if opts.data is not None:
+        ds = load_dataset(opts.data)
+        reference = reference_data(ExportData(ds, None, str(opts.data), 0), np.arange(len(ds)), "all", cfg, labels)
+    elif cal is not None:
+        order = np.random.default_rng(0).permutation(len(cal.dataset))
+        n_held = max(1, int(round(len(order) * TrainConfig.test_fraction)))
+        if len(order) - n_held < 1:
+            raise DatasetError(f"{opts.calibration_data}: {len(order)} image(s) cannot be split into calibration and validation; pass --data DIR")
+        held, cal_indices = np.sort(order[:n_held]), np.sort(order[n_held:])
+        reference = reference_data(cal, held, "calibration-data (held out)", cfg, labels)
+        logger.info(
+            f"validating on {len(held)} images of {opts.calibration_data} held out from calibration (seeded); "
+            "pass --data DIR to validate on other images"
+        )
+    else:
+        ds = load_dataset("digits")
+        digits = ExportData(ds, stratified_split(ds.targets, seed=0, classes=ds.classes), "digits", 0)
+        reference = reference_data(digits, digits.splits.test, "test", cfg, labels)
+        logger.warning(
+            "validating the source model on the built-in digits, images unlike the ones it was trained on: only "
+            "agreement with torch is checked; pass --data DIR with images like the device's"
+        )
+    calibration = tuning = None
+    if cal is not None and cal_indices is not None:
+        calibration = draw_calibration(cal, cal_indices, "calibration-data", opts.calibration_size, cfg)
+        if tuned:
+            from converters.validate import ReferenceData
+
+            tuning = ReferenceData(calibration.images, None, "calibration-data", {"source": cal.source, "count": len(calibration)})
+    return reference, calibration, tuning
 
 
 def draw_calibration(d: ExportData, indices: np.ndarray, split: str, size: int, cfg: Any):

@@ -105,8 +105,13 @@ def test_pretrained_efficientnet_lite0_labels_chelsea_a_cat(tmp_path: Path):
     from skimage import data
 
     bundle = tmp_path / "imagenet"
-    r = run_cli("export", "--backbone", "efficientnet_lite0", "--strategy", "pretrained", "--format", "onnx", "--out", str(bundle), "--json")
+    pretrained = ["export", "--backbone", "efficientnet_lite0", "--strategy", "pretrained"]
+    r = run_cli(*pretrained, "--format", "onnx-int8", "--out", str(tmp_path / "int8"))
+    _one_line_error(r, "--calibration-data", "digits")  # int8 never calibrates an ImageNet model on digits
+    assert not (tmp_path / "int8").exists()
+    r = run_cli(*pretrained, "--format", "onnx", "--out", str(bundle), "--json")
     assert r.returncode == 0, r.stderr
+    assert "validating the source model on the built-in digits" in r.stderr and "--data" in r.stderr  # and says so
     v = json.loads(r.stdout)["formats"][0]["validation"]
     assert v["passed"] and v["top1_agreement"] >= 0.995
     photo = tmp_path / "chelsea.png"

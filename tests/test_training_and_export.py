@@ -155,3 +155,67 @@ def test_a_small_held_out_set_is_judged_and_flagged(digits_run, tmp_path: Path):
     res = export_bundle(model.for_export(), tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref)
     paired = runtimes.read_manifest(res.path).validation["paired"]
     assert paired["too_small_to_judge"] is True and paired["losses"] == paired["gains"] == 0 and res.validation["passed"]
+
+
+class _FixedOutputs:
+    """The Predictor surface `compare` uses, returning given logits: the gate's arithmetic on known numbers."""
+
+    inference_precision = "f32"
+
+    def __init__(self, logits: np.ndarray):
+        self.logits = logits
+
+    def run_chunked(self, images: np.ndarray) -> np.ndarray:
+        return self.logits
+
+    def describe(self) -> dict:
+        return {"backend": "fixed"}
+
+
+def test_int8_without_labels_is_judged_where_torch_is_confident():
+    """No labels (a pretrained model on the user's photos): flipping the images where torch is unsure passes; losing
+    a confident answer, torch's top-1 leaving the top 5, or logits pointing elsewhere fails, each check by name.
+    On 20 images one image may miss (it is 5%, more than the 3% allowed); with fewer than 10 confident images the
+    confident check says it cannot judge and is skipped."""
+    from converters.validate import MIN_CONFIDENT_IMAGES, UNLABELLED_INT8_GATE, ReferenceData, compare
+
+    rng = np.random.default_rng(0)
+    n, classes = 40, 10
+    noise = rng.normal(0, 1, (n, classes)).astype(np.float32)
+
+    def logits_with(confident: int) -> np.ndarray:  # the first `confident` rows confident, the rest unsure
+        out = noise.copy()
+        for i in range(n):
+            top = noise[i].max() + (8.0 if i < confident else 0.2)
+            out[i, i % classes] = top
+            if i >= confident:  # two runners-up just below: softmax top-1 under 0.4
+                out[i, (i + 1) % classes], out[i, (i + 2) % classes] = top - 0.1, top - 0.2
+        return out
+
+    torch_logits = logits_with(20)
+    data = ReferenceData(np.zeros((n, 4, 4, 3), np.uint8), None, "photos")
+
+    def judge(logits: np.ndarray) -> dict:
+        return compare(_FixedOutputs(logits), torch_logits, data, min_agreement=None, max_drop=0.01, unlabelled_gate=UNLABELLED_INT8_GATE)
+
+    unsure_flipped = torch_logits.copy()
+    for i in range(20, 40):  # swap top-1 and runner-up where torch is unsure
+        a, b = np.argsort(-unsure_flipped[i])[:2]
+        unsure_flipped[i, [a, b]] = unsure_flipped[i, [b, a]]
+    v = judge(unsure_flipped)
+    assert v["top1_agreement"] <= 0.5 and v["unlabelled"]["confident_count"] == 20 and v["passed"], v["checks"]
+    confident_lost = unsure_flipped.copy()
+    confident_lost[:2] = np.roll(confident_lost[:2], 1, axis=1)  # two of 20 confident answers lost (one is allowed)
+    assert judge(confident_lost)["checks"]["confident_agreement"] is False
+    far = torch_logits.copy()
+    far[:, :] = far[:, ::-1]  # every answer moved to another class, far outside the top 5 for most images
+    assert {k for k, ok in judge(far)["checks"].items() if not ok} == set(UNLABELLED_INT8_GATE)
+    small = ReferenceData(np.zeros((20, 4, 4, 3), np.uint8), None, "photos")  # one image is 5%, more than the 3% allowed
+    one_lost = torch_logits[:20].copy()
+    one_lost[0, 0] = one_lost[0].min() - 1.0  # torch's confident top-1 for image 0 now ranks last
+    v = compare(_FixedOutputs(one_lost), torch_logits[:20], small, min_agreement=None, max_drop=0.01, unlabelled_gate=UNLABELLED_INT8_GATE)
+    assert v["unlabelled"]["top5_containment"] == 0.95 and v["unlabelled"]["confident_agreement"] == 0.95
+    assert v["checks"]["top5_containment"] and v["checks"]["confident_agreement"]
+    few = logits_with(MIN_CONFIDENT_IMAGES - 1)
+    v = compare(_FixedOutputs(few), few, data, min_agreement=None, max_drop=0.01, unlabelled_gate=UNLABELLED_INT8_GATE)
+    assert "confident_agreement" not in v["checks"] and "too few" in v["unlabelled"]["confident_note"] and v["passed"]
