@@ -76,8 +76,9 @@ def reference_data(d: ExportData, indices: np.ndarray, split: str, cfg: Any, mod
 def pretrained_data(opts: Any, cfg: Any, labels: list[str] | None, *, calibrated: bool, tuned: bool) -> tuple[Any, Any, Any]:
     """(reference, calibration, tuning) for exporting a source model as it is (`export --backbone`).
 
-    `--data` is validated on in full, as for a run. int8 needs `--calibration-data`: calibrating an ImageNet model
-    on images unlike its own (the built-in digits) makes int8 fail, and no default could be defended. Without
+    `--data` is validated on in full, as for a run. int8 needs `--calibration-data`: calibrated on images unlike its
+    own (the built-in digits), OpenVINO int8 of an ImageNet model fails (README, "Unlabelled data"), and no
+    built-in default could be defended. Without
     `--data`, a seeded share (`TrainConfig.test_fraction`) of the calibration folder is held out for validation and
     never calibrated on. Without either, fp32/fp16 formats are checked for agreement with torch on the built-in
     digits' test split, and the log says so. The accuracy-aware rung tunes on the calibration images."""
@@ -88,7 +89,7 @@ def pretrained_data(opts: Any, cfg: Any, labels: list[str] | None, *, calibrated
         if opts.calibration_data is None:
             raise InputError(
                 "int8 formats of a pretrained model need --calibration-data DIR, images like the device will see "
-                "(the built-in digits are unlike the images the model was trained on, and int8 calibrated on them fails)"
+                "(the built-in digits are unlike the images the model was trained on: OpenVINO int8 calibrated on them fails)"
             )
         cal_ds = load_dataset(opts.calibration_data)
         cal = ExportData(cal_ds, None, str(opts.calibration_data), 0)
