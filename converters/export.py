@@ -254,6 +254,7 @@ def export_bundles(
                     raise
                 logger.error(f"{spec.name}: {exc}")
                 results.append(ExportResult(spec.name, targets[spec.name], None, None, error=str(exc)))
+    _warn_when_int8_is_not_faster(results)
     return results
 
 
@@ -342,6 +343,8 @@ def _export_one(
             gate = UNLABELLED_INT8_GATE if spec.precision == "int8" else None
             validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop, unlabelled_gate=gate)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
+            speed = _speed_vs_fp32(job, spec, predictor, reference.images[:1])
+        validation.update(speed)
         if spec.calibrated:
             validation["calibration_overlap"] = job.calibration_overlap
         if share is not None:
@@ -372,6 +375,37 @@ def _export_one(
             logger.warning(f"{spec.name} failed validation; writing it anyway because that was explicitly allowed")
         bundle = writer.commit(dataclasses.replace(manifest, validation=validation))
     return ExportResult(spec.name, target, bundle, validation, seconds, int8_share=share)
+
+
+def _speed_vs_fp32(job: ExportJob, spec: FormatSpec, predictor: runtimes.Predictor, one: np.ndarray) -> dict[str, Any]:
+    """This bundle's backend call against the same backend's plain fp32 graph, at the bundle's batch (see
+    `converters.latency`); nothing for TensorRT, whose engine is built and timed on the device."""
+    if spec.backend == "tensorrt":
+        return {}
+    from .latency import batch1_ms
+
+    batch = np.repeat(one, job.feed_batch, axis=0)
+    base = job.fp32_ms(spec.backend, batch)
+    ms = batch1_ms(predictor.native_call(), batch)
+    return {
+        "latency_ms": round(ms, 3),
+        "latency_batch": job.feed_batch,
+        "fp32_latency_ms": None if base is None else round(base, 3),
+        "speedup_vs_fp32": None if base is None or ms <= 0 else round(base / ms, 2),
+    }
+
+
+def _warn_when_int8_is_not_faster(results: list[ExportResult]) -> None:
+    """Say so when an int8 bundle is no faster than fp32 on the same backend here (ONNX Runtime int8 on CPUs
+    without VNNI, measured: 1.7x slower), naming the fastest passing bundle instead."""
+    speedups = {r.format: (v["speedup_vs_fp32"], r.passed, v["latency_batch"]) for r in results if (v := r.validation) and v.get("speedup_vs_fp32")}
+    passing = {name: s for name, (s, passed, _) in speedups.items() if passed}
+    best = max(passing, key=passing.__getitem__, default=None)
+    for name, (speedup, _, batch) in speedups.items():
+        if FORMAT_SPECS[name].precision == "int8" and speedup < 1.1:
+            other = f"; here {best} is {passing[best]:.2f}x its fp32" if best is not None and best != name else ""
+            why = "; ONNX Runtime's int8 kernels need VNNI to pay off on depthwise networks" if FORMAT_SPECS[name].backend == "onnxruntime" else ""
+            logger.warning(f"{name} is no faster than fp32 on this CPU ({speedup:.2f}x at batch {batch}{why}){other}")
 
 
 def _validation_predictor(spec: FormatSpec, bundle_dir: Path) -> runtimes.Predictor:

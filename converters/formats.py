@@ -41,6 +41,7 @@ class ExportJob:
     self_test_size: int
     calibration_overlap: int = 0  # validation images that are also calibration images (recorded with the gate)
     _cache: dict[str, Path] = field(default_factory=dict)  # shared by the copies each rung of the ladder makes
+    _fp32_ms: dict[str, float | None] = field(default_factory=dict)  # per backend, measured once (latency.py)
 
     @property
     def feed_batch(self) -> int:
@@ -54,6 +55,16 @@ class ExportJob:
             preprocess_for_quantization(self.base_onnx, self.work / "preprocessed.onnx")
             self._cache["preprocessed"] = self.work / "preprocessed.onnx"
         return self._cache["preprocessed"]
+
+    def fp32_ms(self, backend: str, batch: np.ndarray) -> float | None:
+        """Milliseconds of one call of `backend` running the plain fp32 graph on `batch`, measured once per export
+        (None where this host cannot run the backend)."""
+        if backend not in self._fp32_ms:
+            from .latency import batch1_ms, fp32_call
+
+            call = fp32_call(backend, self.base_onnx, INPUT_NAME)
+            self._fp32_ms[backend] = batch1_ms(call, batch) if call is not None else None
+        return self._fp32_ms[backend]
 
     def reduce_range(self) -> dict[str, Any]:
         """The int8 weight range for the target CPU (not this host's), with the reason; recorded in the manifest."""

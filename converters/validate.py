@@ -254,8 +254,9 @@ def format_validation(v: dict[str, Any]) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The multi-format summary: one row per format (keys: format, bytes, validation, written, error). For int8
     formats, 'int8 MACs' is the share of multiply-adds done in int8 and 'rung' the step of the ladder that made
-    the bundle (see `converters.export.ladder`)."""
-    header = ("format", "size", "accuracy", "drop", "agreement", "int8 MACs", "rung", "ms/img", "result")
+    the bundle (see `converters.export.ladder`). 'speed-up' is the bundle's backend call against the same backend
+    running the fp32 graph, on this host at the bundle's batch (`converters.latency`)."""
+    header = ("format", "size", "accuracy", "drop", "agreement", "int8 MACs", "rung", "ms/img", "speed-up", "result")
     lines = []
     for r in rows:
         v = r.get("validation") or {}
@@ -273,6 +274,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"{100 * v['int8_macs_share']:.1f}%" if v.get("int8_macs_share") is not None else "-",
                 v.get("rung") or "-",
                 f"{v['ms_per_image']:.2f}" if v.get("ms_per_image") is not None else "-",
+                f"{v['speedup_vs_fp32']:.2f}x" if v.get("speedup_vs_fp32") else "-",
                 result,
             )
         )

@@ -72,6 +72,40 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
     return rows
 
 
+def recommendation(results: Sequence[BenchResult]) -> dict[str, Any]:
+    """The fastest bundle, at the smallest batch measured, that passed its export gate (not written by
+    `--allow-failed-validation`) and its self-test in this run: {"bundle", "format", "batch", "p50_ms", "line"}."""
+    from runtimes.bundle import read_manifest
+
+    if not results:
+        return {"bundle": None, "line": "recommended: nothing was measured"}
+    batch = min(r.batch for r in results)
+    eligible, left_out = [], []
+    for r in results:
+        if r.batch != batch:
+            continue
+        validation = read_manifest(r.bundle).validation or {}
+        name = r.export_format or r.precision
+        if not validation.get("passed") or validation.get("overridden"):
+            left_out.append(f"{name} (failed its export gate)")
+        elif r.self_test != "pass":
+            left_out.append(f"{name} (self-test {r.self_test or 'not run'})")
+        else:
+            eligible.append(r)
+    skipped = f"; left out: {', '.join(left_out)}" if left_out else ""
+    if not eligible:
+        return {"bundle": None, "batch": batch, "line": f"recommended: none: no bundle passed both its export gate and its self-test here{skipped}"}
+    best = min(eligible, key=lambda r: r.latency.p50)
+    return {
+        "bundle": best.bundle,
+        "format": best.export_format,
+        "batch": batch,
+        "p50_ms": round(best.latency.p50, 3),
+        "line": f"recommended: {best.bundle} ({best.export_format or best.precision}), the fastest bundle that passed its export gate "
+        f"and its self-test on this device: p50 {best.latency.p50:.3f} ms at batch {batch}{skipped}",
+    }
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The comparison table users read: what ran where, how big, how fast, how much we add."""
     cols = [

@@ -143,7 +143,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from runtimes.bench import BenchOptions, bench_bundle, labelled_accuracy
     from runtimes.options import options_from_namespace
 
-    from .bench_report import comparison_rows, format_table, machine_context, plot, write_csv, write_json
+    from .bench_report import comparison_rows, format_table, machine_context, plot, recommendation, write_csv, write_json
 
     batches = _int_list(args.batch, "--batch")
     options: dict[str, Any] = {}
@@ -207,6 +207,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             interrupted = True
             break
     rows = comparison_rows(results)
+    several = len({r.bundle for r in results}) > 1
+    recommended = recommendation(results) if several and not interrupted else None
     if args.json:
         write_json(results, rows, args.json, machine_context())
     if args.csv:
@@ -214,9 +216,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot and results:
         plot(results, args.plot)
     if args.json_stdout:
-        print_json({"machine": machine_context(), "rows": rows, "interrupted": interrupted})
+        print_json({"machine": machine_context(), "rows": rows, "recommendation": recommended, "interrupted": interrupted})
     else:
         print(format_table(rows))
+        if recommended is not None:
+            print(recommended["line"])
         for r in results:
             plain = f"; plain backend call p50 {r.plain.p50:.3f} ms" if r.plain else ""
             print(

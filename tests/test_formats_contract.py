@@ -352,6 +352,35 @@ def test_int8_bundles_state_their_int8_share_of_the_multiply_adds(format_bundles
     assert "int8_share" not in runtimes.read_manifest(format_bundles["onnx"]).conversion
 
 
+def test_the_export_measures_each_bundle_against_fp32_on_its_backend(format_bundles, caplog):
+    """The table's speed-up: each bundle's backend call against the same backend running the fp32 graph, on this
+    host (noisy on 2 busy cores, so only its presence and sanity are checked); TensorRT's is measured on the device.
+    An int8 bundle no faster than its fp32 is named in a warning, with the fastest passing bundle."""
+    import logging
+
+    from converters.export import ExportResult, _warn_when_int8_is_not_faster
+
+    for fmt, path in format_bundles.items():
+        v = runtimes.read_manifest(path).validation
+        if FORMAT_SPECS[fmt].backend == "tensorrt":
+            assert "speedup_vs_fp32" not in v
+        else:
+            assert v["latency_batch"] == 1 and v["latency_ms"] > 0 and 0.05 < v["speedup_vs_fp32"] < 20, (fmt, v)
+    ort, ov = runtimes.read_manifest(format_bundles["onnx"]).validation, runtimes.read_manifest(format_bundles["openvino"]).validation
+    assert ort["fp32_latency_ms"] == runtimes.read_manifest(format_bundles["onnx-int8"]).validation["fp32_latency_ms"]  # one baseline
+    assert ov["fp32_latency_ms"] != ort["fp32_latency_ms"]  # per backend
+    assert "speed-up" in format_table([{"format": "onnx", "validation": ort, "bytes": 1, "written": True}])
+
+    def result(fmt: str, speedup: float) -> ExportResult:
+        return ExportResult(fmt, Path(fmt), object(), {"passed": True, "speedup_vs_fp32": speedup, "latency_batch": 1})  # type: ignore[arg-type]
+
+    with caplog.at_level(logging.WARNING, logger="converters.export"):
+        _warn_when_int8_is_not_faster([result("onnx-int8", 0.95), result("openvino-int8", 2.2), result("onnx", 1.0)])
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "onnx-int8 is no faster than fp32 on this CPU (0.95x at batch 1" in message and "VNNI" in message
+    assert "here openvino-int8 is 2.20x its fp32" in message
+
+
 def test_int8_export_climbs_the_ladder_and_the_share_gate_refuses_mostly_float(digits_run, tmp_path: Path):
     """A post-training int8 bundle that fails its gate is made again with the accuracy-aware search (the second
     rung), and the bundle says which rung made it and what the first one measured; `fallback=False` (--no-fallback)
