@@ -37,8 +37,10 @@ from runtimes.selftest import choose_golden, write_self_test
 from .calibration import CalibrationData
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
 from .int8_share import bundle_int8_share
+from .ladder import ACCURACY_AWARE, POST_TRAINING, ladder, rung_record
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
+from .speedup import speed_vs_fp32, warn_when_int8_is_not_faster
 from .torch_reference import reference_logits
 from .validate import (
     UNLABELLED_INT8_GATE,
@@ -244,7 +246,7 @@ def export_bundles(
                     )
                     if result.passed or last:
                         break
-                    earlier.append(_rung_record(rung, result))
+                    earlier.append(rung_record(rung, result))
                     logger.info(f"{spec.name}: {rung} int8 failed its gate; trying the next rung, {rungs[i + 1][0]}")
                 results.append(result)
             except ValidationFailed:
@@ -254,38 +256,8 @@ def export_bundles(
                     raise
                 logger.error(f"{spec.name}: {exc}")
                 results.append(ExportResult(spec.name, targets[spec.name], None, None, error=str(exc)))
-    _warn_when_int8_is_not_faster(results)
+    warn_when_int8_is_not_faster(results)
     return results
-
-
-POST_TRAINING, ACCURACY_AWARE = "post-training", "accuracy-aware"
-
-
-def ladder(spec: FormatSpec, quantization: QuantizationOptions, *, can_tune: bool) -> list[tuple[str | None, QuantizationOptions]]:
-    """The rungs one format climbs until its bundle passes: (rung name, quantisation options) in order.
-
-    Float formats have one rung without a name. int8 formats that support the accuracy-aware search (`tunable`)
-    start with post-training quantisation and, unless `fallback` is off or there is no tuning data, try the search
-    next; `accuracy_aware` starts on the search. Other int8 formats have the post-training rung only."""
-    if spec.precision != "int8":
-        return [(None, quantization)]
-    if not spec.tunable:
-        return [(POST_TRAINING, quantization)]
-    if quantization.accuracy_aware:
-        return [(ACCURACY_AWARE, quantization)]
-    rungs: list[tuple[str | None, QuantizationOptions]] = [(POST_TRAINING, quantization)]
-    if quantization.fallback and can_tune:
-        rungs.append((ACCURACY_AWARE, dataclasses.replace(quantization, accuracy_aware=True)))
-    elif quantization.fallback:
-        logger.info(f"{spec.name}: no tuning data (a val split), so no accuracy-aware rung after post-training int8")
-    return rungs
-
-
-def _rung_record(rung: str | None, result: ExportResult) -> dict[str, Any]:
-    """What a rung that failed measured, kept in the validation of the bundle that was written."""
-    v = result.validation or {}
-    keys = ("accuracy_drop", "top1_agreement", "int8_macs_share", "checks", "passed")
-    return {"rung": rung, **{k: v.get(k) for k in keys}, "seconds": result.seconds.get("convert")}
 
 
 def _export_one(
@@ -343,7 +315,7 @@ def _export_one(
             gate = UNLABELLED_INT8_GATE if spec.precision == "int8" else None
             validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop, unlabelled_gate=gate)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
-            speed = _speed_vs_fp32(job, spec, predictor, reference.images[:1])
+            speed = speed_vs_fp32(job, spec, predictor, reference.images[:1])
         validation.update(speed)
         if spec.calibrated:
             validation["calibration_overlap"] = job.calibration_overlap
@@ -375,41 +347,6 @@ def _export_one(
             logger.warning(f"{spec.name} failed validation; writing it anyway because that was explicitly allowed")
         bundle = writer.commit(dataclasses.replace(manifest, validation=validation))
     return ExportResult(spec.name, target, bundle, validation, seconds, int8_share=share)
-
-
-def _speed_vs_fp32(job: ExportJob, spec: FormatSpec, predictor: runtimes.Predictor, one: np.ndarray) -> dict[str, Any]:
-    """This bundle's backend call against the same backend's plain fp32 graph, at the bundle's batch (see
-    `converters.latency`); nothing for TensorRT, whose engine is built and timed on the device."""
-    if spec.backend == "tensorrt":
-        return {}
-    from .latency import batch1_ms
-
-    batch = np.repeat(one, job.feed_batch, axis=0)
-    base = job.fp32_ms(spec.backend, batch)
-    ms = batch1_ms(predictor.native_call(), batch)
-    return {
-        "latency_ms": round(ms, 3),
-        "latency_batch": job.feed_batch,
-        "fp32_latency_ms": None if base is None else round(base, 3),
-        "speedup_vs_fp32": None if base is None or ms <= 0 else round(base / ms, 2),
-    }
-
-
-def _warn_when_int8_is_not_faster(results: list[ExportResult]) -> None:
-    """Say so when an int8 bundle is no faster than fp32 on the same backend here (ONNX Runtime int8 measured 1.7x
-    slower without VNNI, 0.92x with it on EfficientNet-Lite0), naming the fastest passing bundle instead."""
-    speedups = {r.format: (v["speedup_vs_fp32"], r.passed, v["latency_batch"]) for r in results if (v := r.validation) and v.get("speedup_vs_fp32")}
-    passing = {name: s for name, (s, passed, _) in speedups.items() if passed}
-    best = max(passing, key=passing.__getitem__, default=None)
-    for name, (speedup, _, batch) in speedups.items():
-        if FORMAT_SPECS[name].precision == "int8" and speedup < 1.1:
-            other = f"; here {best} is {passing[best]:.2f}x its fp32" if best is not None and best != name else ""
-            why = (
-                "; ONNX Runtime's int8 kernels often do not pay off on depthwise networks, and never without VNNI"
-                if FORMAT_SPECS[name].backend == "onnxruntime"
-                else ""
-            )
-            logger.warning(f"{name} is no faster than fp32 on this CPU ({speedup:.2f}x at batch {batch}{why}){other}")
 
 
 def _validation_predictor(spec: FormatSpec, bundle_dir: Path) -> runtimes.Predictor:

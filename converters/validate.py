@@ -254,7 +254,7 @@ def format_validation(v: dict[str, Any]) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The multi-format summary: one row per format (keys: format, bytes, validation, written, error). For int8
     formats, 'int8 MACs' is the share of multiply-adds done in int8 and 'rung' the step of the ladder that made
-    the bundle (see `converters.export.ladder`). 'speed-up' is the bundle's backend call against the same backend
+    the bundle (see `converters.ladder`). 'speed-up' is the bundle's backend call against the same backend
     running the fp32 graph, on this host at the bundle's batch (`converters.latency`)."""
     header = ("format", "size", "accuracy", "drop", "agreement", "int8 MACs", "rung", "ms/img", "speed-up", "result")
     lines = []

@@ -358,7 +358,8 @@ def test_the_export_measures_each_bundle_against_fp32_on_its_backend(format_bund
     An int8 bundle no faster than its fp32 is named in a warning, with the fastest passing bundle."""
     import logging
 
-    from converters.export import ExportResult, _warn_when_int8_is_not_faster
+    from converters.export import ExportResult
+    from converters.speedup import warn_when_int8_is_not_faster
 
     for fmt, path in format_bundles.items():
         v = runtimes.read_manifest(path).validation
@@ -374,8 +375,8 @@ def test_the_export_measures_each_bundle_against_fp32_on_its_backend(format_bund
     def result(fmt: str, speedup: float) -> ExportResult:
         return ExportResult(fmt, Path(fmt), object(), {"passed": True, "speedup_vs_fp32": speedup, "latency_batch": 1})  # type: ignore[arg-type]
 
-    with caplog.at_level(logging.WARNING, logger="converters.export"):
-        _warn_when_int8_is_not_faster([result("onnx-int8", 0.95), result("openvino-int8", 2.2), result("onnx", 1.0)])
+    with caplog.at_level(logging.WARNING, logger="converters.speedup"):
+        warn_when_int8_is_not_faster([result("onnx-int8", 0.95), result("openvino-int8", 2.2), result("onnx", 1.0)])
     (message,) = [r.getMessage() for r in caplog.records]
     assert "onnx-int8 is no faster than fp32 on this CPU (0.95x at batch 1" in message and "depthwise" in message
     assert "here openvino-int8 is 2.20x its fp32" in message

@@ -1,0 +1,49 @@
+"""The int8 ladder: the rungs an int8 format climbs until its bundle passes its gate (docs/ARCHITECTURE.md).
+
+Rung 1 is post-training quantisation with the improved defaults; rung 2, for formats that support it (`tunable`),
+the accuracy-aware search tuned on data other than the held-out split; after that the export refuses the bundle.
+`QuantizationOptions.fallback=False` (--no-fallback) stops after rung 1; `accuracy_aware=True` starts on rung 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .formats import FormatSpec
+from .options import QuantizationOptions
+
+if TYPE_CHECKING:
+    from .export import ExportResult
+
+logger = logging.getLogger(__name__)
+
+POST_TRAINING, ACCURACY_AWARE = "post-training", "accuracy-aware"
+
+
+def ladder(spec: FormatSpec, quantization: QuantizationOptions, *, can_tune: bool) -> list[tuple[str | None, QuantizationOptions]]:
+    """The rungs one format climbs until its bundle passes: (rung name, quantisation options) in order.
+
+    Float formats have one rung without a name. int8 formats that support the accuracy-aware search (`tunable`)
+    start with post-training quantisation and, unless `fallback` is off or there is no tuning data, try the search
+    next; `accuracy_aware` starts on the search. Other int8 formats have the post-training rung only."""
+    if spec.precision != "int8":
+        return [(None, quantization)]
+    if not spec.tunable:
+        return [(POST_TRAINING, quantization)]
+    if quantization.accuracy_aware:
+        return [(ACCURACY_AWARE, quantization)]
+    rungs: list[tuple[str | None, QuantizationOptions]] = [(POST_TRAINING, quantization)]
+    if quantization.fallback and can_tune:
+        rungs.append((ACCURACY_AWARE, dataclasses.replace(quantization, accuracy_aware=True)))
+    elif quantization.fallback:
+        logger.info(f"{spec.name}: no tuning data (a val split), so no accuracy-aware rung after post-training int8")
+    return rungs
+
+
+def rung_record(rung: str | None, result: ExportResult) -> dict[str, Any]:
+    """What a rung that failed measured, kept in the validation of the bundle that was written."""
+    v = result.validation or {}
+    keys = ("accuracy_drop", "top1_agreement", "int8_macs_share", "checks", "passed")
+    return {"rung": rung, **{k: v.get(k) for k in keys}, "seconds": result.seconds.get("convert")}
