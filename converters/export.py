@@ -40,6 +40,7 @@ from .int8_share import bundle_int8_share
 from .ladder import ACCURACY_AWARE, POST_TRAINING, ladder, rung_record
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
+from .qat_formats import QatSource, fold_pads_into_convs, store_int8_weights
 from .speedup import speed_vs_fp32, warn_when_int8_is_not_faster
 from .torch_reference import reference_logits
 from .validate import (
@@ -130,6 +131,7 @@ def export_bundles(
     source: dict[str, Any] | None = None,
     options: ExportOptions | None = None,
     opset: int = DEFAULT_OPSET,
+    qat: QatSource | None = None,
     **overrides: Any,
 ) -> list[ExportResult]:
     """Export `model` (uint8 NHWC in, logits out) to one validated bundle per format.
@@ -143,7 +145,8 @@ def export_bundles(
     `quantization.accuracy_aware` also needs `tuning` (e.g. the val split). A format that fails is reported in its
     result and not written (unless `allow_failed_validation`); the others still run. Errors that concern every
     format (bad arguments, the ONNX export itself) raise. Every bundle carries a self-test (`runtimes.selftest`) of
-    `self_test_size` golden images drawn from `reference` (0: none).
+    `self_test_size` golden images drawn from `reference` (0: none). `qat` marks `model` as a quantisation-aware
+    run's fake-quantised model: int8 formats only, from its learned scales (`converters.qat_formats`).
     """
     opts = (options or ExportOptions()).with_overrides(**overrides)
     names = parse_formats(opts.format)
@@ -159,7 +162,9 @@ def export_bundles(
         raise InputError(f"self_test_size must be a whole number >= 0, got {self_test_size!r}")
     if reference.images.shape[1:3] != preprocessing.input_size:
         raise InputError(f"reference images are {reference.images.shape[1:3]}, the model takes {preprocessing.input_size}")
-    calibrated = [s.name for s in specs if s.calibrated]
+    if qat is not None:
+        qat.check_formats(names)
+    calibrated = [s.name for s in specs if s.calibrated and qat is None]
     if calibrated and calibration is None:
         raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
     if calibration is not None and calibration.images.shape[1:3] != preprocessing.input_size:
@@ -189,6 +194,9 @@ def export_bundles(
         t = time.perf_counter()
         logger.info(f"exporting the fp32 ONNX graph (opset {opset}, batch {'dynamic' if batch_size is None else batch_size})")
         info = export_onnx(model, work / "model.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size)
+        if qat is not None:
+            info["int8_weights_stored"] = store_int8_weights(work / "model.onnx")
+            info["pads_folded_into_convs"] = fold_pads_into_convs(work / "model.onnx")
         base_seconds = time.perf_counter() - t
         n = len(labels)
         if info["output_shape"][-1] != n:
@@ -196,6 +204,10 @@ def export_bundles(
         t = time.perf_counter()
         ref = reference_logits(model, reference.images)
         tuning_logits = reference_logits(model, tuning.images) if tuning is not None else None
+        if qat is not None and qat.fp32_model is not None:  # the fp32 parent: the gate's baseline and the speed-up's
+            qat.fp32_logits = reference_logits(qat.fp32_model, reference.images)
+            export_onnx(qat.fp32_model, work / "fp32.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size)
+            qat.fp32_onnx = work / "fp32.onnx"
         ref_seconds = time.perf_counter() - t
         job = ExportJob(
             work,
@@ -210,6 +222,7 @@ def export_bundles(
             opts.tensorrt,
             self_test_size,
             calibration_overlap=overlap,
+            qat=qat,
         )
         batch_dim: int | str = "batch" if batch_size is None else batch_size
         common = {
@@ -224,7 +237,7 @@ def export_bundles(
             agreement = opts.min_agreement
             if agreement is None:
                 agreement = default_min_agreement(spec.precision, reference.targets is not None)
-            rungs = ladder(spec, quantization, can_tune=tuning is not None)
+            rungs = ladder(spec, quantization, can_tune=tuning is not None, qat=qat is not None)
             earlier: list[dict[str, Any]] = []
             try:
                 for i, (rung, rung_quantization) in enumerate(rungs):
@@ -313,7 +326,10 @@ def _export_one(
         golden = choose_golden(len(reference.images), job.self_test_size) if job.self_test_size else None
         with _validation_predictor(spec, writer.dir) as predictor:
             gate = UNLABELLED_INT8_GATE if spec.precision == "int8" else None
-            validation = compare(predictor, ref, reference, min_agreement=min_agreement, max_drop=job.max_drop, unlabelled_gate=gate)
+            gate_ref = ref if job.qat is None else job.qat.gate_reference(ref)
+            validation = compare(predictor, gate_ref, reference, min_agreement=min_agreement, max_drop=job.max_drop, unlabelled_gate=gate)
+            if job.qat is not None:
+                validation["quantisation_aware"] = job.qat.fidelity(predictor, ref, reference)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
             speed = speed_vs_fp32(job, spec, predictor, reference.images[:1])
         validation.update(speed)

@@ -18,6 +18,7 @@ from runtimes.errors import InputError
 from .calibration import CalibrationData
 from .onnx_export import INPUT_NAME
 from .options import QuantizationOptions, TensorRTOptions
+from .qat_formats import QatSource
 from .validate import CONFIDENT, MIN_CONFIDENT_IMAGES, UNLABELLED_INT8_GATE, ReferenceData, softmax
 
 # (conversion settings for the manifest, calibration record or None, extra producer versions)
@@ -40,6 +41,7 @@ class ExportJob:
     tensorrt: TensorRTOptions
     self_test_size: int
     calibration_overlap: int = 0  # validation images that are also calibration images (recorded with the gate)
+    qat: QatSource | None = None  # a quantisation-aware run: base_onnx is its QDQ graph (converters/qat_formats.py)
     _cache: dict[str, Path] = field(default_factory=dict)  # shared by the copies each rung of the ladder makes
     _fp32_ms: dict[str, float | None] = field(default_factory=dict)  # per backend, measured once (latency.py)
 
@@ -62,7 +64,8 @@ class ExportJob:
         if backend not in self._fp32_ms:
             from .latency import batch1_ms, fp32_call
 
-            call = fp32_call(backend, self.base_onnx, INPUT_NAME)
+            fp32_graph = self.base_onnx if self.qat is None else self.qat.fp32_onnx
+            call = fp32_call(backend, fp32_graph, INPUT_NAME) if fp32_graph is not None else None
             self._fp32_ms[backend] = batch1_ms(call, batch) if call is not None else None
         return self._fp32_ms[backend]
 
@@ -105,6 +108,10 @@ class FormatSpec:
 
     def build(self, job: ExportJob, out_dir: Path) -> Built:
         """Write this format's model files into `out_dir` (see `Built`)."""
+        if job.qat is not None and self.precision == "int8":
+            from .qat_formats import build_from_qdq
+
+            return build_from_qdq(job, self, out_dir)
         if self.builder is None:
             raise InputError(f"format {self.name} has no builder")
         return self.builder(job, self, out_dir)

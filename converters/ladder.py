@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .formats import FormatSpec
 from .options import QuantizationOptions
+from .qat_formats import QUANTISATION_AWARE
 
 if TYPE_CHECKING:
     from .export import ExportResult
@@ -22,14 +23,17 @@ logger = logging.getLogger(__name__)
 POST_TRAINING, ACCURACY_AWARE = "post-training", "accuracy-aware"
 
 
-def ladder(spec: FormatSpec, quantization: QuantizationOptions, *, can_tune: bool) -> list[tuple[str | None, QuantizationOptions]]:
+def ladder(spec: FormatSpec, quantization: QuantizationOptions, *, can_tune: bool, qat: bool = False) -> list[tuple[str | None, QuantizationOptions]]:
     """The rungs one format climbs until its bundle passes: (rung name, quantisation options) in order.
 
     Float formats have one rung without a name. int8 formats that support the accuracy-aware search (`tunable`)
     start with post-training quantisation and, unless `fallback` is off or there is no tuning data, try the search
-    next; `accuracy_aware` starts on the search. Other int8 formats have the post-training rung only."""
+    next; `accuracy_aware` starts on the search. Other int8 formats have the post-training rung only. The int8
+    bundles of a quantisation-aware run (`qat`) have one rung: the scales it learned."""
     if spec.precision != "int8":
         return [(None, quantization)]
+    if qat:
+        return [(QUANTISATION_AWARE, quantization)]
     if not spec.tunable:
         return [(POST_TRAINING, quantization)]
     if quantization.accuracy_aware:

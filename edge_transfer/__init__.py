@@ -2,6 +2,7 @@
 
     import edge_transfer as et
     run = et.train("digits", out="runs/digits", strategy="linear-probe")   # or config=et.TrainConfig(...)
+    q = et.qat(run.path, epochs=3)                       # quantisation-aware fine-tuning into runs/digits/qat
     result = et.export(run.path, out="bundles/digits-onnx")               # or options=et.ExportOptions(...)
     predictor = et.load("bundles/digits-onnx")          # = runtimes.load, no torch needed
     results = et.bench("bundles/digits-onnx", batches=[1, 8])   # = runtimes.bench.bench_bundle, no torch needed
@@ -29,9 +30,9 @@ from runtimes.errors import (
     ValidationFailed,
 )
 
-from .config import TrainConfig
+from .config import QatConfig, TrainConfig
 
-_LAZY = {"train": "api", "export": "api", "demo": "demo", "create_backbone": "sources", "load_run": "sources"}
+_LAZY = {"train": "api", "qat": "api", "export": "api", "demo": "demo", "create_backbone": "sources", "load_run": "sources"}
 
 
 def __getattr__(name: str) -> Any:
@@ -47,11 +48,13 @@ __all__ = [
     "read_manifest",
     "bench",
     "train",
+    "qat",
     "export",
     "demo",
     "create_backbone",
     "load_run",
     "TrainConfig",
+    "QatConfig",
     "ExportOptions",
     "QuantizationOptions",
     "TensorRTOptions",

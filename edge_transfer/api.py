@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,12 @@ import numpy as np
 from converters.options import ExportOptions
 from runtimes.errors import CheckpointError, DatasetError, InputError
 
-from .config import DEFAULT_BACKBONE, TrainConfig
+from .config import DEFAULT_BACKBONE, QatConfig, TrainConfig
 from .distributed import main_process_only
 from .export_data import ExportData, draw_calibration, pretrained_data, reference_data, run_data
+from .trained_run import TrainedRun
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainedRun:
-    """A finished training run on disk."""
-
-    path: Path
-    metrics: dict[str, Any]
-    config: dict[str, Any] = field(repr=False)
-    seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainConfig | None = None, **overrides: Any) -> TrainedRun:
@@ -118,7 +107,22 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
         save_run(out, model, run_config, overwrite=cfg.overwrite)
         shutil.rmtree(ckpt, ignore_errors=True)
     wait_for_all_ranks()
-    return TrainedRun(path, result.metrics, run_config, round(time.perf_counter() - t0, 2), result.history)
+    trained = TrainedRun(path, result.metrics, run_config, round(time.perf_counter() - t0, 2), result.history)
+    if cfg.qat:
+        from .qat_train import run_qat
+
+        keep = {k: getattr(cfg, k) for k in ("device", "mixed_precision", "num_workers", "overwrite", "progress")}
+        trained.qat = run_qat(path, config=QatConfig(epochs=cfg.qat_epochs, **keep))
+    return trained
+
+
+def qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None, config: QatConfig | None = None, **overrides: Any) -> TrainedRun:
+    """Quantisation-aware fine-tuning of a finished run (`QatConfig`; keyword arguments override single fields),
+    saved as a new run at `out` (default RUN/qat) that `export` turns into int8 bundles with the learned scales.
+    Under `accelerate launch` / `torchrun` every process calls this; only the main one writes."""
+    from .qat_train import run_qat
+
+    return run_qat(run, out=out, config=(config or QatConfig()).with_overrides(**overrides))
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -145,6 +149,7 @@ def export(
 
     from .data import load_dataset
     from .model import ImageClassifier
+    from .qat_train import qat_source
     from .sources import create_backbone, load_run
 
     opts = (options or ExportOptions()).with_overrides(**overrides)
@@ -152,8 +157,10 @@ def export(
         raise InputError("export needs either a training run directory or --backbone NAME --strategy pretrained")
     formats = parse_formats(opts.format)
     data = opts.data
+    qat = None
     if run is not None:
         model, config = load_run(run)
+        qat = qat_source(config, run)
         try:
             own = run_data(config)
         except DatasetError:
@@ -183,8 +190,8 @@ def export(
         labels = list(bb.labels) if bb.labels else None
         source = dict(bb.source, backbone=bb.name, strategy="pretrained")
     q = opts.quantization
-    calibrated = any(FORMAT_SPECS[f].calibrated for f in formats)
-    tuned = (q.accuracy_aware or q.fallback) and any(FORMAT_SPECS[f].tunable for f in formats)
+    calibrated = qat is None and any(FORMAT_SPECS[f].calibrated for f in formats)
+    tuned = qat is None and (q.accuracy_aware or q.fallback) and any(FORMAT_SPECS[f].tunable for f in formats)
     calibration = tuning = None
     if run is None:
         reference, calibration, tuning = pretrained_data(opts, cfg, labels, calibrated=calibrated, tuned=tuned)
@@ -214,6 +221,7 @@ def export(
         tuning=tuning,
         source=source,
         options=dataclasses.replace(opts, format=tuple(formats)),
+        qat=qat,
     )
     raise_for_failures(results, out)
     return results

@@ -13,43 +13,11 @@ from runtimes.errors import EdgeTransferError
 from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
 
 from .cli_device import cmd_bench, cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
+from .cli_help import EPILOG, FORMATS_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
 from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err
+from .cli_qat import add_qat_parser, add_train_qat_flags
 from .config import STRATEGIES, TrainConfig
-
-EPILOG = """examples:
-  edge-transfer demo
-  edge-transfer train --data digits --strategy linear-probe --out runs/digits
-  edge-transfer train --data my_photos/ --strategy finetune --epochs 5 --image-size 160 --out runs/photos
-  edge-transfer train --data my_photos/ --strategy finetune --epochs 5 --image-size 160 --out runs/photos --resume
-  torchrun --nproc_per_node 4 -m edge_transfer train --data my_photos/ --strategy finetune --out runs/photos
-  edge-transfer export runs/digits --format onnx --out bundles/digits
-  edge-transfer export runs/digits --format onnx-int8,openvino-int8 --accuracy-aware --out bundles/digits-int8
-  edge-transfer export --backbone efficientnet_lite0 --strategy pretrained --format onnx --out bundles/imagenet
-  edge-transfer predict bundles/imagenet cat.jpg --top-k 3
-  edge-transfer inspect bundles/digits --json
-  edge-transfer check bundles/digits --inference-precision bf16
-  edge-transfer bench bundles/digits-all/onnx bundles/digits-all/onnx-int8 --batch 1,8
-"""
-
-
-# ------------------------------------------------------------------------------------------------ parser
-
-FORMATS_HELP = """formats:
-  onnx                ONNX fp32 (ONNX Runtime)
-  onnx-fp16           ONNX with fp16 weights and compute; uint8 in, fp32 logits out
-  onnx-int8           ONNX static int8: QDQ, per-channel weights, calibrated on the training split, stem layers in float
-  onnx-int8-dynamic   ONNX dynamic int8 (weights only calibrated offline), for comparison
-  openvino            OpenVINO IR fp32
-  openvino-fp16       OpenVINO IR with fp16 weights
-  openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (full bias correction, stem layers in float)
-  tensorrt            TensorRT-ready ONNX; the fp32 engine is built on the device (edge-transfer build-engine)
-  tensorrt-fp16       TensorRT-ready fp16 ONNX; fp16 engine built on the device
-  tensorrt-int8       TensorRT-ready QDQ ONNX (symmetric int8, shared calibration); int8 engine built on the device
-
-example:
-  edge-transfer export runs/digits --format onnx,onnx-int8,openvino,openvino-int8 --out bundles/digits
-"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,9 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="finetune/partial: continue an interrupted run from OUT.checkpoint (written after every epoch)"
     )
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory (and drop its checkpoint)")
+    add_train_qat_flags(t)
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.add_argument("--quiet", action="store_true", help="no progress or per-epoch lines")
     t.set_defaults(func=cmd_train)
+
+    add_qat_parser(sub)
 
     e = sub.add_parser(
         "export",

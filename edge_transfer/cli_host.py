@@ -34,11 +34,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if distributed_rank() != 0:  # under accelerate launch / torchrun the main process reports
         return 0
     if args.json:
-        print_json({"run": str(run.path), "metrics": run.metrics, "seconds": run.seconds})
+        qat = {"qat": {"run": str(run.qat.path), "metrics": run.qat.metrics, "seconds": run.qat.seconds}} if run.qat is not None else {}
+        print_json({"run": str(run.path), "metrics": run.metrics, "seconds": run.seconds, **qat})
     else:
         m = run.metrics
         acc = ", ".join(f"{k.replace('_accuracy', '')} {pct(v)}" for k, v in m.items() if k.endswith("_accuracy"))
         print(f"saved run {run.path} in {run.seconds:.1f}s" + (f": accuracy {acc}" if acc else ""))
+    if run.qat is not None:
+        from .cli_qat import report_qat
+
+        report_qat(run.qat, False)
     return 0
 
 

@@ -13,6 +13,7 @@ from runtimes.errors import InputError
 from runtimes.options import replace_options
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_QAT_EPOCHS = 3
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    qat: bool = False  # after training, quantisation-aware fine-tuning into <out>/qat (edge_transfer.qat_train)
+    qat_epochs: int = DEFAULT_QAT_EPOCHS
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A copy with keyword overrides (`train(data, out=..., epochs=5)`); an unknown name is an InputError."""
@@ -98,6 +101,49 @@ class TrainConfig:
             raise InputError(f"num_workers must be >= 0, got {c.num_workers}")
         if c.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise InputError(f"mixed_precision must be auto, no, bf16 or fp16, got {c.mixed_precision!r}")
+        if c.qat and c.strategy == "pretrained":
+            raise InputError("--qat fine-tunes a trained model; the pretrained strategy trains nothing")
         if c.strategy == "partial" and c.unfreeze_blocks < 1:
             raise InputError(f"unfreeze_blocks must be >= 1 for the partial strategy, got {c.unfreeze_blocks}")
         return c
+
+
+@dataclass
+class QatConfig:
+    """Quantisation-aware fine-tuning of a finished run (`edge-transfer qat RUN`, `train --qat`). Every other
+    training option (batch, weight decay, workers, seed) is the parent run's."""
+
+    epochs: int = DEFAULT_QAT_EPOCHS
+    lr: float = 3e-4  # the whole network at one rate: QAT adjusts a trained model, it does not retrain it
+    freeze_scales_after: int | None = None  # epochs with moving scales; None: all but the last epoch
+    target_cpu: str = "portable"  # runtimes.cpu.TARGET_CPUS: 7-bit weights unless the target has VNNI or sdot
+    calibration_size: int = 256  # training images that set the initial scales
+    data: str | None = None  # the parent's data, where it is now (default: where the parent run recorded it)
+    device: str = "auto"
+    mixed_precision: str = "auto"
+    num_workers: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def with_overrides(self, **overrides: Any) -> QatConfig:
+        return replace_options(self, overrides, what="qat")
+
+    def checked(self) -> QatConfig:
+        from runtimes.cpu import TARGET_CPUS
+
+        if self.epochs < 1:
+            raise InputError(f"qat epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise InputError(f"qat lr must be > 0, got {self.lr}")
+        if self.freeze_scales_after is not None and not 0 <= self.freeze_scales_after <= self.epochs:
+            raise InputError(f"freeze_scales_after must be within 0..{self.epochs} (the epochs), got {self.freeze_scales_after}")
+        if self.target_cpu not in TARGET_CPUS:
+            raise InputError(f"target CPU must be one of {', '.join(TARGET_CPUS)}, got {self.target_cpu!r}")
+        if self.calibration_size < 1:
+            raise InputError(f"calibration_size must be >= 1, got {self.calibration_size}")
+        return self
+
+    @property
+    def scales_move_for(self) -> int:
+        return max(self.epochs - 1, 1) if self.freeze_scales_after is None else self.freeze_scales_after

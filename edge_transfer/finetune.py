@@ -7,6 +7,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,11 +92,13 @@ def train_network(
     *,
     accelerator: Any,
     fingerprint: dict[str, Any] | None = None,
+    epoch_start: Callable[[nn.Module, int], None] | None = None,
 ) -> tuple[ImageClassifier, list[dict[str, Any]], dict[str, Any]]:
     """finetune / partial: train with AdamW + cosine schedule, early stopping on val accuracy, best weights restored.
 
     Runs data-parallel (DDP through Accelerate) when launched with several processes; per-epoch metrics are
-    reduced across them. With `cfg.checkpoint_dir`, the main process checkpoints after every epoch, and
+    reduced across them. `epoch_start(net, epoch)` runs before each epoch's first step (QAT freezes its scales
+    there). With `cfg.checkpoint_dir`, the main process checkpoints after every epoch, and
     `cfg.resume` continues from that checkpoint so the run ends exactly where an uninterrupted one would.
     """
     from .checkpoint import TrainingCheckpoint, restore_rng
@@ -155,6 +158,8 @@ def train_network(
         train_dl.set_epoch(epoch)
         net.train()
         _freeze_frozen_norms(net)
+        if epoch_start is not None:
+            epoch_start(net, epoch)
         sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # summed loss, correct, seen
         bar = tqdm(
             train_dl, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not cfg.progress or not accelerator.is_main_process, leave=False

@@ -82,8 +82,13 @@ def classifier_from_config(config: dict[str, Any]) -> ImageClassifier:
 
 
 def load_classifier(weights: str | os.PathLike[str], config: dict[str, Any]) -> ImageClassifier:
-    """Rebuild a classifier from its config and load its safetensors weights (strict)."""
+    """Rebuild a classifier from its config and load its safetensors weights (strict). A quantisation-aware run
+    is rebuilt with its fake quantisation (`edge_transfer.fake_quant`), whose scales are part of the weights."""
     model = classifier_from_config(config)
+    if config.get("qat"):
+        from .fake_quant import prepare_qat
+
+        model = prepare_qat(model, seven_bit=bool(config["qat"].get("seven_bit_weights", True)))
     state = read_safetensors(Path(weights))
     try:
         model.load_state_dict(state, strict=True)
