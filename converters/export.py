@@ -392,6 +392,8 @@ def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str])
         hints.append("the held-out set is too small to judge a drop of --max-drop: hold out more images (train --test-fraction, or --data DIR)")
     if POST_TRAINING in rungs:
         hints.append("without --no-fallback, export tries the accuracy-aware search next (it needs the run's val split)")
+    if rungs & {POST_TRAINING, ACCURACY_AWARE}:
+        hints.append("quantisation-aware fine-tuning keeps int8 accuracy with every layer in int8: edge-transfer qat RUN, then export RUN/qat")
     hints.append("--max-drop changes the tolerance; --allow-failed-validation writes failed bundles marked as failed")
     exc = ValidationFailed(
         f"{len(bad)} of {len(results)} format(s) not written to {out}:\n{format_table([r.summary() for r in results])}\n{details}\n"
