@@ -392,7 +392,8 @@ def test_int8_export_climbs_the_ladder_and_the_share_gate_refuses_mostly_float(d
     with pytest.raises(ValidationFailed) as info:
         et.export(digits_run.path, out=tmp_path / "strict", format="onnx-int8", min_int8_share=1.0, fallback=False)
     msg = str(info.value)
-    assert "post-training int8" in msg and "int8 share of multiply-adds >= 100% (is 9" in msg and "without --no-fallback" in msg and "edge-transfer qat RUN" in msg
+    assert "post-training int8" in msg and "int8 share of multiply-adds >= 100% (is 9" in msg and "without --no-fallback" in msg
+    assert "edge-transfer qat RUN" in msg, "the refusal recommends quantisation-aware fine-tuning"
     assert "accuracy-aware int8" not in msg and not (tmp_path / "strict").exists()
 
     (result,) = et.export(digits_run.path, out=tmp_path / "ladder", format="onnx-int8", min_int8_share=1.0, allow_failed_validation=True)
