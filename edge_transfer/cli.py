@@ -373,8 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     # progress lines on stderr unless --quiet; --json (stdout) silences them too, except for train, whose per-epoch
-    # lines are the only sign of life in a long run
-    json_silences = getattr(args, "json", None) is True and args.command != "train"
+    # lines are the only sign of life in a long run (qat too)
+    json_silences = getattr(args, "json", None) is True and args.command not in ("train", "qat")
     configure_logging(verbose=not getattr(args, "quiet", False) and not json_silences)
     try:
         return args.func(args)
@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        err("interrupted" + ("; continue a finetune/partial run with the same command plus --resume" if args.command == "train" else ""))
+        err("interrupted" + ("; continue a finetune/partial/qat run with the same command plus --resume" if args.command in ("train", "qat") else ""))
         return 130
 
 

@@ -355,3 +355,21 @@ def test_python_api_under_torchrun_trains_and_exports_once(four_classes: Path, t
     import runtimes
 
     assert runtimes.read_manifest(tmp_path / "out" / "bundle").validation["passed"]
+
+
+def test_two_process_qat_runs_under_torchrun(four_classes: Path, tmp_path: Path):
+    """Quantisation-aware fine-tuning in the same DDP loop: 2 CPU processes, one QAT run written, by rank 0."""
+    parent = tmp_path / "ft"
+    _train(
+        ["--data", str(four_classes), "--strategy", "finetune", "--image-size", "32", "--epochs", "1", "--quiet", "--out", str(parent)],
+        cache=tmp_path / "c",
+    )
+    cmd = [*_launcher("torchrun", 2), "qat", str(parent), "--epochs", "2", "--calibration-size", "16", "--json"]
+    env = {**os.environ, "EDGE_TRANSFER_CACHE": str(tmp_path / "c"), "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["run"] == str(parent / "qat"), "only rank 0 reports"
+    assert r.stderr.count("epoch   1/2") == 1, "only rank 0 logs"
+    assert sorted(p.name for p in parent.iterdir()) == ["config.json", "model.safetensors", "qat"], "no checkpoint left behind"
+    record = json.loads((parent / "qat" / "config.json").read_text())["qat"]
+    assert record["processes"] == 2 and record["epochs_run"] == 2 and record["scales"]["layers"] == 50

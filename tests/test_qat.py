@@ -125,3 +125,51 @@ def test_cli_qat_flags_build_the_api_config_and_help_explains_it(qat_run, tmp_pa
     assert out.returncode == 0 and "fake int8 quantisation" in out.stdout and "--freeze-scales-after" in out.stdout
     bad = run_cli("qat", str(qat_run[0].path), "--epochs", "0")
     assert bad.returncode == 2 and "qat epochs must be >= 1" in bad.stderr
+
+
+def test_qat_resumes_after_sigkill_where_the_uninterrupted_run_ends(qat_run, tmp_path: Path):
+    """The QAT loop is train's: a checkpoint after every epoch (scales and observer state included), and --resume
+    ends bit-identical to the run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.numpy import load_file
+
+    from conftest import ROOT
+
+    parent = qat_run[0].path
+    args = ["qat", str(parent), "--epochs", "3", "--calibration-size", "16", "--quiet", "--json"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    whole = subprocess.run(
+        [sys.executable, "-m", "edge_transfer", *args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out, ckpt = tmp_path / "cut", tmp_path / "cut.checkpoint"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_transfer", *args, "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads((ckpt / "state.json").read_text())["epoch"] >= 1:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch = json.loads((ckpt / "state.json").read_text())["epoch"]
+    assert 1 <= epoch < 3 and not out.exists()
+    again = subprocess.run([sys.executable, "-m", "edge_transfer", *args, "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
+    resumed = subprocess.run(
+        [sys.executable, "-m", "edge_transfer", *args[:-2], "--resume", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert resumed.returncode == 0 and f"after epoch {epoch}/3" in resumed.stderr, resumed.stderr[-2000:]
+    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and any(k.endswith("input_quant.scale") for k in a)
+    assert all(np.array_equal(a[k], b[k]) for k in a), "resumed weights or scales differ from the uninterrupted run's"
+    assert not ckpt.exists()
