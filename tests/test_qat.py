@@ -42,11 +42,13 @@ def test_folding_batch_norms_keeps_the_outputs_and_finds_every_conv():
 
 @pytest.fixture(scope="module")
 def qat_run(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny finetune (3 digits classes from an image folder, 32 px) and a 2-epoch quantisation-aware run of it."""
+    """A tiny finetune (3 digits classes from an image folder, 32 px) and, through `train(..., qat=True)`, a 2-epoch
+    quantisation-aware run of it (scales frozen for the last epoch)."""
     root = tmp_path_factory.mktemp("qat")
     data = write_image_folder(root / "data", per_class=12)
-    run = et.train(str(data), out=root / "ft", strategy="finetune", image_size=32, epochs=2, batch_size=8, progress=False)
-    return run, et.qat(run.path, epochs=2, freeze_scales_after=1, calibration_size=16, progress=False)
+    run = et.train(str(data), out=root / "ft", strategy="finetune", image_size=32, epochs=2, batch_size=8, progress=False, qat=True, qat_epochs=2)
+    assert run.qat is not None, "train --qat: the quantisation-aware run follows the fp32 one"
+    return run, run.qat
 
 
 def test_qat_writes_a_run_with_its_learned_scales(qat_run):
