@@ -93,9 +93,9 @@ def variants() -> dict[str, Callable[[Path, Any], Callable[[np.ndarray], np.ndar
         "ovbc-full bias correction + no overflow fix (VNNI targets)": openvino_variant(
             fast_bias_correction=False, advanced_overflow_fix=OverflowFix.DISABLE
         ),
-        "ovbc-full bias correction + first 2 weight layers in float (now the default)": openvino_variant(fast_bias_correction=False, ignored_first=2),
+        "ovbc-full bias correction + first 2 weight layers in float": openvino_variant(fast_bias_correction=False, ignored_first=2),
         "ovbc-full bias correction + first weight layer in float": openvino_variant(fast_bias_correction=False, ignored_first=1),
-        "ovbc-full bias correction + first 3 weight layers in float": openvino_variant(fast_bias_correction=False, ignored_first=3),
+        "ovbc-full bias correction + first 3 weight layers in float (now the default)": openvino_variant(fast_bias_correction=False, ignored_first=3),
         "ovbc-full bias correction + first 2 in float + mixed preset": openvino_variant(
             fast_bias_correction=False, ignored_first=2, preset=__import__("nncf").QuantizationPreset.MIXED
         ),

@@ -163,7 +163,7 @@ def export_bundles(
     if reference.images.shape[1:3] != preprocessing.input_size:
         raise InputError(f"reference images are {reference.images.shape[1:3]}, the model takes {preprocessing.input_size}")
     if qat is not None:
-        qat.check_formats(names)
+        qat.check_formats(names, quantization.target_cpu)
     calibrated = [s.name for s in specs if s.calibrated and qat is None]
     if calibrated and calibration is None:
         raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")

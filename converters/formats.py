@@ -156,7 +156,7 @@ def build_onnx_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
     data, q, target = _calibration(job, spec), job.quantization, out_dir / spec.entrypoint
     calibration = dict(data.provenance())
     rr = job.reduce_range()
-    exclude = first_weight_nodes(job.preprocessed(), q.float_first_layers)
+    exclude = first_weight_nodes(job.preprocessed(), q.float_layers_for(spec.name))
     options = {"method": q.method, "per_channel": q.per_channel, "reduce_range": rr["reduce_range"], "exclude": exclude}
     if q.accuracy_aware:
         images, expected, baseline, allowed, desc = job.tuning_target()
@@ -177,7 +177,7 @@ def build_onnx_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
         settings = quantize_int8_static(job.preprocessed(), target, data, input_name=INPUT_NAME, feed_batch=job.feed_batch, **options)
     settings["reduce_range_reason"] = rr["reason"]
     settings["target_cpu"] = rr
-    settings["float_first_layers"] = q.float_first_layers
+    settings["float_first_layers"] = q.float_layers_for(spec.name)
     calibration.update(method=q.method, per_channel=q.per_channel)
     return settings, calibration, {}
 
@@ -202,7 +202,7 @@ def build_openvino_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Buil
         accuracy_control=control,
         feed_batch=job.batch_size,
         overflow_fix="enable" if rr["reduce_range"] else "disable",
-        float_first_layers=job.quantization.float_first_layers,
+        float_first_layers=job.quantization.float_layers_for(spec.name),
     )
     settings["target_cpu"] = rr
     if control is not None:

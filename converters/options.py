@@ -30,15 +30,23 @@ __all__ = [
 ]
 
 
+# format -> the first weight layers it keeps in float by default. Measured through the export with the ladder
+# (digits at 128 px, 359 test images, README): OpenVINO with 3 loses +0.28 pt on the linear probe and gains 0.28 on
+# the finetune (with 2: +0.56 and +0.00); ONNX Runtime with 3 fails the linear probe even after the accuracy-aware
+# search (+1.67 pt), with 2 it passes there (+0.28).
+FLOAT_FIRST_LAYERS: dict[str, int] = {"onnx-int8": 2, "openvino-int8": 3}
+
+
 @dataclass(frozen=True)
 class QuantizationOptions:
     """How int8 formats are made. `target_cpu` (see `runtimes.cpu.TARGET_CPUS`) is the CPU the bundle will run on,
     never the host's: "portable" (default) is safe on every CPU. `reduce_range` overrides its weight range.
 
     `float_first_layers`: onnx-int8 and openvino-int8 keep the first N weight layers (in our backbones the stem
-    convolution and the first depthwise one, about 4% of the MACs) in float. Measured on the digits finetune
-    (benchmarks/int8_ptq.py): these two layers cause most of the post-training loss, 7.8 of 7.8 points in ONNX
-    Runtime and 9.2 of 9.5 in OpenVINO. 0 quantises every layer.
+    convolution, the first depthwise one and the pointwise one after it: 4-6% of the MACs) in float; None takes
+    each format's default (`FLOAT_FIRST_LAYERS`). Measured on the digits finetune (benchmarks/int8_ptq.py): the
+    first two cause most of the post-training loss, 7.8 of 7.8 points in ONNX Runtime and 9.2 of 9.5 in OpenVINO.
+    0 quantises every layer.
 
     `fallback` (the ladder): an onnx-int8/openvino-int8 bundle that fails its gate after post-training
     quantisation is made again with the accuracy-aware search (tuned on the val split), and refused only if that
@@ -51,9 +59,13 @@ class QuantizationOptions:
     reduce_range: bool | None = None
     accuracy_aware: bool = False
     target_cpu: str = DEFAULT_TARGET_CPU
-    float_first_layers: int = 2
+    float_first_layers: int | None = None
     fallback: bool = True
     min_int8_share: float = 0.5
+
+    def float_layers_for(self, format_name: str) -> int:
+        """How many first weight layers `format_name` keeps in float: `float_first_layers`, or the format's default."""
+        return self.float_first_layers if self.float_first_layers is not None else FLOAT_FIRST_LAYERS.get(format_name, 0)
 
 
 @dataclass(frozen=True)
@@ -154,7 +166,7 @@ class ExportOptions:
             options = dataclasses.replace(options, quantization=dataclasses.replace(options.quantization, **quantization))
         if not 0 <= options.max_drop <= 100:
             raise InputError(f"max_drop (--max-drop) is in accuracy points (0-100), got {options.max_drop}")
-        if options.quantization.float_first_layers < 0:
+        if options.quantization.float_first_layers is not None and options.quantization.float_first_layers < 0:
             raise InputError(f"float_first_layers (--float-first-layers) must be >= 0, got {options.quantization.float_first_layers}")
         if not 0.0 <= options.quantization.min_int8_share <= 1.0:
             raise InputError(f"min_int8_share (--min-int8-share) is a fraction of the multiply-adds (0-1), got {options.quantization.min_int8_share}")

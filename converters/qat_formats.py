@@ -42,7 +42,16 @@ class QatSource:
     fp32_logits: np.ndarray | None = None
     fp32_onnx: Path | None = None
 
-    def check_formats(self, names: list[str]) -> None:
+    def check_formats(self, names: list[str], target_cpu: str) -> None:
+        """Refuse what a QAT run cannot give: float formats, and int8 for another CPU than it was trained for."""
+        from runtimes.cpu import DEFAULT_TARGET_CPU
+
+        trained_for = (self.record.get("target_cpu") or {}).get("name", DEFAULT_TARGET_CPU)
+        if target_cpu not in (DEFAULT_TARGET_CPU, trained_for):
+            raise InputError(
+                f"--target-cpu {target_cpu}: this quantisation-aware run learned its weights for {trained_for}; "
+                f"run qat again with --target-cpu {target_cpu}"
+            )
         other = [n for n in names if n not in QAT_FORMATS]
         if other:
             raise InputError(

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from converters.options import CALIBRATION_METHODS, TARGET_CPU_CHOICES, ExportOptions, QuantizationOptions, TensorRTOptions
+from converters.options import CALIBRATION_METHODS, FLOAT_FIRST_LAYERS, TARGET_CPU_CHOICES, ExportOptions, QuantizationOptions, TensorRTOptions
 from runtimes.bench import MODES, BenchOptions
 from runtimes.errors import EdgeTransferError
 from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
@@ -200,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=QuantizationOptions.float_first_layers,
         metavar="N",
-        help=f"onnx-int8/openvino-int8: keep the first N weight layers (stem and first depthwise conv) in float (default "
-        f"{QuantizationOptions.float_first_layers}: they cause most of the int8 loss; 0: quantise every layer)",
+        help=f"onnx-int8/openvino-int8: keep the first N weight layers (stem, first depthwise and pointwise conv) in float "
+        f"(default {FLOAT_FIRST_LAYERS['onnx-int8']} for onnx-int8, {FLOAT_FIRST_LAYERS['openvino-int8']} for openvino-int8: "
+        "they cause most of the int8 loss; 0: quantise every layer)",
     )
     q.add_argument(
         "--per-tensor",

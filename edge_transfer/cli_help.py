@@ -24,7 +24,7 @@ FORMATS_HELP = """formats:
   onnx-int8-dynamic   ONNX dynamic int8 (weights only calibrated offline), for comparison
   openvino            OpenVINO IR fp32
   openvino-fp16       OpenVINO IR with fp16 weights
-  openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (full bias correction, stem layers in float)
+  openvino-int8       OpenVINO IR int8 through NNCF post-training quantisation (full bias correction, first 3 layers in float)
   tensorrt            TensorRT-ready ONNX; the fp32 engine is built on the device (edge-transfer build-engine)
   tensorrt-fp16       TensorRT-ready fp16 ONNX; fp16 engine built on the device
   tensorrt-int8       TensorRT-ready QDQ ONNX (symmetric int8, shared calibration); int8 engine built on the device

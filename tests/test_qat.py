@@ -104,6 +104,8 @@ def test_a_qat_run_exports_int8_only_and_qat_needs_a_trained_run(qat_run, tmp_pa
     run, q = qat_run
     with pytest.raises(InputError, match=r"int8 formats only .* export its parent run"):
         et.export(q.path, out=tmp_path / "fp32", format="onnx")
+    with pytest.raises(InputError, match="learned its weights for portable; run qat again with --target-cpu x86-vnni"):
+        et.export(q.path, out=tmp_path / "vnni", format="onnx-int8", target_cpu="x86-vnni")
     cfg = json.loads((run.path / "config.json").read_text())
     assert "qat" not in cfg
     with pytest.raises(InputError, match="--qat fine-tunes a trained model"):
