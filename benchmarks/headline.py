@@ -54,9 +54,9 @@ def export_bundles(work: Path) -> dict[str, Path]:
             allow_failed_validation=True,
             overwrite=True,
         )
-        for f in missing:
+        for f in missing:  # one format is written at out itself, several at out/<format>
             shutil.rmtree(work / f, ignore_errors=True)
-            (work / "_new" / f).rename(work / f)
+            (work / "_new" / f if len(missing) > 1 else work / "_new").rename(work / f)
         shutil.rmtree(work / "_new", ignore_errors=True)
     return {f: work / f for f in FORMATS}
 

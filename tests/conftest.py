@@ -128,3 +128,26 @@ def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
 BLOCK_HOST_PACKAGES = (
     "for _m in ('torch', 'torchvision', 'timm', 'onnx', 'accelerate', 'safetensors', 'sklearn', 'skimage'):\n    sys.modules[_m] = None\n"
 )
+
+
+def kill_after_first_checkpoint(cli_args: list[str], checkpoint: Path, env: dict[str, str]) -> int:
+    """Start `python -m edge_transfer CLI_ARGS`, SIGKILL it once `checkpoint` records a finished epoch (a crash
+    between epochs, nothing flushed), and return that epoch."""
+    import json
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_transfer", *cli_args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads((checkpoint / "state.json").read_text())["epoch"] >= 1:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return int(json.loads((checkpoint / "state.json").read_text())["epoch"])

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, write_image_folder
+from conftest import ROOT, kill_after_first_checkpoint, write_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -189,24 +187,7 @@ def test_resume_after_sigkill_ends_where_the_uninterrupted_run_ends(four_classes
 
     out, ckpt = tmp_path / "cut" / "run", tmp_path / "cut" / "run.checkpoint"
     env = {**os.environ, "EDGE_TRANSFER_CACHE": str(tmp_path / "c"), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_transfer", "train", *args, "--quiet", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads((ckpt / "state.json").read_text())["epoch"] >= 1:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    state = json.loads((ckpt / "state.json").read_text())
+    state = {"epoch": kill_after_first_checkpoint(["train", *args, "--quiet", "--out", str(out)], ckpt, env)}
     assert 1 <= state["epoch"] < 3 and not out.exists(), "killed between epochs: a checkpoint, no run directory"
     assert {p.suffix for p in ckpt.iterdir()} == {".safetensors", ".json"}, "no pickle in checkpoints"
 

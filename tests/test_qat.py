@@ -17,7 +17,7 @@ from edge_transfer.fake_quant import fold_batch_norms, prepare_qat, quantized_la
 from edge_transfer.sources import load_run
 from runtimes.errors import InputError
 
-from conftest import run_cli, write_image_folder
+from conftest import kill_after_first_checkpoint, run_cli, write_image_folder
 
 
 def test_folding_batch_norms_keeps_the_outputs_and_finds_every_conv():
@@ -135,10 +135,8 @@ def test_qat_resumes_after_sigkill_where_the_uninterrupted_run_ends(qat_run, tmp
     """The QAT loop is train's: a checkpoint after every epoch (scales and observer state included), and --resume
     ends bit-identical to the run that was never interrupted."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from safetensors.numpy import load_file
 
@@ -152,20 +150,7 @@ def test_qat_resumes_after_sigkill_where_the_uninterrupted_run_ends(qat_run, tmp
     )
     assert whole.returncode == 0, whole.stderr[-2000:]
     out, ckpt = tmp_path / "cut", tmp_path / "cut.checkpoint"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_transfer", *args, "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads((ckpt / "state.json").read_text())["epoch"] >= 1:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    epoch = json.loads((ckpt / "state.json").read_text())["epoch"]
+    epoch = kill_after_first_checkpoint([*args, "--out", str(out)], ckpt, env)
     assert 1 <= epoch < 3 and not out.exists()
     again = subprocess.run([sys.executable, "-m", "edge_transfer", *args, "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env)
     assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
