@@ -79,6 +79,8 @@ class CalibrationData:
 
     def nncf_dataset(self, batch_size: int = 1):
         """An `nncf.Dataset` over these images (each item one uint8 batch, fed to the model's single input)."""
-        import nncf
+        from .openvino_convert import import_nncf
+
+        nncf = import_nncf()
 
         return nncf.Dataset(list(self.batches(batch_size, exact=True)))

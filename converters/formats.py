@@ -184,9 +184,9 @@ def build_onnx_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
 
 def build_openvino_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
     """NNCF post-training int8 (optionally with accuracy control), saved as IR."""
-    import nncf
-
     from . import openvino_convert as ovc
+
+    nncf = ovc.import_nncf()
 
     data = _calibration(job, spec)
     calibration = dict(data.provenance())

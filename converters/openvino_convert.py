@@ -26,6 +26,15 @@ from .calibration import CalibrationData
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
 
 
+def import_nncf() -> Any:
+    """nncf, imported without torch's "No CUDA runtime is found" warning: importing NNCF loads torch's C++
+    extension helpers, which look for CUDA and warn on every CPU-only host; int8 export never builds an extension."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+
+    return nncf
+
+
 def read_onnx(path: str | os.PathLike[str]):
     """The ONNX file as an `openvino.Model` (its shapes, static or dynamic, carry over)."""
     import openvino as ov
@@ -77,7 +86,7 @@ def quantize_int8(
     feed_batch: the model's fixed batch size, if it has one (inputs are then padded to it).
     float_first_layers: the first N weight layers stay in float (NNCF's ignored scope).
     """
-    import nncf
+    nncf = import_nncf()
 
     dataset = calibration.nncf_dataset(feed_batch or 1)
     settings: dict[str, Any] = {

@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify image files (.npy needs numpy only; other formats need Pillow).",
     )
     pr.add_argument("bundle")
-    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every image under them, sorted)")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
@@ -383,7 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         err(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        err("interrupted" + ("; continue a finetune/partial/qat run with the same command plus --resume" if args.command in ("train", "qat") else ""))
+        resumable = args.command == "qat" or (args.command == "train" and args.strategy in ("finetune", "partial"))
+        err(
+            "interrupted"
+            + ("; continue with the same command plus --resume" if resumable else "; no run was saved" if args.command == "train" else "")
+        )
         return 130
 
 

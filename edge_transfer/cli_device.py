@@ -52,19 +52,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import runtimes
+    from runtimes.preprocess import expand_image_paths
 
+    images = expand_image_paths(args.images)  # a folder stands for the images in it
     predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args))
-    results = predictor.predict(args.images, top_k=args.top_k)
+    results = predictor.predict(images, top_k=args.top_k)
     if args.json:
         print_json(
             {
                 "bundle": args.bundle,
                 "runtime": predictor.describe(),
-                "predictions": [{"image": img, "top_k": [c.to_dict() for c in r]} for img, r in zip(args.images, results)],
+                "predictions": [{"image": img, "top_k": [c.to_dict() for c in r]} for img, r in zip(images, results)],
             }
         )
         return 0
-    for img, r in zip(args.images, results):
+    for img, r in zip(images, results):
         print(img)
         for c in r:
             print(f"  {c.score:7.2%}  {c.label}")

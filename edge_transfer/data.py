@@ -17,13 +17,11 @@ from typing import Any
 import numpy as np
 
 from runtimes.errors import DatasetError, InputError
-from runtimes.preprocess import PreprocessConfig, prepare_image, read_image
+from runtimes.preprocess import IMAGE_EXTENSIONS, PreprocessConfig, prepare_image, read_image
 
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
 
 
 @dataclass

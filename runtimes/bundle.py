@@ -78,6 +78,18 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _what_it_is(root: Path) -> str:
+    """For a directory that is not a bundle: a training run, the parent of several bundles, or neither."""
+    config = root / "config.json"
+    if (root / "model.safetensors").is_file() and config.is_file() and "edge-transfer-run" in config.read_text(errors="replace")[:4096]:
+        return f"this is a training run, not a bundle; make bundles from it with: edge-transfer export {root} --format onnx --out BUNDLE"
+    inside = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
+    if inside:
+        shown = ", ".join(str(root / name) for name in inside[:8]) + (f" and {len(inside) - 8} more" if len(inside) > 8 else "")
+        return f"this folder holds {len(inside)} bundle(s), one per format; name one: {shown}"
+    return "not a bundle, or an interrupted export"
+
+
 def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
     """Parse and validate manifest.json without checking the model files."""
     root = Path(bundle_dir)
@@ -88,7 +100,7 @@ def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
         if not root.is_dir():
             raise BundleError(f"{root}: a bundle is a directory, this is a file")
         if mpath.is_symlink() or not mpath.is_file():
-            raise BundleError(f"{root}: no {MANIFEST_NAME} (not a bundle, or an interrupted export)")
+            raise BundleError(f"{root}: no {MANIFEST_NAME}: {_what_it_is(root)}")
     except OSError as exc:  # e.g. a directory this user may not search
         raise BundleError(f"{root}: cannot be read: {exc.strerror or exc}") from None
     try:

@@ -265,10 +265,36 @@ def _int_image(arr: np.ndarray, path: str) -> np.ndarray:
     return arr.astype(np.uint8) if hi <= 255 else arr.astype(np.uint16)
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
+
+
+def expand_image_paths(paths: list[str]) -> list[str]:
+    """Image files as given, with each folder replaced by the image files under it (sorted; hidden files and
+    other suffixes left out). A folder without images is an InputError naming it."""
+    from pathlib import Path
+
+    out: list[str] = []
+    for path in paths:
+        if not Path(path).is_dir():
+            out.append(path)
+            continue
+        found = sorted(
+            str(p)
+            for p in Path(path).rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not found:
+            raise InputError(f"{path}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        out.extend(found)
+    return out
+
+
 def read_image(path: str) -> np.ndarray:
     """Decode an image file to an array. `.npy` needs numpy only; other formats need Pillow."""
     import os
 
+    if os.path.isdir(path):
+        raise InputError(f"{path}: a folder, not an image file")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such image file")
     if path.lower().endswith(".npy"):

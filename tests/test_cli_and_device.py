@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -254,3 +255,34 @@ def test_cli_bench_flags_build_the_library_options_with_their_defaults():
     lib = {k: p.default for k, p in inspect.signature(bench_predictor).parameters.items() if p.default is not inspect.Parameter.empty}
     assert args.threads == lib["threads"] and build_parser().parse_args(["bench", "b"]).batch == str(lib["batch"])
     assert tuple(next(a for a in _subparser("bench")._actions if a.dest == "mode").choices) == MODES
+
+
+def test_predict_takes_a_folder_and_a_wrong_folder_says_what_it_is(digits_run, digits_bundle: Path, tmp_path: Path):
+    """`predict BUNDLE folder/` classifies every image under it; `predict`/`inspect` on a training run or on the
+    parent of several bundles say what that folder is and what to do, instead of "no manifest.json"."""
+    photos = write_image_folder(tmp_path / "imgs", per_class=2)
+    (photos / ".DS_Store").write_bytes(b"\0\0")
+    out = run_cli("predict", str(digits_bundle), str(photos), "--top-k", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    shown = [p["image"] for p in json.loads(out.stdout)["predictions"]]
+    assert len(shown) == 6 and shown == sorted(shown) and not any(".DS_Store" in s for s in shown)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = run_cli("predict", str(digits_bundle), str(empty))
+    assert bad.returncode == 2 and "a folder with no image files" in bad.stderr
+
+    run = run_cli("inspect", str(digits_run.path))
+    assert run.returncode == 2 and "this is a training run, not a bundle" in run.stderr and f"edge-transfer export {digits_run.path}" in run.stderr
+    parent = tmp_path / "bundles"
+    shutil.copytree(digits_bundle, parent / "onnx")
+    several = run_cli("predict", str(parent), str(photos))
+    assert several.returncode == 2 and "holds 1 bundle(s)" in several.stderr and str(parent / "onnx") in several.stderr
+
+
+def test_int8_export_does_not_print_torchs_cuda_warning():
+    """Importing NNCF (openvino-int8) loads torch's C++ extension helpers, which warn "No CUDA runtime is found" on
+    every CPU-only host; the export imports it with that logger quiet."""
+    code = "from converters.openvino_convert import import_nncf\nimport_nncf()\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 0, r.stderr
+    assert "No CUDA runtime" not in r.stderr
