@@ -79,7 +79,7 @@ class CalibrationData:
 
     def nncf_dataset(self, batch_size: int = 1):
         """An `nncf.Dataset` over these images (each item one uint8 batch, fed to the model's single input)."""
-        from .openvino_convert import import_nncf
+        from .nncf_loader import import_nncf
 
         nncf = import_nncf()
 

@@ -22,17 +22,9 @@ import numpy as np
 from runtimes.predictor import padded_chunks
 
 from .calibration import CalibrationData
+from .nncf_loader import import_nncf
 
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
-
-
-def import_nncf() -> Any:
-    """nncf, imported without torch's "No CUDA runtime is found" warning: importing NNCF loads torch's C++
-    extension helpers, which look for CUDA and warn on every CPU-only host; int8 export never builds an extension."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    import nncf
-
-    return nncf
 
 
 def read_onnx(path: str | os.PathLike[str]):

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from runtimes.errors import EdgeTransferError
+from runtimes.errors import EdgeTransferError, InputError
 
 from .cli_output import bad, err, is_number, num, only_errors_from, pct, precision_option, print_json
 
@@ -148,6 +148,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench_report import comparison_rows, format_table, machine_context, plot, recommendation, write_csv, write_json
 
     batches = _int_list(args.batch, "--batch")
+    if args.plot:  # before any measurement, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib (pip install matplotlib); nothing was measured") from None
     options: dict[str, Any] = {}
     if args.threads:
         options["threads"] = args.threads
@@ -161,9 +166,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 1
     images = None
     if args.images:
-        from runtimes.preprocess import read_image
+        from runtimes.preprocess import expand_image_paths, read_image
 
-        images = [read_image(path) for path in args.images]
+        images = [read_image(path) for path in expand_image_paths(args.images)]
     bar = None
     results = []
     interrupted = False

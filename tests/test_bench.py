@@ -173,3 +173,16 @@ def test_the_recommendation_leaves_out_bundles_that_failed_their_gate(format_bun
     recommended = r.stdout.strip().splitlines()[-1]
     assert recommended.startswith(f"recommended: {format_bundles['onnx']} (onnx)"), recommended
     assert "left out: onnx-int8-dynamic (failed its export gate)" in recommended
+
+
+def test_bench_plot_without_matplotlib_is_refused_before_measuring(digits_bundle: Path):
+    """Without matplotlib, --plot is refused at once (nothing measured and lost), naming the package."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "import sys\nsys.modules['matplotlib'] = None\nfrom edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    args = ["bench", str(digits_bundle), "--iterations", "100000", "--plot", "x.png"]
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "--plot needs matplotlib (pip install matplotlib); nothing was measured" in r.stderr

@@ -282,7 +282,7 @@ def test_predict_takes_a_folder_and_a_wrong_folder_says_what_it_is(digits_run, d
 def test_int8_export_does_not_print_torchs_cuda_warning():
     """Importing NNCF (openvino-int8) loads torch's C++ extension helpers, which warn "No CUDA runtime is found" on
     every CPU-only host; the export imports it with that logger quiet."""
-    code = "from converters.openvino_convert import import_nncf\nimport_nncf()\n"
+    code = "from converters.nncf_loader import import_nncf\nimport_nncf()\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert r.returncode == 0, r.stderr
     assert "No CUDA runtime" not in r.stderr

@@ -1,0 +1,15 @@
+"""NNCF, imported quietly (it is the OpenVINO int8 quantiser; see openvino_convert.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+
+def import_nncf() -> Any:
+    """nncf, imported without torch's "No CUDA runtime is found" warning: importing NNCF loads torch's C++
+    extension helpers, which look for CUDA and warn on every CPU-only host; int8 export never builds an extension."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+
+    return nncf
