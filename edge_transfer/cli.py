@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapt a pretrained backbone to a dataset; writes a run directory",
         description="Transfer-learn and save a run directory (model.safetensors + config.json with metrics).",
     )
-    t.add_argument("--data", default="digits", help="an image folder (one sub-folder per class) or 'digits' (built in; default)")
+    t.add_argument("--data", help="an image folder (one sub-folder per class) or 'digits' (the built-in demo data; the default, with a warning)")
     t.add_argument(
         "--backbone",
         default=TrainConfig.backbone,

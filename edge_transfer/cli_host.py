@@ -28,7 +28,13 @@ def export_options_from_args(args: argparse.Namespace) -> ExportOptions:
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import train
 
-    run = train(args.data, out=args.out, config=train_config_from_args(args))
+    if args.data is None:
+        import logging
+
+        logging.getLogger("edge_transfer.cli").warning(
+            "no --data given: training on the built-in digits demo data (8x8 handwritten digits); pass --data DIR for your images"
+        )
+    run = train(args.data or "digits", out=args.out, config=train_config_from_args(args))
     from .distributed import distributed_rank
 
     if distributed_rank() != 0:  # under accelerate launch / torchrun the main process reports

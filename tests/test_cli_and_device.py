@@ -286,3 +286,10 @@ def test_int8_export_does_not_print_torchs_cuda_warning():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert r.returncode == 0, r.stderr
     assert "No CUDA runtime" not in r.stderr
+
+
+def test_train_without_data_says_it_uses_the_builtin_digits(tmp_path: Path):
+    """`train` with no --data still runs on the demo data, but says so, even with --quiet (pretrained: nothing trains)."""
+    r = run_cli("train", "--strategy", "pretrained", "--image-size", "32", "--out", str(tmp_path / "p"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "no --data given: training on the built-in digits demo data" in r.stderr and "pass --data DIR" in r.stderr
