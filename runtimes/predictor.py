@@ -105,6 +105,19 @@ class Predictor:
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.warnings: list[str] = []  # what makes this bundle unsafe here (reported by describe() and `check`)
+        validation = bundle.manifest.validation or {}
+        self.validation_passed: bool | None = validation.get("passed") if isinstance(validation.get("passed"), bool) else None
+        if self.validation_passed is False:  # written anyway with --allow-failed-validation: say so on every load
+            import logging
+
+            drop = validation.get("accuracy_drop")
+            what = f" (accuracy drop {100 * drop:+.2f} pt vs torch)" if isinstance(drop, (int, float)) else ""
+            logging.getLogger(__name__).warning(
+                "%s: this bundle FAILED its validation gate at export%s and was written only because "
+                "--allow-failed-validation was given; do not ship it",
+                bundle.path,
+                what,
+            )
 
     def _check_int8_target(self) -> None:
         """For int8 bundles run on this CPU: warn (logging) when their kernels can saturate here."""
@@ -170,6 +183,7 @@ class Predictor:
             "output": self.outputs[0].to_dict(),
             "num_classes": len(self.labels),
             "warnings": list(self.warnings),
+            "validation_passed": self.validation_passed,
         }
 
     def check_graph_io(self, graph_inputs: dict[str, tuple[str, tuple[Any, ...]]], graph_outputs: dict[str, tuple[str, tuple[Any, ...]]]) -> None:
