@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,10 @@ from runtimes.cpu import TARGET_CPUS, reduce_range_for
 from runtimes.errors import CheckpointError, EdgeTransferError, InputError
 
 from .config import QatConfig, TrainConfig
+from .trained_run import TrainedRun
+
+if TYPE_CHECKING:
+    from converters.qat_formats import QatSource
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +37,10 @@ def default_qat_dir(run: str | os.PathLike[str]) -> Path:
     return Path(run) / "qat"
 
 
-def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None, config: QatConfig | None = None) -> Any:
+def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None, config: QatConfig | None = None) -> TrainedRun:
     """Fine-tune the run at `run` with fake int8 quantisation; save the result as a run at `out` (default RUN/qat).
 
-    Returns an `api.TrainedRun` whose metrics are those of the fake-quantised model (what its int8 bundles will
+    Returns a `TrainedRun` whose metrics are those of the fake-quantised model (what its int8 bundles will
     score) next to the parent's fp32 metrics."""
     from .checkpoint import checkpoint_dir_for
     from .distributed import auto_workers, distributed_rank, make_accelerator, quiet_unless_main, wait_for_all_ranks
@@ -45,7 +49,6 @@ def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None =
     from .finetune import train_network
     from .model import save_run
     from .sources import load_run
-    from .trained_run import TrainedRun
     from .training import accuracy, run_fingerprint
 
     cfg = (config or QatConfig()).checked()
@@ -151,7 +154,7 @@ def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None =
     return TrainedRun(target, metrics, run_config, seconds, history)
 
 
-def qat_source(config: dict[str, Any], run_dir: str | os.PathLike[str]) -> Any:
+def qat_source(config: dict[str, Any], run_dir: str | os.PathLike[str]) -> QatSource | None:
     """For `export`: a `converters.qat_formats.QatSource` when `config` is a quantisation-aware run's (with its fp32
     parent when that run can still be loaded), else None."""
     from converters.qat_formats import QatSource
