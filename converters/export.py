@@ -68,6 +68,7 @@ class ExportResult:
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     int8_share: dict[str, Any] | None = None  # converters.int8_share: the int8 share of the multiply-adds
+    kept: bool = False  # skip_existing: exported by an earlier run, checked and kept
 
     @property
     def written(self) -> bool:
@@ -92,6 +93,7 @@ class ExportResult:
             "error": self.error,
             "validation": self.validation,
             "int8_share": self.int8_share,
+            "kept": self.kept,
             "seconds": self.seconds,
         }
 
@@ -179,9 +181,20 @@ def export_bundles(
                 raise InputError(f"format {s.name}: {exc}") from None
     root = Path(out)
     targets = {s.name: root if len(specs) == 1 else root / s.name for s in specs}
-    for target in targets.values():
+    kept: dict[str, ExportResult] = {}
+    for name, target in targets.items():
         if target.exists() and not opts.overwrite:
-            raise BundleError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
+            if not opts.skip_existing:
+                raise BundleError(
+                    f"{target} already exists; pass overwrite=True (--overwrite) to replace it, or skip_existing=True "
+                    "(--skip-existing) to keep the formats already exported and export the rest"
+                )
+            kept[name] = _kept_bundle(name, target, source)
+    if kept:
+        logger.info(f"keeping {len(kept)} format(s) already exported: {', '.join(kept)}")
+        specs = [s for s in specs if s.name not in kept]
+        if not specs:
+            return list(kept.values())
     overlap = calibration_overlap(reference, calibration.items) if calibration is not None else 0
     if overlap:
         logger.warning(
@@ -270,7 +283,30 @@ def export_bundles(
                 logger.error(f"{spec.name}: {exc}")
                 results.append(ExportResult(spec.name, targets[spec.name], None, None, error=str(exc)))
     warn_when_int8_is_not_faster(results)
-    return results
+    by_name = {r.format: r for r in [*results, *kept.values()]}
+    return [by_name[name] for name in targets]
+
+
+def _kept_bundle(name: str, target: Path, source: dict[str, Any] | None) -> ExportResult:
+    """An existing bundle that skip_existing keeps: complete (every file checked) and exported from this same model."""
+    from runtimes.bundle import open_bundle
+
+    try:
+        bundle = open_bundle(target)
+    except EdgeTransferError as exc:
+        raise BundleError(f"{target} exists but is not a complete bundle ({exc}); remove it, or pass --overwrite") from None
+
+    def identity(src: dict[str, Any] | None) -> tuple[Any, ...]:  # not the run's path: it may be given relative, or moved
+        return tuple((src or {}).get(k) for k in ("backbone", "strategy", "weights", "training_metrics"))
+
+    theirs = bundle.manifest.source or {}
+    if identity(theirs) != identity(source):
+        raise BundleError(
+            f"{target} holds a bundle of another model (from {theirs.get('run') or theirs.get('backbone')!r}); remove it, or pass --overwrite"
+        )
+    if bundle.manifest.export_format != name:
+        raise BundleError(f"{target} holds a {bundle.manifest.export_format} bundle, not {name}; remove it, or pass --overwrite")
+    return ExportResult(name, target, bundle, bundle.manifest.validation, kept=True)
 
 
 def _export_one(

@@ -149,6 +149,7 @@ class ExportOptions:
     self_test_size: int = DEFAULT_SELF_TEST_SIZE
     allow_failed_validation: bool = False
     overwrite: bool = False
+    skip_existing: bool = False  # keep formats already exported at out (an interrupted multi-format export) and export the rest
     quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
 
@@ -172,4 +173,6 @@ class ExportOptions:
             raise InputError(f"min_int8_share (--min-int8-share) is a fraction of the multiply-adds (0-1), got {options.quantization.min_int8_share}")
         if options.calibration_size < 1:
             raise InputError(f"calibration_size (--calibration-size) must be >= 1, got {options.calibration_size}")
+        if options.overwrite and options.skip_existing:
+            raise InputError("overwrite (--overwrite) replaces existing bundles and skip_existing (--skip-existing) keeps them: choose one")
         return options

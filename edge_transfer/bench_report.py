@@ -12,7 +12,10 @@ from typing import Any
 
 from runtimes.bench import BenchResult
 
+STAGES = ("decode", "preprocess", "model", "postprocess")  # end-to-end stages, timed apart
+
 COLUMNS = (
+    "name",
     "bundle",
     "format",
     "precision",
@@ -34,7 +37,21 @@ COLUMNS = (
     "peak_rss_mib",
     "accuracy",
     "self_test",
+    *(f"{stage}_ms" for stage in STAGES),
 )
+
+
+def short_names(paths: Sequence[str]) -> dict[str, str]:
+    """Each bundle path's shortest tail (last 1, 2, ... parts) that no other bundle here shares."""
+    parts = {p: Path(p).parts or (p,) for p in paths}
+    names = {}
+    for p, own in parts.items():
+        for n in range(1, len(own) + 1):
+            tail = "/".join(own[-n:])
+            if all("/".join(other[-n:]) != tail for q, other in parts.items() if q != p):
+                break
+        names[p] = tail
+    return names
 
 
 def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
@@ -42,10 +59,13 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
     first: dict[int, float] = {}
     for r in results:
         first.setdefault(r.batch, r.latency.p50)
+    names = short_names(list(dict.fromkeys(r.bundle for r in results)))
     rows = []
     for r in results:
+        stages = r.stages_ms or {}
         rows.append(
             {
+                "name": names[r.bundle],
                 "bundle": r.bundle,
                 "format": r.export_format or f"{r.backend}-{r.precision}",
                 "precision": r.precision,
@@ -67,6 +87,7 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
                 "peak_rss_mib": round(r.peak_rss_mib, 1),
                 "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
                 "self_test": r.self_test,
+                **{f"{k}_ms": round(stages[k], 3) if k in stages else None for k in STAGES},
             }
         )
     return rows
@@ -80,12 +101,13 @@ def recommendation(results: Sequence[BenchResult]) -> dict[str, Any]:
     if not results:
         return {"bundle": None, "line": "recommended: nothing was measured"}
     batch = min(r.batch for r in results)
+    names = short_names(list(dict.fromkeys(r.bundle for r in results)))
     eligible, left_out = [], []
     for r in results:
         if r.batch != batch:
             continue
         validation = read_manifest(r.bundle).validation or {}
-        name = r.export_format or r.precision
+        name = names[r.bundle]
         if not validation.get("passed") or validation.get("overridden"):
             left_out.append(f"{name} (failed its export gate)")
         elif r.self_test != "pass":
@@ -109,6 +131,7 @@ def recommendation(results: Sequence[BenchResult]) -> dict[str, Any]:
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The comparison table users read: what ran where, how big, how fast, how much we add."""
     cols = [
+        ("name", "bundle"),
         ("format", "format"),
         ("precision", "prec"),
         ("runs_at", "runs at"),
@@ -122,6 +145,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         ("speedup", "speed-up"),
         ("overhead_pct", "overhead"),
     ]
+    for stage in STAGES:  # end-to-end: where the time goes
+        if any(r.get(f"{stage}_ms") is not None for r in rows):
+            cols.append((f"{stage}_ms", f"{stage} ms"))
     if any(r.get("accuracy") is not None for r in rows):
         cols.append(("accuracy", "accuracy"))
     if any(r.get("self_test") is not None for r in rows):
@@ -153,36 +179,69 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> N
             writer.writerow({k: r.get(k) for k in COLUMNS})
 
 
-def write_json(results: Sequence[BenchResult], rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], context: dict[str, Any]) -> None:
-    """Everything: the table rows, each result's full statistics (ours and the plain call) and the machine."""
-    doc = {"machine": context, "rows": list(rows), "results": [r.to_dict() for r in results]}
+def write_json(
+    results: Sequence[BenchResult],
+    rows: Sequence[dict[str, Any]],
+    path: str | os.PathLike[str],
+    context: dict[str, Any],
+    not_measured: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Everything: the table rows, each result's full statistics (ours and the plain call), what could not be
+    measured, and the machine."""
+    doc = {"machine": context, "rows": list(rows), "results": [r.to_dict() for r in results], "not_measured": list(not_measured)}
     Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
-    """Latency distributions per bundle and batch, and accuracy vs p50 latency when accuracy was measured."""
+    """One latency panel per batch size (horizontal box plots, p1-p99 whiskers, each panel its own axis) and, when
+    accuracy was measured, accuracy against p50 latency per image with one colour per bundle and a legend. Bundles
+    are named by their shortest distinct path tail, as in the table."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    version = tuple(int(v) for v in matplotlib.__version__.split(".")[:2] if v.isdigit())
+    sideways: dict[str, Any] = {"orientation": "horizontal"} if version >= (3, 10) else {"vert": False}
+    names = short_names(list(dict.fromkeys(r.bundle for r in results)))
+    palette = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    colour = {b: palette(i % palette.N) for i, b in enumerate(names)}
+    batches = sorted({r.batch for r in results})
     with_acc = [r for r in results if r.accuracy is not None]
-    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(13 if with_acc else 8, 4.5), squeeze=False)
-    ax = axes[0][0]
-    labels = [f"{r.export_format or r.precision}\nb{r.batch}" for r in results]
-    ax.boxplot([r.samples_ms or [float("nan")] for r in results], whis=(1, 99), showfliers=False)
-    ax.set_xticks(range(1, len(results) + 1), labels, fontsize=8)
-    ax.set_ylabel("latency per call (ms), whiskers p1-p99")
-    ax.set_title("latency distribution")
+    panels = len(batches) + (1 if with_acc else 0)
+    height = max(3.0, 0.45 * len(names) + 1.6)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, height), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        rows = [r for r in results if r.batch == batch]
+        box = ax.boxplot([r.samples_ms or [float("nan")] for r in rows], whis=(1, 99), showfliers=False, patch_artist=True, widths=0.6, **sideways)
+        for patch, r in zip(box["boxes"], rows):
+            patch.set_facecolor(colour[r.bundle])
+            patch.set_alpha(0.6)
+        ticks = [names[r.bundle] if names[r.bundle] == r.export_format else f"{names[r.bundle]} ({r.export_format or r.precision})" for r in rows]
+        ax.set_yticks(range(1, len(rows) + 1), ticks, fontsize=8)
+        ax.invert_yaxis()  # the table's order, top to bottom
+        ax.set_xlabel("ms per call (box: p25-p75, whiskers: p1-p99)")
+        ax.set_title(f"batch {batch}: {rows[0].mode} latency")
+        ax.grid(axis="x", alpha=0.3)
     if with_acc:
-        ax2 = axes[0][1]
+        ax2 = axes[0][-1]
+        markers = "osD^v<>"
         for r in with_acc:
-            acc = 100 * (r.accuracy or 0.0)  # with_acc holds results that have an accuracy
-            ax2.scatter(r.latency.p50 / r.batch, acc)
-            ax2.annotate(f"{r.export_format or r.precision} b{r.batch}", (r.latency.p50 / r.batch, acc), fontsize=8)
+            ax2.scatter(
+                r.latency.p50 / r.batch,
+                100 * (r.accuracy or 0.0),  # with_acc holds results that have an accuracy
+                color=colour[r.bundle],
+                marker=markers[batches.index(r.batch) % len(markers)],
+                s=60,
+                label=f"{names[r.bundle]} b{r.batch}",
+                edgecolors="black",
+                linewidths=0.5,
+            )
         ax2.set_xlabel("p50 latency per image (ms)")
         ax2.set_ylabel("top-1 accuracy (%)")
         ax2.set_title("accuracy vs latency")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

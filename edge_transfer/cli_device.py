@@ -164,13 +164,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     self_tests = _bench_self_tests(args.bundles, args.device, options, args.ignore_self_test)
     if self_tests is None:
         return 1
-    images = None
+    images: list[Any] | None = None
     if args.images:
         from runtimes.preprocess import expand_image_paths, read_image
 
-        images = [read_image(path) for path in expand_image_paths(args.images)]
+        paths = expand_image_paths(args.images)
+        for path in paths:  # an unreadable file is reported before any measurement
+            read_image(path)
+        images = list(paths) if args.mode == "end-to-end" else [read_image(path) for path in paths]  # files: decode is timed
     bar = None
     results = []
+    not_measured: list[dict[str, Any]] = []
     interrupted = False
     for path in args.bundles:
         progress = None
@@ -194,6 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 options=options_from_namespace(BenchOptions, args),
                 images=images,
                 progress=progress,
+                not_measured=not_measured,
             )
         except KeyboardInterrupt:
             found, interrupted = [], True
@@ -217,24 +222,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     several = len({r.bundle for r in results}) > 1
     recommended = recommendation(results) if several and not interrupted else None
     if args.json:
-        write_json(results, rows, args.json, machine_context())
+        write_json(results, rows, args.json, machine_context(), not_measured)
     if args.csv:
         write_csv(rows, args.csv)
     if args.plot and results:
         plot(results, args.plot)
+    if not results and not_measured and not interrupted:
+        raise InputError("nothing was measured: " + "; ".join(f"{m['bundle']} batch {m['batch']}: {m['reason']}" for m in not_measured))
     if args.json_stdout:
-        print_json({"machine": machine_context(), "rows": rows, "recommendation": recommended, "interrupted": interrupted})
+        print_json(
+            {"machine": machine_context(), "rows": rows, "recommendation": recommended, "not_measured": not_measured, "interrupted": interrupted}
+        )
     else:
         print(format_table(rows))
         if recommended is not None:
             print(recommended["line"])
-        for r in results:
+        for r, row in zip(results, rows):
             plain = f"; plain backend call p50 {r.plain.p50:.3f} ms" if r.plain else ""
             print(
-                f"{r.export_format or r.precision} batch {r.batch}: load {r.load_s:.2f} s, first call {r.first_ms:.1f} ms, "
+                f"{row['name']} batch {r.batch}: load {r.load_s:.2f} s, first call {r.first_ms:.1f} ms, "
                 f"{r.warmup_iterations} warm-up calls, {r.latency.count} timed{plain}",
                 file=sys.stderr,
             )
+            if r.stages_ms:
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in r.stages_ms.items())
+                print(f"  end-to-end p50 by stage (ms): {parts}", file=sys.stderr)
+        for m in not_measured:
+            print(f"not measured: {m['bundle']} batch {m['batch']}: {m['reason']}", file=sys.stderr)
         if interrupted:
             print("interrupted: the table shows what was measured before Ctrl-C", file=sys.stderr)
     return 130 if interrupted else 0

@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print_json({"run": str(run.path), "metrics": run.metrics, "seconds": run.seconds, **qat})
     else:
         m = run.metrics
-        acc = ", ".join(f"{k.replace('_accuracy', '')} {pct(v)}" for k, v in m.items() if k.endswith("_accuracy"))
+        acc = ", ".join(f"{k.replace('_accuracy', '')} {pct(v)}" for k, v in m.items() if k.endswith("_accuracy") and v is not None)
         print(f"saved run {run.path} in {run.seconds:.1f}s" + (f": accuracy {acc}" if acc else ""))
     if run.qat is not None:
         from .cli_qat import report_qat
@@ -76,7 +76,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     print(format_table([r.summary() for r in results]))
     for r in results:
-        print(f"wrote {r.path}" + (" (FAILED validation, written because --allow-failed-validation)" if not r.passed else ""))
+        verb = "kept" if r.kept else "wrote"
+        print(f"{verb} {r.path}" + (" (FAILED validation, written because --allow-failed-validation)" if not r.passed else ""))
     return 0
 
 

@@ -56,6 +56,11 @@ def fit_probe(backbone: Backbone, dataset: ImageDataset, splits: Splits, cfg: Tr
         device=accelerator.device,
     )
     details["seconds_head"] = round(time.perf_counter() - t1, 2)
+    chosen = max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))  # the first of equals, as the sweep keeps it
+    details["chosen_weight_decay"] = chosen["weight_decay"]
+    details["lbfgs_max_iter"] = int(cfg.epochs or 1)
+    how = "given" if cfg.weight_decay is not None else f"chosen from {len(history)} by val accuracy {chosen['val_accuracy']:.4f}"
+    logger.info(f"head: L2 strength {chosen['weight_decay']:g} ({how}); L-BFGS at most {int(cfg.epochs or 1)} iterations per fit")
     model.head = head
     model = model.to("cpu").eval()
     logits = {s: head(torch.from_numpy(feats[getattr(splits, s)])).detach().numpy() for s in ("train", "val", "test")}

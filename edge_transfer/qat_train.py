@@ -115,7 +115,7 @@ def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None =
     model.apply(torch.ao.quantization.disable_observer)
     from converters.torch_reference import reference_logits
 
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"train_accuracy": None}  # the same keys as every run; not measured here (see training.fit)
     for split in ("val", "test"):
         idx = getattr(data.splits, split)
         metrics[f"{split}_accuracy"] = accuracy(reference_logits(model, data.dataset.prepared_batch(idx, pre)), data.dataset.targets[idx])

@@ -8,8 +8,9 @@ What it measures, per bundle and batch size:
   `InferRequest.infer`) paired call by call with ours in ABBA order, so our overhead is measured, not assumed,
   neither side always runs first, and drift during the run cancels out of the ratio.
 
-Two modes: `model` times `Predictor.run` on a ready uint8 batch; `end-to-end` times `Predictor.predict` on
-decoded images at their original size (resize, crop, softmax and top-k included), labels out.
+Two modes: `model` times `Predictor.run` on a ready uint8 batch; `end-to-end` times what `Predictor.predict` does,
+labels out, on images at their original size: decode (when given file paths), preprocess (resize, crop), model and
+postprocess (softmax, top-k), each stage timed apart (`stages_ms`, medians).
 Ctrl-C stops the measurement; what was measured so far is returned, marked `interrupted`.
 """
 
@@ -82,6 +83,7 @@ class BenchResult:
     interrupted: bool = False
     accuracy: float | None = None
     self_test: str | None = None  # "pass", "fail" (reported only when the caller overrode the refusal) or "missing"
+    stages_ms: dict[str, float] | None = None  # end-to-end only: median ms per stage (decode, preprocess, model, postprocess)
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, samples: bool = False) -> dict[str, Any]:
@@ -177,7 +179,8 @@ def bench_predictor(
     """Benchmark a loaded predictor at one batch size (see the module docstring).
 
     options: `BenchOptions` (mode, iterations, duration, warmup); keyword arguments override single fields.
-    images: end-to-end inputs (decoded RGB arrays of any size); default: synthetic 480x640 images.
+    images: end-to-end inputs: decoded RGB arrays of any size, or image file paths (then decoding is timed too);
+        default: synthetic 480x640 arrays.
     progress: called as progress(done, total) during the timed calls (total is None for a duration).
     """
     opts = replace_options(options or BenchOptions(), overrides, what="bench").checked()
@@ -191,14 +194,15 @@ def bench_predictor(
     if images is None:
         images = synthetic_images(min(batch, 8))
     sources = [images[i % len(images)] for i in range(batch)]
+    files = bool(sources) and isinstance(sources[0], (str, Path))
     ready = predictor.prepare(sources) if len(sources) else None
     plain_call = predictor.native_call()
+    stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "model": [], "postprocess": []}
     if mode == "model":
         ours: Callable[[], Any] = lambda: predictor.run(ready)
-        plain: Callable[[], Any] = lambda: plain_call(ready)
     else:
-        ours = lambda: predictor.predict(sources, top_k=5)
-        plain = lambda: plain_call(ready)  # the model call alone, to show what pre/post-processing costs
+        ours = lambda: _staged_predict(predictor, sources, files, stages)
+    plain: Callable[[], Any] = lambda: plain_call(ready)  # end-to-end: the model call alone, to show what the rest costs
     rss = _rss_mib()
 
     t0 = time.perf_counter()
@@ -265,8 +269,32 @@ def bench_predictor(
         throughput=throughput,
         peak_rss_mib=rss,
         interrupted=interrupted,
+        stages_ms=_stage_medians(stages, len(samples), files) if mode == "end-to-end" and samples else None,
         samples_ms=[s * 1000.0 for s in samples],
     )
+
+
+def _staged_predict(predictor: Any, sources: Sequence[Any], files: bool, stages: dict[str, list[float]]) -> Any:
+    """`predict(sources, top_k=5)`, one stage at a time, appending each stage's seconds to `stages`."""
+    from .preprocess import read_image
+
+    t0 = time.perf_counter()
+    decoded = [read_image(str(p)) for p in sources] if files else sources
+    t1 = time.perf_counter()
+    batch = predictor.prepare(decoded)
+    t2 = time.perf_counter()
+    logits = predictor.run_chunked(batch)
+    t3 = time.perf_counter()
+    out = predictor.classify(logits, 5)
+    t4 = time.perf_counter()
+    for key, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        stages[key].append(seconds)
+    return out
+
+
+def _stage_medians(stages: dict[str, list[float]], timed: int, files: bool) -> dict[str, float]:
+    """Median ms per stage over the last `timed` calls (the timed ones; warm-up calls come first)."""
+    return {key: float(np.median(v[-timed:])) * 1000.0 for key, v in stages.items() if v and (files or key != "decode")}
 
 
 def _warm_up(ours: Callable[[], Any], plain: Callable[[], Any] | None, count: int | None) -> int:
@@ -298,10 +326,15 @@ def bench_bundle(
     batches: Sequence[int] = (1,),
     device: str | None = None,
     backend_options: dict[str, Any] | None = None,
+    not_measured: list[dict[str, Any]] | None = None,
     **options: Any,
 ) -> list[BenchResult]:
     """Load a bundle (timed) and benchmark it at each batch size; `options` (a `BenchOptions`), keyword overrides,
-    `images` and `progress` as for `bench_predictor`."""
+    `images` and `progress` as for `bench_predictor`.
+
+    A batch size the bundle cannot run (it was exported with a fixed batch) is left out, not an error: with
+    `not_measured` given, a record {bundle, batch, reason} is appended to it for each one.
+    """
     from . import load
 
     backend_options = dict(backend_options or {})
@@ -311,6 +344,11 @@ def bench_bundle(
     try:
         results = []
         for b in batches:
+            if predictor.max_batch is not None and b != predictor.max_batch:
+                if not_measured is not None:
+                    reason = f"fixed batch of {predictor.max_batch} (exported with --batch-size {predictor.max_batch})"
+                    not_measured.append({"bundle": str(bundle_dir), "batch": b, "reason": reason})
+                continue
             result = bench_predictor(predictor, batch=b, load_s=load_s, threads=int(backend_options.get("threads", 0)), **options)
             results.append(result)
             if result.interrupted:

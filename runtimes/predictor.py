@@ -87,6 +87,16 @@ def manifest_dtype(backend_type: Any) -> str:
     return _DTYPES.get(text, text)
 
 
+def _top_k(row: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, best first, ties to the lower index (a stable argsort's first k, without
+    sorting all classes)."""
+    if k >= row.size:
+        return np.argsort(-row, kind="stable")[:k]
+    kth = np.partition(row, row.size - k)[row.size - k]
+    candidates = np.flatnonzero(row >= kth)  # every value tied with the k-th too, so ties resolve as a full sort would
+    return candidates[np.argsort(-row[candidates], kind="stable")[:k]]
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -296,8 +306,10 @@ class Predictor:
         """Classify images of any size; return, per image, the `top_k` classes with softmax scores, best first."""
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
-        batch = self.prepare(images)
-        logits = self.run_chunked(batch)
+        return self.classify(self.run_chunked(self.prepare(images)), top_k)
+
+    def classify(self, logits: np.ndarray, top_k: int = 5) -> list[list[Classification]]:
+        """Logits (N, classes) -> per image, the `top_k` classes with softmax scores, best first (predict's last step)."""
         bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
         if bad.size:
             raise InferenceError(
@@ -308,7 +320,7 @@ class Predictor:
         k = min(top_k, probs.shape[1])
         results = []
         for row in probs:
-            idx = np.argsort(-row, kind="stable")[:k]
+            idx = _top_k(row, k)
             results.append([Classification(self.labels[i], int(i), float(row[i])) for i in idx])
         return results
 

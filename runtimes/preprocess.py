@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -145,80 +145,35 @@ def to_rgb_uint8(image: Any, *, what: str = "image") -> np.ndarray:
 # --------------------------------------------------------------------------------------------- resampling
 
 
-def _kernel(name: str) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
-    if name == "bilinear":
-        return 1.0, lambda x: np.clip(1.0 - np.abs(x), 0.0, None)
-    if name == "bicubic":  # Keys cubic, a = -0.5 (as Pillow)
-
-        def cubic(x: np.ndarray) -> np.ndarray:
-            a = -0.5
-            x = np.abs(x)
-            return np.where(
-                x < 1.0,
-                ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0,
-                np.where(x < 2.0, (((x - 5.0) * x + 8.0) * x - 4.0) * a, 0.0),
-            )
-
-        return 2.0, cubic
-    raise AssertionError(name)
+def crop_box(height: int, width: int, cfg: PreprocessConfig) -> tuple[float, float, float, float]:
+    """The centre crop in source pixels (x0, y0, x1, y1): the region whose shorter side, scaled to the target,
+    covers the target / crop_pct."""
+    th, tw = cfg.input_size
+    scale = max(th / height, tw / width) / cfg.crop_pct  # output pixels per source pixel
+    span_y, span_x = th / scale, tw / scale
+    y0, x0 = (height - span_y) / 2.0, (width - span_x) / 2.0
+    return max(0.0, x0), max(0.0, y0), min(float(width), x0 + span_x), min(float(height), y0 + span_y)
 
 
-def _resample_matrix(in_size: int, out_size: int, start: float, span: float, interpolation: str) -> np.ndarray:
-    """(out_size, in_size) weights mapping the source interval [start, start+span) onto out_size pixels.
+def resize_and_crop(image: np.ndarray, cfg: PreprocessConfig, *, engine: str = "auto") -> np.ndarray:
+    """Centre-crop and resize an HxWx3 uint8 image to `cfg.input_size` in one resampling step (runtimes.resample).
 
-    Antialiased like Pillow: when shrinking, the filter widens with the scale. Pixels outside the image are
-    clamped out (weights renormalised), which is what resizing the whole image and then cropping would give.
+    engine: "auto" (Pillow's C code where installed, else the numpy twin), "pillow" or "numpy"; all give the
+    same pixels. Returns HxWx3 uint8.
     """
-    scale = span / out_size
-    centres = start + (np.arange(out_size) + 0.5) * scale
-    if interpolation == "nearest":
-        idx = np.clip(np.floor(centres).astype(np.int64), 0, in_size - 1)
-        m = np.zeros((out_size, in_size), dtype=np.float32)
-        m[np.arange(out_size), idx] = 1.0
-        return m
-    support, kernel = _kernel(interpolation)
-    filterscale = max(scale, 1.0)
-    x = (np.arange(in_size)[None, :] + 0.5 - centres[:, None]) / filterscale
-    w = kernel(x)
-    w[np.abs(x) >= support] = 0.0
-    total = w.sum(axis=1, keepdims=True)
-    total[total == 0] = 1.0
-    return (w / total).astype(np.float32)
+    from . import resample
 
-
-def _box_reduce(img: np.ndarray, fy: int, fx: int) -> np.ndarray:
-    """Average non-overlapping fy x fx blocks (a cheap first step for very large shrink factors)."""
-    h, w, c = img.shape
-    h2, w2 = h // fy, w // fx
-    img = img[: h2 * fy, : w2 * fx].astype(np.float32)
-    return img.reshape(h2, fy, w2, fx, c).mean(axis=(1, 3))
-
-
-def resize_and_crop(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Resize an HxWx3 uint8 image so its shorter side covers the target / crop_pct, then centre-crop to the target.
-
-    Crop and resize happen in one resampling step. Returns HxWx3 uint8 at `cfg.input_size`.
-    """
     th, tw = cfg.input_size
     h, w = image.shape[:2]
     if (h, w) == (th, tw) and cfg.crop_pct == 1.0:
         return image
-    scale = max(th / h, tw / w) / cfg.crop_pct  # output pixels per source pixel
-    span_y, span_x = th / scale, tw / scale
-    img = image.astype(np.float32)
-    # Very large shrink factors: average integer blocks first so the filter matrices stay small.
-    fy, fx = int(span_y / th // 2), int(span_x / tw // 2)
-    if fy >= 2 or fx >= 2:
-        fy, fx = max(fy, 1), max(fx, 1)
-        img = _box_reduce(img, fy, fx)
-        h, w = img.shape[:2]
-        span_y, span_x = span_y / fy, span_x / fx
-    start_y, start_x = (h - span_y) / 2.0, (w - span_x) / 2.0
-    my = _resample_matrix(h, th, start_y, span_y, cfg.interpolation)
-    mx = _resample_matrix(w, tw, start_x, span_x, cfg.interpolation)
-    out = np.einsum("oh,hwc->owc", my, img, optimize=True)
-    out = np.einsum("pw,owc->opc", mx, out, optimize=True)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    box = crop_box(h, w, cfg)
+    if cfg.interpolation == "nearest":
+        return resample.nearest_resize(image, (th, tw), box)
+    if engine == "auto":
+        engine = "pillow" if resample.have_pillow() else "numpy"
+    fn = resample.pillow_resize if engine == "pillow" else resample.numpy_resize
+    return fn(image, (th, tw), box, cfg.interpolation)
 
 
 # --------------------------------------------------------------------------------------------- public entry points

@@ -42,6 +42,21 @@ def test_warm_up_until_stable_and_end_to_end_mode(digits_bundle: Path):
         assert r.warmup_iterations >= 20 and r.warmup_iterations % 10 == 0  # at least two blocks compared
         assert r.mode == "end-to-end" and r.overhead is None and r.plain is not None
         assert r.latency.p50 > r.plain.p50  # resizing 480x640 images costs more than nothing
+        # the breakdown: arrays in, so nothing to decode; the stages add up to about a whole call
+        assert list(r.stages_ms) == ["preprocess", "model", "postprocess"] and r.stages_ms["preprocess"] > 0
+        assert 0.5 * r.latency.p50 < sum(r.stages_ms.values()) < 1.5 * r.latency.p50
+
+
+def test_end_to_end_from_files_times_decoding(digits_bundle: Path, tmp_path: Path):
+    from PIL import Image
+
+    from runtimes.bench import synthetic_images
+
+    path = tmp_path / "frame.jpg"
+    Image.fromarray(synthetic_images(1)[0]).save(path, quality=90)
+    with runtimes.load(digits_bundle) as p:
+        r = bench_predictor(p, mode="end-to-end", iterations=10, warmup=1, images=[str(path)])
+    assert list(r.stages_ms) == ["decode", "preprocess", "model", "postprocess"] and r.stages_ms["decode"] > 0
 
 
 def test_ctrl_c_keeps_what_was_measured(digits_bundle: Path):
@@ -63,8 +78,16 @@ def test_bad_bench_settings_are_refused(digits_bundle: Path, digits_run, tmp_pat
     import edge_transfer as et
 
     (fixed,) = et.export(digits_run.path, out=tmp_path / "b4", batch_size=4)
-    with pytest.raises(InputError, match="fixed batch of 4"):
-        bench_bundle(fixed.path, batches=[1], iterations=2, warmup=0)
+    with runtimes.load(fixed.path) as p, pytest.raises(InputError, match="fixed batch of 4"):
+        bench_predictor(p, batch=1, iterations=2, warmup=0)
+    # bench with a fixed-batch bundle among dynamic ones keeps every result it can measure and names the rest
+    r = run_cli("bench", str(digits_bundle), str(fixed.path), "--batch", "1,4", "--iterations", "5", "--warmup", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines()[2:] if line and not line.startswith("recommended")]
+    assert names == ["digits-onnx", "digits-onnx", "b4"], r.stdout  # bundles named by their path tail
+    assert f"not measured: {fixed.path} batch 1: fixed batch of 4 (exported with --batch-size 4)" in r.stderr
+    only_fixed = run_cli("bench", str(fixed.path), "--batch", "1", "--iterations", "5", "--quiet")
+    assert only_fixed.returncode == 2 and "nothing was measured" in only_fixed.stderr and "Traceback" not in only_fixed.stderr
 
 
 def test_cli_compares_bundles_and_writes_json_csv_and_plot(format_bundles, tmp_path: Path, digits_run):

@@ -42,6 +42,11 @@ def test_predict_and_inspect_cli_without_torch(digits_bundle: Path, tmp_path: Pa
     assert len(out["predictions"][0]["top_k"]) == 2 and out["runtime"]["backend"] == "onnxruntime"
     r = run_cli("inspect", str(digits_bundle), block_torch=True)
     assert r.returncode == 0 and "validation  passed" in r.stdout
+    # host commands on a device-only install: one line naming the extra to install, no traceback
+    for args in (["train", "--data", "digits", "--out", str(tmp_path / "run")], ["export", str(tmp_path / "run"), "--out", str(tmp_path / "b")]):
+        r = run_cli(*args, block_torch=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"`edge-transfer {args[0]}` runs on the host" in r.stderr and "pip install 'edge-transfer[host]'" in r.stderr
 
 
 def test_missing_backend_names_the_pip_extra(digits_bundle: Path):
@@ -191,6 +196,7 @@ def test_cli_export_flags_build_the_api_options_with_their_defaults():
     from converters.options import CALIBRATION_METHODS, TARGET_CPU_CHOICES, ExportOptions, TensorRTOptions
     from edge_transfer.cli import build_parser
     from edge_transfer.cli_host import export_options_from_args
+    from runtimes.errors import InputError
 
     assert export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x"])) == ExportOptions()
     given = ["--format", "onnx,openvino", "--image-size", "96", "--data", "d", "--max-drop", "2", "--min-agreement", "0.9"]
@@ -202,7 +208,10 @@ def test_cli_export_flags_build_the_api_options_with_their_defaults():
     opts = export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x", *given]))
     default = ExportOptions()
     changed = {f.name for f in dataclasses.fields(ExportOptions) if getattr(opts, f.name) != getattr(default, f.name)}
-    assert changed == {f.name for f in dataclasses.fields(ExportOptions)} - {"backbone", "strategy"}
+    assert changed == {f.name for f in dataclasses.fields(ExportOptions)} - {"backbone", "strategy", "skip_existing"}
+    assert export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x", "--skip-existing"])).skip_existing is True
+    with pytest.raises(InputError, match="choose one"):  # --skip-existing keeps what --overwrite would replace
+        export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x", "--skip-existing", "--overwrite"]))
     q = opts.quantization
     assert dataclasses.astuple(q) == ("entropy", False, None, True, "x86-vnni", 0, False, 0.9)  # every field but reduce_range set
     assert opts.tensorrt == TensorRTOptions(2, 4, 64, 1, False, True, True)

@@ -89,3 +89,53 @@ def test_config_round_trips_and_rejects_bad_fields():
         PreprocessConfig.from_dict({**d, "interpolation": "lanczos9"})
     with pytest.raises(InputError, match="unknown field"):
         PreprocessConfig.from_dict({**d, "gamma": 2.2})
+
+
+def _random_case(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, PreprocessConfig]:
+    if rng.random() < 0.5:
+        img = rng.integers(0, 256, (int(rng.integers(1, 700)), int(rng.integers(1, 900)), 3), dtype=np.uint8)
+    else:
+        img = np.ascontiguousarray(photo[: int(rng.integers(1, 512)), : int(rng.integers(1, 512))])
+    size = (int(rng.integers(1, 260)), int(rng.integers(1, 260)))
+    crop = float(rng.choice([1.0, 0.875, rng.uniform(0.05, 1.0)]))
+    return img, PreprocessConfig(input_size=size, interpolation=str(rng.choice(["bilinear", "bicubic"])), crop_pct=crop)
+
+
+def test_pillow_and_the_numpy_twin_give_identical_pixels():
+    """The definition (runtimes.resample) runs through Pillow's C code where Pillow is installed and through numpy
+    where it is not: a device without Pillow must see exactly the pixels training saw. 120 random sizes, crops and
+    filters, shrinking and enlarging, plus a camera frame."""
+    from skimage import data
+
+    from runtimes.bench import synthetic_images
+
+    rng = np.random.default_rng(7)
+    photo = data.astronaut()
+    cases = [_random_case(rng, photo) for _ in range(120)]
+    cases.append((synthetic_images(1)[0], PreprocessConfig(input_size=(224, 224), interpolation="bicubic", crop_pct=0.875)))
+    for img, cfg in cases:
+        a, b = resize_and_crop(img, cfg, engine="pillow"), resize_and_crop(img, cfg, engine="numpy")
+        assert a.shape == b.shape == (*cfg.input_size, 3) and a.flags.writeable, (img.shape, cfg)
+        assert np.array_equal(a, b), (img.shape, cfg, int(np.abs(a.astype(int) - b).max()))
+
+
+def test_training_and_the_device_prepare_a_file_identically(tmp_path):
+    """Training's dataset (edge_transfer.data) and the device's predictor path decode and resize a photo to the
+    same bytes: 100% of pixels equal, for JPEG and PNG, with and without Pillow's resizer."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    from edge_transfer.data import load_image_folder
+    from runtimes.preprocess import read_image
+
+    for name, photo in (("cat", skdata.chelsea()), ("coffee", skdata.coffee())):
+        (tmp_path / name).mkdir()
+        Image.fromarray(photo).save(tmp_path / name / "a.jpg", quality=90)
+        Image.fromarray(photo).save(tmp_path / name / "b.png")
+    ds = load_image_folder(tmp_path)
+    cfg = PreprocessConfig(input_size=(224, 224), interpolation="bicubic", crop_pct=0.875)
+    for i in range(len(ds)):
+        path = ds.describe_item(i)
+        device = prepare_image(read_image(path), cfg)
+        assert np.array_equal(ds.prepared(i, cfg), device), path
+        assert np.array_equal(resize_and_crop(read_image(path), cfg, engine="numpy"), device), path

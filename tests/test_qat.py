@@ -56,7 +56,12 @@ def test_qat_writes_a_run_with_its_learned_scales(qat_run):
     assert q.path == run.path / "qat" and not (run.path / "qat.checkpoint").exists()
     record = q.config["qat"]
     assert record["parent"] == ".." and record["epochs_run"] == 2 and record["seven_bit_weights"] is True
-    assert record["parent_metrics"] == run.metrics and set(q.metrics) == {"val_accuracy", "test_accuracy", "test_count"}
+    assert record["parent_metrics"] == run.metrics and set(q.metrics) == set(run.metrics) == {
+        "train_accuracy",
+        "val_accuracy",
+        "test_accuracy",
+        "test_count",
+    }
     assert record["scales"]["layers"] == 50 and len(record["scales"]["sha256"]) == 64
     model, _ = load_run(q.path)  # rebuilt with its fake quantisation; the scales come back with the weights
     layers = quantized_layers(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import runtimes
 from edge_transfer.data import load_digits_dataset
 from edge_transfer.sources import load_run
 from runtimes.errors import CheckpointError, ValidationFailed
+
+from conftest import run_cli
 
 
 def _subset(n_per_class: int = 12):
@@ -28,6 +31,11 @@ def test_linear_probe_reaches_good_accuracy_and_run_round_trips(digits_run):
     assert digits_run.metrics["test_accuracy"] >= 0.85  # 64 px on 2 cores; the demo's 128 px reaches >= 0.94
     cfg = json.loads((digits_run.path / "config.json").read_text())
     assert cfg["strategy"] == "linear-probe" and cfg["head"]["type"] == "linear"
+    # the L2 strength the sweep chose is saved (the config's weight_decay stays null: "choose on val")
+    from edge_transfer.probe import PROBE_L2_GRID
+
+    assert cfg["training"]["chosen_weight_decay"] in PROBE_L2_GRID and cfg["training"]["lbfgs_max_iter"] >= 1
+    assert set(digits_run.metrics) == {"train_accuracy", "val_accuracy", "test_accuracy", "test_count"}
     assert not list(digits_run.path.glob("*.pt*")), "checkpoints are safetensors, never pickle"
     model, _ = load_run(digits_run.path)
     x = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
@@ -58,6 +66,26 @@ def test_finetune_and_partial_train_the_right_parameters(strategy: str, tmp_path
 def test_run_directory_is_not_overwritten_silently(digits_run):
     with pytest.raises(CheckpointError, match="already exists"):
         et.train("digits", out=digits_run.path, progress=False)
+
+
+def test_an_interrupted_multi_format_export_is_completed_with_skip_existing(digits_run, tmp_path: Path):
+    """A Ctrl-C after the first of two formats leaves that bundle complete (bundles are renamed into place) and the
+    second missing: a plain re-run is refused naming --skip-existing, which keeps the first (checked) and exports
+    the second."""
+    out = tmp_path / "b"
+    first = run_cli("export", str(digits_run.path), "--out", str(out), "--format", "onnx,onnx-fp16", "--quiet")
+    assert first.returncode == 0, first.stderr
+    shutil.rmtree(out / "onnx-fp16")  # as if interrupted while exporting it
+    again = run_cli("export", str(digits_run.path), "--out", str(out), "--format", "onnx,onnx-fp16", "--quiet")
+    assert again.returncode == 2 and "--skip-existing" in again.stderr and "Traceback" not in again.stderr
+    before = (out / "onnx" / "manifest.json").read_bytes()
+    done = run_cli("export", str(digits_run.path), "--out", str(out), "--format", "onnx,onnx-fp16", "--skip-existing", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert f"kept {out / 'onnx'}" in done.stdout and f"wrote {out / 'onnx-fp16'}" in done.stdout
+    assert (out / "onnx" / "manifest.json").read_bytes() == before and (out / "onnx-fp16" / "manifest.json").exists()
+    (out / "onnx" / "model.onnx").write_bytes(b"half-written")  # a damaged one is not kept silently
+    bad = run_cli("export", str(digits_run.path), "--out", str(out), "--format", "onnx,onnx-fp16", "--skip-existing", "--quiet")
+    assert bad.returncode == 2 and "not a complete bundle" in bad.stderr
 
 
 def test_export_records_validation_and_matches_torch(digits_run, digits_bundle: Path):
