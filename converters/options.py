@@ -149,6 +149,7 @@ class ExportOptions:
     self_test_size: int = DEFAULT_SELF_TEST_SIZE
     allow_failed_validation: bool = False
     overwrite: bool = False
+    skip_bad: bool = False  # leave unreadable images of --data / --calibration-data out (listed in the log) instead of stopping
     skip_existing: bool = False  # keep formats already exported at out (an interrupted multi-format export) and export the rest
     quantization: QuantizationOptions = field(default_factory=QuantizationOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)

@@ -167,7 +167,7 @@ def export(
             if data is None:
                 raise
             own = None  # validating on --data alone; calibration/tuning then need their own source
-        held_out = run_data(config, data) if data is not None else own
+        held_out = run_data(config, data, skip_bad=opts.skip_bad) if data is not None else own
         cfg = model.preprocessing
         if data is not None:
             assert held_out is not None
@@ -197,7 +197,7 @@ def export(
         reference, calibration, tuning = pretrained_data(opts, cfg, labels, calibrated=calibrated, tuned=tuned)
     elif calibrated:
         if opts.calibration_data is not None:
-            cal_ds = load_dataset(opts.calibration_data)
+            cal_ds = load_dataset(opts.calibration_data, skip_bad=opts.skip_bad)
             cal = ExportData(cal_ds, None, str(opts.calibration_data), 0)
             calibration = draw_calibration(cal, np.arange(len(cal_ds)), "calibration-data", opts.calibration_size, cfg)
         else:

@@ -8,15 +8,16 @@ import sys
 from collections.abc import Sequence
 
 from converters.options import CALIBRATION_METHODS, FLOAT_FIRST_LAYERS, TARGET_CPU_CHOICES, ExportOptions, QuantizationOptions, TensorRTOptions
-from runtimes.bench import MODES, BenchOptions
 from runtimes.errors import EdgeTransferError
 from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
 
-from .cli_device import cmd_bench, cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
+from .cli_bench import add_bench_parser
+from .cli_device import cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
 from .cli_help import EPILOG, FORMATS_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
 from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err, host_install_hint
 from .cli_qat import add_qat_parser, add_train_qat_flags
+from .cli_val import add_val_parser
 from .config import STRATEGIES, TrainConfig
 
 
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--allow-failed-validation", action="store_true", help="write bundles even if validation fails (marked failed)")
     e.add_argument("--overwrite", action="store_true", help="replace existing bundles (atomically)")
+    e.add_argument("--skip-bad", action="store_true", help="leave unreadable images of --data / --calibration-data out instead of stopping")
     e.add_argument(
         "--skip-existing",
         action="store_true",
@@ -286,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
+    add_val_parser(sub)
 
     c = sub.add_parser(
         "check",
@@ -301,50 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=cmd_check)
 
-    b = sub.add_parser(
-        "bench",
-        help="measure latency of one or more bundles on this device (needs only runtimes + a backend)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Latency the application sees: load and first call reported apart, warm-up until stable, then "
-        "p50/p90/p95/p99, throughput and memory. The plain backend call (session.run / infer request) is "
-        "timed on the same session in alternating blocks, and our overhead is reported against it.",
-        epilog="examples:\n  edge-transfer bench bundles/digits/onnx bundles/digits/onnx-int8 --batch 1,8\n"
-        "  edge-transfer bench bundles/digits/openvino-int8 --device AUTO --hint throughput --duration 10 --json bench.json\n"
-        "  edge-transfer bench bundles/digits/* --mode end-to-end --data held_out/ --csv bench.csv --plot bench.png",
-    )
-    b.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories; the first is the speed-up reference")
-    b.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
-    b.add_argument(
-        "--mode",
-        default=BenchOptions.mode,
-        choices=MODES,
-        help="model: the backend call on a ready uint8 tensor (default); end-to-end: decoded images in, labels out "
-        "(resize, crop, softmax and top-k included)",
-    )
-    how_long = b.add_mutually_exclusive_group()
-    how_long.add_argument(
-        "--iterations", type=int, default=BenchOptions.iterations, help=f"timed calls per bundle and batch (default {BenchOptions.iterations})"
-    )
-    how_long.add_argument("--duration", type=float, help="measure for this many seconds instead of a fixed count")
-    b.add_argument("--warmup", type=int, help="warm-up calls (default: until two blocks of 10 agree within 5%%)")
-    b.add_argument("--device", help="onnxruntime: cpu, cuda, tensorrt; openvino: CPU, GPU, NPU, AUTO (default cpu)")
-    b.add_argument("--threads", type=int, default=0, help="inference threads (default: the backend's own choice)")
-    b.add_argument("--hint", choices=["latency", "throughput"], help="OpenVINO performance hint (default latency)")
-    b.add_argument("--streams", type=int, help="OpenVINO inference streams (default: from the hint)")
-    b.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
-    b.add_argument(
-        "--ignore-self-test",
-        action="store_true",
-        help="measure bundles whose self-test fails in this configuration (the failure is printed beside the numbers)",
-    )
-    b.add_argument("--images", nargs="+", metavar="IMAGE", help="end-to-end inputs (default: synthetic 480x640 images)")
-    b.add_argument("--data", help="labelled image folder (one sub-folder per class): adds an accuracy column")
-    b.add_argument("--json", metavar="FILE", help="write every statistic (ours and the plain call) and the machine as JSON")
-    b.add_argument("--csv", metavar="FILE", help="write the comparison table as CSV")
-    b.add_argument("--plot", metavar="FILE.png", help="latency distributions and accuracy vs latency (needs matplotlib)")
-    b.add_argument("--json-stdout", action="store_true", help="print the rows as JSON on stdout instead of the table")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
-    b.set_defaults(func=cmd_bench)
+    add_bench_parser(sub)
 
     g = sub.add_parser(
         "build-engine",

@@ -48,7 +48,7 @@ class ImageDataset:
             try:
                 return read_image(str(item))
             except InputError as exc:
-                raise DatasetError(f"{exc}; fix or remove it (train --skip-bad leaves unreadable images out of a run)") from None
+                raise DatasetError(f"{exc}; fix or remove it (--skip-bad leaves unreadable images out)") from None
         return item
 
     def prepared(self, i: int, cfg: PreprocessConfig) -> np.ndarray:
@@ -127,9 +127,7 @@ def load_image_folder(root: str | os.PathLike[str], *, skip_bad: bool = False) -
             elif skip_bad:
                 bad.append(f"{p}: {problem}")
             else:
-                raise DatasetError(
-                    f"{p}: not a readable image ({problem}); fix or remove it (train --skip-bad leaves unreadable images out of a run)"
-                )
+                raise DatasetError(f"{p}: not a readable image ({problem}); fix or remove it (--skip-bad leaves unreadable images out)")
         if not good:
             raise DatasetError(f"{cdir}: class folder '{cdir.name}' has no readable images")
         items.extend(str(p) for p in good)

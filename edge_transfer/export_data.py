@@ -26,7 +26,7 @@ class ExportData:
     seed: int
 
 
-def run_data(config: dict[str, Any], data: str | None = None) -> ExportData:
+def run_data(config: dict[str, Any], data: str | None = None, *, skip_bad: bool = False) -> ExportData:
     """Rebuild a run's dataset and its exact seeded split (the data must be unchanged since training)."""
     from .data import load_dataset, stratified_split
 
@@ -34,7 +34,7 @@ def run_data(config: dict[str, Any], data: str | None = None) -> ExportData:
     source = data or info.get("source")
     if not source:
         raise DatasetError("this run was trained on in-memory data: pass --data (a folder or 'digits') for validation")
-    dataset = load_dataset(source, skip_bad=bool(info.get("skip_bad")))
+    dataset = load_dataset(source, skip_bad=skip_bad or bool(info.get("skip_bad")))
     if data is None and dataset.fingerprint() != info.get("fingerprint"):
         raise DatasetError(
             f"{source}: the dataset changed since training, so its held-out split cannot be reproduced; "
@@ -91,11 +91,11 @@ def pretrained_data(opts: Any, cfg: Any, labels: list[str] | None, *, calibrated
                 "int8 formats of a pretrained model need --calibration-data DIR, images like the device will see "
                 "(the built-in digits are unlike the images the model was trained on: OpenVINO int8 calibrated on them fails)"
             )
-        cal_ds = load_dataset(opts.calibration_data)
+        cal_ds = load_dataset(opts.calibration_data, skip_bad=opts.skip_bad)
         cal = ExportData(cal_ds, None, str(opts.calibration_data), 0)
     cal_indices = np.arange(len(cal.dataset)) if cal is not None else None
     if opts.data is not None:
-        ds = load_dataset(opts.data)
+        ds = load_dataset(opts.data, skip_bad=opts.skip_bad)
         reference = reference_data(ExportData(ds, None, str(opts.data), 0), np.arange(len(ds)), "all", cfg, labels)
     elif cal is not None:
         order = np.random.default_rng(0).permutation(len(cal.dataset))

@@ -358,23 +358,9 @@ def bench_bundle(
         predictor.close()
 
 
-def labelled_accuracy(predictor: Any, folder: str | os.PathLike[str]) -> float:
-    """Top-1 accuracy on an image folder (one sub-folder per class, named like the bundle's labels)."""
-    from .preprocess import read_image
+def labelled_accuracy(predictor: Any, folder: str | os.PathLike[str], *, skip_bad: bool = False) -> float:
+    """Top-1 accuracy on an image folder (one sub-folder per class, named like the bundle's labels); `skip_bad`
+    leaves unreadable images out. `runtimes.evaluate` has the per-class detail."""
+    from .evaluate import evaluate
 
-    root = Path(folder)
-    if not root.is_dir():
-        raise InputError(f"{root}: --data must be an image folder with one sub-folder per class")
-    labels = list(predictor.labels)
-    hits = total = 0
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        if sub.name not in labels:
-            raise InputError(f"{root}: class folder {sub.name!r} is not one of the bundle's labels")
-        files = sorted(f for f in sub.iterdir() if f.is_file() and not f.name.startswith("."))
-        for start in range(0, len(files), 64):
-            batch = predictor.prepare([read_image(str(f)) for f in files[start : start + 64]])
-            hits += int((predictor.run_chunked(batch).argmax(1) == labels.index(sub.name)).sum())
-            total += min(64, len(files) - start)
-    if total == 0:
-        raise InputError(f"{root}: no images found in its class folders")
-    return hits / total
+    return evaluate(predictor, folder, skip_bad=skip_bad, worst=0).accuracy

@@ -45,8 +45,8 @@ def test_corrupt_image_is_named_or_skipped(tmp_path: Path):
     root = write_image_folder(tmp_path / "data")
     bad = root / "one" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    with pytest.raises(DatasetError, match=r"broken.png: not a readable image .* fix or remove it \(train --skip-bad leaves"):
-        load_image_folder(root)  # the same message serves export --calibration-data and bench --data, which have no --skip-bad
+    with pytest.raises(DatasetError, match=r"broken.png: not a readable image .* fix or remove it \(--skip-bad leaves unreadable images out\)"):
+        load_image_folder(root)  # the same message serves train, export --data / --calibration-data (all take --skip-bad)
     ds = load_image_folder(root, skip_bad=True)
     assert len(ds) == 24 and ds.info["skipped_bad"] == 1
 

@@ -1,0 +1,158 @@
+"""Evaluate a bundle on a labelled image folder on the device: numpy + the bundle's backend, never torch.
+
+The folder has one sub-folder per class, named like the bundle's labels (a bundle label with no folder is simply
+not evaluated). Images go through the same `Predictor.prepare` / `run` path as `predict`. The result has the
+accuracy, per-class precision / recall / F1, the confusion matrix (rows: true class, columns: predicted), the
+mistakes the model was most confident about (with their paths), and the files left out as unreadable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .preprocess import IMAGE_EXTENSIONS, read_image
+
+CHUNK = 32  # images decoded and run together
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` measured. `confusion[i][j]`: images of class `labels[i]` predicted as `labels[j]`."""
+
+    bundle: str
+    data: str
+    labels: list[str]
+    count: int
+    accuracy: float
+    per_class: list[dict[str, Any]]  # label, support, precision, recall, f1 (None where undefined)
+    confusion: list[list[int]]
+    mistakes: list[dict[str, Any]]  # the most confident wrong predictions: path, true, predicted, confidence
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files left out (skip_bad): path, reason
+    validation_passed: bool | None = None  # the bundle's export gate, as its manifest records it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def labelled_files(folder: str | os.PathLike[str], labels: tuple[str, ...] | list[str]) -> list[tuple[str, int]]:
+    """(path, label index) for every image under the class sub-folders, sorted; InputError for a folder that is not
+    a labelled image folder of this bundle's classes."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: the data must be an image folder with one sub-folder per class")
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subs:
+        raise InputError(f"{root}: no class sub-folders (one per class, named like the bundle's labels)")
+    unknown = [p.name for p in subs if p.name not in labels]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise InputError(
+            f"{root}: class folder(s) {shown} are not among the bundle's labels ({', '.join(list(labels)[:10])}{' ...' if len(labels) > 10 else ''})"
+        )
+    out: list[tuple[str, int]] = []
+    for sub in subs:
+        index = list(labels).index(sub.name)
+        files = sorted(
+            str(p)
+            for p in sub.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(sub).parts)
+        )
+        out.extend((f, index) for f in files)
+    if not out:
+        raise InputError(f"{root}: no image files in its class folders ({', '.join(IMAGE_EXTENSIONS)})")
+    return out
+
+
+def _decode(files: list[tuple[str, int]], skip_bad: bool, skipped: list[dict[str, str]]) -> tuple[list[np.ndarray], list[tuple[str, int]]]:
+    images, kept = [], []
+    for path, target in files:
+        try:
+            images.append(read_image(path))
+        except InputError as exc:
+            if not skip_bad:
+                raise InputError(f"{exc}; fix or remove it, or pass --skip-bad to leave unreadable images out") from None
+            skipped.append({"path": path, "reason": str(exc)})
+            continue
+        kept.append((path, target))
+    return images, kept
+
+
+def _per_class(confusion: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for i, label in enumerate(labels):
+        tp, support, predicted = int(confusion[i, i]), int(confusion[i].sum()), int(confusion[:, i].sum())
+        precision = tp / predicted if predicted else None
+        recall = tp / support if support else None
+        f1 = 2 * precision * recall / (precision + recall) if precision and recall else (0.0 if support and predicted else None)
+        rows.append({"label": label, "support": support, "precision": precision, "recall": recall, "f1": f1})
+    return rows
+
+
+def evaluate(
+    predictor: Any,
+    folder: str | os.PathLike[str],
+    *,
+    skip_bad: bool = False,
+    worst: int = 10,
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Run `predictor` over a labelled folder; see the module docstring. `skip_bad`: leave unreadable images out
+    (listed in `skipped`) instead of stopping at the first; `worst`: how many confident mistakes to keep."""
+    labels = list(predictor.labels)
+    files = labelled_files(folder, labels)
+    n = len(labels)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    mistakes: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    done = 0
+    for start in range(0, len(files), CHUNK):
+        images, kept = _decode(files[start : start + CHUNK], skip_bad, skipped)
+        if images:
+            logits = predictor.run_chunked(predictor.prepare(images))
+            z = logits - logits.max(axis=1, keepdims=True)
+            probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+            for (path, target), row in zip(kept, probs):
+                guess = int(row.argmax())
+                confusion[target, guess] += 1
+                if guess != target:
+                    mistakes.append(
+                        {
+                            "path": path,
+                            "true": labels[target],
+                            "predicted": labels[guess],
+                            "confidence": float(row[guess]),
+                            "true_score": float(row[target]),
+                        }
+                    )
+        done += len(files[start : start + CHUNK])
+        if progress is not None:
+            progress(done, len(files))
+    count = int(confusion.sum())
+    if count == 0:
+        raise InputError(f"{folder}: every image was unreadable ({len(skipped)} left out); nothing to evaluate")
+    mistakes.sort(key=lambda m: -m["confidence"])
+    validation = predictor.manifest.validation or {}
+    # the classes in the data or predicted for it (a 1000-class bundle evaluated on 6 folders reports those 6 and
+    # whatever they were taken for, not a 1000 x 1000 matrix)
+    shown = [i for i in range(n) if confusion[i].any() or confusion[:, i].any()]
+    confusion = confusion[np.ix_(shown, shown)]
+    labels = [labels[i] for i in shown]
+    return Evaluation(
+        bundle=str(predictor.bundle.path),
+        data=str(folder),
+        labels=labels,
+        count=count,
+        accuracy=float(np.trace(confusion) / count),
+        per_class=_per_class(confusion, labels),
+        confusion=confusion.tolist(),
+        mistakes=mistakes[: max(0, worst)],
+        skipped=skipped,
+        validation_passed=bool(validation.get("passed")) and not validation.get("overridden") if validation else None,
+    )
