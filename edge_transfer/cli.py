@@ -279,14 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser(
         "predict",
         help="classify images with a bundle (needs only runtimes + its backend)",
-        description="Classify image files (.npy needs numpy only; other formats need Pillow).",
+        description="Classify image files, folders or patterns; results are printed as they come, 16 images at a time.",
     )
     pr.add_argument("bundle")
-    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (every image under them, sorted)")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (their images, sorted) or quoted patterns ('shots/*.jpg')")
+    pr.add_argument("--recursive", action="store_true", help="folders: the images in their sub-folders too")
+    pr.add_argument("--skip-bad", action="store_true", help="report unreadable images and go on, instead of stopping at the first")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
-    pr.add_argument("--json", action="store_true")
+    as_json = pr.add_mutually_exclusive_group()
+    as_json.add_argument("--json", action="store_true", help="one JSON document at the end: the runtime, then a record per image")
+    as_json.add_argument("--jsonl", action="store_true", help="one JSON line per image as soon as it is classified (for pipes)")
     pr.set_defaults(func=cmd_predict)
     add_val_parser(sub)
 

@@ -1,10 +1,13 @@
-"""Device commands of the CLI (predict, inspect, check, bench, build-engine): `runtimes` and one backend only."""
+"""Device commands of the CLI (predict, inspect, check, build-engine): `runtimes` and one backend only."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Any
 
-from runtimes.errors import EdgeTransferError
+from runtimes.errors import EdgeTransferError, InputError
 
 from .cli_output import bad, err, is_number, num, only_errors_from, pct, precision_option, print_json
 
@@ -47,27 +50,56 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+PREDICT_CHUNK = 16  # images decoded and run together; results are printed after each chunk
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import runtimes
     from runtimes.preprocess import expand_image_paths
 
-    images = expand_image_paths(args.images)  # a folder stands for the images in it
-    predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args))
-    results = predictor.predict(images, top_k=args.top_k)
+    predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args))  # a wrong bundle is reported first
+    images = expand_image_paths(args.images, recursive=args.recursive)  # folders and patterns stand for their images
+    failed = 0
+    records: list[dict[str, Any]] = []
+    for start in range(0, len(images), PREDICT_CHUNK):
+        chunk = images[start : start + PREDICT_CHUNK]
+        try:
+            outcomes: list[Any] = list(predictor.predict(chunk, top_k=args.top_k))
+        except InputError:
+            if not args.skip_bad:
+                raise
+            outcomes = [_predict_one(predictor, img, args.top_k) for img in chunk]  # find the unreadable one(s)
+        for img, r in zip(chunk, outcomes):
+            record = {"image": img, "error": r} if isinstance(r, str) else {"image": img, "top_k": [c.to_dict() for c in r]}
+            failed += isinstance(r, str)
+            if args.jsonl:
+                print(json.dumps(record), flush=True)
+            elif args.json:
+                records.append(record)
+            else:
+                _print_prediction(img, r)
     if args.json:
-        print_json(
-            {
-                "bundle": args.bundle,
-                "runtime": predictor.describe(),
-                "predictions": [{"image": img, "top_k": [c.to_dict() for c in r]} for img, r in zip(images, results)],
-            }
-        )
-        return 0
-    for img, r in zip(images, results):
-        print(img)
+        print_json({"bundle": args.bundle, "runtime": predictor.describe(), "predictions": records})
+    if failed:
+        err(f"{failed} of {len(images)} image(s) could not be read (left out by --skip-bad)")
+    return 0
+
+
+def _predict_one(predictor: Any, img: str, top_k: int) -> Any:
+    try:
+        return predictor.predict([img], top_k=top_k)[0]
+    except InputError as exc:
+        return str(exc)
+
+
+def _print_prediction(img: str, r: Any) -> None:
+    print(img)
+    if isinstance(r, str):
+        print(f"  unreadable: {r}")
+    else:
         for c in r:
             print(f"  {c.score:7.2%}  {c.label}")
-    return 0
+    sys.stdout.flush()
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

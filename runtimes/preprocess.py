@@ -223,23 +223,37 @@ def _int_image(arr: np.ndarray, path: str) -> np.ndarray:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
 
 
-def expand_image_paths(paths: list[str]) -> list[str]:
-    """Image files as given, with each folder replaced by the image files under it (sorted; hidden files and
-    other suffixes left out). A folder without images is an InputError naming it."""
+def expand_image_paths(paths: list[str], *, recursive: bool = True) -> list[str]:
+    """Image files as given, with each folder replaced by the image files in it (sorted; hidden files and other
+    suffixes left out; sub-folders too when `recursive`) and each glob pattern (`*`, `?`, `[`) that names no file
+    by the files it matches. A folder or pattern without images is an InputError naming it."""
+    import glob
+    import os
     from pathlib import Path
+
+    def images_in(folder: str) -> list[str]:
+        found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+        return sorted(
+            str(p)
+            for p in found
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
 
     out: list[str] = []
     for path in paths:
+        if not os.path.exists(path) and any(c in path for c in "*?["):
+            matches = sorted(glob.glob(path, recursive=recursive))
+            if not matches:
+                raise InputError(f"{path}: no file matches this pattern")
+            out.extend(expand_image_paths(matches, recursive=recursive) if any(os.path.isdir(m) for m in matches) else matches)
+            continue
         if not Path(path).is_dir():
             out.append(path)
             continue
-        found = sorted(
-            str(p)
-            for p in Path(path).rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
+        found = images_in(path)
         if not found:
-            raise InputError(f"{path}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            hint = "" if recursive or not any(p.is_dir() for p in Path(path).iterdir()) else "; its sub-folders are read with --recursive"
+            raise InputError(f"{path}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)}){hint}")
         out.extend(found)
     return out
 

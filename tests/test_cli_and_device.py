@@ -271,10 +271,24 @@ def test_predict_takes_a_folder_and_a_wrong_folder_says_what_it_is(digits_run, d
     parent of several bundles say what that folder is and what to do, instead of "no manifest.json"."""
     photos = write_image_folder(tmp_path / "imgs", per_class=2)
     (photos / ".DS_Store").write_bytes(b"\0\0")
-    out = run_cli("predict", str(digits_bundle), str(photos), "--top-k", "1", "--json")
+    flat = run_cli("predict", str(digits_bundle), str(photos))  # class sub-folders only: --recursive reads them
+    assert flat.returncode == 2 and "sub-folders are read with --recursive" in flat.stderr
+    out = run_cli("predict", str(digits_bundle), str(photos), "--recursive", "--top-k", "1", "--json")
     assert out.returncode == 0, out.stderr
-    shown = [p["image"] for p in json.loads(out.stdout)["predictions"]]
+    doc = json.loads(out.stdout)
+    shown = [p["image"] for p in doc["predictions"]]
     assert len(shown) == 6 and shown == sorted(shown) and not any(".DS_Store" in s for s in shown)
+    assert doc["runtime"]["validation_passed"] is True
+    # a quoted pattern, one JSON line per image as it is classified, and an unreadable file reported in its place
+    (photos / "one" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    pattern = str(photos / "*" / "[0-2].*")
+    lines = run_cli("predict", str(digits_bundle), pattern, "--jsonl", "--skip-bad", "--top-k", "2")
+    assert lines.returncode == 0, lines.stderr
+    records = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert len(records) == 7 and all(len(r.get("top_k", [])) == 2 or "not a readable image" in r.get("error", "") for r in records)
+    assert [r["image"] for r in records if "error" in r] == [str(photos / "one" / "2.png")] and "1 of 7 image(s)" in lines.stderr
+    stop = run_cli("predict", str(digits_bundle), pattern)
+    assert stop.returncode == 2 and "2.png: not a readable image" in stop.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     bad = run_cli("predict", str(digits_bundle), str(empty))
