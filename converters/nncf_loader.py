@@ -12,4 +12,11 @@ def import_nncf() -> Any:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
 
+    # NNCF logs through its own stdout handler and also propagates to the root logger, so every warning came out
+    # twice, and its INFO lines (algorithm internals) with them: one path, the application's, at WARNING and above
+    log = logging.getLogger("nncf")
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = True
     return nncf

@@ -50,6 +50,12 @@ def configure_logging(verbose: bool) -> None:
         root.setLevel(logging.WARNING)
     for name in LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    try:  # NNCF's progress bars draw on rich's global console: --quiet silences them too
+        import rich
+
+        rich.get_console().quiet = not verbose
+    except ImportError:
+        pass
 
 
 @contextlib.contextmanager
