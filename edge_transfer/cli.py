@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapt a pretrained backbone to a dataset; writes a run directory",
         description="Transfer-learn and save a run directory (model.safetensors + config.json with metrics).",
     )
-    t.add_argument("--data", help="an image folder (one sub-folder per class) or 'digits' (the built-in demo data; the default, with a warning)")
+    t.add_argument("--data", help="an image folder (one sub-folder per class), or 'digits' for the built-in demo data (required)")
     t.add_argument(
         "--backbone",
         default=TrainConfig.backbone,

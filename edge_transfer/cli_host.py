@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from converters.options import QUANTIZATION_KEYWORDS, ExportOptions, TensorRTOptions
+from runtimes.errors import InputError
 from runtimes.options import options_from_namespace
 
 from .cli_output import pct, print_json
@@ -29,12 +30,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .api import train
 
     if args.data is None:
-        import logging
-
-        logging.getLogger("edge_transfer.cli").warning(
-            "no --data given: training on the built-in digits demo data (8x8 handwritten digits); pass --data DIR for your images"
-        )
-    run = train(args.data or "digits", out=args.out, config=train_config_from_args(args))
+        raise InputError("train needs --data: an image folder with one sub-folder per class, or --data digits for the built-in demo data")
+    run = train(args.data, out=args.out, config=train_config_from_args(args))
     from .distributed import distributed_rank
 
     if distributed_rank() != 0:  # under accelerate launch / torchrun the main process reports

@@ -311,8 +311,10 @@ def test_int8_export_does_not_print_torchs_cuda_warning():
     assert "No CUDA runtime" not in r.stderr
 
 
-def test_train_without_data_says_it_uses_the_builtin_digits(tmp_path: Path):
-    """`train` with no --data still runs on the demo data, but says so, even with --quiet (pretrained: nothing trains)."""
+def test_train_without_data_asks_for_it_and_digits_is_the_explicit_demo(tmp_path: Path):
+    """`train` with no --data does not quietly train on the demo data: it says what to pass (nothing is written);
+    `--data digits` is the explicit demo."""
     r = run_cli("train", "--strategy", "pretrained", "--image-size", "32", "--out", str(tmp_path / "p"), "--quiet")
+    assert r.returncode == 2 and "train needs --data" in r.stderr and "--data digits" in r.stderr and not (tmp_path / "p").exists()
+    r = run_cli("train", "--data", "digits", "--strategy", "pretrained", "--image-size", "32", "--out", str(tmp_path / "p"), "--quiet")
     assert r.returncode == 0, r.stderr
-    assert "no --data given: training on the built-in digits demo data" in r.stderr and "pass --data DIR" in r.stderr
