@@ -1,7 +1,8 @@
 """A long-running device loop: classify frames as they arrive, keep a rolling latency/throughput display, survive
 bad frames, shut down cleanly on SIGINT/SIGTERM. Needs `runtimes` and one backend; OpenCV only for --camera.
 
-    python examples/watch_folder.py BUNDLE --folder incoming/        # new image files, each classified once
+    python examples/watch_folder.py BUNDLE --folder incoming/        # new image files, each classified once, when
+                                                                      # fully written (retried if still unreadable)
     python examples/watch_folder.py BUNDLE --camera 0                 # frames from a camera (needs opencv-python)
     python examples/watch_folder.py BUNDLE --folder incoming/ --max-frames 100 --idle-exit 5
 """
@@ -23,20 +24,59 @@ import runtimes
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".npy"}
 
 
-def folder_frames(folder: Path, stop: list[bool], poll: float, idle_exit: float | None) -> Iterator[tuple[str, object]]:
-    """New image files in `folder` (oldest first), each once; the file path is the frame (decoded by predict)."""
-    seen: set[Path] = set()
-    idle_since = time.monotonic()
-    while not stop[0]:
-        new = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p not in seen), key=lambda p: p.stat().st_mtime)
-        for path in new:
-            seen.add(path)
-            yield path.name, str(path)
-        if new:
-            idle_since = time.monotonic()
-        elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
-            return
-        time.sleep(poll)
+class FolderFrames:
+    """New image files in a folder, oldest first, each classified once.
+
+    A file is handed out only when its size and modification time were the same at two polls in a row (a copy or
+    a camera still writing it is left alone until it settles). A file that still cannot be decoded gets `retries`
+    more tries, 0.5, 1, 2, ... s later (`retry`), then is skipped for good.
+    """
+
+    def __init__(self, folder: Path, stop: list[bool], poll: float, idle_exit: float | None, retries: int = 3) -> None:
+        self.folder, self.stop, self.poll, self.idle_exit, self.retries = folder, stop, poll, idle_exit, retries
+        self.seen: set[Path] = set()
+        self.last: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) at the previous poll
+        self.tries: collections.Counter[Path] = collections.Counter()
+        self.not_before: dict[Path, float] = {}  # retried files wait until then
+
+    def retry(self, path: str) -> bool:
+        """Try `path` again once it is stable again; False when its retries are used up."""
+        p = Path(path)
+        self.tries[p] += 1
+        if self.tries[p] > self.retries:
+            return False
+        self.seen.discard(p)
+        self.last.pop(p, None)
+        self.not_before[p] = time.monotonic() + 0.5 * 2 ** (self.tries[p] - 1)
+        return True
+
+    def _settled(self) -> list[Path]:
+        ready = []
+        for p in self.folder.iterdir():
+            if p.suffix.lower() not in IMAGE_SUFFIXES or p in self.seen or time.monotonic() < self.not_before.get(p, 0.0):
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # removed between listing and stat
+                continue
+            signature = (st.st_size, st.st_mtime_ns)
+            if self.last.get(p) == signature:
+                ready.append((st.st_mtime_ns, p))
+            self.last[p] = signature
+        return [p for _, p in sorted(ready)]
+
+    def __iter__(self) -> Iterator[tuple[str, object]]:
+        idle_since = time.monotonic()
+        while not self.stop[0]:
+            ready = self._settled()
+            for path in ready:
+                self.seen.add(path)
+                yield path.name, str(path)  # the file path is the frame (decoded by predict)
+            if ready or len(self.last) > len(self.seen) or any(t > time.monotonic() for t in self.not_before.values()):  # still coming
+                idle_since = time.monotonic()
+            elif self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
+                return
+            time.sleep(self.poll)
 
 
 def camera_frames(index: int, stop: list[bool]) -> Iterator[tuple[str, object]]:
@@ -64,6 +104,7 @@ def main() -> int:
     src.add_argument("--camera", type=int, help="read frames from this camera index (OpenCV)")
     ap.add_argument("--max-frames", type=int, help="stop after this many frames")
     ap.add_argument("--idle-exit", type=float, help="folder mode: stop after this many seconds without new files")
+    ap.add_argument("--retries", type=int, default=3, help="folder mode: tries more for a file that cannot be read yet (default 3)")
     ap.add_argument("--every", type=int, default=10, help="print the rolling statistics every N frames (default 10)")
     ap.add_argument("--skip-self-test", action="store_true", help="start without running the bundle's self-test first")
     args = ap.parse_args()
@@ -88,7 +129,8 @@ def main() -> int:
         f"running {args.bundle} on {predictor.describe()['backend']} {predictor.device} ({predictor.inference_precision or 'precision unknown'})",
         flush=True,
     )
-    frames = folder_frames(args.folder, stop, 0.05, args.idle_exit) if args.folder else camera_frames(args.camera, stop)
+    folder = FolderFrames(args.folder, stop, 0.05, args.idle_exit, args.retries) if args.folder else None
+    frames = iter(folder) if folder is not None else camera_frames(args.camera, stop)
     window: collections.deque[float] = collections.deque(maxlen=100)
     ok = bad = 0
     started = time.perf_counter()
@@ -98,6 +140,9 @@ def main() -> int:
             try:
                 top = predictor.predict(frame, top_k=1)[0][0]
             except runtimes.EdgeTransferError as exc:  # a bad frame: log it, keep going
+                if folder is not None and folder.retry(str(frame)):  # maybe caught mid-write: once more, later
+                    print(f"{name}: not readable yet, will retry ({exc})", file=sys.stderr, flush=True)
+                    continue
                 bad += 1
                 print(f"{name}: skipped ({exc})", file=sys.stderr, flush=True)
                 continue

@@ -96,3 +96,25 @@ def test_pipelined_example_prints_its_gain_over_the_simple_loop(digits_bundle: P
     assert r.returncode == 0, r.stderr
     assert "simple loop:" in r.stdout and "pipelined (2 workers):" in r.stdout
     assert "gain: " in r.stdout and "same labels on 24/24 frames" in r.stdout
+
+
+def test_watch_folder_retries_a_file_caught_mid_write(digits_bundle: Path, tmp_path: Path):
+    """A frame whose writer stalls half-way (a truncated PNG that stays unchanged long enough to look finished) fails
+    to decode, is retried 0.5 s later and again 1 s after that; completed meanwhile, it is classified, not lost."""
+    from PIL import Image
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "whole.png")
+    whole = (tmp_path / "whole.png").read_bytes()
+    cmd = _example("watch_folder.py", str(digits_bundle), "--folder", str(incoming), "--idle-exit", "2", "--skip-self-test")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().startswith("running ")  # loaded and watching
+    (incoming / "late.png").write_bytes(whole[: len(whole) // 2])
+    time.sleep(1.0)  # seen, settled, tried once and failed
+    (incoming / "late.png.tmp").write_bytes(whole)
+    (incoming / "late.png.tmp").replace(incoming / "late.png")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "late.png: not readable yet, will retry" in err and "late.png: skipped" not in err, (out, err)
+    assert "late.png: " in out and "done: 1 classified, 0 skipped" in out
