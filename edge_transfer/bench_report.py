@@ -37,6 +37,7 @@ COLUMNS = (
     "peak_rss_mib",
     "accuracy",
     "self_test",
+    "gate",
     *(f"{stage}_ms" for stage in STAGES),
 )
 
@@ -59,7 +60,10 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
     first: dict[int, float] = {}
     for r in results:
         first.setdefault(r.batch, r.latency.p50)
+    from runtimes.bundle import read_manifest
+
     names = short_names(list(dict.fromkeys(r.bundle for r in results)))
+    gates = {b: (read_manifest(b).validation or {}) for b in names}
     rows = []
     for r in results:
         stages = r.stages_ms or {}
@@ -87,6 +91,7 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
                 "peak_rss_mib": round(r.peak_rss_mib, 1),
                 "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
                 "self_test": r.self_test,
+                "gate": "pass" if gates[r.bundle].get("passed") and not gates[r.bundle].get("overridden") else "FAIL",
                 **{f"{k}_ms": round(stages[k], 3) if k in stages else None for k in STAGES},
             }
         )
@@ -152,6 +157,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         cols.append(("accuracy", "accuracy"))
     if any(r.get("self_test") is not None for r in rows):
         cols.append(("self_test", "self-test"))
+    if any(r.get("gate") == "FAIL" for r in rows):  # a bundle written with --allow-failed-validation
+        cols.append(("gate", "export gate"))
 
     def cell(key: str, value: Any) -> str:
         if value is None:

@@ -31,6 +31,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "inference_precision": info.get("inference_precision"),
         "cpu": cpu.to_dict(),
         "self_test": result.to_dict(),
+        "validation_passed": info.get("validation_passed"),  # the export gate, as the manifest records it
         "warnings": warnings,
         "passed": not failures,
     }
@@ -40,6 +41,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"bundle     {args.bundle} ({info['format']}, {info['precision']})")
         print(f"runtime    {info['backend']} on {info['device']}, computing in {info.get('inference_precision') or 'unknown precision'}")
         print(f"cpu        {cpu.summary()}")
+        if info.get("validation_passed") is False:
+            print("gate       FAILED at export: written only because --allow-failed-validation was given; do not ship it")
         print(result.summary())
         for w in warnings:
             print(f"warning    {w}")

@@ -196,6 +196,11 @@ def test_the_recommendation_leaves_out_bundles_that_failed_their_gate(format_bun
     recommended = r.stdout.strip().splitlines()[-1]
     assert recommended.startswith(f"recommended: {format_bundles['onnx']} (onnx)"), recommended
     assert "left out: onnx-int8-dynamic (failed its export gate)" in recommended
+    header, _, first, second = r.stdout.strip().splitlines()[:4]
+    assert header.split()[-2:] == ["export", "gate"] and first.endswith("pass") and second.endswith("FAIL")  # the table says so too
+    check = run_cli("check", str(format_bundles["onnx-int8-dynamic"]), "--json")
+    assert json.loads(check.stdout)["validation_passed"] is False
+    assert "gate       FAILED at export" in run_cli("check", str(format_bundles["onnx-int8-dynamic"])).stdout
 
 
 def test_bench_plot_without_matplotlib_is_refused_before_measuring(digits_bundle: Path):
