@@ -7,7 +7,8 @@ it), on synthetic 480x640 frames at batch 1:
    figure only, the model was not trained for it);
 2. each resizer on the same frames, timed alone, with its pixel agreement against the definition
    (`runtimes.resample`): Pillow's C code (what devices with Pillow run), the numpy twin (devices without
-   Pillow), and a plain single `Image.resize(size, box=...)` call (what an app resizing by hand would get).
+   Pillow), a plain single `Image.resize(size, box=...)` call (what an app resizing by hand would get), and
+   OpenVINO's PrePostProcessor crop + Pillow-style resize inside a compiled graph (the in-graph option).
 
     python benchmarks/end_to_end.py                       # exports the bundle once into /tmp/lite0-bundles
     python benchmarks/end_to_end.py --bundle bundles/pets/openvino-int8 --iterations 300
@@ -42,6 +43,7 @@ def resizer_rows(cfg, frames: list[np.ndarray], repeat: int) -> list[tuple[str, 
         "definition via Pillow (device default)": lambda img: resize_and_crop(img, cfg, engine="pillow"),
         "definition via numpy (no Pillow)": lambda img: resize_and_crop(img, cfg, engine="numpy"),
         "one Image.resize call (by hand)": single_call,
+        "OpenVINO PrePostProcessor (in graph)": openvino_resizer(cfg, frames[0].shape),
     }
     reference = [resize_and_crop(f, cfg, engine="pillow") for f in frames]
     rows = []
@@ -55,6 +57,28 @@ def resizer_rows(cfg, frames: list[np.ndarray], repeat: int) -> list[tuple[str, 
         diff = np.concatenate([np.abs(o.astype(int) - r.astype(int)).ravel() for o, r in zip(outs, reference)])
         rows.append((name, ms, 100.0 * float((diff == 0).mean()), int(diff.max())))
     return rows
+
+
+def openvino_resizer(cfg, shape: tuple[int, ...]):
+    """A compiled OpenVINO graph doing only the crop (to whole pixels) and the Pillow-style resize, f32 throughout."""
+    import math
+
+    import openvino as ov
+    import openvino.opset13 as ops
+    from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
+
+    from runtimes.preprocess import crop_box
+
+    x0, y0, x1, y1 = crop_box(shape[0], shape[1], cfg)
+    param = ops.parameter([1, *cfg.input_size, 3], ov.Type.f32, name="x")
+    ppp = PrePostProcessor(ov.Model([ops.result(param)], [param]))
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_shape([1, *shape])
+    ppp.input().model().set_layout(ov.Layout("NHWC"))
+    algorithm = ResizeAlgorithm.RESIZE_BICUBIC_PILLOW if cfg.interpolation == "bicubic" else ResizeAlgorithm.RESIZE_BILINEAR_PILLOW
+    begin, end = [0, int(y0), int(x0), 0], [1, math.ceil(y1), math.ceil(x1), 3]
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).crop(begin, end).resize(algorithm)
+    request = ov.Core().compile_model(ppp.build(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+    return lambda img: np.clip(np.rint(request.infer([img[None]])[0][0]), 0, 255).astype(np.uint8)
 
 
 def main() -> int:

@@ -180,8 +180,10 @@ def resize_and_crop(image: np.ndarray, cfg: PreprocessConfig, *, engine: str = "
 
 
 def prepare_image(image: Any, cfg: PreprocessConfig, *, what: str = "image") -> np.ndarray:
-    """Any decoded image -> HxWx3 uint8 RGB at the model's input size."""
-    return resize_and_crop(to_rgb_uint8(image, what=what), cfg)
+    """Any decoded image -> HxWx3 uint8 RGB at the model's input size (a writable array: torch.from_numpy warns on a
+    read-only one, such as an image already at the input size decoded by Pillow)."""
+    out = resize_and_crop(to_rgb_uint8(image, what=what), cfg)
+    return out if out.flags.writeable else out.copy()
 
 
 def prepare_batch(images: Iterable[Any], cfg: PreprocessConfig) -> np.ndarray:

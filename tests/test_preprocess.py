@@ -67,6 +67,8 @@ def test_centre_crop_keeps_the_centre_and_the_target_size():
 def test_same_size_is_untouched_and_upscaling_works():
     img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     assert np.array_equal(prepare_image(img, CFG), img)
+    img.flags.writeable = False  # as np.asarray(PIL image) gives: the prepared copy is writable (torch warns otherwise)
+    assert prepare_image(img, CFG).flags.writeable
     assert prepare_image(np.zeros((1, 1), np.uint8), CFG).shape == (32, 32, 3)
 
 
