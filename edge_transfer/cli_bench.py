@@ -32,8 +32,8 @@ def add_bench_parser(sub: Any) -> None:
         "--mode",
         default=BenchOptions.mode,
         choices=MODES,
-        help="model: the backend call on a ready uint8 tensor (default); end-to-end: decoded images in, labels out "
-        "(resize, crop, softmax and top-k included)",
+        help="model: the backend call on a ready uint8 tensor (default); end-to-end: images in, labels out, with decode "
+        "(--images files), preprocess, model and postprocess timed apart",
     )
     how_long = b.add_mutually_exclusive_group()
     how_long.add_argument(
@@ -51,7 +51,12 @@ def add_bench_parser(sub: Any) -> None:
         action="store_true",
         help="measure bundles whose self-test fails in this configuration (the failure is printed beside the numbers)",
     )
-    b.add_argument("--images", nargs="+", metavar="IMAGE", help="end-to-end inputs (default: synthetic 480x640 images)")
+    b.add_argument(
+        "--images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files or folders: end-to-end inputs, decoded in each call (default: synthetic 480x640 arrays)",
+    )
     b.add_argument("--data", help="labelled image folder (one sub-folder per class): adds an accuracy column")
     b.add_argument("--skip-bad", action="store_true", help="with --data: leave unreadable images out instead of stopping")
     b.add_argument("--json", metavar="FILE", help="write every statistic (ours and the plain call) and the machine as JSON")

@@ -1,9 +1,9 @@
 """Antialiased resize with a crop box: the arithmetic every model input goes through (README: The bundle).
 
-The definition is two separable passes, **horizontal first, then vertical**, each Pillow's 8-bit convolution
-(`ImagingResampleHorizontal_8bpc` / `..._Vertical_8bpc`): filter weights widened by the shrink factor (antialias),
-normalised, turned into 22-bit fixed point, summed with rounding and clipped to uint8 after each pass. The crop box
-is given in float32, as Pillow takes it. Each pass is a separate one-axis `Image.resize` call, so the result does
+The definition is two separable passes, **horizontal first (on the rows the vertical pass reads), then vertical**,
+each Pillow's 8-bit convolution (`ImagingResampleHorizontal_8bpc` / `..._Vertical_8bpc`): filter weights widened by
+the shrink factor (antialias), normalised, turned into 22-bit fixed point, summed with rounding and clipped to uint8
+after each pass. The crop box is given in float32, as Pillow takes it. Each pass is a separate one-axis `Image.resize` call, so the result does
 not depend on which pass order a Pillow version prefers for a two-axis resize.
 
 Two implementations compute it:
@@ -77,15 +77,28 @@ def _passes(shape: tuple[int, ...], size: tuple[int, int], box: Box) -> tuple[bo
     return bool(tw != w or x0 != 0 or x1 != tw), bool(th != h or y0 != 0 or y1 != th)
 
 
+def _rows(h: int, y0: float, y1: float, th: int, name: str) -> tuple[int, int, float, float]:
+    """The source rows the vertical pass reads, [first, last), and its box edges relative to `first` (exact in
+    float32: a whole number subtracted from a float32 below 2**24). The horizontal pass runs on these rows only,
+    as Pillow's own two-axis resize does."""
+    lo, hi = float(np.float32(y0)), float(np.float32(y1))
+    scale = float(np.float32(hi - lo)) / th
+    support = SUPPORT[name] * max(scale, 1.0)
+    first = max(int(np.trunc(lo + 0.5 * scale - support + 0.5)), 0)
+    last = min(int(np.trunc(lo + (th - 0.5) * scale + support + 0.5)), h)
+    return first, last, lo - first, hi - first
+
+
 def numpy_resize(image: np.ndarray, size: tuple[int, int], box: Box, name: str) -> np.ndarray:
     """The definition in numpy: uint8 (H, W, 3) -> uint8 (size[0], size[1], 3), bit-identical to `pillow_resize`."""
     (h, w), (th, tw) = image.shape[:2], size
     horizontal, vertical = _passes(image.shape, size, box)
-    out = image
+    first, last, y0, y1 = _rows(h, box[1], box[3], th, name) if vertical else (0, h, box[1], box[3])
+    out = image[first:last]
     if horizontal:
         out = _convolve(out, *coefficients(w, box[0], box[2], tw, name), axis=1)
     if vertical:
-        out = _convolve(out, *coefficients(h, box[1], box[3], th, name), axis=0)
+        out = _convolve(out, *coefficients(last - first, y0, y1, th, name), axis=0)
     return np.ascontiguousarray(out)
 
 
@@ -99,12 +112,13 @@ def pillow_resize(image: np.ndarray, size: tuple[int, int], box: Box, name: str)
 
     h, (th, tw) = image.shape[0], size
     horizontal, vertical = _passes(image.shape, size, box)
+    first, last, y0, y1 = _rows(h, box[1], box[3], th, name) if vertical else (0, h, box[1], box[3])
     flt = Image.Resampling.BILINEAR if name == "bilinear" else Image.Resampling.BICUBIC
-    im = Image.fromarray(image)
+    im = Image.fromarray(image[first:last])
     if horizontal:
-        im = im.resize((tw, h), flt, box=(box[0], 0, box[2], h))
+        im = im.resize((tw, last - first), flt, box=(box[0], 0, box[2], last - first))
     if vertical:
-        im = im.resize((tw, th), flt, box=(0, box[1], tw, box[3]))
+        im = im.resize((tw, th), flt, box=(0, y0, tw, y1))
     return np.array(im)  # a writable copy (np.asarray of an Image is read-only)
 
 
