@@ -492,6 +492,8 @@ def test_a_model_file_swapped_during_load_never_runs(fmt, format_bundles, tmp_pa
     ran = refused = swapped = 0
     try:
         for _ in range(150):
+            if ran >= 12 and refused >= 12:  # both outcomes seen often enough (an OpenVINO load compiles: seconds each)
+                break
             try:
                 with runtimes.load(bundle) as p:
                     out = p.run(images)

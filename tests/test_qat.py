@@ -148,7 +148,7 @@ def test_qat_resumes_after_sigkill_where_the_uninterrupted_run_ends(qat_run, tmp
     from conftest import ROOT
 
     parent = qat_run[0].path
-    args = ["qat", str(parent), "--epochs", "3", "--calibration-size", "16", "--quiet", "--json"]
+    args = ["qat", str(parent), "--epochs", "2", "--calibration-size", "16", "--quiet", "--json"]  # scales move, then freeze
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     whole = subprocess.run(
         [sys.executable, "-m", "edge_transfer", *args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, cwd=ROOT, env=env
@@ -156,13 +156,13 @@ def test_qat_resumes_after_sigkill_where_the_uninterrupted_run_ends(qat_run, tmp
     assert whole.returncode == 0, whole.stderr[-2000:]
     out, ckpt = tmp_path / "cut", tmp_path / "cut.checkpoint"
     epoch = kill_after_first_checkpoint([*args, "--out", str(out)], ckpt, env)
-    assert 1 <= epoch < 3 and not out.exists()
+    assert epoch == 1 and not out.exists()
     again = subprocess.run([sys.executable, "-m", "edge_transfer", *args, "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env)
     assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
     resumed = subprocess.run(
         [sys.executable, "-m", "edge_transfer", *args[:-2], "--resume", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env
     )
-    assert resumed.returncode == 0 and f"after epoch {epoch}/3" in resumed.stderr, resumed.stderr[-2000:]
+    assert resumed.returncode == 0 and f"after epoch {epoch}/2" in resumed.stderr, resumed.stderr[-2000:]
     a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys() and any(k.endswith("input_quant.scale") for k in a)
     assert all(np.array_equal(a[k], b[k]) for k in a), "resumed weights or scales differ from the uninterrupted run's"
