@@ -7,7 +7,7 @@ after each pass. The crop box is given in float32, as Pillow takes it. Each pass
 not depend on which pass order a Pillow version prefers for a two-axis resize.
 
 Two implementations compute it:
-- `pillow_resize`: Pillow's C code (3.6 ms bilinear, 5.3 ms bicubic for a 480x640 frame to 224x224 on one
+- `pillow_resize`: Pillow's C code (3.4 ms bilinear, 4.6 ms bicubic for a 480x640 frame to 224x224 on one
   2.5 GHz Xeon core; `benchmarks/end_to_end.py`);
 - `numpy_resize`: a numpy twin of the same integer arithmetic, bit-identical (tests/test_preprocess.py checks it
   on hundreds of random sizes, boxes and both filters), for devices without Pillow.
