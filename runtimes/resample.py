@@ -3,14 +3,15 @@
 The definition is two separable passes, **horizontal first (on the rows the vertical pass reads), then vertical**,
 each Pillow's 8-bit convolution (`ImagingResampleHorizontal_8bpc` / `..._Vertical_8bpc`): filter weights widened by
 the shrink factor (antialias), normalised, turned into 22-bit fixed point, summed with rounding and clipped to uint8
-after each pass. The crop box is given in float32, as Pillow takes it. Each pass is a separate one-axis `Image.resize` call, so the result does
-not depend on which pass order a Pillow version prefers for a two-axis resize.
+after each pass. The crop box is given in float32, as Pillow takes it. Each pass is a separate one-axis
+`Image.resize` call, so the result does not depend on which pass order a Pillow version prefers for a two-axis
+resize.
 
 Two implementations compute it:
 - `pillow_resize`: Pillow's C code (3.4 ms bilinear, 4.6 ms bicubic for a 480x640 frame to 224x224 on one
   2.5 GHz Xeon core; `benchmarks/end_to_end.py`);
 - `numpy_resize`: a numpy twin of the same integer arithmetic, bit-identical (tests/test_preprocess.py checks it
-  on hundreds of random sizes, boxes and both filters), for devices without Pillow.
+  on 121 random sizes, crop boxes and both filters), for devices without Pillow.
 
 `nearest` is not Pillow's: it is a plain gather of the source pixel under each output pixel's centre.
 """
