@@ -55,15 +55,25 @@ def short_names(paths: Sequence[str]) -> dict[str, str]:
     return names
 
 
+def bundle_names(results: Sequence[BenchResult]) -> dict[str, str]:
+    """The name each measured bundle goes by in the table, the plot and the recommendation."""
+    return short_names(list(dict.fromkeys(r.bundle for r in results)))
+
+
+def passed_gate(bundle: str) -> bool:
+    """Whether the bundle passed its export gate (one written with --allow-failed-validation says it did not)."""
+    from runtimes.bundle import read_manifest
+
+    return bool((read_manifest(bundle).validation or {}).get("passed"))
+
+
 def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
     """One row per (bundle, batch); `speedup` is the first bundle's p50 at the same batch over this one's."""
     first: dict[int, float] = {}
     for r in results:
         first.setdefault(r.batch, r.latency.p50)
-    from runtimes.bundle import read_manifest
-
-    names = short_names(list(dict.fromkeys(r.bundle for r in results)))
-    gates = {b: (read_manifest(b).validation or {}) for b in names}
+    names = bundle_names(results)
+    gates = {b: passed_gate(b) for b in names}
     rows = []
     for r in results:
         stages = r.stages_ms or {}
@@ -91,7 +101,7 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
                 "peak_rss_mib": round(r.peak_rss_mib, 1),
                 "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
                 "self_test": r.self_test,
-                "gate": "pass" if gates[r.bundle].get("passed") and not gates[r.bundle].get("overridden") else "FAIL",
+                "gate": "pass" if gates[r.bundle] else "FAIL",
                 **{f"{k}_ms": round(stages[k], 3) if k in stages else None for k in STAGES},
             }
         )
@@ -101,19 +111,16 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
 def recommendation(results: Sequence[BenchResult]) -> dict[str, Any]:
     """The fastest bundle, at the smallest batch measured, that passed its export gate (not written by
     `--allow-failed-validation`) and its self-test in this run: {"bundle", "format", "batch", "p50_ms", "line"}."""
-    from runtimes.bundle import read_manifest
-
     if not results:
         return {"bundle": None, "line": "recommended: nothing was measured"}
     batch = min(r.batch for r in results)
-    names = short_names(list(dict.fromkeys(r.bundle for r in results)))
+    names = bundle_names(results)
     eligible, left_out = [], []
     for r in results:
         if r.batch != batch:
             continue
-        validation = read_manifest(r.bundle).validation or {}
         name = names[r.bundle]
-        if not validation.get("passed") or validation.get("overridden"):
+        if not passed_gate(r.bundle):
             left_out.append(f"{name} (failed its export gate)")
         elif r.self_test != "pass":
             left_out.append(f"{name} (self-test {r.self_test or 'not run'})")
@@ -210,7 +217,7 @@ def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
 
     version = tuple(int(v) for v in matplotlib.__version__.split(".")[:2] if v.isdigit())
     sideways: dict[str, Any] = {"orientation": "horizontal"} if version >= (3, 10) else {"vert": False}
-    names = short_names(list(dict.fromkeys(r.bundle for r in results)))
+    names = bundle_names(results)
     palette = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
     colour = {b: palette(i % palette.N) for i, b in enumerate(names)}
     batches = sorted({r.batch for r in results})

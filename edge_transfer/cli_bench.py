@@ -11,7 +11,7 @@ from typing import Any
 from runtimes.bench import MODES, BenchOptions
 from runtimes.errors import EdgeTransferError, InputError
 
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, err, precision_option, print_json
+from .cli_output import PRECISION_CHOICES, PRECISION_HELP, err, precision_option, print_json, progress_bar, require_matplotlib
 
 
 def add_bench_parser(sub: Any) -> None:
@@ -85,10 +85,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     batches = _int_list(args.batch, "--batch")
     if args.plot:  # before any measurement, not after it
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise InputError("--plot needs matplotlib (pip install matplotlib); nothing was measured") from None
+        require_matplotlib("measured")
     options: dict[str, Any] = {}
     if args.threads:
         options["threads"] = args.threads
@@ -105,42 +102,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from runtimes.preprocess import expand_image_paths, read_image
 
         paths = expand_image_paths(args.images)
-        for path in paths:  # an unreadable file is reported before any measurement
-            read_image(path)
-        images = list(paths) if args.mode == "end-to-end" else [read_image(path) for path in paths]  # files: decode is timed
-    bar = None
+        decoded = [read_image(path) for path in paths]  # an unreadable file is reported before any measurement
+        images = list(paths) if args.mode == "end-to-end" else decoded  # end-to-end: decoding is timed in each call
     results = []
     not_measured: list[dict[str, Any]] = []
     interrupted = False
     for path in args.bundles:
-        progress = None
-        if not args.quiet and not args.json_stdout:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                bar = tqdm(total=None if args.duration else args.iterations, desc=f"bench {path}", unit="it", file=sys.stderr, leave=False)
-
-                def progress(done: int, total: int | None, _bar=bar) -> None:
-                    _bar.update(done - _bar.n)
-
+        total = None if args.duration else args.iterations
         try:
-            found = bench_bundle(
-                path,
-                batches=batches,
-                device=args.device,
-                backend_options=options,
-                options=options_from_namespace(BenchOptions, args),
-                images=images,
-                progress=progress,
-                not_measured=not_measured,
-            )
+            with progress_bar(f"bench {path}", unit="it", total=total, enabled=not args.quiet and not args.json_stdout) as progress:
+                found = bench_bundle(
+                    path,
+                    batches=batches,
+                    device=args.device,
+                    backend_options=options,
+                    options=options_from_namespace(BenchOptions, args),
+                    images=images,
+                    progress=progress,
+                    not_measured=not_measured,
+                )
         except KeyboardInterrupt:
             found, interrupted = [], True
-        finally:
-            if bar is not None:
-                bar.close()
         if args.data and found:
             import runtimes
 

@@ -7,8 +7,10 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from runtimes.errors import InputError
 
 PRECISION_CHOICES = ("f32", "f16", "bf16")
 PRECISION_HELP = (
@@ -108,6 +110,38 @@ def section(d: Any, key: str) -> dict[str, Any]:
 def precision_option(args: argparse.Namespace) -> dict[str, Any]:
     """--inference-precision as a backend option (only when given: backends pin the validated one otherwise)."""
     return {"inference_precision": args.inference_precision} if getattr(args, "inference_precision", None) else {}
+
+
+def require_matplotlib(nothing_done: str) -> None:
+    """--plot is checked before any work, so a missing matplotlib never costs a measurement."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError(f"--plot needs matplotlib (pip install matplotlib); nothing was {nothing_done}") from None
+
+
+@contextlib.contextmanager
+def progress_bar(desc: str, *, unit: str, total: int | None = None, enabled: bool = True) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A tqdm bar on stderr, driven by the callback yielded (progress(done, total); a total given there replaces
+    `total`); None when disabled or tqdm is missing. The bar is closed on the way out, Ctrl-C included."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        enabled = False
+    if not enabled:
+        yield None
+        return
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+
+    def progress(done: int, new_total: int | None = None) -> None:
+        if new_total is not None:
+            bar.total = new_total
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
 
 
 # the [host] extra's packages that device-only installs lack

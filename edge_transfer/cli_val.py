@@ -5,12 +5,11 @@ confusion matrix (matplotlib, checked before any work)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from runtimes.errors import InputError
 
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, pct, precision_option, print_json
+from .cli_output import PRECISION_CHOICES, PRECISION_HELP, pct, precision_option, print_json, progress_bar, require_matplotlib
 
 MAX_TEXT_CLASSES = 30  # a wider confusion matrix is left to --json / --plot
 
@@ -42,32 +41,12 @@ def cmd_val(args: argparse.Namespace) -> int:
     from runtimes.evaluate import evaluate
 
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise InputError("--plot needs matplotlib (pip install matplotlib); nothing was evaluated") from None
+        require_matplotlib("evaluated")
     if args.worst < 0:
         raise InputError(f"--worst must be >= 0, got {args.worst}")
-    bar: Any = None
-    progress = None
-    if not args.quiet and not args.json:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(desc=f"val {args.bundle}", unit="img", file=sys.stderr, leave=False)
-
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-        except ImportError:
-            pass
-    try:
+    with progress_bar(f"val {args.bundle}", unit="img", enabled=not args.quiet and not args.json) as progress:
         with runtimes.load(args.bundle, device=args.device, **precision_option(args)) as predictor:
             result = evaluate(predictor, args.data, skip_bad=args.skip_bad, worst=args.worst, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
     if args.plot:
         plot_confusion(result, args.plot)
     if args.json:

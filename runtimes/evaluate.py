@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .preprocess import IMAGE_EXTENSIONS, read_image
+from .predictor import softmax
+from .preprocess import IMAGE_EXTENSIONS, image_files, read_image
 
 CHUNK = 32  # images decoded and run together
 
@@ -59,12 +60,7 @@ def labelled_files(folder: str | os.PathLike[str], labels: tuple[str, ...] | lis
     out: list[tuple[str, int]] = []
     for sub in subs:
         index = list(labels).index(sub.name)
-        files = sorted(
-            str(p)
-            for p in sub.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(sub).parts)
-        )
-        out.extend((f, index) for f in files)
+        out.extend((f, index) for f in image_files(sub))
     if not out:
         raise InputError(f"{root}: no image files in its class folders ({', '.join(IMAGE_EXTENSIONS)})")
     return out
@@ -77,7 +73,7 @@ def _decode(files: list[tuple[str, int]], skip_bad: bool, skipped: list[dict[str
             images.append(read_image(path))
         except InputError as exc:
             if not skip_bad:
-                raise InputError(f"{exc}; fix or remove it, or pass --skip-bad to leave unreadable images out") from None
+                raise InputError(f"{exc}; fix or remove it (--skip-bad leaves unreadable images out)") from None
             skipped.append({"path": path, "reason": str(exc)})
             continue
         kept.append((path, target))
@@ -115,9 +111,7 @@ def evaluate(
     for start in range(0, len(files), CHUNK):
         images, kept = _decode(files[start : start + CHUNK], skip_bad, skipped)
         if images:
-            logits = predictor.run_chunked(predictor.prepare(images))
-            z = logits - logits.max(axis=1, keepdims=True)
-            probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+            probs = softmax(predictor.run_chunked(predictor.prepare(images)))
             for (path, target), row in zip(kept, probs):
                 guess = int(row.argmax())
                 confusion[target, guess] += 1
@@ -138,7 +132,6 @@ def evaluate(
     if count == 0:
         raise InputError(f"{folder}: every image was unreadable ({len(skipped)} left out); nothing to evaluate")
     mistakes.sort(key=lambda m: -m["confidence"])
-    validation = predictor.manifest.validation or {}
     # the classes in the data or predicted for it (a 1000-class bundle evaluated on 6 folders reports those 6 and
     # whatever they were taken for, not a 1000 x 1000 matrix)
     shown = [i for i in range(n) if confusion[i].any() or confusion[:, i].any()]
@@ -154,5 +147,5 @@ def evaluate(
         confusion=confusion.tolist(),
         mistakes=mistakes[: max(0, worst)],
         skipped=skipped,
-        validation_passed=bool(validation.get("passed")) and not validation.get("overridden") if validation else None,
+        validation_passed=predictor.validation_passed,
     )

@@ -11,6 +11,7 @@ The contract with the exported graph: images become **uint8, NHWC, RGB at the mo
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -225,21 +226,25 @@ def _int_image(arr: np.ndarray, path: str) -> np.ndarray:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".npy")
 
 
+def image_files(folder: str | os.PathLike[str], *, recursive: bool = True) -> list[str]:
+    """The image files in a folder (sorted; hidden files and other suffixes left out; sub-folders too when `recursive`)."""
+    from pathlib import Path
+
+    root = Path(folder)
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(
+        str(p)
+        for p in found
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
 def expand_image_paths(paths: list[str], *, recursive: bool = True) -> list[str]:
     """Image files as given, with each folder replaced by the image files in it (sorted; hidden files and other
     suffixes left out; sub-folders too when `recursive`) and each glob pattern (`*`, `?`, `[`) that names no file
     by the files it matches. A folder or pattern without images is an InputError naming it."""
     import glob
-    import os
     from pathlib import Path
-
-    def images_in(folder: str) -> list[str]:
-        found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
-        return sorted(
-            str(p)
-            for p in found
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        )
 
     out: list[str] = []
     for path in paths:
@@ -247,12 +252,12 @@ def expand_image_paths(paths: list[str], *, recursive: bool = True) -> list[str]
             matches = sorted(glob.glob(path, recursive=recursive))
             if not matches:
                 raise InputError(f"{path}: no file matches this pattern")
-            out.extend(expand_image_paths(matches, recursive=recursive) if any(os.path.isdir(m) for m in matches) else matches)
+            out.extend(expand_image_paths(matches, recursive=recursive))  # matched folders stand for their images
             continue
         if not Path(path).is_dir():
             out.append(path)
             continue
-        found = images_in(path)
+        found = image_files(path, recursive=recursive)
         if not found:
             hint = "" if recursive or not any(p.is_dir() for p in Path(path).iterdir()) else "; its sub-folders are read with --recursive"
             raise InputError(f"{path}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)}){hint}")

@@ -74,7 +74,9 @@ def test_an_interrupted_multi_format_export_is_completed_with_skip_existing(digi
     other. With --quiet, an int8 export prints no third-party noise (NNCF's progress bars and INFO lines, torch's
     CUDA warning)."""
     out = tmp_path / "b"
+    # the gate is not what this tests: int8 on another CPU may fail it, and is written anyway
     args = ["export", str(digits_run.path), "--out", str(out), "--format", "onnx,openvino-int8", "--calibration-size", "32", "--quiet"]
+    args += ["--allow-failed-validation", "--no-fallback"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     for noise in ("Statistics collection", "Bias correction", "nncf", "INFO", "UserWarning", "CUDA"):
