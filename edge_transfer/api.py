@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from .config import DEFAULT_BACKBONE, QatConfig, TrainConfig
 from .distributed import main_process_only
 from .export_data import ExportData, draw_calibration, pretrained_data, reference_data, run_data
 from .trained_run import TrainedRun
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +41,15 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
     `accelerate launch` / `torchrun` every process calls this; only the main one writes. `batch_size` is the
     global batch, split across processes.
     """
-    from runtimes.preprocess import PreprocessConfig
-
     from .checkpoint import checkpoint_dir_for
     from .data import ImageDataset, load_dataset, stratified_split
     from .distributed import distributed_rank, quiet_unless_main, wait_for_all_ranks
+    from .layers import FINAL, layer_backbone, parse_layers
     from .model import save_run
-    from .sources import create_backbone
     from .training import fit
 
     cfg = (config or TrainConfig()).with_overrides(**overrides)
+    cfg.resolved()  # bad options fail here, before any data or model is loaded
     if distributed_rank() != 0:  # under accelerate launch / torchrun only the main process speaks
         quiet_unless_main(False)
         cfg.progress = False
@@ -63,12 +65,9 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
     t0 = time.perf_counter()
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data, skip_bad=cfg.skip_bad)
     splits = stratified_split(dataset.targets, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, classes=dataset.classes)
-    bb = create_backbone(cfg.backbone, pretrained=cfg.pretrained)
-    if cfg.image_size:
-        bb.preprocessing = bb.preprocessing.with_size(cfg.image_size)
-    if cfg.strategy != "pretrained":  # a new task: the crop and filter asked for (the whole image by default)
-        changes = {k: v for k, v in (("interpolation", cfg.interpolation), ("crop_pct", cfg.crop_pct)) if v is not None}
-        bb.preprocessing = PreprocessConfig.from_dict({**bb.preprocessing.to_dict(), **changes})
+    bb = task_backbone(cfg)
+    layers = parse_layers(cfg.features, bb)
+    bb = layer_backbone(bb, layers)
     logger.info(
         f"data: {dataset.name} ({len(dataset)} images, {len(dataset.classes)} classes; "
         f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}); "
@@ -92,6 +91,7 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
     run_config = {
         "backbone": cfg.backbone,
         "head": head_cfg,
+        **({"features": layers} if layers != [FINAL] else {}),
         "strategy": cfg.strategy,
         "labels": list(model.labels),
         "preprocessing": model.preprocessing.to_dict(),
@@ -114,6 +114,22 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
         keep = {k: getattr(cfg, k) for k in ("device", "mixed_precision", "num_workers", "overwrite", "progress")}
         trained.qat = run_qat(path, config=QatConfig(epochs=cfg.qat_epochs, **keep))
     return trained
+
+
+def task_backbone(cfg: TrainConfig) -> Backbone:
+    """The backbone `train` starts from: `cfg.backbone` at `cfg.image_size`, with the crop and filter asked for
+    (the whole image by default) unless the strategy is `pretrained` (the source model's own preprocessing)."""
+    from runtimes.preprocess import PreprocessConfig
+
+    from .sources import create_backbone
+
+    bb = create_backbone(cfg.backbone, pretrained=cfg.pretrained)
+    if cfg.image_size:
+        bb.preprocessing = bb.preprocessing.with_size(cfg.image_size)
+    if cfg.strategy != "pretrained":
+        changes = {k: v for k, v in (("interpolation", cfg.interpolation), ("crop_pct", cfg.crop_pct)) if v is not None}
+        bb.preprocessing = PreprocessConfig.from_dict({**bb.preprocessing.to_dict(), **changes})
+    return bb
 
 
 def qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None, config: QatConfig | None = None, **overrides: Any) -> TrainedRun:

@@ -15,6 +15,7 @@ from .cli_bench import add_bench_parser
 from .cli_device import cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
 from .cli_help import EPILOG, FORMATS_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
+from .cli_layers import add_probe_layers_parser
 from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err, host_install_hint
 from .cli_qat import add_qat_parser, add_train_qat_flags
 from .cli_val import add_val_parser
@@ -54,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--out", required=True, help="run directory to create")
     t.add_argument("--image-size", type=int, help="model input size in pixels (default: the backbone's, 224 for efficientnet_lite0)")
+    t.add_argument(
+        "--features",
+        metavar="LAYER",
+        help="linear probe on intermediate layers: a block (blocks.3), a negative index (-1 final, -2 the last block) or a "
+        "comma-separated list (one starting with an index: --features=-2,-3), pooled and concatenated; the bundle is cut after "
+        "the deepest one (see edge-transfer probe-layers)",
+    )
     t.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize filter (default: the backbone's)")
     t.add_argument(
         "--crop-pct",
@@ -132,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     add_qat_parser(sub)
+    add_probe_layers_parser(sub)
 
     e = sub.add_parser(
         "export",

@@ -54,6 +54,7 @@ class TrainConfig:
     image_size: int | None = None
     interpolation: str | None = None
     crop_pct: float | None = 1.0  # new tasks see the whole image by default, not ImageNet's 87.5% centre crop
+    features: str | None = None  # linear probe on these layers' pooled outputs (edge_transfer.layers); None: final
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     skip_bad: bool = False
@@ -103,6 +104,8 @@ class TrainConfig:
             raise InputError(f"mixed_precision must be auto, no, bf16 or fp16, got {c.mixed_precision!r}")
         if c.qat and c.strategy == "pretrained":
             raise InputError("--qat fine-tunes a trained model; the pretrained strategy trains nothing")
+        if c.features and c.strategy != "linear-probe":
+            raise InputError(f"--features trains a linear probe on those layers; it needs --strategy linear-probe, not {c.strategy!r}")
         if c.strategy == "partial" and c.unfreeze_blocks < 1:
             raise InputError(f"unfreeze_blocks must be >= 1 for the partial strategy, got {c.unfreeze_blocks}")
         return c

@@ -76,11 +76,13 @@ def fit_linear_head(
     cfg: TrainConfig,
     *,
     device: torch.device,
+    log: bool = True,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """L2-regularised logistic regression on standardised cached features (the usual linear-probe protocol).
 
     Full-batch L-BFGS (at most `cfg.epochs` iterations) for each L2 strength in a small grid, or only
-    `cfg.weight_decay` when given; the strength with the best val accuracy (then val loss) wins. Features are
+    `cfg.weight_decay` when given; the strength with the best val accuracy (then val loss) wins (each logged unless
+    `log` is False). Features are
     centred and divided by one global scale (their mean std), folded into the returned linear layer so the head
     takes raw backbone features. One scale, not one per feature: per-feature standardisation blows up the
     weights of near-constant features (x200 on digits), which then amplify int8 quantisation noise.
@@ -127,7 +129,8 @@ def fit_linear_head(
                 "val_accuracy": float((lv.argmax(1) == yv).float().mean()),
             }
         history.append(row)
-        logger.info(f"head: L2 {l2:g}  train acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}")
+        if log:
+            logger.info(f"head: L2 {l2:g}  train acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}")
         key = (row["val_accuracy"], -row["val_loss"])
         if best_key is None or key > best_key:
             best_key, best_head = key, head

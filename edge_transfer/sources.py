@@ -70,6 +70,10 @@ def classifier_from_config(config: dict[str, Any]) -> ImageClassifier:
     labels = list(config["labels"])
     backbone = create_backbone(config["backbone"], pretrained=False)
     backbone.preprocessing = PreprocessConfig.from_dict(config["preprocessing"])
+    if config.get("features"):  # a probe on intermediate layers: the same cut network
+        from .layers import layer_backbone, parse_layers
+
+        backbone = layer_backbone(backbone, parse_layers(list(config["features"]), backbone))
     if head_cfg.get("type") == "source":
         head = backbone.source_head
         if head is None:
