@@ -17,7 +17,6 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +26,20 @@ import torch
 from torch import nn
 
 import runtimes
-from runtimes.bundle import Bundle, BundleWriter
+from runtimes.bundle import BundleWriter
 from runtimes.cpu import TARGET_CPUS
 from runtimes.errors import EdgeTransferError, InputError, ValidationFailed
-from runtimes.manifest import SCHEMA_VERSION, Manifest, TensorSpec, utc_now
+from runtimes.manifest import CLASSIFIER_SCHEMA_VERSION, EMBEDDING_SCHEMA_VERSION, Manifest, TensorSpec, utc_now
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import choose_golden, write_self_test
 
 from .calibration import CalibrationData
+from .embedding_gate import compare_embeddings
 from .existing import existing_bundles
+from .export_result import ExportResult, raise_for_failures
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
 from .int8_share import bundle_int8_share
-from .ladder import ACCURACY_AWARE, POST_TRAINING, ladder, rung_record
+from .ladder import ladder, rung_record
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
 from .qat_formats import QatSource, fold_pads_into_convs, store_int8_weights
@@ -51,52 +52,10 @@ from .validate import (
     calibration_overlap,
     compare,
     default_min_agreement,
-    format_table,
     format_validation,
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ExportResult:
-    """One format's outcome: the bundle (None when nothing was written), its validation, timings, any error."""
-
-    format: str
-    path: Path
-    bundle: Bundle | None
-    validation: dict[str, Any] | None
-    seconds: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    int8_share: dict[str, Any] | None = None  # converters.int8_share: the int8 share of the multiply-adds
-    kept: bool = False  # skip_existing: exported by an earlier run, checked and kept
-
-    @property
-    def written(self) -> bool:
-        return self.bundle is not None
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.validation and self.validation.get("passed"))
-
-    @property
-    def size_bytes(self) -> int:
-        return self.bundle.size_bytes if self.bundle is not None else 0
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready row: format, path, bytes, written, passed, error, validation."""
-        return {
-            "format": self.format,
-            "path": str(self.path),
-            "bytes": self.size_bytes,
-            "written": self.written,
-            "passed": self.passed,
-            "error": self.error,
-            "validation": self.validation,
-            "int8_share": self.int8_share,
-            "kept": self.kept,
-            "seconds": self.seconds,
-        }
 
 
 def _producer(opset: int, backend: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -135,9 +94,11 @@ def export_bundles(
     options: ExportOptions | None = None,
     opset: int = DEFAULT_OPSET,
     qat: QatSource | None = None,
+    embedding: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> list[ExportResult]:
-    """Export `model` (uint8 NHWC in, logits out) to one validated bundle per format.
+    """Export `model` (uint8 NHWC in, logits out; with `embedding`, L2-normalised vectors out) to one validated
+    bundle per format.
 
     `options` (`converters.options.ExportOptions`; keyword arguments override single fields) gives the formats,
     the gate, the batch, quantisation and TensorRT settings; its data-source fields (backbone, data,
@@ -150,6 +111,8 @@ def export_bundles(
     format (bad arguments, the ONNX export itself) raise. Every bundle carries a self-test (`runtimes.selftest`) of
     `self_test_size` golden images drawn from `reference` (0: none). `qat` marks `model` as a quantisation-aware
     run's fake-quantised model: int8 formats only, from its learned scales (`converters.qat_formats`).
+    `embedding` (the manifest's section: dim, normalization, layers, unknown_threshold) makes an embedding bundle:
+    no labels, judged by `embedding_gate.compare_embeddings` (cosine and neighbour agreement with torch).
     """
     opts = (options or ExportOptions()).with_overrides(**overrides)
     names = parse_formats(opts.format)
@@ -167,6 +130,8 @@ def export_bundles(
         raise InputError(f"reference images are {reference.images.shape[1:3]}, the model takes {preprocessing.input_size}")
     if qat is not None:
         qat.check_formats(names, quantization.target_cpu)
+    if embedding is not None and (qat is not None or quantization.accuracy_aware):
+        raise InputError("embedding bundles are quantised post-training: the accuracy-aware search and quantisation-aware runs need classes")
     calibrated = [s.name for s in specs if s.calibrated and qat is None]
     if calibrated and calibration is None:
         raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
@@ -207,9 +172,10 @@ def export_bundles(
             info["int8_weights_stored"] = store_int8_weights(work / "model.onnx")
             info["pads_folded_into_convs"] = fold_pads_into_convs(work / "model.onnx")
         base_seconds = time.perf_counter() - t
-        n = len(labels)
+        n = len(labels) if embedding is None else int(embedding["dim"])
         if info["output_shape"][-1] != n:
-            raise InputError(f"model outputs {info['output_shape'][-1]} classes but {n} labels were given")
+            what = f"{n} labels were given" if embedding is None else f"the embedding has {n} dimensions"
+            raise InputError(f"model outputs {info['output_shape'][-1]} values per image but {what}")
         t = time.perf_counter()
         ref = reference_logits(model, reference.images)
         tuning_logits = reference_logits(model, tuning.images) if tuning is not None else None
@@ -238,15 +204,17 @@ def export_bundles(
             "inputs": (TensorSpec(INPUT_NAME, "uint8", (batch_dim, *preprocessing.input_size, 3), "NHWC"),),
             "outputs": (TensorSpec(OUTPUT_NAME, "float32", (batch_dim, n)),),
             "preprocessing": preprocessing,
-            "labels": tuple(labels),
+            "labels": tuple(labels) if embedding is None else (),
             "source": dict(source or {}, export=info),
+            "embedding": embedding,
+            "schema_version": CLASSIFIER_SCHEMA_VERSION if embedding is None else EMBEDDING_SCHEMA_VERSION,
         }
         for spec in specs:
             logger.info(f"{spec.name}: {spec.description}")
             agreement = opts.min_agreement
             if agreement is None:
                 agreement = default_min_agreement(spec.precision, reference.targets is not None)
-            rungs = ladder(spec, quantization, can_tune=tuning is not None, qat=qat is not None)
+            rungs = ladder(spec, quantization, can_tune=tuning is not None and embedding is None, qat=qat is not None)
             earlier: list[dict[str, Any]] = []
             try:
                 for i, (rung, rung_quantization) in enumerate(rungs):
@@ -316,7 +284,6 @@ def _export_one(
         engine = conversion.pop("engine", None) if spec.backend == "tensorrt" else None
         target_cpu = conversion.pop("target_cpu", None)  # int8 on CPUs: which CPUs its kernels are safe on (checked at load)
         manifest = Manifest(
-            schema_version=SCHEMA_VERSION,
             created=utc_now(),
             backend=spec.backend,
             precision=spec.precision,
@@ -337,7 +304,10 @@ def _export_one(
         with _validation_predictor(spec, writer.dir) as predictor:
             gate = UNLABELLED_INT8_GATE if spec.precision == "int8" else None
             gate_ref = ref if job.qat is None else job.qat.gate_reference(ref)
-            validation = compare(predictor, gate_ref, reference, min_agreement=min_agreement, max_drop=job.max_drop, unlabelled_gate=gate)
+            if predictor.is_embedding:
+                validation = compare_embeddings(predictor, ref, reference, spec.precision, max_drop=job.max_drop)
+            else:
+                validation = compare(predictor, gate_ref, reference, min_agreement=min_agreement, max_drop=job.max_drop, unlabelled_gate=gate)
             if job.qat is not None:
                 validation["quantisation_aware"] = job.qat.fidelity(predictor, ref, reference)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
@@ -355,7 +325,13 @@ def _export_one(
                 validation["ladder"] = list(earlier)
         if golden is not None and golden_logits is not None:
             self_test = write_self_test(
-                writer.dir, reference.images[golden], ref[golden], golden_logits, spec.precision, validation.get("inference_precision")
+                writer.dir,
+                reference.images[golden],
+                ref[golden],
+                golden_logits,
+                spec.precision,
+                validation.get("inference_precision"),
+                embedding=manifest.embedding is not None,
             )
             manifest = dataclasses.replace(manifest, self_test=self_test)
         if spec.backend == "tensorrt":
@@ -383,34 +359,6 @@ def _validation_predictor(spec: FormatSpec, bundle_dir: Path) -> runtimes.Predic
     from runtimes.backends.onnxruntime_backend import OnnxRuntimePredictor
 
     return OnnxRuntimePredictor(runtimes.open_bundle(bundle_dir), graph_optimization="disabled")
-
-
-def raise_for_failures(results: list[ExportResult], out: str | os.PathLike[str]) -> None:
-    """Raise `ValidationFailed` (with the whole table) if any format was not written or failed its gate."""
-    bad = [r for r in results if not r.written or r.error]
-    if not bad:
-        return
-    details = "; ".join(f"{r.format}: {r.error or format_validation(r.validation or {})}" for r in bad)
-    hints = []
-    rungs = {(r.validation or {}).get("rung") for r in bad if FORMAT_SPECS[r.format].tunable}
-    if ACCURACY_AWARE in rungs:
-        hints.append(
-            "the accuracy-aware search tuned on the val split did not hold on the held-out split, or left too much in "
-            "float (a larger val split makes the search more reliable; --min-int8-share sets how much float is allowed)"
-        )
-    if any(((r.validation or {}).get("paired") or {}).get("too_small_to_judge") for r in bad):
-        hints.append("the held-out set is too small to judge a drop of --max-drop: hold out more images (train --test-fraction, or --data DIR)")
-    if POST_TRAINING in rungs:
-        hints.append("without --no-fallback, export tries the accuracy-aware search next (it needs the run's val split)")
-    if rungs & {POST_TRAINING, ACCURACY_AWARE}:
-        hints.append("quantisation-aware fine-tuning keeps int8 accuracy with every layer in int8: edge-transfer qat RUN, then export RUN/qat")
-    hints.append("--max-drop changes the tolerance; --allow-failed-validation writes failed bundles marked as failed")
-    exc = ValidationFailed(
-        f"{len(bad)} of {len(results)} format(s) not written to {out}:\n{format_table([r.summary() for r in results])}\n{details}\n"
-        f"({'; '.join(hints)})"
-    )
-    exc.results = results  # type: ignore[attr-defined]  # the CLI's --json reports them all
-    raise exc
 
 
 def export_bundle(model: nn.Module, out: str | os.PathLike[str], *, format: str = DEFAULT_FORMAT, **kwargs: Any) -> ExportResult:

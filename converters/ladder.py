@@ -16,7 +16,7 @@ from .options import QuantizationOptions
 from .qat_formats import QUANTISATION_AWARE
 
 if TYPE_CHECKING:
-    from .export import ExportResult
+    from .export_result import ExportResult
 
 logger = logging.getLogger(__name__)
 

@@ -125,6 +125,9 @@ QUANTIZATION_KEYWORDS = {
 }
 
 
+OUTPUTS = ("logits", "embedding")
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """Everything `export` takes besides the run and the output directory; each field's default is the one default.
@@ -134,12 +137,16 @@ class ExportOptions:
     calibration_data/calibration_size: int8 calibration images (default: drawn, seeded, from the training split).
     max_drop: the accuracy gate, in points below torch fp32. min_agreement: top-1 agreement floor (default per
     precision). batch_size: a fixed batch (default dynamic). self_test_size: golden images for `check`.
+    output: "logits" (a classifier) or "embedding" (L2-normalised features, no classes); features: the layers the
+    embedding of `--backbone` comes from (`edge_transfer.layers`; a run's embedding is its probe's features).
     """
 
     format: str | tuple[str, ...] = DEFAULT_FORMAT
     backbone: str | None = None
     strategy: str = "pretrained"
     image_size: int | None = None
+    output: str = "logits"
+    features: str | None = None
     data: str | None = None
     calibration_data: str | None = None
     calibration_size: int = 300
@@ -166,6 +173,8 @@ class ExportOptions:
         options = replace_options(self, overrides, what="export")
         if quantization:
             options = dataclasses.replace(options, quantization=dataclasses.replace(options.quantization, **quantization))
+        if options.output not in OUTPUTS:
+            raise InputError(f"output (--output) must be one of {', '.join(OUTPUTS)}, got {options.output!r}")
         if not 0 <= options.max_drop <= 100:
             raise InputError(f"max_drop (--max-drop) is in accuracy points (0-100), got {options.max_drop}")
         if options.quantization.float_first_layers is not None and options.quantization.float_first_layers < 0:

@@ -14,7 +14,7 @@ from .latency import batch1_ms
 if TYPE_CHECKING:
     from runtimes.predictor import Predictor
 
-    from .export import ExportResult
+    from .export_result import ExportResult
 
 logger = logging.getLogger(__name__)
 

@@ -222,6 +222,10 @@ def _pct(x: float | None) -> str:
 
 
 def format_validation(v: dict[str, Any]) -> str:
+    if v.get("kind") == "embedding":
+        from .embedding_gate import format_embedding_validation
+
+        return format_embedding_validation(v)
     need = []
     if v.get("max_drop") is not None and v.get("accuracy_drop") is not None:
         need.append(f"drop <= {100 * v['max_drop']:.2f} pt")

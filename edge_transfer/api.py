@@ -116,6 +116,27 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
     return trained
 
 
+def embedding_section(model: Any, layers: list[str]) -> dict[str, Any]:
+    """The manifest's `embedding` section for an embedding model (`edge_transfer.model.embedding_model`)."""
+    return {"dim": int(model.backbone.num_features), "normalization": "l2", "similarity": "cosine", "layers": list(layers), "unknown_threshold": None}
+
+
+def _run_embedding(model: Any, config: dict[str, Any], opts: ExportOptions, qat: Any) -> tuple[Any, dict[str, Any]]:
+    """A run's embedding model: its backbone (cut where its probe was trained) with an L2 norm instead of the head."""
+    from .layers import FINAL
+    from .model import embedding_model
+
+    if opts.features:
+        raise InputError(
+            "--features chooses the layers of --backbone; a run's embedding is the features its head was trained on "
+            f"({config.get('features', [FINAL])})"
+        )
+    if qat is not None:
+        raise InputError("a quantisation-aware run exports int8 classifiers; export its parent run with --output embedding")
+    embedder = embedding_model(model.backbone)
+    return embedder, embedding_section(embedder, list(config.get("features", [FINAL])))
+
+
 def task_backbone(cfg: TrainConfig) -> Backbone:
     """The backbone `train` starts from: `cfg.backbone` at `cfg.image_size`, with the crop and filter asked for
     (the whole image by default) unless the strategy is `pretrained` (the source model's own preprocessing)."""
@@ -164,7 +185,8 @@ def export(
     from converters.export import FORMAT_SPECS, export_bundles, parse_formats, raise_for_failures
 
     from .data import load_dataset
-    from .model import ImageClassifier
+    from .layers import layer_backbone, parse_layers
+    from .model import ImageClassifier, embedding_model
     from .qat_train import qat_source
     from .sources import create_backbone, load_run
 
@@ -174,9 +196,13 @@ def export(
     formats = parse_formats(opts.format)
     data = opts.data
     qat = None
+    embedding = None
     if run is not None:
         model, config = load_run(run)
         qat = qat_source(config, run)
+        if opts.output == "embedding":
+            model, embedding = _run_embedding(model, config, opts, qat)
+            qat = None
         try:
             own = run_data(config)
         except DatasetError:
@@ -199,15 +225,24 @@ def export(
         bb = create_backbone(opts.backbone or DEFAULT_BACKBONE, pretrained=True)
         if opts.image_size:
             bb.preprocessing = bb.preprocessing.with_size(opts.image_size)
-        if bb.source_head is None or bb.labels is None:
+        if opts.output == "embedding":
+            layers = parse_layers(opts.features, bb)
+            model = embedding_model(layer_backbone(bb, layers))
+            embedding = embedding_section(model, layers)
+        elif opts.features:
+            raise InputError("--features takes an embedding from those layers: add --output embedding (a classifier uses the final features)")
+        elif bb.source_head is None or bb.labels is None:
             raise InputError(f"{bb.name} has no classifier of its own to use as it is; train a head on your data first")
-        model = ImageClassifier(bb, bb.source_head, bb.labels).eval()
+        else:
+            model = ImageClassifier(bb, bb.source_head, bb.labels).eval()
         cfg = model.preprocessing
-        labels = list(bb.labels) if bb.labels else None
-        source = dict(bb.source, backbone=bb.name, strategy="pretrained")
+        labels = list(bb.labels) if bb.labels and embedding is None else None
+        source = dict(model.backbone.source, backbone=model.backbone.name, strategy="pretrained")
+    if embedding is not None:
+        source["output"] = "embedding"
     q = opts.quantization
     calibrated = qat is None and any(FORMAT_SPECS[f].calibrated for f in formats)
-    tuned = qat is None and (q.accuracy_aware or q.fallback) and any(FORMAT_SPECS[f].tunable for f in formats)
+    tuned = qat is None and embedding is None and (q.accuracy_aware or q.fallback) and any(FORMAT_SPECS[f].tunable for f in formats)
     calibration = tuning = None
     if run is None:
         reference, calibration, tuning = pretrained_data(opts, cfg, labels, calibrated=calibrated, tuned=tuned)
@@ -238,6 +273,7 @@ def export(
         source=source,
         options=dataclasses.replace(opts, format=tuple(formats)),
         qat=qat,
+        embedding=embedding,
     )
     raise_for_failures(results, out)
     return results

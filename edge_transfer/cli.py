@@ -7,7 +7,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from converters.options import CALIBRATION_METHODS, FLOAT_FIRST_LAYERS, TARGET_CPU_CHOICES, ExportOptions, QuantizationOptions, TensorRTOptions
+from converters.options import (
+    CALIBRATION_METHODS,
+    FLOAT_FIRST_LAYERS,
+    OUTPUTS,
+    TARGET_CPU_CHOICES,
+    ExportOptions,
+    QuantizationOptions,
+    TensorRTOptions,
+)
 from runtimes.errors import EdgeTransferError
 from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
 
@@ -155,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", nargs="?", help="training run directory (omit with --backbone)")
     e.add_argument("--backbone", help="export this backbone's source model as it is (with --strategy pretrained)")
     e.add_argument("--strategy", default=ExportOptions.strategy, help="with --backbone: only 'pretrained'")
+    e.add_argument(
+        "--output",
+        default=ExportOptions.output,
+        choices=OUTPUTS,
+        help="logits: a classifier (default); embedding: L2-normalised features, no classes, for a gallery (enroll / identify)",
+    )
+    e.add_argument("--features", metavar="LAYER", help="with --backbone --output embedding: the layers it comes from, as train --features")
     e.add_argument("--format", default=ExportOptions.format, help=f"one format or a comma-separated list (default {ExportOptions.format}; see below)")
     e.add_argument("--out", required=True, help="bundle directory to create; with several formats, one sub-directory per format")
     e.add_argument("--image-size", type=int, help="with --backbone: input size (default: the backbone's)")

@@ -81,6 +81,19 @@ class ImageClassifier(nn.Module):
         return clone
 
 
+class L2Normalize(nn.Module):
+    """The head of an embedding model: features scaled to unit length (what a cosine gallery compares)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()  # sqrt of a sum of squares: ONNX Runtime's quantisation shape inference fails on ReduceL2 (F.normalize)
+        return x / torch.sqrt((x * x).sum(dim=1, keepdim=True)).clamp_min(1e-12)
+
+
+def embedding_model(backbone: Backbone) -> ImageClassifier:
+    """uint8 NHWC images in, L2-normalised pooled features out: the torch reference of an embedding bundle."""
+    return ImageClassifier(backbone, L2Normalize(), []).eval()
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 

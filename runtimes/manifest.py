@@ -15,7 +15,10 @@ from typing import Any
 from .errors import BundleError, InputError
 from .preprocess import PreprocessConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest this runtime reads; 2 added embedding bundles
+CLASSIFIER_SCHEMA_VERSION = 1  # classifier bundles are written as 1, which every runtime reads
+EMBEDDING_SCHEMA_VERSION = 2
+NORMALIZATIONS = ("l2",)
 MANIFEST_NAME = "manifest.json"
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -73,11 +76,17 @@ class Manifest:
     built_from: dict[str, Any] | None = None  # a tensorrt-engine bundle: the ONNX it was built from (path, sha256)
     conversion: Any = None  # how the model files were made (tool, settings); informational, carried as written
     self_test: dict[str, Any] | None = None  # golden images and tolerances (runtimes.selftest)
+    embedding: dict[str, Any] | None = None  # an embedding bundle: {"dim", "normalization", "layers", "unknown_threshold"}
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def output_width(self) -> int:
+        """Values per image: the embedding's dimension, or one logit per label."""
+        return int(self.embedding["dim"]) if self.embedding is not None else len(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest.json document (the inverse of `parse_manifest`); optional sections appear when set."""
@@ -107,6 +116,8 @@ class Manifest:
         }
         if self.self_test is not None:
             doc["self_test"] = self.self_test
+        if self.embedding is not None:
+            doc["embedding"] = self.embedding
         return doc
 
 
@@ -167,6 +178,26 @@ def _tensor(d: Any, where: str) -> TensorSpec:
     return TensorSpec(name=name, dtype=dtype, shape=tuple(shape), layout=layout)
 
 
+def _embedding(d: dict[str, Any]) -> dict[str, Any] | None:
+    """The `embedding` section of an embedding bundle (its output is one L2-normalised vector per image)."""
+    e = _opt_dict(d, "embedding")
+    if e is None:
+        return None
+    dim = _req(e, "dim", int, "embedding")
+    if dim < 1:
+        raise BundleError(f"manifest field 'embedding.dim' must be >= 1, got {dim}")
+    norm = _req(e, "normalization", str, "embedding")
+    if norm not in NORMALIZATIONS:
+        raise BundleError(f"manifest field 'embedding.normalization' must be one of {', '.join(NORMALIZATIONS)}, got {norm!r}")
+    threshold = e.get("unknown_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0):
+        raise BundleError(f"manifest field 'embedding.unknown_threshold' must be a cosine similarity in [-1, 1] or null, got {threshold!r}")
+    layers = e.get("layers", [])
+    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+        raise BundleError("manifest field 'embedding.layers' must be a list of layer names")
+    return e
+
+
 def parse_manifest(d: Any) -> Manifest:
     """Validate a decoded manifest.json and return a `Manifest`; raise `BundleError` naming the field at fault."""
     if not isinstance(d, dict):
@@ -224,10 +255,13 @@ def parse_manifest(d: Any) -> Manifest:
     if tuple(spec.shape[1:3]) != pre.input_size:
         raise BundleError(f"manifest field 'inputs[0].shape' {list(spec.shape)} disagrees with preprocessing.input_size {list(pre.input_size)}")
     labels = _req(d, "labels", list, "")
-    if not labels or not all(isinstance(x, str) for x in labels):
+    embedding = _embedding(d)
+    if not all(isinstance(x, str) for x in labels) or (not labels and embedding is None):
         raise BundleError("manifest field 'labels' must be a non-empty list of strings")
     out_shape = outputs[0].shape
-    if len(out_shape) != 2 or out_shape[1] != len(labels):
+    if embedding is not None and (len(out_shape) != 2 or out_shape[1] != embedding["dim"]):
+        raise BundleError(f"manifest field 'outputs[0].shape' {list(out_shape)} must be (batch, {embedding['dim']}) to match 'embedding.dim'")
+    if embedding is None and (len(out_shape) != 2 or out_shape[1] != len(labels)):
         raise BundleError(f"manifest field 'outputs[0].shape' {list(out_shape)} must be (batch, {len(labels)}) to match 'labels'")
     producer = _opt_dict(d, "producer") or {}
     source = _opt_dict(d, "source") or {}
@@ -266,5 +300,6 @@ def parse_manifest(d: Any) -> Manifest:
         built_from=built_from,
         conversion=model.get("conversion"),
         self_test=_opt_dict(d, "self_test"),
+        embedding=embedding,
         raw=d,
     )

@@ -103,6 +103,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def unit_rows(x: np.ndarray, where: str) -> np.ndarray:
+    """Rows scaled to unit L2 length (float32); a non-finite or all-zero row is an `InferenceError` naming it."""
+    x = np.asarray(x, np.float32)
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if bad.size:
+        raise InferenceError(f"{where}: the model produced a NaN/inf or all-zero embedding for image(s) {', '.join(map(str, bad[:10]))}")
+    return (x / norms[:, None]).astype(np.float32)
+
+
 class Predictor:
     """A loaded bundle ready to run. Create with `runtimes.load(...)`, not directly.
 
@@ -161,6 +171,11 @@ class Predictor:
         return self.manifest.labels
 
     @property
+    def is_embedding(self) -> bool:
+        """An embedding bundle: one L2-normalised vector per image (`embed`), no classes."""
+        return self.manifest.embedding is not None
+
+    @property
     def preprocessing(self) -> PreprocessConfig:
         return self.manifest.preprocessing
 
@@ -192,6 +207,8 @@ class Predictor:
             "input": self.inputs[0].to_dict(),
             "output": self.outputs[0].to_dict(),
             "num_classes": len(self.labels),
+            "output_kind": "embedding" if self.is_embedding else "logits",
+            **({"embedding": dict(self.manifest.embedding or {})} if self.is_embedding else {}),
             "warnings": list(self.warnings),
             "validation_passed": self.validation_passed,
         }
@@ -224,10 +241,13 @@ class Predictor:
         if dtype not in ("float32", "float16"):
             raise BundleError(f"{where}: output '{out.name}' is {dtype} in the model; expected float32 or float16 logits")
         width = shape[-1] if shape else None
-        if isinstance(width, int) and width != len(self.labels):
-            raise BundleError(
-                f"{where}: output '{out.name}' has {width} values per image in the model, but the manifest lists {len(self.labels)} labels"
-            )
+        if isinstance(width, int) and width != self.manifest.output_width:
+            raise BundleError(f"{where}: output '{out.name}' has {width} values per image in the model, but {self._width_source()}")
+
+    def _width_source(self) -> str:
+        if self.is_embedding:
+            return f"the manifest's embedding.dim is {self.manifest.output_width}"
+        return f"the manifest lists {len(self.labels)} labels"
 
     # ---------------------------------------------------------------- running
     def check_batch(self, batch: Any) -> np.ndarray:
@@ -259,10 +279,8 @@ class Predictor:
             out = np.concatenate([self._run_impl(part) for part, _ in padded_chunks(batch, RUN_CHUNK)])
         else:
             out = self._run_impl(batch)
-        if out.ndim != 2 or out.shape != (len(batch), len(self.labels)):
-            raise BundleError(
-                f"{self.bundle.path}: the model returned shape {out.shape} for a batch of {len(batch)}; the manifest lists {len(self.labels)} labels"
-            )
+        if out.ndim != 2 or out.shape != (len(batch), self.manifest.output_width):
+            raise BundleError(f"{self.bundle.path}: the model returned shape {out.shape} for a batch of {len(batch)}; {self._width_source()}")
         return out
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
@@ -308,8 +326,23 @@ class Predictor:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         return self.classify(self.run_chunked(self.prepare(images)), top_k)
 
+    def embed(self, images: Any) -> np.ndarray:
+        """Images of any size (as `predict` takes them) -> float32 (N, dim) embeddings of unit length (an embedding
+        bundle only; the norm is taken again here, so int8 rounding of the in-graph one does not leak out)."""
+        if not self.is_embedding:
+            raise InputError(
+                f"{self.bundle.path} is a classifier bundle (logits for {len(self.labels)} labels); embeddings come from an embedding "
+                "bundle: edge-transfer export RUN --output embedding"
+            )
+        return unit_rows(self.run_chunked(self.prepare(images)), f"{self.bundle.path}")
+
     def classify(self, logits: np.ndarray, top_k: int = 5) -> list[list[Classification]]:
         """Logits (N, classes) -> per image, the `top_k` classes with softmax scores, best first (predict's last step)."""
+        if self.is_embedding:
+            raise InputError(
+                f"{self.bundle.path} is an embedding bundle ({self.manifest.output_width}-d vectors, no classes): use embed(), or "
+                "enrol labels in a gallery and identify (edge-transfer enroll / identify)"
+            )
         bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
         if bad.size:
             raise InferenceError(

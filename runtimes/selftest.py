@@ -68,12 +68,35 @@ class SelfTestResult:
         return line + (f" ({self.reason})" if self.reason else "")
 
 
-def measure(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Agreement, max |diff| and the max |diff| relative to the reference's largest |logit| (scale-free)."""
+def measure(logits: np.ndarray, reference: np.ndarray, *, embedding: bool = False) -> dict[str, float]:
+    """Agreement, max |diff| and the max |diff| relative to the reference's largest |value| (scale-free).
+
+    Agreement is top-1 agreement for logits; for embeddings, nearest-neighbour agreement: the share of images whose
+    most similar other image (cosine) is the same one under both."""
     diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
     scale = max(float(np.abs(reference).max()), 1e-12)
     max_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")
-    return {"agreement": float((logits.argmax(1) == reference.argmax(1)).mean()), "max_abs_diff": max_diff, "rel_err": max_diff / scale}
+    agreement = neighbour_agreement(logits, reference) if embedding else float((logits.argmax(1) == reference.argmax(1)).mean())
+    return {"agreement": agreement, "max_abs_diff": max_diff, "rel_err": max_diff / scale}
+
+
+def nearest_others(x: np.ndarray, k: int = 1) -> np.ndarray:
+    """Per row, the indices of the `k` most cosine-similar other rows, most similar first: (N, k)."""
+    v = x.astype(np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    sim = v @ v.T
+    np.fill_diagonal(sim, -np.inf)
+    k = min(k, len(x) - 1)
+    return np.asarray(np.argsort(-sim, axis=1, kind="stable")[:, :k])
+
+
+def neighbour_agreement(x: np.ndarray, reference: np.ndarray, k: int = 1) -> float:
+    """The share of rows whose nearest other row (cosine) under `x` is among the `k` nearest under `reference`
+    (k=1: the same row); 1.0 for a single row."""
+    if len(x) < 2:
+        return 1.0
+    mine, theirs = nearest_others(x, 1)[:, 0], nearest_others(reference, k)
+    return float((theirs == mine[:, None]).any(axis=1).mean())
 
 
 def choose_golden(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -90,13 +113,15 @@ def write_self_test(
     precision: str,
     inference_precision: str | None,
     seed: int = 0,
+    *,
+    embedding: bool = False,
 ) -> dict[str, Any]:
     """Write the golden images and reference logits into a bundle being written; return its manifest section."""
     root = Path(bundle_dir) / SELF_TEST_DIR
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / "images.npy", np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
     np.save(root / "reference_logits.npy", np.ascontiguousarray(reference, dtype=np.float32), allow_pickle=False)
-    m = measure(artifact, reference)
+    m = measure(artifact, reference, embedding=embedding)
     flips = 0.0 if precision != "int8" else 1.0 / len(images)  # int8 may flip one near-tie more than it did here
     return {
         "images": f"{SELF_TEST_DIR}/images.npy",
@@ -154,13 +179,14 @@ def run_self_test(predictor: Predictor) -> SelfTestResult:
     h, w = predictor.preprocessing.input_size
     if images.dtype != np.uint8 or images.shape[1:] != (h, w, 3) or len(images) == 0:
         raise BundleError(f"{predictor.bundle.path}: self-test images are {images.dtype} {images.shape}, the model takes uint8 (N, {h}, {w}, 3)")
-    if reference.shape != (len(images), len(predictor.labels)):
-        raise BundleError(f"{predictor.bundle.path}: self-test reference is {reference.shape}, expected ({len(images)}, {len(predictor.labels)})")
-    m = measure(predictor.run_chunked(images), reference)
+    width = predictor.manifest.output_width
+    if reference.shape != (len(images), width):
+        raise BundleError(f"{predictor.bundle.path}: self-test reference is {reference.shape}, expected ({len(images)}, {width})")
+    m = measure(predictor.run_chunked(images), reference, embedding=predictor.is_embedding)
     tol = section["tolerance"]
     reasons = []
     if m["agreement"] < tol["min_agreement"] - 1e-9:
-        reasons.append("top-1 agreement below tolerance")
+        reasons.append(("nearest-neighbour" if predictor.is_embedding else "top-1") + " agreement below tolerance")
     if not m["rel_err"] <= tol["max_rel_err"]:
         reasons.append("logits drifted beyond tolerance")
     return SelfTestResult(

@@ -1,0 +1,101 @@
+"""The export gate of an embedding bundle (README: Feature transfer): the artifact's embeddings against torch's.
+
+An embedding has no classes to agree on, so the gate asks what a gallery on the device relies on:
+- **cosine to torch**: each held-out image's embedding from the artifact against torch's (mean, and the worst);
+- **neighbour agreement**: the share of held-out images whose most similar other held-out image under the artifact
+  is among the `NEIGHBOURS` most similar under torch (what `identify` answers with; the very same neighbour is
+  reported too, but is no gate: near-duplicates swap places under int8 rounding, measured 76% on digits with a
+  1-NN accuracy above torch's);
+- with labels, **1-NN accuracy**: leave-one-out nearest-neighbour accuracy on the held-out set may drop at most
+  `max_drop` below torch's, judged on paired predictions as classifier accuracy is (`validate.paired_judgement`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from runtimes.predictor import Predictor, unit_rows
+from runtimes.selftest import nearest_others, neighbour_agreement
+
+from .validate import ReferenceData, paired_judgement
+
+# floors by precision: fp32/fp16 must give torch's vectors; int8 is judged on what a gallery keeps. Measured on the
+# digits test split (359 images, EfficientNet-Lite0 final 1280-d features): see the README's Feature transfer table.
+EMBEDDING_GATE = {
+    "fp32": {"mean_cosine": 0.9999, "neighbour_agreement": 0.99},
+    "fp16": {"mean_cosine": 0.999, "neighbour_agreement": 0.97},
+    "int8": {"mean_cosine": 0.95, "neighbour_agreement": 0.90},
+}
+NEIGHBOURS = 5
+
+
+def knn_hits(embeddings: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Leave-one-out 1-NN: whether each image's most similar other image has its label."""
+    return np.asarray(targets[nearest_others(embeddings, 1)[:, 0]] == targets)
+
+
+def compare_embeddings(predictor: Predictor, reference: np.ndarray, data: ReferenceData, precision: str, *, max_drop: float | None) -> dict[str, Any]:
+    """Run `data` through the predictor, compare with torch's embeddings `reference`; return the manifest's
+    `validation` (the keys a classifier's has where they mean the same, plus cosine and the floors used)."""
+    t = time.perf_counter()
+    raw = predictor.run_chunked(data.images)
+    seconds = time.perf_counter() - t
+    got = unit_rows(raw, f"{predictor.bundle.path}")
+    ref = unit_rows(reference, "torch reference")
+    cosine = np.sum(got.astype(np.float64) * ref.astype(np.float64), axis=1)
+    agree = neighbour_agreement(got, ref, NEIGHBOURS)
+    gate = EMBEDDING_GATE[precision]
+    checks = {"mean_cosine": float(cosine.mean()) >= gate["mean_cosine"], "neighbour_agreement": agree >= gate["neighbour_agreement"]}
+    torch_acc = art_acc = drop = paired = None
+    if data.targets is not None and len(got) > 1:
+        torch_hits, art_hits = knn_hits(ref, data.targets), knn_hits(got, data.targets)
+        torch_acc, art_acc = float(torch_hits.mean()), float(art_hits.mean())
+        drop = round(torch_acc - art_acc, 6)
+        if max_drop is not None:
+            paired = paired_judgement(torch_hits, art_hits, max_drop)
+            checks["accuracy_drop"] = paired["passed"]
+    diff = np.abs(raw.astype(np.float64) - reference.astype(np.float64))
+    return {
+        "kind": "embedding",
+        "split": data.split,
+        "count": int(len(data.images)),
+        **({"data": data.description} if data.description else {}),
+        "accuracy_metric": "leave-one-out 1-NN accuracy (cosine) on the held-out images",
+        "torch_accuracy": torch_acc,
+        "artifact_accuracy": art_acc,
+        "accuracy_drop": drop,
+        **({"paired": paired} if paired is not None else {}),
+        "top1_agreement": agree,  # the neighbour agreement, under the column every table shows
+        "neighbour_agreement": agree,
+        "neighbours": NEIGHBOURS,
+        "same_nearest_neighbour": neighbour_agreement(got, ref, 1),
+        "mean_cosine": float(cosine.mean()),
+        "min_cosine": float(cosine.min()),
+        "embedding_gate": dict(gate),
+        "max_abs_logit_diff": float(diff.max()),
+        "mean_abs_logit_diff": float(diff.mean()),
+        "max_drop": None if max_drop is None else float(max_drop),
+        "min_agreement": gate["neighbour_agreement"],
+        "checks": checks,
+        "ms_per_image": round(1000 * seconds / len(data.images), 3),
+        "inference_precision": predictor.inference_precision,
+        "runtime": predictor.describe(),
+        "passed": all(checks.values()),
+    }
+
+
+def format_embedding_validation(v: dict[str, Any]) -> str:
+    """One line: cosine, neighbour agreement and 1-NN accuracy against the floors."""
+    gate = v.get("embedding_gate") or {}
+    knn = ""
+    if v.get("artifact_accuracy") is not None:
+        knn = f", 1-NN accuracy {100 * v['artifact_accuracy']:.2f}% (torch {100 * v['torch_accuracy']:.2f}%, drop {100 * v['accuracy_drop']:+.2f} pt)"
+    return (
+        f"{v.get('rung', '') and v['rung'] + ' int8, '}embedding validation on {v['split']} ({v['count']} images): cosine to torch mean "
+        f"{v['mean_cosine']:.5f} (needs >= {gate.get('mean_cosine')}), min {v['min_cosine']:.4f}; neighbour agreement "
+        f"{100 * v['neighbour_agreement']:.2f}% within torch's {v.get('neighbours')} nearest (needs >= {100 * gate.get('neighbour_agreement', 0):.0f}%){knn}: "
+        f"{'PASS' if v['passed'] else 'FAIL'}"
+    )
