@@ -96,6 +96,7 @@ def format_embedding_validation(v: dict[str, Any]) -> str:
     return (
         f"{v.get('rung', '') and v['rung'] + ' int8, '}embedding validation on {v['split']} ({v['count']} images): cosine to torch mean "
         f"{v['mean_cosine']:.5f} (needs >= {gate.get('mean_cosine')}), min {v['min_cosine']:.4f}; neighbour agreement "
-        f"{100 * v['neighbour_agreement']:.2f}% within torch's {v.get('neighbours')} nearest (needs >= {100 * gate.get('neighbour_agreement', 0):.0f}%){knn}: "
+        f"{100 * v['neighbour_agreement']:.2f}% within torch's {v.get('neighbours')} nearest "
+        f"(needs >= {100 * gate.get('neighbour_agreement', 0):.0f}%){knn}: "
         f"{'PASS' if v['passed'] else 'FAIL'}"
     )
