@@ -12,15 +12,19 @@ An embedding has no classes to agree on, so the gate asks what a gallery on the 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import numpy as np
 
+from runtimes.gallery import calibrate_threshold
 from runtimes.predictor import Predictor, unit_rows
 from runtimes.selftest import nearest_others, neighbour_agreement
 
 from .validate import ReferenceData, paired_judgement
+
+logger = logging.getLogger(__name__)
 
 # floors by precision: fp32/fp16 must give torch's vectors; int8 is judged on what a gallery keeps. Measured on the
 # digits test split (359 images, EfficientNet-Lite0 final 1280-d features): see the README's Feature transfer table.
@@ -85,6 +89,21 @@ def compare_embeddings(predictor: Predictor, reference: np.ndarray, data: Refere
         "runtime": predictor.describe(),
         "passed": all(checks.values()),
     }
+
+
+def with_unknown_threshold(embedding: dict[str, Any], reference: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+    """The manifest's embedding section with the gallery's unknown threshold calibrated on torch's embeddings of
+    the labelled held-out images (`runtimes.gallery.calibrate_threshold`); unchanged when they cannot tell."""
+    calibration = calibrate_threshold(reference, targets)
+    if calibration is None:
+        logger.info("embedding: too few labelled held-out images per class to calibrate the unknown threshold; galleries default to it unset")
+        return embedding
+    logger.info(
+        f"embedding: unknown threshold {calibration['unknown_threshold']:.4f} (cosine): {100 * calibration['unknown_rejected']:.1f}% of "
+        f"never-enrolled images rejected, known-class accuracy {100 * calibration['known_accuracy']:.1f}% (without it "
+        f"{100 * calibration['known_accuracy_without_threshold']:.1f}%), {calibration['shots']} images enrolled per class"
+    )
+    return {**embedding, "unknown_threshold": calibration["unknown_threshold"], "threshold_calibration": calibration}
 
 
 def format_embedding_validation(v: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import choose_golden, write_self_test
 
 from .calibration import CalibrationData
-from .embedding_gate import compare_embeddings
+from .embedding_gate import compare_embeddings, with_unknown_threshold
 from .existing import existing_bundles
 from .export_result import ExportResult, raise_for_failures
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
@@ -184,6 +184,8 @@ def export_bundles(
             export_onnx(qat.fp32_model, work / "fp32.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size)
             qat.fp32_onnx = work / "fp32.onnx"
         ref_seconds = time.perf_counter() - t
+        if embedding is not None and embedding.get("unknown_threshold") is None and reference.targets is not None:
+            embedding = with_unknown_threshold(embedding, ref, reference.targets)
         job = ExportJob(
             work,
             work / "model.onnx",

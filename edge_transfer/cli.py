@@ -21,6 +21,7 @@ from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
 
 from .cli_bench import add_bench_parser
 from .cli_device import cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
+from .cli_gallery import add_gallery_parsers
 from .cli_help import EPILOG, FORMATS_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
 from .cli_layers import add_probe_layers_parser
@@ -317,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     as_json.add_argument("--jsonl", action="store_true", help="one JSON line per image as soon as it is classified (for pipes)")
     pr.set_defaults(func=cmd_predict)
     add_val_parser(sub)
+    add_gallery_parsers(sub)
 
     c = sub.add_parser(
         "check",

@@ -71,3 +71,12 @@ __all__ = [
     "DatasetError",
     "CheckpointError",
 ]
+
+
+class GalleryError(EdgeTransferError):
+    """A gallery file that cannot be used: unreadable, damaged (checksum), or made with another model
+    (`GalleryMismatch`)."""
+
+
+class GalleryMismatch(GalleryError):
+    """A gallery enrolled with a different embedding model than the bundle it is used with."""

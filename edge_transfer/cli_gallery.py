@@ -1,0 +1,136 @@
+"""The `enroll` and `identify` commands: a gallery of labelled embeddings on the device, torch-free
+(runtimes.gallery; an embedding bundle from `export --output embedding`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from runtimes.errors import InputError
+
+from .cli_output import print_json
+
+IDENTIFY_CHUNK = 16
+
+
+def add_gallery_parsers(sub: Any) -> None:
+    e = sub.add_parser(
+        "enroll",
+        help="add a label to a gallery from a few images with an embedding bundle (no torch)",
+        description="Embed the images with an embedding bundle and add them to the gallery file under --label (created if "
+        "absent; saved atomically). --from-folders DIR enrols every sub-folder of DIR as a label of its name. --remove "
+        "drops a label; --list shows the labels. A gallery made with another embedding model is refused.",
+        epilog="examples:\n  edge-transfer enroll bundles/emb/openvino-int8 --gallery parts.npz --label bracket shots/bracket/*.jpg\n"
+        "  edge-transfer enroll bundles/emb/onnx --gallery parts.npz --from-folders reference_shots/\n"
+        "  edge-transfer enroll bundles/emb/onnx --gallery parts.npz --remove bracket",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("bundle", help="an embedding bundle")
+    e.add_argument("images", nargs="*", help="image files, folders or quoted patterns ('shots/*.jpg') to enrol under --label")
+    e.add_argument("--gallery", required=True, help="the gallery file (.npz); created if it does not exist")
+    e.add_argument("--label", help="the label the images are enrolled under (added to the label's existing images)")
+    e.add_argument("--from-folders", metavar="DIR", help="enrol each sub-folder of DIR as a label of its name")
+    e.add_argument("--remove", metavar="LABEL", help="remove this label and its images from the gallery")
+    e.add_argument("--list", action="store_true", help="list the labels and how many images each has")
+    e.add_argument("--device", help="backend device (as for predict)")
+    e.add_argument("--json", action="store_true", help="print the gallery's labels as JSON")
+    e.set_defaults(func=cmd_enroll)
+
+    i = sub.add_parser(
+        "identify",
+        help="the most similar enrolled label for each image, or unknown (no torch)",
+        description="Embed each image and answer with the gallery label whose mean embedding is most similar (cosine), or "
+        "'unknown' when the similarity is below the threshold (default: calibrated on held-out data at export and stored "
+        "in the bundle's manifest).",
+        epilog="example:\n  edge-transfer identify bundles/emb/openvino-int8 --gallery parts.npz camera/*.jpg --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    i.add_argument("bundle", help="the embedding bundle the gallery was enrolled with")
+    i.add_argument("images", nargs="+", help="image files, folders or quoted patterns")
+    i.add_argument("--gallery", required=True, help="the gallery file")
+    i.add_argument("--threshold", type=float, help="cosine below which an image is unknown (default: the bundle's calibrated one)")
+    i.add_argument("--method", choices=["mean", "knn"], default="mean", help="mean: class-mean cosine (default); knn: k nearest images vote")
+    i.add_argument("--k", type=int, default=5, help="neighbours that vote with --method knn (default 5)")
+    i.add_argument("--recursive", action="store_true", help="read sub-folders of the folders given too")
+    i.add_argument("--device", help="backend device (as for predict)")
+    i.add_argument("--json", action="store_true", help="one JSON document: a record per image")
+    i.set_defaults(func=cmd_identify)
+
+
+def _open(args: argparse.Namespace, *, create: bool) -> tuple[Any, Any]:
+    import runtimes
+    from runtimes.gallery import Gallery
+
+    predictor = runtimes.load(args.bundle, device=args.device)
+    if not predictor.is_embedding:
+        raise InputError(f"{args.bundle} is a classifier bundle; enroll and identify need an embedding bundle (export --output embedding)")
+    if os.path.exists(args.gallery) or not create:
+        return predictor, Gallery.load(args.gallery, predictor)
+    return predictor, Gallery.for_bundle(predictor)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runtimes.preprocess import expand_image_paths
+
+    actions = sum(bool(x) for x in (args.label, args.from_folders, args.remove))
+    if actions > 1 or (actions == 0 and not args.list):
+        raise InputError("enroll takes one of --label NAME IMAGES..., --from-folders DIR or --remove LABEL (or --list)")
+    if args.label and not args.images:
+        raise InputError(f"--label {args.label}: give the images to enrol (files, folders or patterns)")
+    if args.images and not args.label:
+        raise InputError("images were given without --label NAME to enrol them under")
+    predictor, gallery = _open(args, create=not args.remove and not args.list)
+    with predictor:
+        if args.remove:
+            removed = gallery.remove(args.remove)
+            print(f"removed {args.remove} ({removed} image(s))")
+        elif args.label:
+            count = gallery.enroll_images(predictor, args.label, expand_image_paths(args.images))
+            print(f"enrolled {args.label}: {count} image(s)")
+        elif args.from_folders:
+            folders = sorted(p for p in Path(args.from_folders).iterdir() if p.is_dir() and not p.name.startswith("."))
+            if not folders:
+                raise InputError(f"{args.from_folders}: no sub-folders to enrol (one per label)")
+            for folder in folders:
+                count = gallery.enroll_images(predictor, folder.name, expand_image_paths([str(folder)]))
+                print(f"enrolled {folder.name}: {count} image(s)")
+        if not args.list:
+            gallery.save(args.gallery)
+    labels = gallery.labels()
+    if args.json:
+        print_json({"gallery": args.gallery, "labels": labels, "threshold": gallery.default_threshold, "threshold_source": gallery.threshold_source})
+    elif args.list or not args.remove:
+        summary = f"{args.gallery}: {len(labels)} label(s), {len(gallery)} image(s)"
+        print(f"{summary}; unknown below cosine {gallery.default_threshold:.4f} ({gallery.threshold_source})")
+        if args.list:
+            for name, n in labels.items():
+                print(f"  {n:4d}  {name}")
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from runtimes.preprocess import expand_image_paths
+
+    predictor, gallery = _open(args, create=False)
+    images = expand_image_paths(args.images, recursive=args.recursive)
+    records = []
+    with predictor:
+        for start in range(0, len(images), IDENTIFY_CHUNK):
+            chunk = images[start : start + IDENTIFY_CHUNK]
+            answers = gallery.identify(predictor.embed(chunk), threshold=args.threshold, method=args.method, k=args.k)
+            for path, a in zip(chunk, answers):
+                records.append({"image": path, **a.to_dict()})
+                if not args.json:
+                    what = (
+                        f"{a.label}  (cosine {a.score:.3f})"
+                        if a.known
+                        else f"unknown  (nearest {a.nearest}, cosine {a.score:.3f} < {a.threshold:.3f})"
+                    )
+                    print(f"{path}: {what}", flush=True)
+    if args.json:
+        threshold = args.threshold if args.threshold is not None else gallery.default_threshold
+        print_json({"bundle": args.bundle, "gallery": args.gallery, "threshold": threshold, "method": args.method, "identifications": records})
+    return 0

@@ -1,0 +1,317 @@
+"""A gallery of labelled embeddings on the device: enrol a label from a few images, identify new images, no torch
+(README: Feature transfer).
+
+The embedding bundle (`export --output embedding`) turns an image into a unit-length vector; the gallery keeps
+vectors per label and answers with the most similar label, or *unknown* below a cosine threshold:
+
+- ``mean`` (default): each label's L2-normalised mean embedding (weight imprinting, as Coral's Edge TPU does it),
+  scored by cosine;
+- ``knn``: the `k` most similar enrolled vectors vote, weighted by cosine; the score is the best of the winner's.
+
+The threshold defaults to the one calibrated on the host's held-out data at export (the manifest's
+`embedding.unknown_threshold`) and can be overridden per call. A gallery belongs to one embedding model: its
+`fingerprint` (the exported model, its preprocessing and its embedding) is saved with it, and a gallery used with
+another model is refused (`GalleryMismatch`). Every format of one export shares a fingerprint: each was checked
+against the same torch model at export. Saving is atomic (temp file, fsync, rename) with a sha256 of the contents;
+reads are safe while another thread enrols (the arrays are replaced, never changed in place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import GalleryError, GalleryMismatch, InputError
+
+if TYPE_CHECKING:
+    from .predictor import Predictor
+
+GALLERY_FORMAT = "edge-transfer-gallery"
+GALLERY_VERSION = 1
+UNKNOWN = "unknown"
+DEFAULT_THRESHOLD = 0.5  # only for bundles exported without labelled data to calibrate on (see calibrate_threshold)
+METHODS = ("mean", "knn")
+
+
+@dataclass(frozen=True)
+class Identification:
+    """One image's answer: `label` (None when unknown), the cosine `score` it got, and the best label even when
+    below the threshold (`nearest`)."""
+
+    label: str | None
+    score: float
+    nearest: str | None
+    threshold: float
+
+    @property
+    def known(self) -> bool:
+        return self.label is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label if self.label is not None else UNKNOWN,
+            "known": self.known,
+            "score": round(self.score, 6),
+            "nearest": self.nearest,
+        }
+
+
+def model_fingerprint(predictor: Predictor) -> str:
+    """What makes embeddings comparable: the source model and its export, the preprocessing, the embedding."""
+    m = predictor.manifest
+    if m.embedding is None:
+        raise InputError(f"{predictor.bundle.path} is a classifier bundle; a gallery needs an embedding bundle (export --output embedding)")
+    source = {k: v for k, v in m.source.items() if k != "export"}
+    export = m.source.get("export") or {}
+    doc = {
+        "source": source,
+        "graph": {k: export.get(k) for k in ("exporter", "opset", "parameter_bytes")},
+        "preprocessing": m.preprocessing.to_dict(),
+        "embedding": {k: m.embedding.get(k) for k in ("dim", "normalization", "layers")},
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    n = np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
+    if not np.all(np.isfinite(n)) or np.any(n == 0):
+        raise InputError("embeddings must be finite and non-zero")
+    return (x / n).astype(np.float32)
+
+
+class Gallery:
+    """Labelled unit-length embeddings of one model. Create with `Gallery.for_bundle(predictor)` or
+    `Gallery.load(path, predictor)`; `enroll`, `remove`, `labels`, `identify`, `save`."""
+
+    def __init__(self, dim: int, fingerprint: str, *, threshold: float | None = None, model: dict[str, Any] | None = None) -> None:
+        self.dim = int(dim)
+        self.fingerprint = fingerprint
+        self.default_threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self.threshold_source = "unset: no labelled data at export" if threshold is None else "calibrated at export"
+        self.model = dict(model or {})
+        self._lock = threading.Lock()
+        self._vectors = np.zeros((0, self.dim), np.float32)
+        self._labels: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def for_bundle(cls, predictor: Predictor) -> Gallery:
+        """An empty gallery for `predictor`'s embedding bundle (its threshold from the manifest)."""
+        fingerprint = model_fingerprint(predictor)
+        e = predictor.manifest.embedding or {}
+        model = {"bundle": str(predictor.bundle.path), "format": predictor.manifest.export_format, "dim": e.get("dim")}
+        return cls(int(e["dim"]), fingerprint, threshold=e.get("unknown_threshold"), model=model)
+
+    # ------------------------------------------------------------------ contents
+    def labels(self) -> dict[str, int]:
+        """Each enrolled label with its number of embeddings, in enrolment order."""
+        out: dict[str, int] = {}
+        for label in self._labels:
+            out[label] = out.get(label, 0) + 1
+        return out
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def enroll(self, label: str, embeddings: np.ndarray) -> int:
+        """Add embeddings (N, dim) under `label` (to any it already has); returns how many the label now has."""
+        if not isinstance(label, str) or not label.strip() or label == UNKNOWN:
+            raise InputError(f"label must be a non-empty name other than {UNKNOWN!r}, got {label!r}")
+        vectors = np.asarray(embeddings)
+        if vectors.ndim == 1:
+            vectors = vectors[None]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) == 0:
+            raise InputError(f"enroll {label!r}: expected embeddings of shape (N, {self.dim}), got {vectors.shape}")
+        vectors = _unit(vectors)
+        with self._lock:  # new arrays, swapped in: a reader holds the old pair or the new one, never half of each
+            self._vectors = np.concatenate([self._vectors, vectors])
+            self._labels = self._labels + (label,) * len(vectors)
+        return self.labels()[label]
+
+    def enroll_images(self, predictor: Predictor, label: str, images: Any) -> int:
+        """Embed `images` (arrays or paths, any size) with `predictor` and enrol them under `label`."""
+        self.check(predictor)
+        return self.enroll(label, predictor.embed(images))
+
+    def remove(self, label: str) -> int:
+        """Remove every embedding of `label`; returns how many were removed (an unknown label is an InputError)."""
+        with self._lock:
+            keep = np.asarray([x != label for x in self._labels], bool)
+            removed = int(len(keep) - keep.sum())
+            if removed == 0:
+                raise InputError(f"no label {label!r} in this gallery; labels: {', '.join(self.labels()) or 'none'}")
+            self._vectors = self._vectors[keep]
+            self._labels = tuple(x for x in self._labels if x != label)
+        return removed
+
+    def check(self, predictor: Predictor) -> None:
+        """Raise `GalleryMismatch` unless this gallery was enrolled with `predictor`'s embedding model."""
+        theirs = model_fingerprint(predictor)
+        if theirs != self.fingerprint:
+            raise GalleryMismatch(
+                f"this gallery was enrolled with another embedding model ({self.model.get('bundle', 'unknown bundle')}, fingerprint "
+                f"{self.fingerprint[:12]}), not {predictor.bundle.path} (fingerprint {theirs[:12]}): its embeddings cannot be "
+                "compared; enrol the labels again with this bundle"
+            )
+
+    # ------------------------------------------------------------------ identification
+    def identify(self, embeddings: np.ndarray, *, threshold: float | None = None, method: str = "mean", k: int = 5) -> list[Identification]:
+        """The most similar label per embedding, or unknown (`label` None) when its cosine is below `threshold`
+        (default: the calibrated one). `method`: "mean" (class means) or "knn" (`k` nearest enrolled vectors)."""
+        if method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}")
+        t = self.default_threshold if threshold is None else float(threshold)
+        if not -1.0 <= t <= 1.0:
+            raise InputError(f"threshold is a cosine similarity in [-1, 1], got {t}")
+        with self._lock:
+            vectors, labels = self._vectors, self._labels
+        if not labels:
+            raise InputError("the gallery is empty: enrol at least one label first")
+        queries = _unit(np.asarray(embeddings)[None] if np.asarray(embeddings).ndim == 1 else embeddings)
+        if queries.shape[1] != self.dim:
+            raise InputError(f"expected embeddings of {self.dim} dimensions, got shape {queries.shape}")
+        names = list(dict.fromkeys(labels))
+        if method == "mean":
+            owner = np.asarray([names.index(x) for x in labels])
+            means = np.stack([vectors[owner == i].mean(0) for i in range(len(names))])
+            sims = queries.astype(np.float64) @ _unit(means).T.astype(np.float64)
+            best = sims.argmax(1)
+            scores = sims[np.arange(len(queries)), best]
+        else:
+            sims = queries.astype(np.float64) @ vectors.T.astype(np.float64)
+            best, scores = _knn_vote(sims, labels, names, k)
+        return [Identification(names[b] if s >= t else None, float(s), names[b], t) for b, s in zip(best, scores)]
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically (temp file beside it, fsync, rename): the path holds the old gallery or the new one."""
+        path = Path(path)
+        with self._lock:
+            vectors, labels = self._vectors.copy(), list(self._labels)
+        meta = {
+            "format": GALLERY_FORMAT,
+            "version": GALLERY_VERSION,
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+            "model": self.model,
+            "threshold": self.default_threshold,
+            "threshold_source": self.threshold_source,
+            "labels": labels,
+            "sha256": _digest(vectors, labels),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, embeddings=vectors, meta=np.asarray(json.dumps(meta)))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], predictor: Predictor | None = None) -> Gallery:
+        """Read a gallery (checksum verified); with `predictor`, refuse one made with another model."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                vectors, meta = np.asarray(z["embeddings"], np.float32), json.loads(str(z["meta"]))
+        except FileNotFoundError:
+            raise GalleryError(f"{path}: no such gallery file") from None
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise GalleryError(f"{path}: not a readable gallery file ({type(exc).__name__}: {exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT:
+            raise GalleryError(f"{path}: not an edge-transfer gallery (field 'format' should be {GALLERY_FORMAT!r})")
+        if meta.get("version", 0) > GALLERY_VERSION:
+            raise GalleryError(f"{path}: gallery version {meta.get('version')} is newer than this edge-transfer supports")
+        labels = meta.get("labels")
+        if not isinstance(labels, list) or vectors.ndim != 2 or len(labels) != len(vectors) or vectors.shape[1] != meta.get("dim"):
+            raise GalleryError(f"{path}: {len(vectors)} embeddings of shape {vectors.shape} do not match {meta.get('dim')}-d and the labels listed")
+        if _digest(vectors, labels) != meta.get("sha256"):
+            raise GalleryError(f"{path}: checksum mismatch: the gallery was changed or damaged since it was saved")
+        gallery = cls(int(meta["dim"]), str(meta["fingerprint"]), threshold=float(meta["threshold"]), model=meta.get("model"))
+        gallery.threshold_source = str(meta.get("threshold_source", "saved"))
+        gallery._vectors, gallery._labels = vectors, tuple(labels)
+        if predictor is not None:
+            gallery.check(predictor)
+        return gallery
+
+
+def _digest(vectors: np.ndarray, labels: Sequence[str]) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(vectors, np.float32).tobytes())
+    h.update(json.dumps(list(labels)).encode())
+    return h.hexdigest()
+
+
+def _knn_vote(sims: np.ndarray, labels: Sequence[str], names: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: the label whose members among the `k` most similar enrolled vectors have the largest summed
+    cosine, and the best cosine of that label's members."""
+    k = min(k, sims.shape[1])
+    owner = np.asarray([names.index(x) for x in labels])
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    best, scores = [], []
+    for row, idx in zip(sims, top):
+        votes = np.zeros(len(names))
+        np.add.at(votes, owner[idx], row[idx])
+        winner = int(votes.argmax())
+        best.append(winner)
+        scores.append(float(row[idx][owner[idx] == winner].max()))
+    return np.asarray(best), np.asarray(scores)
+
+
+def calibrate_threshold(
+    embeddings: np.ndarray, targets: np.ndarray, *, shots: int = 5, max_loss: float = 0.02, seed: int = 0
+) -> dict[str, Any] | None:
+    """The unknown threshold for class-mean identification, from labelled embeddings (the export's held-out set).
+
+    Simulates the device: per class, `shots` images are enrolled and the rest identified, once against the full
+    gallery (known images: their cosine to the winning mean, and whether it is right) and once against the gallery
+    without their own class (never-enrolled images: their best cosine). The threshold is the highest that keeps
+    known-class accuracy within `max_loss` of the accuracy without a threshold; returned with what it gives.
+    None when fewer than two classes have more than `shots` images."""
+    x, y = _unit(embeddings).astype(np.float64), np.asarray(targets)
+    rng = np.random.default_rng(seed)
+    classes = [c for c in np.unique(y) if (y == c).sum() > shots]
+    if len(classes) < 2:
+        return None
+    enrol, query = {}, []
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(y == c))
+        enrol[c] = _unit(x[idx[:shots]].mean(0)).astype(np.float64)
+        query += list(idx[shots:])
+    q = np.asarray(query)
+    means = np.stack([enrol[c] for c in classes])
+    sims = x[q] @ means.T
+    own = np.asarray([classes.index(c) for c in y[q]])
+    right = sims.argmax(1) == own
+    known_score = sims.max(1)
+    others = sims.copy()
+    others[np.arange(len(q)), own] = -np.inf
+    unknown_score = others.max(1)  # the same images, their class never enrolled
+    base = float(right.mean())
+    best_t = -1.0
+    for t in np.unique(np.round(known_score, 6)):
+        if float((right & (known_score >= t)).mean()) >= base - max_loss - 1e-12:
+            best_t = max(best_t, float(t))
+    return {
+        "unknown_threshold": round(best_t, 6),
+        "shots": shots,
+        "classes": len(classes),
+        "queries": int(len(q)),
+        "known_accuracy": round(float((right & (known_score >= best_t)).mean()), 6),
+        "known_accuracy_without_threshold": round(base, 6),
+        "unknown_rejected": round(float((unknown_score < best_t).mean()), 6),
+    }
