@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import threading
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +232,7 @@ class Gallery:
                 vectors, meta = np.asarray(z["embeddings"], np.float32), json.loads(str(z["meta"]))
         except FileNotFoundError:
             raise GalleryError(f"{path}: no such gallery file") from None
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # JSONDecodeError is a ValueError
             raise GalleryError(f"{path}: not a readable gallery file ({type(exc).__name__}: {exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT:
             raise GalleryError(f"{path}: not an edge-transfer gallery (field 'format' should be {GALLERY_FORMAT!r})")

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
 from runtimes.errors import InputError
-from tests.conftest import SMALL
+from tests.conftest import SMALL, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +114,7 @@ def test_probe_layers_cli_reports_every_layer_asked_and_recommends_one(tmp_path)
     from tests.conftest import write_image_folder
 
     folder = write_image_folder(tmp_path / "digits", per_class=20)
-    cmd = [sys.executable, "-m", "edge_transfer.cli", "probe-layers", "--data", str(folder), "--image-size", "32", "--json"]
-    proc = subprocess.run([*cmd, "--layers=-2,blocks.1,blocks.3"], capture_output=True, text=True, timeout=600)
+    proc = run_cli("probe-layers", "--data", str(folder), "--image-size", "32", "--json", "--layers=-2,blocks.1,blocks.3")
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
     rows = {r["layer"]: r for r in doc["layers"]}

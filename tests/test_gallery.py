@@ -1,0 +1,204 @@
+"""Embedding bundles and the device gallery: the gate, `embed`, enrol/identify through the CLI with torch blocked,
+the unknown answer, atomic saves, a foreign gallery refused, enrolment while other threads identify."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtimes
+from runtimes.errors import GalleryError, GalleryMismatch, InputError
+from runtimes.gallery import Gallery, calibrate_threshold
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def embedding_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The 64 px digits run's features as embedding bundles (fp32 ONNX and OpenVINO int8)."""
+    import edge_transfer as et
+
+    out = tmp_path_factory.mktemp("embedding") / "digits"
+    results = et.export(digits_run.path, out=out, output="embedding", format="onnx,openvino-int8", calibration_size=64)
+    return {r.format: r.path for r in results}
+
+
+@pytest.fixture(scope="module")
+def digit_folders(digits_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's test-split digits as .npy files in class folders: enrol/ (5 per class 0-6), query/ (the rest of
+    0-6) and never/ (classes 7-9)."""
+    from edge_transfer.data import load_digits_dataset, stratified_split
+    from runtimes.preprocess import PreprocessConfig
+
+    ds = load_digits_dataset()
+    test = stratified_split(ds.targets, seed=0).test
+    cfg = PreprocessConfig.from_dict(digits_run.config["preprocessing"])
+    root = tmp_path_factory.mktemp("digit-folders")
+    seen: dict[str, int] = {}
+    for i, img in zip(test, ds.prepared_batch(test, cfg)):
+        label = ds.classes[ds.targets[i]]
+        n = seen[label] = seen.get(label, 0) + 1
+        part = "never" if int(label) >= 7 else ("enrol" if n <= 5 else "query")
+        (root / part / label).mkdir(parents=True, exist_ok=True)
+        np.save(root / part / label / f"{i}.npy", img)
+    return root
+
+
+def test_embedding_bundles_pass_their_gate_and_self_test_and_embed_unit_vectors(embedding_bundles, digits_bundle):
+    for fmt, path in embedding_bundles.items():
+        with runtimes.load(path) as p:
+            manifest = p.manifest
+            assert manifest.schema_version == 2 and manifest.labels == () and manifest.embedding["dim"] == 1280
+            v = manifest.validation
+            assert v["passed"] and v["kind"] == "embedding", (fmt, v)
+            assert v["mean_cosine"] >= (0.9999 if fmt == "onnx" else 0.95) and v["neighbour_agreement"] >= 0.9
+            assert 0.0 < manifest.embedding["unknown_threshold"] < 1.0  # calibrated on the labelled held-out split
+            assert p.self_test().status == "pass"
+            e = p.embed(np.zeros((40, 50, 3), np.uint8))
+            assert e.shape == (1, 1280) and e.dtype == np.float32 and abs(float(np.linalg.norm(e)) - 1.0) < 1e-5
+            with pytest.raises(InputError, match="embedding bundle .* use embed\\(\\)"):
+                p.predict(np.zeros((8, 8, 3), np.uint8))
+    with runtimes.load(digits_bundle) as classifier, pytest.raises(InputError, match="classifier bundle .* --output embedding"):
+        classifier.embed(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_enroll_and_identify_on_the_device_answer_unknown_for_a_class_never_enrolled(embedding_bundles, digit_folders, tmp_path):
+    bundle, gallery = str(embedding_bundles["openvino-int8"]), tmp_path / "g" / "digits.npz"
+    r = run_cli("enroll", bundle, "--gallery", str(gallery), "--from-folders", str(digit_folders / "enrol"), block_torch=True)
+    assert r.returncode == 0, r.stderr
+    assert "enrolled 6: 5 image(s)" in r.stdout and "7 label(s), 35 image(s)" in r.stdout
+    r = run_cli(
+        "identify",
+        bundle,
+        "--gallery",
+        str(gallery),
+        str(digit_folders / "query"),
+        str(digit_folders / "never"),
+        "--recursive",
+        "--json",
+        block_torch=True,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    known = [x for x in doc["identifications"] if "/query/" in x["image"]]
+    never = [x for x in doc["identifications"] if "/never/" in x["image"]]
+    truth = [Path(x["image"]).parent.name for x in known]
+    nearest = np.mean([x["nearest"] == t for x, t in zip(known, truth)])
+    assert nearest > 0.6, nearest  # ImageNet features on 64 px digits, 5 per class: far from ImageNet, still well above chance
+    assert np.mean([not x["known"] for x in never]) > np.mean([not x["known"] for x in known])  # the unknown answer means something
+    assert all(x["label"] == "unknown" for x in never if not x["known"])
+    r = run_cli("enroll", bundle, "--gallery", str(gallery), "--remove", "6", block_torch=True)
+    assert r.returncode == 0 and "removed 6 (5 image(s))" in r.stdout
+    listed = run_cli("enroll", bundle, "--gallery", str(gallery), "--list", "--json", block_torch=True)
+    assert json.loads(listed.stdout)["labels"] == {str(d): 5 for d in range(6)}
+    other = run_cli("identify", str(embedding_bundles["onnx"]), "--gallery", str(gallery), str(digit_folders / "never" / "7"))
+    assert other.returncode == 0, other.stderr  # another format of the same export shares the gallery
+
+
+def test_a_gallery_of_another_model_is_refused_and_a_damaged_one_is_named(embedding_bundles, tmp_path):
+    with runtimes.load(embedding_bundles["onnx"]) as p:
+        g = Gallery.for_bundle(p)
+        g.enroll("a", p.embed(np.zeros((3, 16, 16, 3), np.uint8)))
+        path = g.save(tmp_path / "g.npz")
+    other = tmp_path / "other"
+    shutil.copytree(embedding_bundles["onnx"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["source"]["weights"] = "someone else's weights"  # the same files, presented as another model
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with runtimes.load(other) as p, pytest.raises(GalleryMismatch, match="another embedding model .* enrol the labels again"):
+        Gallery.load(path, p)
+    data = bytearray(path.read_bytes())
+    data[-200] ^= 0xFF
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    with pytest.raises(GalleryError, match="bad.npz"):
+        Gallery.load(tmp_path / "bad.npz")
+    with pytest.raises(GalleryError, match="no such gallery file"):
+        Gallery.load(tmp_path / "missing.npz")
+
+
+def _toy(dim: int = 8) -> Gallery:
+    g = Gallery(dim, "toy", threshold=0.8)
+    eye = np.eye(dim, dtype=np.float32)
+    g.enroll("x", eye[0] + 0.1 * eye[1])
+    g.enroll("y", np.stack([eye[2], eye[2] + 0.2 * eye[3]]))
+    return g
+
+
+def test_identify_by_class_mean_or_knn_with_an_unknown_threshold():
+    g = _toy()
+    eye = np.eye(8, dtype=np.float32)
+    a, b, c = g.identify(np.stack([eye[0], eye[2], eye[5]]))
+    assert (a.label, b.label, c.label) == ("x", "y", None) and c.nearest is not None and c.score < 0.8
+    assert g.identify(eye[5], threshold=-1.0)[0].known  # the threshold is the caller's to override
+    assert [r.label for r in g.identify(np.stack([eye[0], eye[2]]), method="knn", k=2)] == ["x", "y"]
+    assert g.labels() == {"x": 1, "y": 2} and len(g) == 3
+    assert g.remove("x") == 1 and g.labels() == {"y": 2}
+    with pytest.raises(InputError, match="no label 'x'"):
+        g.remove("x")
+    with pytest.raises(InputError, match=r"shape \(N, 8\)"):
+        g.enroll("z", np.ones((2, 7)))
+    with pytest.raises(InputError, match="other than 'unknown'"):
+        g.enroll("unknown", eye[:1])
+
+
+def test_saving_is_atomic_and_round_trips(tmp_path, monkeypatch):
+    g = _toy()
+    path = g.save(tmp_path / "g.npz")
+    before = path.read_bytes()
+    g.enroll("z", np.eye(8, dtype=np.float32)[4])
+
+    def crash(*_a, **_k):
+        raise KeyboardInterrupt  # power cut in the middle of the write
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        g.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["g.npz"]  # old gallery, no temp file left
+    g.save(path)
+    back = Gallery.load(path)
+    assert back.labels() == {"x": 1, "y": 2, "z": 1} and back.default_threshold == 0.8
+    np.testing.assert_array_equal(back._vectors, g._vectors)
+
+
+def test_identify_while_another_thread_enrols():
+    g = _toy(16)
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(64, 16)).astype(np.float32)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                answers = g.identify(queries, threshold=-1.0)
+                assert len(answers) == 64 and all(a.label is not None for a in answers)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(200):
+        g.enroll(f"n{i % 20}", rng.normal(size=(2, 16)))
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(g) == 3 + 400 and len(g.labels()) == 22
+
+
+def test_the_unknown_threshold_keeps_known_accuracy_within_two_points():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 32))
+    x = np.concatenate([c + 0.6 * rng.normal(size=(20, 32)) for c in centres])
+    y = np.repeat(np.arange(6), 20)
+    cal = calibrate_threshold(x, y)
+    assert cal is not None and cal["known_accuracy"] >= cal["known_accuracy_without_threshold"] - 0.02 - 1e-9
+    assert cal["unknown_rejected"] > 0.5 and -1.0 <= cal["unknown_threshold"] <= 1.0
+    assert calibrate_threshold(x[:5], y[:5]) is None  # one class, five images: nothing to calibrate on
