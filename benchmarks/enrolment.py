@@ -78,7 +78,8 @@ def shot_rows(predictor, known: Path, unknown: Path, shots: tuple[int, ...], rep
             top1.append(np.mean([a.nearest == t for a, t in zip(answers, truth)]))
             known_acc.append(np.mean([a.label == t for a, t in zip(answers, truth)]))
             rejected.append(np.mean([not a.known for a in gallery.identify(never)]))
-        rows.append({"shots": k, "top1": float(np.mean(top1)), "known_at_threshold": float(np.mean(known_acc)), "unknown_rejected": float(np.mean(rejected))})
+        means = {"top1": top1, "known_at_threshold": known_acc, "unknown_rejected": rejected}
+        rows.append({"shots": k, **{name: float(np.mean(v)) for name, v in means.items()}})
     return rows
 
 
@@ -126,7 +127,8 @@ def main() -> None:
             print(f"{'':15s} (unknown below cosine {threshold})")
     run = et.train(str(known), out=out / "probe", overwrite=True, progress=False)
     m = run.metrics
-    print(f"\nlinear probe on the same known crops: val {100 * m['val_accuracy']:.1f}%, test {100 * m['test_accuracy']:.1f}% on {m['test_count']} crops")
+    print(f"\nlinear probe on the same known crops: val {100 * m['val_accuracy']:.1f}%, test {100 * m['test_accuracy']:.1f}%", end="")
+    print(f" on {m['test_count']} crops")
 
 
 if __name__ == "__main__":
