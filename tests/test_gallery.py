@@ -202,3 +202,22 @@ def test_the_unknown_threshold_keeps_known_accuracy_within_two_points():
     assert cal is not None and cal["known_accuracy"] >= cal["known_accuracy_without_threshold"] - 0.02 - 1e-9
     assert cal["unknown_rejected"] > 0.5 and -1.0 <= cal["unknown_threshold"] <= 1.0
     assert calibrate_threshold(x[:5], y[:5]) is None  # one class, five images: nothing to calibrate on
+
+
+def test_the_enrol_and_identify_example_runs_without_torch(embedding_bundles, digit_folders, tmp_path):
+    import subprocess
+
+    from test_examples import _example
+
+    gallery = tmp_path / "objects.npz"
+    cmd = _example("enroll_and_identify.py", str(embedding_bundles["onnx"]), "--gallery", str(gallery), "--enrol", str(digit_folders / "enrol"))
+    r = subprocess.run([*cmd, str(digit_folders / "never" / "8")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "enrolled 0 from 5 image(s)" in r.stdout and gallery.is_file()
+    answers = [line for line in r.stdout.splitlines() if "cosine" in line]
+    assert len(answers) == len(list((digit_folders / "never" / "8").iterdir()))
+    assert all(": unknown (closest: " in a or a.split(": ")[1].split()[0] in "0123456" for a in answers)
+    again = subprocess.run(
+        _example("enroll_and_identify.py", str(embedding_bundles["onnx"]), "--gallery", str(tmp_path / "none.npz")), capture_output=True, text=True
+    )
+    assert again.returncode == 2 and "the gallery is empty" in again.stderr
