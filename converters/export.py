@@ -40,7 +40,7 @@ from .export_result import ExportResult, raise_for_failures
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
 from .int8_share import bundle_int8_share
 from .ladder import ladder, rung_record
-from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
+from .onnx_export import DEFAULT_OPSET, EMBEDDING_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
 from .qat_formats import QatSource, fold_pads_into_convs, store_int8_weights
 from .speedup import speed_vs_fp32, warn_when_int8_is_not_faster
@@ -167,7 +167,8 @@ def export_bundles(
         work = Path(work_dir)
         t = time.perf_counter()
         logger.info(f"exporting the fp32 ONNX graph (opset {opset}, batch {'dynamic' if batch_size is None else batch_size})")
-        info = export_onnx(model, work / "model.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size)
+        output_name = OUTPUT_NAME if embedding is None else EMBEDDING_OUTPUT_NAME
+        info = export_onnx(model, work / "model.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size, output_name=output_name)
         if qat is not None:
             info["int8_weights_stored"] = store_int8_weights(work / "model.onnx")
             info["pads_folded_into_convs"] = fold_pads_into_convs(work / "model.onnx")
@@ -204,7 +205,7 @@ def export_bundles(
         batch_dim: int | str = "batch" if batch_size is None else batch_size
         common = {
             "inputs": (TensorSpec(INPUT_NAME, "uint8", (batch_dim, *preprocessing.input_size, 3), "NHWC"),),
-            "outputs": (TensorSpec(OUTPUT_NAME, "float32", (batch_dim, n)),),
+            "outputs": (TensorSpec(output_name, "float32", (batch_dim, n)),),
             "preprocessing": preprocessing,
             "labels": tuple(labels) if embedding is None else (),
             "source": dict(source or {}, export=info),

@@ -20,6 +20,7 @@ from runtimes.errors import EdgeTransferError
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+EMBEDDING_OUTPUT_NAME = "embedding"
 DEFAULT_OPSET = 18
 _TWO_GB = 2 * 1024**3
 
@@ -42,10 +43,11 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     batch_size: int | None = None,
+    output_name: str = OUTPUT_NAME,
 ) -> dict[str, Any]:
     """Export `model` (uint8 NHWC in, logits out) to `path`; `batch_size=None` makes the batch dimension dynamic.
 
-    Returns facts for the manifest: opset, exporter, ir_version, parameter bytes.
+    `output_name`: "logits" (a classifier) or "embedding". Returns facts for the manifest: opset, exporter, ir_version, parameter bytes.
     """
     path = Path(path)
     model = model.eval().to("cpu")
@@ -63,10 +65,10 @@ def export_onnx(
                 (example,),
                 str(path),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[output_name],
                 opset_version=opset,
                 dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}} if dynamic else None,
                 do_constant_folding=True,
             )
         except Exception as exc:  # torch.onnx raises many types; report them as one export error

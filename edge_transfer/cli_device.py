@@ -123,7 +123,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"preprocess  {p.input_size[0]}x{p.input_size[1]} {p.interpolation}, crop {p.crop_pct}, mean {p.mean}, std {p.std}, "
         f"in graph: {p.normalize_in_graph}"
     )
-    print(f"labels      {len(m.labels)}: {', '.join(m.labels[:5])}{' ...' if len(m.labels) > 5 else ''}")
+    if m.embedding is not None:
+        e, t = m.embedding, m.embedding.get("unknown_threshold")
+        unknown = f"unknown below cosine {t:.4f}" if t is not None else "no calibrated unknown threshold"
+        print(f"embedding   {e['dim']}-d, {e['normalization']}-normalised, from {', '.join(e.get('layers') or ['final'])}; {unknown}")
+    else:
+        print(f"labels      {len(m.labels)}: {', '.join(m.labels[:5])}{' ...' if len(m.labels) > 5 else ''}")
     src = m.source
     print(
         f"source      {src.get('backbone', '?')} ({src.get('weights', '?')}), strategy {src.get('strategy', '?')}, licence {src.get('license', '?')}"

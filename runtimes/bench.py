@@ -275,7 +275,9 @@ def bench_predictor(
 
 
 def _staged_predict(predictor: Any, sources: Sequence[Any], files: bool, stages: dict[str, list[float]]) -> Any:
-    """`predict(sources, top_k=5)`, one stage at a time, appending each stage's seconds to `stages`."""
+    """`predict(sources, top_k=5)` (an embedding bundle: `embed(sources)`), one stage at a time, appending each
+    stage's seconds to `stages`."""
+    from .predictor import unit_rows
     from .preprocess import read_image
 
     t0 = time.perf_counter()
@@ -285,7 +287,7 @@ def _staged_predict(predictor: Any, sources: Sequence[Any], files: bool, stages:
     t2 = time.perf_counter()
     logits = predictor.run_chunked(batch)
     t3 = time.perf_counter()
-    out = predictor.classify(logits, 5)
+    out = unit_rows(logits, str(predictor.bundle.path)) if predictor.is_embedding else predictor.classify(logits, 5)
     t4 = time.perf_counter()
     for key, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
         stages[key].append(seconds)

@@ -101,6 +101,11 @@ def evaluate(
 ) -> Evaluation:
     """Run `predictor` over a labelled folder; see the module docstring. `skip_bad`: leave unreadable images out
     (listed in `skipped`) instead of stopping at the first; `worst`: how many confident mistakes to keep."""
+    if predictor.is_embedding:
+        raise InputError(
+            f"{predictor.bundle.path} is an embedding bundle (no classes to score); enrol labels in a gallery and identify "
+            "(edge-transfer enroll / identify), or evaluate the classifier bundle of the same run"
+        )
     labels = list(predictor.labels)
     files = labelled_files(folder, labels)
     n = len(labels)

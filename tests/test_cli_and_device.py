@@ -202,7 +202,7 @@ def test_cli_export_flags_build_the_api_options_with_their_defaults():
     given = ["--format", "onnx,openvino", "--image-size", "96", "--data", "d", "--max-drop", "2", "--min-agreement", "0.9"]
     given += ["--calibration-size", "50", "--calibration-data", "c", "--calibration-method", "entropy", "--accuracy-aware"]
     given += ["--target-cpu", "x86-vnni", "--per-tensor", "--float-first-layers", "0", "--batch-size", "4", "--self-test-size", "3"]
-    given += ["--no-fallback", "--min-int8-share", "0.9", "--skip-bad"]
+    given += ["--no-fallback", "--min-int8-share", "0.9", "--skip-bad", "--output", "embedding", "--features", "blocks.3"]
     given += ["--allow-failed-validation", "--overwrite", "--trt-max-batch", "4", "--trt-opt-batch", "2", "--trt-workspace", "64"]
     given += ["--trt-dla-core", "1", "--trt-no-gpu-fallback", "--trt-hardware-compatible", "--trt-version-compatible"]
     opts = export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x", *given]))
