@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .config import TrainConfig
 from .layers import FINAL, feature_layers, layer_backbone, parse_layers
@@ -63,8 +62,7 @@ def probe_layers(
     from .api import task_backbone
     from .data import ImageDataset, load_dataset, stratified_split
     from .distributed import make_accelerator
-    from .features import extract_features
-    from .probe import fit_linear_head
+    from .probe import backbone_features, fit_linear_head
 
     cfg = (config or TrainConfig()).with_overrides(strategy="linear-probe", **overrides).resolved()
     t0 = time.perf_counter()
@@ -75,15 +73,7 @@ def probe_layers(
     columns = _columns(bb, chosen)
     tapped = layer_backbone(bb, chosen)  # every layer in one pass, cut after the deepest unless `final` is asked for
     accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
-    feats, cache = extract_features(
-        ImageClassifier(tapped, nn.Identity(), dataset.classes),
-        dataset,
-        accelerator=accelerator,
-        batch_size=int(cfg.feature_batch_size or 64),
-        num_workers=int(cfg.num_workers or 0),
-        cache_dir=cfg.cache_dir,
-        progress=cfg.progress,
-    )
+    feats, cache = backbone_features(tapped, dataset, cfg, accelerator=accelerator)
     y = dataset.targets
     sweep = dataclasses.replace(cfg, progress=False)  # one line per layer, not a bar and six lines per fit
     rows: list[LayerResult] = []

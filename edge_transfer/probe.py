@@ -33,15 +33,7 @@ def fit_probe(backbone: Backbone, dataset: ImageDataset, splits: Splits, cfg: Tr
     details: dict[str, Any] = {}
     n_classes = len(dataset.classes)
     model = ImageClassifier(backbone, nn.Identity(), dataset.classes)
-    feats, cache = extract_features(
-        model,
-        dataset,
-        accelerator=accelerator,
-        batch_size=int(cfg.feature_batch_size or 64),
-        num_workers=int(cfg.num_workers or 0),
-        cache_dir=cfg.cache_dir,
-        progress=cfg.progress,
-    )
+    feats, cache = backbone_features(backbone, dataset, cfg, accelerator=accelerator)
     details["feature_cache"] = cache
     details["seconds_features"] = round(time.perf_counter() - t0, 2)
     y = dataset.targets
@@ -65,6 +57,20 @@ def fit_probe(backbone: Backbone, dataset: ImageDataset, splits: Splits, cfg: Tr
     model = model.to("cpu").eval()
     logits = {s: head(torch.from_numpy(feats[getattr(splits, s)])).detach().numpy() for s in ("train", "val", "test")}
     return Fitted(model, history, logits, details)
+
+
+def backbone_features(backbone: Backbone, dataset: ImageDataset, cfg: TrainConfig, *, accelerator: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """`backbone`'s pooled features of every image of `dataset` (cached on disk, `features.extract_features`), with
+    the cache facts; batch, workers, cache directory and progress bar from `cfg`."""
+    return extract_features(
+        ImageClassifier(backbone, nn.Identity(), dataset.classes),
+        dataset,
+        accelerator=accelerator,
+        batch_size=int(cfg.feature_batch_size or 64),
+        num_workers=int(cfg.num_workers or 0),
+        cache_dir=cfg.cache_dir,
+        progress=cfg.progress,
+    )
 
 
 def fit_linear_head(
