@@ -221,3 +221,23 @@ def test_the_enrol_and_identify_example_runs_without_torch(embedding_bundles, di
         _example("enroll_and_identify.py", str(embedding_bundles["onnx"]), "--gallery", str(tmp_path / "none.npz")), capture_output=True, text=True
     )
     assert again.returncode == 2 and "the gallery is empty" in again.stderr
+
+
+def test_the_embedding_section_is_checked_field_by_field(embedding_bundles):
+    from runtimes.errors import BundleError
+    from runtimes.manifest import parse_manifest
+
+    doc = json.loads((embedding_bundles["onnx"] / "manifest.json").read_text())
+    assert parse_manifest(doc).output_width == 1280 and doc["outputs"][0]["name"] == "embedding"
+    for field, value, message in (
+        ("dim", 0, "'embedding.dim' must be >= 1"),
+        ("dim", 1000, r"must be \(batch, 1000\) to match 'embedding.dim'"),
+        ("normalization", "l1", "'embedding.normalization' must be one of l2"),
+        ("unknown_threshold", 1.5, "'embedding.unknown_threshold' must be a cosine similarity"),
+        ("layers", "blocks.3", "'embedding.layers' must be a list"),
+    ):
+        with pytest.raises(BundleError, match=message):
+            parse_manifest({**doc, "embedding": {**doc["embedding"], field: value}})
+    without = {k: v for k, v in doc.items() if k != "embedding"}
+    with pytest.raises(BundleError, match="'labels' must be a non-empty list"):  # no labels and no embedding: neither kind
+        parse_manifest(without)
