@@ -104,18 +104,3 @@ def with_unknown_threshold(embedding: dict[str, Any], reference: np.ndarray, tar
         f"{100 * calibration['known_accuracy_without_threshold']:.1f}%), {calibration['shots']} images enrolled per class"
     )
     return {**embedding, "unknown_threshold": calibration["unknown_threshold"], "threshold_calibration": calibration}
-
-
-def format_embedding_validation(v: dict[str, Any]) -> str:
-    """One line: cosine, neighbour agreement and 1-NN accuracy against the floors."""
-    gate = v.get("embedding_gate") or {}
-    knn = ""
-    if v.get("artifact_accuracy") is not None:
-        knn = f", 1-NN accuracy {100 * v['artifact_accuracy']:.2f}% (torch {100 * v['torch_accuracy']:.2f}%, drop {100 * v['accuracy_drop']:+.2f} pt)"
-    return (
-        f"{v.get('rung', '') and v['rung'] + ' int8, '}embedding validation on {v['split']} ({v['count']} images): cosine to torch mean "
-        f"{v['mean_cosine']:.5f} (needs >= {gate.get('mean_cosine')}), min {v['min_cosine']:.4f}; neighbour agreement "
-        f"{100 * v['neighbour_agreement']:.2f}% within torch's {v.get('neighbours')} nearest "
-        f"(needs >= {100 * gate.get('neighbour_agreement', 0):.0f}%){knn}: "
-        f"{'PASS' if v['passed'] else 'FAIL'}"
-    )

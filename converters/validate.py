@@ -222,9 +222,7 @@ def _pct(x: float | None) -> str:
 
 
 def format_validation(v: dict[str, Any]) -> str:
-    if v.get("kind") == "embedding":
-        from .embedding_gate import format_embedding_validation
-
+    if v.get("kind") == "embedding":  # converters.embedding_gate
         return format_embedding_validation(v)
     need = []
     if v.get("max_drop") is not None and v.get("accuracy_drop") is not None:
@@ -251,6 +249,21 @@ def format_validation(v: dict[str, Any]) -> str:
         f"{rung}validation on {v['split']} ({v['count']} images): torch accuracy {_pct(v['torch_accuracy'])}, "
         f"artifact accuracy {_pct(v['artifact_accuracy'])} (drop {drop}), top-1 agreement {_pct(v['top1_agreement'])}, "
         f"max |logit diff| {v['max_abs_logit_diff']:.3g}; needs {' and '.join(need) or 'labels or a minimum agreement'}: "
+        f"{'PASS' if v['passed'] else 'FAIL'}"
+    )
+
+
+def format_embedding_validation(v: dict[str, Any]) -> str:
+    """One line: cosine, neighbour agreement and 1-NN accuracy against the floors."""
+    gate = v.get("embedding_gate") or {}
+    knn = ""
+    if v.get("artifact_accuracy") is not None:
+        knn = f", 1-NN accuracy {100 * v['artifact_accuracy']:.2f}% (torch {100 * v['torch_accuracy']:.2f}%, drop {100 * v['accuracy_drop']:+.2f} pt)"
+    return (
+        f"{v.get('rung', '') and v['rung'] + ' int8, '}embedding validation on {v['split']} ({v['count']} images): cosine to torch mean "
+        f"{v['mean_cosine']:.5f} (needs >= {gate.get('mean_cosine')}), min {v['min_cosine']:.4f}; neighbour agreement "
+        f"{100 * v['neighbour_agreement']:.2f}% within torch's {v.get('neighbours')} nearest "
+        f"(needs >= {100 * gate.get('neighbour_agreement', 0):.0f}%){knn}: "
         f"{'PASS' if v['passed'] else 'FAIL'}"
     )
 

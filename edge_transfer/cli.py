@@ -374,7 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "images", None), list) and not any(x.startswith("-") for x in extra):
+        args.images += extra  # files after the options (`enroll B --gallery G --label L a.jpg`): argparse took none
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     for stream in (sys.stdout, sys.stderr):  # labels and file names from a bundle may hold unprintable characters
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")

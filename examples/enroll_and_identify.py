@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gallery", required=True, help="gallery file: loaded if it exists, saved after --enrol")
     ap.add_argument("--enrol", metavar="DIR", help="enrol each sub-folder of DIR as an object")
     ap.add_argument("--threshold", type=float, help="cosine below which an image is unknown (default: the bundle's)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # images may come after the options
     try:
         with runtimes.load(args.bundle) as predictor:
             gallery = Gallery.load(args.gallery, predictor) if os.path.exists(args.gallery) else Gallery.for_bundle(predictor)
