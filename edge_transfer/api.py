@@ -194,6 +194,8 @@ def export(
     if (run is None) == (opts.backbone is None):
         raise InputError("export needs either a training run directory or --backbone NAME --strategy pretrained")
     formats = parse_formats(opts.format)
+    if opts.features and opts.output != "embedding":
+        raise InputError("--features takes an embedding from those layers: add --output embedding (a classifier's layers are its run's)")
     data = opts.data
     qat = None
     embedding = None
@@ -229,8 +231,6 @@ def export(
             layers = parse_layers(opts.features, bb)
             model = embedding_model(layer_backbone(bb, layers))
             embedding = embedding_section(model, layers)
-        elif opts.features:
-            raise InputError("--features takes an embedding from those layers: add --output embedding (a classifier uses the final features)")
         elif bb.source_head is None or bb.labels is None:
             raise InputError(f"{bb.name} has no classifier of its own to use as it is; train a head on your data first")
         else:
