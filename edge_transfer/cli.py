@@ -373,10 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+POSITIONAL_IMAGES = ("predict", "enroll", "identify")  # commands whose image files may come before and after options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and isinstance(getattr(args, "images", None), list) and not any(x.startswith("-") for x in extra):
+    if extra and args.command in POSITIONAL_IMAGES and not any(x.startswith("-") for x in extra):
         args.images += extra  # files after the options (`enroll B --gallery G --label L a.jpg`): argparse took none
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -94,8 +94,11 @@ def test_enroll_and_identify_on_the_device_answer_unknown_for_a_class_never_enro
     assert all(x["label"] == "unknown" for x in never if not x["known"])
     r = run_cli("enroll", bundle, "--gallery", str(gallery), "--remove", "6", block_torch=True)
     assert r.returncode == 0 and "removed 6 (5 image(s))" in r.stdout
+    files = sorted(str(p) for p in (digit_folders / "enrol" / "6").iterdir())[:2]
+    r = run_cli("enroll", bundle, "--gallery", str(gallery), "--label", "6", *files)  # files after the options
+    assert r.returncode == 0 and "enrolled 6: 2 image(s)" in r.stdout, r.stderr
     listed = run_cli("enroll", bundle, "--gallery", str(gallery), "--list", "--json", block_torch=True)
-    assert json.loads(listed.stdout)["labels"] == {str(d): 5 for d in range(6)}
+    assert json.loads(listed.stdout)["labels"] == {**{str(d): 5 for d in range(6)}, "6": 2}
     other = run_cli("identify", str(embedding_bundles["onnx"]), "--gallery", str(gallery), str(digit_folders / "never" / "7"))
     assert other.returncode == 0, other.stderr  # another format of the same export shares the gallery
 
