@@ -183,15 +183,15 @@ class Gallery:
         if queries.shape[1] != self.dim:
             raise InputError(f"expected embeddings of {self.dim} dimensions, got shape {queries.shape}")
         names = list(dict.fromkeys(labels))
+        owner = _owners(labels, names)
         if method == "mean":
-            owner = np.asarray([names.index(x) for x in labels])
             means = np.stack([vectors[owner == i].mean(0) for i in range(len(names))])
             sims = queries.astype(np.float64) @ _unit(means).T.astype(np.float64)
             best = sims.argmax(1)
             scores = sims[np.arange(len(queries)), best]
         else:
             sims = queries.astype(np.float64) @ vectors.T.astype(np.float64)
-            best, scores = _knn_vote(sims, labels, names, k)
+            best, scores = _knn_vote(sims, owner, len(names), k)
         return [Identification(names[b] if s >= t else None, float(s), names[b], t) for b, s in zip(best, scores)]
 
     # ------------------------------------------------------------------ files
@@ -257,15 +257,20 @@ def _digest(vectors: np.ndarray, labels: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _knn_vote(sims: np.ndarray, labels: Sequence[str], names: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+def _owners(labels: Sequence[str], names: list[str]) -> np.ndarray:
+    """Each enrolled vector's label as an index into `names`."""
+    index = {n: i for i, n in enumerate(names)}
+    return np.fromiter((index[x] for x in labels), dtype=np.int64, count=len(labels))
+
+
+def _knn_vote(sims: np.ndarray, owner: np.ndarray, n_labels: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query: the label whose members among the `k` most similar enrolled vectors have the largest summed
     cosine, and the best cosine of that label's members."""
     k = min(k, sims.shape[1])
-    owner = np.asarray([names.index(x) for x in labels])
     top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     best, scores = [], []
     for row, idx in zip(sims, top):
-        votes = np.zeros(len(names))
+        votes = np.zeros(n_labels)
         np.add.at(votes, owner[idx], row[idx])
         winner = int(votes.argmax())
         best.append(winner)
