@@ -12,6 +12,11 @@ EPILOG = """examples:
   edge-transfer export runs/photos/qat --format onnx-int8,openvino-int8,tensorrt-int8 --out bundles/photos-qat
   edge-transfer export --backbone efficientnet_lite0 --strategy pretrained --format onnx --out bundles/imagenet
   edge-transfer predict bundles/imagenet cat.jpg --top-k 3
+  edge-transfer probe-layers --data my_photos/
+  edge-transfer train --data my_photos/ --features blocks.4 --out runs/photos-b4
+  edge-transfer export --backbone efficientnet_lite0 --output embedding --data held_out/ --format onnx --out bundles/emb
+  edge-transfer enroll bundles/emb --gallery objects.npz --from-folders reference/
+  edge-transfer identify bundles/emb --gallery objects.npz camera/ --json
   edge-transfer inspect bundles/digits --json
   edge-transfer check bundles/digits --inference-precision bf16
   edge-transfer bench bundles/digits-all/onnx bundles/digits-all/onnx-int8 --batch 1,8
