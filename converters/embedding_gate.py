@@ -20,7 +20,7 @@ import numpy as np
 
 from runtimes.gallery import calibrate_threshold
 from runtimes.predictor import Predictor, unit_rows
-from runtimes.selftest import nearest_others, neighbour_agreement
+from runtimes.selftest import EMBEDDING_NEIGHBOURS, nearest_others, neighbour_agreement
 
 from .validate import ReferenceData, paired_judgement
 
@@ -33,7 +33,7 @@ EMBEDDING_GATE = {
     "fp16": {"mean_cosine": 0.999, "neighbour_agreement": 0.97},
     "int8": {"mean_cosine": 0.95, "neighbour_agreement": 0.90},
 }
-NEIGHBOURS = 5
+NEIGHBOURS = EMBEDDING_NEIGHBOURS
 
 
 def knn_hits(embeddings: np.ndarray, targets: np.ndarray) -> np.ndarray:
