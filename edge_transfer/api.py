@@ -116,15 +116,18 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
     return trained
 
 
-def embedding_section(model: Any, layers: list[str]) -> dict[str, Any]:
-    """The manifest's `embedding` section for an embedding model (`edge_transfer.model.embedding_model`)."""
-    return {"dim": int(model.backbone.num_features), "normalization": "l2", "similarity": "cosine", "layers": list(layers), "unknown_threshold": None}
+def embedder(backbone: Backbone, layers: list[str]) -> tuple[Any, dict[str, Any]]:
+    """An embedding model of `backbone` (already cut at `layers`) and its manifest `embedding` section."""
+    from .model import embedding_model
+
+    model = embedding_model(backbone)
+    section = {"dim": int(backbone.num_features), "normalization": "l2", "similarity": "cosine", "layers": list(layers), "unknown_threshold": None}
+    return model, section
 
 
 def _run_embedding(model: Any, config: dict[str, Any], opts: ExportOptions, qat: Any) -> tuple[Any, dict[str, Any]]:
     """A run's embedding model: its backbone (cut where its probe was trained) with an L2 norm instead of the head."""
     from .layers import FINAL
-    from .model import embedding_model
 
     if opts.features:
         raise InputError(
@@ -133,8 +136,7 @@ def _run_embedding(model: Any, config: dict[str, Any], opts: ExportOptions, qat:
         )
     if qat is not None:
         raise InputError("a quantisation-aware run exports int8 classifiers; export its parent run with --output embedding")
-    embedder = embedding_model(model.backbone)
-    return embedder, embedding_section(embedder, list(config.get("features", [FINAL])))
+    return embedder(model.backbone, list(config.get("features", [FINAL])))
 
 
 def task_backbone(cfg: TrainConfig) -> Backbone:
@@ -186,7 +188,7 @@ def export(
 
     from .data import load_dataset
     from .layers import layer_backbone, parse_layers
-    from .model import ImageClassifier, embedding_model
+    from .model import ImageClassifier
     from .qat_train import qat_source
     from .sources import create_backbone, load_run
 
@@ -229,8 +231,7 @@ def export(
             bb.preprocessing = bb.preprocessing.with_size(opts.image_size)
         if opts.output == "embedding":
             layers = parse_layers(opts.features, bb)
-            model = embedding_model(layer_backbone(bb, layers))
-            embedding = embedding_section(model, layers)
+            model, embedding = embedder(layer_backbone(bb, layers), layers)
         elif bb.source_head is None or bb.labels is None:
             raise InputError(f"{bb.name} has no classifier of its own to use as it is; train a head on your data first")
         else:

@@ -71,8 +71,6 @@ def _open(args: argparse.Namespace, *, create: bool) -> tuple[Any, Any]:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from runtimes.preprocess import expand_image_paths
 
     actions = sum(bool(x) for x in (args.label, args.from_folders, args.remove))
@@ -91,12 +89,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             count = gallery.enroll_images(predictor, args.label, expand_image_paths(args.images))
             print(f"enrolled {args.label}: {count} image(s)")
         elif args.from_folders:
-            folders = sorted(p for p in Path(args.from_folders).iterdir() if p.is_dir() and not p.name.startswith("."))
-            if not folders:
-                raise InputError(f"{args.from_folders}: no sub-folders to enrol (one per label)")
-            for folder in folders:
-                count = gallery.enroll_images(predictor, folder.name, expand_image_paths([str(folder)]))
-                print(f"enrolled {folder.name}: {count} image(s)")
+            for name, count in gallery.enroll_folders(predictor, args.from_folders).items():
+                print(f"enrolled {name}: {count} image(s)")
         if not args.list:
             gallery.save(args.gallery)
     labels = gallery.labels()

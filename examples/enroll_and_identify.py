@@ -17,21 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import runtimes
 from runtimes.gallery import Gallery
 from runtimes.preprocess import expand_image_paths
-
-
-def enrol_folders(predictor: runtimes.Predictor, gallery: Gallery, root: str) -> None:
-    """Every sub-folder of `root` becomes a label, enrolled from the images in it."""
-    folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise runtimes.InputError(f"{root}: no sub-folders to enrol (one per object)")
-    for folder in folders:
-        count = gallery.enroll_images(predictor, folder.name, expand_image_paths([str(folder)]))
-        print(f"enrolled {folder.name} from {count} image(s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with runtimes.load(args.bundle) as predictor:
             gallery = Gallery.load(args.gallery, predictor) if os.path.exists(args.gallery) else Gallery.for_bundle(predictor)
-            if args.enrol:
-                enrol_folders(predictor, gallery, args.enrol)
+            if args.enrol:  # each sub-folder of DIR is an object, enrolled from its images
+                for name, count in gallery.enroll_folders(predictor, args.enrol).items():
+                    print(f"enrolled {name} from {count} image(s)")
                 gallery.save(args.gallery)  # atomic: a crash leaves the previous gallery
             if not len(gallery):
                 raise runtimes.InputError("the gallery is empty: pass --enrol DIR first")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import GalleryError, GalleryMismatch, InputError
+from .predictor import unit_rows
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -82,11 +83,9 @@ def model_fingerprint(predictor: Predictor) -> str:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    n = np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
-    if not np.all(np.isfinite(n)) or np.any(n == 0):
-        raise InputError("embeddings must be finite and non-zero")
-    return (x / n).astype(np.float32)
+    """Rows (or one vector) at unit length; a non-finite or zero one is an InputError."""
+    x = np.asarray(x)
+    return unit_rows(x.reshape(1, -1) if x.ndim == 1 else x, "embeddings", InputError).reshape(x.shape)
 
 
 class Gallery:
@@ -143,6 +142,15 @@ class Gallery:
         self.check(predictor)
         return self.enroll(label, predictor.embed(images))
 
+    def enroll_folders(self, predictor: Predictor, root: str | os.PathLike[str]) -> dict[str, int]:
+        """Enrol each sub-folder of `root` as a label of its name, from the images in it; returns {label: count}."""
+        from .preprocess import expand_image_paths
+
+        folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise InputError(f"{root}: no sub-folders to enrol (one per label)")
+        return {folder.name: self.enroll_images(predictor, folder.name, expand_image_paths([str(folder)])) for folder in folders}
+
     def remove(self, label: str) -> int:
         """Remove every embedding of `label`; returns how many were removed (an unknown label is an InputError)."""
         with self._lock:
@@ -179,7 +187,7 @@ class Gallery:
             vectors, labels = self._vectors, self._labels
         if not labels:
             raise InputError("the gallery is empty: enrol at least one label first")
-        queries = _unit(np.asarray(embeddings)[None] if np.asarray(embeddings).ndim == 1 else embeddings)
+        queries = _unit(np.atleast_2d(embeddings))
         if queries.shape[1] != self.dim:
             raise InputError(f"expected embeddings of {self.dim} dimensions, got shape {queries.shape}")
         names = list(dict.fromkeys(labels))

@@ -103,13 +103,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def unit_rows(x: np.ndarray, where: str) -> np.ndarray:
-    """Rows scaled to unit L2 length (float32); a non-finite or all-zero row is an `InferenceError` naming it."""
+def unit_rows(x: np.ndarray, where: str, error: type[Exception] = InferenceError) -> np.ndarray:
+    """Rows scaled to unit L2 length (float32); a non-finite or all-zero row raises `error` naming it (default
+    `InferenceError`: a model's output; the gallery passes `InputError` for embeddings handed to it)."""
     x = np.asarray(x, np.float32)
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
     bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if bad.size:
-        raise InferenceError(f"{where}: the model produced a NaN/inf or all-zero embedding for image(s) {', '.join(map(str, bad[:10]))}")
+        raise error(f"{where}: NaN/inf or all-zero embedding in row(s) {', '.join(map(str, bad[:10]))}")
     return (x / norms[:, None]).astype(np.float32)
 
 
