@@ -24,7 +24,8 @@ def embedding_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> d
     import edge_transfer as et
 
     out = tmp_path_factory.mktemp("embedding") / "digits"
-    results = et.export(digits_run.path, out=out, output="embedding", format="onnx,openvino-int8", calibration_size=64)
+    # written even if this CPU's int8 misses its gate, so the gallery tests do not depend on it; the gate test asserts it
+    results = et.export(digits_run.path, out=out, output="embedding", format="onnx,openvino-int8", calibration_size=64, allow_failed_validation=True)
     return {r.format: r.path for r in results}
 
 
