@@ -29,7 +29,7 @@ import runtimes
 from runtimes.bundle import BundleWriter
 from runtimes.cpu import TARGET_CPUS
 from runtimes.errors import EdgeTransferError, InputError, ValidationFailed
-from runtimes.manifest import CLASSIFIER_SCHEMA_VERSION, EMBEDDING_SCHEMA_VERSION, Manifest, TensorSpec, utc_now
+from runtimes.manifest import CLASSIFIER_SCHEMA_VERSION, EMBEDDING_SCHEMA_VERSION, EXTENSIBLE_SCHEMA_VERSION, Manifest, TensorSpec, utc_now
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import choose_golden, write_self_test
 
@@ -37,6 +37,7 @@ from .calibration import CalibrationData
 from .embedding_gate import compare_embeddings, with_unknown_threshold
 from .existing import existing_bundles
 from .export_result import ExportResult, raise_for_failures
+from .extension import FEATURES_OUTPUT_NAME, Extension, FeaturesOf, LogitsAndFeatures, features_gate, format_features
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
 from .int8_share import bundle_int8_share
 from .ladder import ladder, rung_record
@@ -95,6 +96,7 @@ def export_bundles(
     opset: int = DEFAULT_OPSET,
     qat: QatSource | None = None,
     embedding: dict[str, Any] | None = None,
+    extension: Extension | None = None,
     **overrides: Any,
 ) -> list[ExportResult]:
     """Export `model` (uint8 NHWC in, logits out; with `embedding`, L2-normalised vectors out) to one validated
@@ -113,6 +115,8 @@ def export_bundles(
     run's fake-quantised model: int8 formats only, from its learned scales (`converters.qat_formats`).
     `embedding` (the manifest's section: dim, normalization, layers, unknown_threshold) makes an embedding bundle:
     no labels, judged by `embedding_gate.compare_embeddings` (cosine and neighbour agreement with torch).
+    `extension` (`converters.extension.Extension`) makes an extensible classifier: a second output with the features
+    the head reads (gated by cosine to torch) and replay data, so a device can add classes (`runtimes.imprint`).
     """
     opts = (options or ExportOptions()).with_overrides(**overrides)
     names = parse_formats(opts.format)
@@ -132,6 +136,11 @@ def export_bundles(
         qat.check_formats(names, quantization.target_cpu)
     if embedding is not None and (qat is not None or quantization.accuracy_aware):
         raise InputError("embedding bundles are quantised post-training: the accuracy-aware search and quantisation-aware runs need classes")
+    if extension is not None and (qat is not None or embedding is not None or quantization.accuracy_aware):
+        raise InputError(
+            "an extensible classifier is exported from a float run and quantised post-training (no quantisation-aware run, "
+            "no accuracy-aware search, not an embedding)"
+        )
     calibrated = [s.name for s in specs if s.calibrated and qat is None]
     if calibrated and calibration is None:
         raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
@@ -168,7 +177,11 @@ def export_bundles(
         t = time.perf_counter()
         logger.info(f"exporting the fp32 ONNX graph (opset {opset}, batch {'dynamic' if batch_size is None else batch_size})")
         output_name = OUTPUT_NAME if embedding is None else EMBEDDING_OUTPUT_NAME
-        info = export_onnx(model, work / "model.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size, output_name=output_name)
+        graph = model if extension is None else LogitsAndFeatures(model)
+        extra = () if extension is None else (FEATURES_OUTPUT_NAME,)
+        info = export_onnx(
+            graph, work / "model.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size, output_name=output_name, extra_outputs=extra
+        )
         if qat is not None:
             info["int8_weights_stored"] = store_int8_weights(work / "model.onnx")
             info["pads_folded_into_convs"] = fold_pads_into_convs(work / "model.onnx")
@@ -179,6 +192,8 @@ def export_bundles(
             raise InputError(f"model outputs {info['output_shape'][-1]} values per image but {what}")
         t = time.perf_counter()
         ref = reference_logits(model, reference.images)
+        if extension is not None:
+            extension = dataclasses.replace(extension, reference_features=reference_logits(FeaturesOf(model), reference.images))
         tuning_logits = reference_logits(model, tuning.images) if tuning is not None else None
         if qat is not None and qat.fp32_model is not None:  # the fp32 parent: the gate's baseline and the speed-up's
             qat.fp32_logits = reference_logits(qat.fp32_model, reference.images)
@@ -201,16 +216,19 @@ def export_bundles(
             self_test_size,
             calibration_overlap=overlap,
             qat=qat,
+            extension=extension,
         )
         batch_dim: int | str = "batch" if batch_size is None else batch_size
         common = {
             "inputs": (TensorSpec(INPUT_NAME, "uint8", (batch_dim, *preprocessing.input_size, 3), "NHWC"),),
-            "outputs": (TensorSpec(output_name, "float32", (batch_dim, n)),),
+            "outputs": (TensorSpec(output_name, "float32", (batch_dim, n)),)
+            + (() if extension is None else (TensorSpec(FEATURES_OUTPUT_NAME, "float32", (batch_dim, extension.dim)),)),
             "preprocessing": preprocessing,
             "labels": tuple(labels) if embedding is None else (),
             "source": dict(source or {}, export=info),
             "embedding": embedding,
-            "schema_version": CLASSIFIER_SCHEMA_VERSION if embedding is None else EMBEDDING_SCHEMA_VERSION,
+            "extension": None if extension is None else extension.section,
+            "schema_version": _schema_version(embedding, extension),
         }
         for spec in specs:
             logger.info(f"{spec.name}: {spec.description}")
@@ -280,6 +298,8 @@ def _export_one(
         except Exception as exc:  # a converter library failing on this graph: report it for this format
             raise EdgeTransferError(f"{spec.name}: conversion failed: {type(exc).__name__}: {exc}") from exc
         seconds["convert"] = time.perf_counter() - t
+        if job.extension is not None:
+            job.extension.write_replay(writer.dir)
         share = None
         if spec.precision == "int8":
             share = bundle_int8_share(spec.model_format, writer.dir / spec.entrypoint)
@@ -311,6 +331,8 @@ def _export_one(
                 validation = compare_embeddings(predictor, ref, reference, spec.precision, max_drop=job.max_drop)
             else:
                 validation = compare(predictor, gate_ref, reference, min_agreement=min_agreement, max_drop=job.max_drop, unlabelled_gate=gate)
+            if job.extension is not None:
+                features_gate(predictor, job.extension, reference.images, spec.precision, validation)
             if job.qat is not None:
                 validation["quantisation_aware"] = job.qat.fidelity(predictor, ref, reference)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
@@ -343,7 +365,7 @@ def _export_one(
                 "the engine is checked on the device: edge-transfer build-engine BUNDLE --data DIR"
             )
         seconds["validate"] = time.perf_counter() - t
-        logger.info(f"{spec.name}: {format_validation(validation)}")
+        logger.info(f"{spec.name}: {format_validation(validation)}{format_features(validation)}")
         seconds = {k: round(v, 3) for k, v in seconds.items()}
         if not validation["passed"]:
             if not allow_failed_validation:
@@ -352,6 +374,13 @@ def _export_one(
             logger.warning(f"{spec.name} failed validation; writing it anyway because that was explicitly allowed")
         bundle = writer.commit(dataclasses.replace(manifest, validation=validation))
     return ExportResult(spec.name, target, bundle, validation, seconds, int8_share=share)
+
+
+def _schema_version(embedding: dict[str, Any] | None, extension: Extension | None) -> int:
+    """The oldest manifest schema that describes the bundle (classifiers stay readable by every runtime)."""
+    if extension is not None:
+        return EXTENSIBLE_SCHEMA_VERSION
+    return CLASSIFIER_SCHEMA_VERSION if embedding is None else EMBEDDING_SCHEMA_VERSION
 
 
 def _validation_predictor(spec: FormatSpec, bundle_dir: Path) -> runtimes.Predictor:

@@ -42,6 +42,7 @@ class ExportJob:
     self_test_size: int
     calibration_overlap: int = 0  # validation images that are also calibration images (recorded with the gate)
     qat: QatSource | None = None  # a quantisation-aware run: base_onnx is its QDQ graph (converters/qat_formats.py)
+    extension: Any = None  # an extensible classifier's `converters.extension.Extension` (replay written into each bundle)
     _cache: dict[str, Path] = field(default_factory=dict)  # shared by the copies each rung of the ladder makes
     _fp32_ms: dict[str, float | None] = field(default_factory=dict)  # per backend, measured once (latency.py)
 

@@ -44,10 +44,12 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     batch_size: int | None = None,
     output_name: str = OUTPUT_NAME,
+    extra_outputs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Export `model` (uint8 NHWC in, logits out) to `path`; `batch_size=None` makes the batch dimension dynamic.
 
-    `output_name`: "logits" (a classifier) or "embedding". Returns facts for the manifest: opset, exporter, ir_version, parameter bytes.
+    `output_name`: "logits" (a classifier) or "embedding"; `extra_outputs` names the model's further outputs
+    (an extensible classifier's "features"). Returns facts for the manifest: opset, exporter, ir_version, parameter bytes.
     """
     path = Path(path)
     model = model.eval().to("cpu")
@@ -65,10 +67,10 @@ def export_onnx(
                 (example,),
                 str(path),
                 input_names=[INPUT_NAME],
-                output_names=[output_name],
+                output_names=[output_name, *extra_outputs],
                 opset_version=opset,
                 dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}} if dynamic else None,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in (output_name, *extra_outputs)}} if dynamic else None,
                 do_constant_folding=True,
             )
         except Exception as exc:  # torch.onnx raises many types; report them as one export error

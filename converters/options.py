@@ -125,7 +125,7 @@ QUANTIZATION_KEYWORDS = {
 }
 
 
-OUTPUTS = ("logits", "embedding")
+OUTPUTS = ("logits", "embedding", "extensible")
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,8 @@ class ExportOptions:
     calibration_data/calibration_size: int8 calibration images (default: drawn, seeded, from the training split).
     max_drop: the accuracy gate, in points below torch fp32. min_agreement: top-1 agreement floor (default per
     precision). batch_size: a fixed batch (default dynamic). self_test_size: golden images for `check`.
-    output: "logits" (a classifier) or "embedding" (L2-normalised features, no classes); features: the layers the
+    output: "logits" (a classifier), "embedding" (L2-normalised features, no classes) or "extensible" (a classifier
+    that also outputs its head's features, with replay data to add classes on the device); features: the layers the
     embedding of `--backbone` comes from (`edge_transfer.layers`; a run's embedding is its probe's features).
     """
 

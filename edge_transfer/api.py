@@ -22,7 +22,7 @@ from runtimes.errors import CheckpointError, DatasetError, InputError
 
 from .config import DEFAULT_BACKBONE, QatConfig, TrainConfig
 from .distributed import main_process_only
-from .export_data import ExportData, draw_calibration, pretrained_data, reference_data, run_data
+from .export_data import ExportData, draw_calibration, pretrained_data, reference_data, replay_extension, run_data
 from .trained_run import TrainedRun
 
 if TYPE_CHECKING:
@@ -196,23 +196,29 @@ def export(
     if (run is None) == (opts.backbone is None):
         raise InputError("export needs either a training run directory or --backbone NAME --strategy pretrained")
     formats = parse_formats(opts.format)
+    if opts.output == "extensible" and run is None:
+        raise InputError("--output extensible adds classes to a trained head: export a training run (a linear probe or a fine-tuned one)")
     if opts.features and opts.output != "embedding":
         raise InputError("--features takes an embedding from those layers: add --output embedding (a classifier's layers are its run's)")
     data = opts.data
     qat = None
-    embedding = None
+    embedding = extension = None
     if run is not None:
         model, config = load_run(run)
         qat = qat_source(config, run)
         if opts.output == "embedding":
             model, embedding = _run_embedding(model, config, opts, qat)
             qat = None
+        if opts.output == "extensible" and qat is not None:
+            raise InputError("a quantisation-aware run exports int8 classifiers; export its parent run with --output extensible")
         try:
             own = run_data(config)
         except DatasetError:
             if data is None:
                 raise
             own = None  # validating on --data alone; calibration/tuning then need their own source
+        if opts.output == "extensible":
+            extension = replay_extension(model, config, own)
         held_out = run_data(config, data, skip_bad=opts.skip_bad) if data is not None else own
         cfg = model.preprocessing
         if data is not None:
@@ -243,7 +249,9 @@ def export(
         source["output"] = "embedding"
     q = opts.quantization
     calibrated = qat is None and any(FORMAT_SPECS[f].calibrated for f in formats)
-    tuned = qat is None and embedding is None and (q.accuracy_aware or q.fallback) and any(FORMAT_SPECS[f].tunable for f in formats)
+    tuned = (
+        qat is None and embedding is None and extension is None and (q.accuracy_aware or q.fallback) and any(FORMAT_SPECS[f].tunable for f in formats)
+    )
     calibration = tuning = None
     if run is None:
         reference, calibration, tuning = pretrained_data(opts, cfg, labels, calibrated=calibrated, tuned=tuned)
@@ -275,6 +283,7 @@ def export(
         options=dataclasses.replace(opts, format=tuple(formats)),
         qat=qat,
         embedding=embedding,
+        extension=extension,
     )
     raise_for_failures(results, out)
     return results

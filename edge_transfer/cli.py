@@ -24,6 +24,7 @@ from .cli_device import cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
 from .cli_gallery import add_gallery_parsers
 from .cli_help import EPILOG, FORMATS_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
+from .cli_imprint import add_imprint_parser
 from .cli_layers import add_probe_layers_parser
 from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err, host_install_hint
 from .cli_qat import add_qat_parser, add_train_qat_flags
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--recursive", action="store_true", help="folders: the images in their sub-folders too")
     pr.add_argument("--skip-bad", action="store_true", help="report unreadable images and go on, instead of stopping at the first")
     pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--classes", metavar="FILE", help="classes added on the device (edge-transfer imprint) to rank with the bundle's")
     pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     as_json = pr.add_mutually_exclusive_group()
@@ -319,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
     add_val_parser(sub)
     add_gallery_parsers(sub)
+    add_imprint_parser(sub)
 
     c = sub.add_parser(
         "check",
@@ -373,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-POSITIONAL_IMAGES = ("predict", "enroll", "identify")  # commands whose image files may come before and after options
+POSITIONAL_IMAGES = ("predict", "enroll", "identify", "imprint")  # commands whose image files may come before and after options
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Any
@@ -62,16 +63,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args))  # a wrong bundle is reported first
     images = expand_image_paths(args.images, recursive=args.recursive)  # folders and patterns stand for their images
+    classify = predictor.predict
+    if args.classes:
+        from .cli_imprint import open_added
+
+        added = open_added(args.bundle, args.classes, predictor, create=False)
+        classify = functools.partial(added.predict, predictor)
     failed = 0
     records: list[dict[str, Any]] = []
     for start in range(0, len(images), PREDICT_CHUNK):
         chunk = images[start : start + PREDICT_CHUNK]
         try:
-            outcomes: list[Any] = list(predictor.predict(chunk, top_k=args.top_k))
+            outcomes: list[Any] = list(classify(chunk, top_k=args.top_k))
         except InputError:
             if not args.skip_bad:
                 raise
-            outcomes = [_predict_one(predictor, img, args.top_k) for img in chunk]  # find the unreadable one(s)
+            outcomes = [_predict_one(classify, img, args.top_k) for img in chunk]  # find the unreadable one(s)
         for img, r in zip(chunk, outcomes):
             record = {"image": img, "error": r} if isinstance(r, str) else {"image": img, "top_k": [c.to_dict() for c in r]}
             failed += isinstance(r, str)
@@ -88,9 +95,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_one(predictor: Any, img: str, top_k: int) -> Any:
+def _predict_one(classify: Any, img: str, top_k: int) -> Any:
     try:
-        return predictor.predict([img], top_k=top_k)[0]
+        return classify([img], top_k=top_k)[0]
     except InputError as exc:
         return str(exc)
 

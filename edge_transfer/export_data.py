@@ -141,3 +141,45 @@ def draw_calibration(d: ExportData, indices: np.ndarray, split: str, size: int, 
         seed=d.seed,
         source=d.source,
     )
+
+
+REPLAY_PER_CLASS = 50  # digits, 5 new images: 50 per class kept old classes within 0.7 pt, 20 within 1.2 (README)
+
+
+def replay_extension(model: Any, config: dict[str, Any], own: ExportData | None, per_class: int = REPLAY_PER_CLASS) -> Any:
+    """What `export --output extensible` adds to a run's classifier: its head and torch's features of up to
+    `per_class` training and validation images per class (seeded), so a device can add classes (`runtimes.imprint`)."""
+    from converters.extension import FEATURES_OUTPUT_NAME, REPLAY_FILE, Extension, FeaturesOf, linear_head
+    from converters.torch_reference import reference_logits
+
+    from .layers import FINAL
+
+    head = linear_head(model)
+    if head is None:
+        raise InputError(
+            f"--output extensible adds rows to a linear head; this run's head is {type(model.head).__name__} "
+            f"(strategy {config.get('strategy')!r}): train with linear-probe, partial or finetune"
+        )
+    if own is None:
+        raise DatasetError("the run's training data cannot be reloaded for the replay features of --output extensible")
+    targets = own.dataset.targets
+    rng = np.random.default_rng(own.seed)
+    pool = np.concatenate([own.splits.train, own.splits.val])
+    picks = np.sort(np.concatenate([rng.permutation(pool[targets[pool] == c])[:per_class] for c in range(len(own.dataset.classes))]))
+    features = reference_logits(FeaturesOf(model), own.dataset.prepared_batch(picks, model.preprocessing))
+    replay = {
+        "weight": head.weight.detach().cpu().numpy().astype(np.float32),
+        "bias": head.bias.detach().cpu().numpy().astype(np.float32),
+        "features": features.astype(np.float16),  # half the bytes; a device's own features differ from torch's more than this
+        "targets": targets[picks].astype(np.int64),
+    }
+    section = {
+        "features_output": FEATURES_OUTPUT_NAME,
+        "dim": int(features.shape[1]),
+        "layers": list(config.get("features", [FINAL])),
+        "replay": REPLAY_FILE,
+        "replay_per_class": per_class,
+        "replay_count": int(len(picks)),
+        "replay_split": "train+val",
+    }
+    return Extension(section, replay)

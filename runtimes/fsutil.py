@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .errors import IntegrityError
 
@@ -70,3 +71,24 @@ def publish_directory(staged: Path, target: Path) -> None:
     os.replace(staged, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_npz_atomically(path: str | os.PathLike[str], arrays: dict[str, Any]) -> Path:
+    """`np.savez` to `path` atomically (temp file beside it, fsync, rename): the path holds the old file or the new
+    one, never half of either (a crash mid-write leaves only a hidden temp file, removed on the next error)."""
+    import threading
+
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import GalleryError, GalleryMismatch, InputError
+from .fsutil import write_npz_atomically
 from .predictor import unit_rows
 
 if TYPE_CHECKING:
@@ -219,17 +220,7 @@ class Gallery:
             "labels": labels,
             "sha256": _digest(vectors, labels),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, embeddings=vectors, meta=np.asarray(json.dumps(meta)))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_npz_atomically(path, {"embeddings": vectors, "meta": np.asarray(json.dumps(meta))})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], predictor: Predictor | None = None) -> Gallery:

@@ -15,9 +15,10 @@ from typing import Any
 from .errors import BundleError, InputError
 from .preprocess import PreprocessConfig
 
-SCHEMA_VERSION = 2  # the newest this runtime reads; 2 added embedding bundles
+SCHEMA_VERSION = 3  # the newest this runtime reads; 2 added embedding bundles, 3 extensible classifiers
 CLASSIFIER_SCHEMA_VERSION = 1  # classifier bundles are written as 1, which every runtime reads
 EMBEDDING_SCHEMA_VERSION = 2
+EXTENSIBLE_SCHEMA_VERSION = 3  # a classifier with a second output (its features) and replay data for imprinting
 NORMALIZATIONS = ("l2",)
 MANIFEST_NAME = "manifest.json"
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
@@ -77,6 +78,7 @@ class Manifest:
     conversion: Any = None  # how the model files were made (tool, settings); informational, carried as written
     self_test: dict[str, Any] | None = None  # golden images and tolerances (runtimes.selftest)
     embedding: dict[str, Any] | None = None  # an embedding bundle: {"dim", "normalization", "layers", "unknown_threshold"}
+    extension: dict[str, Any] | None = None  # an extensible classifier: {"features_output", "dim", "replay", ...}
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -118,6 +120,8 @@ class Manifest:
             doc["self_test"] = self.self_test
         if self.embedding is not None:
             doc["embedding"] = self.embedding
+        if self.extension is not None:
+            doc["extension"] = self.extension
         return doc
 
 
@@ -198,6 +202,27 @@ def _embedding(d: dict[str, Any]) -> dict[str, Any] | None:
     return e
 
 
+def _extension(d: dict[str, Any], outputs: tuple[TensorSpec, ...], paths: list[str]) -> dict[str, Any] | None:
+    """The `extension` section of an extensible classifier: its second output holds the features its head reads,
+    and `replay` (a listed file) holds the head and held-out features, so a device can add classes (`runtimes.imprint`)."""
+    x = _opt_dict(d, "extension")
+    if x is None:
+        return None
+    dim = _req(x, "dim", int, "extension")
+    name = _req(x, "features_output", str, "extension")
+    replay = _req(x, "replay", str, "extension")
+    if dim < 1:
+        raise BundleError(f"manifest field 'extension.dim' must be >= 1, got {dim}")
+    if len(outputs) != 2 or outputs[1].name != name:
+        raise BundleError(f"manifest field 'outputs' must list the logits, then '{name}' (extension.features_output)")
+    shape = outputs[1].shape
+    if len(shape) != 2 or shape[1] != dim:
+        raise BundleError(f"manifest field 'outputs[1].shape' {list(shape)} must be (batch, {dim}) to match 'extension.dim'")
+    if replay not in paths:
+        raise BundleError(f"manifest field 'extension.replay' ({replay!r}) is not one of model.files")
+    return x
+
+
 def parse_manifest(d: Any) -> Manifest:
     """Validate a decoded manifest.json and return a `Manifest`; raise `BundleError` naming the field at fault."""
     if not isinstance(d, dict):
@@ -241,8 +266,11 @@ def parse_manifest(d: Any) -> Manifest:
         raise BundleError(f"manifest field 'model.entrypoint' ({entrypoint!r}) is not one of model.files")
     inputs = tuple(_tensor(t, f"inputs[{i}]") for i, t in enumerate(_req(d, "inputs", list, "")))
     outputs = tuple(_tensor(t, f"outputs[{i}]") for i, t in enumerate(_req(d, "outputs", list, "")))
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise BundleError(f"manifest must describe exactly one input and one output, got {len(inputs)} and {len(outputs)}")
+    extension = _extension(d, outputs, paths)
+    if len(inputs) != 1 or len(outputs) != (1 if extension is None else 2):
+        raise BundleError(
+            f"manifest must describe exactly one input and one output (two with an 'extension' section), got {len(inputs)} and {len(outputs)}"
+        )
     spec = inputs[0]
     if spec.dtype != "uint8" or len(spec.shape) != 4 or spec.shape[3] != 3:
         raise BundleError(f"manifest field 'inputs[0]' must be uint8 (batch, H, W, 3), got {spec.dtype} {list(spec.shape)}")
@@ -258,6 +286,8 @@ def parse_manifest(d: Any) -> Manifest:
     embedding = _embedding(d)
     if not all(isinstance(x, str) for x in labels) or (not labels and embedding is None):
         raise BundleError("manifest field 'labels' must be a non-empty list of strings")
+    if embedding is not None and extension is not None:
+        raise BundleError("manifest has both 'embedding' and 'extension': an embedding bundle has no classes to extend")
     out_shape = outputs[0].shape
     if embedding is not None and (len(out_shape) != 2 or out_shape[1] != embedding["dim"]):
         raise BundleError(f"manifest field 'outputs[0].shape' {list(out_shape)} must be (batch, {embedding['dim']}) to match 'embedding.dim'")
@@ -301,5 +331,6 @@ def parse_manifest(d: Any) -> Manifest:
         conversion=model.get("conversion"),
         self_test=_opt_dict(d, "self_test"),
         embedding=embedding,
+        extension=extension,
         raw=d,
     )

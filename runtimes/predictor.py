@@ -177,6 +177,11 @@ class Predictor:
         return self.manifest.embedding is not None
 
     @property
+    def is_extensible(self) -> bool:
+        """A classifier that also outputs the features its head reads, so classes can be added here (`runtimes.imprint`)."""
+        return self.manifest.extension is not None
+
+    @property
     def preprocessing(self) -> PreprocessConfig:
         return self.manifest.preprocessing
 
@@ -237,13 +242,19 @@ class Predictor:
                     f"{where}: input '{spec.name}' dimension {axis} is {g} in the model, {m} in the manifest "
                     f"(model shape {list(shape)}, manifest {list(spec.shape)})"
                 )
-        dtype, shape = graph_outputs[self.outputs[0].name]
-        out = self.outputs[0]
-        if dtype not in ("float32", "float16"):
-            raise BundleError(f"{where}: output '{out.name}' is {dtype} in the model; expected float32 or float16 logits")
-        width = shape[-1] if shape else None
-        if isinstance(width, int) and width != self.manifest.output_width:
-            raise BundleError(f"{where}: output '{out.name}' has {width} values per image in the model, but {self._width_source()}")
+        for i, out in enumerate(self.outputs):
+            if out.name not in graph_outputs:
+                raise BundleError(
+                    f"{where}: the manifest's output '{out.name}' is not an output of the model (model outputs: {', '.join(graph_outputs)})"
+                )
+            dtype, shape = graph_outputs[out.name]
+            if dtype not in ("float32", "float16"):
+                raise BundleError(f"{where}: output '{out.name}' is {dtype} in the model; expected float32 or float16 values")
+            width = shape[-1] if shape else None
+            wanted = self.manifest.output_width if i == 0 else out.shape[-1]
+            if isinstance(width, int) and width != wanted:
+                source = self._width_source() if i == 0 else f"the manifest's extension.dim is {wanted}"
+                raise BundleError(f"{where}: output '{out.name}' has {width} values per image in the model, but {source}")
 
     def _width_source(self) -> str:
         if self.is_embedding:
@@ -286,6 +297,27 @@ class Predictor:
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _run_with_features_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both outputs of an extensible classifier: logits and the features its head reads (float32)."""
+        raise NotImplementedError
+
+    def logits_and_features(self, images: Any, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Images (as `predict` takes them) -> (logits (N, classes), features (N, dim)) of an extensible classifier
+        (`export --output extensible`): what `runtimes.imprint` adds classes from."""
+        if not self.is_extensible:
+            raise InputError(f"{self.bundle.path} has no features output to add classes from; export the run with --output extensible")
+        batch = self.prepare(images)
+        size = self.max_batch or chunk
+        dim = int(self.outputs[1].shape[-1])
+        logits, feats = [], []
+        for part, n in padded_chunks(batch, size, pad=self.max_batch is not None):
+            lo, fe = self._run_with_features_impl(self.check_batch(part))
+            if lo.shape != (len(part), len(self.labels)) or fe.shape != (len(part), dim):
+                raise BundleError(f"{self.bundle.path}: the model returned shapes {lo.shape} and {fe.shape} for a batch of {len(part)}")
+            logits.append(lo[:n])
+            feats.append(fe[:n])
+        return np.concatenate(logits), np.concatenate(feats)
 
     def native_call(self) -> Callable[[np.ndarray], Any]:
         """The backend's own inference call on this predictor's session, with nothing of ours around it.

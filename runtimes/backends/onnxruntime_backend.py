@@ -163,6 +163,16 @@ class OnnxRuntimePredictor(Predictor):
             raise InferenceError(f"{self.bundle.path}: onnxruntime failed on a batch of {len(batch)}: {exc}") from None
         return np.asarray(out, dtype=np.float32)
 
+    def _run_with_features_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        session = self.session
+        if session is None:
+            raise InferenceError(f"{self.bundle.path}: this predictor is closed")
+        try:
+            logits, feats = session.run([self._output_name, self.outputs[1].name], {self._input_name: batch})
+        except Exception as exc:  # onnxruntime's own exception types
+            raise InferenceError(f"{self.bundle.path}: onnxruntime failed on a batch of {len(batch)}: {exc}") from None
+        return np.asarray(logits, dtype=np.float32), np.asarray(feats, dtype=np.float32)
+
     def native_call(self) -> Callable[[np.ndarray], Any]:
         session, outputs, name = self.session, [self._output_name], self._input_name
         return lambda batch: session.run(outputs, {name: batch})

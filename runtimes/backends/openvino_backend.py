@@ -210,6 +210,16 @@ class OpenVinoPredictor(Predictor):
             raise InferenceError(f"{self.bundle.path}: OpenVINO failed on a batch of {len(batch)}: {exc}") from None
         return np.array(result[self._output], dtype=np.float32)
 
+    def _run_with_features_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.compiled is None:
+            raise InferenceError(f"{self.bundle.path}: this predictor is closed")
+        features = self.compiled.output(self.outputs[1].name)
+        try:
+            result = self._request().infer({self._input_name: batch})
+        except RuntimeError as exc:
+            raise InferenceError(f"{self.bundle.path}: OpenVINO failed on a batch of {len(batch)}: {exc}") from None
+        return np.array(result[self._output], dtype=np.float32), np.array(result[features], dtype=np.float32)
+
     def native_call(self) -> Callable[[np.ndarray], Any]:
         return self._request().infer  # the same infer request `run` uses on this thread
 

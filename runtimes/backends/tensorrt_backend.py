@@ -199,6 +199,24 @@ class TensorRTPredictor(Predictor):
         self._buffers.append(self._out_buf)
         self.context.set_tensor_address(self._in, int(self._in_buf.device))
         self.context.set_tensor_address(self._out, int(self._out_buf.device))
+        self._feat_buf: _PinnedBuffer | None = None
+        if self.is_extensible:  # every output of an engine must be bound, the features too
+            self._bind_features(modes, hi[0], zero_copy)
+
+    def _bind_features(self, modes: dict[str, Any], max_batch: int, zero_copy: bool) -> None:
+        """Bind an extensible classifier's second output (the features its head reads)."""
+        name, dim = self.outputs[1].name, int(self.outputs[1].shape[-1])
+        if modes.get(name) != self._trt.TensorIOMode.OUTPUT:
+            raise BundleError(f"{self.bundle.path}: the manifest's output '{name}' is not an output of the engine (engine I/O: {', '.join(modes)})")
+        dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
+        shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+        width = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        if dtype.kind != "f" or width != dim:
+            raise BundleError(f"{self.bundle.path}: engine output '{name}' is {dtype} {shape}, the manifest says float (N, {dim})")
+        self._feat_dtype, self._feat_width = dtype, width
+        self._feat_buf = _PinnedBuffer(self._cudart, max_batch * width * dtype.itemsize, dtype, zero_copy)
+        self._buffers.append(self._feat_buf)
+        self.context.set_tensor_address(name, int(self._feat_buf.device))
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -241,6 +259,22 @@ class TensorRTPredictor(Predictor):
         return super().run_chunked(batch, chunk=min(chunk, self.settings.profile.max))
 
     def _run_impl(self, batch: np.ndarray) -> np.ndarray:
+        return self._run_outputs(batch)[0]
+
+    def _run_with_features_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, feats = self._run_outputs(batch)
+        assert feats is not None  # bound for every extensible bundle
+        return logits, feats
+
+    def _copy_back(self, buf: _PinnedBuffer, nbytes: int) -> None:
+        if not buf.zero_copy:
+            cudart = self._cudart
+            cuda_check(
+                cudart.cudaMemcpyAsync(buf.host, buf.device, nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream),
+                "cudaMemcpyAsync",
+            )
+
+    def _run_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         cudart = self._cudart
         n = batch.shape[0]
         with self._lock:
@@ -262,20 +296,15 @@ class TensorRTPredictor(Predictor):
                     "cudaMemcpyAsync",
                 )
             self._execute()
-            if not self._out_buf.zero_copy:
-                cuda_check(
-                    cudart.cudaMemcpyAsync(
-                        self._out_buf.host,
-                        self._out_buf.device,
-                        out_items * self._out_dtype.itemsize,
-                        cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                        self._stream,
-                    ),
-                    "cudaMemcpyAsync",
-                )
+            self._copy_back(self._out_buf, out_items * self._out_dtype.itemsize)
+            feat_buf, feats = self._feat_buf, None
+            if feat_buf is not None:
+                self._copy_back(feat_buf, n * self._feat_width * self._feat_dtype.itemsize)
             cuda_check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
             out = self._out_buf.array[:out_items].astype(np.float32)  # a copy: the buffer is reused by the next call
-        return out.reshape(n, self._classes)
+            if feat_buf is not None:
+                feats = feat_buf.array[: n * self._feat_width].astype(np.float32).reshape(n, self._feat_width)
+        return out.reshape(n, self._classes), feats
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(int(self._stream)):
