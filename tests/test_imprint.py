@@ -1,0 +1,148 @@
+"""Extensible classifier bundles and classes added on the device: the second output and its gate, a class added
+through the CLI with torch blocked (old classes kept, new images recognised), the file of added classes (atomic,
+checksummed, bound to its model), and the refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtimes
+from runtimes.errors import BundleError, GalleryError, GalleryMismatch, InputError
+from runtimes.imprint import AddedClasses
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def extensible_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The 64 px digits probe as extensible classifiers in both CPU runtimes (ONNX Runtime, OpenVINO)."""
+    import edge_transfer as et
+
+    out = tmp_path_factory.mktemp("extensible") / "digits"
+    results = et.export(digits_run.path, out=out, output="extensible", format="onnx,openvino")
+    return {r.format: r.path for r in results}
+
+
+@pytest.fixture(scope="module")
+def cup_crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new class unlike any digit: 5 crops of a photo of a coffee cup to add it from (shots/), 12 others (query/)."""
+    from skimage import data
+
+    photo = data.coffee()  # 400 x 600 RGB
+    root = tmp_path_factory.mktemp("cup")
+    rng = np.random.default_rng(0)
+    for i in range(17):
+        size = int(rng.integers(220, 380))
+        top, left = int(rng.integers(0, 400 - size + 1)), int(rng.integers(0, 600 - size + 1))
+        folder = root / ("shots" if i < 5 else "query")
+        folder.mkdir(exist_ok=True)
+        np.save(folder / f"{i}.npy", np.ascontiguousarray(photo[top : top + size, left : left + size]))
+    return root
+
+
+def _test_split(digits_run):
+    from edge_transfer.data import load_digits_dataset, stratified_split
+
+    ds = load_digits_dataset()
+    test = stratified_split(ds.targets, seed=0).test
+    return [ds.items[i] for i in test], ds.targets[test]
+
+
+def test_the_features_output_is_gated_and_the_replay_is_listed(extensible_bundles, digits_bundle):
+    for fmt, path in extensible_bundles.items():
+        with runtimes.load(path) as p:
+            m = p.manifest
+            assert m.schema_version == 3 and [o.name for o in m.outputs] == ["logits", "features"], fmt
+            assert m.extension["dim"] == 1280 and m.extension["replay_per_class"] == 50 and m.extension["replay_count"] == 500
+            assert "replay.npz" in {f.path for f in m.files}
+            v = m.validation
+            assert v["passed"] and v["checks"]["features_cosine"] and v["features"]["mean_cosine"] >= 0.9999, (fmt, v)
+            images = np.zeros((3, 20, 30, 3), np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None] * 80
+            logits, feats = p.logits_and_features(images)
+            assert feats.shape == (3, 1280) and np.array_equal(logits, p.run(p.prepare(images)))
+            assert p.self_test().status == "pass"
+    with runtimes.load(digits_bundle) as plain, pytest.raises(InputError, match="no features output .* --output extensible"):
+        plain.logits_and_features(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_a_class_added_on_the_device_keeps_the_old_classes_and_recognises_the_new_one(extensible_bundles, cup_crops, digits_run, tmp_path):
+    bundle, added = str(extensible_bundles["openvino"]), tmp_path / "added" / "classes.npz"
+    r = run_cli("imprint", bundle, "--classes", str(added), "--label", "cup", str(cup_crops / "shots"), block_torch=True)
+    assert r.returncode == 0, r.stderr
+    assert "added cup: a row fitted from 5 image(s) (fit)" in r.stdout and "10 class(es) of the bundle + 1 added" in r.stdout
+    r = run_cli("predict", bundle, "--classes", str(added), str(cup_crops / "query"), "--json", "--top-k", "1", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    answers = [rec["top_k"][0]["label"] for rec in json.loads(r.stdout)["predictions"]]
+    assert answers.count("cup") >= 10, answers  # 12 held-out crops of the new class
+    images, targets = _test_split(digits_run)
+    with runtimes.load(bundle) as p:
+        classes = AddedClasses.load(added, p)
+        logits, feats = p.logits_and_features(images)
+        extended = classes.extend(logits, feats)
+    assert np.array_equal(extended[:, :10], logits)  # the bundle's own classes score exactly as validated
+    before, after = float((logits.argmax(1) == targets).mean()), float((extended.argmax(1) == targets).mean())
+    assert after >= before - 0.01, (before, after)
+    r = run_cli("imprint", bundle, "--classes", str(added), "--list", "--json", block_torch=True)
+    assert json.loads(r.stdout)["added"] == {"cup": 5}
+    r = run_cli("imprint", bundle, "--classes", str(added), "--remove", "cup", block_torch=True)
+    assert r.returncode == 0 and "removed cup" in r.stdout
+
+
+def test_added_classes_are_saved_atomically_and_bound_to_their_model(extensible_bundles, cup_crops, tmp_path, monkeypatch):
+    path = tmp_path / "classes.npz"
+    with runtimes.load(extensible_bundles["onnx"]) as p:
+        classes = AddedClasses.for_bundle(p)
+        with pytest.raises(InputError, match="'3' is one of the bundle's own classes"):
+            classes.add_images(p, "3", [str(f) for f in sorted((cup_crops / "shots").iterdir())])
+        classes.add_images(p, "cup", [str(f) for f in sorted((cup_crops / "shots").iterdir())][:3])
+        classes.add_images(p, "cup", [str(f) for f in sorted((cup_crops / "shots").iterdir())][3:])  # more images: the row fitted again
+        assert classes.added() == {"cup": 5} and classes.labels[-1] == "cup"
+        classes.save(path)
+        first = path.read_bytes()
+
+        def crash(*_a, **_k):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(np, "savez", crash)
+        classes.remove("cup")
+        with pytest.raises(KeyboardInterrupt):
+            classes.save(path)
+        monkeypatch.undo()
+        assert path.read_bytes() == first and [f.name for f in tmp_path.iterdir()] == ["classes.npz"]
+        again = AddedClasses.load(path, p)
+        assert again.added() == {"cup": 5} and again.labels == classes.base_labels + ("cup",)
+        with pytest.raises(InputError, match="no added class 'dog'"):
+            again.remove("dog")
+        again.fingerprint = "0" * 32
+        again.save(tmp_path / "foreign.npz")
+        with pytest.raises(GalleryMismatch, match="added to another model"):
+            AddedClasses.load(tmp_path / "foreign.npz", p)
+        damaged = tmp_path / "damaged.npz"
+        damaged.write_bytes(first[: len(first) // 2])
+        with pytest.raises(GalleryError, match="damaged.npz: not a readable file of added classes"):
+            AddedClasses.load(damaged, p)
+
+
+def test_a_changed_replay_file_or_a_missing_features_output_is_named(extensible_bundles, tmp_path):
+    from runtimes.manifest import parse_manifest
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(extensible_bundles["onnx"], copy)
+    doc = json.loads((copy / "manifest.json").read_text())
+    one_output = dict(doc, outputs=doc["outputs"][:1])
+    with pytest.raises(BundleError, match="must list the logits, then 'features'"):
+        parse_manifest(one_output)
+    with pytest.raises(BundleError, match="'extension.replay' \\('gone.npz'\\) is not one of model.files"):
+        parse_manifest(dict(doc, extension=dict(doc["extension"], replay="gone.npz")))
+    with runtimes.load(copy) as p:
+        with np.load(copy / "replay.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["bias"] = arrays["bias"] + 1
+        np.savez(copy / "replay.npz", **arrays)
+        with pytest.raises(BundleError, match="replay.npz changed since the bundle was written"):
+            AddedClasses.for_bundle(p)
