@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         default=ExportOptions.output,
         choices=OUTPUTS,
-        help="logits: a classifier (default); embedding: L2-normalised features, no classes, for a gallery (enroll / identify)",
+        help="logits: a classifier (default); embedding: L2-normalised features, no classes, for a gallery (enroll / identify); "
+        "extensible: a classifier that also outputs its head's features, so a device can add classes (imprint)",
     )
     e.add_argument("--features", metavar="LAYER", help="with --backbone --output embedding: the layers it comes from, as train --features")
     e.add_argument("--format", default=ExportOptions.format, help=f"one format or a comma-separated list (default {ExportOptions.format}; see below)")

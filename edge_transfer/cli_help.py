@@ -17,6 +17,9 @@ EPILOG = """examples:
   edge-transfer export --backbone efficientnet_lite0 --output embedding --data held_out/ --format onnx --out bundles/emb
   edge-transfer enroll bundles/emb --gallery objects.npz --from-folders reference/
   edge-transfer identify bundles/emb --gallery objects.npz camera/ --json
+  edge-transfer export runs/digits --output extensible --out bundles/digits-x
+  edge-transfer imprint bundles/digits-x --classes added.npz --label nine shots/nine/
+  edge-transfer predict bundles/digits-x --classes added.npz camera/
   edge-transfer inspect bundles/digits --json
   edge-transfer check bundles/digits --inference-precision bf16
   edge-transfer bench bundles/digits-all/onnx bundles/digits-all/onnx-int8 --batch 1,8

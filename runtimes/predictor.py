@@ -215,6 +215,7 @@ class Predictor:
             "num_classes": len(self.labels),
             "output_kind": "embedding" if self.is_embedding else "logits",
             **({"embedding": dict(self.manifest.embedding or {})} if self.is_embedding else {}),
+            **({"extension": dict(self.manifest.extension or {}), "features_output": self.outputs[1].to_dict()} if self.is_extensible else {}),
             "warnings": list(self.warnings),
             "validation_passed": self.validation_passed,
         }
