@@ -42,7 +42,10 @@ def ladder(spec: FormatSpec, quantization: QuantizationOptions, *, can_tune: boo
     if quantization.fallback and can_tune:
         rungs.append((ACCURACY_AWARE, dataclasses.replace(quantization, accuracy_aware=True)))
     elif quantization.fallback:
-        logger.info(f"{spec.name}: no tuning data (a val split), so no accuracy-aware rung after post-training int8")
+        logger.info(
+            f"{spec.name}: no accuracy-aware rung after post-training int8 (it needs a val split to tune on; "
+            "embedding and extensible bundles are quantised post-training only)"
+        )
     return rungs
 
 

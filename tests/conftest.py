@@ -52,6 +52,16 @@ def format_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict
     return {r.format: r.path for r in results}
 
 
+@pytest.fixture(scope="session")
+def extensible_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The 64 px digits probe as extensible classifiers (`--output extensible`): ONNX Runtime, OpenVINO, TensorRT."""
+    import edge_transfer as et
+
+    out = tmp_path_factory.mktemp("extensible") / "digits"
+    results = et.export(digits_run.path, out=out, output="extensible", format="onnx,openvino,tensorrt")
+    return {r.format: r.path for r in results}
+
+
 @pytest.fixture()
 def bundle_copy(digits_bundle: Path, tmp_path: Path) -> Path:
     """A private copy of the digits bundle that a test may damage."""

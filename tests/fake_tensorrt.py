@@ -25,6 +25,13 @@ from typing import Any
 import numpy as np
 
 
+def toy_features(images: np.ndarray, dim: int) -> np.ndarray:
+    """What the fake engine writes to a second output (an extensible bundle's features): per image, 1 - mean/255
+    times (j + 1) / dim for feature j."""
+    means = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64) / 255.0
+    return ((1.0 - means)[:, None] * np.arange(1, dim + 1)[None, :] / dim).astype(np.float32)
+
+
 def toy_logits(images: np.ndarray, classes: int) -> np.ndarray:
     """What the fake engine computes for a uint8 NHWC batch: per image, mean/255 * (c + 1) for class c."""
     means = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64) / 255.0
@@ -207,6 +214,7 @@ def make_fake_tensorrt(
             inp, out = graph.input[0], graph.output[0]
             dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
             self.network.io = {"input": inp.name, "hw": dims[1:3], "output": out.name, "classes": out.type.tensor_type.shape.dim[1].dim_value}
+            self.network.io["extra"] = [[o.name, o.type.tensor_type.shape.dim[1].dim_value] for o in graph.output[1:]]
             return True
 
     class TimingCache:
@@ -273,7 +281,8 @@ def make_fake_tensorrt(
         def __init__(self, plan: dict) -> None:
             io = plan["io"]
             self.plan, self.input, self.output, self.classes = plan, io["input"], io["output"], io["classes"]
-            self.names = [self.input, self.output]
+            self.extra = {name: dim for name, dim in io.get("extra", [])}  # further outputs of the graph (features)
+            self.names = [self.input, self.output, *self.extra]
             if extra_output_first:
                 self.names = [self.input, "features", self.output]
 
@@ -308,6 +317,8 @@ def make_fake_tensorrt(
             return True
 
         def get_tensor_shape(self, name: str) -> tuple:
+            if name in self.engine.extra:
+                return (self.shape[0], self.engine.extra[name])
             return (self.shape[0], self.engine.classes) if name != self.engine.input else self.shape
 
         def set_tensor_address(self, name: str, address: int) -> bool:
@@ -317,12 +328,18 @@ def make_fake_tensorrt(
         def execute_async_v3(self, stream: int) -> bool:
             shape, src = self.shape, self.addresses[self.engine.input]
             dst, dtype, classes = self.addresses[self.engine.output], _NP[output_dtype], self.engine.classes
+            if any(name not in self.addresses for name in self.engine.extra):
+                return False  # as TensorRT: every output of the engine needs an address
+            extra = {self.addresses[name]: dim for name, dim in self.engine.extra.items()}
 
             def work() -> None:  # uses the shape and addresses of the moment it was enqueued (or captured)
                 n = shape[0]
                 images = np.ctypeslib.as_array((ctypes.c_uint8 * int(np.prod(shape))).from_address(src)).reshape(shape)
                 out = toy_logits(images, classes).astype(dtype)
                 ctypes.memmove(dst, out.ctypes.data, out.nbytes)
+                for address, dim in extra.items():
+                    feats = toy_features(images, dim).astype(dtype)
+                    ctypes.memmove(address, feats.ctypes.data, feats.nbytes)
                 record.setdefault("executed_batches", []).append(n)
 
             cudart._on_stream(stream, work)

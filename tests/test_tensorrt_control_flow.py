@@ -23,7 +23,7 @@ from runtimes.tensorrt_engine import EngineTarget
 
 import fake_tensorrt
 from conftest import SMALL
-from fake_tensorrt import DataType, toy_logits
+from fake_tensorrt import DataType, toy_features, toy_logits
 
 
 @pytest.fixture()
@@ -109,6 +109,19 @@ def test_io_is_bound_by_name_with_the_engine_dtypes(monkeypatch, trt_bundle: Pat
         out = p.run(_images(3))
         assert out.dtype == np.float32 and p.describe()["output_dtype"] == "float16"
         assert np.allclose(out, toy_logits(_images(3), 10), atol=1e-2)  # the logits, not the first output
+
+
+def test_an_extensible_bundle_binds_and_returns_both_outputs(monkeypatch, extensible_bundles, tmp_path: Path):
+    """An extensible tensorrt bundle: the features output is bound too (the fake engine, like TensorRT, fails to run
+    with an output left without an address) and comes back with the logits; the control flow only, not numerics."""
+    bundle = tmp_path / "trt-x"
+    shutil.copytree(extensible_bundles["tensorrt"], bundle)
+    fake_tensorrt.install(monkeypatch, output_dtype=DataType.HALF)
+    with runtimes.load(bundle, cache_dir=str(tmp_path / "cache")) as p:
+        logits, feats = p.logits_and_features(_images(3))
+        assert np.allclose(logits, toy_logits(_images(3), 10), atol=1e-2)
+        assert feats.shape == (3, 1280) and np.allclose(feats, toy_features(_images(3), 1280), atol=1e-2)
+        assert np.array_equal(p.run(_images(3)), logits)
 
 
 def test_an_engine_whose_io_differs_from_the_manifest_is_refused(monkeypatch, trt_bundle: Path, tmp_path: Path):
