@@ -336,6 +336,9 @@ def _export_one(
             if job.qat is not None:
                 validation["quantisation_aware"] = job.qat.fidelity(predictor, ref, reference)
             golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
+            golden_features = None
+            if golden is not None and job.extension is not None:
+                golden_features = (job.extension.reference_features[golden], predictor.logits_and_features(reference.images[golden])[1])
             speed = speed_vs_fp32(job, spec, predictor, reference.images[:1])
         validation.update(speed)
         if spec.calibrated:
@@ -357,6 +360,7 @@ def _export_one(
                 spec.precision,
                 validation.get("inference_precision"),
                 embedding=manifest.embedding is not None,
+                features=golden_features,
             )
             manifest = dataclasses.replace(manifest, self_test=self_test)
         if spec.backend == "tensorrt":

@@ -32,6 +32,9 @@ DEFAULT_SELF_TEST_SIZE = 16
 MIN_REL_TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}
 REL_TOLERANCE_FACTOR = 3.0  # the device may differ from torch up to 3x what the host's artifact did
 EMBEDDING_NEIGHBOURS = 5  # neighbour agreement counts a nearest image among the reference's 5 nearest (export gate too)
+# an extensible bundle's features output: the device's mean cosine to torch may fall below the host's by 3x its gap
+# to 1, and at least by this much (kernel differences between CPUs pass; a bf16 run of fp32 features does not)
+MIN_COSINE_SLACK = {"fp32": 1e-5, "fp16": 1e-3, "int8": 2e-2}
 
 
 @dataclass
@@ -50,6 +53,8 @@ class SelfTestResult:
     max_rel_err: float | None = None
     at_export: dict[str, Any] | None = None
     reason: str | None = None
+    features_cosine: float | None = None  # an extensible bundle: the features output's mean cosine to torch
+    min_features_cosine: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -66,6 +71,8 @@ class SelfTestResult:
             f">= {100 * (self.min_agreement or 0):.2f}%), relative logit error {self.rel_err:.2e} (needs <= "
             f"{self.max_rel_err:.2e}), max |logit diff| {self.max_abs_diff:.3g}: {self.status.upper()}"
         )
+        if self.features_cosine is not None:
+            line += f"; features cosine {self.features_cosine:.5f} (needs >= {self.min_features_cosine:.5f})"
         return line + (f" ({self.reason})" if self.reason else "")
 
 
@@ -101,6 +108,13 @@ def neighbour_agreement(x: np.ndarray, reference: np.ndarray, k: int = 1) -> flo
     return float((theirs == mine[:, None]).any(axis=1).mean())
 
 
+def mean_cosine(x: np.ndarray, reference: np.ndarray) -> float:
+    """The mean cosine similarity of matching rows (a zero row counts as 0)."""
+    a, b = x.astype(np.float64), reference.astype(np.float64)
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+    return float(np.mean(np.sum(a * b, axis=1) / norms))
+
+
 def choose_golden(count: int, size: int, seed: int = 0) -> np.ndarray:
     """Indices of a seeded draw of `size` of `count` images, in order."""
     k = min(size, count)
@@ -117,14 +131,22 @@ def write_self_test(
     seed: int = 0,
     *,
     embedding: bool = False,
+    features: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Write the golden images and reference logits into a bundle being written; return its manifest section."""
+    """Write the golden images and reference logits into a bundle being written; return its manifest section.
+    `features`: an extensible bundle's (torch, artifact) features of the golden images, checked by mean cosine."""
     root = Path(bundle_dir) / SELF_TEST_DIR
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / "images.npy", np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
     np.save(root / "reference_logits.npy", np.ascontiguousarray(reference, dtype=np.float32), allow_pickle=False)
     m = measure(artifact, reference, embedding=embedding)
     flips = 0.0 if precision != "int8" else 1.0 / len(images)  # int8 may flip one near-tie more than it did here
+    extra: dict[str, Any] = {}
+    if features is not None:
+        np.save(root / "reference_features.npy", np.ascontiguousarray(features[0], dtype=np.float32), allow_pickle=False)
+        cos = mean_cosine(features[1], features[0])
+        floor = 1.0 - max(REL_TOLERANCE_FACTOR * (1.0 - cos), MIN_COSINE_SLACK[precision])
+        extra["features"] = {"reference": f"{SELF_TEST_DIR}/reference_features.npy", "at_export": round(cos, 8), "min_mean_cosine": round(floor, 8)}
     return {
         "images": f"{SELF_TEST_DIR}/images.npy",
         "reference": f"{SELF_TEST_DIR}/reference_logits.npy",
@@ -136,6 +158,7 @@ def write_self_test(
             "min_agreement": round(max(0.0, m["agreement"] - flips), 6),
             "max_rel_err": float(f"{max(REL_TOLERANCE_FACTOR * m['rel_err'], MIN_REL_TOLERANCE[precision]):.3g}"),
         },
+        **extra,
     }
 
 
@@ -151,15 +174,20 @@ def _section(predictor: Predictor) -> dict[str, Any] | None:
         isinstance(tol.get(k), (int, float)) and not isinstance(tol.get(k), bool) for k in ("min_agreement", "max_rel_err")
     ):
         raise BundleError(f"{where}.tolerance must hold numbers min_agreement and max_rel_err")
-    listed = {f.path for f in predictor.manifest.files}
     for key in ("images", "reference"):
-        rel = section.get(key)
-        if not isinstance(rel, str):
-            raise BundleError(f"{where}.{key} must be a file path")
-        check_relative_path(rel)
-        if rel not in listed:
-            raise BundleError(f"{where}.{key}: {rel} is not among the bundle's checksummed files")
+        _listed(predictor, section.get(key), f"self_test.{key}")
     return section
+
+
+def _listed(predictor: Predictor, rel: Any, field: str) -> str:
+    """`rel` if it is a safe relative path among the bundle's checksummed files; else a BundleError naming `field`."""
+    where = f"{predictor.bundle.path}: manifest field '{field}'"
+    if not isinstance(rel, str):
+        raise BundleError(f"{where} must be a file path")
+    check_relative_path(rel)
+    if rel not in {f.path for f in predictor.manifest.files}:
+        raise BundleError(f"{where}: {rel} is not among the bundle's checksummed files")
+    return rel
 
 
 def _load(predictor: Predictor, rel: str) -> np.ndarray:
@@ -184,9 +212,21 @@ def run_self_test(predictor: Predictor) -> SelfTestResult:
     width = predictor.manifest.output_width
     if reference.shape != (len(images), width):
         raise BundleError(f"{predictor.bundle.path}: self-test reference is {reference.shape}, expected ({len(images)}, {width})")
-    m = measure(predictor.run_chunked(images), reference, embedding=predictor.is_embedding)
+    features = section.get("features") if predictor.is_extensible else None
+    cos = min_cos = None
+    if isinstance(features, dict):
+        ref_features = _load(predictor, _listed(predictor, features.get("reference"), "self_test.features.reference"))
+        logits, got = predictor.logits_and_features(images)
+        if ref_features.shape != got.shape:
+            raise BundleError(f"{predictor.bundle.path}: self-test reference features are {ref_features.shape}, the model gives {got.shape}")
+        cos, min_cos = mean_cosine(got, ref_features), float(features.get("min_mean_cosine", 1.0))
+    else:
+        logits = predictor.run_chunked(images)
+    m = measure(logits, reference, embedding=predictor.is_embedding)
     tol = section["tolerance"]
     reasons = []
+    if cos is not None and min_cos is not None and cos < min_cos - 1e-12:
+        reasons.append("features drifted below their cosine tolerance")
     if m["agreement"] < tol["min_agreement"] - 1e-9:
         reasons.append(("nearest-neighbour" if predictor.is_embedding else "top-1") + " agreement below tolerance")
     if not m["rel_err"] <= tol["max_rel_err"]:
@@ -202,4 +242,6 @@ def run_self_test(predictor: Predictor) -> SelfTestResult:
         max_rel_err=float(tol["max_rel_err"]),
         at_export=section.get("at_export"),
         reason="; ".join(reasons) or None,
+        features_cosine=cos,
+        min_features_cosine=min_cos,
     )

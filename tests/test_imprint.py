@@ -55,7 +55,8 @@ def test_the_features_output_is_gated_and_the_replay_is_listed(extensible_bundle
             images = np.zeros((3, 20, 30, 3), np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None] * 80
             logits, feats = p.logits_and_features(images)
             assert feats.shape == (3, 1280) and np.array_equal(logits, p.run(p.prepare(images)))
-            assert p.self_test().status == "pass"
+            st = p.self_test()  # the golden images' features are checked too
+            assert st.status == "pass" and st.features_cosine >= st.min_features_cosine > 0.99, st.summary()
     with runtimes.load(digits_bundle) as plain, pytest.raises(InputError, match="no features output .* --output extensible"):
         plain.logits_and_features(np.zeros((8, 8, 3), np.uint8))
 
