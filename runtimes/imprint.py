@@ -231,20 +231,15 @@ class AddedClasses:
             self._methods = {n: self._methods[n] for n in self._names}
 
     def check(self, predictor: Predictor) -> None:
-        theirs = model_fingerprint(predictor, Replay.from_predictor(predictor))
-        if theirs != self.fingerprint:
-            raise GalleryMismatch(
-                f"these classes were added to another model ({self.model.get('bundle', 'unknown bundle')}, fingerprint "
-                f"{self.fingerprint[:12]}), not {predictor.bundle.path} (fingerprint {theirs[:12]}); add them again with this bundle"
-            )
+        """Raise `GalleryMismatch` unless these classes were added with `predictor`'s model."""
+        _refuse_other_model(predictor, model_fingerprint(predictor, Replay.from_predictor(predictor)), self.fingerprint, self.model)
 
     # ------------------------------------------------------------------ prediction
     def extend(self, logits: np.ndarray, features: np.ndarray) -> np.ndarray:
         """The bundle's logits (N, classes) with the added classes' logits appended (N, classes + added)."""
         with self._lock:
             rows, bias = self._rows, self._bias
-        added = np.asarray(features, np.float64) @ rows.T + bias
-        return np.concatenate([np.asarray(logits, np.float32), added.astype(np.float32)], axis=1)
+        return _extended(logits, features, rows, bias)
 
     def predict(self, predictor: Predictor, images: Any, top_k: int = 5) -> list[list[Classification]]:
         """`predictor.predict` over the bundle's classes and the added ones."""
@@ -254,8 +249,9 @@ class AddedClasses:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         logits, features = predictor.logits_and_features(images)
         predictor.classify(logits, 1)  # refuses non-finite logits, naming the images
-        probs = softmax(self.extend(logits, features))
-        labels = self.labels
+        with self._lock:  # rows and names of one moment, even while another thread adds a class
+            rows, bias, labels = self._rows, self._bias, self.base_labels + self._names
+        probs = softmax(_extended(logits, features, rows, bias))
         return [[Classification(labels[i], int(i), float(row[i])) for i in _top_k(row, min(top_k, len(labels)))] for row in probs]
 
     # ------------------------------------------------------------------ files
@@ -299,14 +295,24 @@ class AddedClasses:
         if not isinstance(names, list) or len(names) != len(rows) or _digest(rows, bias, feats, names) != meta.get("sha256"):
             raise GalleryError(f"{path}: checksum mismatch: the file was changed or damaged since it was saved")
         added = cls.for_bundle(predictor)
-        if meta.get("fingerprint") != added.fingerprint:
-            added.model = dict(meta.get("model") or {})
-            added.fingerprint = str(meta.get("fingerprint"))
-            added.check(predictor)
+        _refuse_other_model(predictor, added.fingerprint, str(meta.get("fingerprint")), meta.get("model") or {})
         added._rows, added._bias, added._names = rows, bias, tuple(names)
         added._shots = {n: feats[owner == i] for i, n in enumerate(names)}
         added._methods = {n: str((meta.get("methods") or {}).get(n, "fit")) for n in names}
         return added
+
+
+def _refuse_other_model(predictor: Predictor, theirs: str, ours: str, model: dict[str, Any]) -> None:
+    if theirs != ours:
+        raise GalleryMismatch(
+            f"these classes were added to another model ({model.get('bundle', 'unknown bundle')}, fingerprint {ours[:12]}), "
+            f"not {predictor.bundle.path} (fingerprint {theirs[:12]}); add them again with this bundle"
+        )
+
+
+def _extended(logits: np.ndarray, features: np.ndarray, rows: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    added = np.asarray(features, np.float64) @ rows.T + bias
+    return np.concatenate([np.asarray(logits, np.float32), added.astype(np.float32)], axis=1)
 
 
 def _digest(rows: np.ndarray, bias: np.ndarray, features: np.ndarray, labels: list[str]) -> str:

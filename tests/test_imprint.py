@@ -137,3 +137,62 @@ def test_a_changed_replay_file_or_a_missing_features_output_is_named(extensible_
         np.savez(copy / "replay.npz", **arrays)
         with pytest.raises(BundleError, match="replay.npz changed since the bundle was written"):
             AddedClasses.for_bundle(p)
+
+
+def _toy_classes(seed: int = 0):
+    """Four Gaussian classes in 32-d with a nearest-mean head, and a fifth class between two of them."""
+    from runtimes.imprint import Replay
+
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1.5, (5, 32))
+    means[4] = 0.5 * (means[0] + means[1]) + rng.normal(0, 0.8, 32)
+
+    def sample(c: int, n: int) -> np.ndarray:
+        return means[c] + rng.normal(0, 1, (n, 32))
+
+    weight, bias = means[:4], -0.5 * (means[:4] ** 2).sum(1)
+    replay = Replay(weight, bias, np.concatenate([sample(c, 50) for c in range(4)]), np.repeat(np.arange(4), 50), "toy")
+    return replay, sample
+
+
+def test_a_row_fitted_from_five_examples_keeps_the_old_classes_and_finds_the_new_one():
+    replay, sample = _toy_classes()
+    old_x, old_y, new_x = np.concatenate([sample(c, 200) for c in range(4)]), np.repeat(np.arange(4), 200), sample(4, 200)
+    added = AddedClasses(("a", "b", "c", "d"), replay, "toy")
+    added.add("e", sample(4, 5))
+    old_logits = old_x @ replay.weight.T + replay.bias
+    before = float((old_logits.argmax(1) == old_y).mean())
+    after = float((added.extend(old_logits, old_x).argmax(1) == old_y).mean())
+    found = float((added.extend(new_x @ replay.weight.T + replay.bias, new_x).argmax(1) == 4).mean())
+    assert after >= before - 0.01 and found >= 0.8, (before, after, found)
+    with pytest.raises(InputError, match="expected finite features of shape \\(N, 32\\)"):
+        added.add("f", np.full((2, 32), np.nan))
+
+
+def test_predictions_read_a_consistent_set_of_classes_while_another_thread_adds():
+    import threading
+
+    replay, sample = _toy_classes(1)
+    added = AddedClasses(("a", "b", "c", "d"), replay, "toy")
+    x = sample(0, 8)
+    logits = x @ replay.weight.T + replay.bias
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                out = added.extend(logits, x)
+                assert out.shape[1] in range(4, 4 + 21) and np.isfinite(out).all()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(20):
+        added.add(f"new{i}", sample(4, 3))
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and len(added.added()) == 20 and added.labels[-1] == "new19"
