@@ -57,7 +57,7 @@ def cmd_imprint(args: argparse.Namespace) -> int:
     import runtimes
     from runtimes.preprocess import expand_image_paths
 
-    if bool(args.label) == bool(args.remove) and not args.list:
+    if (args.label and args.remove) or (not args.label and not args.remove and not args.list):
         raise InputError("imprint takes one of --label NAME IMAGES... or --remove LABEL (or --list)")
     if args.label and not args.images:
         raise InputError(f"--label {args.label}: give the images of the class (files, folders or patterns)")
@@ -67,7 +67,7 @@ def cmd_imprint(args: argparse.Namespace) -> int:
         added = open_added(args.bundle, args.classes, predictor, create=bool(args.label))
         if args.label:
             count = added.add_images(predictor, args.label, expand_image_paths(args.images), method=args.method)
-            print(f"added {args.label}: a row fitted from {count} image(s) ({args.method})")
+            print(f"added {args.label}: a new row from {count} image(s) ({args.method})")
         elif args.remove:
             added.remove(args.remove)
             print(f"removed {args.remove}")

@@ -155,6 +155,8 @@ def replay_extension(model: Any, config: dict[str, Any], own: ExportData | None,
     from .layers import FINAL
 
     head = linear_head(model)
+    if config.get("strategy") == "pretrained":
+        raise InputError("--output extensible adds classes to a head trained on your data; this run uses the source model as it is (pretrained)")
     if head is None:
         raise InputError(
             f"--output extensible adds rows to a linear head; this run's head is {type(model.head).__name__} "

@@ -65,7 +65,7 @@ def test_a_class_added_on_the_device_keeps_the_old_classes_and_recognises_the_ne
     bundle, added = str(extensible_bundles["openvino"]), tmp_path / "added" / "classes.npz"
     r = run_cli("imprint", bundle, "--classes", str(added), "--label", "cup", str(cup_crops / "shots"), block_torch=True)
     assert r.returncode == 0, r.stderr
-    assert "added cup: a row fitted from 5 image(s) (fit)" in r.stdout and "10 class(es) of the bundle + 1 added" in r.stdout
+    assert "added cup: a new row from 5 image(s) (fit)" in r.stdout and "10 class(es) of the bundle + 1 added" in r.stdout
     r = run_cli("predict", bundle, "--classes", str(added), str(cup_crops / "query"), "--json", "--top-k", "1", block_torch=True)
     assert r.returncode == 0, r.stderr
     answers = [rec["top_k"][0]["label"] for rec in json.loads(r.stdout)["predictions"]]
