@@ -45,48 +45,6 @@ def padded_chunks(images: np.ndarray, size: int, *, pad: bool = False) -> Iterat
         yield part, n
 
 
-# what a bundle's graph computes in, as written (int8 graphs keep some nodes and the logits in float)
-AS_WRITTEN = {"fp32": "f32", "fp16": "f16", "int8": "int8+f32"}
-
-
-def check_as_written(backend: str, precision: str, requested: str | None) -> None:
-    """Backends that compute a graph in its own types accept only that precision when one is asked for."""
-    own = "f16" if precision == "fp16" else "f32"
-    alias = {"fp32": "f32", "fp16": "f16"}.get(str(requested), requested)
-    if requested is not None and alias != own:
-        raise InputError(
-            f"{backend} computes this {precision} bundle as written ({own}); it has no {requested} mode "
-            "(OpenVINO bundles take inference_precision='bf16' or 'f16', or export an fp16 format)"
-        )
-
-
-# backend type names -> the manifest's dtype names
-_DTYPES = {
-    "tensor(uint8)": "uint8",
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(int64)": "int64",
-    "uint8_t": "uint8",
-    "u8": "uint8",
-    "float32": "float32",
-    "f32": "float32",
-    "float16": "float16",
-    "f16": "float16",
-    "int64_t": "int64",
-    "i64": "int64",
-    "uint8": "uint8",
-    "int64": "int64",
-}
-
-
-def manifest_dtype(backend_type: Any) -> str:
-    """A backend's element type in the manifest's words ('tensor(float)', <Type: 'float32'> -> 'float32')."""
-    text = str(backend_type)
-    if "'" in text:
-        text = text.split("'")[1]
-    return _DTYPES.get(text, text)
-
-
 def _top_k(row: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest values, best first, ties to the lower index (a stable argsort's first k, without
     sorting all classes)."""

@@ -14,7 +14,8 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
-from ..predictor import AS_WRITTEN, Predictor, check_as_written, manifest_dtype
+from ..graph_types import AS_WRITTEN, check_as_written, manifest_dtype
+from ..predictor import Predictor
 
 # runtimes device name -> ONNX Runtime execution provider
 DEVICE_PROVIDERS = {

@@ -12,7 +12,8 @@ import openvino as ov
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
-from ..predictor import Predictor, manifest_dtype
+from ..graph_types import manifest_dtype
+from ..predictor import Predictor
 
 DEVICES = ("cpu", "gpu", "npu", "auto")
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}

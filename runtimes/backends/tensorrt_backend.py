@@ -24,7 +24,8 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
-from ..predictor import AS_WRITTEN, Predictor, check_as_written
+from ..graph_types import AS_WRITTEN, check_as_written
+from ..predictor import Predictor
 from ..tensorrt_build import _import_cudart, _import_tensorrt, build_engine, cuda_check, load_lean_runtime, running_target
 from ..tensorrt_engine import BuildSettings, EngineCache, EngineTarget, cache_key, check_buildable, check_compatible
 
