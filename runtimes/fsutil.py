@@ -92,3 +92,27 @@ def write_npz_atomically(path: str | os.PathLike[str], arrays: dict[str, Any]) -
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_npz_document(
+    path: str | os.PathLike[str], keys: tuple[str, ...], *, fmt: str, version: int, what: str, error: type[Exception]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The arrays `keys` and the JSON `meta` of a file written with `write_npz_atomically`, its `format` and `version`
+    checked; anything wrong raises `error` naming the file as `what` (e.g. "gallery file")."""
+    import json
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays, meta = {k: np.asarray(z[k]) for k in keys}, json.loads(str(z["meta"]))
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # JSONDecodeError is a ValueError
+        raise error(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise error(f"{path}: not an edge-transfer {what} (field 'format' should be {fmt!r})")
+    if meta.get("version", 0) > version:
+        raise error(f"{path}: {what} version {meta.get('version')} is newer than this edge-transfer supports")
+    return arrays, meta

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import threading
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import GalleryError, GalleryMismatch, InputError
-from .fsutil import write_npz_atomically
+from .fsutil import read_npz_document, write_npz_atomically
 from .predictor import unit_rows
 
 if TYPE_CHECKING:
@@ -226,17 +225,8 @@ class Gallery:
     def load(cls, path: str | os.PathLike[str], predictor: Predictor | None = None) -> Gallery:
         """Read a gallery (checksum verified); with `predictor`, refuse one made with another model."""
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                vectors, meta = np.asarray(z["embeddings"], np.float32), json.loads(str(z["meta"]))
-        except FileNotFoundError:
-            raise GalleryError(f"{path}: no such gallery file") from None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # JSONDecodeError is a ValueError
-            raise GalleryError(f"{path}: not a readable gallery file ({type(exc).__name__}: {exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT:
-            raise GalleryError(f"{path}: not an edge-transfer gallery (field 'format' should be {GALLERY_FORMAT!r})")
-        if meta.get("version", 0) > GALLERY_VERSION:
-            raise GalleryError(f"{path}: gallery version {meta.get('version')} is newer than this edge-transfer supports")
+        arrays, meta = read_npz_document(path, ("embeddings",), fmt=GALLERY_FORMAT, version=GALLERY_VERSION, what="gallery file", error=GalleryError)
+        vectors = arrays["embeddings"].astype(np.float32)
         labels = meta.get("labels")
         if not isinstance(labels, list) or vectors.ndim != 2 or len(labels) != len(vectors) or vectors.shape[1] != meta.get("dim"):
             raise GalleryError(f"{path}: {len(vectors)} embeddings of shape {vectors.shape} do not match {meta.get('dim')}-d and the labels listed")

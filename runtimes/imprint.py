@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import BundleError, GalleryError, GalleryMismatch, InputError
-from .fsutil import sha256_file, write_npz_atomically
+from .fsutil import read_npz_document, sha256_file, write_npz_atomically
 
 if TYPE_CHECKING:
     from .predictor import Classification, Predictor
@@ -279,18 +279,10 @@ class AddedClasses:
     def load(cls, path: str | Path, predictor: Predictor) -> AddedClasses:
         """Read a file of added classes (checksum verified) for `predictor`'s bundle; another model's is refused."""
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                rows, bias, feats = (np.asarray(z[k], np.float64) for k in ("rows", "bias", "features"))
-                owner, meta = np.asarray(z["owner"], np.int64), json.loads(str(z["meta"]))
-        except FileNotFoundError:
-            raise GalleryError(f"{path}: no such file of added classes") from None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise GalleryError(f"{path}: not a readable file of added classes ({type(exc).__name__}: {exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != IMPRINT_FORMAT:
-            raise GalleryError(f"{path}: not a file of added classes (field 'format' should be {IMPRINT_FORMAT!r})")
-        if meta.get("version", 0) > IMPRINT_VERSION:
-            raise GalleryError(f"{path}: version {meta.get('version')} is newer than this edge-transfer supports")
+        keys = ("rows", "bias", "features", "owner")
+        arrays, meta = read_npz_document(path, keys, fmt=IMPRINT_FORMAT, version=IMPRINT_VERSION, what="file of added classes", error=GalleryError)
+        rows, bias, feats = (arrays[k].astype(np.float64) for k in keys[:3])
+        owner = arrays["owner"].astype(np.int64)
         names = meta.get("labels")
         if not isinstance(names, list) or len(names) != len(rows) or _digest(rows, bias, feats, names) != meta.get("sha256"):
             raise GalleryError(f"{path}: checksum mismatch: the file was changed or damaged since it was saved")

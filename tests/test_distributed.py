@@ -191,19 +191,14 @@ def test_resume_after_sigkill_ends_where_the_uninterrupted_run_ends(four_classes
     assert 1 <= state["epoch"] < 3 and not out.exists(), "killed between epochs: a checkpoint, no run directory"
     assert {p.suffix for p in ckpt.iterdir()} == {".safetensors", ".json"}, "no pickle in checkpoints"
 
-    again = subprocess.run(
-        [sys.executable, "-m", "edge_transfer", "train", *args, "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
-    )
-    assert again.returncode != 0 and "pass resume=True (--resume) to continue it" in again.stderr
-    other = subprocess.run(
-        [sys.executable, "-m", "edge_transfer", "train", *args, "--lr", "0.01", "--resume", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=600,
-    )
-    assert other.returncode != 0 and "belongs to a different run (lr: checkpoint 0.001, now 0.01)" in other.stderr
+    import edge_transfer as et
+    from runtimes.errors import CheckpointError
+
+    same = {"strategy": "finetune", "image_size": 48, "epochs": 3, "batch_size": 16, "progress": False}  # as `args`, in-process
+    with pytest.raises(CheckpointError, match="pass resume=True \\(--resume\\) to continue it"):
+        et.train(str(four_classes), out=out, **same)
+    with pytest.raises(CheckpointError, match="belongs to a different run \\(lr: checkpoint 0.001, now 0.01\\)"):
+        et.train(str(four_classes), out=out, lr=0.01, resume=True, **same)
 
     resumed = _train([*args, "--resume", "--out", str(out)], cache=tmp_path / "c")
     assert f"resumed from {ckpt} after epoch {state['epoch']}/3" in resumed.stderr
