@@ -169,11 +169,13 @@ class AddedClasses:
     @property
     def labels(self) -> tuple[str, ...]:
         """The bundle's labels, then the added ones (the order of `extend`'s columns)."""
-        return self.base_labels + self._names
+        with self._lock:
+            return self.base_labels + self._names
 
     def added(self) -> dict[str, int]:
         """Each added label with the number of images its row was fitted from."""
-        return {name: len(self._shots[name]) for name in self._names}
+        with self._lock:
+            return {name: len(self._shots[name]) for name in self._names}
 
     def add(self, label: str, features: np.ndarray, *, method: str = "fit") -> None:
         """Add `label` from the features (N, dim) of its images (more images for an added label fit its row again)."""
