@@ -35,7 +35,7 @@ def cup_crops(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _test_split(digits_run):
+def _test_split():
     from edge_transfer.data import load_digits_dataset, stratified_split
 
     ds = load_digits_dataset()
@@ -70,7 +70,7 @@ def test_a_class_added_on_the_device_keeps_the_old_classes_and_recognises_the_ne
     assert r.returncode == 0, r.stderr
     answers = [rec["top_k"][0]["label"] for rec in json.loads(r.stdout)["predictions"]]
     assert answers.count("cup") >= 10, answers  # 12 held-out crops of the new class
-    images, targets = _test_split(digits_run)
+    images, targets = _test_split()
     with runtimes.load(bundle) as p:
         classes = AddedClasses.load(added, p)
         logits, feats = p.logits_and_features(images)
