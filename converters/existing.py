@@ -3,16 +3,39 @@ completes an interrupted multi-format export). A kept bundle is checked first: c
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from runtimes.bundle import Bundle, open_bundle
 from runtimes.errors import BundleError, EdgeTransferError
+from runtimes.outputs import BUNDLE, Protected, check_output_dir, check_parent_dir
 
 
 def _identity(source: dict[str, Any] | None) -> tuple[Any, ...]:
     """What identifies the exported model (not the run's path: it may be given relative, or moved)."""
     return tuple((source or {}).get(k) for k in ("backbone", "strategy", "weights", "training_metrics"))
+
+
+def export_targets(out: str | os.PathLike[str], formats: list[str]) -> dict[str, Path]:
+    """Where each format's bundle goes: `out` itself for one format, `out/<format>` for several."""
+    root = Path(out)
+    return {name: root if len(formats) == 1 else root / name for name in formats}
+
+
+def check_export_targets(
+    out: str | os.PathLike[str], formats: list[str], *, overwrite: bool, skip_existing: bool, protected: Iterable[Protected] = ()
+) -> dict[str, Path]:
+    """Refuse, before any work, destinations an export may not write (`runtimes.outputs`): near `protected` paths,
+    under a file, or holding something other than a bundle of ours (or, without `overwrite`/`skip_existing`, anything)."""
+    protected = list(protected)
+    targets = export_targets(out, formats)
+    if len(formats) > 1:
+        check_parent_dir(out, protected=protected)
+    for target in targets.values():
+        check_output_dir(target, BUNDLE, overwrite=overwrite or skip_existing, protected=protected)
+    return targets
 
 
 def existing_bundles(targets: dict[str, Path], source: dict[str, Any] | None, *, overwrite: bool, skip_existing: bool) -> dict[str, Bundle]:

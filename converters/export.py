@@ -35,7 +35,7 @@ from runtimes.selftest import choose_golden, write_self_test
 
 from .calibration import CalibrationData
 from .embedding_gate import compare_embeddings, with_unknown_threshold
-from .existing import existing_bundles
+from .existing import check_export_targets, existing_bundles
 from .export_result import ExportResult, raise_for_failures
 from .extension import FEATURES_OUTPUT_NAME, Extension, FeaturesOf, LogitsAndFeatures, features_gate, format_features
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
@@ -154,8 +154,7 @@ def export_bundles(
                 opts.tensorrt.build_settings(batch_size, s.precision)
             except InputError as exc:
                 raise InputError(f"format {s.name}: {exc}") from None
-    root = Path(out)
-    targets = {s.name: root if len(specs) == 1 else root / s.name for s in specs}
+    targets = check_export_targets(out, names, overwrite=opts.overwrite, skip_existing=opts.skip_existing)
     kept = {
         name: ExportResult(name, targets[name], b, b.manifest.validation, kept=True)
         for name, b in existing_bundles(targets, source, overwrite=opts.overwrite, skip_existing=opts.skip_existing).items()

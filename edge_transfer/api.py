@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from converters.options import ExportOptions
-from runtimes.errors import CheckpointError, DatasetError, InputError
+from runtimes.errors import CheckpointError, DatasetError, InputError, OutputError
+from runtimes.outputs import Protected, check_clear_of, check_output_dir, contents_problem
 
 from .config import DEFAULT_BACKBONE, QatConfig, TrainConfig
 from .distributed import main_process_only
@@ -55,8 +56,12 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
         cfg.progress = False
     ckpt = checkpoint_dir_for(Path(out))
     cfg.checkpoint_dir = str(ckpt)
-    if Path(out).exists() and not cfg.overwrite:
-        raise CheckpointError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+    check_run_output(
+        out,
+        ckpt,
+        overwrite=cfg.overwrite,
+        protected=[Protected("--data", data if isinstance(data, (str, os.PathLike)) else None), Protected("--backbone", cfg.backbone)],
+    )
     if ckpt.exists() and not cfg.resume and not cfg.overwrite:
         raise CheckpointError(
             f"{ckpt} holds the checkpoint of an interrupted run: pass resume=True (--resume) to continue it, "
@@ -114,6 +119,19 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
         keep = {k: getattr(cfg, k) for k in ("device", "mixed_precision", "num_workers", "overwrite", "progress")}
         trained.qat = run_qat(path, config=QatConfig(epochs=cfg.qat_epochs, **keep))
     return trained
+
+
+def check_run_output(out: str | os.PathLike[str], ckpt: Path, *, overwrite: bool, protected: list[Protected]) -> None:
+    """Before any work: `out` may become a run (absent, empty, or a run of ours with `overwrite`), and its checkpoint
+    sibling, when present, is one of ours (`overwrite` deletes it, `resume` reads it)."""
+    from .run_files import CHECKPOINT, RUN
+
+    check_output_dir(out, RUN, overwrite=overwrite, protected=protected)
+    check_clear_of(ckpt, protected, flag="the checkpoint")
+    if os.path.lexists(ckpt) and (problem := contents_problem(ckpt, CHECKPOINT)) is not None:
+        raise OutputError(
+            f"{ckpt} (where the run's checkpoint goes) {problem}: not a checkpoint edge-transfer wrote; move it or choose another --out"
+        )
 
 
 def embedder(backbone: Backbone, layers: list[str]) -> tuple[Any, dict[str, Any]]:
@@ -184,11 +202,12 @@ def export(
     (`edge-transfer check`). Returns a list of `converters.export.ExportResult`; raises `ValidationFailed` (with
     the table) if any format was not written. Under a launcher only rank 0 exports (see `main_process_only`).
     """
+    from converters.existing import check_export_targets
     from converters.export import FORMAT_SPECS, export_bundles, parse_formats, raise_for_failures
 
     from .data import load_dataset
     from .layers import layer_backbone, parse_layers
-    from .model import ImageClassifier
+    from .model import ImageClassifier, read_run_config
     from .qat_train import qat_source
     from .sources import create_backbone, load_run
 
@@ -196,6 +215,15 @@ def export(
     if (run is None) == (opts.backbone is None):
         raise InputError("export needs either a training run directory or --backbone NAME --strategy pretrained")
     formats = parse_formats(opts.format)
+    run_source = (read_run_config(run).get("data") or {}).get("source") if run is not None else None
+    protected = [
+        Protected("the source run", run),
+        Protected("--backbone", opts.backbone),
+        Protected("--data", opts.data),
+        Protected("--calibration-data", opts.calibration_data),
+        Protected("the run's training data", run_source),
+    ]
+    check_export_targets(out, formats, overwrite=opts.overwrite, skip_existing=opts.skip_existing, protected=protected)
     if opts.output == "extensible" and run is None:
         raise InputError("--output extensible adds classes to a trained head: export a training run (a linear probe or a fine-tuned one)")
     if opts.features and opts.output != "embedding":

@@ -13,6 +13,7 @@ A checkpoint is a directory written atomically after every epoch (temp sibling, 
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,16 @@ import torch
 from runtimes.errors import CheckpointError
 from runtimes.fsutil import staged_directory
 
-CHECKPOINT_FORMAT = "edge-transfer-checkpoint"
+from .run_files import CHECKPOINT_FORMAT, STATE_NAME
+
 CHECKPOINT_VERSION = 1
-STATE_NAME = "state.json"
 
 
 def checkpoint_dir_for(run_dir: str | Path) -> Path:
     """Where the resumable state of the run that will be saved to `run_dir` lives: `<run_dir>.checkpoint`."""
     run_dir = Path(run_dir)
+    if run_dir.name in ("", "..") or run_dir.name != Path(os.path.normpath(run_dir)).name:  # ".", "a/..": name it by the folder it means
+        run_dir = Path(os.path.abspath(run_dir))
     return run_dir.with_name(run_dir.name + ".checkpoint")
 
 

@@ -67,7 +67,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.classes:
         from .cli_imprint import open_added
 
-        added = open_added(args.bundle, args.classes, predictor, create=False)
+        added = open_added(args.bundle, args.classes, predictor)
         classify = functools.partial(added.predict, predictor)
     failed = 0
     records: list[dict[str, Any]] = []
@@ -186,6 +186,12 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         raise EdgeTransferError(f"{args.bundle}: a {manifest.backend} bundle; build-engine needs one exported with --format tensorrt[-fp16|-int8]")
     if manifest.format != "onnx":
         raise EdgeTransferError(f"{args.bundle}: already carries a built engine ({manifest.format}); build-engine needs the ONNX bundle")
+    if args.out:  # refused before the (long) build: never over the source bundle, its --data, or files not ours
+        from runtimes.outputs import BUNDLE, Protected, check_output_dir
+
+        check_output_dir(
+            args.out, BUNDLE, overwrite=args.overwrite, protected=[Protected("the source bundle", args.bundle), Protected("--data", args.data)]
+        )
     t0 = time.perf_counter()
     with runtimes.load(args.bundle, cache_dir=args.cache_dir) as predictor:  # build progress: the runtimes logger
         info = predictor.describe()

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from runtimes.errors import InputError
+from runtimes.labels import shown
 
 from .cli_output import print_json
 
@@ -58,19 +59,22 @@ def add_gallery_parsers(sub: Any) -> None:
     i.set_defaults(func=cmd_identify)
 
 
-def _open(args: argparse.Namespace, *, create: bool) -> tuple[Any, Any]:
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The embedding bundle and the gallery as it is now (read-only: `Gallery.editing` changes it)."""
     import runtimes
     from runtimes.gallery import Gallery
 
     predictor = runtimes.load(args.bundle, device=args.device)
     if not predictor.is_embedding:
+        predictor.close()
         raise InputError(f"{args.bundle} is a classifier bundle; enroll and identify need an embedding bundle (export --output embedding)")
-    if os.path.exists(args.gallery) or not create:
-        return predictor, Gallery.load(args.gallery, predictor)
-    return predictor, Gallery.for_bundle(predictor)
+    return predictor, Gallery.load(args.gallery, predictor)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    import runtimes
+    from runtimes.gallery import Gallery, label_folders
+    from runtimes.labels import check_label
     from runtimes.preprocess import expand_image_paths
 
     actions = sum(bool(x) for x in (args.label, args.from_folders, args.remove))
@@ -80,19 +84,27 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         raise InputError(f"--label {args.label}: give the images to enrol (files, folders or patterns)")
     if args.images and not args.label:
         raise InputError("images were given without --label NAME to enrol them under")
-    predictor, gallery = _open(args, create=not args.remove and not args.list)
-    with predictor:
+    if actions == 0:  # --list alone: read, never write
+        predictor, gallery = _open(args)
+        predictor.close()
+    else:
+        predictor = runtimes.load(args.bundle, device=args.device)
+        with predictor:
+            if not predictor.is_embedding:
+                raise InputError(f"{args.bundle} is a classifier bundle; enroll needs an embedding bundle (export --output embedding)")
+            if os.path.exists(args.gallery) or args.remove:  # another model's gallery is refused before any image is embedded
+                Gallery.load(args.gallery, predictor)
+            folders = {check_label(args.label): expand_image_paths(args.images)} if args.label else {}
+            folders = label_folders(args.from_folders) if args.from_folders else folders
+            embedded = {label: predictor.embed(paths) for label, paths in folders.items()}  # the slow part, before the lock
+            with Gallery.editing(args.gallery, predictor) as gallery:  # re-read, changed and saved under a cross-process lock
+                if args.remove:
+                    removed = gallery.remove(args.remove)
+                counts = {label: gallery.enroll(label, vectors) for label, vectors in embedded.items()}
         if args.remove:
-            removed = gallery.remove(args.remove)
-            print(f"removed {args.remove} ({removed} image(s))")
-        elif args.label:
-            count = gallery.enroll_images(predictor, args.label, expand_image_paths(args.images))
-            print(f"enrolled {args.label}: {count} image(s)")
-        elif args.from_folders:
-            for name, count in gallery.enroll_folders(predictor, args.from_folders).items():
-                print(f"enrolled {name}: {count} image(s)")
-        if not args.list:
-            gallery.save(args.gallery)
+            print(f"removed {shown(args.remove)} ({removed} image(s))")
+        for label, count in counts.items():
+            print(f"enrolled {shown(label)}: {count} image(s)")
     labels = gallery.labels()
     if args.json:
         print_json({"gallery": args.gallery, "labels": labels, "threshold": gallery.default_threshold, "threshold_source": gallery.threshold_source})
@@ -101,14 +113,14 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(f"{summary}; unknown below cosine {gallery.default_threshold:.4f} ({gallery.threshold_source})")
         if args.list:
             for name, n in labels.items():
-                print(f"  {n:4d}  {name}")
+                print(f"  {n:4d}  {shown(name)}")
     return 0
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
     from runtimes.preprocess import expand_image_paths
 
-    predictor, gallery = _open(args, create=False)
+    predictor, gallery = _open(args)
     images = expand_image_paths(args.images, recursive=args.recursive)
     records = []
     with predictor:
@@ -119,9 +131,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 records.append({"image": path, **a.to_dict()})
                 if not args.json:
                     what = (
-                        f"{a.label}  (cosine {a.score:.3f})"
+                        f"{shown(a.label)}  (cosine {a.score:.3f})"
                         if a.known
-                        else f"unknown  (nearest {a.nearest}, cosine {a.score:.3f} < {a.threshold:.3f})"
+                        else f"unknown  (nearest {shown(a.nearest)}, cosine {a.score:.3f} < {a.threshold:.3f})"
                     )
                     print(f"{path}: {what}", flush=True)
     if args.json:

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from runtimes.errors import InputError
+from runtimes.labels import shown
 
 from .cli_output import print_json
 
@@ -43,18 +44,19 @@ def add_imprint_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_imprint)
 
 
-def open_added(bundle: str, path: str, predictor: Any, *, create: bool) -> Any:
+def open_added(bundle: str, path: str, predictor: Any) -> Any:
+    """The added classes of `path` as they are now, for `predictor`'s extensible bundle (read-only)."""
     from runtimes.imprint import AddedClasses
 
     if not predictor.is_extensible:
         raise InputError(f"{bundle} has no features output to add classes from; export the run with --output extensible")
-    if os.path.exists(path) or not create:
-        return AddedClasses.load(path, predictor)
-    return AddedClasses.for_bundle(predictor)
+    return AddedClasses.load(path, predictor)
 
 
 def cmd_imprint(args: argparse.Namespace) -> int:
     import runtimes
+    from runtimes.imprint import AddedClasses
+    from runtimes.labels import check_label
     from runtimes.preprocess import expand_image_paths
 
     if (args.label and args.remove) or (not args.label and not args.remove and not args.list):
@@ -64,20 +66,31 @@ def cmd_imprint(args: argparse.Namespace) -> int:
     if args.images and not args.label:
         raise InputError("images were given without --label NAME to add them under")
     with runtimes.load(args.bundle, device=args.device) as predictor:
-        added = open_added(args.bundle, args.classes, predictor, create=bool(args.label))
-        if args.label:
-            count = added.add_images(predictor, args.label, expand_image_paths(args.images), method=args.method)
-            print(f"added {args.label}: a new row from {count} image(s) ({args.method})")
-        elif args.remove:
-            added.remove(args.remove)
-            print(f"removed {args.remove}")
-        if not args.list or args.label or args.remove:
-            added.save(args.classes)
+        if not args.label and not args.remove:  # --list alone: read, never write
+            added = open_added(args.bundle, args.classes, predictor)
+        else:
+            if os.path.exists(args.classes) or args.remove:  # another model's file is refused before any image is read
+                open_added(args.bundle, args.classes, predictor)
+            elif not predictor.is_extensible:
+                raise InputError(f"{args.bundle} has no features output to add classes from; export the run with --output extensible")
+            features = None
+            if args.label:
+                check_label(args.label)
+                _, features = predictor.logits_and_features(expand_image_paths(args.images))  # before the lock: the slow part
+            with AddedClasses.editing(args.classes, predictor) as added:  # re-read, fitted and saved under a cross-process lock
+                if features is None:
+                    added.remove(args.remove)
+                else:
+                    added.add(args.label, features, method=args.method)
+            if args.label:
+                print(f"added {shown(args.label)}: a new row from {added.added()[args.label]} image(s) ({args.method})")
+            else:
+                print(f"removed {shown(args.remove)}")
     if args.json:
         print_json({"classes": args.classes, "bundle_labels": list(added.base_labels), "added": added.added()})
     else:
         print(f"{args.classes}: {len(added.base_labels)} class(es) of the bundle + {len(added.added())} added")
         if args.list:
             for name, n in added.added().items():
-                print(f"  added  {name}  ({n} image(s))")
+                print(f"  added  {shown(name)}  ({n} image(s))")
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.errors import DatasetError, InputError
+from runtimes.labels import check_labels
 from runtimes.preprocess import IMAGE_EXTENSIONS, PreprocessConfig, prepare_image, read_image
 
 from .config import TrainConfig
@@ -108,20 +109,23 @@ def load_image_folder(root: str | os.PathLike[str], *, skip_bad: bool = False) -
     root_p = Path(root)
     if not root_p.is_dir():
         raise DatasetError(f"{root_p}: no such dataset directory")
-    class_dirs = sorted(p for p in root_p.iterdir() if p.is_dir() and not p.name.startswith("."))
+    real_root = Path(os.path.realpath(root_p))
+    links = SkippedLinks()
+    class_dirs = sorted(p for p in root_p.iterdir() if p.is_dir() and not p.name.startswith(".") and not links.skip(p, real_root))
     if len(class_dirs) < 2:
         raise DatasetError(f"{root_p}: needs at least 2 class sub-folders (one per class), found {len(class_dirs)}")
+    check_labels([d.name for d in class_dirs], where="class folder")
     items: list[str] = []
     targets: list[int] = []
     ignored = 0
     bad: list[str] = []
     for ci, cdir in enumerate(class_dirs):
-        files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = _files_under(cdir, real_root, links)
         images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
         ignored += len(files) - len(images)
         good = []
         for p in images:
-            problem = _check_image(p)
+            problem = _check_image(p, decode=skip_bad)
             if problem is None:
                 good.append(p)
             elif skip_bad:
@@ -136,17 +140,63 @@ def load_image_folder(root: str | os.PathLike[str], *, skip_bad: bool = False) -
         log.warning("skipped %d unreadable image(s), first: %s", len(bad), bad[0])
     if ignored:
         log.info("ignored %d non-image file(s) under %s", ignored, root_p)
+    if links.count:
+        log.warning(
+            "skipped %d symlink(s) that lead back into %s or loop (their images would count twice), first: %s", links.count, root_p, links.first
+        )
     return ImageDataset(
         root_p.name,
         [d.name for d in class_dirs],
         items,
         np.asarray(targets, np.int64),
-        {"kind": "folder", "root": str(root_p.resolve()), "skipped_bad": len(bad), "ignored_non_images": ignored},
+        {"kind": "folder", "root": str(root_p.resolve()), "skipped_bad": len(bad), "ignored_non_images": ignored, "skipped_links": links.count},
     )
 
 
-def _check_image(path: Path) -> str | None:
-    """Cheap integrity check (header and structure); None when the file looks decodable."""
+@dataclass
+class SkippedLinks:
+    """Symlinks in a data folder that resolve inside the folder itself, or loop: left out and counted."""
+
+    count: int = 0
+    first: str = ""
+
+    def skip(self, path: Path, real_root: Path) -> bool:
+        if not path.is_symlink():
+            return False
+        try:
+            real = Path(os.path.realpath(path, strict=True))
+        except (OSError, RuntimeError):  # a loop, or a link to nothing
+            real = None
+        if real is not None and real != real_root and real_root not in real.parents:
+            return False  # a link to images elsewhere: kept
+        self.count += 1
+        self.first = self.first or str(path)
+        return True
+
+
+def _files_under(folder: Path, real_root: Path, links: SkippedLinks) -> list[Path]:
+    """The visible files under a class folder, sorted; linked folders outside the data followed once each."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # reached twice through links: a loop
+            links.count += 1
+            links.first = links.first or dirpath
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not links.skip(Path(dirpath) / d, real_root))
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not name.startswith(".") and not links.skip(p, real_root) and p.is_file():
+                found.append(p)
+    return sorted(found)
+
+
+def _check_image(path: Path, *, decode: bool = False) -> str | None:
+    """None when the file looks decodable: a cheap check of header and structure, or with `decode` (`--skip-bad`,
+    which must know every bad file before the splits are drawn) a decode."""
     if path.suffix.lower() == ".npy":
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -159,7 +209,12 @@ def _check_image(path: Path) -> str | None:
         return "Pillow is not installed"
     try:
         with Image.open(path) as im:
-            im.verify()
+            if not decode:
+                im.verify()  # header and structure only: fast, but a truncated JPEG passes (and fails, named, when read)
+            else:
+                if im.format == "JPEG":  # DCT scaling: a fraction of the work, and still every byte of the file read
+                    im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
     except Exception as exc:  # PIL raises many types for corrupt files
         return str(exc) or type(exc).__name__
     return None

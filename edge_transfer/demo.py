@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtimes.outputs import BUNDLE, check_output_dir, check_parent_dir
+
 from .api import export, train
 from .config import DEFAULT_BACKBONE
+from .run_files import RUN
 
 
 def demo(
@@ -31,6 +34,10 @@ def demo(
 
     out = Path(out)
     run_dir, bundle_dir = out / "run", out / "bundle"
+    # the demo replaces its own earlier output, and nothing else: refused before any work
+    check_parent_dir(out, flag="--out")
+    check_output_dir(run_dir, RUN, overwrite=True, flag="--out")
+    check_output_dir(bundle_dir, BUNDLE, overwrite=True, flag="--out")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     trained = train(

@@ -17,15 +17,12 @@ from torch import nn
 
 from runtimes.errors import CheckpointError
 from runtimes.fsutil import staged_directory
+from runtimes.outputs import check_output_dir
 from runtimes.preprocess import PreprocessConfig
 
 from .backbones import Backbone
+from .run_files import CONFIG_NAME, RUN, RUN_FORMAT, RUN_VERSION, WEIGHTS_NAME
 from .weights import read_json
-
-RUN_FORMAT = "edge-transfer-run"
-RUN_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 class InGraphNormalize(nn.Module):
@@ -98,12 +95,11 @@ def embedding_model(backbone: Backbone) -> ImageClassifier:
 
 
 def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, config: dict[str, Any], *, overwrite: bool = False) -> Path:
-    """Write model.safetensors + config.json atomically (temp sibling dir, then rename). No pickle."""
+    """Write model.safetensors + config.json atomically (temp sibling dir, then rename). No pickle. `overwrite`
+    replaces only a run directory (or an empty one): anything else at `run_dir` is refused (`OutputError`)."""
     from safetensors.torch import save_file
 
-    target = Path(run_dir)
-    if target.exists() and not overwrite:
-        raise CheckpointError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
+    target = check_output_dir(run_dir, RUN, overwrite=overwrite)
     with staged_directory(target) as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in classifier.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": RUN_FORMAT})

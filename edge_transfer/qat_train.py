@@ -22,6 +22,7 @@ from torch import nn
 
 from runtimes.cpu import TARGET_CPUS, reduce_range_for
 from runtimes.errors import CheckpointError, EdgeTransferError, InputError
+from runtimes.outputs import Protected
 
 from .config import QatConfig, TrainConfig
 from .trained_run import TrainedRun
@@ -37,11 +38,16 @@ def default_qat_dir(run: str | os.PathLike[str]) -> Path:
     return Path(run) / "qat"
 
 
+def _real(path: str | os.PathLike[str]) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
 def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None, config: QatConfig | None = None) -> TrainedRun:
     """Fine-tune the run at `run` with fake int8 quantisation; save the result as a run at `out` (default RUN/qat).
 
     Returns a `TrainedRun` whose metrics are those of the fake-quantised model (what its int8 bundles will
     score) next to the parent's fp32 metrics."""
+    from .api import check_run_output
     from .checkpoint import checkpoint_dir_for
     from .distributed import auto_workers, distributed_rank, make_accelerator, quiet_unless_main, wait_for_all_ranks
     from .export_data import run_data
@@ -60,8 +66,13 @@ def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None =
     if parent_config.get("strategy") == "pretrained":
         raise InputError(f"{run} uses the source model as it is and has no training data to fine-tune on; train a head first")
     ckpt = checkpoint_dir_for(target)
-    if target.exists() and not cfg.overwrite:
-        raise CheckpointError(f"{target} already exists; pass --overwrite to replace it")
+    inside_ok = _real(target) == _real(default_qat_dir(run))  # RUN/qat: the documented place, beside the parent's files
+    protected = [
+        Protected("the source run", run, may_hold_output=inside_ok),
+        Protected("--data", cfg.data),
+        Protected("the run's training data", (parent_config.get("data") or {}).get("source")),
+    ]
+    check_run_output(target, ckpt, overwrite=cfg.overwrite, protected=protected)
     if ckpt.exists() and not cfg.resume and not cfg.overwrite:
         raise CheckpointError(f"{ckpt} holds the checkpoint of an interrupted qat run: pass --resume to continue it, or --overwrite to start over")
     if cfg.overwrite and not cfg.resume and ckpt.exists() and distributed_rank() == 0:

@@ -232,11 +232,9 @@ class BundleWriter:
     """
 
     def __init__(self, target: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        self.target = Path(target)
-        if self.target.exists() and not overwrite:
-            raise BundleError(f"{self.target} already exists; pass overwrite=True (--overwrite) to replace it")
-        if self.target.exists() and not (self.target / MANIFEST_NAME).is_file() and any(self.target.iterdir()):
-            raise BundleError(f"{self.target} exists and is not a bundle; refusing to replace it")
+        from .outputs import BUNDLE, check_output_dir
+
+        self.target = check_output_dir(target, BUNDLE, overwrite=overwrite)  # only a bundle of ours is ever replaced
         self.overwrite = overwrite
         self.dir: Path = Path()
         self.committed = False

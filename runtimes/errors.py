@@ -58,6 +58,11 @@ class CheckpointError(EdgeTransferError):
     """A training run directory or weights file cannot be read."""
 
 
+class OutputError(EdgeTransferError):
+    """Output cannot go where it was asked to: the destination holds something edge-transfer did not write (or lies
+    in the user's data), or the file system refused the write. Whatever was there before is left as it was."""
+
+
 __all__ = [
     "EdgeTransferError",
     "InputError",
@@ -70,6 +75,7 @@ __all__ = [
     "ValidationFailed",
     "DatasetError",
     "CheckpointError",
+    "OutputError",
 ]
 
 

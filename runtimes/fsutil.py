@@ -4,17 +4,20 @@ and directories that appear complete or not at all."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
-from .errors import IntegrityError
+from .errors import IntegrityError, OutputError
 
 _CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -39,10 +42,30 @@ def check_relative_path(rel: str) -> PurePosixPath:
     return p
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def cannot_write(path: str | os.PathLike[str], exc: OSError, what: str = "output") -> OutputError:
+    """One line for a write the file system refused (read-only, full, a file where a folder should be)."""
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or exc.errno == errno.ENOTDIR:
+        reason = "a parent folder on the way is a file"
+    return OutputError(f"{path}: cannot write the {what}: {reason}; what was there before is unchanged")
+
+
 def staging_directory(target: Path) -> Path:
-    """A new hidden temp sibling of `target` (`.name.partial-*`), its parent created if needed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    """A new hidden temp sibling of `target` (`.name.partial-*`), its parent created if needed, with the permissions
+    a plain `mkdir` would give under the current umask (not mkdtemp's 0700: a device service may run as another user)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())
+    except OSError as exc:
+        raise cannot_write(target, exc) from None
+    return tmp
 
 
 @contextlib.contextmanager
@@ -52,7 +75,10 @@ def staged_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(target)
     tmp = staging_directory(target)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:  # the disk filled or went read-only while writing
+            raise cannot_write(target, exc) from None
         publish_directory(tmp, target)
     finally:
         if tmp.exists():
@@ -65,32 +91,78 @@ def publish_directory(staged: Path, target: Path) -> None:
     Renames only: at every instant `target` is absent, the previous complete directory, or the new one.
     """
     old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staged, target)
+    try:
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(staged, target)
+    except OSError as exc:
+        if old is not None and not os.path.lexists(target):
+            os.replace(old, target)  # put the previous one back
+        raise cannot_write(target, exc) from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_npz_atomically(path: str | os.PathLike[str], arrays: dict[str, Any]) -> Path:
+LOCK_TIMEOUT_S = 120.0
+
+
+@contextlib.contextmanager
+def exclusive_file(path: str | os.PathLike[str], *, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Path]:
+    """Hold the cross-process lock of the file at `path` (a `filelock` lock file beside the real file, a symlinked
+    path resolved first) for one read-modify-write; yields the real path. Another process editing the same file
+    waits; after `timeout` seconds this raises `OutputError`."""
+    from filelock import FileLock, Timeout
+
+    real = Path(os.path.realpath(path))
+    lock = FileLock(str(real.with_name(f".{real.name}.lock")), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputError(f"{path}: another process has been editing it for {timeout:.0f} s; try again when it is done") from None
+    except OSError as exc:  # the folder is read-only or missing
+        raise cannot_write(path, exc, "lock file") from None
+    try:
+        yield real
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def edit_locked(path: str | os.PathLike[str], read: Callable[[Path], T], create: Callable[[], T], save: Callable[[T, Path], Any]) -> Iterator[T]:
+    """Read-modify-write of a document file under `exclusive_file`: read (or `create`, when absent) under the lock,
+    yield it to be changed, `save` it atomically when the block ends normally (an error saves nothing)."""
+    with exclusive_file(path) as real:
+        doc = read(real) if real.exists() else create()
+        yield doc
+        save(doc, real)
+
+
+def write_npz_atomically(path: str | os.PathLike[str], arrays: dict[str, Any], what: str = "file") -> Path:
     """`np.savez` to `path` atomically (temp file beside it, fsync, rename): the path holds the old file or the new
     one, never half of either (a crash mid-write leaves only a hidden temp file, removed on the next error)."""
     import threading
 
     import numpy as np
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(os.path.realpath(path))  # a symlinked path: the real file is replaced, and the link kept
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        else:
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise cannot_write(path, exc, what) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -18,6 +18,7 @@ reads are safe while another thread enrols (the arrays are replaced, never chang
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import GalleryError, GalleryMismatch, InputError
-from .fsutil import read_npz_document, write_npz_atomically
+from .fsutil import edit_locked, read_npz_document, write_npz_atomically
+from .labels import UNKNOWN, check_label, check_labels
 from .predictor import unit_rows
 
 if TYPE_CHECKING:
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
 
 GALLERY_FORMAT = "edge-transfer-gallery"
 GALLERY_VERSION = 1
-UNKNOWN = "unknown"
 DEFAULT_THRESHOLD = 0.5  # only for bundles exported without labelled data to calibrate on (see calibrate_threshold)
 METHODS = ("mean", "knn")
 
@@ -124,8 +125,7 @@ class Gallery:
 
     def enroll(self, label: str, embeddings: np.ndarray) -> int:
         """Add embeddings (N, dim) under `label` (to any it already has); returns how many the label now has."""
-        if not isinstance(label, str) or not label.strip() or label == UNKNOWN:
-            raise InputError(f"label must be a non-empty name other than {UNKNOWN!r}, got {label!r}")
+        check_label(label, dict.fromkeys(self._labels))
         vectors = np.asarray(embeddings)
         if vectors.ndim == 1:
             vectors = vectors[None]
@@ -144,12 +144,7 @@ class Gallery:
 
     def enroll_folders(self, predictor: Predictor, root: str | os.PathLike[str]) -> dict[str, int]:
         """Enrol each sub-folder of `root` as a label of its name, from the images in it; returns {label: count}."""
-        from .preprocess import expand_image_paths
-
-        folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not folders:
-            raise InputError(f"{root}: no sub-folders to enrol (one per label)")
-        return {folder.name: self.enroll_images(predictor, folder.name, expand_image_paths([str(folder)])) for folder in folders}
+        return {label: self.enroll_images(predictor, label, paths) for label, paths in label_folders(root).items()}
 
     def remove(self, label: str) -> int:
         """Remove every embedding of `label`; returns how many were removed (an unknown label is an InputError)."""
@@ -203,8 +198,17 @@ class Gallery:
         return [Identification(names[b] if s >= t else None, float(s), names[b], t) for b, s in zip(best, scores)]
 
     # ------------------------------------------------------------------ files
+    @classmethod
+    def editing(cls, path: str | os.PathLike[str], predictor: Predictor) -> contextlib.AbstractContextManager[Gallery]:
+        """`with Gallery.editing(path, predictor) as g: g.enroll(...)`: the gallery at `path` (a new one when absent)
+        read under an exclusive cross-process lock and saved atomically when the block ends, so processes enrolling
+        into one file at once each keep their labels. Embed images before the block: the lock is held throughout."""
+        return edit_locked(path, lambda real: cls.load(real, predictor), lambda: cls.for_bundle(predictor), lambda g, real: g.save(real))
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically (temp file beside it, fsync, rename): the path holds the old gallery or the new one."""
+        """Write atomically (temp file beside it, fsync, rename): the path holds the old gallery or the new one. A
+        symlinked path changes the file it points to. Another process's changes since this gallery was read are
+        replaced: use `editing` when several may enrol at once."""
         path = Path(path)
         with self._lock:
             vectors, labels = self._vectors.copy(), list(self._labels)
@@ -219,7 +223,7 @@ class Gallery:
             "labels": labels,
             "sha256": _digest(vectors, labels),
         }
-        return write_npz_atomically(path, {"embeddings": vectors, "meta": np.asarray(json.dumps(meta))})
+        return write_npz_atomically(path, {"embeddings": vectors, "meta": np.asarray(json.dumps(meta))}, "gallery")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], predictor: Predictor | None = None) -> Gallery:
@@ -238,6 +242,17 @@ class Gallery:
         if predictor is not None:
             gallery.check(predictor)
         return gallery
+
+
+def label_folders(root: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Each visible sub-folder of `root` as a label of its name, with its images (labels checked together)."""
+    from .preprocess import expand_image_paths
+
+    folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise InputError(f"{root}: no sub-folders to enrol (one per label)")
+    check_labels([f.name for f in folders], where="label folder")
+    return {folder.name: expand_image_paths([str(folder)]) for folder in folders}
 
 
 def _digest(vectors: np.ndarray, labels: Sequence[str]) -> str:

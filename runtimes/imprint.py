@@ -18,8 +18,10 @@ fingerprint: source, preprocessing, head and replay) and is saved atomically wit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -29,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import BundleError, GalleryError, GalleryMismatch, InputError
-from .fsutil import read_npz_document, sha256_file, write_npz_atomically
+from .fsutil import edit_locked, read_npz_document, sha256_file, write_npz_atomically
+from .labels import check_label
 
 if TYPE_CHECKING:
     from .predictor import Classification, Predictor
@@ -181,10 +184,9 @@ class AddedClasses:
         """Add `label` from the features (N, dim) of its images (more images for an added label fit its row again)."""
         if method not in METHODS:
             raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        if not isinstance(label, str) or not label.strip():
-            raise InputError(f"label must be a non-empty name, got {label!r}")
         if label in self.base_labels:
             raise InputError(f"{label!r} is one of the bundle's own classes, which are never changed here; add it under another name")
+        check_label(label, self.base_labels + self._names)
         x = np.asarray(features, np.float64)
         dim = self.replay.weight.shape[1]
         if x.ndim != 2 or x.shape[1] != dim or len(x) == 0 or not np.isfinite(x).all():
@@ -257,8 +259,15 @@ class AddedClasses:
         return [[Classification(labels[i], int(i), float(row[i])) for i in _top_k(row, min(top_k, len(labels)))] for row in probs]
 
     # ------------------------------------------------------------------ files
+    @classmethod
+    def editing(cls, path: str | os.PathLike[str], predictor: Predictor) -> contextlib.AbstractContextManager[AddedClasses]:
+        """`with AddedClasses.editing(path, predictor) as a: a.add(...)`: the file at `path` (new when absent) read
+        under an exclusive cross-process lock and saved atomically when the block ends (see `Gallery.editing`)."""
+        return edit_locked(path, lambda real: cls.load(real, predictor), lambda: cls.for_bundle(predictor), lambda a, real: a.save(real))
+
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temp file, fsync, rename) with a sha256 of the contents."""
+        """Write atomically (temp file, fsync, rename) with a sha256 of the contents; use `editing` when several
+        processes may change one file."""
         with self._lock:
             rows, bias, names = self._rows.copy(), self._bias.copy(), list(self._names)
             shots = [self._shots[n] for n in names]
@@ -275,7 +284,9 @@ class AddedClasses:
             "methods": methods,
             "sha256": _digest(rows, bias, feats, names),
         }
-        return write_npz_atomically(path, {"rows": rows, "bias": bias, "features": feats, "owner": owner, "meta": np.asarray(json.dumps(meta))})
+        return write_npz_atomically(
+            path, {"rows": rows, "bias": bias, "features": feats, "owner": owner, "meta": np.asarray(json.dumps(meta))}, "file of added classes"
+        )
 
     @classmethod
     def load(cls, path: str | Path, predictor: Predictor) -> AddedClasses:

@@ -11,7 +11,7 @@ import pytest
 
 import runtimes
 from runtimes.bundle import BundleWriter
-from runtimes.errors import BundleError, IntegrityError
+from runtimes.errors import BundleError, IntegrityError, OutputError
 
 
 def _manifest(path: Path) -> dict:
@@ -109,7 +109,7 @@ def test_writer_leaves_nothing_when_interrupted(tmp_path: Path):
 
 
 def test_writer_refuses_existing_output_without_overwrite(digits_bundle: Path):
-    with pytest.raises(BundleError, match="already exists.*overwrite"):
+    with pytest.raises(OutputError, match="already exists.*overwrite"):
         BundleWriter(digits_bundle)
 
 

@@ -14,7 +14,7 @@ import edge_transfer as et
 import runtimes
 from edge_transfer.data import load_digits_dataset
 from edge_transfer.sources import load_run
-from runtimes.errors import CheckpointError, ValidationFailed
+from runtimes.errors import OutputError, ValidationFailed
 
 from conftest import run_cli
 
@@ -64,7 +64,7 @@ def test_finetune_and_partial_train_the_right_parameters(strategy: str, tmp_path
 
 
 def test_run_directory_is_not_overwritten_silently(digits_run):
-    with pytest.raises(CheckpointError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         et.train("digits", out=digits_run.path, progress=False)
 
 

@@ -1,0 +1,70 @@
+"""What a training run directory and its checkpoint hold, and how to recognise one of ours without torch
+(`runtimes.outputs` asks before `--overwrite` replaces anything)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from runtimes.outputs import OutputKind
+
+RUN_FORMAT = "edge-transfer-run"
+RUN_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CHECKPOINT_FORMAT = "edge-transfer-checkpoint"
+STATE_NAME = "state.json"
+QAT_DIR = "qat"  # a quantisation-aware run's default place, inside its parent (and its checkpoint beside it)
+RUN_ENTRIES = {CONFIG_NAME, WEIGHTS_NAME, QAT_DIR, QAT_DIR + ".checkpoint"}
+CHECKPOINT_ENTRIES = {STATE_NAME, "model.safetensors", "best.safetensors", "optimizer.safetensors", "rng.safetensors"}
+MAX_HEADER = 100 << 20
+
+
+def _json_format(path: Path) -> str | None:
+    """The `format` field of a small JSON file, or None when it is not one."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_HEADER:
+            return None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc.get("format") if isinstance(doc, dict) else None
+
+
+def safetensors_header_ok(path: Path) -> bool:
+    """True when `path` starts like a safetensors file: an 8-byte length, then that much JSON (an object)."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(MAX_HEADER, path.stat().st_size - 8):
+                return False
+            return isinstance(json.loads(f.read(n)), dict)
+    except (OSError, ValueError, struct.error):
+        return False
+
+
+def _foreign(path: Path, allowed: set[str]) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name not in allowed)
+
+
+def _run_problem(path: Path) -> str | None:
+    if _json_format(path / CONFIG_NAME) != RUN_FORMAT:
+        return f"no edge-transfer {CONFIG_NAME}"
+    if not safetensors_header_ok(path / WEIGHTS_NAME):
+        return f"no readable {WEIGHTS_NAME}"
+    foreign = _foreign(path, RUN_ENTRIES)
+    return f"files a run does not have ({', '.join(foreign[:4])}{' ...' if len(foreign) > 4 else ''})" if foreign else None
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    if _json_format(path / STATE_NAME) != CHECKPOINT_FORMAT:
+        return f"no edge-transfer {STATE_NAME}"
+    foreign = _foreign(path, CHECKPOINT_ENTRIES)
+    return f"files a checkpoint does not have ({', '.join(foreign[:4])}{' ...' if len(foreign) > 4 else ''})" if foreign else None
+
+
+RUN = OutputKind("training run", _run_problem)
+CHECKPOINT = OutputKind("training checkpoint", _checkpoint_problem)
