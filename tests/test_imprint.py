@@ -196,3 +196,47 @@ def test_predictions_read_a_consistent_set_of_classes_while_another_thread_adds(
     for t in threads:
         t.join()
     assert not errors and len(added.added()) == 20 and added.labels[-1] == "new19"
+
+
+CONCURRENT_ADDS = """
+import sys
+import numpy as np
+import runtimes
+from runtimes.imprint import AddedClasses
+
+bundle, path, worker, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with runtimes.load(bundle) as p:
+    replay = AddedClasses.for_bundle(p).replay
+    rng = np.random.default_rng(int(worker))
+    for i in range(count):
+        shots = replay.features[rng.choice(len(replay.features), 3)] + rng.normal(scale=0.5, size=(3, replay.features.shape[1]))
+        with AddedClasses.editing(path, p) as added:
+            added.add(f"w{worker}-{i}", shots)
+"""
+
+
+def test_processes_adding_classes_to_one_file_at_once_keep_every_class(extensible_bundles, cup_crops, tmp_path):
+    """2 processes x 4 adds into one file (AddedClasses.editing: a filelock around read, fit, save): all 8 kept (before
+    the lock, 8 of 16 survived); the labels checked wherever a label enters."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bundle, path = str(extensible_bundles["onnx"]), tmp_path / "shared.npz"
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_ADDS, bundle, str(path), str(w), "4"], cwd=ROOT) for w in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    with runtimes.load(bundle) as p:
+        added = AddedClasses.load(path, p)
+        assert sorted(added.added()) == sorted(f"w{w}-{i}" for w in range(2) for i in range(4))
+        for label, why in (
+            ("３", "only by spaces or character width"),
+            ("3 ", "differs from the label .3. only by spaces"),
+            ("a\x1b[31m", "control characters"),
+        ):
+            with pytest.raises(InputError, match=why):
+                added.add(label, added.replay.features[:2])
+    shots = str(cup_crops / "shots")
+    for label in ("w0-0 ", "Unknown", "two\nlines"):
+        r = run_cli("imprint", bundle, "--classes", str(path), "--label", label, shots)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
