@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.gallery import calibrate_threshold
+from runtimes.gallery import calibrate_threshold, threshold_problem
 from runtimes.predictor import Predictor, unit_rows
 from runtimes.selftest import EMBEDDING_NEIGHBOURS, nearest_others, neighbour_agreement
 
@@ -103,4 +103,7 @@ def with_unknown_threshold(embedding: dict[str, Any], reference: np.ndarray, tar
         f"never-enrolled images rejected, known-class accuracy {100 * calibration['known_accuracy']:.1f}% (without it "
         f"{100 * calibration['known_accuracy_without_threshold']:.1f}%), {calibration['shots']} images enrolled per class"
     )
-    return {**embedding, "unknown_threshold": calibration["unknown_threshold"], "threshold_calibration": calibration}
+    section = {**embedding, "unknown_threshold": calibration["unknown_threshold"], "threshold_calibration": calibration}
+    if (problem := threshold_problem(section)) is not None:
+        logger.warning(f"embedding: {problem} (stored in the manifest; `check` reports it)")
+    return section

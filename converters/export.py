@@ -31,7 +31,7 @@ from runtimes.cpu import TARGET_CPUS
 from runtimes.errors import EdgeTransferError, InputError, ValidationFailed
 from runtimes.manifest import CLASSIFIER_SCHEMA_VERSION, EMBEDDING_SCHEMA_VERSION, EXTENSIBLE_SCHEMA_VERSION, Manifest, TensorSpec, utc_now
 from runtimes.preprocess import PreprocessConfig
-from runtimes.selftest import choose_golden, write_self_test
+from runtimes.selftest import write_self_test
 
 from .calibration import CalibrationData
 from .embedding_gate import compare_embeddings, with_unknown_threshold
@@ -39,15 +39,16 @@ from .existing import check_export_targets, existing_bundles
 from .export_result import ExportResult, raise_for_failures
 from .extension import FEATURES_OUTPUT_NAME, Extension, FeaturesOf, LogitsAndFeatures, features_gate, format_features
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
+from .golden import draw_golden
 from .int8_share import bundle_int8_share
-from .ladder import ladder, rung_record
+from .ladder import ladder, rung_record, why_not_climb
 from .onnx_export import DEFAULT_OPSET, EMBEDDING_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
 from .qat_formats import QatSource, fold_pads_into_convs, store_int8_weights
 from .speedup import speed_vs_fp32, warn_when_int8_is_not_faster
 from .torch_reference import reference_logits
 from .validate import (
-    UNLABELLED_INT8_GATE,
+    UNLABELLED_GATES,
     ReferenceData,
     add_check,
     calibration_overlap,
@@ -198,6 +199,9 @@ def export_bundles(
             qat.fp32_logits = reference_logits(qat.fp32_model, reference.images)
             export_onnx(qat.fp32_model, work / "fp32.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size)
             qat.fp32_onnx = work / "fp32.onnx"
+        golden = draw_golden(
+            reference, preprocessing, self_test_size, model, list(labels) if embedding is None else None, FeaturesOf(model) if extension else None
+        )
         ref_seconds = time.perf_counter() - t
         if embedding is not None and embedding.get("unknown_threshold") is None and reference.targets is not None:
             embedding = with_unknown_threshold(embedding, ref, reference.targets)
@@ -212,7 +216,7 @@ def export_bundles(
             tuning_logits,
             opts.max_drop / 100.0,
             opts.tensorrt,
-            self_test_size,
+            golden,
             calibration_overlap=overlap,
             qat=qat,
             extension=extension,
@@ -255,6 +259,9 @@ def export_bundles(
                         earlier=earlier,
                     )
                     if result.passed or last:
+                        break
+                    if (why := why_not_climb(result)) is not None and not opts.allow_failed_validation:
+                        logger.warning(f"{spec.name}: {why}")  # (with --allow-failed-validation the last rung writes the bundle)
                         break
                     earlier.append(rung_record(rung, result))
                     logger.info(f"{spec.name}: {rung} int8 failed its gate; trying the next rung, {rungs[i + 1][0]}")
@@ -322,9 +329,9 @@ def _export_one(
         )
         writer.stage(manifest)
         t = time.perf_counter()
-        golden = choose_golden(len(reference.images), job.self_test_size) if job.self_test_size else None
+        golden = job.golden
         with _validation_predictor(spec, writer.dir) as predictor:
-            gate = UNLABELLED_INT8_GATE if spec.precision == "int8" else None
+            gate = UNLABELLED_GATES[spec.precision]  # applied only where the reference has no labels
             gate_ref = ref if job.qat is None else job.qat.gate_reference(ref)
             if predictor.is_embedding:
                 validation = compare_embeddings(predictor, ref, reference, spec.precision, max_drop=job.max_drop)
@@ -334,10 +341,11 @@ def _export_one(
                 features_gate(predictor, job.extension, reference.images, spec.precision, validation)
             if job.qat is not None:
                 validation["quantisation_aware"] = job.qat.fidelity(predictor, ref, reference)
-            golden_logits = predictor.run_chunked(reference.images[golden]) if golden is not None else None
-            golden_features = None
-            if golden is not None and job.extension is not None:
-                golden_features = (job.extension.reference_features[golden], predictor.logits_and_features(reference.images[golden])[1])
+            golden_logits = golden_features = None
+            if golden is not None:  # through the artifact's own prepare, as `check` on the device will
+                golden_logits = predictor.run_chunked(predictor.prepare(golden.originals))
+                if job.extension is not None:
+                    golden_features = (golden.features, predictor.logits_and_features(golden.originals)[1])
             speed = speed_vs_fp32(job, spec, predictor, reference.images[:1])
         validation.update(speed)
         if spec.calibrated:
@@ -353,13 +361,15 @@ def _export_one(
         if golden is not None and golden_logits is not None:
             self_test = write_self_test(
                 writer.dir,
-                reference.images[golden],
-                ref[golden],
+                golden.images,
+                golden.reference,
                 golden_logits,
                 spec.precision,
                 validation.get("inference_precision"),
                 embedding=manifest.embedding is not None,
                 features=golden_features,
+                originals=golden.originals,
+                labels=golden.labels,
             )
             manifest = dataclasses.replace(manifest, self_test=self_test)
         if spec.backend == "tensorrt":

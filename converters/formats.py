@@ -39,12 +39,12 @@ class ExportJob:
     tuning_logits: np.ndarray | None
     max_drop: float  # a fraction (0.01 = 1 accuracy point)
     tensorrt: TensorRTOptions
-    self_test_size: int
+    golden: Any  # the self-test's `converters.golden.GoldenSet`, or None for no self-test
     calibration_overlap: int = 0  # validation images that are also calibration images (recorded with the gate)
     qat: QatSource | None = None  # a quantisation-aware run: base_onnx is its QDQ graph (converters/qat_formats.py)
     extension: Any = None  # an extensible classifier's `converters.extension.Extension` (replay written into each bundle)
     _cache: dict[str, Path] = field(default_factory=dict)  # shared by the copies each rung of the ladder makes
-    _fp32_ms: dict[str, float | None] = field(default_factory=dict)  # per backend, measured once (latency.py)
+    _fp32_calls: dict[str, Any] = field(default_factory=dict)  # per backend, made once (latency.py)
 
     @property
     def feed_batch(self) -> int:
@@ -59,16 +59,14 @@ class ExportJob:
             self._cache["preprocessed"] = self.work / "preprocessed.onnx"
         return self._cache["preprocessed"]
 
-    def fp32_ms(self, backend: str, batch: np.ndarray) -> float | None:
-        """Milliseconds of one call of `backend` running the plain fp32 graph on `batch`, measured once per export
-        (None where this host cannot run the backend)."""
-        if backend not in self._fp32_ms:
-            from .latency import batch1_ms, fp32_call
+    def fp32_call(self, backend: str) -> Callable[[np.ndarray], Any] | None:
+        """The plain fp32 graph's call on `backend`, made once per export (None where this host cannot run it)."""
+        if backend not in self._fp32_calls:
+            from .latency import fp32_call
 
             fp32_graph = self.base_onnx if self.qat is None else self.qat.fp32_onnx
-            call = fp32_call(backend, fp32_graph, INPUT_NAME) if fp32_graph is not None else None
-            self._fp32_ms[backend] = batch1_ms(call, batch) if call is not None else None
-        return self._fp32_ms[backend]
+            self._fp32_calls[backend] = fp32_call(backend, fp32_graph, INPUT_NAME) if fp32_graph is not None else None
+        return self._fp32_calls[backend]
 
     def reduce_range(self) -> dict[str, Any]:
         """The int8 weight range for the target CPU (not this host's), with the reason; recorded in the manifest."""

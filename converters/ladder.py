@@ -54,3 +54,22 @@ def rung_record(rung: str | None, result: ExportResult) -> dict[str, Any]:
     v = result.validation or {}
     keys = ("accuracy_drop", "top1_agreement", "int8_macs_share", "checks", "passed")
     return {"rung": rung, **{k: v.get(k) for k in keys}, "seconds": result.seconds.get("convert")}
+
+
+# what the accuracy-aware rung tunes: accuracy with labels, top-1 agreement with fp32 where fp32 is confident without
+TUNED_CHECKS = ("accuracy_drop", "confident_agreement")
+
+
+def why_not_climb(result: ExportResult) -> str | None:
+    """None when the next (accuracy-aware) rung can help this failed bundle, else why it cannot: the gate failed only
+    on checks that rung does not tune (top-5 containment, logit cosine, the int8 share), so it would measure the
+    same numbers again."""
+    checks = (result.validation or {}).get("checks") or {}
+    failed = [name for name, ok in checks.items() if not ok]
+    if not failed or any(name in TUNED_CHECKS for name in failed):
+        return None
+    return (
+        f"the accuracy-aware rung tunes {' or '.join(TUNED_CHECKS)}, and the gate failed on {', '.join(failed)}, which it does "
+        "not tune: not tried (it would measure the same); calibrate on more images like the held-out ones, or keep more "
+        "layers in float (--float-first-layers)"
+    )

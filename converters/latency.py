@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 ITERATIONS, WARMUP = 30, 5
+PAIRS = 40  # interleaved pairs of calls for a ratio: a machine's drift hits both calls of a pair alike
 
 
 def batch1_ms(call: Callable[[np.ndarray], Any], batch: np.ndarray, *, iterations: int = ITERATIONS, warmup: int = WARMUP) -> float:
@@ -31,6 +32,27 @@ def batch1_ms(call: Callable[[np.ndarray], Any], batch: np.ndarray, *, iteration
         call(batch)
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
+
+
+def paired_ratio(base: Callable[[np.ndarray], Any], call: Callable[[np.ndarray], Any], batch: np.ndarray, *, pairs: int = PAIRS) -> dict[str, float]:
+    """`base`'s time over `call`'s, from interleaved pairs of calls (which goes first alternates): the median ratio and
+    its quartiles (the spread a noisy machine gives), with each call's median milliseconds."""
+    for _ in range(WARMUP):
+        base(batch)
+        call(batch)
+    ratios, base_ms, call_ms = [], [], []
+    for i in range(pairs):
+        timed = []
+        for fn in (base, call) if i % 2 == 0 else (call, base):
+            t0 = time.perf_counter()
+            fn(batch)
+            timed.append(time.perf_counter() - t0)
+        b, c = timed if i % 2 == 0 else timed[::-1]
+        ratios.append(b / c)
+        base_ms.append(1000 * b)
+        call_ms.append(1000 * c)
+    q25, q50, q75 = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
+    return {"ratio": q50, "ratio_q25": q25, "ratio_q75": q75, "base_ms": statistics.median(base_ms), "ms": statistics.median(call_ms)}
 
 
 def fp32_call(backend: str, onnx_path: str | os.PathLike[str], input_name: str) -> Callable[[np.ndarray], Any] | None:

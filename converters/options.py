@@ -10,7 +10,7 @@ from typing import Any
 
 from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS
 from runtimes.errors import InputError
-from runtimes.options import replace_options
+from runtimes.options import check_bounds, replace_options
 from runtimes.selftest import DEFAULT_SELF_TEST_SIZE
 from runtimes.tensorrt_engine import BuildSettings, derive_profile
 
@@ -174,16 +174,9 @@ class ExportOptions:
         options = replace_options(self, overrides, what="export")
         if quantization:
             options = dataclasses.replace(options, quantization=dataclasses.replace(options.quantization, **quantization))
+        check_bounds({**vars(options), **vars(options.quantization), **{f"trt_{k}": v for k, v in vars(options.tensorrt).items()}})
         if options.output not in OUTPUTS:
             raise InputError(f"output (--output) must be one of {', '.join(OUTPUTS)}, got {options.output!r}")
-        if not 0 <= options.max_drop <= 100:
-            raise InputError(f"max_drop (--max-drop) is in accuracy points (0-100), got {options.max_drop}")
-        if options.quantization.float_first_layers is not None and options.quantization.float_first_layers < 0:
-            raise InputError(f"float_first_layers (--float-first-layers) must be >= 0, got {options.quantization.float_first_layers}")
-        if not 0.0 <= options.quantization.min_int8_share <= 1.0:
-            raise InputError(f"min_int8_share (--min-int8-share) is a fraction of the multiply-adds (0-1), got {options.quantization.min_int8_share}")
-        if options.calibration_size < 1:
-            raise InputError(f"calibration_size (--calibration-size) must be >= 1, got {options.calibration_size}")
         if options.overwrite and options.skip_existing:
             raise InputError("overwrite (--overwrite) replaces existing bundles and skip_existing (--skip-existing) keeps them: choose one")
         return options

@@ -20,6 +20,7 @@ import numpy as np
 from converters.options import ExportOptions
 from runtimes.errors import CheckpointError, DatasetError, InputError, OutputError
 from runtimes.outputs import Protected, check_clear_of, check_output_dir, contents_problem
+from runtimes.seen import seen_section
 
 from .config import DEFAULT_BACKBONE, QatConfig, TrainConfig
 from .distributed import main_process_only
@@ -132,6 +133,11 @@ def check_run_output(out: str | os.PathLike[str], ckpt: Path, *, overwrite: bool
         raise OutputError(
             f"{ckpt} (where the run's checkpoint goes) {problem}: not a checkpoint edge-transfer wrote; move it or choose another --out"
         )
+
+
+def _fitted_items(d: ExportData) -> list[Any]:
+    """The items (paths, where they are files) of the train and val splits: what the model was fitted or tuned on."""
+    return [d.dataset.items[int(i)] for i in np.concatenate([d.splits.train, d.splits.val])]
 
 
 def embedder(backbone: Backbone, layers: list[str]) -> tuple[Any, dict[str, Any]]:
@@ -256,6 +262,8 @@ def export(
             assert own is not None  # run_data raised otherwise
             reference = reference_data(own, own.splits.test, "test", cfg, None)
         source = dict(config.get("source", {}), run=str(run), training_metrics=config.get("metrics", {}))
+        if own is not None and (seen := seen_section(_fitted_items(own))) is not None:
+            source["seen_images"] = seen  # so `val` on the training folder says so (runtimes.seen)
         labels = None
     else:
         if opts.strategy != "pretrained":

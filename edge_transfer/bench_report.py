@@ -83,7 +83,7 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
                 "bundle": r.bundle,
                 "format": r.export_format or f"{r.backend}-{r.precision}",
                 "precision": r.precision,
-                "runs_at": r.execution.get("inference_precision"),  # what the backend computes in (read back)
+                "runs_at": r.execution.get("computes", r.execution.get("inference_precision")),  # what computes in int8 and what in float
                 "backend": r.backend,
                 "device": r.device + (f" ({','.join(r.execution['execution_devices'])})" if r.execution.get("execution_devices") else ""),
                 "size_mb": round(r.size_bytes / 1e6, 2),

@@ -13,6 +13,7 @@ A checkpoint is a directory written atomically after every epoch (temp sibling, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from runtimes.errors import CheckpointError
-from runtimes.fsutil import staged_directory
+from runtimes.errors import CheckpointError, TrainingError
+from runtimes.fsutil import sha256_file, staged_directory
 
 from .run_files import CHECKPOINT_FORMAT, STATE_NAME
 
@@ -127,6 +128,7 @@ class TrainingCheckpoint:
                 "scaler": self.scaler,
                 "rng": [d for _, d in self.rng],
             }
+            doc["sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.suffix == ".safetensors"}
             (tmp / STATE_NAME).write_text(json.dumps(doc, indent=1) + "\n")
         return target
 
@@ -144,19 +146,38 @@ class TrainingCheckpoint:
             raise CheckpointError(f"{state_file}: not an edge-transfer checkpoint (field 'format' should be {CHECKPOINT_FORMAT!r})")
         if doc.get("version", 0) > CHECKPOINT_VERSION:
             raise CheckpointError(f"{state_file}: checkpoint version {doc.get('version')} is newer than this edge-transfer supports")
+        for name, digest in (doc.get("sha256") or {}).items():  # checkpoints written before checksums have none
+            if not (path / name).is_file() or sha256_file(path / name) != digest:
+                raise CheckpointError(
+                    f"{path / name}: missing or damaged (its sha256 differs from the checkpoint's); rerun with --overwrite to start over"
+                )
         rng_tensors = read_safetensors(path / "rng.safetensors")
         rng = []
         for rank, rest in enumerate(doc["rng"]):
             prefix = f"{rank}."
             rng.append(({k[len(prefix) :]: v for k, v in rng_tensors.items() if k.startswith(prefix)}, rest))
         best = read_safetensors(path / "best.safetensors") if (path / "best.safetensors").is_file() else None
+        model = read_safetensors(path / "model.safetensors")
+        from .model import check_finite
+
+        try:
+            check_finite(model, f"{path / 'model.safetensors'}")
+            if best is not None:
+                check_finite(best, f"{path / 'best.safetensors'}")
+        except TrainingError as exc:
+            raise CheckpointError(
+                f"{exc.args[0].removesuffix('; nothing was saved')}: the checkpoint cannot be resumed; rerun with --overwrite"
+            ) from None
+        progress = doc["progress"]
+        if not math.isfinite(float(progress.get("best_accuracy", 0.0))):
+            raise CheckpointError(f"{state_file}: best accuracy {progress.get('best_accuracy')} is not a number; rerun with --overwrite")
         return cls(
             epoch=int(doc["epoch"]),
             fingerprint=doc["fingerprint"],
-            model=read_safetensors(path / "model.safetensors"),
+            model=model,
             optimizer=join_optimizer_state(read_safetensors(path / "optimizer.safetensors"), doc["optimizer"]),
             scheduler=doc["scheduler"],
-            progress=doc["progress"],
+            progress=progress,
             rng=rng,
             best=best,
             scaler=doc.get("scaler"),

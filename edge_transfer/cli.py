@@ -17,6 +17,7 @@ from converters.options import (
     TensorRTOptions,
 )
 from runtimes.errors import EdgeTransferError
+from runtimes.options import check_bounds
 from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
 
 from .cli_bench import add_bench_parser
@@ -186,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--min-agreement",
         type=float,
-        help="minimum top-1 agreement with torch on every image (default 0.995 fp32, 0.99 fp16; int8 is judged on "
-        "the accuracy drop, or without labels on agreement where torch is confident, top-5 and logit cosine)",
+        help="minimum top-1 agreement with torch on every image (default with labels: 0.995 fp32, 0.99 fp16; int8 is judged on "
+        "the accuracy drop; without labels the model knows, every precision is judged on agreement where torch is "
+        "confident, top-5 and logit cosine)",
     )
     q = e.add_argument_group("int8 quantisation")
     q.add_argument(
@@ -377,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """dest -> the long flag that sets it, for `command`'s sub-parser (so errors name `--lr`, not `lr`)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: max(a.option_strings, key=len) for a in sub.choices[command]._actions if a.option_strings}
+
+
 POSITIONAL_IMAGES = ("predict", "enroll", "identify", "imprint")  # commands whose image files may come before and after options
 
 
@@ -387,6 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.images += extra  # files after the options (`enroll B --gallery G --label L a.jpg`): argparse took none
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:  # every numeric flag in range before any work (runtimes.options.BOUNDS, which the API checks too)
+        check_bounds(vars(args), names=flag_names(parser, args.command))
+    except EdgeTransferError as exc:
+        err(f"error: {exc}")
+        return 2
     for stream in (sys.stdout, sys.stderr):  # labels and file names from a bundle may hold unprintable characters
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -404,6 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         err(hint)
         return 2
+    except BrokenPipeError:  # `edge-transfer enroll ... --list | head`: the reader has gone; stop quietly, as cat does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush must not fail too
+        return 141  # 128 + SIGPIPE, what a shell reports for a process ended by a closed pipe
     except KeyboardInterrupt:
         resumable = args.command == "qat" or (args.command == "train" and args.strategy in ("finetune", "partial"))
         err(

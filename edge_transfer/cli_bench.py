@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtimes.bench import MODES, BenchOptions
-from runtimes.errors import EdgeTransferError, InputError
+from runtimes.errors import InputError
+from runtimes.options import MAX_BATCH
 
 from .cli_output import PRECISION_CHOICES, PRECISION_HELP, err, precision_option, print_json, progress_bar, require_matplotlib
 
@@ -42,7 +43,7 @@ def add_bench_parser(sub: Any) -> None:
     how_long.add_argument("--duration", type=float, help="measure for this many seconds instead of a fixed count")
     b.add_argument("--warmup", type=int, help="warm-up calls (default: until two blocks of 10 agree within 5%%)")
     b.add_argument("--device", help="onnxruntime: cpu, cuda, tensorrt; openvino: CPU, GPU, NPU, AUTO (default cpu)")
-    b.add_argument("--threads", type=int, default=0, help="inference threads (default: the backend's own choice)")
+    b.add_argument("--threads", type=int, help="inference threads, 1 or more (default: the backend's own choice)")
     b.add_argument("--hint", choices=["latency", "throughput"], help="OpenVINO performance hint (default latency)")
     b.add_argument("--streams", type=int, help="OpenVINO inference streams (default: from the hint)")
     b.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
@@ -72,8 +73,8 @@ def _int_list(spec: str, what: str) -> list[int]:
         values = [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or any(v < 1 for v in values):
-        raise EdgeTransferError(f"{what} must be positive integers separated by commas, got {spec!r}")
+    if not values or any(not 1 <= v <= MAX_BATCH for v in values):
+        raise InputError(f"{what} must be whole numbers from 1 to {MAX_BATCH} separated by commas, got {spec!r}")
     return values
 
 
@@ -87,7 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:  # before any measurement, not after it
         require_matplotlib("measured")
     options: dict[str, Any] = {}
-    if args.threads:
+    if args.threads is not None:
         options["threads"] = args.threads
     if args.hint:
         options["hint"] = args.hint

@@ -21,6 +21,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         result = predictor.self_test(raise_on_failure=False)  # the load-time warnings are reported below, once
         info = predictor.describe()
         warnings = list(predictor.warnings)
+    from runtimes.gallery import threshold_problem
+
+    notices = [p for p in (threshold_problem(predictor.manifest.embedding),) if p]  # flagged, not failed: the model is right
     cpu = cpu_features()
     failures = [] if result.passed else [result.summary()]
     failures += warnings
@@ -34,19 +37,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         "self_test": result.to_dict(),
         "validation_passed": info.get("validation_passed"),  # the export gate, as the manifest records it
         "warnings": warnings,
+        "notices": notices,
         "passed": not failures,
     }
     if args.json:
         print_json(report)
     else:
         print(f"bundle     {args.bundle} ({info['format']}, {info['precision']})")
-        print(f"runtime    {info['backend']} on {info['device']}, computing in {info.get('inference_precision') or 'unknown precision'}")
+        print(f"runtime    {info['backend']} on {info['device']}, computing in {info['computes']}")
         print(f"cpu        {cpu.summary()}")
         if info.get("validation_passed") is False:
             print("gate       FAILED at export: written only because --allow-failed-validation was given; do not ship it")
         print(result.summary())
         for w in warnings:
             print(f"warning    {w}")
+        for n in notices:
+            print(f"notice     {n}")
         print("PASS" if not failures else "FAIL")
     if failures:
         err(f"error: {args.bundle}: " + "; ".join(failures))

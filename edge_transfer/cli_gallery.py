@@ -10,7 +10,7 @@ from typing import Any
 from runtimes.errors import InputError
 from runtimes.labels import shown
 
-from .cli_output import print_json
+from .cli_output import err, print_json
 
 IDENTIFY_CHUNK = 16
 
@@ -118,11 +118,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
+    from runtimes.gallery import threshold_problem
     from runtimes.preprocess import expand_image_paths
 
     predictor, gallery = _open(args)
     images = expand_image_paths(args.images, recursive=args.recursive)
     records = []
+    in_use = (args.threshold, "--threshold") if args.threshold is not None else (gallery.default_threshold, gallery.threshold_source)
+    err(f"identify: unknown below cosine {in_use[0]:.4f} ({in_use[1]})")
+    if args.threshold is None and (problem := threshold_problem(predictor.manifest.embedding)) is not None:
+        err(f"warning: {problem}")
     with predictor:
         for start in range(0, len(images), IDENTIFY_CHUNK):
             chunk = images[start : start + IDENTIFY_CHUNK]

@@ -9,7 +9,7 @@ from typing import Any
 
 from runtimes.errors import InputError
 
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, pct, precision_option, print_json, progress_bar, require_matplotlib
+from .cli_output import PRECISION_CHOICES, PRECISION_HELP, err, pct, precision_option, print_json, progress_bar, require_matplotlib
 
 MAX_TEXT_CLASSES = 30  # a wider confusion matrix is left to --json / --plot
 
@@ -51,9 +51,23 @@ def cmd_val(args: argparse.Namespace) -> int:
         plot_confusion(result, args.plot)
     if args.json:
         print_json(result.to_dict())
+        if seen_warning(result) is not None:
+            err(f"warning: {seen_warning(result)}")
         return 0
     print(format_report(result))
     return 0
+
+
+def seen_warning(result: Any) -> str | None:
+    """Said when some of the images were the model's own training images: accuracy on those is not held-out accuracy."""
+    seen = result.seen_in_training
+    if not seen or not seen["seen"]:
+        return None
+    at_least = "at least " if seen["sampled"] else ""
+    return (
+        f"{at_least}{seen['seen']} of these {seen['of']} images were in the data the model was trained or tuned on (train/val "
+        "split): accuracy on them is not held-out accuracy; evaluate on images the model never saw"
+    )
 
 
 def format_report(result: Any) -> str:
@@ -62,6 +76,8 @@ def format_report(result: Any) -> str:
     lines = [f"{result.bundle} on {result.data}: accuracy {pct(result.accuracy)} ({correct}/{result.count} images)"]
     if result.validation_passed is False:
         lines.append("warning: this bundle FAILED its validation gate at export (written with --allow-failed-validation)")
+    if seen_warning(result) is not None:
+        lines.append(f"warning: {seen_warning(result)}")
     width = max(len(label) for label in result.labels)
     lines += ["", f"{'class':<{width}}  support  precision  recall  f1"]
     for row in result.per_class:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtimes.errors import InputError
-from runtimes.options import replace_options
+from runtimes.options import check_bounds, replace_options
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_QAT_EPOCHS = 3
@@ -94,8 +94,7 @@ class TrainConfig:
         if c.weight_decay is not None and c.weight_decay < 0:
             raise InputError(f"weight_decay must be >= 0, got {c.weight_decay}")
         c.patience = spec.patience if c.patience is None else int(c.patience)
-        if c.strategy != "pretrained" and c.epochs < 1:
-            raise InputError(f"epochs must be >= 1, got {c.epochs}")
+        check_bounds({k: v for k, v in vars(c).items() if not (k in ("epochs", "lr") and c.strategy == "pretrained")})
         if c.batch_size < 1 or (c.feature_batch_size is not None and c.feature_batch_size < 1):
             raise InputError("batch sizes must be >= 1")
         if c.num_workers is not None and c.num_workers < 0:
@@ -135,6 +134,7 @@ class QatConfig:
     def checked(self) -> QatConfig:
         from runtimes.cpu import TARGET_CPUS
 
+        check_bounds(vars(self))
         if self.epochs < 1:
             raise InputError(f"qat epochs must be >= 1, got {self.epochs}")
         if not self.lr > 0:

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from converters.torch_reference import reference_logits
-from runtimes.errors import CheckpointError, InputError
+from runtimes.errors import CheckpointError, InputError, TrainingError
 
 from .data import ImageDataset, Splits
 from .distributed import check_divisible, ranks_with
@@ -186,6 +186,12 @@ def train_network(
             "val_accuracy": val_acc,
             "seconds": round(time.perf_counter() - t0, 2),
         }
+        not_finite = [k for k, v in row.items() if not math.isfinite(v)]
+        if not_finite:
+            raise TrainingError(
+                f"epoch {epoch + 1}: {', '.join(k.replace('_', ' ') for k in not_finite)} became NaN or infinite; training stopped and "
+                f"nothing was saved (try a lower --lr than {cfg.lr:g})"
+            )
         history.append(row)
         logger.info(
             f"epoch {epoch + 1:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "

@@ -15,7 +15,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from runtimes.errors import CheckpointError
+from runtimes.errors import CheckpointError, TrainingError
 from runtimes.fsutil import staged_directory
 from runtimes.outputs import check_output_dir
 from runtimes.preprocess import PreprocessConfig
@@ -100,12 +100,20 @@ def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, confi
     from safetensors.torch import save_file
 
     target = check_output_dir(run_dir, RUN, overwrite=overwrite)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in classifier.state_dict().items()}
+    check_finite(state, "the trained model")
     with staged_directory(target) as tmp:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in classifier.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": RUN_FORMAT})
         doc = {"format": RUN_FORMAT, "version": RUN_VERSION, **config}
         (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
     return target
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse weights holding NaN or infinity (`TrainingError` naming the first tensor): nothing is saved from them."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TrainingError(f"{what}: tensor {name!r} holds NaN or infinite values; nothing was saved")
 
 
 def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .options import replace_options
+from .options import check_bounds, replace_options
 
 MODES = ("model", "end-to-end")
 BLOCK = 10  # pairs of calls between progress updates and duration checks
@@ -71,7 +71,7 @@ class BenchResult:
     size_bytes: int
     batch: int
     mode: str
-    threads: int
+    threads: int | None  # None: the backend chose
     load_s: float
     first_ms: float
     warmup_iterations: int
@@ -156,6 +156,7 @@ class BenchOptions:
     def checked(self) -> BenchOptions:
         if self.mode not in MODES:
             raise InputError(f"bench mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_bounds(vars(self))
         if self.iterations < 1:
             raise InputError(f"iterations must be >= 1, got {self.iterations}")
         if self.duration is not None and self.duration <= 0:
@@ -172,7 +173,7 @@ def bench_predictor(
     options: BenchOptions | None = None,
     images: Sequence[np.ndarray] | None = None,
     load_s: float = 0.0,
-    threads: int = 0,
+    threads: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     **overrides: Any,
 ) -> BenchResult:
@@ -246,7 +247,7 @@ def bench_predictor(
     describe = predictor.describe()
     execution = {
         k: describe[k]
-        for k in ("providers", "execution_devices", "hint", "streams", "inference_precision", "onnxruntime", "openvino")
+        for k in ("providers", "execution_devices", "hint", "streams", "inference_precision", "computes", "onnxruntime", "openvino")
         if k in describe
     }
     return BenchResult(
@@ -351,7 +352,7 @@ def bench_bundle(
                     reason = f"fixed batch of {predictor.max_batch} (exported with --batch-size {predictor.max_batch})"
                     not_measured.append({"bundle": str(bundle_dir), "batch": b, "reason": reason})
                 continue
-            result = bench_predictor(predictor, batch=b, load_s=load_s, threads=int(backend_options.get("threads", 0)), **options)
+            result = bench_predictor(predictor, batch=b, load_s=load_s, threads=backend_options.get("threads"), **options)
             results.append(result)
             if result.interrupted:
                 break

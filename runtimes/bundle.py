@@ -19,6 +19,7 @@ from typing import Any
 from .errors import BundleError, IntegrityError
 from .fsutil import check_relative_path, publish_directory, sha256_file, staging_directory
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, parse_manifest, utc_now
+from .safejson import MAX_JSON_BYTES, MAX_JSON_DEPTH, loads_limited
 
 
 @dataclass(frozen=True)
@@ -50,32 +51,8 @@ class Bundle:
         return sum(f.bytes for f in self.manifest.files)
 
 
-MAX_MANIFEST_BYTES = 4 << 20  # 4 MiB: a real manifest is a few KB
-MAX_MANIFEST_DEPTH = 32
-MAX_INT_DIGITS = 20
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise ValueError(f"an integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
-    return int(text)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of decoded JSON, iteratively (a hostile document cannot exhaust the stack here)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            if level > MAX_MANIFEST_DEPTH:
-                return level
-            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return deepest
+MAX_MANIFEST_BYTES = MAX_JSON_BYTES
+MAX_MANIFEST_DEPTH = MAX_JSON_DEPTH
 
 
 def _what_it_is(root: Path) -> str:
@@ -107,15 +84,13 @@ def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
         size = mpath.stat().st_size
         if size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{mpath}: {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
-        data = json.loads(mpath.read_text(encoding="utf-8"), parse_int=_bounded_int, parse_constant=_no_constant)
+        data = loads_limited(mpath.read_text(encoding="utf-8"))
     except OSError as exc:
         raise BundleError(f"{mpath}: cannot be read: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{mpath}: not valid JSON ({exc})") from None
-    except (RecursionError, ValueError) as exc:  # nesting too deep for the decoder; see _bounded_int, _no_constant
-        raise BundleError(f"{mpath}: not a usable manifest ({str(exc) or type(exc).__name__})") from None
-    if _depth(data) > MAX_MANIFEST_DEPTH:
-        raise BundleError(f"{mpath}: JSON nested deeper than {MAX_MANIFEST_DEPTH} levels")
+    except ValueError as exc:  # past a limit of runtimes.safejson
+        raise BundleError(f"{mpath}: not a usable manifest ({exc})") from None
     try:
         return parse_manifest(data)
     except BundleError as exc:

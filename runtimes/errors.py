@@ -58,6 +58,10 @@ class CheckpointError(EdgeTransferError):
     """A training run directory or weights file cannot be read."""
 
 
+class TrainingError(EdgeTransferError):
+    """Training cannot go on: a loss, a metric or a weight became NaN or infinite. Nothing is saved."""
+
+
 class OutputError(EdgeTransferError):
     """Output cannot go where it was asked to: the destination holds something edge-transfer did not write (or lies
     in the user's data), or the file system refused the write. Whatever was there before is left as it was."""
@@ -76,6 +80,7 @@ __all__ = [
     "DatasetError",
     "CheckpointError",
     "OutputError",
+    "TrainingError",
 ]
 
 

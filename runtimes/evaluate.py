@@ -19,6 +19,7 @@ import numpy as np
 from .errors import InputError
 from .predictor import softmax
 from .preprocess import IMAGE_EXTENSIONS, image_files, read_image
+from .seen import count_seen
 
 CHUNK = 32  # images decoded and run together
 
@@ -37,6 +38,7 @@ class Evaluation:
     mistakes: list[dict[str, Any]]  # the most confident wrong predictions: path, true, predicted, confidence
     skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files left out (skip_bad): path, reason
     validation_passed: bool | None = None  # the bundle's export gate, as its manifest records it
+    seen_in_training: dict[str, Any] | None = None  # images the model was trained on (`runtimes.seen`): seen, of, sampled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +139,7 @@ def evaluate(
     if count == 0:
         raise InputError(f"{folder}: every image was unreadable ({len(skipped)} left out); nothing to evaluate")
     mistakes.sort(key=lambda m: -m["confidence"])
+    seen = count_seen(predictor.manifest.source.get("seen_images"), [path for path, _ in files])
     # the classes in the data or predicted for it (a 1000-class bundle evaluated on 6 folders reports those 6 and
     # whatever they were taken for, not a 1000 x 1000 matrix)
     shown = [i for i in range(n) if confusion[i].any() or confusion[:, i].any()]
@@ -153,4 +156,5 @@ def evaluate(
         mistakes=mistakes[: max(0, worst)],
         skipped=skipped,
         validation_passed=predictor.validation_passed,
+        seen_in_training=seen,
     )

@@ -56,6 +56,14 @@ def cannot_write(path: str | os.PathLike[str], exc: OSError, what: str = "output
     return OutputError(f"{path}: cannot write the {what}: {reason}; what was there before is unchanged")
 
 
+def published_path(path: str | os.PathLike[str]) -> Path:
+    """The path a staged directory will be published at (`out/.b.partial-x1y2` -> `out/b`), so messages written
+    while a bundle is validated name the bundle the user asked for; any other path as it is."""
+    p = Path(path)
+    name, sep, _ = p.name.partition(".partial-")
+    return p.with_name(name[1:]) if sep and name.startswith(".") and len(name) > 1 else p
+
+
 def staging_directory(target: Path) -> Path:
     """A new hidden temp sibling of `target` (`.name.partial-*`), its parent created if needed, with the permissions
     a plain `mkdir` would give under the current umask (not mkdtemp's 0700: a device service may run as another user)."""
@@ -164,27 +172,3 @@ def write_npz_atomically(path: str | os.PathLike[str], arrays: dict[str, Any], w
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return path
-
-
-def read_npz_document(
-    path: str | os.PathLike[str], keys: tuple[str, ...], *, fmt: str, version: int, what: str, error: type[Exception]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The arrays `keys` and the JSON `meta` of a file written with `write_npz_atomically`, its `format` and `version`
-    checked; anything wrong raises `error` naming the file as `what` (e.g. "gallery file")."""
-    import json
-    import zipfile
-
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays, meta = {k: np.asarray(z[k]) for k in keys}, json.loads(str(z["meta"]))
-    except FileNotFoundError:
-        raise error(f"{path}: no such {what}") from None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # JSONDecodeError is a ValueError
-        raise error(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise error(f"{path}: not an edge-transfer {what} (field 'format' should be {fmt!r})")
-    if meta.get("version", 0) > version:
-        raise error(f"{path}: {what} version {meta.get('version')} is newer than this edge-transfer supports")
-    return arrays, meta

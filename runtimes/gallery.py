@@ -31,16 +31,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import GalleryError, GalleryMismatch, InputError
-from .fsutil import edit_locked, read_npz_document, write_npz_atomically
+from .fsutil import edit_locked
 from .labels import UNKNOWN, check_label, check_labels
+from .npz_document import meta_field, read_npz_document, string_list, write_npz_document
 from .predictor import unit_rows
 
 if TYPE_CHECKING:
     from .predictor import Predictor
 
 GALLERY_FORMAT = "edge-transfer-gallery"
-GALLERY_VERSION = 1
+GALLERY_VERSION = 2  # 2: the sha256 covers every field (the threshold too), not only the vectors and labels
 DEFAULT_THRESHOLD = 0.5  # only for bundles exported without labelled data to calibrate on (see calibrate_threshold)
+MIN_UNKNOWN_REJECTED = 0.5  # a calibrated threshold that turns away fewer never-enrolled images than this is flagged
 METHODS = ("mean", "knn")
 
 
@@ -110,7 +112,10 @@ class Gallery:
         fingerprint = model_fingerprint(predictor)
         e = predictor.manifest.embedding or {}
         model = {"bundle": str(predictor.bundle.path), "format": predictor.manifest.export_format, "dim": e.get("dim")}
-        return cls(int(e["dim"]), fingerprint, threshold=e.get("unknown_threshold"), model=model)
+        gallery = cls(int(e["dim"]), fingerprint, threshold=e.get("unknown_threshold"), model=model)
+        if threshold_problem(e) is not None:
+            gallery.threshold_source = "calibrated at export, rejecting few never-enrolled images (see edge-transfer check)"
+        return gallery
 
     # ------------------------------------------------------------------ contents
     def labels(self) -> dict[str, int]:
@@ -209,7 +214,6 @@ class Gallery:
         """Write atomically (temp file beside it, fsync, rename): the path holds the old gallery or the new one. A
         symlinked path changes the file it points to. Another process's changes since this gallery was read are
         replaced: use `editing` when several may enrol at once."""
-        path = Path(path)
         with self._lock:
             vectors, labels = self._vectors.copy(), list(self._labels)
         meta = {
@@ -221,22 +225,30 @@ class Gallery:
             "threshold": self.default_threshold,
             "threshold_source": self.threshold_source,
             "labels": labels,
-            "sha256": _digest(vectors, labels),
         }
-        return write_npz_atomically(path, {"embeddings": vectors, "meta": np.asarray(json.dumps(meta))}, "gallery")
+        return write_npz_document(path, {"embeddings": vectors}, meta, "gallery")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], predictor: Predictor | None = None) -> Gallery:
-        """Read a gallery (checksum verified); with `predictor`, refuse one made with another model."""
+        """Read a gallery (checksum verified, every field checked); with `predictor`, refuse one made with another model."""
         path = Path(path)
-        arrays, meta = read_npz_document(path, ("embeddings",), fmt=GALLERY_FORMAT, version=GALLERY_VERSION, what="gallery file", error=GalleryError)
-        vectors = arrays["embeddings"].astype(np.float32)
-        labels = meta.get("labels")
-        if not isinstance(labels, list) or vectors.ndim != 2 or len(labels) != len(vectors) or vectors.shape[1] != meta.get("dim"):
-            raise GalleryError(f"{path}: {len(vectors)} embeddings of shape {vectors.shape} do not match {meta.get('dim')}-d and the labels listed")
-        if _digest(vectors, labels) != meta.get("sha256"):
+        arrays, meta = read_npz_document(
+            path, ("embeddings",), fmt=GALLERY_FORMAT, version=GALLERY_VERSION, what="gallery file", error=GalleryError, digest_from=2
+        )
+        vectors = arrays["embeddings"]
+        labels = string_list(meta, "labels", path, GalleryError)
+        dim = meta_field(meta, "dim", int, path, GalleryError)
+        fingerprint = meta_field(meta, "fingerprint", str, path, GalleryError)
+        threshold = float(meta_field(meta, "threshold", (int, float), path, GalleryError))
+        if not -1.0 <= threshold <= 1.0:
+            raise GalleryError(f"{path}: field 'threshold' is a cosine in [-1, 1], got {threshold}")
+        if vectors.dtype.kind != "f" or vectors.ndim != 2 or len(labels) != len(vectors) or vectors.shape[1] != dim:
+            raise GalleryError(f"{path}: {len(vectors)} embeddings of shape {vectors.shape} do not match {dim}-d and the {len(labels)} labels listed")
+        vectors = vectors.astype(np.float32)
+        if meta["version"] < 2 and _digest_v1(vectors, labels) != meta.get("sha256"):  # version 1 covered the vectors and labels only
             raise GalleryError(f"{path}: checksum mismatch: the gallery was changed or damaged since it was saved")
-        gallery = cls(int(meta["dim"]), str(meta["fingerprint"]), threshold=float(meta["threshold"]), model=meta.get("model"))
+        model = meta.get("model")
+        gallery = cls(dim, fingerprint, threshold=threshold, model=model if isinstance(model, dict) else None)
         gallery.threshold_source = str(meta.get("threshold_source", "saved"))
         gallery._vectors, gallery._labels = vectors, tuple(labels)
         if predictor is not None:
@@ -255,7 +267,7 @@ def label_folders(root: str | os.PathLike[str]) -> dict[str, list[str]]:
     return {folder.name: expand_image_paths([str(folder)]) for folder in folders}
 
 
-def _digest(vectors: np.ndarray, labels: Sequence[str]) -> str:
+def _digest_v1(vectors: np.ndarray, labels: Sequence[str]) -> str:
     h = hashlib.sha256(np.ascontiguousarray(vectors, np.float32).tobytes())
     h.update(json.dumps(list(labels)).encode())
     return h.hexdigest()
@@ -316,12 +328,29 @@ def calibrate_threshold(
     for t in np.unique(np.round(known_score, 6)):
         if float((right & (known_score >= t)).mean()) >= base - max_loss - 1e-12:
             best_t = max(best_t, float(t))
+    rejected = float((unknown_score < best_t).mean())
     return {
         "unknown_threshold": round(best_t, 6),
+        "usable": rejected >= MIN_UNKNOWN_REJECTED,
         "shots": shots,
         "classes": len(classes),
         "queries": int(len(q)),
         "known_accuracy": round(float((right & (known_score >= best_t)).mean()), 6),
         "known_accuracy_without_threshold": round(base, 6),
-        "unknown_rejected": round(float((unknown_score < best_t).mean()), 6),
+        "unknown_rejected": round(rejected, 6),
     }
+
+
+def threshold_problem(embedding: dict[str, Any] | None) -> str | None:
+    """Why an embedding bundle's calibrated unknown threshold cannot be relied on (None when it can, or when none
+    was calibrated): most never-enrolled images would be answered with a known label."""
+    calibration = (embedding or {}).get("threshold_calibration")
+    if not isinstance(calibration, dict) or calibration.get("usable", True) is not False:
+        return None
+    rejected, t = calibration.get("unknown_rejected"), calibration.get("unknown_threshold")
+    share = f"{100 * rejected:.1f}%" if isinstance(rejected, (int, float)) else "too few"
+    return (
+        f"the unknown threshold calibrated at export ({t}) rejects only {share} of never-enrolled images while keeping known "
+        "accuracy: identify will answer most strangers with a known label; pass --threshold, or export on held-out data with "
+        "more distinct classes"
+    )

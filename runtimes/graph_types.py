@@ -11,6 +11,16 @@ from .errors import InputError
 AS_WRITTEN = {"fp32": "f32", "fp16": "f16", "int8": "int8+f32"}
 
 
+def computes_in(precision: str, float_precision: str | None, int8_share: Any = None) -> str:
+    """What a bundle computes in, in words every backend shares: int8 bundles say what runs in int8 (the share of the
+    multiply-adds measured at export) and what the float rest runs at, whatever the backend calls its setting."""
+    floats = {"int8+f32": "f32"}.get(str(float_precision), float_precision) or "an unknown float precision"
+    if precision != "int8":
+        return floats
+    share = f" ({100 * int8_share:.0f}% of MACs)" if isinstance(int8_share, (int, float)) and not isinstance(int8_share, bool) else ""
+    return f"int8{share} + {floats}"
+
+
 def check_as_written(backend: str, precision: str, requested: str | None) -> None:
     """Backends that compute a graph in its own types accept only that precision when one is asked for."""
     own = "f16" if precision == "fp16" else "f32"

@@ -31,14 +31,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import BundleError, GalleryError, GalleryMismatch, InputError
-from .fsutil import edit_locked, read_npz_document, sha256_file, write_npz_atomically
+from .fsutil import edit_locked, sha256_file
 from .labels import check_label
+from .npz_document import meta_field, read_npz_document, string_list, write_npz_document
 
 if TYPE_CHECKING:
     from .predictor import Classification, Predictor
 
 IMPRINT_FORMAT = "edge-transfer-added-classes"
-IMPRINT_VERSION = 1
+IMPRINT_VERSION = 2  # 2: the sha256 covers every field (the methods too)
 METHODS = ("fit", "mean")
 FIT_L2 = 1e-3  # pull of the fitted row towards its imprinted start (measured on digits: 1e-2 lost more old accuracy)
 FIT_STEPS = 300
@@ -282,28 +283,38 @@ class AddedClasses:
             "base_labels": list(self.base_labels),
             "labels": names,
             "methods": methods,
-            "sha256": _digest(rows, bias, feats, names),
         }
-        return write_npz_atomically(
-            path, {"rows": rows, "bias": bias, "features": feats, "owner": owner, "meta": np.asarray(json.dumps(meta))}, "file of added classes"
-        )
+        return write_npz_document(path, {"rows": rows, "bias": bias, "features": feats, "owner": owner}, meta, "file of added classes")
 
     @classmethod
     def load(cls, path: str | Path, predictor: Predictor) -> AddedClasses:
-        """Read a file of added classes (checksum verified) for `predictor`'s bundle; another model's is refused."""
+        """Read a file of added classes (checksum verified, every field checked) for `predictor`'s bundle; another
+        model's is refused."""
         path = Path(path)
         keys = ("rows", "bias", "features", "owner")
-        arrays, meta = read_npz_document(path, keys, fmt=IMPRINT_FORMAT, version=IMPRINT_VERSION, what="file of added classes", error=GalleryError)
+        what = "file of added classes"
+        arrays, meta = read_npz_document(path, keys, fmt=IMPRINT_FORMAT, version=IMPRINT_VERSION, what=what, error=GalleryError, digest_from=2)
+        names = string_list(meta, "labels", path, GalleryError)
+        fingerprint = meta_field(meta, "fingerprint", str, path, GalleryError)
+        methods: dict[str, Any] = meta["methods"] if isinstance(meta.get("methods"), dict) else {}
+        model: dict[str, Any] = meta["model"] if isinstance(meta.get("model"), dict) else {}
+        if any(a.dtype.kind not in "fiu" for a in arrays.values()):
+            raise GalleryError(f"{path}: not a usable {what} (arrays of numbers expected)")
         rows, bias, feats = (arrays[k].astype(np.float64) for k in keys[:3])
         owner = arrays["owner"].astype(np.int64)
-        names = meta.get("labels")
-        if not isinstance(names, list) or len(names) != len(rows) or _digest(rows, bias, feats, names) != meta.get("sha256"):
+        dim = Replay.from_predictor(predictor).weight.shape[1]
+        shapes_ok = rows.ndim == 2 and rows.shape == (len(names), dim) and bias.shape == (len(names),)
+        if not shapes_ok or feats.ndim != 2 or feats.shape[1:] != (dim,) or owner.shape != (len(feats),):
+            raise GalleryError(
+                f"{path}: arrays of shapes {rows.shape}, {bias.shape}, {feats.shape} do not match {len(names)} classes of {dim} features"
+            )
+        if meta["version"] < 2 and _digest_v1(rows, bias, feats, names) != meta.get("sha256"):  # version 1 covered arrays and labels
             raise GalleryError(f"{path}: checksum mismatch: the file was changed or damaged since it was saved")
         added = cls.for_bundle(predictor)
-        _refuse_other_model(predictor, added.fingerprint, str(meta.get("fingerprint")), meta.get("model") or {})
+        _refuse_other_model(predictor, added.fingerprint, fingerprint, model)
         added._rows, added._bias, added._names = rows, bias, tuple(names)
         added._shots = {n: feats[owner == i] for i, n in enumerate(names)}
-        added._methods = {n: str((meta.get("methods") or {}).get(n, "fit")) for n in names}
+        added._methods = {n: str(methods.get(n, "fit")) for n in names}
         return added
 
 
@@ -320,7 +331,7 @@ def _extended(logits: np.ndarray, features: np.ndarray, rows: np.ndarray, bias: 
     return np.concatenate([np.asarray(logits, np.float32), added.astype(np.float32)], axis=1)
 
 
-def _digest(rows: np.ndarray, bias: np.ndarray, features: np.ndarray, labels: list[str]) -> str:
+def _digest_v1(rows: np.ndarray, bias: np.ndarray, features: np.ndarray, labels: list[str]) -> str:
     h = hashlib.sha256()
     for a in (rows, bias, features):
         h.update(np.ascontiguousarray(a, np.float64).tobytes())

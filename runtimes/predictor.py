@@ -15,6 +15,8 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import BundleError, InferenceError, InputError
+from .fsutil import published_path
+from .graph_types import computes_in
 from .manifest import Manifest, TensorSpec
 from .preprocess import PreprocessConfig, prepare_image, read_image
 
@@ -94,7 +96,7 @@ class Predictor:
             logging.getLogger(__name__).warning(
                 "%s: this bundle FAILED its validation gate at export%s and was written only because "
                 "--allow-failed-validation was given; do not ship it",
-                bundle.path,
+                published_path(bundle.path),
                 what,
             )
 
@@ -110,7 +112,7 @@ class Predictor:
         problem = int8_target_problem(target.get("name"), target.get("reduce_range"), cpu_features())
         if problem:
             self.warnings.append(problem)
-            logging.getLogger(__name__).warning("%s: %s", self.bundle.path, problem)
+            logging.getLogger(__name__).warning("%s: %s", published_path(self.bundle.path), problem)
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -167,6 +169,7 @@ class Predictor:
             "device": self.device,
             "precision": self.precision,
             "inference_precision": self.inference_precision,
+            "computes": computes_in(self.precision, self.inference_precision, (self.manifest.validation or {}).get("int8_macs_share")),
             "format": self.manifest.format,
             "input": self.inputs[0].to_dict(),
             "output": self.outputs[0].to_dict(),

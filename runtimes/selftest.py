@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 SELF_TEST_DIR = "selftest"
 DEFAULT_SELF_TEST_SIZE = 16
+# golden images are stored as they arrived (PNG, so the device reads them as it reads any file), their long side
+# capped at this multiple of the model's: the device's own resize and crop run on them, at a few MB at most
+ORIGINAL_MAX_SIDE = 1.25
 # the smallest relative logit error a precision is allowed on the device, whatever the host measured: a bf16 run of an
 # fp32 bundle (relative error ~1e-2) fails, ordinary kernel differences between CPUs (~1e-6) pass
 MIN_REL_TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "int8": 5e-2}
@@ -115,6 +118,23 @@ def mean_cosine(x: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(np.sum(a * b, axis=1) / norms))
 
 
+def golden_original(image: Any, input_size: tuple[int, int]) -> np.ndarray:
+    """A golden image as it will be stored: RGB uint8 as decoded, its long side capped at `ORIGINAL_MAX_SIDE` times
+    the model's (a Pillow Lanczos downscale; smaller images are kept as they are)."""
+    from PIL import Image
+
+    from .preprocess import to_rgb_uint8
+
+    rgb = to_rgb_uint8(image, what="golden image")
+    cap = int(ORIGINAL_MAX_SIDE * max(input_size))
+    h, w = rgb.shape[:2]
+    if max(h, w) <= cap:
+        return np.ascontiguousarray(rgb)
+    scale = cap / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+
+
 def choose_golden(count: int, size: int, seed: int = 0) -> np.ndarray:
     """Indices of a seeded draw of `size` of `count` images, in order."""
     k = min(size, count)
@@ -132,16 +152,32 @@ def write_self_test(
     *,
     embedding: bool = False,
     features: tuple[np.ndarray, np.ndarray] | None = None,
+    originals: list[np.ndarray] | None = None,
+    labels: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write the golden images and reference logits into a bundle being written; return its manifest section.
-    `features`: an extensible bundle's (torch, artifact) features of the golden images, checked by mean cosine."""
+    `features`: an extensible bundle's (torch, artifact) features of the golden images, checked by mean cosine.
+    `originals`: the golden images as they arrived (`golden_original`), of which `images` are the prepared form:
+    stored as PNG files, the device runs them through its whole `predict` path (decode, resize, crop).
+    `labels`: the names torch gave them, so a label renamed in the manifest fails the self-test.
+    `images` are kept at model size too, for runtimes older than the originals."""
+    from PIL import Image
+
     root = Path(bundle_dir) / SELF_TEST_DIR
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / "images.npy", np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
+    extra: dict[str, Any] = {}
+    if originals is not None:
+        (root / "golden").mkdir(exist_ok=True)
+        names = [f"{SELF_TEST_DIR}/golden/{i:03d}.png" for i in range(len(originals))]
+        for name, image in zip(names, originals):
+            Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(Path(bundle_dir) / name)
+        extra["originals"] = names
+    if labels is not None:
+        extra["labels"] = list(labels)
     np.save(root / "reference_logits.npy", np.ascontiguousarray(reference, dtype=np.float32), allow_pickle=False)
     m = measure(artifact, reference, embedding=embedding)
     flips = 0.0 if precision != "int8" else 1.0 / len(images)  # int8 may flip one near-tie more than it did here
-    extra: dict[str, Any] = {}
     if features is not None:
         np.save(root / "reference_features.npy", np.ascontiguousarray(features[0], dtype=np.float32), allow_pickle=False)
         cos = mean_cosine(features[1], features[0])
@@ -197,6 +233,22 @@ def _load(predictor: Predictor, rel: str) -> np.ndarray:
         raise BundleError(f"{predictor.bundle.path}: self-test file {rel} cannot be read: {exc}") from None
 
 
+def _golden_images(predictor: Predictor, section: dict[str, Any]) -> np.ndarray:
+    """The golden images at the model's size: the stored originals through this device's own decode, resize and crop
+    (`Predictor.prepare`, as `predict` does), or, in bundles older than the originals, the stored prepared images."""
+    h, w = predictor.preprocessing.input_size
+    originals = section.get("originals")
+    if originals is not None:
+        if not isinstance(originals, list) or not originals:
+            raise BundleError(f"{predictor.bundle.path}: manifest field 'self_test.originals' must list the golden image files")
+        paths = [predictor.bundle.file(_listed(predictor, rel, "self_test.originals")) for rel in originals]
+        return predictor.prepare(paths)
+    images = _load(predictor, section["images"])
+    if images.dtype != np.uint8 or images.shape[1:] != (h, w, 3) or len(images) == 0:
+        raise BundleError(f"{predictor.bundle.path}: self-test images are {images.dtype} {images.shape}, the model takes uint8 (N, {h}, {w}, 3)")
+    return images
+
+
 def run_self_test(predictor: Predictor) -> SelfTestResult:
     """Run the bundle's golden images through `predictor` and compare with the stored torch reference."""
     base: dict[str, Any] = {"backend": predictor.backend_name, "device": predictor.device, "inference_precision": predictor.inference_precision}
@@ -205,10 +257,7 @@ def run_self_test(predictor: Predictor) -> SelfTestResult:
         return SelfTestResult(
             "missing", **base, reason="this bundle has no self-test data (exported before self-tests existed); re-export it to get one"
         )
-    images, reference = _load(predictor, section["images"]), _load(predictor, section["reference"])
-    h, w = predictor.preprocessing.input_size
-    if images.dtype != np.uint8 or images.shape[1:] != (h, w, 3) or len(images) == 0:
-        raise BundleError(f"{predictor.bundle.path}: self-test images are {images.dtype} {images.shape}, the model takes uint8 (N, {h}, {w}, 3)")
+    images, reference = _golden_images(predictor, section), _load(predictor, section["reference"])
     width = predictor.manifest.output_width
     if reference.shape != (len(images), width):
         raise BundleError(f"{predictor.bundle.path}: self-test reference is {reference.shape}, expected ({len(images)}, {width})")
@@ -225,6 +274,15 @@ def run_self_test(predictor: Predictor) -> SelfTestResult:
     m = measure(logits, reference, embedding=predictor.is_embedding)
     tol = section["tolerance"]
     reasons = []
+    expected = section.get("labels")
+    if expected is not None and not predictor.is_embedding:
+        if not isinstance(expected, list) or len(expected) != len(images) or not all(isinstance(x, str) for x in expected):
+            raise BundleError(f"{predictor.bundle.path}: manifest field 'self_test.labels' must list one label name per golden image")
+        named = [predictor.labels[i] for i in logits.argmax(1)]
+        by_name = float(np.mean([a == b for a, b in zip(named, expected)]))
+        if by_name < m["agreement"] - 1e-9:
+            reasons.append("the labels' names differ from those validated at export (was the manifest's 'labels' edited?)")
+        m["agreement"] = min(m["agreement"], by_name)
     if cos is not None and min_cos is not None and cos < min_cos - 1e-12:
         reasons.append("features drifted below their cosine tolerance")
     if m["agreement"] < tol["min_agreement"] - 1e-9:

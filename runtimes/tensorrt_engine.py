@@ -388,6 +388,14 @@ def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: s
         built_from={"path": m.entrypoint, "sha256": next(f.sha256 for f in m.files if f.path == m.entrypoint)},
         producer=dict(m.producer, tensorrt=built_on.tensorrt_version, gpu=built_on.gpu_name, compute_capability=where["compute_capability"]),
     )
+    import shutil
+
+    from .bundle import model_files
+
     with BundleWriter(out, overwrite=overwrite) as writer:
         (writer.dir / "model.plan").write_bytes(plan)
+        for f in m.files:  # the self-test's golden images and references (and any replay data) go with the engine
+            if f.path not in model_files(m):
+                (writer.dir / f.path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source.path / f.path, writer.dir / f.path)
         return writer.commit(manifest)

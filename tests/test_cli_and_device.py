@@ -143,17 +143,20 @@ def test_example_classify_image_runs_without_torch(digits_bundle: Path, tmp_path
 
     img = tmp_path / "digit.npy"
     np.save(img, load_digits_dataset().items[0])
-    code = (
-        "import sys, runpy\n"
-        + BLOCK_HOST_PACKAGES
-        + (
-            f"sys.argv = ['classify_image.py', {str(digits_bundle)!r}, {str(img)!r}]\n"
-            "runpy.run_path('examples/classify_image.py', run_name='__main__')\n"
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+
+    def example(*images: Path) -> subprocess.CompletedProcess:
+        argv = ["classify_image.py", str(digits_bundle), *map(str, images)]
+        code = (
+            "import sys, runpy\n" + BLOCK_HOST_PACKAGES + f"sys.argv = {argv!r}\nrunpy.run_path('examples/classify_image.py', run_name='__main__')\n"
         )
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+
+    r = example(img)
     assert r.returncode == 0, r.stderr
     assert "onnxruntime on cpu" in r.stdout and "digit.npy" in r.stdout
+    r = example(tmp_path / "broken.jpg", img)  # one bad image does not stop the batch
+    assert r.returncode == 1 and "broken.jpg: error:" in r.stderr and "digit.npy" in r.stdout, r.stderr
 
 
 def _subparser(name: str):
@@ -240,12 +243,15 @@ def test_api_options_take_keyword_overrides_and_name_unknown_ones():
         et.export("run", out="never-written", max_dorp=2)
     with pytest.raises(et.InputError, match="unknown TensorRT option.*maxbatch"):
         ExportOptions().with_overrides(tensorrt={"maxbatch": 8})
-    with pytest.raises(et.InputError, match="max_drop .*--max-drop.* points"):
+    with pytest.raises(et.InputError, match="max_drop must be >= 0 and <= 100, got 150"):
         ExportOptions().with_overrides(max_drop=150)
-    with pytest.raises(et.InputError, match="--float-first-layers.* >= 0, got -1"):
+    with pytest.raises(et.InputError, match="float_first_layers must be >= 0 and <= 10000, got -1"):
         ExportOptions().with_overrides(float_first_layers=-1)
-    with pytest.raises(et.InputError, match=r"--min-int8-share.*\(0-1\), got 50"):
+    with pytest.raises(et.InputError, match="min_int8_share must be >= 0 and <= 1, got 50"):
         ExportOptions().with_overrides(min_int8_share=50)
+    for bad in ({"lr": float("nan")}, {"seed": -1}, {"image_size": 0}, {"batch_size": 100_000}, {"val_fraction": 1.5}):
+        with pytest.raises(et.InputError, match=f"{next(iter(bad))} must be"):
+            et.train("digits", out="never-written", **bad)
     assert not Path("never-written").exists()
 
 

@@ -200,6 +200,26 @@ def test_resume_after_sigkill_ends_where_the_uninterrupted_run_ends(four_classes
     with pytest.raises(CheckpointError, match="belongs to a different run \\(lr: checkpoint 0.001, now 0.01\\)"):
         et.train(str(four_classes), out=out, lr=0.01, resume=True, **same)
 
+    # a damaged copy of the checkpoint: NaN written into a weight. Refused by its checksum, and, with the checksum
+    # re-made to match, by the NaN itself: never resumed into a run with a NaN tensor
+    import hashlib
+    import shutil
+
+    damaged = tmp_path / "damaged" / "run.checkpoint"
+    shutil.copytree(ckpt, damaged)
+    blob = bytearray((damaged / "model.safetensors").read_bytes())
+    header = 8 + int.from_bytes(blob[:8], "little")
+    blob[header : header + 4] = np.float32(np.nan).tobytes()
+    (damaged / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="model.safetensors: missing or damaged"):
+        et.train(str(four_classes), out=damaged.parent / "run", resume=True, **same)
+    doc = json.loads((damaged / "state.json").read_text())
+    doc["sha256"]["model.safetensors"] = hashlib.sha256(bytes(blob)).hexdigest()
+    (damaged / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="NaN or infinite values: the checkpoint cannot be resumed"):
+        et.train(str(four_classes), out=damaged.parent / "run", resume=True, **same)
+    assert not (damaged.parent / "run").exists()
+
     resumed = _train([*args, "--resume", "--out", str(out)], cache=tmp_path / "c")
     assert f"resumed from {ckpt} after epoch {state['epoch']}/3" in resumed.stderr
     _only_one_artifact(tmp_path / "cut", "run")

@@ -711,7 +711,7 @@ def _inspect_obeying_file_modes(bundle: Path) -> subprocess.CompletedProcess:
     "what,mode_of,message",
     [
         ("unreadable model file", "model.onnx", "bundle file 'model.onnx' cannot be read: Permission denied"),
-        ("unsearchable listed subdirectory", "selftest", "bundle file 'selftest/images.npy' cannot be read: Permission denied"),
+        ("unsearchable listed subdirectory", "selftest", "bundle file 'selftest/golden/000.png' cannot be read: Permission denied"),
         ("unlistable unlisted subdirectory", "extra", "bundle directory 'extra' cannot be listed: Permission denied"),
         ("unlistable bundle directory", ".", "bundle directory '.' cannot be listed: Permission denied"),
         ("unsearchable bundle directory", "..", "cannot be read: Permission denied"),

@@ -165,6 +165,36 @@ def test_a_changed_weight_with_remade_checksums_loads_but_fails_check(digits_bun
     assert len(lines) == 1 and lines[0].startswith(f"error: {bundle}: self-test on 16 golden images")
 
 
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda d: d.update(labels=[d["labels"][1], d["labels"][0], *d["labels"][2:]]), "names differ"),
+        (lambda d: d["preprocessing"].update(crop_pct=0.6), "drifted"),
+        (lambda d: d["preprocessing"].update(interpolation="nearest"), "drifted"),
+    ],
+    ids=["labels-swapped", "crop_pct", "interpolation"],
+)
+def test_a_manifest_edited_by_hand_fails_check(edit, why, digits_bundle: Path, tmp_path: Path):
+    """The golden images are stored as they arrived (8x8 digits here, PNG files) and go through the device's own
+    read, resize and crop; their expected label names are stored too. So a hand-edited crop, filter or label list,
+    which would give wrong answers with no error, fails `check` (before: PASS, and a 3 called "1" at 99.85%)."""
+    bundle = tmp_path / "edited"
+    shutil.copytree(digits_bundle, bundle)
+    doc = json.loads((bundle / "manifest.json").read_text())
+    originals = doc["self_test"]["originals"]
+    assert len(originals) == 16 and all((bundle / p).is_file() for p in originals)
+    with runtimes.load(digits_bundle) as p:
+        shapes = {p.preprocessing.input_size}
+        from PIL import Image
+
+        assert {Image.open(bundle / originals[0]).size} != shapes  # stored at their own size, not the model's
+    edit(doc)
+    (bundle / "manifest.json").write_text(json.dumps(doc))
+    result = run_cli("check", str(bundle), block_torch=True)
+    assert result.returncode == 1 and result.stdout.strip().endswith("FAIL"), result.stdout
+    assert why in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_bundles_without_self_test_data_load_and_check_says_what_is_missing(digits_bundle: Path, tmp_path: Path):
     bundle = tmp_path / "old"
     shutil.copytree(digits_bundle, bundle)

@@ -12,6 +12,7 @@ import openvino as ov
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
+from ..fsutil import published_path
 from ..graph_types import manifest_dtype
 from ..predictor import Predictor
 
@@ -150,7 +151,7 @@ class OpenVinoPredictor(Predictor):
         if dev != "npu" and self.inference_precision not in (None, self.requested_precision):
             log.warning(
                 "%s: OpenVINO runs at %s although %s was asked for; results may differ from the validated ones",
-                bundle.path,
+                published_path(bundle.path),
                 self.inference_precision,
                 self.requested_precision,
             )
