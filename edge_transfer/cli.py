@@ -408,7 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_silences = getattr(args, "json", None) is True and args.command not in ("train", "qat")
     configure_logging(verbose=not getattr(args, "quiet", False) and not json_silences)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
     except EdgeTransferError as exc:
         err(f"error: {exc}")
         return 2
