@@ -1,6 +1,6 @@
 """Try every bad input we guard against and print what the user sees, as a Markdown table (for README.md).
 
-    python scripts/reliability_table.py BUNDLE        # BUNDLE: any ONNX bundle, e.g. demo-output/bundle
+    python scripts/reliability_table.py BUNDLE [RUN]  # BUNDLE: any ONNX bundle, e.g. demo-output/bundle; RUN: its run
 
 Each row runs the real code path (runtimes.load / predict / run, or the training data loader) on a temporary copy
 and reports the error type and its one-line message, and whether the original files were left untouched.
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import runtimes  # noqa: E402
 from runtimes.errors import EdgeTransferError  # noqa: E402
@@ -336,14 +337,25 @@ def main() -> int:
     except ImportError as exc:
         rows.append(("image-folder datasets", f"not run here ({exc})"))
 
+    from reliability_user_files import user_file_rows, wrong_answer_rows
+
+    run = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(str(json.loads((bundle / "manifest.json").read_text())["source"].get("run", "")))
+    run_ok = run.is_dir() and (run / "config.json").is_file()
+    owned = user_file_rows(work / "owned", run if run_ok else None)
+    wrong = wrong_answer_rows(work / "wrong", bundle)
+
     untouched = digest(bundle) == before
-    print("| bad input | what the user gets |")
-    print("|---|---|")
-    for what, got in rows:
-        print(f"| {what} | {got.replace(str(work), '...').replace('|', '/')} |")
-    print(f"\nthe original bundle is byte-identical afterwards: {untouched}")
+    for title, table in (("bad input", rows), ("what the user owns", owned), ("answers that would be wrong", wrong)):
+        print(f"| {title} | what the user gets |")
+        print("|---|---|")
+        for what, got in table:
+            shown = got.replace(str(work) + "/", "").replace(str(work), "...").replace("|", "/").replace("\n", " ")
+            print(f"| {what} | {shown} |")
+        print()
+    print(f"the original bundle is byte-identical afterwards: {untouched}")
     shutil.rmtree(work, ignore_errors=True)
-    return 0 if untouched and not any(got.startswith(("UNTYPED", "WRONG", "FAILED")) for _, got in rows) else 1
+    every = rows + owned + wrong
+    return 0 if untouched and not any(got.startswith(("UNTYPED", "WRONG", "FAILED")) for _, got in every) else 1
 
 
 if __name__ == "__main__":

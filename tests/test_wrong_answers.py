@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from test_user_files import one_error, tree
 
+import runtimes
 from runtimes.errors import GalleryError, InputError
 from runtimes.gallery import Gallery, calibrate_threshold, threshold_problem
 from runtimes.npz_document import document_digest
@@ -191,3 +192,45 @@ def test_closed_pipes_and_numeric_flags_out_of_range_get_one_line(digits_bundle:
     ]:
         one_error(run_cli(*args), flag)
     assert not Path("x").exists()
+
+
+@pytest.mark.slow
+def test_the_reliability_table_has_no_untyped_or_wrong_row(digits_bundle: Path, digits_run):
+    """`scripts/reliability_table.py` (the README's tables) runs every case on the real code paths; a row that is
+    UNTYPED (a traceback) or WRONG (a bad answer, or a user's file changed) makes it exit 1, and CI with it."""
+    r = subprocess.run(
+        [sys.executable, "scripts/reliability_table.py", str(digits_bundle), str(digits_run.path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    bad = [line for line in r.stdout.splitlines() if "| UNTYPED" in line or "| WRONG" in line or "| FAILED" in line]
+    assert r.returncode == 0 and not bad, "\n".join(bad) or r.stderr[-2000:]
+    assert "the original bundle is byte-identical afterwards: True" in r.stdout
+    assert "| 4 processes x 10 enrols into one gallery at once | 40 of 40 labels kept |" in r.stdout
+
+
+def test_val_on_the_training_folder_says_so(tmp_path: Path):
+    """Before: `val` on the folder the model was trained on reported 100% with no warning. The bundle records its
+    train and val images (64-bit sha256 prefixes of their bytes), and `val` counts the ones it meets, whatever the
+    folder is called; a folder of images the model never saw gets no warning."""
+    import shutil
+
+    import edge_transfer as et
+
+    photos = write_image_folder(tmp_path / "photos", per_class=6)
+    run = et.train(str(photos), out=tmp_path / "run", image_size=64, progress=False)
+    et.export(run.path, out=tmp_path / "bundle", self_test_size=4)
+    seen = runtimes.read_manifest(tmp_path / "bundle").source["seen_images"]
+    assert seen["count"] == sum(run.config["split"]["sizes"][k] for k in ("train", "val")) == len(seen["keys"])
+    shutil.copytree(photos, tmp_path / "copy")  # another name, the same images
+    r = run_cli("val", str(tmp_path / "bundle"), "--data", str(tmp_path / "copy"), "--quiet")
+    assert r.returncode == 0 and f"warning: {seen['count']} of these 18 images were in the data the model was trained or tuned on" in r.stdout
+    fresh = write_image_folder(tmp_path / "fresh", per_class=2)
+    from PIL import Image
+
+    for f in [*fresh.rglob("*.png"), *fresh.rglob("*.jpg")]:  # other pixels: images the model never saw
+        Image.fromarray(np.asarray(Image.open(f))[::-1].copy()).save(f)
+    r = run_cli("val", str(tmp_path / "bundle"), "--data", str(fresh), "--quiet")
+    assert r.returncode == 0 and "trained or tuned on" not in r.stdout
