@@ -17,17 +17,16 @@ from converters.options import (
     TensorRTOptions,
 )
 from runtimes.errors import EdgeTransferError
-from runtimes.options import check_bounds
 from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
 
 from .cli_bench import add_bench_parser
-from .cli_device import cmd_build_engine, cmd_check, cmd_inspect, cmd_predict
+from .cli_device import add_build_engine_parser, cmd_check, cmd_inspect, cmd_predict
 from .cli_gallery import add_gallery_parsers
 from .cli_help import EPILOG, FORMATS_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
 from .cli_imprint import add_imprint_parser
 from .cli_layers import add_probe_layers_parser
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err, host_install_hint
+from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err, host_install_hint, out_of_range, reader_gone
 from .cli_qat import add_qat_parser, add_train_qat_flags
 from .cli_val import add_val_parser
 from .config import STRATEGIES, TrainConfig
@@ -342,21 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
-    g = sub.add_parser(
-        "build-engine",
-        help="build (or reuse) this device's TensorRT engine for a TensorRT bundle",
-        description="Build the TensorRT engine for this GPU from a bundle's TensorRT-ready ONNX and cache it (keyed by model hash, "
-        "TensorRT version, compute capability, precision and profile); later loads reuse it. A corrupt or "
-        "mismatched cache entry is rebuilt, never loaded. Needs TensorRT and cuda-python (JetPack on Jetson).",
-    )
-    g.add_argument("bundle")
-    g.add_argument("--cache-dir", help="engine cache (default $EDGE_TRANSFER_CACHE/engines or ~/.cache/edge-transfer/engines)")
-    g.add_argument("--data", help="labelled image folder: check the engine's accuracy on this device")
-    g.add_argument("--out", help="also write a bundle carrying the built engine, for identical devices (same TensorRT and GPU)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing --out bundle")
-    g.add_argument("--json", action="store_true")
-    g.add_argument("--quiet", action="store_true", help="no build progress")
-    g.set_defaults(func=cmd_build_engine)
+    add_build_engine_parser(sub)
 
     i = sub.add_parser(
         "inspect", help="verify a bundle and show its manifest", description="Verify checksums and schema, then summarise the manifest."
@@ -379,12 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
-    """dest -> the long flag that sets it, for `command`'s sub-parser (so errors name `--lr`, not `lr`)."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest: max(a.option_strings, key=len) for a in sub.choices[command]._actions if a.option_strings}
-
-
 POSITIONAL_IMAGES = ("predict", "enroll", "identify", "imprint")  # commands whose image files may come before and after options
 
 
@@ -395,10 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.images += extra  # files after the options (`enroll B --gallery G --label L a.jpg`): argparse took none
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:  # every numeric flag in range before any work (runtimes.options.BOUNDS, which the API checks too)
-        check_bounds(vars(args), names=flag_names(parser, args.command))
-    except EdgeTransferError as exc:
-        err(f"error: {exc}")
+    if (problem := out_of_range(parser, args)) is not None:  # every numeric flag, before any work
+        err(f"error: {problem}")
         return 2
     for stream in (sys.stdout, sys.stderr):  # labels and file names from a bundle may hold unprintable characters
         if hasattr(stream, "reconfigure"):
@@ -420,10 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err(hint)
         return 2
     except BrokenPipeError:  # `edge-transfer enroll ... --list | head`: the reader has gone; stop quietly, as cat does
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush must not fail too
-        return 141  # 128 + SIGPIPE, what a shell reports for a process ended by a closed pipe
+        return reader_gone()
     except KeyboardInterrupt:
         resumable = args.command == "qat" or (args.command == "train" and args.strategy in ("finetune", "partial"))
         err(

@@ -225,3 +225,21 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
                 + (f" (the ONNX checked at export: {pct(exported)})" if exported is not None else "")
             )
     return 0
+
+
+def add_build_engine_parser(sub: Any) -> None:
+    g = sub.add_parser(
+        "build-engine",
+        help="build (or reuse) this device's TensorRT engine for a TensorRT bundle",
+        description="Build the TensorRT engine for this GPU from a bundle's TensorRT-ready ONNX and cache it (keyed by model hash, "
+        "TensorRT version, compute capability, precision and profile); later loads reuse it. A corrupt or "
+        "mismatched cache entry is rebuilt, never loaded. Needs TensorRT and cuda-python (JetPack on Jetson).",
+    )
+    g.add_argument("bundle")
+    g.add_argument("--cache-dir", help="engine cache (default $EDGE_TRANSFER_CACHE/engines or ~/.cache/edge-transfer/engines)")
+    g.add_argument("--data", help="labelled image folder: check the engine's accuracy on this device")
+    g.add_argument("--out", help="also write a bundle carrying the built engine, for identical devices (same TensorRT and GPU)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out bundle")
+    g.add_argument("--json", action="store_true")
+    g.add_argument("--quiet", action="store_true", help="no build progress")
+    g.set_defaults(func=cmd_build_engine)

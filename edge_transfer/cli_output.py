@@ -169,3 +169,27 @@ def host_install_hint(exc: ModuleNotFoundError, command: str) -> str | None:
         "device-only install): pip install 'edge-transfer[host]'. On the device, predict, inspect, check and bench need only "
         "runtimes and a backend."
     )
+
+
+def out_of_range(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The first numeric flag of `args` outside `runtimes.options.BOUNDS` (the table the API checks too), named as
+    typed (`--lr`, not `lr`); None when all are in range."""
+    from runtimes.errors import InputError
+    from runtimes.options import check_bounds
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    names = {a.dest: max(a.option_strings, key=len) for a in sub.choices[args.command]._actions if a.option_strings}
+    try:
+        check_bounds(vars(args), names=names)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def reader_gone() -> int:
+    """stdout's reader has gone (`... | head`): point stdout at /dev/null so the interpreter's last flush cannot fail
+    too, and exit as a process ended by SIGPIPE would (128 + 13)."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
