@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from runtimes.bundle import Bundle, open_bundle
+from runtimes.bundle import BUNDLE, Bundle, open_bundle
 from runtimes.errors import BundleError, EdgeTransferError
-from runtimes.outputs import BUNDLE, Protected, check_output_dir, check_parent_dir
+from runtimes.outputs import Protected, check_output_dir, check_parent_dir
 
 
 def _identity(source: dict[str, Any] | None) -> tuple[Any, ...]:
@@ -33,8 +33,8 @@ def check_export_targets(
     targets = export_targets(out, formats)
     if len(formats) > 1:
         check_parent_dir(out, protected=protected)
-    for target in targets.values():
-        check_output_dir(target, BUNDLE, overwrite=overwrite or skip_existing, protected=protected)
+    for target in targets.values():  # whether an existing bundle of ours may be replaced or kept: `existing_bundles`
+        check_output_dir(target, BUNDLE, overwrite=True, protected=protected)
     return targets
 
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from converters.options import ExportOptions
-from runtimes.errors import CheckpointError, DatasetError, InputError, OutputError
-from runtimes.outputs import Protected, check_clear_of, check_output_dir, contents_problem
+from runtimes.errors import CheckpointError, DatasetError, InputError
+from runtimes.outputs import Protected
 from runtimes.seen import seen_section
 
 from .config import DEFAULT_BACKBONE, QatConfig, TrainConfig
@@ -48,6 +48,7 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
     from .distributed import distributed_rank, quiet_unless_main, wait_for_all_ranks
     from .layers import FINAL, layer_backbone, parse_layers
     from .model import save_run
+    from .run_files import check_run_output
     from .training import fit
 
     cfg = (config or TrainConfig()).with_overrides(**overrides)
@@ -120,19 +121,6 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
         keep = {k: getattr(cfg, k) for k in ("device", "mixed_precision", "num_workers", "overwrite", "progress")}
         trained.qat = run_qat(path, config=QatConfig(epochs=cfg.qat_epochs, **keep))
     return trained
-
-
-def check_run_output(out: str | os.PathLike[str], ckpt: Path, *, overwrite: bool, protected: list[Protected]) -> None:
-    """Before any work: `out` may become a run (absent, empty, or a run of ours with `overwrite`), and its checkpoint
-    sibling, when present, is one of ours (`overwrite` deletes it, `resume` reads it)."""
-    from .run_files import CHECKPOINT, RUN
-
-    check_output_dir(out, RUN, overwrite=overwrite, protected=protected)
-    check_clear_of(ckpt, protected, flag="the checkpoint")
-    if os.path.lexists(ckpt) and (problem := contents_problem(ckpt, CHECKPOINT)) is not None:
-        raise OutputError(
-            f"{ckpt} (where the run's checkpoint goes) {problem}: not a checkpoint edge-transfer wrote; move it or choose another --out"
-        )
 
 
 def _fitted_items(d: ExportData) -> list[Any]:

@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from runtimes.bench import BenchResult
 
-STAGES = ("decode", "preprocess", "model", "postprocess")  # end-to-end stages, timed apart
+STAGES = ("decode", "preprocess", "model", "postprocess", "other")  # end-to-end stages, timed apart ("other": the rest of the call)
 
 COLUMNS = (
     "name",
@@ -234,7 +236,11 @@ def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
         ticks = [names[r.bundle] if names[r.bundle] == r.export_format else f"{names[r.bundle]} ({r.export_format or r.precision})" for r in rows]
         ax.set_yticks(range(1, len(rows) + 1), ticks, fontsize=8)
         ax.invert_yaxis()  # the table's order, top to bottom
-        ax.set_xlabel("ms per call (box: p25-p75, whiskers: p1-p99)")
+        for line in box["medians"]:  # visible on any box colour
+            line.set(color="black", linewidth=2)
+        top = max((float(np.percentile(r.samples_ms, 99)) for r in rows if r.samples_ms), default=1.0)
+        ax.set_xlim(0, 1.08 * top)  # from zero: a 0.1 ms spread is not drawn as a wide one
+        ax.set_xlabel("ms per call (box: p25-p75, line: median, whiskers: p1-p99)")
         ax.set_title(f"batch {batch}: {rows[0].mode} latency")
         ax.grid(axis="x", alpha=0.3)
     if with_acc:
@@ -251,6 +257,10 @@ def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
                 edgecolors="black",
                 linewidths=0.5,
             )
+        xs = [r.latency.p50 / r.batch for r in with_acc]
+        accs = [100 * (r.accuracy or 0.0) for r in with_acc]
+        ax2.set_xlim(0, 1.15 * max(xs))
+        ax2.set_ylim(max(0.0, min(accs) - max(2.0, 0.1 * (max(accs) - min(accs)))), 100.5)  # accuracy never above 100%
         ax2.set_xlabel("p50 latency per image (ms)")
         ax2.set_ylabel("top-1 accuracy (%)")
         ax2.set_title("accuracy vs latency")

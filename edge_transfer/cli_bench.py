@@ -164,8 +164,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             if r.stages_ms:
-                parts = ", ".join(f"{k} {v:.2f}" for k, v in r.stages_ms.items())
-                print(f"  end-to-end p50 by stage (ms): {parts}", file=sys.stderr)
+                medians = {k: v for k, v in r.stages_ms.items() if not k.endswith("_mean")}
+                means = {k.removesuffix("_mean"): v for k, v in r.stages_ms.items() if k.endswith("_mean")}
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in medians.items())
+                print(f"  end-to-end p50 by stage (ms): {parts} ('other': the call's time outside the stages)", file=sys.stderr)
+                total = " + ".join(f"{k} {v:.2f}" for k, v in means.items())
+                print(f"  means add up: {total} = {sum(means.values()):.2f} ms, the mean call {r.latency.mean:.2f} ms", file=sys.stderr)
         for m in not_measured:
             print(f"not measured: {m['bundle']} batch {m['batch']}: {m['reason']}", file=sys.stderr)
         if interrupted:

@@ -193,7 +193,8 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     if manifest.format != "onnx":
         raise EdgeTransferError(f"{args.bundle}: already carries a built engine ({manifest.format}); build-engine needs the ONNX bundle")
     if args.out:  # refused before the (long) build: never over the source bundle, its --data, or files not ours
-        from runtimes.outputs import BUNDLE, Protected, check_output_dir
+        from runtimes.bundle import BUNDLE
+        from runtimes.outputs import Protected, check_output_dir
 
         check_output_dir(
             args.out, BUNDLE, overwrite=args.overwrite, protected=[Protected("the source bundle", args.bundle), Protected("--data", args.data)]

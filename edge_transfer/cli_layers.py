@@ -55,12 +55,12 @@ def cmd_probe_layers(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet and not args.json,
     )
-    best = recommend(rows)
+    best, tied = recommend(rows, facts["split"]["val"])
     if args.json:
-        print_json({**facts, "layers": [r.to_dict() for r in rows], "recommended": best.layer})
+        print_json({**facts, "layers": [r.to_dict() for r in rows], "recommended": best.layer, "tied": [r.layer for r in tied]})
         return 0
     print(format_rows(rows, facts))
-    print(recommendation_line(rows, best))
+    print(recommendation_line(rows, best, tied, facts["split"]["val"]))
     return 0
 
 
@@ -96,10 +96,17 @@ def format_rows(rows: list[Any], facts: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def recommendation_line(rows: list[Any], best: Any) -> str:
+def recommendation_line(rows: list[Any], best: Any, tied: list[Any], val_count: int) -> str:
     top = max(rows, key=lambda r: r.val_accuracy)
     cost = f", {best.ms:.2f} ms" if best.ms is not None else ""
-    return (
+    line = (
         f"recommended: --features {best.layer} (val {pct(best.val_accuracy)}{cost}): the best val accuracy per ms among the "
-        f"layers within 1 pt of the best val accuracy ({top.layer}, {pct(top.val_accuracy)})"
+        f"layers tied with the best val accuracy ({top.layer}, {pct(top.val_accuracy)})"
     )
+    if len(tied) > 1:
+        line += (
+            f"\n{len(tied)} of {len(rows)} layers ({', '.join(r.layer for r in tied)}) are tied within what {val_count} val "
+            "images can tell, so speed decided; their test accuracy is in the table, and more images (--val-fraction, "
+            "more data) would tell them apart"
+        )
+    return line

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtimes.outputs import BUNDLE, check_output_dir, check_parent_dir
+from runtimes.bundle import BUNDLE
+from runtimes.outputs import check_output_dir, check_parent_dir
 
 from .api import export, train
 from .config import DEFAULT_BACKBONE

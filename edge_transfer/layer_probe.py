@@ -25,7 +25,7 @@ from .model import ImageClassifier
 
 logger = logging.getLogger(__name__)
 
-TIMED_CALLS = 50
+ROUNDS, CALLS_PER_ROUND = 10, 5  # 50 timed calls per layer, interleaved across layers
 WITHIN_BEST = 0.01  # the recommendation: the fastest layer within 1 pt of the best val accuracy
 
 
@@ -77,6 +77,7 @@ def probe_layers(
     y = dataset.targets
     sweep = dataclasses.replace(cfg, progress=False)  # one line per layer, not a bar and six lines per fit
     rows: list[LayerResult] = []
+    sessions: list[Any] = []
     for name in chosen:
         lo, hi = columns[name]
         x = feats[:, lo:hi]
@@ -87,10 +88,14 @@ def probe_layers(
         with torch.no_grad():
             test = float((head(torch.from_numpy(x[splits.test])).argmax(1).numpy() == y[splits.test]).mean())
         cut = layer_backbone(bb, [name])
-        ms, mb = _time_onnx(ImageClassifier(cut, head, dataset.classes)) if time_layers else (None, None)
-        rows.append(LayerResult(name, hi - lo, best["val_accuracy"], test, best["weight_decay"], ms, mb, sum(p.numel() for p in cut.parameters())))
-        timing = f", {ms:.2f} ms, {mb:.2f} MB" if ms is not None and mb is not None else ""
-        logger.info(f"probe-layers: {name} ({hi - lo}-d) val {best['val_accuracy']:.4f} test {test:.4f}{timing}")
+        session, mb = _onnx_session(ImageClassifier(cut, head, dataset.classes)) if time_layers else (None, None)
+        sessions.append(session)
+        rows.append(LayerResult(name, hi - lo, best["val_accuracy"], test, best["weight_decay"], None, mb, sum(p.numel() for p in cut.parameters())))
+        logger.info(f"probe-layers: {name} ({hi - lo}-d) val {best['val_accuracy']:.4f} test {test:.4f}")
+    if time_layers:
+        for row, ms in zip(rows, _time_interleaved(sessions, bb.preprocessing.input_size)):
+            row.ms = ms
+        logger.info("probe-layers: latency " + ", ".join(f"{r.layer} {r.ms:.2f} ms" for r in rows if r.ms is not None))
     facts = {
         "data": dataset.name,
         "images": len(dataset),
@@ -120,8 +125,8 @@ def _columns(backbone: Any, layers: list[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _time_onnx(model: ImageClassifier) -> tuple[float, float]:
-    """(p50 ms at batch 1 in ONNX Runtime, ONNX file MB) of the bundle graph of `model` (uint8 NHWC in)."""
+def _onnx_session(model: ImageClassifier) -> tuple[Any, float]:
+    """(an ONNX Runtime session of the bundle graph of `model` (uint8 NHWC in, batch 1), its ONNX file MB)."""
     import onnxruntime as ort
 
     from converters.onnx_export import export_onnx
@@ -131,24 +136,45 @@ def _time_onnx(model: ImageClassifier) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cut.onnx"
         export_onnx(clone, path, (h, w), batch_size=1)
-        mb = path.stat().st_size / 1e6
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)}
-    for _ in range(10):
-        session.run(None, feed)
-    times = []
-    for _ in range(TIMED_CALLS):
-        t = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1000.0, mb
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), path.stat().st_size / 1e6
 
 
-def recommend(rows: list[LayerResult]) -> LayerResult:
-    """The best accuracy per millisecond among layers within `WITHIN_BEST` of the best val accuracy (without
-    timings: the shallowest of those)."""
+def _time_interleaved(sessions: list[Any], size: tuple[int, int]) -> list[float]:
+    """p50 ms at batch 1 of each session, timed in `ROUNDS` rounds that visit every session in turn (`CALLS_PER_ROUND`
+    calls each): load on the machine in any one moment falls on every layer alike, not on the one being timed."""
+    feed = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
+    feeds = [{s.get_inputs()[0].name: feed} for s in sessions]
+    for s, f in zip(sessions, feeds):
+        for _ in range(5):
+            s.run(None, f)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(ROUNDS):
+        for i, (s, f) in enumerate(zip(sessions, feeds)):
+            for _ in range(CALLS_PER_ROUND):
+                t = time.perf_counter()
+                s.run(None, f)
+                times[i].append(time.perf_counter() - t)
+    return [float(np.median(t)) * 1000.0 for t in times]
+
+
+def tie_window(accuracy: float, count: int) -> float:
+    """How far below `accuracy` on `count` images another accuracy is still tied with it: the larger of
+    `WITHIN_BEST` and the distance to the lower end of the Wilson 95% interval (at 100% on 48 images, 7.4 pt)."""
+    if count <= 0:
+        return WITHIN_BEST
+    z = 1.96
+    centre = (accuracy + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * np.sqrt(accuracy * (1 - accuracy) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return max(WITHIN_BEST, accuracy - float(centre - half))
+
+
+def recommend(rows: list[LayerResult], val_count: int = 0) -> tuple[LayerResult, list[LayerResult]]:
+    """(the recommended layer, the layers tied with the best val accuracy). Tied: within `tie_window` of it on
+    `val_count` images (at least `WITHIN_BEST`). Among them the best accuracy per millisecond (without timings:
+    the shallowest)."""
     best = max(r.val_accuracy for r in rows)
-    near = [r for r in rows if r.val_accuracy >= best - WITHIN_BEST - 1e-12]
+    window = tie_window(best, val_count)
+    near = [r for r in rows if r.val_accuracy >= best - window - 1e-12]
     if all(r.ms for r in near):
-        return max(near, key=lambda r: r.val_accuracy / float(r.ms or 1.0))
-    return near[0]
+        return max(near, key=lambda r: r.val_accuracy / float(r.ms or 1.0)), near
+    return near[0], near

@@ -47,13 +47,13 @@ def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None =
 
     Returns a `TrainedRun` whose metrics are those of the fake-quantised model (what its int8 bundles will
     score) next to the parent's fp32 metrics."""
-    from .api import check_run_output
     from .checkpoint import checkpoint_dir_for
     from .distributed import auto_workers, distributed_rank, make_accelerator, quiet_unless_main, wait_for_all_ranks
     from .export_data import run_data
     from .fake_quant import SCHEME, calibrate, freeze_scales, learned_scales, prepare_qat, quantized_layers
     from .finetune import train_network
     from .model import save_run
+    from .run_files import check_run_output
     from .sources import load_run
     from .training import accuracy, run_fingerprint
 

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
-from runtimes.outputs import OutputKind
+from runtimes.errors import OutputError
+from runtimes.outputs import OutputKind, Protected, check_clear_of, check_output_dir, contents_problem
 
 RUN_FORMAT = "edge-transfer-run"
 RUN_VERSION = 1
@@ -68,3 +70,14 @@ def _checkpoint_problem(path: Path) -> str | None:
 
 RUN = OutputKind("training run", _run_problem)
 CHECKPOINT = OutputKind("training checkpoint", _checkpoint_problem)
+
+
+def check_run_output(out: str | os.PathLike[str], ckpt: Path, *, overwrite: bool, protected: list[Protected]) -> None:
+    """Before any work: `out` may become a run (absent, empty, or a run of ours with `overwrite`), and its checkpoint
+    sibling, when present, is one of ours (`overwrite` deletes it, `resume` reads it)."""
+    check_output_dir(out, RUN, overwrite=overwrite, protected=protected)
+    check_clear_of(ckpt, protected, flag="the checkpoint")
+    if os.path.lexists(ckpt) and (problem := contents_problem(ckpt, CHECKPOINT)) is not None:
+        raise OutputError(
+            f"{ckpt} (where the run's checkpoint goes) {problem}: not a checkpoint edge-transfer wrote; move it or choose another --out"
+        )

@@ -83,7 +83,7 @@ class BenchResult:
     interrupted: bool = False
     accuracy: float | None = None
     self_test: str | None = None  # "pass", "fail" (reported only when the caller overrode the refusal) or "missing"
-    stages_ms: dict[str, float] | None = None  # end-to-end only: median ms per stage (decode, preprocess, model, postprocess)
+    stages_ms: dict[str, float] | None = None  # end-to-end only: median ms per stage (decode, preprocess, model, postprocess, other), and means
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, samples: bool = False) -> dict[str, Any]:
@@ -270,7 +270,7 @@ def bench_predictor(
         throughput=throughput,
         peak_rss_mib=rss,
         interrupted=interrupted,
-        stages_ms=_stage_medians(stages, len(samples), files) if mode == "end-to-end" and samples else None,
+        stages_ms=_stage_medians(stages, samples, files) if mode == "end-to-end" and samples else None,
         samples_ms=[s * 1000.0 for s in samples],
     )
 
@@ -295,9 +295,18 @@ def _staged_predict(predictor: Any, sources: Sequence[Any], files: bool, stages:
     return out
 
 
-def _stage_medians(stages: dict[str, list[float]], timed: int, files: bool) -> dict[str, float]:
-    """Median ms per stage over the last `timed` calls (the timed ones; warm-up calls come first)."""
-    return {key: float(np.median(v[-timed:])) * 1000.0 for key, v in stages.items() if v and (files or key != "decode")}
+def _stage_medians(stages: dict[str, list[float]], samples: list[float], files: bool) -> dict[str, float]:
+    """Median ms per stage over the timed calls (the last len(samples); warm-up calls come first), and `other`: per
+    call, the call's time less its stages' (Python calls between the stages, the timer itself), so nothing of the
+    call goes unaccounted. Medians of parts need not add up to the median whole on a noisy machine; `mean_ms` of each
+    stage (same keys, `*_mean`) does add up to the mean call."""
+    timed = len(samples)
+    per_call = {key: np.asarray(v[-timed:]) for key, v in stages.items() if v and (files or key != "decode")}
+    other = np.asarray(samples) - sum(per_call.values())
+    out = {key: float(np.median(v)) * 1000.0 for key, v in per_call.items()}
+    out["other"] = float(np.median(other)) * 1000.0
+    out.update({f"{key}_mean": float(np.mean(v)) * 1000.0 for key, v in {**per_call, "other": other}.items()})
+    return out
 
 
 def _warm_up(ours: Callable[[], Any], plain: Callable[[], Any] | None, count: int | None) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 from .errors import BundleError, IntegrityError
 from .fsutil import check_relative_path, publish_directory, sha256_file, staging_directory
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, parse_manifest, utc_now
+from .outputs import OutputKind, check_output_dir, listing
 from .safejson import MAX_JSON_BYTES, MAX_JSON_DEPTH, loads_limited
 
 
@@ -195,6 +196,26 @@ def verify_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------------------ writing
 
 
+def _bundle_problem(path: Path) -> str | None:
+    try:
+        manifest = read_manifest(path)
+    except BundleError:
+        return f"no edge-transfer {MANIFEST_NAME}"
+    listed = {f.path for f in manifest.files} | {MANIFEST_NAME}
+    foreign = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            rel = (Path(dirpath) / name).relative_to(path).as_posix()
+            if rel not in listed:
+                foreign.append(rel)
+    if foreign:
+        return f"files its manifest does not list ({listing(foreign)})"
+    return None
+
+
+BUNDLE = OutputKind("bundle", _bundle_problem)  # what `--overwrite` may replace (runtimes.outputs)
+
+
 class BundleWriter:
     """Build a bundle in a hidden sibling temp directory and publish it atomically.
 
@@ -207,8 +228,6 @@ class BundleWriter:
     """
 
     def __init__(self, target: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        from .outputs import BUNDLE, check_output_dir
-
         self.target = check_output_dir(target, BUNDLE, overwrite=overwrite)  # only a bundle of ours is ever replaced
         self.overwrite = overwrite
         self.dir: Path = Path()

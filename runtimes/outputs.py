@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BundleError, OutputError
-from .manifest import MANIFEST_NAME
+from .errors import OutputError
 
 MAX_SHOWN = 4
 
@@ -41,32 +40,10 @@ class Protected:
     may_hold_output: bool = False
 
 
-def _listing(path: Path, names: Iterable[str]) -> str:
+def listing(names: Iterable[str]) -> str:
     names = sorted(names)
     shown = ", ".join(names[:MAX_SHOWN]) + (f" and {len(names) - MAX_SHOWN} more" if len(names) > MAX_SHOWN else "")
     return shown
-
-
-def _bundle_problem(path: Path) -> str | None:
-    from .bundle import read_manifest
-
-    try:
-        manifest = read_manifest(path)
-    except BundleError:
-        return f"no edge-transfer {MANIFEST_NAME}"
-    listed = {f.path for f in manifest.files} | {MANIFEST_NAME}
-    foreign = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
-            rel = (Path(dirpath) / name).relative_to(path).as_posix()
-            if rel not in listed:
-                foreign.append(rel)
-    if foreign:
-        return f"files its manifest does not list ({_listing(path, foreign)})"
-    return None
-
-
-BUNDLE = OutputKind("bundle", _bundle_problem)
 
 
 def contents_problem(path: Path, kind: OutputKind) -> str | None:
@@ -83,7 +60,7 @@ def contents_problem(path: Path, kind: OutputKind) -> str | None:
     if not entries:
         return None
     reason = kind.problem(path)
-    return None if reason is None else f"holds {_listing(path, entries)} ({reason})"
+    return None if reason is None else f"holds {listing(entries)} ({reason})"
 
 
 def _real(path: str | os.PathLike[str]) -> Path:

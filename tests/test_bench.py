@@ -43,8 +43,11 @@ def test_warm_up_until_stable_and_end_to_end_mode(digits_bundle: Path):
         assert r.mode == "end-to-end" and r.overhead is None and r.plain is not None
         assert r.latency.p50 > r.plain.p50  # resizing 480x640 images costs more than nothing
         # the breakdown: arrays in, so nothing to decode; the stages add up to about a whole call
-        assert list(r.stages_ms) == ["preprocess", "model", "postprocess"] and r.stages_ms["preprocess"] > 0
-        assert 0.5 * r.latency.p50 < sum(r.stages_ms.values()) < 1.5 * r.latency.p50
+        medians = [k for k in r.stages_ms if not k.endswith("_mean")]
+        assert medians == ["preprocess", "model", "postprocess", "other"] and r.stages_ms["preprocess"] > 0
+        # nothing of a call goes unaccounted: the stage means (with 'other') add up to the mean call
+        means = sum(v for k, v in r.stages_ms.items() if k.endswith("_mean"))
+        assert means == pytest.approx(r.latency.mean, rel=1e-6)
 
 
 def test_end_to_end_from_files_times_decoding(digits_bundle: Path, tmp_path: Path):
@@ -56,7 +59,8 @@ def test_end_to_end_from_files_times_decoding(digits_bundle: Path, tmp_path: Pat
     Image.fromarray(synthetic_images(1)[0]).save(path, quality=90)
     with runtimes.load(digits_bundle) as p:
         r = bench_predictor(p, mode="end-to-end", iterations=10, warmup=1, images=[str(path)])
-    assert list(r.stages_ms) == ["decode", "preprocess", "model", "postprocess"] and r.stages_ms["decode"] > 0
+    assert [k for k in r.stages_ms if not k.endswith("_mean")] == ["decode", "preprocess", "model", "postprocess", "other"]
+    assert r.stages_ms["decode"] > 0
 
 
 def test_ctrl_c_keeps_what_was_measured(digits_bundle: Path):

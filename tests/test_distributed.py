@@ -209,7 +209,9 @@ def test_resume_after_sigkill_ends_where_the_uninterrupted_run_ends(four_classes
     shutil.copytree(ckpt, damaged)
     blob = bytearray((damaged / "model.safetensors").read_bytes())
     header = 8 + int.from_bytes(blob[:8], "little")
-    blob[header : header + 4] = np.float32(np.nan).tobytes()
+    tensors = json.loads(blob[8:header])
+    start = next(v["data_offsets"][0] for k, v in tensors.items() if k != "__metadata__" and v["dtype"] == "F32")
+    blob[header + start : header + start + 4] = np.float32(np.nan).tobytes()
     (damaged / "model.safetensors").write_bytes(bytes(blob))
     with pytest.raises(CheckpointError, match="model.safetensors: missing or damaged"):
         et.train(str(four_classes), out=damaged.parent / "run", resume=True, **same)

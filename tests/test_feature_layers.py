@@ -123,6 +123,26 @@ def test_probe_layers_cli_reports_every_layer_asked_and_recommends_one(tmp_path)
     assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["ms"] > 0 for r in rows.values())
     assert rows["blocks.1"]["onnx_mb"] < rows["blocks.3"]["onnx_mb"] < rows["blocks.6"]["onnx_mb"]  # each graph is cut
     assert rows["blocks.1"]["parameters"] < rows["blocks.3"]["parameters"] < rows["blocks.6"]["parameters"]
+    from edge_transfer.layer_probe import tie_window
+
     best = max(r["val_accuracy"] for r in rows.values())
-    assert rows[doc["recommended"]]["val_accuracy"] >= best - 0.01
+    assert rows[doc["recommended"]]["val_accuracy"] >= best - tie_window(best, doc["split"]["val"])
+    assert doc["recommended"] in doc["tied"] and all(rows[n]["val_accuracy"] >= best - tie_window(best, doc["split"]["val"]) for n in doc["tied"])
     assert doc["images"] == 60 and sum(doc["split"].values()) == 60
+
+
+def test_layers_tied_within_what_the_val_set_can_tell_are_said_to_be():
+    """Before: with 7 of 8 layers at 100% on 48 val images, the 24-d blocks.1 was recommended as if it had won.
+    The tie window is the Wilson interval's reach (7.4 pt at 100% of 48; 1 pt, the floor, on thousands of images),
+    and the recommendation line names the tied layers and says speed decided."""
+    from edge_transfer.cli_layers import recommendation_line
+    from edge_transfer.layer_probe import LayerResult, recommend, tie_window
+
+    assert tie_window(1.0, 48) == pytest.approx(0.074, abs=0.001) and tie_window(0.95, 100_000) == 0.01
+    rows = [
+        LayerResult(f"blocks.{i}", 24 * (i + 1), acc, acc, 1e-3, ms, 1.0, 1000) for i, (acc, ms) in enumerate([(1.0, 1.0), (1.0, 3.0), (0.9, 0.5)])
+    ]
+    best, tied = recommend(rows, 48)
+    assert best.layer == "blocks.0" and [r.layer for r in tied] == ["blocks.0", "blocks.1"]
+    line = recommendation_line(rows, best, tied, 48)
+    assert "2 of 3 layers (blocks.0, blocks.1) are tied within what 48 val images can tell, so speed decided" in line
