@@ -414,3 +414,20 @@ def test_int8_export_climbs_the_ladder_and_the_share_gate_refuses_mostly_float(d
     conversion = runtimes.read_manifest(result.path).conversion
     assert "accuracy_aware" in conversion and set(conversion["int8_share"]["float_layers"]) >= set(conversion["float_nodes"][:2])
     assert "accuracy-aware" in format_table([result.summary()])
+
+
+def test_the_accuracy_aware_rung_is_skipped_when_it_cannot_help():
+    """On unlabelled data the accuracy-aware rung tunes top-1 agreement where fp32 is confident. Before, a bundle that
+    missed only the top-5 rule (0.969 against 0.97) climbed to it and got the very same numbers; now the rung is not
+    tried, and the warning says which checks failed and that the rung does not tune them."""
+    from converters.export import ExportResult
+    from converters.ladder import why_not_climb
+
+    def failed(**checks: bool) -> ExportResult:
+        return ExportResult("onnx-int8", Path("b"), None, {"passed": False, "checks": checks})  # type: ignore[arg-type]
+
+    why = why_not_climb(failed(confident_agreement=True, top5_containment=False, logit_cosine_mean=True))
+    assert why is not None and "failed on top5_containment, which it does not tune: not tried" in why
+    assert why_not_climb(failed(confident_agreement=False, top5_containment=False)) is None
+    assert why_not_climb(failed(accuracy_drop=False)) is None
+    assert "int8_share" in (why_not_climb(failed(accuracy_drop=True, int8_share=False)) or "")
