@@ -133,7 +133,7 @@ def test_cli_qat_flags_build_the_api_config_and_help_explains_it(qat_run, tmp_pa
     out = run_cli("qat", "--help")
     assert out.returncode == 0 and "fake int8 quantisation" in out.stdout and "--freeze-scales-after" in out.stdout
     bad = run_cli("qat", str(qat_run[0].path), "--epochs", "0")
-    assert bad.returncode == 2 and "qat epochs must be >= 1" in bad.stderr
+    assert bad.returncode == 2 and "--epochs must be >= 1" in bad.stderr
 
 
 def test_qat_resumes_after_sigkill_where_the_uninterrupted_run_ends(qat_run, tmp_path: Path):

@@ -342,7 +342,11 @@ def test_engine_bundle_records_where_the_engine_was_built(digits_run, tmp_path: 
     }
     assert m.raw["model"]["tensorrt"]["precision"] == "fp16" and m.raw["producer"]["tensorrt"] == "10.3.0"
     assert m.validation == runtimes.read_manifest(r.path).validation  # what the ONNX was checked against travels along
-    assert runtimes.open_bundle(written.path).size_bytes == len(b"stand-in plan")
+    # the plan, and the self-test's golden images and references with it (so `check` can run on the engine bundle)
+    source = runtimes.read_manifest(r.path)
+    carried = {f.path for f in source.files if f.path != source.entrypoint}
+    assert {f.path for f in m.files} == carried | {"model.plan"} and any(p.startswith("selftest/golden/") for p in carried)
+    assert runtimes.open_bundle(written.path).size_bytes == len(b"stand-in plan") + sum(f.bytes for f in source.files if f.path in carried)
 
 
 def test_onnxruntime_gpu_providers_never_fall_back_silently(digits_bundle: Path):

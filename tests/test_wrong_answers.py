@@ -234,3 +234,24 @@ def test_val_on_the_training_folder_says_so(tmp_path: Path):
         Image.fromarray(np.asarray(Image.open(f))[::-1].copy()).save(f)
     r = run_cli("val", str(tmp_path / "bundle"), "--data", str(fresh), "--quiet")
     assert r.returncode == 0 and "trained or tuned on" not in r.stdout
+
+
+def test_warnings_name_the_bundle_not_its_staging_folder_and_int8_says_what_runs_in_int8(bundle_copy: Path, format_bundles, tmp_path, caplog):
+    """Before: warnings during an export named `bundles/.lp-vnni.partial-8bz3usvx`, and openvino-int8 said "runs at
+    f32" while onnx-int8 said "int8+f32". Now the published name is used, and both say what computes in int8."""
+    import shutil
+
+    doc = json.loads((bundle_copy / "manifest.json").read_text())
+    doc["validation"]["passed"] = False
+    (bundle_copy / "manifest.json").write_text(json.dumps(doc))
+    staged = tmp_path / ".mybundle.partial-x1y2z3"
+    shutil.copytree(bundle_copy, staged)
+    with caplog.at_level(logging.WARNING, logger="runtimes.predictor"), runtimes.load(staged):
+        pass
+    assert f"{tmp_path / 'mybundle'}: this bundle FAILED its validation gate" in caplog.text and ".partial-" not in caplog.text
+    for fmt in ("onnx-int8", "openvino-int8"):
+        with runtimes.load(format_bundles[fmt]) as p:
+            computes = p.describe()["computes"]
+        assert computes.startswith("int8 (") and "% of MACs) + " in computes and computes.endswith(("f32", "bf16", "f16")), (fmt, computes)
+    with runtimes.load(format_bundles["onnx"]) as p:
+        assert p.describe()["computes"] == "f32"
