@@ -1,0 +1,57 @@
+"""Tokenisation for text bundles, torch-free (issue 30): Hugging Face `tokenizers` (a Rust wheel for x86-64 and
+aarch64) reading a `tokenizer.json`, the one definition of the tokens on the host and on the device.
+
+A `tokenizer.json` may carry padding and truncation settings of its own: all-MiniLM-L6-v2's pads every text to 128
+tokens and cuts at 128, while the model reads 256, so its embeddings would not match sentence-transformers'. The
+file's settings are replaced here: no padding from the tokenizer, truncation at `max_tokens`, and each batch padded
+to its longest text, with the attention mask saying which tokens are real.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendUnavailableError, InputError
+
+DEFAULT_MAX_TOKENS = 256
+
+
+class TextTokenizer:
+    """`tokenizer(texts)` -> (input_ids, attention_mask), int64 arrays of shape (N, longest text in tokens)."""
+
+    def __init__(self, tokenizer_json: str | os.PathLike[str], max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise BackendUnavailableError(f"text needs the tokenizers package ({exc}); pip install tokenizers") from None
+        if not isinstance(max_tokens, int) or not 2 <= max_tokens <= 8192:
+            raise InputError(f"max_tokens must be a whole number from 2 to 8192, got {max_tokens!r}")
+        try:
+            self._tok: Any = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as exc:  # the Rust side raises its own exception type for a malformed file
+            raise InputError(f"{tokenizer_json}: not a readable tokenizer.json ({exc})") from None
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=max_tokens)
+        self.max_tokens = max_tokens
+        self.pad_id = int(self._tok.token_to_id("[PAD]") or 0)
+
+    def __call__(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise InputError("empty batch: at least one text is needed")
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise InputError(f"text {bad}: expected a string, got {type(texts[bad]).__name__}")
+        encoded = self._tok.encode_batch(list(texts))
+        width = max(len(e.ids) for e in encoded)
+        ids = np.full((len(encoded), width), self.pad_id, np.int64)
+        mask = np.zeros((len(encoded), width), np.int64)
+        for row, e in enumerate(encoded):
+            ids[row, : len(e.ids)] = e.ids
+            mask[row, : len(e.ids)] = 1
+        return ids, mask
