@@ -72,9 +72,16 @@ def load_minilm(max_tokens: int = DEFAULT_MAX_TOKENS) -> tuple[MeanPooledEncoder
 
 @torch.no_grad()
 def embed_texts(model: MeanPooledEncoder, tokenizer: TextTokenizer, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-    """(N, dim) float32 embeddings of `texts`, `batch_size` at a time."""
-    out = []
+    """(N, dim) float32 embeddings of `texts`, in their order, `batch_size` at a time; batches are formed from texts
+    of similar length (each batch is padded to its longest), which changes no embedding."""
+    lengths = [len(ids) for ids in tokenizer.token_ids(texts)]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    out = torch.empty(0)
     for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer(texts[start : start + batch_size])
-        out.append(model(torch.from_numpy(ids), torch.from_numpy(mask)))
-    return torch.cat(out)
+        picked = order[start : start + batch_size]
+        ids, mask = tokenizer([texts[i] for i in picked])
+        part = model(torch.from_numpy(ids), torch.from_numpy(mask))
+        if start == 0:
+            out = torch.empty((len(texts), part.shape[1]), dtype=part.dtype)
+        out[picked] = part
+    return out

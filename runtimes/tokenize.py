@@ -39,6 +39,10 @@ class TextTokenizer:
         self.max_tokens = max_tokens
         self.pad_id = int(self._tok.token_to_id("[PAD]") or 0)
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids as the model will read them (cut at `max_tokens`), unpadded."""
+        return [list(e.ids) for e in self._tok.encode_batch(list(texts))]
+
     def __call__(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(texts, str):
             texts = [texts]
