@@ -36,6 +36,8 @@ FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-fp16", "openv
 
 def export_bundles(work: Path) -> dict[str, Path]:
     import edge_transfer as et
+    from runtimes.bundle import BUNDLE
+    from runtimes.fsutil import remove_ours
 
     missing = [f for f in FORMATS if not (work / f / "manifest.json").exists()]
     if missing:
@@ -55,9 +57,9 @@ def export_bundles(work: Path) -> dict[str, Path]:
             overwrite=True,
         )
         for f in missing:  # one format is written at out itself, several at out/<format>
-            shutil.rmtree(work / f, ignore_errors=True)
+            remove_ours(work / f, BUNDLE)  # an earlier, incomplete one; never a folder of anyone else's
             (work / "_new" / f if len(missing) > 1 else work / "_new").rename(work / f)
-        shutil.rmtree(work / "_new", ignore_errors=True)
+        remove_ours(work / "_new", BUNDLE)  # empty by now
     return {f: work / f for f in FORMATS}
 
 

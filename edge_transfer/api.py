@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from converters.options import ExportOptions
 from runtimes.errors import CheckpointError, DatasetError, InputError
+from runtimes.fsutil import remove_ours
 from runtimes.outputs import Protected
 from runtimes.seen import seen_section
 
@@ -48,7 +48,7 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
     from .distributed import distributed_rank, quiet_unless_main, wait_for_all_ranks
     from .layers import FINAL, layer_backbone, parse_layers
     from .model import save_run
-    from .run_files import check_run_output
+    from .run_files import CHECKPOINT, check_run_output, discard_checkpoint
     from .training import fit
 
     cfg = (config or TrainConfig()).with_overrides(**overrides)
@@ -83,7 +83,7 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
     if cfg.resume and not (ckpt / "state.json").is_file():
         logger.info(f"resume: no checkpoint at {ckpt}; starting from the beginning")
     elif cfg.overwrite and not cfg.resume and ckpt.exists() and distributed_rank() == 0:
-        shutil.rmtree(ckpt)
+        remove_ours(ckpt, CHECKPOINT)  # checked before any work; checked again as it goes
     wait_for_all_ranks()
     result = fit(bb, dataset, splits, cfg)
     model = result.model
@@ -112,7 +112,7 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
     path = Path(out)
     if distributed_rank() == 0:  # one complete artifact, written by the main process only
         save_run(out, model, run_config, overwrite=cfg.overwrite)
-        shutil.rmtree(ckpt, ignore_errors=True)
+        discard_checkpoint(ckpt)
     wait_for_all_ranks()
     trained = TrainedRun(path, result.metrics, run_config, round(time.perf_counter() - t0, 2), result.history)
     if cfg.qat:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from torch import nn
 
 from runtimes.cpu import TARGET_CPUS, reduce_range_for
 from runtimes.errors import CheckpointError, EdgeTransferError, InputError
+from runtimes.fsutil import remove_ours
 from runtimes.outputs import Protected
 
 from .config import QatConfig, TrainConfig
@@ -53,7 +53,7 @@ def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None =
     from .fake_quant import SCHEME, calibrate, freeze_scales, learned_scales, prepare_qat, quantized_layers
     from .finetune import train_network
     from .model import save_run
-    from .run_files import check_run_output
+    from .run_files import CHECKPOINT, check_run_output, discard_checkpoint
     from .sources import load_run
     from .training import accuracy, run_fingerprint
 
@@ -76,7 +76,7 @@ def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None =
     if ckpt.exists() and not cfg.resume and not cfg.overwrite:
         raise CheckpointError(f"{ckpt} holds the checkpoint of an interrupted qat run: pass --resume to continue it, or --overwrite to start over")
     if cfg.overwrite and not cfg.resume and ckpt.exists() and distributed_rank() == 0:
-        shutil.rmtree(ckpt)
+        remove_ours(ckpt, CHECKPOINT)
     wait_for_all_ranks()
     data = run_data(parent_config, cfg.data)
     seven_bit = reduce_range_for(cfg.target_cpu)
@@ -160,7 +160,7 @@ def run_qat(run: str | os.PathLike[str], *, out: str | os.PathLike[str] | None =
     )
     if distributed_rank() == 0:
         save_run(target, model, run_config, overwrite=cfg.overwrite)
-        shutil.rmtree(ckpt, ignore_errors=True)
+        discard_checkpoint(ckpt)
     wait_for_all_ranks()
     return TrainedRun(target, metrics, run_config, seconds, history)
 

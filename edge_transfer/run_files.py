@@ -81,3 +81,16 @@ def check_run_output(out: str | os.PathLike[str], ckpt: Path, *, overwrite: bool
         raise OutputError(
             f"{ckpt} (where the run's checkpoint goes) {problem}: not a checkpoint edge-transfer wrote; move it or choose another --out"
         )
+
+
+def discard_checkpoint(ckpt: Path) -> None:
+    """Delete a run's checkpoint once the run is saved (or `--overwrite` starts over), only if it is still one of ours:
+    a folder a user put there since is kept, with a warning, and the saved run stands."""
+    import logging
+
+    from runtimes.fsutil import remove_ours
+
+    try:
+        remove_ours(ckpt, CHECKPOINT)
+    except OutputError as exc:
+        logging.getLogger(__name__).warning(f"{exc}; it is left as it is")

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import BundleError, IntegrityError
-from .fsutil import check_relative_path, publish_directory, sha256_file, staging_directory
+from .fsutil import check_relative_path, publish_directory, remove_temporary, sha256_file, staging_directory
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, parse_manifest, utc_now
 from .outputs import OutputKind, check_output_dir, listing
 from .safejson import MAX_JSON_BYTES, MAX_JSON_DEPTH, loads_limited
@@ -239,7 +238,7 @@ class BundleWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self.committed:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            remove_temporary(self.dir)
 
     def _file_entries(self) -> list[dict[str, Any]]:
         files = []

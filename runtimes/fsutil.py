@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from .errors import IntegrityError, OutputError
+from .outputs import OutputKind, a, contents_problem
 
 _CHUNK = 1 << 20
 T = TypeVar("T")
@@ -56,6 +57,40 @@ def cannot_write(path: str | os.PathLike[str], exc: OSError, what: str = "output
     return OutputError(f"{path}: cannot write the {what}: {reason}; what was there before is unchanged")
 
 
+TEMP_PREFIX = "edge-transfer-"  # temporary directories this package makes under the system's temp folder
+
+
+def _is_our_temporary(path: Path) -> bool:
+    """A staging sibling (`.NAME.partial-*`), a replaced directory on its way out (`.NAME.old-PID`), or an
+    `edge-transfer-*` directory in the system's temp folder: names only this package gives."""
+    name = path.name
+    if name.startswith(".") and (".partial-" in name or ".old-" in name):
+        return True
+    return name.startswith(TEMP_PREFIX) and Path(os.path.realpath(path.parent)) == Path(os.path.realpath(tempfile.gettempdir()))
+
+
+def remove_temporary(path: str | os.PathLike[str]) -> None:
+    """Delete a temporary directory this package made (see `_is_our_temporary`); any other path is a bug, refused."""
+    p = Path(path)
+    if not _is_our_temporary(p):
+        raise OutputError(f"{p}: not a temporary directory of edge-transfer's; refusing to delete it")
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def remove_ours(path: str | os.PathLike[str], kind: OutputKind) -> bool:
+    """Delete `path` only when it is a whole `kind` directory of ours (`runtimes.outputs.contents_problem`), or empty;
+    anything else, a file or a symlink included, is refused with `OutputError` naming what is there. Returns whether
+    something was deleted. Together with `remove_temporary`, the only way edge-transfer deletes a directory."""
+    p = Path(path)
+    if not os.path.lexists(p):
+        return False
+    problem = contents_problem(p, kind)
+    if problem is not None:
+        raise OutputError(f"{p} {problem}: not {a(kind.what)} edge-transfer wrote, so it is not deleted")
+    shutil.rmtree(p)
+    return True
+
+
 def published_path(path: str | os.PathLike[str]) -> Path:
     """The path a staged directory will be published at (`out/.b.partial-x1y2` -> `out/b`), so messages written
     while a bundle is validated name the bundle the user asked for; any other path as it is."""
@@ -90,7 +125,7 @@ def staged_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
         publish_directory(tmp, target)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_temporary(tmp)
 
 
 def publish_directory(staged: Path, target: Path) -> None:
@@ -109,7 +144,7 @@ def publish_directory(staged: Path, target: Path) -> None:
             os.replace(old, target)  # put the previous one back
         raise cannot_write(target, exc) from None
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_temporary(old)
 
 
 LOCK_TIMEOUT_S = 120.0

@@ -30,6 +30,11 @@ class OutputKind:
     problem: Callable[[Path], str | None]
 
 
+def a(what: str) -> str:
+    """`what` with its indefinite article ("a bundle", "an engine cache entry")."""
+    return f"{'an' if what[:1] in 'aeiou' else 'a'} {what}"
+
+
 @dataclass(frozen=True)
 class Protected:
     """A path the output must keep clear of: `name` is how the user gave it ("--data", "the source run").
@@ -108,7 +113,7 @@ def check_output_dir(
         return target
     problem = contents_problem(target, kind)
     if problem is not None:
-        raise OutputError(f"{flag} {target} {problem}: not a {kind.what} edge-transfer wrote, so it is never replaced; choose another {flag}")
+        raise OutputError(f"{flag} {target} {problem}: not {a(kind.what)} edge-transfer wrote, so it is never replaced; choose another {flag}")
     if not overwrite:
         raise OutputError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
     return target

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EngineIncompatibleError, InputError
+from .outputs import OutputKind
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 DLA_PRECISIONS = ("fp16", "int8")  # the DLA has no fp32 kernels
@@ -292,6 +293,14 @@ def default_cache_dir() -> Path:
     return Path(root) / "engines"
 
 
+def _entry_problem(path: Path) -> str | None:
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in ("engine.plan", "meta.json"))
+    return f"files an engine cache entry does not have ({', '.join(foreign[:4])})" if foreign else None
+
+
+ENGINE_ENTRY = OutputKind("engine cache entry", _entry_problem)
+
+
 class EngineCache:
     """Engines on disk: `<root>/<key>/engine.plan` + `meta.json` (target, settings, sha256 of the plan), and one
     timing cache per device model and TensorRT version."""
@@ -357,9 +366,10 @@ class EngineCache:
         return self.entry(key)
 
     def evict(self, key: str) -> None:
-        import shutil
+        """Delete a corrupt or mismatched entry; a folder holding anything but an entry's files is refused."""
+        from .fsutil import remove_ours
 
-        shutil.rmtree(self.entry(key), ignore_errors=True)
+        remove_ours(self.entry(key), ENGINE_ENTRY)
 
 
 def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: str | os.PathLike[str], *, overwrite: bool = False) -> Any:

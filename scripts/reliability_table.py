@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import runtimes  # noqa: E402
 from runtimes.errors import EdgeTransferError  # noqa: E402
+from runtimes.fsutil import TEMP_PREFIX, remove_temporary  # noqa: E402
 
 
 def digest(path: Path) -> str:
@@ -186,7 +187,7 @@ def image_rows(work: Path, p) -> list[tuple[str, str]]:
 def main() -> int:
     bundle = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "demo-output" / "bundle")
     before = digest(bundle)
-    work = Path(tempfile.mkdtemp(prefix="reliability-"))
+    work = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}reliability-"))
     rows = []
 
     def copy(name: str) -> Path:
@@ -353,7 +354,7 @@ def main() -> int:
             print(f"| {what} | {shown} |")
         print()
     print(f"the original bundle is byte-identical afterwards: {untouched}")
-    shutil.rmtree(work, ignore_errors=True)
+    remove_temporary(work)
     every = rows + owned + wrong
     return 0 if untouched and not any(got.startswith(("UNTYPED", "WRONG", "FAILED")) for _, got in every) else 1
 

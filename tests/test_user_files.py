@@ -136,3 +136,42 @@ def test_demo_replaces_only_its_own_output(project: Path):
     one_error(run_cli("demo", "--out", "proj", "--image-size", str(SMALL)), "proj/run holds diary.txt")
     assert tree(project / "proj") == before
     shutil.rmtree(project / "proj" / "run")
+
+
+def test_every_directory_edge_transfer_deletes_is_one_it_made(tmp_path: Path, caplog):
+    """The two deleting helpers of runtimes.fsutil, which every caller goes through: temporary directories by the
+    names only edge-transfer gives, and checkpoints, engine-cache entries and bundles only when whole ones of ours.
+    A user's folder at any of those places is refused (or, for a checkpoint already superseded by a saved run, kept
+    with a warning), and hashed before and after."""
+    import logging
+
+    from edge_transfer.run_files import CHECKPOINT, discard_checkpoint
+    from runtimes.errors import OutputError
+    from runtimes.fsutil import remove_ours, remove_temporary
+    from runtimes.tensorrt_engine import EngineCache
+
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"mine")
+    before = tree(tmp_path)
+    with pytest.raises(OutputError, match="not a temporary directory of edge-transfer's"):
+        remove_temporary(mine)
+    with pytest.raises(OutputError, match="holds holiday.jpg .*not a training checkpoint edge-transfer wrote"):
+        remove_ours(mine, CHECKPOINT)
+    with caplog.at_level(logging.WARNING, logger="edge_transfer.run_files"):
+        discard_checkpoint(mine)
+    assert "it is left as it is" in caplog.text
+    cache = EngineCache(tmp_path)
+    with pytest.raises(OutputError, match="holds holiday.jpg .*not an engine cache entry edge-transfer wrote"):
+        cache.evict("photos")  # a corrupt entry's key that happens to name the user's folder
+    assert tree(tmp_path) == before
+
+    staged = tmp_path / ".b.partial-x1y2"
+    staged.mkdir()
+    (staged / "model.onnx").write_bytes(b"half")
+    remove_temporary(staged)
+    entry = tmp_path / "abc123"
+    entry.mkdir()
+    (entry / "engine.plan").write_bytes(b"plan")
+    cache.evict("abc123")
+    assert not staged.exists() and not entry.exists() and tree(tmp_path) == before

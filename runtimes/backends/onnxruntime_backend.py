@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
+from ..fsutil import TEMP_PREFIX, remove_temporary
 from ..graph_types import AS_WRITTEN, check_as_written, manifest_dtype
 from ..predictor import Predictor
 
@@ -80,7 +80,7 @@ class OnnxRuntimePredictor(Predictor):
         so.log_severity_level = 3
         profile_dir = None
         if dev != "cpu":  # one profiled warm-up run tells which provider each node ran on
-            profile_dir = tempfile.mkdtemp(prefix="edge-transfer-ort-profile-")
+            profile_dir = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}ort-profile-")
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(profile_dir, "placement")
         providers: list[Any] = [wanted, "CPUExecutionProvider"]
@@ -120,7 +120,7 @@ class OnnxRuntimePredictor(Predictor):
                 self.session.run([self._output_name], {self._input_name: np.zeros((self.max_batch or 1, h, w, 3), np.uint8)})
                 self.placement = placement_from_profile(self.session.end_profiling())
             finally:
-                shutil.rmtree(profile_dir, ignore_errors=True)
+                remove_temporary(profile_dir)
 
     def _tensorrt_options(self, cache_dir: str | None) -> dict[str, Any]:
         """TensorRT EP settings: engines and timing caches kept on disk (not rebuilt for every session), one
