@@ -33,8 +33,10 @@ def check_export_targets(
     targets = export_targets(out, formats)
     if len(formats) > 1:
         check_parent_dir(out, protected=protected)
-    for target in targets.values():  # whether an existing bundle of ours may be replaced or kept: `existing_bundles`
+    for target in targets.values():
         check_output_dir(target, BUNDLE, overwrite=True, protected=protected)
+    if not skip_existing:  # an existing bundle without --overwrite: the refusal that names --skip-existing, before any work
+        existing_bundles(targets, None, overwrite=overwrite, skip_existing=False)
     return targets
 
 
