@@ -59,20 +59,25 @@ def add_gallery_parsers(sub: Any) -> None:
     i.set_defaults(func=cmd_identify)
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The embedding bundle and the gallery as it is now (read-only: `Gallery.editing` changes it)."""
+def _embedding_predictor(args: argparse.Namespace) -> Any:
     import runtimes
-    from runtimes.gallery import Gallery
 
     predictor = runtimes.load(args.bundle, device=args.device)
     if not predictor.is_embedding:
         predictor.close()
         raise InputError(f"{args.bundle} is a classifier bundle; enroll and identify need an embedding bundle (export --output embedding)")
+    return predictor
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The embedding bundle and the gallery as it is now (read-only: `Gallery.editing` changes it)."""
+    from runtimes.gallery import Gallery
+
+    predictor = _embedding_predictor(args)
     return predictor, Gallery.load(args.gallery, predictor)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    import runtimes
     from runtimes.gallery import Gallery, label_folders
     from runtimes.labels import check_label
     from runtimes.preprocess import expand_image_paths
@@ -88,10 +93,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         predictor, gallery = _open(args)
         predictor.close()
     else:
-        predictor = runtimes.load(args.bundle, device=args.device)
-        with predictor:
-            if not predictor.is_embedding:
-                raise InputError(f"{args.bundle} is a classifier bundle; enroll needs an embedding bundle (export --output embedding)")
+        with _embedding_predictor(args) as predictor:
             if os.path.exists(args.gallery) or args.remove:  # another model's gallery is refused before any image is embedded
                 Gallery.load(args.gallery, predictor)
             folders = {check_label(args.label): expand_image_paths(args.images)} if args.label else {}

@@ -44,12 +44,16 @@ def add_imprint_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_imprint)
 
 
+def require_extensible(bundle: str, predictor: Any) -> None:
+    if not predictor.is_extensible:
+        raise InputError(f"{bundle} has no features output to add classes from; export the run with --output extensible")
+
+
 def open_added(bundle: str, path: str, predictor: Any) -> Any:
     """The added classes of `path` as they are now, for `predictor`'s extensible bundle (read-only)."""
     from runtimes.imprint import AddedClasses
 
-    if not predictor.is_extensible:
-        raise InputError(f"{bundle} has no features output to add classes from; export the run with --output extensible")
+    require_extensible(bundle, predictor)
     return AddedClasses.load(path, predictor)
 
 
@@ -69,10 +73,9 @@ def cmd_imprint(args: argparse.Namespace) -> int:
         if not args.label and not args.remove:  # --list alone: read, never write
             added = open_added(args.bundle, args.classes, predictor)
         else:
+            require_extensible(args.bundle, predictor)
             if os.path.exists(args.classes) or args.remove:  # another model's file is refused before any image is read
-                open_added(args.bundle, args.classes, predictor)
-            elif not predictor.is_extensible:
-                raise InputError(f"{args.bundle} has no features output to add classes from; export the run with --output extensible")
+                AddedClasses.load(args.classes, predictor)
             features = None
             if args.label:
                 check_label(args.label)
