@@ -129,13 +129,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     v = m.validation or {}
     print(f"bundle      {bundle.path}  (verified: {len(m.files)} file(s), {bundle.size_bytes / 1e6:.2f} MB)")
     print(f"model       {m.backend} / {m.format} / {m.precision}, created {m.created}")
-    print(f"input       {m.inputs[0].name} {m.inputs[0].dtype} {list(m.inputs[0].shape)} {m.inputs[0].layout or ''}")
+    for spec in m.inputs:
+        print(f"input       {spec.name} {spec.dtype} {list(spec.shape)} {spec.layout or ''}")
     print(f"output      {m.outputs[0].name} {m.outputs[0].dtype} {list(m.outputs[0].shape)}")
-    p = m.preprocessing
-    print(
-        f"preprocess  {p.input_size[0]}x{p.input_size[1]} {p.interpolation}, crop {p.crop_pct}, mean {p.mean}, std {p.std}, "
-        f"in graph: {p.normalize_in_graph}"
-    )
+    print(f"preprocess  {m.input_summary()}")
     if m.embedding is not None:
         e, t = m.embedding, m.embedding.get("unknown_threshold")
         unknown = f"unknown below cosine {t:.4f}" if t is not None else "no calibrated unknown threshold"

@@ -107,13 +107,14 @@ def open_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> B
 
 
 def model_files(manifest: Manifest) -> set[str]:
-    """The files a backend loads: the entrypoint and listed files beside it with the same stem (model.bin)."""
+    """The files a backend loads: the entrypoint and listed files beside it with the same stem (model.bin), and a
+    text bundle's tokenizer (read from these verified bytes too)."""
     entry = PurePosixPath(manifest.entrypoint)
     return {
         f.path
         for f in manifest.files
         if f.path == manifest.entrypoint or (PurePosixPath(f.path).parent == entry.parent and PurePosixPath(f.path).stem == entry.stem)
-    }
+    } | ({manifest.text.tokenizer} if manifest.text is not None else set())
 
 
 def _is_onnx(rel: str, manifest: Manifest) -> bool:

@@ -79,7 +79,7 @@ def model_fingerprint(predictor: Predictor) -> str:
     doc = {
         "source": source,
         "graph": {k: export.get(k) for k in ("exporter", "opset", "parameter_bytes")},
-        "preprocessing": m.preprocessing.to_dict(),
+        **m.input_fingerprint(),
         "embedding": {k: m.embedding.get(k) for k in ("dim", "normalization", "layers")},
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]

@@ -87,7 +87,7 @@ def model_fingerprint(predictor: Predictor, replay: Replay) -> str:
     m = predictor.manifest
     doc = {
         "source": {k: v for k, v in m.source.items() if k != "export"},
-        "preprocessing": m.preprocessing.to_dict(),
+        **m.input_fingerprint(),
         "labels": list(m.labels),
         "replay": hashlib.sha256(replay.weight.tobytes() + replay.bias.tobytes() + replay.features.tobytes()).hexdigest(),
     }

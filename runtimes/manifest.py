@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BundleError, InputError
+from .modality import TEXT_INPUT_NAMES, TextConfig
 from .preprocess import PreprocessConfig
 
-SCHEMA_VERSION = 3  # the newest this runtime reads; 2 added embedding bundles, 3 extensible classifiers
+SCHEMA_VERSION = 4  # the newest this runtime reads; 2 added embedding bundles, 3 extensible classifiers, 4 text
 CLASSIFIER_SCHEMA_VERSION = 1  # classifier bundles are written as 1, which every runtime reads
 EMBEDDING_SCHEMA_VERSION = 2
 EXTENSIBLE_SCHEMA_VERSION = 3  # a classifier with a second output (its features) and replay data for imprinting
+TEXT_SCHEMA_VERSION = 4  # any bundle of the text modality (a `text` section, token inputs): older runtimes refuse it
 NORMALIZATIONS = ("l2",)
 MANIFEST_NAME = "manifest.json"
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
@@ -64,7 +66,7 @@ class Manifest:
     files: tuple[FileEntry, ...]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    preprocessing: PreprocessConfig
+    preprocessing: PreprocessConfig | None  # an image bundle's; None for text (its `text` section says how)
     labels: tuple[str, ...]
     producer: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +81,7 @@ class Manifest:
     self_test: dict[str, Any] | None = None  # golden images and tolerances (runtimes.selftest)
     embedding: dict[str, Any] | None = None  # an embedding bundle: {"dim", "normalization", "layers", "unknown_threshold"}
     extension: dict[str, Any] | None = None  # an extensible classifier: {"features_output", "dim", "replay", ...}
+    text: TextConfig | None = None  # a text bundle: its tokenizer file and token limit (runtimes.modality)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -86,9 +89,34 @@ class Manifest:
         return len(self.labels)
 
     @property
+    def modality(self) -> str:
+        """What the bundle takes: "image" or "text" (`runtimes.modality.input_reader` picks the reader by it)."""
+        return "text" if self.text is not None else "image"
+
+    @property
     def output_width(self) -> int:
         """Values per image: the embedding's dimension, or one logit per label."""
         return int(self.embedding["dim"]) if self.embedding is not None else len(self.labels)
+
+    def input_fingerprint(self) -> dict[str, Any]:
+        """What defines the model's input, for fingerprints (galleries, added classes): an image bundle's
+        preprocessing, or a text bundle's text section with its tokenizer's sha256."""
+        if self.text is not None:
+            digest = next((f.sha256 for f in self.files if f.path == self.text.tokenizer), None)
+            return {"text": self.text.to_dict(), "tokenizer_sha256": digest}
+        assert self.preprocessing is not None
+        return {"preprocessing": self.preprocessing.to_dict()}
+
+    def input_summary(self) -> str:
+        """One line on how inputs are made (`inspect`)."""
+        if self.text is not None:
+            return f"text, tokenised by {self.text.tokenizer}, cut at {self.text.max_tokens} tokens, each batch padded to its longest"
+        assert self.preprocessing is not None
+        p = self.preprocessing
+        return (
+            f"{p.input_size[0]}x{p.input_size[1]} {p.interpolation}, crop {p.crop_pct}, mean {p.mean}, std {p.std}, "
+            f"in graph: {p.normalize_in_graph}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest.json document (the inverse of `parse_manifest`); optional sections appear when set."""
@@ -108,7 +136,8 @@ class Manifest:
             "created": self.created,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
-            "preprocessing": self.preprocessing.to_dict(),
+            **({"preprocessing": self.preprocessing.to_dict()} if self.preprocessing is not None else {}),
+            **({"modality": "text", "text": self.text.to_dict()} if self.text is not None else {}),
             "labels": list(self.labels),
             "source": self.source,
             "validation": self.validation,
@@ -223,6 +252,46 @@ def _extension(d: dict[str, Any], outputs: tuple[TensorSpec, ...], paths: list[s
     return x
 
 
+def _image_input(d: dict[str, Any], inputs: tuple[TensorSpec, ...]) -> PreprocessConfig:
+    """An image bundle's input: one uint8 (batch, H, W, 3) tensor and the preprocessing that makes it."""
+    if len(inputs) != 1:
+        raise BundleError(f"manifest must describe exactly one input for an image bundle, got {len(inputs)}")
+    spec = inputs[0]
+    if spec.dtype != "uint8" or len(spec.shape) != 4 or spec.shape[3] != 3:
+        raise BundleError(f"manifest field 'inputs[0]' must be uint8 (batch, H, W, 3), got {spec.dtype} {list(spec.shape)}")
+    if isinstance(spec.shape[0], int) and spec.shape[0] > MAX_BATCH:
+        raise BundleError(f"manifest field 'inputs[0].shape[0]': a fixed batch of {spec.shape[0]} (at most {MAX_BATCH})")
+    try:
+        pre = PreprocessConfig.from_dict(_req(d, "preprocessing", dict, ""))
+    except (InputError, TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise BundleError(f"manifest field 'preprocessing': {exc}") from None
+    if tuple(spec.shape[1:3]) != pre.input_size:
+        raise BundleError(f"manifest field 'inputs[0].shape' {list(spec.shape)} disagrees with preprocessing.input_size {list(pre.input_size)}")
+    return pre
+
+
+def _text_input(d: dict[str, Any], version: int, inputs: tuple[TensorSpec, ...], paths: list[str]) -> TextConfig:
+    """A text bundle's inputs: input_ids and attention_mask, int64 (batch, tokens), and its listed tokenizer."""
+    if version < TEXT_SCHEMA_VERSION:
+        raise BundleError(f"manifest: a text bundle needs schema_version >= {TEXT_SCHEMA_VERSION}, got {version}")
+    try:
+        text = TextConfig.from_dict(_req(d, "text", dict, ""))
+    except InputError as exc:
+        raise BundleError(f"manifest field 'text': {exc}") from None
+    if [t.name for t in inputs] != list(TEXT_INPUT_NAMES):
+        raise BundleError(f"manifest field 'inputs' must be {', '.join(TEXT_INPUT_NAMES)} for a text bundle, got {[t.name for t in inputs]}")
+    for i, spec in enumerate(inputs):
+        if spec.dtype != "int64" or len(spec.shape) != 2:
+            raise BundleError(f"manifest field 'inputs[{i}]' must be int64 (batch, tokens), got {spec.dtype} {list(spec.shape)}")
+        if isinstance(spec.shape[0], int) and spec.shape[0] > MAX_BATCH:
+            raise BundleError(f"manifest field 'inputs[{i}].shape[0]': a fixed batch of {spec.shape[0]} (at most {MAX_BATCH})")
+    if text.tokenizer not in paths:
+        raise BundleError(f"manifest field 'text.tokenizer' ({text.tokenizer!r}) is not one of model.files")
+    if d.get("preprocessing") is not None:
+        raise BundleError("manifest: a text bundle has no image 'preprocessing' section")
+    return text
+
+
 def parse_manifest(d: Any) -> Manifest:
     """Validate a decoded manifest.json and return a `Manifest`; raise `BundleError` naming the field at fault."""
     if not isinstance(d, dict):
@@ -267,21 +336,12 @@ def parse_manifest(d: Any) -> Manifest:
     inputs = tuple(_tensor(t, f"inputs[{i}]") for i, t in enumerate(_req(d, "inputs", list, "")))
     outputs = tuple(_tensor(t, f"outputs[{i}]") for i, t in enumerate(_req(d, "outputs", list, "")))
     extension = _extension(d, outputs, paths)
-    if len(inputs) != 1 or len(outputs) != (1 if extension is None else 2):
-        raise BundleError(
-            f"manifest must describe exactly one input and one output (two with an 'extension' section), got {len(inputs)} and {len(outputs)}"
-        )
-    spec = inputs[0]
-    if spec.dtype != "uint8" or len(spec.shape) != 4 or spec.shape[3] != 3:
-        raise BundleError(f"manifest field 'inputs[0]' must be uint8 (batch, H, W, 3), got {spec.dtype} {list(spec.shape)}")
-    if isinstance(spec.shape[0], int) and spec.shape[0] > MAX_BATCH:
-        raise BundleError(f"manifest field 'inputs[0].shape[0]': a fixed batch of {spec.shape[0]} (at most {MAX_BATCH})")
-    try:
-        pre = PreprocessConfig.from_dict(_req(d, "preprocessing", dict, ""))
-    except (InputError, TypeError, ValueError, KeyError, OverflowError) as exc:
-        raise BundleError(f"manifest field 'preprocessing': {exc}") from None
-    if tuple(spec.shape[1:3]) != pre.input_size:
-        raise BundleError(f"manifest field 'inputs[0].shape' {list(spec.shape)} disagrees with preprocessing.input_size {list(pre.input_size)}")
+    if len(outputs) != (1 if extension is None else 2):
+        raise BundleError(f"manifest must describe exactly one output (two with an 'extension' section), got {len(outputs)}")
+    modality = d.get("modality", "image")
+    if modality not in ("image", "text"):
+        raise BundleError(f"manifest field 'modality' must be 'image' or 'text', got {modality!r}")
+    pre, text = (None, _text_input(d, version, inputs, paths)) if modality == "text" else (_image_input(d, inputs), None)
     labels = _req(d, "labels", list, "")
     embedding = _embedding(d)
     if not all(isinstance(x, str) for x in labels) or (not labels and embedding is None):
@@ -318,6 +378,7 @@ def parse_manifest(d: Any) -> Manifest:
         inputs=inputs,
         outputs=outputs,
         preprocessing=pre,
+        text=text,
         labels=tuple(labels),
         producer=producer,
         source=source,

@@ -6,9 +6,8 @@ Public methods live here and check their input before a backend sees it; a backe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,8 @@ from .errors import BundleError, InferenceError, InputError
 from .fsutil import published_path
 from .graph_types import computes_in
 from .manifest import Manifest, TensorSpec
-from .preprocess import PreprocessConfig, prepare_image, read_image
+from .modality import InputReader, input_reader
+from .preprocess import PreprocessConfig
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ class Predictor:
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
+        self.input: InputReader = input_reader(bundle)  # what the bundle takes (images, texts): runtimes.modality
         self.warnings: list[str] = []  # what makes this bundle unsafe here (reported by describe() and `check`)
         validation = bundle.manifest.validation or {}
         self.validation_passed: bool | None = validation.get("passed") if isinstance(validation.get("passed"), bool) else None
@@ -142,7 +143,15 @@ class Predictor:
         return self.manifest.extension is not None
 
     @property
+    def modality(self) -> str:
+        """"image" or "text": what `predict` and `prepare` take."""
+        return self.manifest.modality
+
+    @property
     def preprocessing(self) -> PreprocessConfig:
+        """An image bundle's preprocessing; a text bundle has none (`InputError`; its `text` section says how)."""
+        if self.manifest.preprocessing is None:
+            raise InputError(f"{self.bundle.path} is a {self.modality} bundle: it has no image preprocessing")
         return self.manifest.preprocessing
 
     @property
@@ -171,7 +180,9 @@ class Predictor:
             "inference_precision": self.inference_precision,
             "computes": computes_in(self.precision, self.inference_precision, (self.manifest.validation or {}).get("int8_macs_share")),
             "format": self.manifest.format,
+            "modality": self.modality,
             "input": self.inputs[0].to_dict(),
+            **({"inputs": [t.to_dict() for t in self.inputs]} if len(self.inputs) > 1 else {}),
             "output": self.outputs[0].to_dict(),
             "num_classes": len(self.labels),
             "output_kind": "embedding" if self.is_embedding else "logits",
@@ -186,24 +197,22 @@ class Predictor:
         and output exist *by name*, the input's dtype, rank and static dims match, the output is float logits, and
         its width is the number of labels. Dims are ints, or None/str for dynamic ones."""
         where = f"{self.bundle.path}"
-        checks = ((self.inputs[0], graph_inputs, "input"), (self.outputs[0], graph_outputs, "output"))
-        for spec, graph, kind in checks:
-            if spec.name not in graph:
+        for spec in self.inputs:
+            if spec.name not in graph_inputs:
                 raise BundleError(
-                    f"{where}: the manifest's {kind} '{spec.name}' is not an {kind} of the model (model {kind}s: {', '.join(graph) or 'none'})"
+                    f"{where}: the manifest's input '{spec.name}' is not an input of the model (model inputs: {', '.join(graph_inputs) or 'none'})"
                 )
-        dtype, shape = graph_inputs[self.inputs[0].name]
-        spec = self.inputs[0]
-        if dtype != spec.dtype:
-            raise BundleError(f"{where}: input '{spec.name}' is {dtype} in the model, {spec.dtype} in the manifest")
-        if len(shape) != len(spec.shape):
-            raise BundleError(f"{where}: input '{spec.name}' has rank {len(shape)} in the model, {len(spec.shape)} in the manifest")
-        for axis, (g, m) in enumerate(zip(shape, spec.shape)):
-            if isinstance(m, int) and isinstance(g, int) and g != m:
-                raise BundleError(
-                    f"{where}: input '{spec.name}' dimension {axis} is {g} in the model, {m} in the manifest "
-                    f"(model shape {list(shape)}, manifest {list(spec.shape)})"
-                )
+            dtype, shape = graph_inputs[spec.name]
+            if dtype != spec.dtype:
+                raise BundleError(f"{where}: input '{spec.name}' is {dtype} in the model, {spec.dtype} in the manifest")
+            if len(shape) != len(spec.shape):
+                raise BundleError(f"{where}: input '{spec.name}' has rank {len(shape)} in the model, {len(spec.shape)} in the manifest")
+            for axis, (g, m) in enumerate(zip(shape, spec.shape)):
+                if isinstance(m, int) and isinstance(g, int) and g != m:
+                    raise BundleError(
+                        f"{where}: input '{spec.name}' dimension {axis} is {g} in the model, {m} in the manifest "
+                        f"(model shape {list(shape)}, manifest {list(spec.shape)})"
+                    )
         for i, out in enumerate(self.outputs):
             if out.name not in graph_outputs:
                 raise BundleError(
@@ -224,43 +233,28 @@ class Predictor:
         return f"the manifest lists {len(self.labels)} labels"
 
     # ---------------------------------------------------------------- running
-    def check_batch(self, batch: Any) -> np.ndarray:
-        """Raise `InputError` unless `batch` is exactly what the model takes: uint8 (N, H, W, 3), N >= 1."""
-        spec = self.inputs[0]
-        h, w = self.preprocessing.input_size
-        expected = f"uint8 array of shape (N, {h}, {w}, 3) (NHWC RGB)"
-        if not isinstance(batch, np.ndarray):
-            raise InputError(f"input '{spec.name}': expected a {expected}, got {type(batch).__name__}")
-        if batch.dtype != np.uint8:
-            raise InputError(f"input '{spec.name}': expected dtype uint8, got {batch.dtype} (expected a {expected})")
-        if batch.ndim != 4:
-            raise InputError(f"input '{spec.name}': expected rank 4 (N, {h}, {w}, 3), got shape {batch.shape}")
-        if batch.shape[3] != 3:
-            raise InputError(f"input '{spec.name}': expected 3 channels (RGB) last, got shape {batch.shape}")
-        if batch.shape[1:3] != (h, w):
-            raise InputError(f"input '{spec.name}': expected height x width {h}x{w}, got shape {batch.shape}; use predict() to resize")
-        if batch.shape[0] < 1:
-            raise InputError(f"input '{spec.name}': empty batch (shape {batch.shape})")
-        if self.max_batch is not None and batch.shape[0] != self.max_batch:
-            raise InputError(f"input '{spec.name}': this bundle has a fixed batch of {self.max_batch}, got {batch.shape[0]}")
-        return np.ascontiguousarray(batch)
+    def check_batch(self, batch: Any) -> Any:
+        """Raise `InputError` unless `batch` is exactly what the model takes (images: uint8 (N, H, W, 3), N >= 1;
+        texts: a `runtimes.modality.TokenBatch`), naming the input at fault."""
+        return self.input.check(batch, self.max_batch)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run a ready uint8 NHWC batch; return the raw output (float32 logits, shape (N, num_classes)).
-        Non-finite logits are returned as they are (`predict` refuses them)."""
+    def run(self, batch: Any) -> np.ndarray:
+        """Run a ready batch (uint8 NHWC images, or a `TokenBatch` for text; `prepare` makes either); return the raw
+        output (float32 logits, shape (N, num_classes)). Non-finite logits are returned as they are (`predict` refuses them)."""
         batch = self.check_batch(batch)
         if self.max_batch is None and len(batch) > RUN_CHUNK:  # bounded backend memory, whatever the caller passes
-            out = np.concatenate([self._run_impl(part) for part, _ in padded_chunks(batch, RUN_CHUNK)])
+            out = np.concatenate([self._run_impl(part) for part, _ in self.input.chunks(batch, RUN_CHUNK)])
         else:
             out = self._run_impl(batch)
         if out.ndim != 2 or out.shape != (len(batch), self.manifest.output_width):
             raise BundleError(f"{self.bundle.path}: the model returned shape {out.shape} for a batch of {len(batch)}; {self._width_source()}")
         return out
 
-    def _run_impl(self, batch: np.ndarray) -> np.ndarray:
+    def _run_impl(self, batch: Any) -> np.ndarray:
+        """The backend's call on a checked batch; bind it with `self.input.feeds(batch)` (inputs by name)."""
         raise NotImplementedError
 
-    def _run_with_features_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_with_features_impl(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
         """Both outputs of an extensible classifier: logits and the features its head reads (float32)."""
         raise NotImplementedError
 
@@ -273,7 +267,7 @@ class Predictor:
         size = self.max_batch or chunk
         dim = int(self.outputs[1].shape[-1])
         logits, feats = [], []
-        for part, n in padded_chunks(batch, size, pad=self.max_batch is not None):
+        for part, n in self.input.chunks(batch, size, pad=self.max_batch is not None):
             lo, fe = self._run_with_features_impl(self.check_batch(part))
             if lo.shape != (len(part), len(self.labels)) or fe.shape != (len(part), dim):
                 raise BundleError(f"{self.bundle.path}: the model returned shapes {lo.shape} and {fe.shape} for a batch of {len(part)}")
@@ -289,34 +283,14 @@ class Predictor:
         """
         raise NotImplementedError
 
-    def prepare(self, images: Any) -> np.ndarray:
-        """Images (one array, a batch, a list of arrays or file paths) -> uint8 batch at the model's input size."""
-        cfg = self.preprocessing
-        if isinstance(images, (str, Path)):
-            images = [images]
-        if isinstance(images, np.ndarray):
-            if images.ndim == 4:
-                if images.dtype == np.uint8 and images.shape[1:] == (*cfg.input_size, 3) and cfg.crop_pct == 1.0:
-                    return np.ascontiguousarray(images)
-                images = list(images)
-            elif images.ndim in (2, 3):
-                images = [images]
-            else:
-                raise InputError(f"expected an image (H, W[, C]) or a batch (N, H, W, C), got shape {images.shape}")
-        if not isinstance(images, Iterable) or isinstance(images, (bytes, dict)):
-            raise InputError(f"expected image arrays or file paths, got {type(images).__name__}")
-        prepared = []
-        for i, img in enumerate(images):
-            if isinstance(img, (str, Path)):
-                prepared.append(prepare_image(read_image(str(img)), cfg, what=str(img)))
-            else:
-                prepared.append(prepare_image(img, cfg, what=f"image {i}"))
-        if not prepared:
-            raise InputError("empty batch: at least one image is needed")
-        return np.stack(prepared)
+    def prepare(self, items: Any) -> Any:
+        """The user's items -> a ready batch: images (one array, a batch, a list of arrays or file paths) -> uint8
+        batch at the model's input size; texts (a string or a list of them) -> a `TokenBatch`."""
+        return self.input.prepare(items)
 
     def predict(self, images: Any, top_k: int = 5) -> list[list[Classification]]:
-        """Classify images of any size; return, per image, the `top_k` classes with softmax scores, best first."""
+        """Classify images of any size (or texts, for a text bundle); return, per item, the `top_k` classes with
+        softmax scores, best first."""
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         return self.classify(self.run_chunked(self.prepare(images)), top_k)
@@ -352,10 +326,10 @@ class Predictor:
             results.append([Classification(self.labels[i], int(i), float(row[i])) for i in idx])
         return results
 
-    def run_chunked(self, batch: np.ndarray, chunk: int = 64) -> np.ndarray:
+    def run_chunked(self, batch: Any, chunk: int = 64) -> np.ndarray:
         """`run` over a batch of any size, in chunks (padding the last one for fixed-batch bundles)."""
         size = self.max_batch or chunk
-        return np.concatenate([self.run(part)[:n] for part, n in padded_chunks(batch, size, pad=self.max_batch is not None)])
+        return np.concatenate([self.run(part)[:n] for part, n in self.input.chunks(batch, size, pad=self.max_batch is not None)])
 
     def self_test(self, *, raise_on_failure: bool = True) -> Any:
         """Run the bundle's golden images here and compare with its torch reference (`runtimes.selftest`).

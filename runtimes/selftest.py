@@ -210,8 +210,7 @@ def _section(predictor: Predictor) -> dict[str, Any] | None:
         isinstance(tol.get(k), (int, float)) and not isinstance(tol.get(k), bool) for k in ("min_agreement", "max_rel_err")
     ):
         raise BundleError(f"{where}.tolerance must hold numbers min_agreement and max_rel_err")
-    for key in ("images", "reference"):
-        _listed(predictor, section.get(key), f"self_test.{key}")
+    _listed(predictor, section.get("reference"), "self_test.reference")  # the golden inputs: checked by the reader
     return section
 
 
@@ -233,20 +232,10 @@ def _load(predictor: Predictor, rel: str) -> np.ndarray:
         raise BundleError(f"{predictor.bundle.path}: self-test file {rel} cannot be read: {exc}") from None
 
 
-def _golden_images(predictor: Predictor, section: dict[str, Any]) -> np.ndarray:
-    """The golden images at the model's size: the stored originals through this device's own decode, resize and crop
-    (`Predictor.prepare`, as `predict` does), or, in bundles older than the originals, the stored prepared images."""
-    h, w = predictor.preprocessing.input_size
-    originals = section.get("originals")
-    if originals is not None:
-        if not isinstance(originals, list) or not originals:
-            raise BundleError(f"{predictor.bundle.path}: manifest field 'self_test.originals' must list the golden image files")
-        paths = [predictor.bundle.file(_listed(predictor, rel, "self_test.originals")) for rel in originals]
-        return predictor.prepare(paths)
-    images = _load(predictor, section["images"])
-    if images.dtype != np.uint8 or images.shape[1:] != (h, w, 3) or len(images) == 0:
-        raise BundleError(f"{predictor.bundle.path}: self-test images are {images.dtype} {images.shape}, the model takes uint8 (N, {h}, {w}, 3)")
-    return images
+def _golden_inputs(predictor: Predictor, section: dict[str, Any]) -> Any:
+    """The golden inputs, ready for the model, as this device makes them (`runtimes.modality`: images through its
+    own decode, resize and crop; texts through the bundle's tokenizer)."""
+    return predictor.input.golden(section, lambda rel, field: _listed(predictor, rel, field))
 
 
 def run_self_test(predictor: Predictor) -> SelfTestResult:
@@ -257,7 +246,7 @@ def run_self_test(predictor: Predictor) -> SelfTestResult:
         return SelfTestResult(
             "missing", **base, reason="this bundle has no self-test data (exported before self-tests existed); re-export it to get one"
         )
-    images, reference = _golden_images(predictor, section), _load(predictor, section["reference"])
+    images, reference = _golden_inputs(predictor, section), _load(predictor, section["reference"])
     width = predictor.manifest.output_width
     if reference.shape != (len(images), width):
         raise BundleError(f"{predictor.bundle.path}: self-test reference is {reference.shape}, expected ({len(images)}, {width})")

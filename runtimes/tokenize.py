@@ -23,17 +23,22 @@ DEFAULT_MAX_TOKENS = 256
 class TextTokenizer:
     """`tokenizer(texts)` -> (input_ids, attention_mask), int64 arrays of shape (N, longest text in tokens)."""
 
-    def __init__(self, tokenizer_json: str | os.PathLike[str], max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+    def __init__(self, tokenizer_json: str | os.PathLike[str] | bytes, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+        """`tokenizer_json`: the file's path, or its bytes (a bundle's verified copy)."""
         try:
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise BackendUnavailableError(f"text needs the tokenizers package ({exc}); pip install tokenizers") from None
         if not isinstance(max_tokens, int) or not 2 <= max_tokens <= 8192:
             raise InputError(f"max_tokens must be a whole number from 2 to 8192, got {max_tokens!r}")
+        what = "tokenizer.json" if isinstance(tokenizer_json, bytes) else str(tokenizer_json)
         try:
-            self._tok: Any = Tokenizer.from_file(str(tokenizer_json))
+            if isinstance(tokenizer_json, bytes):
+                self._tok: Any = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
+            else:
+                self._tok = Tokenizer.from_file(str(tokenizer_json))
         except Exception as exc:  # the Rust side raises its own exception type for a malformed file
-            raise InputError(f"{tokenizer_json}: not a readable tokenizer.json ({exc})") from None
+            raise InputError(f"{what}: not a readable tokenizer.json ({exc})") from None
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_tokens)
         self.max_tokens = max_tokens

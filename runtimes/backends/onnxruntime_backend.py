@@ -64,6 +64,8 @@ class OnnxRuntimePredictor(Predictor):
         dev = (device or "cpu").lower()
         if dev not in DEVICE_PROVIDERS:
             raise InputError(f"onnxruntime device must be one of {', '.join(DEVICE_PROVIDERS)}, got {device!r}")
+        if dev == "tensorrt" and self.modality != "image":  # its engine profiles are written for one image input
+            raise BackendUnavailableError(f"{bundle.path}: a {self.modality} bundle runs on onnxruntime's cpu or cuda device, not tensorrt yet")
         wanted = DEVICE_PROVIDERS[dev]
         available = ort.get_available_providers()
         # The TensorRT EP hands nodes TensorRT cannot run to the next provider: CUDA, so they stay on the GPU
@@ -112,12 +114,11 @@ class OnnxRuntimePredictor(Predictor):
                 f"in the model is not valid UTF-8 ({exc.reason} at byte {exc.start})"
             ) from None
         self.check_graph_io(graph_inputs, graph_outputs)
-        self._input_name, self._output_name = self.inputs[0].name, self.outputs[0].name  # by name, never by position
+        self._output_name = self.outputs[0].name  # inputs and outputs by name, never by position
         self.placement: dict[str, int] | None = None
         if profile_dir is not None:
             try:
-                h, w = self.preprocessing.input_size
-                self.session.run([self._output_name], {self._input_name: np.zeros((self.max_batch or 1, h, w, 3), np.uint8)})
+                self.session.run([self._output_name], self.input.feeds(self.input.zeros(self.max_batch or 1)))
                 self.placement = placement_from_profile(self.session.end_profiling())
             finally:
                 remove_temporary(profile_dir)
@@ -154,29 +155,29 @@ class OnnxRuntimePredictor(Predictor):
             info["placement"] = dict(self.placement)  # provider -> nodes it ran (TensorRT subgraphs count as one)
         return info
 
-    def _run_impl(self, batch: np.ndarray) -> np.ndarray:
+    def _run_impl(self, batch: Any) -> np.ndarray:
         session = self.session  # close() may drop it meanwhile; a call already holding it finishes
         if session is None:
             raise InferenceError(f"{self.bundle.path}: this predictor is closed")
         try:
-            (out,) = session.run([self._output_name], {self._input_name: batch})
+            (out,) = session.run([self._output_name], self.input.feeds(batch))
         except Exception as exc:  # onnxruntime's own exception types (Fail, RuntimeException, ...)
             raise InferenceError(f"{self.bundle.path}: onnxruntime failed on a batch of {len(batch)}: {exc}") from None
         return np.asarray(out, dtype=np.float32)
 
-    def _run_with_features_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_with_features_impl(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
         session = self.session
         if session is None:
             raise InferenceError(f"{self.bundle.path}: this predictor is closed")
         try:
-            logits, feats = session.run([self._output_name, self.outputs[1].name], {self._input_name: batch})
+            logits, feats = session.run([self._output_name, self.outputs[1].name], self.input.feeds(batch))
         except Exception as exc:  # onnxruntime's own exception types
             raise InferenceError(f"{self.bundle.path}: onnxruntime failed on a batch of {len(batch)}: {exc}") from None
         return np.asarray(logits, dtype=np.float32), np.asarray(feats, dtype=np.float32)
 
-    def native_call(self) -> Callable[[np.ndarray], Any]:
-        session, outputs, name = self.session, [self._output_name], self._input_name
-        return lambda batch: session.run(outputs, {name: batch})
+    def native_call(self) -> Callable[[Any], Any]:
+        session, outputs, feeds = self.session, [self._output_name], self.input.feeds
+        return lambda batch: session.run(outputs, feeds(batch))
 
     def close(self) -> None:
         """Release the session; later calls raise `InferenceError` (calls already running finish)."""

@@ -139,7 +139,6 @@ class OpenVinoPredictor(Predictor):
             ) from None
         self.check_graph_io(graph_inputs, graph_outputs)
         self._output = self.compiled.output(self.outputs[0].name)  # by name, never by position
-        self._input_name = self.inputs[0].name
         self.execution_devices = [str(d) for d in self.compiled.get_property("EXECUTION_DEVICES")]
         self._device = dev
         self._hint = hint
@@ -203,27 +202,28 @@ class OpenVinoPredictor(Predictor):
             request = self._local.request = compiled.create_infer_request()
         return request
 
-    def _run_impl(self, batch: np.ndarray) -> np.ndarray:
+    def _run_impl(self, batch: Any) -> np.ndarray:
         if self.compiled is None:
             raise InferenceError(f"{self.bundle.path}: this predictor is closed")
         try:
-            result = self._request().infer({self._input_name: batch})
+            result = self._request().infer(self.input.feeds(batch))
         except RuntimeError as exc:
             raise InferenceError(f"{self.bundle.path}: OpenVINO failed on a batch of {len(batch)}: {exc}") from None
         return np.array(result[self._output], dtype=np.float32)
 
-    def _run_with_features_impl(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_with_features_impl(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
         if self.compiled is None:
             raise InferenceError(f"{self.bundle.path}: this predictor is closed")
         features = self.compiled.output(self.outputs[1].name)
         try:
-            result = self._request().infer({self._input_name: batch})
+            result = self._request().infer(self.input.feeds(batch))
         except RuntimeError as exc:
             raise InferenceError(f"{self.bundle.path}: OpenVINO failed on a batch of {len(batch)}: {exc}") from None
         return np.array(result[self._output], dtype=np.float32), np.array(result[features], dtype=np.float32)
 
-    def native_call(self) -> Callable[[np.ndarray], Any]:
-        return self._request().infer  # the same infer request `run` uses on this thread
+    def native_call(self) -> Callable[[Any], Any]:
+        infer, feeds = self._request().infer, self.input.feeds  # the same infer request `run` uses on this thread
+        return lambda batch: infer(feeds(batch))
 
     def close(self) -> None:
         """Drop the compiled model and this predictor's infer requests; later calls raise `InferenceError` (calls

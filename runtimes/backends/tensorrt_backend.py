@@ -83,6 +83,8 @@ class TensorRTPredictor(Predictor):
         **options: Any,
     ) -> None:
         super().__init__(bundle)
+        if self.modality != "image":  # the engine build and its buffers are written for one uint8 NHWC input
+            raise BackendUnavailableError(f"{bundle.path}: TensorRT runs image bundles; {self.modality} ones need sequence profiles (not built yet)")
         if options:
             raise InputError(
                 f"unknown tensorrt option(s): {', '.join(sorted(options))} (known: cache_dir, cuda_graph, gpu, lean_runtime, inference_precision)"
