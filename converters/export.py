@@ -36,17 +36,16 @@ from runtimes.selftest import write_self_test
 from .calibration import CalibrationData
 from .embedding_gate import compare_embeddings, with_unknown_threshold
 from .existing import check_export_targets, existing_bundles
+from .export_input import ExportInput, export_input
 from .export_result import ExportResult, raise_for_failures
 from .extension import FEATURES_OUTPUT_NAME, Extension, FeaturesOf, LogitsAndFeatures, features_gate, format_features
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
-from .golden import draw_golden
 from .int8_share import bundle_int8_share
 from .ladder import ladder, rung_record, why_not_climb
-from .onnx_export import DEFAULT_OPSET, EMBEDDING_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, export_onnx
+from .onnx_export import DEFAULT_OPSET, EMBEDDING_OUTPUT_NAME, OUTPUT_NAME
 from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
 from .qat_formats import QatSource, fold_pads_into_convs, store_int8_weights
 from .speedup import speed_vs_fp32, warn_when_int8_is_not_faster
-from .torch_reference import reference_logits
 from .validate import (
     UNLABELLED_GATES,
     ReferenceData,
@@ -87,7 +86,7 @@ def export_bundles(
     model: nn.Module,
     out: str | os.PathLike[str],
     *,
-    preprocessing: PreprocessConfig,
+    preprocessing: PreprocessConfig | ExportInput,
     labels: list[str],
     reference: ReferenceData,
     calibration: CalibrationData | None = None,
@@ -101,7 +100,8 @@ def export_bundles(
     **overrides: Any,
 ) -> list[ExportResult]:
     """Export `model` (uint8 NHWC in, logits out; with `embedding`, L2-normalised vectors out) to one validated
-    bundle per format.
+    bundle per format. `preprocessing` is a `PreprocessConfig` for images, or a `converters.export_input.TextExport`
+    for text (token ids and attention mask in; `reference` then holds a `TokenBatch` and keeps its texts).
 
     `options` (`converters.options.ExportOptions`; keyword arguments override single fields) gives the formats,
     the gate, the batch, quantisation and TensorRT settings; its data-source fields (backbone, data,
@@ -121,7 +121,8 @@ def export_bundles(
     """
     opts = (options or ExportOptions()).with_overrides(**overrides)
     names = parse_formats(opts.format)
-    specs = [FORMAT_SPECS[n] for n in names]
+    inp = export_input(preprocessing)  # the modality: what the model takes and how it is traced, run and stored
+    specs = [inp.format_spec(n) for n in names]
     quantization, batch_size, self_test_size = opts.quantization, opts.batch_size, opts.self_test_size
     if opts.min_agreement is not None and not 0.0 <= opts.min_agreement <= 1.0:
         raise InputError(f"min_agreement must be within [0, 1], got {opts.min_agreement}")
@@ -131,8 +132,7 @@ def export_bundles(
         raise InputError(f"target CPU must be one of {', '.join(TARGET_CPUS)}, got {quantization.target_cpu!r}")
     if not isinstance(self_test_size, int) or self_test_size < 0:
         raise InputError(f"self_test_size must be a whole number >= 0, got {self_test_size!r}")
-    if reference.images.shape[1:3] != preprocessing.input_size:
-        raise InputError(f"reference images are {reference.images.shape[1:3]}, the model takes {preprocessing.input_size}")
+    inp.check_data("reference", reference.images)
     if qat is not None:
         qat.check_formats(names, quantization.target_cpu)
     if embedding is not None and (qat is not None or quantization.accuracy_aware):
@@ -145,8 +145,10 @@ def export_bundles(
     calibrated = [s.name for s in specs if s.calibrated and qat is None]
     if calibrated and calibration is None:
         raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
-    if calibration is not None and calibration.images.shape[1:3] != preprocessing.input_size:
-        raise InputError(f"calibration images are {calibration.images.shape[1:3]}, the model takes {preprocessing.input_size}")
+    if calibration is not None:
+        inp.check_data("calibration", calibration.images)
+    if extension is not None and inp.modality != "image":
+        raise InputError(f"extensible classifiers are exported for images only so far, not {inp.modality}")
     if quantization.accuracy_aware and tuning is None and any(s.tunable for s in specs):
         raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
     for s in specs:
@@ -179,9 +181,7 @@ def export_bundles(
         output_name = OUTPUT_NAME if embedding is None else EMBEDDING_OUTPUT_NAME
         graph = model if extension is None else LogitsAndFeatures(model)
         extra = () if extension is None else (FEATURES_OUTPUT_NAME,)
-        info = export_onnx(
-            graph, work / "model.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size, output_name=output_name, extra_outputs=extra
-        )
+        info = inp.export_onnx(graph, work / "model.onnx", opset=opset, batch_size=batch_size, output_name=output_name, extra_outputs=extra)
         if qat is not None:
             info["int8_weights_stored"] = store_int8_weights(work / "model.onnx")
             info["pads_folded_into_convs"] = fold_pads_into_convs(work / "model.onnx")
@@ -191,24 +191,23 @@ def export_bundles(
             what = f"{n} labels were given" if embedding is None else f"the embedding has {n} dimensions"
             raise InputError(f"model outputs {info['output_shape'][-1]} values per image but {what}")
         t = time.perf_counter()
-        ref = reference_logits(model, reference.images)
+        ref = inp.reference_outputs(model, reference.images)
         if extension is not None:
-            extension = dataclasses.replace(extension, reference_features=reference_logits(FeaturesOf(model), reference.images))
-        tuning_logits = reference_logits(model, tuning.images) if tuning is not None else None
+            extension = dataclasses.replace(extension, reference_features=inp.reference_outputs(FeaturesOf(model), reference.images))
+        tuning_logits = inp.reference_outputs(model, tuning.images) if tuning is not None else None
         if qat is not None and qat.fp32_model is not None:  # the fp32 parent: the gate's baseline and the speed-up's
-            qat.fp32_logits = reference_logits(qat.fp32_model, reference.images)
-            export_onnx(qat.fp32_model, work / "fp32.onnx", preprocessing.input_size, opset=opset, batch_size=batch_size)
+            qat.fp32_logits = inp.reference_outputs(qat.fp32_model, reference.images)
+            inp.export_onnx(qat.fp32_model, work / "fp32.onnx", opset=opset, batch_size=batch_size)
             qat.fp32_onnx = work / "fp32.onnx"
-        golden = draw_golden(
-            reference, preprocessing, self_test_size, model, list(labels) if embedding is None else None, FeaturesOf(model) if extension else None
-        )
+        golden_labels = list(labels) if embedding is None else None
+        golden = inp.draw_golden(reference, self_test_size, model, golden_labels, FeaturesOf(model) if extension else None)
         ref_seconds = time.perf_counter() - t
         if embedding is not None and embedding.get("unknown_threshold") is None and reference.targets is not None:
             embedding = with_unknown_threshold(embedding, ref, reference.targets)
         job = ExportJob(
             work,
             work / "model.onnx",
-            preprocessing.input_size,
+            inp,
             batch_size,
             calibration,
             quantization,
@@ -223,15 +222,14 @@ def export_bundles(
         )
         batch_dim: int | str = "batch" if batch_size is None else batch_size
         common = {
-            "inputs": (TensorSpec(INPUT_NAME, "uint8", (batch_dim, *preprocessing.input_size, 3), "NHWC"),),
+            **inp.manifest_fields(batch_dim),
             "outputs": (TensorSpec(output_name, "float32", (batch_dim, n)),)
             + (() if extension is None else (TensorSpec(FEATURES_OUTPUT_NAME, "float32", (batch_dim, extension.dim)),)),
-            "preprocessing": preprocessing,
             "labels": tuple(labels) if embedding is None else (),
             "source": dict(source or {}, export=info),
             "embedding": embedding,
             "extension": None if extension is None else extension.section,
-            "schema_version": _schema_version(embedding, extension),
+            "schema_version": max(_schema_version(embedding, extension), inp.schema_version),
         }
         for spec in specs:
             logger.info(f"{spec.name}: {spec.description}")
@@ -304,6 +302,7 @@ def _export_one(
         except Exception as exc:  # a converter library failing on this graph: report it for this format
             raise EdgeTransferError(f"{spec.name}: conversion failed: {type(exc).__name__}: {exc}") from exc
         seconds["convert"] = time.perf_counter() - t
+        job.input.write_files(writer.dir)  # e.g. a text bundle's tokenizer.json
         if job.extension is not None:
             job.extension.write_replay(writer.dir)
         share = None
@@ -361,15 +360,14 @@ def _export_one(
         if golden is not None and golden_logits is not None:
             self_test = write_self_test(
                 writer.dir,
-                golden.images,
                 golden.reference,
                 golden_logits,
                 spec.precision,
                 validation.get("inference_precision"),
                 embedding=manifest.embedding is not None,
                 features=golden_features,
-                originals=golden.originals,
                 labels=golden.labels,
+                **job.input.golden_files(golden),
             )
             manifest = dataclasses.replace(manifest, self_test=self_test)
         if spec.backend == "tensorrt":

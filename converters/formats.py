@@ -31,7 +31,7 @@ class ExportJob:
 
     work: Path
     base_onnx: Path
-    input_size: tuple[int, int]
+    input: Any  # the modality's `converters.export_input.ExportInput` (images or text)
     batch_size: int | None
     calibration: CalibrationData | None
     quantization: QuantizationOptions
@@ -55,7 +55,8 @@ class ExportJob:
         if "preprocessed" not in self._cache:
             from .onnx_quantize import preprocess_for_quantization
 
-            preprocess_for_quantization(self.base_onnx, self.work / "preprocessed.onnx")
+            symbolic = self.input.symbolic_shapes
+            preprocess_for_quantization(self.base_onnx, self.work / "preprocessed.onnx", symbolic_shapes=symbolic)
             self._cache["preprocessed"] = self.work / "preprocessed.onnx"
         return self._cache["preprocessed"]
 
@@ -65,7 +66,7 @@ class ExportJob:
             from .latency import fp32_call
 
             fp32_graph = self.base_onnx if self.qat is None else self.qat.fp32_onnx
-            self._fp32_calls[backend] = fp32_call(backend, fp32_graph, INPUT_NAME) if fp32_graph is not None else None
+            self._fp32_calls[backend] = fp32_call(backend, fp32_graph, self.input.feeds) if fp32_graph is not None else None
         return self._fp32_calls[backend]
 
     def reduce_range(self) -> dict[str, Any]:

@@ -55,17 +55,18 @@ def paired_ratio(base: Callable[[np.ndarray], Any], call: Callable[[np.ndarray],
     return {"ratio": q50, "ratio_q25": q25, "ratio_q75": q75, "base_ms": statistics.median(base_ms), "ms": statistics.median(call_ms)}
 
 
-def fp32_call(backend: str, onnx_path: str | os.PathLike[str], input_name: str) -> Callable[[np.ndarray], Any] | None:
-    """The plain fp32 call of `backend` on the ONNX graph (None for backends this host cannot run, e.g. TensorRT)."""
+def fp32_call(backend: str, onnx_path: str | os.PathLike[str], feeds: Callable[[Any], dict[str, np.ndarray]]) -> Callable[[Any], Any] | None:
+    """The plain fp32 call of `backend` on the ONNX graph (None for backends this host cannot run, e.g. TensorRT);
+    `feeds` binds a batch to the graph's inputs by name (the modality's)."""
     if backend == "onnxruntime":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        return lambda batch: session.run(None, {input_name: batch})
+        return lambda batch: session.run(None, feeds(batch))
     if backend == "openvino":
         import openvino as ov
 
         compiled = ov.Core().compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         request = compiled.create_infer_request()
-        return lambda batch: request.infer(batch)
+        return lambda batch: request.infer(feeds(batch))
     return None

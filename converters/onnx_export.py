@@ -51,10 +51,30 @@ def export_onnx(
     `output_name`: "logits" (a classifier) or "embedding"; `extra_outputs` names the model's further outputs
     (an extensible classifier's "features"). Returns facts for the manifest: opset, exporter, ir_version, parameter bytes.
     """
-    path = Path(path)
-    model = model.eval().to("cpu")
     h, w = input_size
     example = torch.zeros((batch_size or 2, h, w, 3), dtype=torch.uint8)
+    axes = {INPUT_NAME: {0: "batch"}}
+    return export_onnx_graph(
+        model, path, (example,), [INPUT_NAME], axes, opset=opset, batch_size=batch_size, output_name=output_name, extra_outputs=extra_outputs
+    )
+
+
+def export_onnx_graph(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    input_axes: dict[str, dict[int, str]],
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch_size: int | None = None,
+    output_name: str = OUTPUT_NAME,
+    extra_outputs: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Trace `model` on `example` (one tensor per input name) to a checked, constant-folded ONNX file at `path`;
+    with `batch_size=None` the inputs' `input_axes` and every output's batch axis are dynamic (any modality)."""
+    path = Path(path)
+    model = model.eval().to("cpu")
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if param_bytes >= _TWO_GB:
         raise ExportError(f"model weights are {param_bytes / 1e9:.1f} GB; bundles with external ONNX data are not supported yet")
@@ -64,13 +84,13 @@ def export_onnx(
         try:
             torch.onnx.export(
                 model,
-                (example,),
+                example,
                 str(path),
-                input_names=[INPUT_NAME],
+                input_names=input_names,
                 output_names=[output_name, *extra_outputs],
                 opset_version=opset,
                 dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in (output_name, *extra_outputs)}} if dynamic else None,
+                dynamic_axes={**input_axes, **{name: {0: "batch"} for name in (output_name, *extra_outputs)}} if dynamic else None,
                 do_constant_folding=True,
             )
         except Exception as exc:  # torch.onnx raises many types; report them as one export error

@@ -43,11 +43,12 @@ def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> di
     return {"tool": "onnxruntime.transformers.float16", "keep_io_types": True}
 
 
-def preprocess_for_quantization(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """onnxruntime's recommended pre-processing: symbolic shape inference, graph optimisation, shape inference."""
+def preprocess_for_quantization(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, symbolic_shapes: bool = True) -> None:
+    """onnxruntime's recommended pre-processing: symbolic shape inference, graph optimisation, shape inference.
+    `symbolic_shapes=False` skips the first, which cannot follow a transformer's Min(max positions, tokens)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(str(src), str(dst))
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=not symbolic_shapes)
 
 
 def quantized_compute_nodes(model: onnx.ModelProto) -> list[str]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .formats import FORMAT_SPECS, ExportJob, FormatSpec
 from .latency import batch1_ms, paired_ratio
 
@@ -19,13 +17,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def speed_vs_fp32(job: ExportJob, spec: FormatSpec, predictor: Predictor, one: np.ndarray) -> dict[str, Any]:
+def speed_vs_fp32(job: ExportJob, spec: FormatSpec, predictor: Predictor, one: Any) -> dict[str, Any]:
     """This bundle's backend call against the same backend's plain fp32 graph, at the bundle's batch, timed in
     interleaved pairs (`converters.latency.paired_ratio`): the median ratio with its quartiles; nothing for TensorRT,
     whose engine is built and timed on the device."""
     if spec.backend == "tensorrt":
         return {}
-    batch = np.repeat(one, job.feed_batch, axis=0)
+    batch = job.input.repeat(one, job.feed_batch)
     base = job.fp32_call(spec.backend)
     if base is None:
         return {"latency_ms": round(batch1_ms(predictor.native_call(), batch), 3), "latency_batch": job.feed_batch}

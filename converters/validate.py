@@ -51,9 +51,10 @@ def default_min_agreement(precision: str, labelled: bool) -> float | None:
 
 @dataclass
 class ReferenceData:
-    """Held-out images (uint8 NHWC at the model's size) with optional targets, and where they came from."""
+    """Held-out inputs with optional targets, and where they came from: images (uint8 NHWC at the model's size), or
+    for a text export a `runtimes.modality.TokenBatch` whose `original(i)` gives text i back."""
 
-    images: np.ndarray
+    images: Any  # np.ndarray (images) or runtimes.modality.TokenBatch (texts)
     targets: np.ndarray | None
     split: str
     description: dict[str, Any] = field(default_factory=dict)
@@ -61,7 +62,12 @@ class ReferenceData:
     original: Callable[[int], np.ndarray] | None = None  # image i as it arrived (decoded, before resize and crop)
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.dtype != np.uint8 or len(self.images) == 0:
+        from runtimes.modality import TokenBatch
+
+        if isinstance(self.images, TokenBatch):
+            if len(self.images) == 0:
+                raise InputError("reference texts must not be empty")
+        elif self.images.ndim != 4 or self.images.dtype != np.uint8 or len(self.images) == 0:
             raise InputError(f"reference images must be a non-empty uint8 (N, H, W, 3) batch, got {self.images.dtype} {self.images.shape}")
         if self.targets is not None and len(self.targets) != len(self.images):
             raise InputError(f"reference data: {len(self.images)} images but {len(self.targets)} targets")

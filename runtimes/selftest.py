@@ -143,30 +143,38 @@ def choose_golden(count: int, size: int, seed: int = 0) -> np.ndarray:
 
 def write_self_test(
     bundle_dir: str | Path,
-    images: np.ndarray,
     reference: np.ndarray,
     artifact: np.ndarray,
     precision: str,
     inference_precision: str | None,
     seed: int = 0,
     *,
+    images: np.ndarray | None = None,
+    texts: list[str] | None = None,
     embedding: bool = False,
     features: tuple[np.ndarray, np.ndarray] | None = None,
     originals: list[np.ndarray] | None = None,
     labels: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the golden images and reference logits into a bundle being written; return its manifest section.
-    `features`: an extensible bundle's (torch, artifact) features of the golden images, checked by mean cosine.
-    `originals`: the golden images as they arrived (`golden_original`), of which `images` are the prepared form:
-    stored as PNG files, the device runs them through its whole `predict` path (decode, resize, crop).
-    `labels`: the names torch gave them, so a label renamed in the manifest fails the self-test.
-    `images` are kept at model size too, for runtimes older than the originals."""
+    """Write the golden inputs and reference logits into a bundle being written; return its manifest section.
+    The golden inputs are `images` (prepared, at model size) with their `originals` (as they arrived: stored as
+    PNG files, the device runs them through its whole `predict` path), or, for a text bundle, `texts` (a JSON list
+    the device tokenises with the bundle's tokenizer). `features`: an extensible bundle's (torch, artifact) features
+    of the golden inputs, checked by mean cosine. `labels`: the names torch gave them, so a label renamed in the
+    manifest fails the self-test. `images` are kept at model size too, for runtimes older than the originals."""
+    import json
+
     from PIL import Image
 
     root = Path(bundle_dir) / SELF_TEST_DIR
     root.mkdir(parents=True, exist_ok=True)
-    np.save(root / "images.npy", np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
     extra: dict[str, Any] = {}
+    if texts is not None:
+        (root / "texts.json").write_text(json.dumps(list(texts), ensure_ascii=False), encoding="utf-8")
+        extra["texts"] = f"{SELF_TEST_DIR}/texts.json"
+    if images is not None:
+        np.save(root / "images.npy", np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
+        extra["images"] = f"{SELF_TEST_DIR}/images.npy"
     if originals is not None:
         (root / "golden").mkdir(exist_ok=True)
         names = [f"{SELF_TEST_DIR}/golden/{i:03d}.png" for i in range(len(originals))]
@@ -177,17 +185,16 @@ def write_self_test(
         extra["labels"] = list(labels)
     np.save(root / "reference_logits.npy", np.ascontiguousarray(reference, dtype=np.float32), allow_pickle=False)
     m = measure(artifact, reference, embedding=embedding)
-    flips = 0.0 if precision != "int8" else 1.0 / len(images)  # int8 may flip one near-tie more than it did here
+    flips = 0.0 if precision != "int8" else 1.0 / len(reference)  # int8 may flip one near-tie more than it did here
     if features is not None:
         np.save(root / "reference_features.npy", np.ascontiguousarray(features[0], dtype=np.float32), allow_pickle=False)
         cos = mean_cosine(features[1], features[0])
         floor = 1.0 - max(REL_TOLERANCE_FACTOR * (1.0 - cos), MIN_COSINE_SLACK[precision])
         extra["features"] = {"reference": f"{SELF_TEST_DIR}/reference_features.npy", "at_export": round(cos, 8), "min_mean_cosine": round(floor, 8)}
     return {
-        "images": f"{SELF_TEST_DIR}/images.npy",
         "reference": f"{SELF_TEST_DIR}/reference_logits.npy",
         "reference_from": "torch fp32",
-        "count": int(len(images)),
+        "count": int(len(reference)),
         "seed": seed,
         "at_export": {**{k: round(v, 8) for k, v in m.items()}, "inference_precision": inference_precision},
         "tolerance": {
