@@ -66,6 +66,7 @@ def compare_embeddings(predictor: Predictor, reference: np.ndarray, data: Refere
         "kind": "embedding",
         "split": data.split,
         "count": int(len(data.images)),
+        "unit": data.unit,
         **({"data": data.description} if data.description else {}),
         "accuracy_metric": "leave-one-out 1-NN accuracy (cosine) on the held-out images",
         "torch_accuracy": torch_acc,

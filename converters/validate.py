@@ -61,6 +61,11 @@ class ReferenceData:
     items: list[str] | None = None  # where each image came from (paths), to detect overlap with calibration data
     original: Callable[[int], np.ndarray] | None = None  # image i as it arrived (decoded, before resize and crop)
 
+    @property
+    def unit(self) -> str:
+        """What one item is called in reports: "images" or "texts"."""
+        return "images" if isinstance(self.images, np.ndarray) else "texts"
+
     def __post_init__(self) -> None:
         from runtimes.modality import TokenBatch
 
@@ -209,6 +214,7 @@ def compare(
     return {
         "split": data.split,
         "count": int(len(data.images)),
+        "unit": data.unit,
         **({"data": data.description} if data.description else {}),
         "torch_accuracy": torch_acc,
         "artifact_accuracy": art_acc,
@@ -254,17 +260,19 @@ def format_validation(v: dict[str, Any]) -> str:
     if v.get("min_int8_share") is not None:
         need.append(f"int8 share of multiply-adds >= {100 * v['min_int8_share']:.0f}% (is {100 * v['int8_macs_share']:.1f}%)")
     drop = "n/a" if v.get("accuracy_drop") is None else f"{100 * v['accuracy_drop']:+.2f} pt"
+    unit = v.get("unit", "images")
+    one = unit[:-1]
     paired = v.get("paired")
     if paired:
-        drop += f", {paired['losses']} image(s) lost and {paired['gains']} gained, exact test p={paired['p_worse']:.2g}"
+        drop += f", {paired['losses']} {one}(s) lost and {paired['gains']} gained, exact test p={paired['p_worse']:.2g}"
         if paired["too_small_to_judge"]:
             need[0] = (
-                f"at most 1 net image lost (one image is {100 * paired['one_image']:.2f} pt, more than the {100 * v['max_drop']:.2f} pt "
-                f"allowed: too few images to judge that drop; this set resolves drops from {100 * paired['resolvable_drop']:.1f} pt)"
+                f"at most 1 net {one} lost (one {one} is {100 * paired['one_image']:.2f} pt, more than the {100 * v['max_drop']:.2f} pt "
+                f"allowed: too few {unit} to judge that drop; this set resolves drops from {100 * paired['resolvable_drop']:.1f} pt)"
             )
     rung = f"{v['rung']} int8, " if v.get("rung") else ""
     return (
-        f"{rung}validation on {v['split']} ({v['count']} images): torch accuracy {_pct(v['torch_accuracy'])}, "
+        f"{rung}validation on {v['split']} ({v['count']} {unit}): torch accuracy {_pct(v['torch_accuracy'])}, "
         f"artifact accuracy {_pct(v['artifact_accuracy'])} (drop {drop}), top-1 agreement {_pct(v['top1_agreement'])}, "
         f"max |logit diff| {v['max_abs_logit_diff']:.3g}; needs {' and '.join(need) or 'labels or a minimum agreement'}: "
         f"{'PASS' if v['passed'] else 'FAIL'}"
@@ -273,12 +281,12 @@ def format_validation(v: dict[str, Any]) -> str:
 
 def format_embedding_validation(v: dict[str, Any]) -> str:
     """One line: cosine, neighbour agreement and 1-NN accuracy against the floors."""
-    gate = v.get("embedding_gate") or {}
+    gate, unit = v.get("embedding_gate") or {}, v.get("unit", "images")
     knn = ""
     if v.get("artifact_accuracy") is not None:
         knn = f", 1-NN accuracy {100 * v['artifact_accuracy']:.2f}% (torch {100 * v['torch_accuracy']:.2f}%, drop {100 * v['accuracy_drop']:+.2f} pt)"
     return (
-        f"{v.get('rung', '') and v['rung'] + ' int8, '}embedding validation on {v['split']} ({v['count']} images): cosine to torch mean "
+        f"{v.get('rung', '') and v['rung'] + ' int8, '}embedding validation on {v['split']} ({v['count']} {unit}): cosine to torch mean "
         f"{v['mean_cosine']:.5f} (needs >= {gate.get('mean_cosine')}), min {v['min_cosine']:.4f}; neighbour agreement "
         f"{100 * v['neighbour_agreement']:.2f}% within torch's {v.get('neighbours')} nearest "
         f"(needs >= {100 * gate.get('neighbour_agreement', 0):.0f}%){knn}: "

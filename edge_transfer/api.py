@@ -53,6 +53,11 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
 
     cfg = (config or TrainConfig()).with_overrides(**overrides)
     cfg.resolved()  # bad options fail here, before any data or model is loaded
+    if _is_text(data):
+        from .text_task import train_text
+
+        check_run_output(out, checkpoint_dir_for(Path(out)), overwrite=cfg.overwrite, protected=[Protected("--data", data)])
+        return train_text(data, out, cfg.resolved())
     if distributed_rank() != 0:  # under accelerate launch / torchrun only the main process speaks
         quiet_unless_main(False)
         cfg.progress = False
@@ -121,6 +126,13 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
         keep = {k: getattr(cfg, k) for k in ("device", "mixed_precision", "num_workers", "overwrite", "progress")}
         trained.qat = run_qat(path, config=QatConfig(epochs=cfg.qat_epochs, **keep))
     return trained
+
+
+def _is_text(data: Any) -> bool:
+    """Whether `train` was given text (a `TextDataset`, a text table, or class folders of .txt files)."""
+    from .text_data import TextDataset, is_text_source
+
+    return isinstance(data, TextDataset) or (isinstance(data, (str, os.PathLike)) and data != "digits" and is_text_source(data))
 
 
 def _fitted_items(d: ExportData) -> list[Any]:
@@ -218,6 +230,10 @@ def export(
         Protected("the run's training data", run_source),
     ]
     check_export_targets(out, formats, overwrite=opts.overwrite, skip_existing=opts.skip_existing, protected=protected)
+    if run is not None and read_run_config(run).get("modality") == "text":
+        from .text_task import export_text_run
+
+        return export_text_run(run, read_run_config(run), out, opts)
     if opts.output == "extensible" and run is None:
         raise InputError("--output extensible adds classes to a trained head: export a training run (a linear probe or a fine-tuned one)")
     if opts.features and opts.output != "embedding":

@@ -58,6 +58,9 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     skip_bad: bool = False
+    text_column: str = "text"  # text tables: the column holding the text (a name, or a 0-based position)
+    label_column: str = "label"  # ... and the one holding the label
+    max_tokens: int = 256  # text: where the tokenizer cuts a text (MiniLM reads at most 256)
     epochs: int | None = None
     lr: float | None = None
     backbone_lr_scale: float = 0.1

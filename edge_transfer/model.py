@@ -94,9 +94,19 @@ def embedding_model(backbone: Backbone) -> ImageClassifier:
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, config: dict[str, Any], *, overwrite: bool = False) -> Path:
-    """Write model.safetensors + config.json atomically (temp sibling dir, then rename). No pickle. `overwrite`
-    replaces only a run directory (or an empty one): anything else at `run_dir` is refused (`OutputError`)."""
+def save_run(
+    run_dir: str | os.PathLike[str],
+    classifier: nn.Module,
+    config: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
+    """Write model.safetensors + config.json (+ `extra_files`, name -> source, e.g. a text run's tokenizer.json)
+    atomically (temp sibling dir, then rename). No pickle. `overwrite` replaces only a run directory (or an empty
+    one): anything else at `run_dir` is refused (`OutputError`)."""
+    import shutil
+
     from safetensors.torch import save_file
 
     target = check_output_dir(run_dir, RUN, overwrite=overwrite)
@@ -105,6 +115,8 @@ def save_run(run_dir: str | os.PathLike[str], classifier: ImageClassifier, confi
     with staged_directory(target) as tmp:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": RUN_FORMAT})
         doc = {"format": RUN_FORMAT, "version": RUN_VERSION, **config}
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
         (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
     return target
 
@@ -127,7 +139,7 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not an edge-transfer run config (field 'format' should be {RUN_FORMAT!r})")
     if cfg.get("version", 0) > RUN_VERSION:
         raise CheckpointError(f"{path}: run version {cfg.get('version')} is newer than this edge-transfer supports")
-    for key in ("backbone", "head", "labels", "preprocessing"):
+    for key in ("backbone", "head", "labels") + (("text",) if cfg.get("modality") == "text" else ("preprocessing",)):
         if key not in cfg:
             raise CheckpointError(f"{path}: missing field '{key}'")
     return cfg

@@ -18,7 +18,8 @@ CONFIG_NAME = "config.json"
 CHECKPOINT_FORMAT = "edge-transfer-checkpoint"
 STATE_NAME = "state.json"
 QAT_DIR = "qat"  # a quantisation-aware run's default place, inside its parent (and its checkpoint beside it)
-RUN_ENTRIES = {CONFIG_NAME, WEIGHTS_NAME, QAT_DIR, QAT_DIR + ".checkpoint"}
+TOKENIZER_NAME = "tokenizer.json"  # a text run's tokenizer, carried into its bundles
+RUN_ENTRIES = {CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME, QAT_DIR, QAT_DIR + ".checkpoint"}
 CHECKPOINT_ENTRIES = {STATE_NAME, "model.safetensors", "best.safetensors", "optimizer.safetensors", "rng.safetensors"}
 MAX_HEADER = 100 << 20
 

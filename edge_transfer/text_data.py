@@ -269,7 +269,9 @@ def load_text_dataset(
     label_column: str | int = DEFAULT_LABEL_COLUMN,
     skip_bad: bool = False,
 ) -> TextDataset:
-    """A text folder or a text table, by what `source` is."""
+    """A text folder or a text table, by what `source` is; a column given as digits ("1", as the CLI passes it) is a
+    0-based position."""
+    text_column, label_column = (int(c) if isinstance(c, str) and c.isdigit() else c for c in (text_column, label_column))
     if Path(source).is_dir():
         return load_text_folder(source, skip_bad=skip_bad)
     return load_text_table(source, text_column=text_column, label_column=label_column, skip_bad=skip_bad)

