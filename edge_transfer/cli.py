@@ -20,7 +20,7 @@ from runtimes.errors import EdgeTransferError
 from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
 
 from .cli_bench import add_bench_parser
-from .cli_device import add_build_engine_parser, cmd_check, cmd_inspect, cmd_predict
+from .cli_device import add_build_engine_parser, add_predict_parser, cmd_check, cmd_inspect
 from .cli_gallery import add_gallery_parsers
 from .cli_help import EPILOG, FORMATS_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapt a pretrained backbone to a dataset; writes a run directory",
         description="Transfer-learn and save a run directory (model.safetensors + config.json with metrics).",
     )
-    t.add_argument("--data", help="an image folder (one sub-folder per class), or 'digits' for the built-in demo data (required)")
+    t.add_argument(
+        "--data",
+        help="an image folder (one sub-folder per class), 'digits' (built-in demo data), or text: class folders of .txt files "
+        "or a CSV/TSV/JSONL table (detected from what it holds; text trains all-MiniLM-L6-v2 by default) (required)",
+    )
     t.add_argument(
         "--backbone",
         default=TrainConfig.backbone,
@@ -64,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "partial: last --unfreeze-blocks blocks; pretrained: source model as it is",
     )
     t.add_argument("--out", required=True, help="run directory to create")
+    t.add_argument(
+        "--text-column", default=TrainConfig.text_column, help="text tables (CSV/TSV/JSONL): the text's column, a name or 0-based position"
+    )
+    t.add_argument("--label-column", default=TrainConfig.label_column, help="text tables: the label's column (default label)")
+    t.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens, help="text: cut each text at this many tokens (default 256)")
     t.add_argument("--image-size", type=int, help="model input size in pixels (default: the backbone's, 224 for efficientnet_lite0)")
     t.add_argument(
         "--features",
@@ -304,23 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_export)
 
-    pr = sub.add_parser(
-        "predict",
-        help="classify images with a bundle (needs only runtimes + its backend)",
-        description="Classify image files, folders or patterns; results are printed as they come, 16 images at a time.",
-    )
-    pr.add_argument("bundle")
-    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (their images, sorted) or quoted patterns ('shots/*.jpg')")
-    pr.add_argument("--recursive", action="store_true", help="folders: the images in their sub-folders too")
-    pr.add_argument("--skip-bad", action="store_true", help="report unreadable images and go on, instead of stopping at the first")
-    pr.add_argument("--top-k", type=int, default=5)
-    pr.add_argument("--classes", metavar="FILE", help="classes added on the device (edge-transfer imprint) to rank with the bundle's")
-    pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
-    pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
-    as_json = pr.add_mutually_exclusive_group()
-    as_json.add_argument("--json", action="store_true", help="one JSON document at the end: the runtime, then a record per image")
-    as_json.add_argument("--jsonl", action="store_true", help="one JSON line per image as soon as it is classified (for pipes)")
-    pr.set_defaults(func=cmd_predict)
+    add_predict_parser(sub)
     add_val_parser(sub)
     add_gallery_parsers(sub)
     add_imprint_parser(sub)

@@ -6,11 +6,65 @@ import argparse
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from runtimes.errors import EdgeTransferError, InputError
 
-from .cli_output import bad, err, is_number, num, only_errors_from, pct, precision_option, print_json
+from .cli_output import PRECISION_CHOICES, PRECISION_HELP, bad, err, is_number, num, only_errors_from, pct, precision_option, print_json
+
+
+def add_predict_parser(sub: Any) -> None:
+    pr = sub.add_parser(
+        "predict",
+        help="classify images or texts with a bundle (needs only runtimes + its backend)",
+        description="Classify image files, folders or patterns (an image bundle), or texts given with --text / --text-file "
+        "(a text bundle); results are printed as they come, 16 at a time.",
+    )
+    pr.add_argument("bundle")
+    pr.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders (their images, sorted) or quoted patterns ('shots/*.jpg')")
+    pr.add_argument("--text", action="append", metavar="TEXT", help="a text to classify (a text bundle; repeat for several)")
+    pr.add_argument("--text-file", metavar="FILE", help="texts to classify, one per line ('-': standard input); blank lines are skipped")
+    pr.add_argument("--recursive", action="store_true", help="folders: the images in their sub-folders too")
+    pr.add_argument("--skip-bad", action="store_true", help="report unreadable images and go on, instead of stopping at the first")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--classes", metavar="FILE", help="classes added on the device (edge-transfer imprint) to rank with the bundle's")
+    pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
+    pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+    as_json = pr.add_mutually_exclusive_group()
+    as_json.add_argument("--json", action="store_true", help="one JSON document at the end: the runtime, then a record per input")
+    as_json.add_argument("--jsonl", action="store_true", help="one JSON line per input as soon as it is classified (for pipes)")
+    pr.set_defaults(func=cmd_predict)
+
+
+def read_texts(texts: list[str] | None, text_file: str | None) -> list[str]:
+    """The texts of `--text` (each as given) and `--text-file` (one per line, '-' for stdin, blank lines skipped)."""
+    out = list(texts or [])
+    if text_file:
+        try:
+            lines = (sys.stdin.read() if text_file == "-" else Path(text_file).read_text(encoding="utf-8")).splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--text-file {text_file}: cannot be read as UTF-8 text ({exc})") from None
+        out += [line for line in lines if line.strip()]
+    return out
+
+
+def predict_inputs(args: argparse.Namespace, modality: str) -> tuple[str, list[str]]:
+    """("image", paths) or ("text", texts): what `predict` was given, checked against what the bundle takes."""
+    from runtimes.preprocess import expand_image_paths
+
+    texts = read_texts(getattr(args, "text", None), getattr(args, "text_file", None))
+    if modality == "text":
+        if args.images:
+            raise InputError(f"{args.bundle} is a text bundle: give texts with --text or --text-file, not files ({args.images[0]})")
+        if not texts:
+            raise InputError(f"{args.bundle} is a text bundle: give texts with --text \"...\" or --text-file FILE ('-' for stdin)")
+        return "text", texts
+    if texts:
+        raise InputError(f"{args.bundle} is an {modality} bundle: --text and --text-file are for text bundles")
+    if not args.images:
+        raise InputError("give at least one image file, folder or pattern")
+    return "image", expand_image_paths(args.images, recursive=args.recursive)  # folders and patterns stand for their images
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -65,10 +119,9 @@ PREDICT_CHUNK = 16  # images decoded and run together; results are printed after
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import runtimes
-    from runtimes.preprocess import expand_image_paths
 
     predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args))  # a wrong bundle is reported first
-    images = expand_image_paths(args.images, recursive=args.recursive)  # folders and patterns stand for their images
+    kind, images = predict_inputs(args, predictor.modality)
     classify = predictor.predict
     if args.classes:
         from .cli_imprint import open_added
@@ -86,19 +139,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise
             outcomes = [_predict_one(classify, img, args.top_k) for img in chunk]  # find the unreadable one(s)
         for img, r in zip(chunk, outcomes):
-            record = {"image": img, "error": r} if isinstance(r, str) else {"image": img, "top_k": [c.to_dict() for c in r]}
+            record = {kind: img, "error": r} if isinstance(r, str) else {kind: img, "top_k": [c.to_dict() for c in r]}
             failed += isinstance(r, str)
             if args.jsonl:
                 print(json.dumps(record), flush=True)
             elif args.json:
                 records.append(record)
             else:
-                _print_prediction(img, r)
+                _print_prediction(img if kind == "image" else shown_text(img), r)
     if args.json:
         print_json({"bundle": args.bundle, "runtime": predictor.describe(), "predictions": records})
     if failed:
-        err(f"{failed} of {len(images)} image(s) could not be read (left out by --skip-bad)")
+        err(f"{failed} of {len(images)} {kind}(s) could not be read (left out by --skip-bad)")
     return 0
+
+
+def shown_text(text: str, width: int = 72) -> str:
+    """A text on one line, cut to `width` characters, for printed results."""
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= width else flat[: width - 3] + "...")
 
 
 def _predict_one(classify: Any, img: str, top_k: int) -> Any:

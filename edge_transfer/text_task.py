@@ -75,8 +75,9 @@ def create_text_backbone(name: str = MINILM) -> TextBackbone:
     folder = _encoder_folder(name)
     if not (folder / TOKENIZER_NAME).is_file():
         raise CheckpointError(f"{folder}: no {TOKENIZER_NAME} (a text encoder needs its fast tokenizer's file)")
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
     except TypeError:  # encoders without a pooler do not take add_pooling_layer
@@ -85,6 +86,8 @@ def create_text_backbone(name: str = MINILM) -> TextBackbone:
         raise CheckpointError(f"{folder}: not a transformers encoder ({exc})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     encoder = MeanPooledEncoder(model).eval()
     digest = hashlib.sha256((folder / TOKENIZER_NAME).read_bytes()).hexdigest()
     source = {"encoder": name, "architecture": model.config.model_type, "folder": str(folder), "tokenizer_sha256": digest}

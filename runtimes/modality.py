@@ -93,6 +93,7 @@ class InputReader:
     """How a loaded bundle's inputs are made, checked, split and bound; one subclass per modality."""
 
     modality = "base"
+    unit = "inputs"  # what one item is called in reports
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
@@ -138,6 +139,7 @@ class ImageReader(InputReader):
     """uint8 NHWC RGB at the model's input size; any image is decoded, resized and cropped by `runtimes.preprocess`."""
 
     modality = "image"
+    unit = "images"
 
     @property
     def config(self) -> PreprocessConfig:
@@ -223,6 +225,7 @@ class TextReader(InputReader):
     `text.max_tokens`, each batch padded to its longest text."""
 
     modality = "text"
+    unit = "texts"
 
     def __init__(self, bundle: Bundle) -> None:
         super().__init__(bundle)

@@ -58,6 +58,7 @@ class SelfTestResult:
     reason: str | None = None
     features_cosine: float | None = None  # an extensible bundle: the features output's mean cosine to torch
     min_features_cosine: float | None = None
+    unit: str = "images"  # what the golden inputs are: images or texts
 
     @property
     def passed(self) -> bool:
@@ -70,7 +71,7 @@ class SelfTestResult:
         if self.status == "missing":
             return f"self-test: MISSING ({self.reason})"
         line = (
-            f"self-test on {self.count} golden images: agreement {100 * (self.agreement or 0):.2f}% (needs "
+            f"self-test on {self.count} golden {self.unit}: agreement {100 * (self.agreement or 0):.2f}% (needs "
             f">= {100 * (self.min_agreement or 0):.2f}%), relative logit error {self.rel_err:.2e} (needs <= "
             f"{self.max_rel_err:.2e}), max |logit diff| {self.max_abs_diff:.3g}: {self.status.upper()}"
         )
@@ -247,7 +248,12 @@ def _golden_inputs(predictor: Predictor, section: dict[str, Any]) -> Any:
 
 def run_self_test(predictor: Predictor) -> SelfTestResult:
     """Run the bundle's golden images through `predictor` and compare with the stored torch reference."""
-    base: dict[str, Any] = {"backend": predictor.backend_name, "device": predictor.device, "inference_precision": predictor.inference_precision}
+    base: dict[str, Any] = {
+        "backend": predictor.backend_name,
+        "device": predictor.device,
+        "inference_precision": predictor.inference_precision,
+        "unit": predictor.input.unit,
+    }
     section = _section(predictor)
     if section is None:
         return SelfTestResult(
