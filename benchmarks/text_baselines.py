@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 def _sets(tmp: Path) -> dict[str, object]:
     import shutil
 
-    from edge_transfer.text_data import load_text_dataset
+    from runtimes.text_data import load_text_dataset
 
     def package(name: str) -> Path:
         spec = importlib.util.find_spec(name)

@@ -130,7 +130,7 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
 
 def _is_text(data: Any) -> bool:
     """Whether `train` was given text (a `TextDataset`, a text table, or class folders of .txt files)."""
-    from .text_data import TextDataset, is_text_source
+    from runtimes.text_data import TextDataset, is_text_source
 
     return isinstance(data, TextDataset) or (isinstance(data, (str, os.PathLike)) and data != "digits" and is_text_source(data))
 

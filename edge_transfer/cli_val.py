@@ -25,7 +25,9 @@ def add_val_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("bundle")
-    v.add_argument("--data", required=True, help="labelled image folder: one sub-folder per class")
+    v.add_argument("--data", required=True, help="labelled image folder (one sub-folder per class); text: class folders of .txt or a CSV/TSV/JSONL")
+    v.add_argument("--text-column", default="text", help="text tables: the text's column, a name or 0-based position (default text)")
+    v.add_argument("--label-column", default="label", help="text tables: the label's column (default label)")
     v.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed) instead of stopping at the first")
     v.add_argument("--worst", type=int, default=10, help="how many of the most confident mistakes to list (default 10)")
     v.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix (needs matplotlib)")
@@ -46,7 +48,8 @@ def cmd_val(args: argparse.Namespace) -> int:
         raise InputError(f"--worst must be >= 0, got {args.worst}")
     with progress_bar(f"val {args.bundle}", unit="img", enabled=not args.quiet and not args.json) as progress:
         with runtimes.load(args.bundle, device=args.device, **precision_option(args)) as predictor:
-            result = evaluate(predictor, args.data, skip_bad=args.skip_bad, worst=args.worst, progress=progress)
+            columns = {"text_column": args.text_column, "label_column": args.label_column}
+            result = evaluate(predictor, args.data, skip_bad=args.skip_bad, worst=args.worst, progress=progress, text_columns=columns)
     if args.plot:
         plot_confusion(result, args.plot)
     if args.json:
@@ -73,7 +76,7 @@ def seen_warning(result: Any) -> str | None:
 def format_report(result: Any) -> str:
     """The text report: summary, per-class table, confusion matrix (up to MAX_TEXT_CLASSES classes), mistakes."""
     correct = sum(row[i] for i, row in enumerate(result.confusion))
-    lines = [f"{result.bundle} on {result.data}: accuracy {pct(result.accuracy)} ({correct}/{result.count} images)"]
+    lines = [f"{result.bundle} on {result.data}: accuracy {pct(result.accuracy)} ({correct}/{result.count} {result.unit})"]
     if result.validation_passed is False:
         lines.append("warning: this bundle FAILED its validation gate at export (written with --allow-failed-validation)")
     if seen_warning(result) is not None:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from runtimes.errors import CheckpointError, DatasetError, InputError
+from runtimes.text_data import TextDataset, load_text_dataset
 
-from .text_data import TextDataset, load_text_dataset
 from .text_encoder import MINILM, MeanPooledEncoder, embed_texts, minilm_dir
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
-"""Evaluate a bundle on a labelled image folder on the device: numpy + the bundle's backend, never torch.
+"""Evaluate a bundle on labelled data on the device: numpy + the bundle's backend, never torch.
 
-The folder has one sub-folder per class, named like the bundle's labels (a bundle label with no folder is simply
-not evaluated). Images go through the same `Predictor.prepare` / `run` path as `predict`. The result has the
+An image bundle takes a folder with one sub-folder per class, named like the bundle's labels (a bundle label with
+no folder is simply not evaluated); a text bundle takes class folders of .txt files or a CSV/TSV/JSONL table
+(`runtimes.text_data`). Inputs go through the same `Predictor.prepare` / `run` path as `predict`. The result has the
 accuracy, per-class precision / recall / F1, the confusion matrix (rows: true class, columns: predicted), the
 mistakes the model was most confident about (with their paths), and the files left out as unreadable.
 """
@@ -39,6 +40,7 @@ class Evaluation:
     skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files left out (skip_bad): path, reason
     validation_passed: bool | None = None  # the bundle's export gate, as its manifest records it
     seen_in_training: dict[str, Any] | None = None  # images the model was trained on (`runtimes.seen`): seen, of, sampled
+    unit: str = "images"  # what was counted: images or texts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +95,22 @@ def _per_class(confusion: np.ndarray, labels: list[str]) -> list[dict[str, Any]]
     return rows
 
 
+def _labelled_texts(
+    folder: str | os.PathLike[str], labels: list[str], skip_bad: bool, columns: dict[str, Any]
+) -> tuple[list[str], list[tuple[str, int]]]:
+    """A text bundle's labelled data: (texts, [(where each came from, label index)])."""
+    from .text_data import load_text_dataset
+
+    data = load_text_dataset(folder, skip_bad=skip_bad, **columns)
+    unknown = [c for c in data.classes if c not in labels]
+    if unknown:
+        raise InputError(
+            f"{folder}: class(es) {', '.join(repr(u) for u in unknown[:5])} are not among the bundle's labels ({', '.join(labels[:10])})"
+        )
+    index = [labels.index(c) for c in data.classes]
+    return list(data.texts), [(src, index[int(t)]) for src, t in zip(data.sources, data.targets)]
+
+
 def evaluate(
     predictor: Any,
     folder: str | os.PathLike[str],
@@ -100,23 +118,33 @@ def evaluate(
     skip_bad: bool = False,
     worst: int = 10,
     progress: Callable[[int, int], None] | None = None,
+    text_columns: dict[str, Any] | None = None,
 ) -> Evaluation:
-    """Run `predictor` over a labelled folder; see the module docstring. `skip_bad`: leave unreadable images out
-    (listed in `skipped`) instead of stopping at the first; `worst`: how many confident mistakes to keep."""
+    """Run `predictor` over labelled data; see the module docstring. `skip_bad`: leave unreadable items out
+    (images listed in `skipped`; texts counted and warned by `runtimes.text_data`) instead of stopping at the first;
+    `worst`: how many confident mistakes to keep; `text_columns`: a text table's `text_column` / `label_column`."""
     if predictor.is_embedding:
         raise InputError(
             f"{predictor.bundle.path} is an embedding bundle (no classes to score); enrol labels in a gallery and identify "
             "(edge-transfer enroll / identify), or evaluate the classifier bundle of the same run"
         )
     labels = list(predictor.labels)
-    files = labelled_files(folder, labels)
+    texts: list[str] | None = None
+    if predictor.modality == "text":
+        texts, files = _labelled_texts(folder, labels, skip_bad, text_columns or {})
+    else:
+        files = labelled_files(folder, labels)
     n = len(labels)
     confusion = np.zeros((n, n), dtype=np.int64)
     mistakes: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     done = 0
     for start in range(0, len(files), CHUNK):
-        images, kept = _decode(files[start : start + CHUNK], skip_bad, skipped)
+        images: list[Any]
+        if texts is not None:
+            images, kept = texts[start : start + CHUNK], files[start : start + CHUNK]
+        else:
+            images, kept = _decode(files[start : start + CHUNK], skip_bad, skipped)
         if images:
             probs = softmax(predictor.run_chunked(predictor.prepare(images)))
             for (path, target), row in zip(kept, probs):
@@ -157,4 +185,5 @@ def evaluate(
         skipped=skipped,
         validation_passed=predictor.validation_passed,
         seen_in_training=seen,
+        unit=predictor.input.unit,
     )

@@ -15,8 +15,8 @@ import pytest
 from test_user_files import tree
 
 from edge_transfer.data import stratified_split
-from edge_transfer.text_data import is_text_source, load_text_dataset, load_text_table
 from runtimes.errors import DatasetError, InputError
+from runtimes.text_data import is_text_source, load_text_dataset, load_text_table
 
 
 def _package_dir(name: str) -> Path:

@@ -1,5 +1,6 @@
 """Labelled text for natural-language understanding (issue 30): class folders of `.txt` files, or a CSV, TSV or JSONL
-table with a text column and a label column, read as untrusted input.
+table with a text column and a label column, read as untrusted input. Torch-free: `train` reads it on the host and
+`val` on the device.
 
 The same contract as image datasets (`edge_transfer.data`): class names sorted, integer targets, a fingerprint of the
 content, the seeded stratified splits of `stratified_split`, and `skip_bad` that leaves unusable items out (text
@@ -22,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import DatasetError
-from runtimes.labels import check_labels
+from .errors import DatasetError
+from .labels import check_labels
 
 log = logging.getLogger(__name__)
 
