@@ -311,6 +311,7 @@ def _export_one(
             conversion["int8_share"] = share
         engine = conversion.pop("engine", None) if spec.backend == "tensorrt" else None
         target_cpu = conversion.pop("target_cpu", None)  # int8 on CPUs: which CPUs its kernels are safe on (checked at load)
+        per_call = str(conversion.get("activations", "")).startswith("dynamic")  # scales from each call's own rows
         manifest = Manifest(
             created=utc_now(),
             backend=spec.backend,
@@ -324,6 +325,7 @@ def _export_one(
             conversion=conversion,
             target_cpu=target_cpu,
             tensorrt=engine,
+            rows_per_call=1 if per_call else None,
             **common,
         )
         writer.stage(manifest)

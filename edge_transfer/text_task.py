@@ -171,13 +171,14 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
         )
     if cfg.features or cfg.qat:
         raise InputError("--features and --qat are image options so far; a text run trains a linear probe on the encoder's embedding")
+    encoder_name = text_backbone_name(cfg.backbone)  # a wrong name fails before any data is read
     dataset = (
         data
         if isinstance(data, TextDataset)
         else load_text_dataset(data, text_column=cfg.text_column, label_column=cfg.label_column, skip_bad=cfg.skip_bad)
     )
     splits = stratified_split(dataset.targets, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, classes=dataset.classes)
-    bb = create_text_backbone(text_backbone_name(cfg.backbone))
+    bb = create_text_backbone(encoder_name)
     logger.info(
         f"data: {dataset.name} ({len(dataset)} texts, {len(dataset.classes)} classes; train {len(splits.train)} / val {len(splits.val)} / "
         f"test {len(splits.test)}); encoder {bb.name} ({bb.dim}-d, cut at {cfg.max_tokens} tokens); strategy {cfg.strategy}"

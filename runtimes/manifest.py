@@ -78,6 +78,8 @@ class Manifest:
     built_on: dict[str, Any] | None = None  # a tensorrt-engine bundle: where its engine was built
     built_from: dict[str, Any] | None = None  # a tensorrt-engine bundle: the ONNX it was built from (path, sha256)
     conversion: Any = None  # how the model files were made (tool, settings); informational, carried as written
+    rows_per_call: int | None = None  # run at most this many rows per call (1: activations quantised per call, so
+    # a row's answer would depend on the other rows of its batch); None: any batch
     self_test: dict[str, Any] | None = None  # golden images and tolerances (runtimes.selftest)
     embedding: dict[str, Any] | None = None  # an embedding bundle: {"dim", "normalization", "layers", "unknown_threshold"}
     extension: dict[str, Any] | None = None  # an extensible classifier: {"features_output", "dim", "replay", ...}
@@ -127,6 +129,7 @@ class Manifest:
             "tensorrt": self.tensorrt,
             "built_on": self.built_on,
             "built_from": self.built_from,
+            "rows_per_call": self.rows_per_call,
         }
         model.update({k: v for k, v in optional.items() if v is not None})
         model["files"] = [f.to_dict() for f in self.files]
@@ -364,6 +367,9 @@ def parse_manifest(d: Any) -> Manifest:
     built_from = _opt_dict(model, "built_from", "model")
     if backend == "tensorrt" and tensorrt is None:
         raise BundleError("manifest field 'model.tensorrt' (the engine build settings) is missing")
+    rows_per_call = model.get("rows_per_call")
+    if rows_per_call is not None and (isinstance(rows_per_call, bool) or not isinstance(rows_per_call, int) or not 1 <= rows_per_call <= MAX_BATCH):
+        raise BundleError(f"manifest field 'model.rows_per_call' must be a whole number from 1 to {MAX_BATCH}, got {rows_per_call!r}")
     if fmt == "tensorrt-engine" and built_on is None:
         raise BundleError("manifest field 'model.built_on' (TensorRT version and GPU) is missing")
     return Manifest(
@@ -389,6 +395,7 @@ def parse_manifest(d: Any) -> Manifest:
         built_on=built_on,
         built_from=built_from,
         conversion=model.get("conversion"),
+        rows_per_call=rows_per_call,
         self_test=_opt_dict(d, "self_test"),
         embedding=embedding,
         extension=extension,

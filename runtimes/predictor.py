@@ -242,8 +242,9 @@ class Predictor:
         """Run a ready batch (uint8 NHWC images, or a `TokenBatch` for text; `prepare` makes either); return the raw
         output (float32 logits, shape (N, num_classes)). Non-finite logits are returned as they are (`predict` refuses them)."""
         batch = self.check_batch(batch)
-        if self.max_batch is None and len(batch) > RUN_CHUNK:  # bounded backend memory, whatever the caller passes
-            out = np.concatenate([self._run_impl(part) for part, _ in self.input.chunks(batch, RUN_CHUNK)])
+        limit = min(RUN_CHUNK, self.manifest.rows_per_call or RUN_CHUNK)  # bounded memory; per-call quantisation: alone
+        if self.max_batch is None and len(batch) > limit:
+            out = np.concatenate([self._run_impl(part) for part, _ in self.input.chunks(batch, limit)])
         else:
             out = self._run_impl(batch)
         if out.ndim != 2 or out.shape != (len(batch), self.manifest.output_width):
@@ -264,7 +265,7 @@ class Predictor:
         if not self.is_extensible:
             raise InputError(f"{self.bundle.path} has no features output to add classes from; export the run with --output extensible")
         batch = self.prepare(images)
-        size = self.max_batch or chunk
+        size = self.max_batch or min(chunk, self.manifest.rows_per_call or chunk)
         dim = int(self.outputs[1].shape[-1])
         logits, feats = [], []
         for part, n in self.input.chunks(batch, size, pad=self.max_batch is not None):
@@ -328,7 +329,7 @@ class Predictor:
 
     def run_chunked(self, batch: Any, chunk: int = 64) -> np.ndarray:
         """`run` over a batch of any size, in chunks (padding the last one for fixed-batch bundles)."""
-        size = self.max_batch or chunk
+        size = self.max_batch or min(chunk, self.manifest.rows_per_call or chunk)
         return np.concatenate([self.run(part)[:n] for part, n in self.input.chunks(batch, size, pad=self.max_batch is not None)])
 
     def self_test(self, *, raise_on_failure: bool = True) -> Any:

@@ -62,6 +62,67 @@ def extensible_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> 
     return {r.format: r.path for r in results}
 
 
+TEXT_WORDS = {
+    "money": "bank market shares price profit economy trade",
+    "music": "song album band concert guitar singer chart",
+    "sport": "football match goal team player win league",
+}
+
+
+@pytest.fixture(scope="session")
+def text_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT (2 layers, 32-d) saved as a local encoder folder with all-MiniLM-L6-v2's real tokenizer.json:
+    the text path end to end in seconds (the real MiniLM runs in the slow test and benchmarks/)."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from edge_transfer.text_encoder import minilm_dir
+
+    folder = tmp_path_factory.mktemp("encoders") / "tiny-bert"
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    shutil.copyfile(minilm_dir() / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
+def write_text_folder(root: Path, per_class: int = 40, seed: int = 0) -> Path:
+    """Class folders of .txt files: three topics, each text 3-30 words drawn from its topic's words."""
+    import random
+
+    rnd = random.Random(seed)
+    for label, words in TEXT_WORDS.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        vocab = words.split()
+        for i in range(per_class):
+            (root / label / f"{i:03d}.txt").write_text(" ".join(rnd.choice(vocab) for _ in range(rnd.randint(3, 30))), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def text_run(text_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A linear probe of the tiny encoder on the topic texts (a real run through `edge_transfer.train`)."""
+    import edge_transfer as et
+
+    root = tmp_path_factory.mktemp("text")
+    data = write_text_folder(root / "topics")
+    return et.train(str(data), out=root / "run", backbone=str(text_encoder_dir), progress=False)
+
+
+@pytest.fixture(scope="session")
+def text_bundles(text_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The text run exported to the text formats, plus its encoder as an embedding bundle ("embedding")."""
+    import edge_transfer as et
+
+    out = tmp_path_factory.mktemp("text-bundles")
+    results = et.export(text_run.path, out=out / "classifier", format="onnx,onnx-fp16,onnx-int8,openvino")
+    bundles = {r.format: r.path for r in results}
+    (emb,) = et.export(text_run.path, out=out / "embedding", format="onnx", output="embedding")
+    return {**bundles, "embedding": emb.path}
+
+
 @pytest.fixture()
 def bundle_copy(digits_bundle: Path, tmp_path: Path) -> Path:
     """A private copy of the digits bundle that a test may damage."""
@@ -136,7 +197,9 @@ def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
 
 # Importing any of these raises ImportError, as on a device where only runtimes + a backend are installed.
 BLOCK_HOST_PACKAGES = (
-    "for _m in ('torch', 'torchvision', 'timm', 'onnx', 'accelerate', 'safetensors', 'sklearn', 'skimage'):\n    sys.modules[_m] = None\n"
+    "for _m in ('torch', 'torchvision', 'timm', 'onnx', 'accelerate', 'safetensors', 'sklearn', 'skimage', 'transformers',\n"
+    "           'sentence_transformers'):\n"
+    "    sys.modules[_m] = None\n"
 )
 
 

@@ -1,0 +1,159 @@
+"""Text bundles end to end (issue 30): a text run (tiny encoder, real MiniLM tokenizer, real files) exported to every
+text format, then loaded, predicted, evaluated and self-tested through `runtimes` and the CLI, torch blocked where
+the device would not have it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtimes
+from runtimes.errors import BundleError, InputError, IntegrityError
+from runtimes.modality import TokenBatch
+
+from conftest import TEXT_WORDS, run_cli, write_text_folder
+
+
+def test_text_run_holds_its_tokenizer_and_learns(text_run, text_encoder_dir: Path) -> None:
+    files = sorted(p.name for p in text_run.path.iterdir())
+    assert files == ["config.json", "model.safetensors", "tokenizer.json"]
+    config = json.loads((text_run.path / "config.json").read_text())
+    assert config["modality"] == "text" and config["text"] == {"tokenizer": "tokenizer.json", "max_tokens": 256}
+    assert config["labels"] == sorted(TEXT_WORDS)
+    assert (text_run.path / "tokenizer.json").read_bytes() == (text_encoder_dir / "tokenizer.json").read_bytes()
+    assert text_run.metrics["test_accuracy"] >= 0.9  # three topics with disjoint words, even through a random encoder
+
+
+def test_every_text_format_passes_its_gate_and_describes_text(text_bundles: dict[str, Path]) -> None:
+    for name in ("onnx", "onnx-fp16", "onnx-int8", "openvino", "embedding"):
+        manifest = json.loads((text_bundles[name] / "manifest.json").read_text())
+        assert manifest["schema_version"] == 4 and manifest["modality"] == "text", name
+        assert "preprocessing" not in manifest
+        assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
+        assert all(i["dtype"] == "int64" and i["shape"] == ["batch", "tokens"] for i in manifest["inputs"])
+        listed = {f["path"]: f["sha256"] for f in manifest["model"]["files"]}
+        tok = (text_bundles[name] / "tokenizer.json").read_bytes()
+        assert listed["tokenizer.json"] == hashlib.sha256(tok).hexdigest()
+        assert "selftest/texts.json" in listed and "selftest/images.npy" not in listed
+        assert manifest["validation"]["passed"] is True and manifest["validation"]["unit"] == "texts"
+    int8 = json.loads((text_bundles["onnx-int8"] / "manifest.json").read_text())["model"]
+    assert int8["conversion"]["tool"] == "onnxruntime.quantization.quantize_dynamic" and int8["conversion"]["per_channel"] is True
+
+
+def test_predictor_classifies_texts_in_every_format(text_bundles: dict[str, Path]) -> None:
+    texts = ["football goal league win", "the singer and the band played a song", "bank shares and market price"]
+    for name in ("onnx", "onnx-fp16", "onnx-int8", "openvino"):
+        with runtimes.load(text_bundles[name]) as p:
+            assert p.modality == "text" and p.describe()["modality"] == "text"
+            top = [r[0].label for r in p.predict(texts, top_k=2)]
+            assert top == ["sport", "music", "money"], name
+            assert p.self_test().passed, name
+            batch = p.prepare(texts)
+            assert isinstance(batch, TokenBatch) and batch.input_ids.dtype == np.int64
+            # a text's answer never depends on its batch: padding is masked, and per-call int8 runs one text a call
+            np.testing.assert_allclose(p.run(batch), p.run_chunked(batch, chunk=1), atol=1e-4, err_msg=name)
+    assert json.loads((text_bundles["onnx-int8"] / "manifest.json").read_text())["model"]["rows_per_call"] == 1
+
+
+def test_wrong_inputs_are_refused_by_name(text_bundles: dict[str, Path], digits_bundle: Path) -> None:
+    with runtimes.load(text_bundles["onnx"]) as p:
+        with pytest.raises(InputError, match="strings"):
+            p.predict(np.zeros((1, 64, 64, 3), np.uint8))
+        with pytest.raises(InputError, match="input 'input_ids': expected int64"):
+            p.run(TokenBatch(np.zeros((1, 4), np.int32), np.ones((1, 4), np.int64)))
+        with pytest.raises(InputError, match="at most 256"):
+            p.run(TokenBatch(np.zeros((1, 300), np.int64), np.ones((1, 300), np.int64)))
+        with pytest.raises(InputError, match="no image preprocessing"):
+            p.preprocessing  # noqa: B018
+    with runtimes.load(digits_bundle) as p, pytest.raises(InputError):
+        p.predict(["a text for an image bundle"])
+
+
+def test_older_runtime_refuses_a_text_bundle_by_version(text_bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import runtimes.manifest as m
+
+    monkeypatch.setattr(m, "SCHEMA_VERSION", 3)  # what a runtime from before text reads
+    with pytest.raises(BundleError, match="schema_version 4 is newer than this runtime supports .3.; upgrade"):
+        runtimes.load(text_bundles["onnx"])
+
+
+def test_tokenizer_is_checksummed_and_read_from_the_bundle(text_bundles: dict[str, Path], tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(text_bundles["onnx"], b)
+    tok = b / "tokenizer.json"
+    doc = json.loads(tok.read_text(encoding="utf-8"))
+    doc["normalizer"] = None  # no lower-casing: different tokens for the same text
+    tok.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(IntegrityError, match="tokenizer.json"):
+        runtimes.load(b)
+    # the same edit with the checksums re-made (a broken pipeline): the self-test catches the changed tokens
+    manifest = json.loads((b / "manifest.json").read_text())
+    for f in manifest["model"]["files"]:
+        if f["path"] == "tokenizer.json":
+            f["sha256"], f["bytes"] = hashlib.sha256(tok.read_bytes()).hexdigest(), tok.stat().st_size
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    golden = json.loads((b / "selftest" / "texts.json").read_text())
+    golden_upper = [t.upper() for t in golden]
+    (b / "selftest" / "texts.json").write_text(json.dumps(golden_upper))
+    for f in manifest["model"]["files"]:
+        if f["path"] == "selftest/texts.json":
+            f["sha256"] = hashlib.sha256((b / "selftest" / "texts.json").read_bytes()).hexdigest()
+            f["bytes"] = (b / "selftest" / "texts.json").stat().st_size
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with runtimes.load(b) as p:
+        assert not p.self_test(raise_on_failure=False).passed
+
+
+def test_device_commands_run_without_torch(text_bundles: dict[str, Path], tmp_path: Path) -> None:
+    """predict, val, check and inspect of a text bundle with torch and transformers unimportable (tokenizers only)."""
+    bundle = str(text_bundles["onnx-int8"])
+    texts = tmp_path / "texts.txt"
+    texts.write_text("goal goal league\n\nguitar album chart\n", encoding="utf-8")
+    r = run_cli("predict", bundle, "--text", "profit and trade", "--text-file", str(texts), "--jsonl", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [rec["text"] for rec in records] == ["profit and trade", "goal goal league", "guitar album chart"]
+    assert [rec["top_k"][0]["label"] for rec in records] == ["money", "sport", "music"]
+    data = write_text_folder(tmp_path / "held-out", per_class=10, seed=7)
+    before = {p: p.read_bytes() for p in data.rglob("*.txt")}
+    r = run_cli("val", bundle, "--data", str(data), "--json", block_torch=True)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["count"] == 30 and result["unit"] == "texts" and result["accuracy"] >= 0.9
+    assert {p: p.read_bytes() for p in data.rglob("*.txt")} == before  # the user's files are only read
+    r = run_cli("check", bundle, block_torch=True)
+    assert r.returncode == 0 and "golden texts" in r.stdout and "PASS" in r.stdout, r.stdout + r.stderr
+    r = run_cli("inspect", bundle, block_torch=True)
+    assert r.returncode == 0 and "input       input_ids int64" in r.stdout and "tokenised by tokenizer.json" in r.stdout
+
+
+def test_predict_refuses_the_other_kind_of_input(text_bundles: dict[str, Path], digits_bundle: Path) -> None:
+    r = run_cli("predict", str(text_bundles["onnx"]), "photo.jpg")
+    assert r.returncode == 2 and "is a text bundle: give texts with --text" in r.stderr
+    r = run_cli("predict", str(text_bundles["onnx"]))
+    assert r.returncode == 2 and "--text-file" in r.stderr
+    r = run_cli("predict", str(digits_bundle), "--text", "hello")
+    assert r.returncode == 2 and "--text and --text-file are for text bundles" in r.stderr
+
+
+def test_text_table_trains_through_the_cli(text_encoder_dir: Path, tmp_path: Path) -> None:
+    """A headerless TSV (label, text), as the SMS set ships: columns by position, detected as text by its suffix."""
+    rows = []
+    for i, (label, words) in enumerate(sorted(TEXT_WORDS.items()) * 12):
+        w = words.split()
+        rows.append(f"{label}\t{' '.join(w[(i + k) % len(w)] for k in range(5))}")
+    table = tmp_path / "topics.tsv"
+    table.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    columns = ["--text-column", "1", "--label-column", "0"]
+    r = run_cli("train", "--data", str(table), *columns, "--backbone", str(text_encoder_dir), "--out", str(out), "--quiet", "--json")
+    assert r.returncode == 0, r.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["count"] == 36 and config["labels"] == sorted(TEXT_WORDS)
+    r = run_cli("train", "--data", str(table), "--backbone", "efficientnet_b0", "--out", str(tmp_path / "r2"), "--quiet")
+    assert r.returncode == 2 and "not a text encoder" in r.stderr
