@@ -57,7 +57,7 @@ def train(data: Any = "digits", *, out: str | os.PathLike[str], config: TrainCon
         from .text_task import train_text
 
         check_run_output(out, checkpoint_dir_for(Path(out)), overwrite=cfg.overwrite, protected=[Protected("--data", data)])
-        return train_text(data, out, cfg.resolved())
+        return train_text(data, out, cfg)
     if distributed_rank() != 0:  # under accelerate launch / torchrun only the main process speaks
         quiet_unless_main(False)
         cfg.progress = False

@@ -6,11 +6,13 @@ encoder (mean-pooled, L2-normalised), or a local folder holding `config.json`, `
 "text", the encoder's transformers config, the token limit) and the `tokenizer.json` the bundles will carry.
 
 Strategies: `linear-probe` (the default: embeddings computed once and cached, then the same L2-swept logistic
-regression as images) and `pretrained` with `export --output embedding` (the encoder as it is).
+regression as images), `finetune` and `partial` (`edge_transfer.text_finetune`, starting from that probe), and
+`pretrained` with `export --output embedding` (the encoder as it is).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,12 +29,14 @@ from torch import nn
 from runtimes.errors import CheckpointError, DatasetError, InputError
 from runtimes.text_data import TextDataset, load_text_dataset
 
+from .config import STRATEGY_SPECS
 from .text_encoder import MINILM, MeanPooledEncoder, embed_texts, minilm_dir
 
 logger = logging.getLogger(__name__)
 
 TOKENIZER_NAME = "tokenizer.json"
-TEXT_STRATEGIES = ("linear-probe",)  # trained on text so far; `pretrained` is the encoder as it is (export --output embedding)
+TEXT_STRATEGIES = ("linear-probe", "finetune", "partial")  # `pretrained` is the encoder as it is (export --output embedding)
+TEXT_FINETUNE_EPOCHS = 3  # finetune/partial on text, unless --epochs: small BERTs converge in 2-4 epochs
 
 
 @dataclass
@@ -164,6 +168,10 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
     from .trained_run import TrainedRun
 
     t0 = time.perf_counter()
+    given = {"lr": cfg.lr is not None, "epochs": cfg.epochs is not None}
+    if cfg.strategy in ("finetune", "partial") and not given["epochs"]:
+        cfg = dataclasses.replace(cfg, epochs=TEXT_FINETUNE_EPOCHS)
+    cfg = cfg.resolved()
     if cfg.strategy not in TEXT_STRATEGIES:
         raise InputError(
             f"strategy {cfg.strategy!r} is not available for text yet (text: {', '.join(TEXT_STRATEGIES)}; the encoder as it is: "
@@ -185,15 +193,25 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
     )
     feats, cache = _embeddings(bb, dataset, cfg.max_tokens, cfg.cache_dir, cfg.progress)
     y = dataset.targets
+    probe_cfg = cfg if cfg.strategy == "linear-probe" else dataclasses.replace(cfg, epochs=STRATEGY_SPECS["linear-probe"].epochs, weight_decay=None)
     head, history = fit_linear_head(
-        feats[splits.train], y[splits.train], feats[splits.val], y[splits.val], len(dataset.classes), cfg, device=torch.device("cpu")
+        feats[splits.train], y[splits.train], feats[splits.val], y[splits.val], len(dataset.classes), probe_cfg, device=torch.device("cpu")
     )
+    chosen = max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
+    training: dict[str, Any] = {"feature_cache": cache, "chosen_weight_decay": chosen["weight_decay"]}
     model = TextClassifier(bb.encoder, head, dataset.classes, cfg.max_tokens).eval()
     with torch.no_grad():
         logits = {s: head(torch.from_numpy(feats[getattr(splits, s)])).numpy() for s in ("train", "val", "test")}
+    if cfg.strategy != "linear-probe":
+        from .text_finetune import fit_text_network
+
+        probe_test = float((logits["test"].argmax(1) == y[splits.test]).mean())
+        logger.info(f"linear probe (the starting head): test accuracy {100 * probe_test:.2f}%; now {cfg.strategy}")
+        fitted = fit_text_network(model, dataset.texts, y, splits, bb.tokenizer(cfg.max_tokens), cfg, lr_given=given["lr"])
+        logits, history = fitted["logits"], fitted["history"]
+        training.update(fitted["details"], probe_test_accuracy=probe_test)
     metrics = {f"{s}_accuracy": float((logits[s].argmax(1) == y[getattr(splits, s)]).mean()) for s in logits}
     logger.info(f"test accuracy {100 * metrics['test_accuracy']:.2f}% (val {100 * metrics['val_accuracy']:.2f}%)")
-    chosen = max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
     data_info = dict(dataset.info, fingerprint=dataset.fingerprint(), count=len(dataset), skip_bad=cfg.skip_bad)
     if not isinstance(data, TextDataset):
         data_info.update(source=str(data), text_column=cfg.text_column, label_column=cfg.label_column)
@@ -210,7 +228,7 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
         "data": data_info,
         "split": splits.describe(),
         "metrics": metrics,
-        "training": {"feature_cache": cache, "chosen_weight_decay": chosen["weight_decay"]},
+        "training": training,
         "history": history,
     }
     save_run(out, model, config, overwrite=cfg.overwrite, extra_files={TOKENIZER_NAME: bb.tokenizer_json})
