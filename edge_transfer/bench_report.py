@@ -14,7 +14,7 @@ import numpy as np
 
 from runtimes.bench import BenchResult
 
-STAGES = ("decode", "preprocess", "model", "postprocess", "other")  # end-to-end stages, timed apart ("other": the rest of the call)
+STAGES = ("decode", "preprocess", "tokenize", "model", "postprocess", "other")  # end-to-end stages, timed apart ("other": the rest of the call)
 
 COLUMNS = (
     "name",
@@ -71,9 +71,9 @@ def passed_gate(bundle: str) -> bool:
 
 def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
     """One row per (bundle, batch); `speedup` is the first bundle's p50 at the same batch over this one's."""
-    first: dict[int, float] = {}
+    first: dict[tuple[int, int | None], float] = {}
     for r in results:
-        first.setdefault(r.batch, r.latency.p50)
+        first.setdefault((r.batch, r.tokens), r.latency.p50)
     names = bundle_names(results)
     gates = {b: passed_gate(b) for b in names}
     rows = []
@@ -90,6 +90,7 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
                 "device": r.device + (f" ({','.join(r.execution['execution_devices'])})" if r.execution.get("execution_devices") else ""),
                 "size_mb": round(r.size_bytes / 1e6, 2),
                 "batch": r.batch,
+                "tokens": r.tokens,
                 "mode": r.mode,
                 "load_s": round(r.load_s, 3),
                 "first_ms": round(r.first_ms, 2),
@@ -97,7 +98,9 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
                 "p99_ms": round(r.latency.p99, 3),
                 "mean_ms": round(r.latency.mean, 3),
                 "throughput": round(r.throughput, 1),
-                "speedup": round(first[r.batch] / r.latency.p50, 2) if r.latency.p50 else None,
+                "unit": r.unit,
+                "tokens_per_s": round(r.throughput * r.tokens) if r.tokens else None,
+                "speedup": round(first[(r.batch, r.tokens)] / r.latency.p50, 2) if r.latency.p50 else None,
                 "overhead_pct": None if r.overhead is None else round(100 * r.overhead, 2),
                 "plain_p50_ms": None if r.plain is None else round(r.plain.p50, 3),
                 "peak_rss_mib": round(r.peak_rss_mib, 1),
@@ -153,9 +156,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         ("device", "device"),
         ("size_mb", "size MB"),
         ("batch", "batch"),
+        *([("tokens", "tokens")] if any(r.get("tokens") for r in rows) else []),
         ("p50_ms", "p50 ms"),
         ("p99_ms", "p99 ms"),
-        ("throughput", "img/s"),
+        ("throughput", "texts/s" if all(r.get("unit") == "texts" for r in rows) and rows else "img/s"),
+        *([("tokens_per_s", "tokens/s")] if any(r.get("tokens") for r in rows) else []),
         ("speedup", "speed-up"),
         ("overhead_pct", "overhead"),
     ]

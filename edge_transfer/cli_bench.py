@@ -29,6 +29,7 @@ def add_bench_parser(sub: Any) -> None:
     )
     b.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories; the first is the speed-up reference")
     b.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
+    b.add_argument("--tokens", help="text bundles: text lengths in tokens, comma-separated (default 16,64,256, up to the bundle's limit)")
     b.add_argument(
         "--mode",
         default=BenchOptions.mode,
@@ -85,6 +86,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench_report import comparison_rows, format_table, machine_context, plot, recommendation, write_csv, write_json
 
     batches = _int_list(args.batch, "--batch")
+    tokens = _int_list(args.tokens, "--tokens") if args.tokens else None
     if args.plot:  # before any measurement, not after it
         require_matplotlib("measured")
     options: dict[str, Any] = {}
@@ -115,6 +117,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 found = bench_bundle(
                     path,
                     batches=batches,
+                    tokens=tokens,
                     device=args.device,
                     backend_options=options,
                     options=options_from_namespace(BenchOptions, args),
@@ -159,7 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for r, row in zip(results, rows):
             plain = f"; plain backend call p50 {r.plain.p50:.3f} ms" if r.plain else ""
             print(
-                f"{row['name']} batch {r.batch}: load {r.load_s:.2f} s, first call {r.first_ms:.1f} ms, "
+                f"{row['name']} batch {r.batch}{f', {r.tokens} tokens' if r.tokens else ''}: load {r.load_s:.2f} s, first call {r.first_ms:.1f} ms, "
                 f"{r.warmup_iterations} warm-up calls, {r.latency.count} timed{plain}",
                 file=sys.stderr,
             )

@@ -30,6 +30,7 @@ from .errors import InputError
 from .options import check_bounds, replace_options
 
 MODES = ("model", "end-to-end")
+TEXT_LENGTHS = (16, 64, 256)  # a text bundle's default sweep, in tokens
 BLOCK = 10  # pairs of calls between progress updates and duration checks
 WARMUP_TOLERANCE = 0.05  # warm-up ends when two consecutive blocks' medians differ by less than 5%
 WARMUP_MAX_SECONDS = 20.0
@@ -84,6 +85,8 @@ class BenchResult:
     accuracy: float | None = None
     self_test: str | None = None  # "pass", "fail" (reported only when the caller overrode the refusal) or "missing"
     stages_ms: dict[str, float] | None = None  # end-to-end only: median ms per stage (decode, preprocess, model, postprocess, other), and means
+    tokens: int | None = None  # a text bundle: each text's length in tokens (the model's cost grows with it)
+    unit: str = "images"  # what `throughput` counts per second: images or texts
     samples_ms: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, samples: bool = False) -> dict[str, Any]:
@@ -171,7 +174,8 @@ def bench_predictor(
     *,
     batch: int = 1,
     options: BenchOptions | None = None,
-    images: Sequence[np.ndarray] | None = None,
+    images: Sequence[Any] | None = None,
+    tokens: int | None = None,
     load_s: float = 0.0,
     threads: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
@@ -181,7 +185,8 @@ def bench_predictor(
 
     options: `BenchOptions` (mode, iterations, duration, warmup); keyword arguments override single fields.
     images: end-to-end inputs: decoded RGB arrays of any size, or image file paths (then decoding is timed too);
-        default: synthetic 480x640 arrays.
+        default: synthetic 480x640 arrays; for a text bundle, texts (default: made-up texts of `tokens` tokens, 64
+        unless given; tokenising is the end-to-end `tokenize` stage).
     progress: called as progress(done, total) during the timed calls (total is None for a duration).
     """
     opts = replace_options(options or BenchOptions(), overrides, what="bench").checked()
@@ -193,9 +198,11 @@ def bench_predictor(
         raise InputError(f"{predictor.bundle.path}: this bundle has a fixed batch of {predictor.max_batch}; cannot bench batch {batch}")
 
     if images is None:
-        images = synthetic_images(min(batch, 8))
+        images = predictor.input.synthetic(min(batch, 8), tokens=tokens)
+    elif tokens is not None:
+        raise InputError("tokens= makes the texts; pass texts or tokens, not both")
     sources = [images[i % len(images)] for i in range(batch)]
-    files = bool(sources) and isinstance(sources[0], (str, Path))
+    files = bool(sources) and isinstance(sources[0], (str, Path)) and predictor.modality == "image"  # paths to decode (texts are str too)
     ready = predictor.prepare(sources) if len(sources) else None
     plain_call = predictor.native_call()
     stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "model": [], "postprocess": []}
@@ -270,8 +277,10 @@ def bench_predictor(
         throughput=throughput,
         peak_rss_mib=rss,
         interrupted=interrupted,
-        stages_ms=_stage_medians(stages, samples, files) if mode == "end-to-end" and samples else None,
+        stages_ms=_stage_medians(stages, samples, files, predictor.input.unit) if mode == "end-to-end" and samples else None,
         samples_ms=[s * 1000.0 for s in samples],
+        tokens=int(ready.input_ids.shape[1]) if predictor.modality == "text" and ready is not None else None,
+        unit=predictor.input.unit,
     )
 
 
@@ -295,7 +304,7 @@ def _staged_predict(predictor: Any, sources: Sequence[Any], files: bool, stages:
     return out
 
 
-def _stage_medians(stages: dict[str, list[float]], samples: list[float], files: bool) -> dict[str, float]:
+def _stage_medians(stages: dict[str, list[float]], samples: list[float], files: bool, unit: str = "images") -> dict[str, float]:
     """Median ms per stage over the timed calls (the last len(samples); warm-up calls come first), and `other`: per
     call, the call's time less its stages' (Python calls between the stages, the timer itself), so nothing of the
     call goes unaccounted. Medians of parts need not add up to the median whole on a noisy machine; `mean_ms` of each
@@ -306,6 +315,8 @@ def _stage_medians(stages: dict[str, list[float]], samples: list[float], files: 
     out = {key: float(np.median(v)) * 1000.0 for key, v in per_call.items()}
     out["other"] = float(np.median(other)) * 1000.0
     out.update({f"{key}_mean": float(np.mean(v)) * 1000.0 for key, v in {**per_call, "other": other}.items()})
+    if unit == "texts":  # a text's preprocessing is its tokenisation
+        out = {k.replace("preprocess", "tokenize"): v for k, v in out.items()}
     return out
 
 
@@ -336,13 +347,15 @@ def bench_bundle(
     bundle_dir: str | os.PathLike[str],
     *,
     batches: Sequence[int] = (1,),
+    tokens: Sequence[int] | None = None,
     device: str | None = None,
     backend_options: dict[str, Any] | None = None,
     not_measured: list[dict[str, Any]] | None = None,
     **options: Any,
 ) -> list[BenchResult]:
-    """Load a bundle (timed) and benchmark it at each batch size; `options` (a `BenchOptions`), keyword overrides,
-    `images` and `progress` as for `bench_predictor`.
+    """Load a bundle (timed) and benchmark it at each batch size (a text bundle: at each text length of `tokens` too,
+    default `TEXT_LENGTHS` up to its token limit); `options` (a `BenchOptions`), keyword overrides, `images` and
+    `progress` as for `bench_predictor`.
 
     A batch size the bundle cannot run (it was exported with a fixed batch) is left out, not an error: with
     `not_measured` given, a record {bundle, batch, reason} is appended to it for each one.
@@ -355,13 +368,19 @@ def bench_bundle(
     load_s = time.perf_counter() - t0
     try:
         results = []
-        for b in batches:
+        lengths: list[int | None] = [None]
+        if predictor.modality == "text" and options.get("images") is None:
+            limit = predictor.manifest.text.max_tokens if predictor.manifest.text is not None else 0
+            lengths = list(tokens or [t for t in TEXT_LENGTHS if t <= limit])
+        elif tokens:
+            raise InputError(f"{bundle_dir} is an {predictor.modality} bundle: --tokens is for text bundles")
+        for b, length in [(b, t) for t in lengths for b in batches]:
             if predictor.max_batch is not None and b != predictor.max_batch:
                 if not_measured is not None:
                     reason = f"fixed batch of {predictor.max_batch} (exported with --batch-size {predictor.max_batch})"
                     not_measured.append({"bundle": str(bundle_dir), "batch": b, "reason": reason})
                 continue
-            result = bench_predictor(predictor, batch=b, load_s=load_s, threads=backend_options.get("threads"), **options)
+            result = bench_predictor(predictor, batch=b, tokens=length, load_s=load_s, threads=backend_options.get("threads"), **options)
             results.append(result)
             if result.interrupted:
                 break

@@ -134,6 +134,10 @@ class InputReader:
     def describe(self) -> dict[str, Any]:
         return {"modality": self.modality}
 
+    def synthetic(self, n: int, tokens: int | None = None) -> list[Any]:
+        """`n` made-up inputs of the kind `predict` takes, for benchmarks (`tokens`: a text's length)."""
+        raise NotImplementedError
+
 
 class ImageReader(InputReader):
     """uint8 NHWC RGB at the model's input size; any image is decoded, resized and cropped by `runtimes.preprocess`."""
@@ -219,6 +223,13 @@ class ImageReader(InputReader):
     def describe(self) -> dict[str, Any]:
         return {"modality": self.modality, "preprocessing": self.config.to_dict()}
 
+    def synthetic(self, n: int, tokens: int | None = None) -> list[Any]:
+        from .bench import synthetic_images
+
+        if tokens is not None:
+            raise InputError(f"{self.bundle.path} is an image bundle: token lengths are for text bundles")
+        return list(synthetic_images(n))
+
 
 class TextReader(InputReader):
     """Texts -> `input_ids` and `attention_mask` with the bundle's own tokenizer (verified bytes), cut at
@@ -290,6 +301,24 @@ class TextReader(InputReader):
     def describe(self) -> dict[str, Any]:
         return {"modality": self.modality, "text": self.config.to_dict()}
 
+    def synthetic(self, n: int, tokens: int | None = None) -> list[Any]:
+        """`n` different texts of exactly `tokens` tokens each (default 64), specials included, of common words
+        that are one token each in this tokenizer."""
+        tokens = 64 if tokens is None else tokens
+        specials = len(self.tokenizer.token_ids([""])[0])
+        if not specials < tokens <= self.config.max_tokens:
+            raise InputError(f"a text length of {tokens} tokens: this bundle reads {specials + 1} to {self.config.max_tokens}")
+        words = [w for w, ids in zip(SYNTHETIC_WORDS, self.tokenizer.token_ids(SYNTHETIC_WORDS)) if len(ids) == specials + 1]
+        if not words:
+            raise InputError(f"{self.config.tokenizer}: none of the benchmark's words is a single token in it")
+        count = tokens - specials
+        return [" ".join(words[(i * 7 + j) % len(words)] for j in range(count)) for i in range(n)]
+
+
+SYNTHETIC_WORDS = (
+    "the model reads a short text about the weather in the city and the news of the day from the river house "
+    "near green hills where people walk with music and food after work on the long road home"
+).split()
 
 READERS: dict[str, type[InputReader]] = {"image": ImageReader, "text": TextReader}
 
