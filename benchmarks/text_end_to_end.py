@@ -85,9 +85,8 @@ def main() -> int:
         extra = {"epochs": args.epochs} if args.epochs and strategy != "linear-probe" else {}
         run = et.train(source, out=out / f"run-{strategy}", strategy=strategy, seed=args.seed, overwrite=True, **options, **extra)
         train_s = time.perf_counter() - t
-        lines.append(
-            f"\n{strategy}: run test accuracy {100 * run.metrics['test_accuracy']:.2f}% (val {100 * run.metrics['val_accuracy']:.2f}%), {train_s:.0f} s"
-        )
+        m = run.metrics
+        lines.append(f"\n{strategy}: run test accuracy {100 * m['test_accuracy']:.2f}% (val {100 * m['val_accuracy']:.2f}%), {train_s:.0f} s")
         t = time.perf_counter()
         results = et.export(run.path, out=out / f"bundles-{strategy}", format=args.formats, overwrite=True)
         lines.append(f"export of {len(results)} formats: {time.perf_counter() - t:.0f} s")
