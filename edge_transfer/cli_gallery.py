@@ -29,9 +29,11 @@ def add_gallery_parsers(sub: Any) -> None:
     )
     e.add_argument("bundle", help="an embedding bundle")
     e.add_argument("images", nargs="*", help="image files, folders or quoted patterns ('shots/*.jpg') to enrol under --label")
+    e.add_argument("--text", action="append", metavar="TEXT", help="a text bundle: a text to enrol under --label (repeat for several)")
+    e.add_argument("--text-file", metavar="FILE", help="a text bundle: texts to enrol, one per line ('-': standard input)")
     e.add_argument("--gallery", required=True, help="the gallery file (.npz); created if it does not exist")
     e.add_argument("--label", help="the label the images are enrolled under (added to the label's existing images)")
-    e.add_argument("--from-folders", metavar="DIR", help="enrol each sub-folder of DIR as a label of its name")
+    e.add_argument("--from-folders", metavar="DIR", help="enrol each sub-folder of DIR as a label of its name (text bundles: of .txt files)")
     e.add_argument("--remove", metavar="LABEL", help="remove this label and its images from the gallery")
     e.add_argument("--list", action="store_true", help="list the labels and how many images each has")
     e.add_argument("--device", help="backend device (as for predict)")
@@ -48,7 +50,9 @@ def add_gallery_parsers(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     i.add_argument("bundle", help="the embedding bundle the gallery was enrolled with")
-    i.add_argument("images", nargs="+", help="image files, folders or quoted patterns")
+    i.add_argument("images", nargs="*", help="image files, folders or quoted patterns")
+    i.add_argument("--text", action="append", metavar="TEXT", help="a text bundle: a text to identify (repeat for several)")
+    i.add_argument("--text-file", metavar="FILE", help="a text bundle: texts to identify, one per line ('-': standard input)")
     i.add_argument("--gallery", required=True, help="the gallery file")
     i.add_argument("--threshold", type=float, help="cosine below which an image is unknown (default: the bundle's calibrated one)")
     i.add_argument("--method", choices=["mean", "knn"], default="mean", help="mean: class-mean cosine (default); knn: k nearest images vote")
@@ -80,15 +84,17 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
 def cmd_enroll(args: argparse.Namespace) -> int:
     from runtimes.gallery import Gallery, label_folders
     from runtimes.labels import check_label
-    from runtimes.preprocess import expand_image_paths
+
+    from .cli_device import predict_inputs
 
     actions = sum(bool(x) for x in (args.label, args.from_folders, args.remove))
     if actions > 1 or (actions == 0 and not args.list):
         raise InputError("enroll takes one of --label NAME IMAGES..., --from-folders DIR or --remove LABEL (or --list)")
-    if args.label and not args.images:
-        raise InputError(f"--label {args.label}: give the images to enrol (files, folders or patterns)")
-    if args.images and not args.label:
-        raise InputError("images were given without --label NAME to enrol them under")
+    given = bool(args.images or args.text or args.text_file)
+    if args.label and not given:
+        raise InputError(f"--label {args.label}: give the images (files, folders or patterns) or texts (--text, --text-file) to enrol")
+    if given and not args.label:
+        raise InputError("images or texts were given without --label NAME to enrol them under")
     if actions == 0:  # --list alone: read, never write
         predictor, gallery = _open(args)
         predictor.close()
@@ -96,9 +102,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         with _embedding_predictor(args) as predictor:
             if os.path.exists(args.gallery) or args.remove:  # another model's gallery is refused before any image is embedded
                 Gallery.load(args.gallery, predictor)
-            folders = {check_label(args.label): expand_image_paths(args.images)} if args.label else {}
-            folders = label_folders(args.from_folders) if args.from_folders else folders
+            args.recursive = False
+            folders = {check_label(args.label): predict_inputs(args, predictor.modality)[1]} if args.label else {}
+            if args.from_folders:
+                folders = label_folders(args.from_folders) if predictor.modality == "image" else _text_folders(args.from_folders)
             embedded = {label: predictor.embed(paths) for label, paths in folders.items()}  # the slow part, before the lock
+            noun = predictor.input.unit[:-1]  # image or text
             with Gallery.editing(args.gallery, predictor) as gallery:  # re-read, changed and saved under a cross-process lock
                 if args.remove:
                     removed = gallery.remove(args.remove)
@@ -106,7 +115,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         if args.remove:
             print(f"removed {shown(args.remove)} ({removed} image(s))")
         for label, count in counts.items():
-            print(f"enrolled {shown(label)}: {count} image(s)")
+            print(f"enrolled {shown(label)}: {count} {noun}(s)")
     labels = gallery.labels()
     if args.json:
         print_json({"gallery": args.gallery, "labels": labels, "threshold": gallery.default_threshold, "threshold_source": gallery.threshold_source})
@@ -119,12 +128,21 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_folders(root: str) -> dict[str, list[str]]:
+    """A text bundle's `--from-folders`: class folders of .txt files -> {label: texts} (`runtimes.text_data`)."""
+    from runtimes.text_data import load_text_folder
+
+    data = load_text_folder(root)
+    return {label: [t for t, y in zip(data.texts, data.targets) if int(y) == i] for i, label in enumerate(data.classes)}
+
+
 def cmd_identify(args: argparse.Namespace) -> int:
     from runtimes.gallery import threshold_problem
-    from runtimes.preprocess import expand_image_paths
+
+    from .cli_device import predict_inputs, shown_text
 
     predictor, gallery = _open(args)
-    images = expand_image_paths(args.images, recursive=args.recursive)
+    kind, images = predict_inputs(args, predictor.modality)
     records = []
     in_use = (args.threshold, "--threshold") if args.threshold is not None else (gallery.default_threshold, gallery.threshold_source)
     err(f"identify: unknown below cosine {in_use[0]:.4f} ({in_use[1]})")
@@ -135,14 +153,14 @@ def cmd_identify(args: argparse.Namespace) -> int:
             chunk = images[start : start + IDENTIFY_CHUNK]
             answers = gallery.identify(predictor.embed(chunk), threshold=args.threshold, method=args.method, k=args.k)
             for path, a in zip(chunk, answers):
-                records.append({"image": path, **a.to_dict()})
+                records.append({kind: path, **a.to_dict()})
                 if not args.json:
                     what = (
                         f"{shown(a.label)}  (cosine {a.score:.3f})"
                         if a.known
                         else f"unknown  (nearest {shown(a.nearest)}, cosine {a.score:.3f} < {a.threshold:.3f})"
                     )
-                    print(f"{path}: {what}", flush=True)
+                    print(f"{path if kind == 'image' else shown_text(path)}: {what}", flush=True)
     if args.json:
         threshold = args.threshold if args.threshold is not None else gallery.default_threshold
         print_json({"bundle": args.bundle, "gallery": args.gallery, "threshold": threshold, "method": args.method, "identifications": records})

@@ -157,3 +157,44 @@ def test_text_table_trains_through_the_cli(text_encoder_dir: Path, tmp_path: Pat
     assert config["data"]["count"] == 36 and config["labels"] == sorted(TEXT_WORDS)
     r = run_cli("train", "--data", str(table), "--backbone", "efficientnet_b0", "--out", str(tmp_path / "r2"), "--quiet")
     assert r.returncode == 2 and "not a text encoder" in r.stderr
+
+
+def test_enroll_and_identify_texts_without_torch(text_bundles: dict[str, Path], tmp_path: Path) -> None:
+    """Intents added on the device from a few sentences: class folders of .txt enrolled, texts identified."""
+    data = write_text_folder(tmp_path / "intents", per_class=6, seed=3)
+    gallery = tmp_path / "g.npz"
+    bundle = str(text_bundles["embedding"])
+    r = run_cli("enroll", bundle, "--gallery", str(gallery), "--from-folders", str(data), block_torch=True)
+    assert r.returncode == 0 and "enrolled sport: 6 text(s)" in r.stdout, r.stdout + r.stderr
+    r = run_cli(
+        "enroll", bundle, "--gallery", str(gallery), "--label", "weather", "--text", "rain snow wind", "--text", "sun rain storm", block_torch=True
+    )
+    assert r.returncode == 0, r.stderr
+    r = run_cli("enroll", bundle, "--gallery", str(gallery), "--remove", "weather", block_torch=True)
+    assert r.returncode == 0 and "removed weather (2 image(s))" in r.stdout, r.stdout + r.stderr
+    texts = ["football match goal team", "guitar album band chart", "bank market profit trade"]
+    args = ["identify", bundle, "--gallery", str(gallery), "--threshold", "-1", "--json"]
+    r = run_cli(*args, *[x for t in texts for x in ("--text", t)], block_torch=True)
+    assert r.returncode == 0, r.stderr
+    found = json.loads(r.stdout)["identifications"]
+    assert [f["text"] for f in found] == texts and [f["label"] for f in found] == ["sport", "music", "money"]
+    r = run_cli("identify", bundle, "--gallery", str(gallery), "photo.jpg")
+    assert r.returncode == 2 and "is a text bundle" in r.stderr
+
+
+def test_bench_sweeps_text_lengths(text_bundles: dict[str, Path]) -> None:
+    from runtimes.bench import bench_bundle
+
+    results = bench_bundle(text_bundles["onnx"], batches=(1, 2), iterations=5, warmup=2)
+    assert [(r.batch, r.tokens) for r in results] == [(1, 16), (2, 16), (1, 64), (2, 64), (1, 256), (2, 256)]
+    assert all(r.unit == "texts" and r.latency.count == 5 for r in results)
+    r = run_cli("bench", str(text_bundles["onnx-int8"]), "--mode", "end-to-end", "--tokens", "32", "--iterations", "5", "--warmup", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "tokens/s" in r.stdout and "texts/s" in r.stdout and "tokenize ms" in r.stdout
+
+
+def test_bench_refuses_token_lengths_for_an_image_bundle(digits_bundle: Path) -> None:
+    from runtimes.bench import bench_bundle
+
+    with pytest.raises(InputError, match="--tokens is for text bundles"):
+        bench_bundle(digits_bundle, tokens=(16,), iterations=1, warmup=0)
