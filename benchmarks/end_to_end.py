@@ -89,7 +89,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import runtimes
-    from runtimes.bench import bench_predictor, synthetic_images
+    from runtimes.bench import bench_predictor
+    from runtimes.preprocess import synthetic_images
 
     bundle = Path(args.bundle) if args.bundle else None
     if bundle is None:

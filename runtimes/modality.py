@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import BundleError, InputError
-from .preprocess import PreprocessConfig, prepare_image, read_image
+from .preprocess import PreprocessConfig, prepare_image, read_image, synthetic_images
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -224,8 +224,6 @@ class ImageReader(InputReader):
         return {"modality": self.modality, "preprocessing": self.config.to_dict()}
 
     def synthetic(self, n: int, tokens: int | None = None) -> list[Any]:
-        from .bench import synthetic_images
-
         if tokens is not None:
             raise InputError(f"{self.bundle.path} is an image bundle: token lengths are for text bundles")
         return list(synthetic_images(n))

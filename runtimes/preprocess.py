@@ -310,3 +310,15 @@ def read_image(path: str) -> np.ndarray:
         raise InputError(f"{path}: refused as a decompression bomb ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: not a readable image ({exc})") from None
+
+
+def synthetic_images(count: int, size: tuple[int, int] = (480, 640), seed: int = 0) -> list[np.ndarray]:
+    """Decoded-looking RGB images (smooth gradients plus noise) at a camera-like size, for end-to-end runs."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    images = []
+    for _ in range(count):
+        base = np.stack([(xx * rng.uniform(0.1, 0.5) + yy * rng.uniform(0.1, 0.5) + rng.uniform(0, 255)) % 256 for _ in range(3)], -1)
+        images.append(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+    return images

@@ -53,7 +53,7 @@ def test_warm_up_until_stable_and_end_to_end_mode(digits_bundle: Path):
 def test_end_to_end_from_files_times_decoding(digits_bundle: Path, tmp_path: Path):
     from PIL import Image
 
-    from runtimes.bench import synthetic_images
+    from runtimes.preprocess import synthetic_images
 
     path = tmp_path / "frame.jpg"
     Image.fromarray(synthetic_images(1)[0]).save(path, quality=90)

@@ -109,7 +109,7 @@ def test_pillow_and_the_numpy_twin_give_identical_pixels():
     filters, shrinking and enlarging, plus a camera frame."""
     from skimage import data
 
-    from runtimes.bench import synthetic_images
+    from runtimes.preprocess import synthetic_images
 
     rng = np.random.default_rng(7)
     photo = data.astronaut()
