@@ -20,9 +20,9 @@ from runtimes.predictor import padded_chunks
 
 @dataclass
 class CalibrationData:
-    """Prepared calibration images and where they came from."""
+    """Prepared calibration images (or a text export's `TokenBatch`) and where they came from."""
 
-    images: np.ndarray
+    images: Any
     split: str
     items: list[str]
     seed: int | None = None
@@ -30,7 +30,12 @@ class CalibrationData:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.dtype != np.uint8 or len(self.images) == 0:
+        from runtimes.modality import TokenBatch
+
+        if isinstance(self.images, TokenBatch):  # a text export's calibration texts, tokenised
+            if len(self.images) == 0:
+                raise InputError("calibration texts must not be empty")
+        elif self.images.ndim != 4 or self.images.dtype != np.uint8 or len(self.images) == 0:
             raise InputError(f"calibration images must be a non-empty uint8 (N, H, W, 3) batch, got {self.images.dtype} {self.images.shape}")
         if len(self.items) != len(self.images):
             raise InputError(f"calibration data: {len(self.images)} images but {len(self.items)} item names")
@@ -83,4 +88,8 @@ class CalibrationData:
 
         nncf = import_nncf()
 
+        from runtimes.modality import TokenBatch
+
+        if isinstance(self.images, TokenBatch):  # each item one text, fed to the graph's inputs by name
+            return nncf.Dataset(list(self.batches(batch_size, exact=True)), lambda b: {"input_ids": b.input_ids, "attention_mask": b.attention_mask})
         return nncf.Dataset(list(self.batches(batch_size, exact=True)))

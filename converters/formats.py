@@ -203,6 +203,7 @@ def build_openvino_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Buil
         feed_batch=job.batch_size,
         overflow_fix="enable" if rr["reduce_range"] else "disable",
         float_first_layers=job.quantization.float_layers_for(spec.name),
+        model_type=job.input.nncf_model_type,
     )
     settings["target_cpu"] = rr
     if control is not None:

@@ -67,8 +67,10 @@ def quantize_int8(
     feed_batch: int | None = None,
     overflow_fix: str = "enable",
     float_first_layers: int = 0,
+    model_type: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """NNCF post-training int8 of an `openvino.Model`. Returns (quantised model, settings for the manifest).
+    model_type: "transformer" for NNCF's transformer scheme (attention's softmax and layer norms kept in float).
 
     overflow_fix: "enable" quantises every layer's weights to 7 bits, so CPUs without VNNI cannot saturate (NNCF's
     overflow fix); "disable" keeps full 8-bit weights, for VNNI/AMX and Arm CPUs only.
@@ -96,6 +98,9 @@ def quantize_int8(
     # full bias correction: documented by NNCF as the more accurate one, and measured so on both digits models
     # (benchmarks/int8_ptq.py); it doubles the build time (about 20 -> 35 s at 128 px on 2 cores)
     common: dict[str, Any] = {"subset_size": len(calibration), "preset": nncf.QuantizationPreset.PERFORMANCE, "fast_bias_correction": False}
+    if model_type == "transformer":
+        common.update(model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED)
+        settings.update(model_type="transformer", preset="mixed (symmetric weights, asymmetric activations)")
     first = first_weight_layers(model, float_first_layers)
     if first:
         common["ignored_scope"] = nncf.IgnoredScope(names=first)

