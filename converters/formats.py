@@ -256,7 +256,7 @@ FORMAT_SPECS: dict[str, FormatSpec] = {
             "fp16",
             "onnx",
             "model.onnx",
-            description="ONNX, fp16 weights and compute; uint8 in, fp32 out",
+            description="ONNX, fp16 weights and compute; inputs and fp32 outputs as the fp32 graph's",
             builder=build_onnx_fp16,
         ),
         FormatSpec(

@@ -309,7 +309,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     formats, 'int8 MACs' is the share of multiply-adds done in int8 and 'rung' the step of the ladder that made
     the bundle (see `converters.ladder`). 'speed-up' is the bundle's backend call against the same backend
     running the fp32 graph, on this host at the bundle's batch (`converters.latency`)."""
-    header = ("format", "size", "accuracy", "drop", "agreement", "int8 MACs", "rung", "ms/img", "speed-up", "result")
+    texts = any((r.get("validation") or {}).get("unit") == "texts" for r in rows)
+    header = ("format", "size", "accuracy", "drop", "agreement", "int8 MACs", "rung", "ms/text" if texts else "ms/img", "speed-up", "result")
     lines = []
     for r in rows:
         v = r.get("validation") or {}

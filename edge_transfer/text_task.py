@@ -177,8 +177,8 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
             f"strategy {cfg.strategy!r} is not available for text yet (text: {', '.join(TEXT_STRATEGIES)}; the encoder as it is: "
             "edge-transfer export --backbone all-minilm-l6-v2 --strategy pretrained --output embedding)"
         )
-    if cfg.features or cfg.qat:
-        raise InputError("--features and --qat are image options so far; a text run trains a linear probe on the encoder's embedding")
+    if cfg.qat:
+        raise InputError("--qat is an image option so far; export a text run's onnx-int8 or openvino-int8 instead")
     encoder_name = text_backbone_name(cfg.backbone)  # a wrong name fails before any data is read
     dataset = (
         data
@@ -187,6 +187,8 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
     )
     splits = stratified_split(dataset.targets, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, classes=dataset.classes)
     bb = create_text_backbone(encoder_name)
+    if cfg.features:
+        bb = cut_after_layer(bb, cfg.features)
     logger.info(
         f"data: {dataset.name} ({len(dataset)} texts, {len(dataset.classes)} classes; train {len(splits.train)} / val {len(splits.val)} / "
         f"test {len(splits.test)}); encoder {bb.name} ({bb.dim}-d, cut at {cfg.max_tokens} tokens); strategy {cfg.strategy}"
@@ -223,6 +225,7 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
         "text": {"tokenizer": TOKENIZER_NAME, "max_tokens": cfg.max_tokens},
         "head": {"type": "linear", "in_features": bb.dim, "num_classes": len(dataset.classes), "dropout": 0.0},
         "strategy": cfg.strategy,
+        **({"features": bb.source["features"]} if "features" in bb.source else {}),
         "labels": list(dataset.classes),
         "source": dict(bb.source, backbone=bb.name, strategy=cfg.strategy),
         "data": data_info,
@@ -233,6 +236,27 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
     }
     save_run(out, model, config, overwrite=cfg.overwrite, extra_files={TOKENIZER_NAME: bb.tokenizer_json})
     return TrainedRun(Path(out), metrics, config, round(time.perf_counter() - t0, 2), history)
+
+
+def cut_after_layer(bb: TextBackbone, features: str) -> TextBackbone:
+    """`--features layers.N` for text: the encoder cut after transformer layer N (0-based; negative counts from the
+    end), mean-pooled there. The cut encoder is what the run saves and exports, so its bundles skip the rest."""
+    from .text_finetune import transformer_layers
+
+    layers = transformer_layers(bb.encoder.encoder)
+    name = features.strip()
+    try:
+        index = int(name.removeprefix("layers."))
+    except ValueError:
+        raise InputError(f"--features {features!r}: a text encoder's layers are layers.0 to layers.{len(layers) - 1}") from None
+    if not -len(layers) <= index < len(layers):
+        raise InputError(f"--features {features!r}: this encoder has layers.0 to layers.{len(layers) - 1}")
+    keep = index % len(layers) + 1
+    del layers[keep:]
+    encoder_config: Any = bb.encoder.encoder.config
+    encoder_config.num_hidden_layers = keep
+    bb.source = dict(bb.source, features=[f"layers.{keep - 1}"])
+    return bb
 
 
 def text_backbone_name(backbone: str) -> str:

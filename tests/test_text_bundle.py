@@ -231,3 +231,18 @@ def test_real_minilm_on_sms_end_to_end(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["predictions"][0]["top_k"][0]["label"] == "spam"
     assert hashlib.sha256(table.read_bytes()).hexdigest() == before
+
+
+def test_features_from_an_intermediate_layer(text_run, text_encoder_dir: Path, tmp_path: Path) -> None:
+    """`--features layers.0` on text: the encoder cut after its first layer, mean-pooled there; the run and its bundle
+    hold only that much of it."""
+    import edge_transfer as et
+
+    data = Path(json.loads((text_run.path / "config.json").read_text())["data"]["source"])
+    run = et.train(str(data), out=tmp_path / "run", backbone=str(text_encoder_dir), features="layers.0", progress=False)
+    config = json.loads((run.path / "config.json").read_text())
+    assert config["features"] == ["layers.0"] and config["encoder"]["config"]["num_hidden_layers"] == 1
+    (result,) = et.export(run.path, out=tmp_path / "b", format="onnx")
+    assert result.passed and result.path.joinpath("model.onnx").stat().st_size < (text_run.path / "model.safetensors").stat().st_size
+    with pytest.raises(InputError, match="layers.0 to layers.1"):
+        et.train(str(data), out=tmp_path / "r2", backbone=str(text_encoder_dir), features="layers.7", progress=False)
