@@ -77,6 +77,6 @@ def warn_when_int8_is_not_faster(results: list[ExportResult]) -> None:
                 "; a quantisation-aware graph quantises layer inputs only (TensorRT's layout), which ONNX Runtime runs "
                 "as float layers between quantise/dequantise pairs"
                 if name in qat
-                else "; ONNX Runtime's int8 kernels often do not pay off on depthwise networks, least of all without VNNI"
+                else "; ONNX Runtime's int8 kernels often do not pay off without VNNI, least of all on depthwise convolutions"
             )
         logger.warning(f"{name} is slower than fp32 on this CPU ({shown}{why}){other}")
