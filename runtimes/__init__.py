@@ -4,6 +4,7 @@ import runtimes
 predictor = runtimes.load("my_bundle")          # verifies manifest + checksums first
 predictor.predict(image, top_k=3)                # any image size; the bundle's preprocessing is applied
 predictor.run(batch_uint8_nhwc)                  # raw logits
+runtimes.load("text_bundle").predict(["a text"])  # a text bundle: its own tokenizer.json (pip install tokenizers)
 """
 
 from __future__ import annotations
