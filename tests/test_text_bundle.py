@@ -223,8 +223,8 @@ def test_real_minilm_on_sms_end_to_end(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["metrics"]["test_accuracy"] >= 0.95
     r = run_cli("export", str(run), "--format", "onnx,onnx-int8", "--out", str(tmp_path / "b"), "--quiet", "--json")
     assert r.returncode == 0, r.stderr
-    for result in json.loads(r.stdout):
-        assert result["passed"], result
+    exported = json.loads(r.stdout)
+    assert exported["passed"] and len(exported["formats"]) == 2, exported
     r = run_cli(
         "predict", str(tmp_path / "b" / "onnx-int8"), "--text", "WINNER! Claim your free prize now, txt CLAIM to 80082", "--json", block_torch=True
     )
