@@ -91,5 +91,5 @@ class CalibrationData:
         from runtimes.modality import TokenBatch
 
         if isinstance(self.images, TokenBatch):  # each item one text, fed to the graph's inputs by name
-            return nncf.Dataset(list(self.batches(batch_size, exact=True)), lambda b: {"input_ids": b.input_ids, "attention_mask": b.attention_mask})
+            return nncf.Dataset(list(self.batches(batch_size, exact=True)), TokenBatch.feeds)
         return nncf.Dataset(list(self.batches(batch_size, exact=True)))

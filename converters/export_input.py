@@ -198,7 +198,7 @@ class TextExport(ExportInput):
         return TokenBatch(np.repeat(one.input_ids, n, axis=0), np.repeat(one.attention_mask, n, axis=0))
 
     def feeds(self, batch: Any) -> dict[str, np.ndarray]:
-        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        return dict(batch.feeds())
 
 
 def export_input(preprocessing: PreprocessConfig | ExportInput) -> ExportInput:

@@ -81,6 +81,10 @@ class TokenBatch:
         width = max(width, 1)
         return TokenBatch(np.ascontiguousarray(ids[:, :width]), np.ascontiguousarray(mask[:, :width]))
 
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The graph's inputs by name."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
     @staticmethod
     def concat(parts: Sequence[TokenBatch]) -> TokenBatch:
         width = max(p.input_ids.shape[1] for p in parts)
@@ -277,7 +281,7 @@ class TextReader(InputReader):
         return TokenBatch(np.ascontiguousarray(ids), np.ascontiguousarray(mask))
 
     def feeds(self, batch: TokenBatch) -> dict[str, np.ndarray]:
-        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        return batch.feeds()
 
     def zeros(self, n: int) -> TokenBatch:
         return self.prepare([""] * n)
