@@ -29,29 +29,27 @@ import runtimes
 from runtimes.bundle import BundleWriter
 from runtimes.cpu import TARGET_CPUS
 from runtimes.errors import EdgeTransferError, InputError, ValidationFailed
-from runtimes.manifest import CLASSIFIER_SCHEMA_VERSION, EMBEDDING_SCHEMA_VERSION, EXTENSIBLE_SCHEMA_VERSION, Manifest, TensorSpec, utc_now
+from runtimes.manifest import Manifest, utc_now
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import write_self_test
 
+from .bundle_kind import BundleKind, bundle_kind
 from .calibration import CalibrationData
-from .embedding_gate import compare_embeddings, with_unknown_threshold
 from .existing import check_export_targets, existing_bundles
 from .export_input import ExportInput, export_input
 from .export_result import ExportResult, raise_for_failures
-from .extension import FEATURES_OUTPUT_NAME, Extension, FeaturesOf, LogitsAndFeatures, features_gate, format_features
+from .extension import format_features
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
 from .int8_share import bundle_int8_share
 from .ladder import ladder, rung_record, why_not_climb
-from .onnx_export import DEFAULT_OPSET, EMBEDDING_OUTPUT_NAME, OUTPUT_NAME
+from .onnx_export import DEFAULT_OPSET
 from .options import DEFAULT_FORMAT, ExportOptions, QuantizationOptions
 from .qat_formats import QatSource, fold_pads_into_convs, store_int8_weights
 from .speedup import speed_vs_fp32, warn_when_int8_is_not_faster
 from .validate import (
-    UNLABELLED_GATES,
     ReferenceData,
     add_check,
     calibration_overlap,
-    compare,
     default_min_agreement,
     format_validation,
 )
@@ -87,7 +85,7 @@ def export_bundles(
     out: str | os.PathLike[str],
     *,
     preprocessing: PreprocessConfig | ExportInput,
-    labels: list[str],
+    kind: BundleKind | list[str],
     reference: ReferenceData,
     calibration: CalibrationData | None = None,
     tuning: ReferenceData | None = None,
@@ -95,33 +93,31 @@ def export_bundles(
     options: ExportOptions | None = None,
     opset: int = DEFAULT_OPSET,
     qat: QatSource | None = None,
-    embedding: dict[str, Any] | None = None,
-    extension: Extension | None = None,
     **overrides: Any,
 ) -> list[ExportResult]:
-    """Export `model` (uint8 NHWC in, logits out; with `embedding`, L2-normalised vectors out) to one validated
-    bundle per format. `preprocessing` is a `PreprocessConfig` for images, or a `converters.export_input.TextExport`
-    for text (token ids and attention mask in; `reference` then holds a `TokenBatch` and keeps its texts).
+    """Export `model` to one validated bundle per format. `preprocessing` is the modality: a `PreprocessConfig` for
+    images (uint8 NHWC in), or a `converters.export_input.TextExport` for text (token ids and attention mask in;
+    `reference` then holds a `TokenBatch` and keeps its texts). `kind` is what comes out
+    (`converters.bundle_kind`): a `Classifier` (a list of labels stands for one), an `Embedding` (L2-normalised
+    vectors, judged by cosine and neighbour agreement with torch) or an `Extensible` classifier (a second output
+    with the features the head reads, and replay data, so a device can add classes: `runtimes.imprint`).
 
     `options` (`converters.options.ExportOptions`; keyword arguments override single fields) gives the formats,
     the gate, the batch, quantisation and TensorRT settings; its data-source fields (backbone, data,
     calibration_data, ...) are the caller's business and unused here. One format: the bundle is written at `out`.
-    Several: at `out/<format>`. Each is validated against `reference` (held-out images): accuracy may drop at
+    Several: at `out/<format>`. Each is validated against `reference` (held-out data): accuracy may drop at
     most `max_drop` points below torch's, and top-1 agreement must reach `min_agreement` (default by precision,
     see `validate.default_min_agreement`). int8 formats need `calibration` (from the training split);
     `quantization.accuracy_aware` also needs `tuning` (e.g. the val split). A format that fails is reported in its
     result and not written (unless `allow_failed_validation`); the others still run. Errors that concern every
     format (bad arguments, the ONNX export itself) raise. Every bundle carries a self-test (`runtimes.selftest`) of
-    `self_test_size` golden images drawn from `reference` (0: none). `qat` marks `model` as a quantisation-aware
+    `self_test_size` golden inputs drawn from `reference` (0: none). `qat` marks `model` as a quantisation-aware
     run's fake-quantised model: int8 formats only, from its learned scales (`converters.qat_formats`).
-    `embedding` (the manifest's section: dim, normalization, layers, unknown_threshold) makes an embedding bundle:
-    no labels, judged by `embedding_gate.compare_embeddings` (cosine and neighbour agreement with torch).
-    `extension` (`converters.extension.Extension`) makes an extensible classifier: a second output with the features
-    the head reads (gated by cosine to torch) and replay data, so a device can add classes (`runtimes.imprint`).
     """
     opts = (options or ExportOptions()).with_overrides(**overrides)
     names = parse_formats(opts.format)
     inp = export_input(preprocessing)  # the modality: what the model takes and how it is traced, run and stored
+    out_kind = bundle_kind(kind)  # what comes out and how it is judged
     specs = [inp.format_spec(n) for n in names]
     quantization, batch_size, self_test_size = opts.quantization, opts.batch_size, opts.self_test_size
     if opts.min_agreement is not None and not 0.0 <= opts.min_agreement <= 1.0:
@@ -135,20 +131,12 @@ def export_bundles(
     inp.check_data("reference", reference.images)
     if qat is not None:
         qat.check_formats(names, quantization.target_cpu)
-    if embedding is not None and (qat is not None or quantization.accuracy_aware):
-        raise InputError("embedding bundles are quantised post-training: the accuracy-aware search and quantisation-aware runs need classes")
-    if extension is not None and (qat is not None or embedding is not None or quantization.accuracy_aware):
-        raise InputError(
-            "an extensible classifier is exported from a float run and quantised post-training (no quantisation-aware run, "
-            "no accuracy-aware search, not an embedding)"
-        )
+    out_kind.check(inp, qat, quantization.accuracy_aware)
     calibrated = [s.name for s in specs if s.calibrated and qat is None]
     if calibrated and calibration is None:
         raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
     if calibration is not None:
         inp.check_data("calibration", calibration.images)
-    if extension is not None and inp.modality != "image":
-        raise InputError(f"extensible classifiers are exported for images only so far, not {inp.modality}")
     if quantization.accuracy_aware and tuning is None and any(s.tunable for s in specs):
         raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
     for s in specs:
@@ -178,32 +166,24 @@ def export_bundles(
         work = Path(work_dir)
         t = time.perf_counter()
         logger.info(f"exporting the fp32 ONNX graph (opset {opset}, batch {'dynamic' if batch_size is None else batch_size})")
-        output_name = OUTPUT_NAME if embedding is None else EMBEDDING_OUTPUT_NAME
-        graph = model if extension is None else LogitsAndFeatures(model)
-        extra = () if extension is None else (FEATURES_OUTPUT_NAME,)
-        info = inp.export_onnx(graph, work / "model.onnx", opset=opset, batch_size=batch_size, output_name=output_name, extra_outputs=extra)
+        graph, names_out = out_kind.graph(model), {"output_name": out_kind.output_name, "extra_outputs": out_kind.extra_outputs}
+        info = inp.export_onnx(graph, work / "model.onnx", opset=opset, batch_size=batch_size, **names_out)
         if qat is not None:
             info["int8_weights_stored"] = store_int8_weights(work / "model.onnx")
             info["pads_folded_into_convs"] = fold_pads_into_convs(work / "model.onnx")
         base_seconds = time.perf_counter() - t
-        n = len(labels) if embedding is None else int(embedding["dim"])
-        if info["output_shape"][-1] != n:
-            what = f"{n} labels were given" if embedding is None else f"the embedding has {n} dimensions"
-            raise InputError(f"model outputs {info['output_shape'][-1]} values per image but {what}")
+        if (problem := out_kind.width_problem(info["output_shape"][-1])) is not None:
+            raise InputError(problem)
         t = time.perf_counter()
         ref = inp.reference_outputs(model, reference.images)
-        if extension is not None:
-            extension = dataclasses.replace(extension, reference_features=inp.reference_outputs(FeaturesOf(model), reference.images))
+        out_kind = out_kind.with_reference(model, inp, reference, ref)  # e.g. an embedding's unknown threshold
         tuning_logits = inp.reference_outputs(model, tuning.images) if tuning is not None else None
         if qat is not None and qat.fp32_model is not None:  # the fp32 parent: the gate's baseline and the speed-up's
             qat.fp32_logits = inp.reference_outputs(qat.fp32_model, reference.images)
             inp.export_onnx(qat.fp32_model, work / "fp32.onnx", opset=opset, batch_size=batch_size)
             qat.fp32_onnx = work / "fp32.onnx"
-        golden_labels = list(labels) if embedding is None else None
-        golden = inp.draw_golden(reference, self_test_size, model, golden_labels, FeaturesOf(model) if extension else None)
+        golden = inp.draw_golden(reference, self_test_size, model, *out_kind.golden_args(model))
         ref_seconds = time.perf_counter() - t
-        if embedding is not None and embedding.get("unknown_threshold") is None and reference.targets is not None:
-            embedding = with_unknown_threshold(embedding, ref, reference.targets)
         job = ExportJob(
             work,
             work / "model.onnx",
@@ -218,25 +198,21 @@ def export_bundles(
             golden,
             calibration_overlap=overlap,
             qat=qat,
-            extension=extension,
+            kind=out_kind,
         )
         batch_dim: int | str = "batch" if batch_size is None else batch_size
         common = {
             **inp.manifest_fields(batch_dim),
-            "outputs": (TensorSpec(output_name, "float32", (batch_dim, n)),)
-            + (() if extension is None else (TensorSpec(FEATURES_OUTPUT_NAME, "float32", (batch_dim, extension.dim)),)),
-            "labels": tuple(labels) if embedding is None else (),
+            **out_kind.manifest_fields(batch_dim),
             "source": dict(source or {}, export=info),
-            "embedding": embedding,
-            "extension": None if extension is None else extension.section,
-            "schema_version": max(_schema_version(embedding, extension), inp.schema_version),
+            "schema_version": max(out_kind.schema_version, inp.schema_version),
         }
         for spec in specs:
             logger.info(f"{spec.name}: {spec.description}")
             agreement = opts.min_agreement
             if agreement is None:
                 agreement = default_min_agreement(spec.precision, reference.targets is not None)
-            rungs = ladder(spec, quantization, can_tune=tuning is not None and embedding is None, qat=qat is not None)
+            rungs = ladder(spec, quantization, can_tune=tuning is not None and out_kind.tunable, qat=qat is not None)
             earlier: list[dict[str, Any]] = []
             try:
                 for i, (rung, rung_quantization) in enumerate(rungs):
@@ -303,8 +279,7 @@ def _export_one(
             raise EdgeTransferError(f"{spec.name}: conversion failed: {type(exc).__name__}: {exc}") from exc
         seconds["convert"] = time.perf_counter() - t
         job.input.write_files(writer.dir)  # e.g. a text bundle's tokenizer.json
-        if job.extension is not None:
-            job.extension.write_replay(writer.dir)
+        job.kind.write_files(writer.dir)  # e.g. an extensible classifier's replay data
         share = None
         if spec.precision == "int8":
             share = bundle_int8_share(spec.model_format, writer.dir / spec.entrypoint)
@@ -332,21 +307,14 @@ def _export_one(
         t = time.perf_counter()
         golden = job.golden
         with _validation_predictor(spec, writer.dir) as predictor:
-            gate = UNLABELLED_GATES[spec.precision]  # applied only where the reference has no labels
             gate_ref = ref if job.qat is None else job.qat.gate_reference(ref)
-            if predictor.is_embedding:
-                validation = compare_embeddings(predictor, ref, reference, spec.precision, max_drop=job.max_drop)
-            else:
-                validation = compare(predictor, gate_ref, reference, min_agreement=min_agreement, max_drop=job.max_drop, unlabelled_gate=gate)
-            if job.extension is not None:
-                features_gate(predictor, job.extension, reference.images, spec.precision, validation)
+            validation = job.kind.gate(predictor, gate_ref, reference, spec.precision, min_agreement=min_agreement, max_drop=job.max_drop)
             if job.qat is not None:
                 validation["quantisation_aware"] = job.qat.fidelity(predictor, ref, reference)
             golden_logits = golden_features = None
             if golden is not None:  # through the artifact's own prepare, as `check` on the device will
                 golden_logits = predictor.run_chunked(predictor.prepare(golden.originals))
-                if job.extension is not None:
-                    golden_features = (golden.features, predictor.logits_and_features(golden.originals)[1])
+                golden_features = job.kind.golden_features(predictor, golden)
             speed = speed_vs_fp32(job, spec, predictor, reference.images[:1])
         validation.update(speed)
         if spec.calibrated:
@@ -387,13 +355,6 @@ def _export_one(
             logger.warning(f"{spec.name} failed validation; writing it anyway because that was explicitly allowed")
         bundle = writer.commit(dataclasses.replace(manifest, validation=validation))
     return ExportResult(spec.name, target, bundle, validation, seconds, int8_share=share)
-
-
-def _schema_version(embedding: dict[str, Any] | None, extension: Extension | None) -> int:
-    """The oldest manifest schema that describes the bundle (classifiers stay readable by every runtime)."""
-    if extension is not None:
-        return EXTENSIBLE_SCHEMA_VERSION
-    return CLASSIFIER_SCHEMA_VERSION if embedding is None else EMBEDDING_SCHEMA_VERSION
 
 
 def _validation_predictor(spec: FormatSpec, bundle_dir: Path) -> runtimes.Predictor:

@@ -42,7 +42,7 @@ class ExportJob:
     golden: Any  # the self-test's `converters.golden.GoldenSet`, or None for no self-test
     calibration_overlap: int = 0  # validation images that are also calibration images (recorded with the gate)
     qat: QatSource | None = None  # a quantisation-aware run: base_onnx is its QDQ graph (converters/qat_formats.py)
-    extension: Any = None  # an extensible classifier's `converters.extension.Extension` (replay written into each bundle)
+    kind: Any = None  # the `converters.bundle_kind.BundleKind`: what comes out, how it is judged, the files it adds
     _cache: dict[str, Path] = field(default_factory=dict)  # shared by the copies each rung of the ladder makes
     _fp32_calls: dict[str, Any] = field(default_factory=dict)  # per backend, made once (latency.py)
 

@@ -315,15 +315,24 @@ def export(
         model.for_export(),
         out,
         preprocessing=cfg,
-        labels=list(model.labels),
+        kind=_bundle_kind(model, embedding, extension),
         reference=reference,
         calibration=calibration,
         tuning=tuning,
         source=source,
         options=dataclasses.replace(opts, format=tuple(formats)),
         qat=qat,
-        embedding=embedding,
-        extension=extension,
     )
     raise_for_failures(results, out)
     return results
+
+
+def _bundle_kind(model: Any, embedding: dict[str, Any] | None, extension: Any) -> Any:
+    """What the export writes (`converters.bundle_kind`): vectors, an extensible classifier, or a classifier."""
+    from converters.bundle_kind import Classifier, Embedding, Extensible
+
+    if embedding is not None:
+        return Embedding(embedding)
+    if extension is not None:
+        return Extensible(tuple(model.labels), extension)
+    return Classifier(tuple(model.labels))

@@ -327,6 +327,7 @@ def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: st
     judged on the run's held-out texts (or all of `--data`)."""
     import dataclasses
 
+    from converters.bundle_kind import BundleKind, Classifier, Embedding
     from converters.export import export_bundles, parse_formats, raise_for_failures
     from converters.export_input import TextExport
     from converters.validate import ReferenceData
@@ -348,12 +349,10 @@ def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: st
     )
     source = dict(config.get("source", {}), run=str(run), training_metrics=config.get("metrics", {}))
     graph: nn.Module = model
-    embedding = None
+    kind: BundleKind = Classifier(tuple(model.labels))
     if opts.output == "embedding":
-        graph, embedding = (
-            model.encoder.eval(),
-            {"dim": int(config["head"]["in_features"]), "normalization": "l2", "similarity": "cosine", "layers": [], "unknown_threshold": None},
-        )
+        section = {"dim": int(config["head"]["in_features"]), "normalization": "l2", "similarity": "cosine", "layers": [], "unknown_threshold": None}
+        graph, kind = model.encoder.eval(), Embedding(section)
         source["output"] = "embedding"
     formats = parse_formats(opts.format)
     calibration = None
@@ -373,12 +372,11 @@ def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: st
         graph,
         out,
         preprocessing=inp,
-        labels=list(model.labels),
+        kind=kind,
         reference=reference,
         source=source,
         calibration=calibration,
         options=dataclasses.replace(opts, format=tuple(formats)),
-        embedding=embedding,
     )
     raise_for_failures(results, out)
     return results

@@ -275,7 +275,7 @@ def test_pretrained_lite0_keeps_its_imagenet_answers_in_every_format(tmp_path: P
         tmp_path / "lite0",
         format=formats,
         preprocessing=cfg,
-        labels=list(bb.labels),
+        kind=list(bb.labels),
         reference=ReferenceData(ref, None, "skimage-photos"),
         calibration=calibration,
         allow_failed_validation=True,

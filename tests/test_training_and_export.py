@@ -14,7 +14,7 @@ import edge_transfer as et
 import runtimes
 from edge_transfer.data import load_digits_dataset
 from edge_transfer.sources import load_run
-from runtimes.errors import OutputError, ValidationFailed
+from runtimes.errors import InputError, OutputError, ValidationFailed
 
 from conftest import run_cli
 
@@ -130,11 +130,33 @@ def test_validation_gate_blocks_a_bad_export(digits_run, tmp_path: Path):
     ref = ReferenceData(images, ds.targets[:40], "test")
     bad = _DiffersInExport(model)
     with pytest.raises(ValidationFailed, match="agreement"):
-        export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref)
+        export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, kind=model.labels, reference=ref)
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
-    res = export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref, allow_failed_validation=True)
+    res = export_bundle(bad, tmp_path / "b", preprocessing=model.preprocessing, kind=model.labels, reference=ref, allow_failed_validation=True)
     assert res.validation["passed"] is False and res.validation["overridden"] is True
     assert runtimes.read_manifest(tmp_path / "b").validation["passed"] is False
+
+
+def test_the_bundle_kind_is_an_object_the_export_asks(digits_run, tmp_path: Path):
+    """A list of labels stands for a classifier; anything else, and a kind that does not fit the graph, is refused by
+    name before a file is written (converters.bundle_kind)."""
+    from converters.bundle_kind import Classifier, Embedding
+    from converters.export import export_bundle
+    from converters.validate import ReferenceData
+
+    model, cfg = load_run(digits_run.path)
+    ds = load_digits_dataset()
+    ref = ReferenceData(ds.prepared_batch(range(8), model.preprocessing), ds.targets[:8], "test")
+    kw = {"preprocessing": model.preprocessing, "reference": ref, "self_test_size": 0}
+    with pytest.raises(InputError, match="kind must be .*BundleKind or a list of labels, got str"):
+        export_bundle(model, tmp_path / "b", kind="digits", **kw)
+    with pytest.raises(InputError, match=f"model outputs {len(model.labels)} values per input but 3 labels were given"):
+        export_bundle(model, tmp_path / "b", kind=Classifier(("a", "b", "c")), **kw)
+    with pytest.raises(InputError, match="the embedding has 7 dimensions"):
+        export_bundle(model, tmp_path / "b", kind=Embedding({"dim": 7, "normalization": "l2"}), **kw)
+    with pytest.raises(InputError, match="needs its labels"):
+        Classifier(())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_gate_judges_paired_predictions_and_says_when_a_set_is_too_small():
@@ -186,7 +208,7 @@ def test_a_small_held_out_set_is_judged_and_flagged(digits_run, tmp_path: Path):
     model, _ = load_run(digits_run.path)
     ds = load_digits_dataset()
     ref = ReferenceData(ds.prepared_batch(range(36), model.preprocessing), ds.targets[:36], "test")
-    res = export_bundle(model.for_export(), tmp_path / "b", preprocessing=model.preprocessing, labels=model.labels, reference=ref)
+    res = export_bundle(model.for_export(), tmp_path / "b", preprocessing=model.preprocessing, kind=model.labels, reference=ref)
     paired = runtimes.read_manifest(res.path).validation["paired"]
     assert paired["too_small_to_judge"] is True and paired["losses"] == paired["gains"] == 0 and res.validation["passed"]
 
