@@ -142,7 +142,7 @@ def export_bundles(
     for s in specs:
         if s.backend == "tensorrt":  # refuse bad engine options before any work, naming the format
             try:
-                opts.tensorrt.build_settings(batch_size, s.precision)
+                inp.engine_settings(opts.tensorrt, batch_size, s.precision)
             except InputError as exc:
                 raise InputError(f"format {s.name}: {exc}") from None
     targets = check_export_targets(out, names, overwrite=opts.overwrite, skip_existing=opts.skip_existing)

@@ -25,10 +25,12 @@ from runtimes.manifest import TEXT_SCHEMA_VERSION, TensorSpec
 from runtimes.modality import TEXT_INPUT_NAMES, TEXT_TOKENIZER_FILE, TextConfig, TokenBatch
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import choose_golden
+from runtimes.tensorrt_engine import BuildSettings
 
 from .formats import FORMAT_SPECS, FormatSpec
 from .golden import GoldenSet, draw_golden
 from .onnx_export import INPUT_NAME, export_onnx, export_onnx_graph
+from .options import TensorRTOptions
 from .torch_reference import reference_logits
 
 
@@ -50,6 +52,10 @@ class ExportInput:
 
     def export_onnx(self, model: nn.Module, path: Path, **kwargs: Any) -> dict[str, Any]:
         raise NotImplementedError
+
+    def engine_settings(self, options: TensorRTOptions, batch_size: int | None, precision: str) -> BuildSettings:
+        """The TensorRT build settings of this modality's bundles (`model.tensorrt`)."""
+        return options.build_settings(batch_size, precision)
 
     def reference_outputs(self, model: nn.Module, batch: Any) -> np.ndarray:
         """torch fp32 outputs of `model` for a ready batch (the gate's reference)."""
@@ -113,7 +119,9 @@ class ImageExport(ExportInput):
 # formats a text bundle can be exported to, and how: int8 on ONNX Runtime is dynamic with per-channel weights
 # (issue 30: cosine to fp32 over 200 SMS messages, mean 0.989, min 0.958; without per-channel 0.944 / 0.814);
 # openvino-int8 is NNCF's static int8 with its transformer scheme, calibrated on training texts
-TEXT_FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "onnx-int8-dynamic", "openvino", "openvino-fp16", "openvino-int8")
+TEXT_FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "onnx-int8-dynamic", "openvino", "openvino-fp16", "openvino-int8", "tensorrt", "tensorrt-fp16")
+# TensorRT int8 takes QDQ from static calibration; a transformer's static int8 is not measured here yet
+NOT_FOR_TEXT = {"tensorrt-int8": "static int8 of a transformer for TensorRT is not measured yet; use tensorrt-fp16 (or onnx-int8 on a CPU)"}
 
 
 class TextExport(ExportInput):
@@ -141,11 +149,16 @@ class TextExport(ExportInput):
             raise InputError(f"{what} data of a text export must be tokenised texts (a TokenBatch), got {type(batch).__name__}")
 
     def format_spec(self, name: str) -> FormatSpec:
+        if name in NOT_FOR_TEXT:
+            raise InputError(f"format {name} does not take text bundles yet: {NOT_FOR_TEXT[name]}")
         if name not in TEXT_FORMATS:
             raise InputError(f"format {name} does not take text bundles yet (text formats: {', '.join(TEXT_FORMATS)})")
         if name == "onnx-int8":  # no calibration: activations are quantised at run time
             return dataclasses.replace(FORMAT_SPECS["onnx-int8-dynamic"], name="onnx-int8", description="ONNX dynamic int8 (per-channel weights)")
         return FORMAT_SPECS[name]
+
+    def engine_settings(self, options: TensorRTOptions, batch_size: int | None, precision: str) -> BuildSettings:
+        return options.build_settings(batch_size, precision, max_tokens=self.config.max_tokens)  # tokens 1..max_tokens
 
     def export_onnx(self, model: nn.Module, path: Path, **kwargs: Any) -> dict[str, Any]:
         example = self.tokenize(["an example text for tracing", "a second, longer example text for tracing the graph"])

@@ -216,7 +216,7 @@ def build_openvino_int8(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Buil
 def build_tensorrt(job: ExportJob, spec: FormatSpec, out_dir: Path) -> Built:
     """A TensorRT-ready ONNX plus the engine build settings; the engine itself is built on the device."""
     target = out_dir / spec.entrypoint
-    engine = job.tensorrt.build_settings(job.batch_size, spec.precision).to_dict()
+    engine = job.input.engine_settings(job.tensorrt, job.batch_size, spec.precision).to_dict()
     if spec.precision == "fp32":
         shutil.copyfile(job.base_onnx, target)
         return {"tool": "torch.onnx", "engine": engine}, None, {}

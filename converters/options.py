@@ -12,7 +12,8 @@ from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS
 from runtimes.errors import InputError
 from runtimes.options import check_bounds, replace_options
 from runtimes.selftest import DEFAULT_SELF_TEST_SIZE
-from runtimes.tensorrt_engine import BuildSettings, derive_profile
+from runtimes.tensorrt_engine import BuildSettings
+from runtimes.tensorrt_profile import derive_profile, derive_token_profile
 
 DEFAULT_FORMAT = "onnx"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -80,6 +81,7 @@ class TensorRTOptions:
     gpu_fallback: bool = BuildSettings.gpu_fallback
     hardware_compatible: bool = BuildSettings.hardware_compatible
     version_compatible: bool = BuildSettings.version_compatible
+    opt_tokens: int | None = None  # text bundles: the length the engine is tuned for (default 64, or the token limit if lower)
 
     @classmethod
     def from_any(cls, value: TensorRTOptions | Mapping[str, Any] | None) -> TensorRTOptions:
@@ -92,9 +94,11 @@ class TensorRTOptions:
             raise InputError(f"tensorrt options must be TensorRTOptions or a dict, got {type(value).__name__}")
         return replace_options(cls(), value, what="TensorRT")
 
-    def build_settings(self, batch_size: int | None, precision: str) -> BuildSettings:
-        """`runtimes.tensorrt_engine.BuildSettings` for a bundle of this batch and precision; InputError names what
-        is wrong."""
+    def build_settings(self, batch_size: int | None, precision: str, max_tokens: int | None = None) -> BuildSettings:
+        """`runtimes.tensorrt_engine.BuildSettings` for a bundle of this batch and precision (and, for text, token
+        limit: the profile then spans 1..max_tokens tokens); InputError names what is wrong."""
+        if self.opt_tokens is not None and max_tokens is None:
+            raise InputError("--trt-opt-tokens is for text bundles (their sequence-length profile)")
         profile = derive_profile(
             batch_size if batch_size is not None else "batch",
             opt_batch=self.opt_batch,
@@ -109,6 +113,7 @@ class TensorRTOptions:
             gpu_fallback=self.gpu_fallback,
             hardware_compatible=self.hardware_compatible,
             version_compatible=self.version_compatible,
+            tokens=None if max_tokens is None else derive_token_profile(max_tokens, self.opt_tokens),
         )
 
 

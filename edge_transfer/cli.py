@@ -17,7 +17,7 @@ from converters.options import (
     TensorRTOptions,
 )
 from runtimes.errors import EdgeTransferError
-from runtimes.tensorrt_engine import DEFAULT_MAX_BATCH
+from runtimes.tensorrt_profile import DEFAULT_MAX_BATCH, DEFAULT_OPT_TOKENS
 
 from .cli_bench import add_bench_parser
 from .cli_device import add_build_engine_parser, add_predict_parser, cmd_check, cmd_inspect
@@ -268,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest batch the engine accepts (default {DEFAULT_MAX_BATCH}; --batch-size fixes it)",
     )
     r.add_argument("--trt-opt-batch", type=int, default=trt.opt_batch, help="batch the engine is tuned for (default 1)")
+    r.add_argument(
+        "--trt-opt-tokens",
+        type=int,
+        default=trt.opt_tokens,
+        help=f"text bundles: the length the engine is tuned for (default {DEFAULT_OPT_TOKENS}, or the token limit if lower); it runs 1..limit",
+    )
     r.add_argument(
         "--trt-workspace",
         dest="trt_workspace_mib",

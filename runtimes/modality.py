@@ -142,6 +142,11 @@ class InputReader:
         """`n` made-up inputs of the kind `predict` takes, for benchmarks (`tokens`: a text's length)."""
         raise NotImplementedError
 
+    def engine_shapes(self, batch: Any, tokens: Any = None) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Each input's (min, opt, max) shape for a TensorRT optimisation profile, from the batch range
+        (`runtimes.tensorrt_engine.BatchProfile`) and, for text, the token range (`TokenProfile`)."""
+        raise NotImplementedError
+
 
 class ImageReader(InputReader):
     """uint8 NHWC RGB at the model's input size; any image is decoded, resized and cropped by `runtimes.preprocess`."""
@@ -227,6 +232,9 @@ class ImageReader(InputReader):
     def describe(self) -> dict[str, Any]:
         return {"modality": self.modality, "preprocessing": self.config.to_dict()}
 
+    def engine_shapes(self, batch: Any, tokens: Any = None) -> dict[str, tuple[tuple[int, ...], ...]]:
+        return {self.manifest.inputs[0].name: batch.shapes(*self.config.input_size)}
+
     def synthetic(self, n: int, tokens: int | None = None) -> list[Any]:
         if tokens is not None:
             raise InputError(f"{self.bundle.path} is an image bundle: token lengths are for text bundles")
@@ -302,6 +310,14 @@ class TextReader(InputReader):
 
     def describe(self) -> dict[str, Any]:
         return {"modality": self.modality, "text": self.config.to_dict()}
+
+    def engine_shapes(self, batch: Any, tokens: Any = None) -> dict[str, tuple[tuple[int, ...], ...]]:
+        if tokens is None:
+            raise BundleError(f"{self.bundle.path}: a text bundle's TensorRT settings need a token range (model.tensorrt.tokens)")
+        if tokens.max != self.config.max_tokens:  # every text the tokenizer makes must fit the engine
+            raise BundleError(f"{self.bundle.path}: model.tensorrt.tokens.max is {tokens.max}, the bundle's token limit is {self.config.max_tokens}")
+        shapes = tuple((b, t) for b, t in zip((batch.min, batch.opt, batch.max), (tokens.min, tokens.opt, tokens.max)))
+        return {name: shapes for name in TEXT_INPUT_NAMES}
 
     def synthetic(self, n: int, tokens: int | None = None) -> list[Any]:
         """`n` different texts of exactly `tokens` tokens each (default 64), specials included, of common words

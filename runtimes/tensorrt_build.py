@@ -188,12 +188,12 @@ def build_engine(
     onnx_path: str | os.PathLike[str] | bytes,
     settings: BuildSettings,
     *,
-    input_name: str,
-    input_hw: tuple[int, int],
+    shapes: dict[str, tuple[tuple[int, ...], ...]],
     timing_cache: str | os.PathLike[str] | None = None,
     trt: Any = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Build a serialized engine from a TensorRT-ready ONNX (a path, or the verified bytes). Returns (plan, facts).
+    `shapes`: each input's (min, opt, max) shape in the one optimisation profile (`InputReader.engine_shapes`).
 
     The ONNX already has the engine's precision (fp32, fp16 weights and compute, or QDQ int8): int8 uses explicit
     quantisation, the QDQ nodes carrying the scales from the shared calibration, so no TensorRT calibrator (and no
@@ -227,7 +227,8 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)  # no host code inside the plan
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, *settings.profile.shapes(*input_hw))
+    for name, (lo, opt, hi) in shapes.items():
+        profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache else None
     has_cache = _apply_timing_cache(trt, config, cache_path)
@@ -236,7 +237,9 @@ def build_engine(
         config.progress_monitor = monitor
     t0 = time.perf_counter()
     _log.info(
-        f"building TensorRT {settings.precision} engine (batch {settings.profile.min}-{settings.profile.max}, this takes minutes the first time)"
+        f"building TensorRT {settings.precision} engine (batch {settings.profile.min}-{settings.profile.max}"
+        + (f", {settings.tokens.min}-{settings.tokens.max} tokens tuned for {settings.tokens.opt}" if settings.tokens else "")
+        + ", this takes minutes the first time)"
     )
     plan = builder.build_serialized_network(network, config)
     if plan is None:

@@ -22,68 +22,13 @@ from typing import Any
 
 from .errors import EngineIncompatibleError, InputError
 from .outputs import OutputKind
+from .tensorrt_profile import BatchProfile, TokenProfile
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 DLA_PRECISIONS = ("fp16", "int8")  # the DLA has no fp32 kernels
-DEFAULT_MAX_BATCH = 16
 AMPERE_PLUS = (8, 0)  # TensorRT's hardware-compatible engines run on compute capability 8.0 and newer
 MIN_TENSORRT = (8, 5)  # execute_async_v3, named I/O tensors and memory pools
 MIN_TENSORRT_VERSION_COMPATIBLE = (8, 6)
-
-
-@dataclass(frozen=True)
-class BatchProfile:
-    """The optimisation profile's batch range: shapes from `min` to `max` run, `opt` is tuned for."""
-
-    min: int
-    opt: int
-    max: int
-
-    def contains(self, batch: int) -> bool:
-        return self.min <= batch <= self.max
-
-    @property
-    def static(self) -> bool:
-        return self.min == self.opt == self.max
-
-    def shapes(self, height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """(min, opt, max) input shapes for an NHWC uint8 image input."""
-        return tuple((b, height, width, 3) for b in (self.min, self.opt, self.max))  # type: ignore[return-value]
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-def derive_profile(
-    batch_dim: int | str | None, *, min_batch: int | None = None, opt_batch: int | None = None, max_batch: int | None = None, static: bool = False
-) -> BatchProfile:
-    """The batch range for a bundle's input: its fixed batch, or the requested range within a dynamic batch.
-
-    A dynamic batch defaults to min 1, opt 1 (edge applications mostly run one frame at a time), max 16.
-    `static` (DLA engines, which need min = opt = max) makes the default one batch size: the opt or max given, else 1.
-    """
-    if isinstance(batch_dim, int):
-        for name, value in (("min", min_batch), ("opt", opt_batch), ("max", max_batch)):
-            if value is not None and value != batch_dim:
-                raise InputError(f"this bundle has a fixed batch of {batch_dim}; a {name} batch of {value} cannot be built")
-        return BatchProfile(batch_dim, batch_dim, batch_dim)
-    if static:
-        given = {v for v in (min_batch, opt_batch, max_batch) if v is not None}
-        if len(given) > 1:
-            raise InputError(
-                f"a DLA engine needs one batch size (min = opt = max), got {sorted(given)}; "
-                "give one of --trt-opt-batch/--trt-max-batch, or a fixed --batch-size"
-            )
-        size = given.pop() if given else 1
-        if size < 1:
-            raise InputError(f"the batch size must be at least 1, got {size}")
-        return BatchProfile(size, size, size)
-    lo = 1 if min_batch is None else min_batch
-    hi = max(DEFAULT_MAX_BATCH, lo) if max_batch is None else max_batch
-    opt = lo if opt_batch is None else opt_batch
-    if not (1 <= lo <= opt <= hi):
-        raise InputError(f"the batch profile needs 1 <= min <= opt <= max, got min {lo}, opt {opt}, max {hi}")
-    return BatchProfile(lo, opt, hi)
 
 
 @dataclass(frozen=True)
@@ -97,6 +42,7 @@ class BuildSettings:
     gpu_fallback: bool = True
     hardware_compatible: bool = False
     version_compatible: bool = False
+    tokens: TokenProfile | None = None  # text bundles: the sequence-length range of the profile
 
     def __post_init__(self) -> None:
         if self.precision not in ENGINE_PRECISIONS:
@@ -114,6 +60,8 @@ class BuildSettings:
                 f"the DLA runs fp16 or int8 only, not {self.precision}: export with --format tensorrt-fp16 or "
                 "tensorrt-int8 (an fp32 engine with a DLA core would silently run everything on the GPU)"
             )
+        if self.tokens is not None and self.tokens.min != self.tokens.max:
+            raise InputError("the DLA needs static shapes, and a text bundle's token range is dynamic: run text engines on the GPU")
         if not self.profile.static:
             p = self.profile
             raise InputError(
@@ -124,6 +72,8 @@ class BuildSettings:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["profile"] = self.profile.to_dict()
+        if self.tokens is None:  # image bundles: the section (and the cache key) as before text
+            del d["tokens"]
         return d
 
     @classmethod
@@ -138,6 +88,7 @@ class BuildSettings:
                 gpu_fallback=bool(d.get("gpu_fallback", cls.gpu_fallback)),
                 hardware_compatible=bool(d.get("hardware_compatible", cls.hardware_compatible)),
                 version_compatible=bool(d.get("version_compatible", cls.version_compatible)),
+                tokens=TokenProfile(**d["tokens"]) if d.get("tokens") is not None else None,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"TensorRT build settings are incomplete or malformed ({exc}): {d}") from None

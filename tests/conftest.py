@@ -117,7 +117,9 @@ def text_bundles(text_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     import edge_transfer as et
 
     out = tmp_path_factory.mktemp("text-bundles")
-    results = et.export(text_run.path, out=out / "classifier", format="onnx,onnx-fp16,onnx-int8,openvino,openvino-int8", calibration_size=32)
+    results = et.export(
+        text_run.path, out=out / "classifier", format="onnx,onnx-fp16,onnx-int8,openvino,openvino-int8,tensorrt,tensorrt-fp16", calibration_size=32
+    )
     bundles = {r.format: r.path for r in results}
     (emb,) = et.export(text_run.path, out=out / "embedding", format="onnx", output="embedding")
     return {**bundles, "embedding": emb.path}

@@ -32,6 +32,13 @@ def toy_features(images: np.ndarray, dim: int) -> np.ndarray:
     return ((1.0 - means)[:, None] * np.arange(1, dim + 1)[None, :] / dim).astype(np.float32)
 
 
+def toy_text_logits(input_ids: np.ndarray, attention_mask: np.ndarray, classes: int) -> np.ndarray:
+    """What the fake engine computes for a text batch: per text, the mean of its unmasked token ids / 30000 * (c + 1)."""
+    mask = attention_mask.astype(np.float64)
+    means = (input_ids * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0) / 30000.0
+    return (means[:, None] * np.arange(1, classes + 1)[None, :]).astype(np.float32)
+
+
 def toy_logits(images: np.ndarray, classes: int) -> np.ndarray:
     """What the fake engine computes for a uint8 NHWC batch: per image, mean/255 * (c + 1) for class c."""
     means = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64) / 255.0
@@ -151,9 +158,11 @@ class DataType(enum.IntEnum):
     HALF = 1
     INT8 = 2
     UINT8 = 5
+    INT64 = 8
 
 
-_NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.UINT8: np.uint8}
+_NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.UINT8: np.uint8, DataType.INT64: np.int64}
+_ONNX_TYPES = {2: DataType.UINT8, 7: DataType.INT64}  # onnx.TensorProto.UINT8, INT64
 
 
 class TensorIOMode(enum.IntEnum):
@@ -211,9 +220,9 @@ def make_fake_tensorrt(
 
             record["parsed_bytes"] = len(data)
             graph = onnx.load_from_string(data).graph
-            inp, out = graph.input[0], graph.output[0]
-            dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-            self.network.io = {"input": inp.name, "hw": dims[1:3], "output": out.name, "classes": out.type.tensor_type.shape.dim[1].dim_value}
+            out = graph.output[0]
+            inputs = [[i.name, int(_ONNX_TYPES[i.type.tensor_type.elem_type])] for i in graph.input]
+            self.network.io = {"inputs": inputs, "output": out.name, "classes": out.type.tensor_type.shape.dim[1].dim_value}
             self.network.io["extra"] = [[o.name, o.type.tensor_type.shape.dim[1].dim_value] for o in graph.output[1:]]
             return True
 
@@ -254,8 +263,11 @@ def make_fake_tensorrt(
             return 0
 
     class Profile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, list[list[int]]] = {}
+
         def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
-            self.name, self.shapes = name, [list(lo), list(opt), list(hi)]
+            self.shapes[name] = [list(lo), list(opt), list(hi)]
 
     class Builder:
         def __init__(self, logger: Logger) -> None:
@@ -274,17 +286,20 @@ def make_fake_tensorrt(
         def build_serialized_network(self, network: Network, config: Config) -> bytes:
             record["builds"] += 1
             record["builder_flags"].append(sorted(config.flags))
+            record.setdefault("profiles", []).append(config.profiles[0].shapes)
             plan = {"fake_plan": version, "io": network.io, "profile": config.profiles[0].shapes, "dla": config.DLA_core}
             return json.dumps(plan).encode()
 
     class Engine:
         def __init__(self, plan: dict) -> None:
             io = plan["io"]
-            self.plan, self.input, self.output, self.classes = plan, io["input"], io["output"], io["classes"]
+            self.plan, self.output, self.classes = plan, io["output"], io["classes"]
+            self.inputs = {name: DataType(dtype) for name, dtype in io["inputs"]}
+            self.input = next(iter(self.inputs))
             self.extra = {name: dim for name, dim in io.get("extra", [])}  # further outputs of the graph (features)
-            self.names = [self.input, self.output, *self.extra]
+            self.names = [*self.inputs, self.output, *self.extra]
             if extra_output_first:
-                self.names = [self.input, "features", self.output]
+                self.names = [*self.inputs, "features", self.output]
 
         @property
         def num_io_tensors(self) -> int:
@@ -294,48 +309,64 @@ def make_fake_tensorrt(
             return self.names[i]
 
         def get_tensor_mode(self, name: str) -> TensorIOMode:
-            return TensorIOMode.INPUT if name == self.input else TensorIOMode.OUTPUT
+            return TensorIOMode.INPUT if name in self.inputs else TensorIOMode.OUTPUT
 
         def get_tensor_dtype(self, name: str) -> DataType:
-            return DataType.UINT8 if name == self.input else output_dtype
+            return self.inputs.get(name, output_dtype)
 
         def get_tensor_profile_shape(self, name: str, profile: int) -> list[list[int]]:
-            return [list(s) for s in self.plan["profile"]]
+            return [list(s) for s in self.plan["profile"][name]]
 
         def create_execution_context(self) -> Context:
             return Context(self)
 
     class Context:
         def __init__(self, engine: Engine) -> None:
-            self.engine, self.shape, self.addresses = engine, None, {}
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        @property
+        def shape(self) -> tuple:  # the first input's shape (its batch is every output's)
+            return self.shapes[self.engine.input]
 
         def set_input_shape(self, name: str, shape: tuple) -> bool:
-            lo, _, hi = self.engine.plan["profile"]
-            if not lo[0] <= shape[0] <= hi[0]:
-                return False
-            self.shape = tuple(int(d) for d in shape)
+            lo, _, hi = self.engine.plan["profile"][name]
+            if len(shape) != len(hi) or not all(a <= d <= b for a, d, b in zip(lo, shape, hi)):
+                return False  # as TensorRT: a shape outside the profile is refused
+            self.shapes[name] = tuple(int(d) for d in shape)
             return True
 
         def get_tensor_shape(self, name: str) -> tuple:
+            if name in self.engine.inputs:
+                return self.shapes[name]
             if name in self.engine.extra:
                 return (self.shape[0], self.engine.extra[name])
-            return (self.shape[0], self.engine.classes) if name != self.engine.input else self.shape
+            return (self.shape[0], self.engine.classes)
 
         def set_tensor_address(self, name: str, address: int) -> bool:
             self.addresses[name] = int(address)
             return True
 
         def execute_async_v3(self, stream: int) -> bool:
-            shape, src = self.shape, self.addresses[self.engine.input]
+            shapes = {name: self.shapes[name] for name in self.engine.inputs}
+            sources = {name: self.addresses[name] for name in self.engine.inputs}
             dst, dtype, classes = self.addresses[self.engine.output], _NP[output_dtype], self.engine.classes
             if any(name not in self.addresses for name in self.engine.extra):
                 return False  # as TensorRT: every output of the engine needs an address
             extra = {self.addresses[name]: dim for name, dim in self.engine.extra.items()}
 
-            def work() -> None:  # uses the shape and addresses of the moment it was enqueued (or captured)
-                n = shape[0]
-                images = np.ctypeslib.as_array((ctypes.c_uint8 * int(np.prod(shape))).from_address(src)).reshape(shape)
-                out = toy_logits(images, classes).astype(dtype)
+            def read(name: str) -> np.ndarray:
+                shape, np_type = shapes[name], np.dtype(_NP[self.engine.inputs[name]])
+                raw = (ctypes.c_uint8 * (int(np.prod(shape)) * np_type.itemsize)).from_address(sources[name])
+                return np.frombuffer(raw, dtype=np_type).reshape(shape).copy()
+
+            def work() -> None:  # uses the shapes and addresses of the moment it was enqueued (or captured)
+                n = shapes[self.engine.input][0]
+                if "input_ids" in shapes:  # a text engine
+                    images = None
+                    out = toy_text_logits(read("input_ids"), read("attention_mask"), classes).astype(dtype)
+                else:
+                    images = read(self.engine.input)
+                    out = toy_logits(images, classes).astype(dtype)
                 ctypes.memmove(dst, out.ctypes.data, out.nbytes)
                 for address, dim in extra.items():
                     feats = toy_features(images, dim).astype(dtype)

@@ -18,16 +18,15 @@ import runtimes
 from runtimes.errors import BackendUnavailableError, EngineIncompatibleError, InputError
 from runtimes.tensorrt_build import check_cuda_python, choose_lean_runtime, network_flag_names
 from runtimes.tensorrt_engine import (
-    BatchProfile,
     BuildSettings,
     EngineCache,
     EngineTarget,
     cache_key,
     check_buildable,
     check_compatible,
-    derive_profile,
     timing_cache_path,
 )
+from runtimes.tensorrt_profile import BatchProfile, derive_profile
 
 from conftest import SMALL, run_cli
 

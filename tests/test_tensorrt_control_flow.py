@@ -206,8 +206,8 @@ def test_version_compatible_engines_need_the_builders_lean_runtime(monkeypatch, 
     plan = json.dumps(
         {
             "fake_plan": "10.3.0.26",
-            "io": {"input": "images", "hw": [SMALL, SMALL], "output": "logits", "classes": 10},
-            "profile": [[1, SMALL, SMALL, 3], [1, SMALL, SMALL, 3], [16, SMALL, SMALL, 3]],
+            "io": {"inputs": [["images", int(DataType.UINT8)]], "output": "logits", "classes": 10},
+            "profile": {"images": [[1, SMALL, SMALL, 3], [1, SMALL, SMALL, 3], [16, SMALL, SMALL, 3]]},
             "dla": -1,
         }
     ).encode()

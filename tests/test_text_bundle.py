@@ -30,7 +30,7 @@ def test_text_run_holds_its_tokenizer_and_learns(text_run, text_encoder_dir: Pat
 
 
 def test_every_text_format_passes_its_gate_and_describes_text(text_bundles: dict[str, Path]) -> None:
-    for name in ("onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-int8", "embedding"):
+    for name in ("onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-int8", "tensorrt", "tensorrt-fp16", "embedding"):
         manifest = json.loads((text_bundles[name] / "manifest.json").read_text())
         assert manifest["schema_version"] == 4 and manifest["modality"] == "text", name
         assert "preprocessing" not in manifest
@@ -248,3 +248,77 @@ def test_features_from_an_intermediate_layer(text_run, text_encoder_dir: Path, t
     assert (run.path / "model.safetensors").stat().st_size < (text_run.path / "model.safetensors").stat().st_size  # one layer fewer
     with pytest.raises(InputError, match="layers.0 to layers.1"):
         et.train(str(data), out=tmp_path / "r2", backbone=str(text_encoder_dir), features="layers.7", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- TensorRT for text
+
+
+def test_tensorrt_text_bundles_carry_a_sequence_length_profile(text_bundles: dict[str, Path], text_run, tmp_path: Path) -> None:
+    """The tensorrt formats of a text run: the TensorRT-ready ONNX (gated on onnxruntime as written) and build
+    settings whose profile spans batch 1-16 and 1..256 tokens (tuned for 64, or --trt-opt-tokens); tensorrt-int8 and
+    the options that cannot apply are refused by name before any work."""
+    import edge_transfer as et
+
+    for name, precision in (("tensorrt", "fp32"), ("tensorrt-fp16", "fp16")):
+        m = runtimes.read_manifest(text_bundles[name])
+        engine = m.raw["model"]["tensorrt"]
+        assert m.backend == "tensorrt" and engine["precision"] == precision
+        assert engine["profile"] == {"min": 1, "opt": 1, "max": 16} and engine["tokens"] == {"min": 1, "opt": 64, "max": 256}
+        assert "onnxruntime running the TensorRT-ready ONNX" in m.validation["checked_with"]
+    with pytest.raises(InputError, match="format tensorrt-int8 does not take text bundles yet: static int8 of a transformer"):
+        et.export(text_run.path, out=tmp_path / "x", format="tensorrt-int8")
+    with pytest.raises(InputError, match=r"--trt-opt-tokens must be within 1..256"):
+        et.export(text_run.path, out=tmp_path / "x", format="tensorrt", tensorrt={"opt_tokens": 300})
+    with pytest.raises(InputError, match="the DLA needs static shapes"):
+        et.export(text_run.path, out=tmp_path / "x", format="tensorrt-fp16", tensorrt={"dla_core": 0, "max_batch": 1})
+    assert not (tmp_path / "x").exists()
+
+
+def test_tensorrt_backend_binds_both_text_inputs_with_their_profile(text_bundles: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    """CONTROL FLOW against tests/fake_tensorrt.py (TensorRT and a GPU do not exist here): the engine is built with
+    one profile entry per input (batch x tokens), both inputs are bound by name as int64, every call sets both
+    shapes (texts of another length re-capture a CUDA graph) and the output comes back per text. The numbers are the
+    fake engine's toy function, not the model's; the real build is the tensorrt-marked test in test_tensorrt.py."""
+    import fake_tensorrt
+    from fake_tensorrt import toy_text_logits
+
+    trt, _ = fake_tensorrt.install(monkeypatch)
+    bundle = tmp_path / "trt-text"
+    shutil.copytree(text_bundles["tensorrt"], bundle)
+    with runtimes.load(bundle, cache_dir=str(tmp_path / "engines"), cuda_graph=True) as p:
+        assert p.modality == "text" and p.describe()["tokens"] == {"min": 1, "opt": 64, "max": 256}
+        assert trt.record["profiles"] == [{name: [[1, 1], [1, 64], [16, 256]] for name in ("input_ids", "attention_mask")}]
+        for texts in (["football goal"], ["the singer and the band played a long song", "bank"], ["market price"] * 3):
+            batch = p.prepare(texts)
+            expected = toy_text_logits(batch.input_ids, batch.attention_mask, 3)
+            np.testing.assert_allclose(p.run(batch), expected, rtol=1e-6)
+            assert [r[0].label for r in p.predict(texts)] == [p.labels[i] for i in expected.argmax(1)]
+    assert trt.record["builds"] == 1  # a graph replays the shapes it was captured with: right answers above mean re-capture
+
+
+def test_onnxruntime_tensorrt_provider_gets_the_text_profile(text_bundles: dict[str, Path], tmp_path: Path) -> None:
+    from runtimes.backends.onnxruntime_backend import tensorrt_ep_options
+
+    with runtimes.load(text_bundles["onnx"]) as p:
+        opts = tensorrt_ep_options(p.input, None, "fp32", str(tmp_path))
+    assert opts["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
+    assert opts["trt_profile_opt_shapes"] == "input_ids:1x64,attention_mask:1x64"
+    assert opts["trt_profile_max_shapes"] == "input_ids:16x256,attention_mask:16x256"
+
+
+@pytest.mark.tensorrt
+def test_text_engine_builds_on_this_gpu_and_agrees_with_onnxruntime(text_bundles: dict[str, Path], tmp_path: Path) -> None:
+    from test_tensorrt import _has_tensorrt_gpu
+
+    if reason := _has_tensorrt_gpu():
+        pytest.skip(reason)
+    from runtimes.backends.onnxruntime_backend import OnnxRuntimePredictor
+
+    texts = ["football goal league win", "the singer and the band played a song for the whole night long", "bank"]
+    for name in ("tensorrt", "tensorrt-fp16"):
+        with runtimes.load(text_bundles[name], cache_dir=str(tmp_path / "engines")) as p:
+            batch = p.prepare(texts)
+            got = p.run(batch)
+            assert p.self_test().passed, name
+        ref = OnnxRuntimePredictor(runtimes.open_bundle(text_bundles[name])).run(batch)
+        assert (got.argmax(1) == ref.argmax(1)).all() and np.abs(got - ref).max() < 0.05, name

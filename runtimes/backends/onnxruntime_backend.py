@@ -64,8 +64,6 @@ class OnnxRuntimePredictor(Predictor):
         dev = (device or "cpu").lower()
         if dev not in DEVICE_PROVIDERS:
             raise InputError(f"onnxruntime device must be one of {', '.join(DEVICE_PROVIDERS)}, got {device!r}")
-        if dev == "tensorrt" and self.modality != "image":  # its engine profiles are written for one image input
-            raise BackendUnavailableError(f"{bundle.path}: a {self.modality} bundle runs on onnxruntime's cpu or cuda device, not tensorrt yet")
         wanted = DEVICE_PROVIDERS[dev]
         available = ort.get_available_providers()
         # The TensorRT EP hands nodes TensorRT cannot run to the next provider: CUDA, so they stay on the GPU
@@ -125,25 +123,9 @@ class OnnxRuntimePredictor(Predictor):
 
     def _tensorrt_options(self, cache_dir: str | None) -> dict[str, Any]:
         """TensorRT EP settings: engines and timing caches kept on disk (not rebuilt for every session), one
-        optimisation profile covering the bundle's batch range, and the bundle's own precision."""
-        from ..tensorrt_engine import DEFAULT_MAX_BATCH, default_cache_dir
-
-        root = os.path.join(cache_dir, "ort-tensorrt") if cache_dir else str(default_cache_dir().parent / "ort-tensorrt")
-        os.makedirs(root, exist_ok=True)
-        h, w = self.preprocessing.input_size
-        name = self.inputs[0].name
-        lo, hi = (self.max_batch, self.max_batch) if self.max_batch else (1, DEFAULT_MAX_BATCH)
-        return {
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": root,
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": root,
-            "trt_fp16_enable": self.precision == "fp16",
-            "trt_int8_enable": self.precision == "int8",
-            "trt_profile_min_shapes": f"{name}:{lo}x{h}x{w}x3",
-            "trt_profile_opt_shapes": f"{name}:{lo}x{h}x{w}x3",
-            "trt_profile_max_shapes": f"{name}:{hi}x{h}x{w}x3",
-        }
+        optimisation profile covering the bundle's batch range (and a text bundle's token range), and the bundle's
+        own precision."""
+        return tensorrt_ep_options(self.input, self.max_batch, self.precision, cache_dir)
 
     @property
     def device(self) -> str:
@@ -213,3 +195,31 @@ def placement_from_profile(profile_path: str) -> dict[str, int]:
     for provider in nodes.values():
         counts[provider] = counts.get(provider, 0) + 1
     return counts
+
+
+def tensorrt_ep_options(reader: Any, max_batch: int | None, precision: str, cache_dir: str | None) -> dict[str, Any]:
+    """The TensorRT execution provider's options for a bundle read by `reader` (`runtimes.modality.InputReader`):
+    its inputs' (min, opt, max) shapes as `InputReader.engine_shapes` gives them to the TensorRT backend."""
+    from ..tensorrt_engine import default_cache_dir
+    from ..tensorrt_profile import DEFAULT_MAX_BATCH, BatchProfile, derive_token_profile
+
+    root = os.path.join(cache_dir, "ort-tensorrt") if cache_dir else str(default_cache_dir().parent / "ort-tensorrt")
+    os.makedirs(root, exist_ok=True)
+    lo, hi = (max_batch, max_batch) if max_batch else (1, DEFAULT_MAX_BATCH)
+    tokens = derive_token_profile(reader.config.max_tokens) if reader.modality == "text" else None
+    shapes = reader.engine_shapes(BatchProfile(lo, lo, hi), tokens)
+
+    def spec(i: int) -> str:
+        return ",".join(f"{name}:{'x'.join(str(d) for d in s[i])}" for name, s in shapes.items())
+
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": root,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": root,
+        "trt_fp16_enable": precision == "fp16",
+        "trt_int8_enable": precision == "int8",
+        "trt_profile_min_shapes": spec(0),
+        "trt_profile_opt_shapes": spec(1),
+        "trt_profile_max_shapes": spec(2),
+    }

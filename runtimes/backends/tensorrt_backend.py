@@ -83,8 +83,6 @@ class TensorRTPredictor(Predictor):
         **options: Any,
     ) -> None:
         super().__init__(bundle)
-        if self.modality != "image":  # the engine build and its buffers are written for one uint8 NHWC input
-            raise BackendUnavailableError(f"{bundle.path}: TensorRT runs image bundles; {self.modality} ones need sequence profiles (not built yet)")
         if options:
             raise InputError(
                 f"unknown tensorrt option(s): {', '.join(sorted(options))} (known: cache_dir, cuda_graph, gpu, lean_runtime, inference_precision)"
@@ -96,12 +94,13 @@ class TensorRTPredictor(Predictor):
             self.settings = BuildSettings.from_dict(bundle.manifest.tensorrt or {})
         except InputError as exc:
             raise BundleError(f"{bundle.path}: manifest field 'model.tensorrt': {exc}") from None
+        self._profile = self.input.engine_shapes(self.settings.profile, self.settings.tokens)  # (min, opt, max) per input
         self._lock = threading.Lock()
         self._closed = False
         self._buffers: list[_PinnedBuffer] = []
         self._stream: Any = None
         self._graph: tuple[Any, Any] | None = None
-        self._shape_n: int | None = None  # batch size the context's input shape is set to
+        self._in_shapes: dict[str, tuple[int, ...]] = {}  # the shape the context's inputs are set to
         self._cuda_graph = cuda_graph
         self._gpu = int(gpu)
         self._trt = trt = _import_tensorrt()
@@ -154,8 +153,7 @@ class TensorRTPredictor(Predictor):
             plan, facts = build_engine(
                 self.bundle.entrypoint if onnx is None else onnx,
                 self.settings,
-                input_name=self.inputs[0].name,
-                input_hw=self.preprocessing.input_size,
+                shapes=self._profile,
                 timing_cache=cache.timing_cache(self.target),
                 trt=self._trt,
             )
@@ -163,48 +161,51 @@ class TensorRTPredictor(Predictor):
         return self.target, cache.entry(key), plan
 
     def _bind_io(self) -> None:
-        """Bind input and output by the manifest's names; check dtypes and shapes against the bundle; allocate."""
+        """Bind every input and the output by the manifest's names; check dtypes and shapes against the bundle; allocate."""
         trt, engine, cudart = self._trt, self.engine, self._cudart
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         modes = {n: engine.get_tensor_mode(n) for n in names}
-        self._in, self._out = self.inputs[0].name, self.outputs[0].name
-        for name, mode, what in ((self._in, trt.TensorIOMode.INPUT, "input"), (self._out, trt.TensorIOMode.OUTPUT, "output")):
+        self._out = self.outputs[0].name
+        wanted = [(spec.name, trt.TensorIOMode.INPUT, "input") for spec in self.inputs] + [(self._out, trt.TensorIOMode.OUTPUT, "output")]
+        for name, mode, what in wanted:
             if modes.get(name) != mode:
                 raise BundleError(
                     f"{self.bundle.path}: the manifest's {what} '{name}' is not an {what} of the engine (engine I/O: {', '.join(names)})"
                 )
-        in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._in)))
         self._out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._out)))
-        if in_dtype != np.uint8:
-            raise BundleError(f"{self.bundle.path}: engine input '{self._in}' is {in_dtype}, the manifest says uint8")
         if self._out_dtype.kind != "f":
             raise BundleError(f"{self.bundle.path}: engine output '{self._out}' is {self._out_dtype}, expected floating-point logits")
-        lo, _, hi = (tuple(int(d) for d in shape) for shape in engine.get_tensor_profile_shape(self._in, 0))
-        h, w = self.preprocessing.input_size
-        if len(hi) != 4 or hi[1:] != (h, w, 3):
-            raise BundleError(f"{self.bundle.path}: engine input '{self._in}' takes shape {hi}, the manifest says (N, {h}, {w}, 3)")
-        self._min_batch, self._max_batch = lo[0], hi[0]
-        if not self.context.set_input_shape(self._in, hi):
-            raise BundleError(f"{self.bundle.path}: the engine refused input shape {hi}")
-        self._shape_n = hi[0]
-        out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self._out))
-        self._classes = int(np.prod(out_shape[1:])) if len(out_shape) > 1 else 1
-        if self._classes != len(self.labels):
-            raise BundleError(
-                f"{self.bundle.path}: engine output '{self._out}' has {self._classes} values per image "
-                f"(shape {out_shape}), the manifest lists {len(self.labels)} labels"
-            )
         self._stream = cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         zero_copy = self.target.integrated
-        self._in_buf = _PinnedBuffer(cudart, hi[0] * h * w * 3, np.dtype(np.uint8), zero_copy)
-        self._buffers.append(self._in_buf)
-        self._out_buf = _PinnedBuffer(cudart, hi[0] * self._classes * self._out_dtype.itemsize, self._out_dtype, zero_copy)
+        self._in_bufs: dict[str, _PinnedBuffer] = {}
+        for spec in self.inputs:
+            name, dtype = spec.name, np.dtype(trt.nptype(engine.get_tensor_dtype(spec.name)))
+            if dtype != np.dtype(spec.dtype):
+                raise BundleError(f"{self.bundle.path}: engine input '{name}' is {dtype}, the manifest says {spec.dtype}")
+            lo, _, hi = (tuple(int(d) for d in shape) for shape in engine.get_tensor_profile_shape(name, 0))
+            want = self._profile[name][2]
+            if len(hi) != len(want) or hi[1:] != want[1:]:
+                raise BundleError(f"{self.bundle.path}: engine input '{name}' takes shape {hi}, the bundle's profile says {want}")
+            self._min_batch, self._max_batch = lo[0], hi[0]
+            if not self.context.set_input_shape(name, hi):
+                raise BundleError(f"{self.bundle.path}: the engine refused input shape {hi} for '{name}'")
+            self._in_shapes[name] = hi
+            self._in_bufs[name] = _PinnedBuffer(cudart, int(np.prod(hi)) * dtype.itemsize, dtype, zero_copy)
+            self._buffers.append(self._in_bufs[name])
+            self.context.set_tensor_address(name, int(self._in_bufs[name].device))
+        out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self._out))
+        self._classes = int(np.prod(out_shape[1:])) if len(out_shape) > 1 else 1
+        if self._classes != self.manifest.output_width:
+            raise BundleError(
+                f"{self.bundle.path}: engine output '{self._out}' has {self._classes} values per input "
+                f"(shape {out_shape}), the manifest says {self.manifest.output_width}"
+            )
+        self._out_buf = _PinnedBuffer(cudart, self._max_batch * self._classes * self._out_dtype.itemsize, self._out_dtype, zero_copy)
         self._buffers.append(self._out_buf)
-        self.context.set_tensor_address(self._in, int(self._in_buf.device))
         self.context.set_tensor_address(self._out, int(self._out_buf.device))
         self._feat_buf: _PinnedBuffer | None = None
         if self.is_extensible:  # every output of an engine must be bound, the features too
-            self._bind_features(modes, hi[0], zero_copy)
+            self._bind_features(modes, self._max_batch, zero_copy)
 
     def _bind_features(self, modes: dict[str, Any], max_batch: int, zero_copy: bool) -> None:
         """Bind an extensible classifier's second output (the features its head reads)."""
@@ -244,6 +245,7 @@ class TensorRTPredictor(Predictor):
             tensorrt=self.target.to_dict(),
             built_on=self.built_on.to_dict(),
             profile=self.settings.profile.to_dict(),
+            **({"tokens": self.settings.tokens.to_dict()} if self.settings.tokens is not None else {}),
             engine=str(self.engine_path),
             cuda_graph=self._cuda_graph,
             output_dtype=str(self._out_dtype),
@@ -251,7 +253,7 @@ class TensorRTPredictor(Predictor):
         )
 
     # ---------------------------------------------------------------- running
-    def check_batch(self, batch: Any) -> np.ndarray:
+    def check_batch(self, batch: Any) -> Any:
         batch = super().check_batch(batch)
         lo, hi = getattr(self, "_min_batch", self.settings.profile.min), getattr(self, "_max_batch", self.settings.profile.max)
         if not lo <= batch.shape[0] <= hi:
@@ -277,27 +279,27 @@ class TensorRTPredictor(Predictor):
                 "cudaMemcpyAsync",
             )
 
-    def _run_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _run_outputs(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
         cudart = self._cudart
-        n = batch.shape[0]
+        n = len(batch)
+        feeds = self.input.feeds(batch)  # every input by name (an image batch, or a text's ids and mask)
         with self._lock:
             if self._closed:
                 raise InferenceError(f"{self.bundle.path}: this TensorRT predictor is closed")
             cuda_check(cudart.cudaSetDevice(self._gpu), f"cudaSetDevice({self._gpu})")  # per call: threads may differ
-            if n != self._shape_n:
-                if not self.context.set_input_shape(self._in, batch.shape):
-                    raise InferenceError(f"TensorRT refused input shape {batch.shape}")
-                self._shape_n = n
-                self._drop_graph()  # a graph replays the shapes it was captured with
-            self._in_buf.array[: batch.size] = batch.reshape(-1)
+            for name, arr in feeds.items():
+                if arr.shape != self._in_shapes[name]:
+                    if not self.context.set_input_shape(name, arr.shape):
+                        raise InferenceError(f"TensorRT refused input shape {arr.shape} for '{name}'")
+                    self._in_shapes[name] = arr.shape
+                    self._drop_graph()  # a graph replays the shapes it was captured with
+            for name, arr in feeds.items():
+                buf = self._in_bufs[name]
+                buf.array[: arr.size] = arr.reshape(-1)
+                if not buf.zero_copy:
+                    kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+                    cuda_check(cudart.cudaMemcpyAsync(buf.device, buf.host, arr.nbytes, kind, self._stream), "cudaMemcpyAsync")
             out_items = n * self._classes
-            if not self._in_buf.zero_copy:
-                cuda_check(
-                    cudart.cudaMemcpyAsync(
-                        self._in_buf.device, self._in_buf.host, batch.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream
-                    ),
-                    "cudaMemcpyAsync",
-                )
             self._execute()
             self._copy_back(self._out_buf, out_items * self._out_dtype.itemsize)
             feat_buf, feats = self._feat_buf, None
