@@ -145,6 +145,7 @@ class ExportOptions:
     output: "logits" (a classifier), "embedding" (L2-normalised features, no classes) or "extensible" (a classifier
     that also outputs its head's features, with replay data to add classes on the device); features: the layers the
     embedding of `--backbone` comes from (`edge_transfer.layers`; a run's embedding is its probe's features).
+    text_column/label_column: the columns of text tables given as data (default: the run's, or text and label).
     """
 
     format: str | tuple[str, ...] = DEFAULT_FORMAT
@@ -156,6 +157,8 @@ class ExportOptions:
     data: str | None = None
     calibration_data: str | None = None
     calibration_size: int = 300
+    text_column: str | None = None  # text tables of --data / --calibration-data (default: the run's, or "text")
+    label_column: str | None = None
     max_drop: float = 1.0
     min_agreement: float | None = None
     batch_size: int | None = None

@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="bundle directory to create; with several formats, one sub-directory per format")
     e.add_argument("--image-size", type=int, help="with --backbone: input size (default: the backbone's)")
     e.add_argument("--data", help="held-out data for validation (default: the run's own test split; digits for --backbone)")
+    e.add_argument("--text-column", help="text tables given as --data/--calibration-data: the text's column (default: the run's, or text)")
+    e.add_argument("--label-column", help="text tables given as --data/--calibration-data: the label's column (default: the run's, or label)")
     e.add_argument(
         "--max-drop",
         type=float,

@@ -59,9 +59,9 @@ def probe_layers(
     `config`/`overrides` are `train`'s options (backbone, image_size, seed, fractions, cache_dir, device...).
     Returns the rows in network order and facts about the run (data, split sizes, backbone, seconds).
     """
-    from .api import task_backbone
     from .data import ImageDataset, load_dataset, stratified_split
     from .distributed import make_accelerator
+    from .image_task import task_backbone
     from .probe import backbone_features, fit_linear_head
 
     cfg = (config or TrainConfig()).with_overrides(strategy="linear-probe", **overrides).resolved()

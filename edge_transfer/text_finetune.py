@@ -13,6 +13,7 @@ import copy
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,12 +83,26 @@ def predict_logits(model: Any, ids: np.ndarray, mask: np.ndarray, rows: np.ndarr
 
 
 def fit_text_network(
-    model: Any, texts: list[str], targets: np.ndarray, splits: Any, tokenizer: Any, cfg: Any, *, lr_given: bool = False
+    model: Any,
+    texts: list[str],
+    targets: np.ndarray,
+    splits: Any,
+    tokenizer: Any,
+    cfg: Any,
+    *,
+    lr_given: bool = False,
+    checkpoint: Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `model` (a `TextClassifier` whose head holds the probe) in place; return its history, the logits of
     every split and details for config.json. The model ends on the CPU in eval mode, at its best epoch. `lr_given`:
-    the user set `--lr`, so the encoder learns at lr x backbone_lr_scale instead of `TEXT_ENCODER_LR`."""
+    the user set `--lr`, so the encoder learns at lr x backbone_lr_scale instead of `TEXT_ENCODER_LR`. With
+    `checkpoint`, the state is saved there after every epoch (`edge_transfer.checkpoint`) and `cfg.resume` continues
+    from it, the batches' order and every RNG included, when `fingerprint` (the run's settings and data) matches."""
     from tqdm.auto import tqdm
+
+    from .checkpoint import TrainingCheckpoint, capture_rng, restore_rng
+    from .run_files import STATE_NAME
 
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     if cfg.device == "cuda" and device.type != "cuda":
@@ -111,11 +126,29 @@ def fit_text_network(
     model.to(device)
     history: list[dict[str, Any]] = []
     best_acc, best_state, since_best = -1.0, copy.deepcopy(model.state_dict()), 0
+    first = 1
+    if cfg.resume and checkpoint is not None and (checkpoint / STATE_NAME).is_file():
+        state = TrainingCheckpoint.load(checkpoint)
+        state.check_matches(fingerprint or {}, checkpoint)
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        schedule.load_state_dict(state.scheduler)
+        progress = state.progress
+        best_acc, since_best, history = float(progress["best_accuracy"]), int(progress["stale"]), list(progress["history"])
+        best_state = state.best if state.best is not None else best_state
+        rng.bit_generator.state = progress["batch_rng"]
+        restore_rng(*state.rng[0])
+        first = state.epoch + 1
+        logger.info(f"resumed from {checkpoint} after epoch {state.epoch}/{cfg.epochs} (best val accuracy so far {best_acc:.4f})")
+    elif cfg.resume:
+        logger.info(f"resume: no checkpoint at {checkpoint}; starting from the beginning")
     logger.info(
         f"{cfg.strategy}: {sum(p.numel() for p in encoder_params) / 1e6:.1f} M encoder parameters at lr {encoder_lr:g}, head at {head_lr:g}; "
         f"{cfg.epochs} epoch(s) of {steps_per_epoch} steps on {device.type}"
     )
-    for epoch in range(1, int(cfg.epochs) + 1):
+    for epoch in range(first, int(cfg.epochs) + 1):
+        if since_best > int(cfg.patience):  # a resumed run that had already stopped early
+            break
         t = time.perf_counter()
         model.train()
         seen, loss_sum = 0, 0.0
@@ -129,7 +162,7 @@ def fit_text_network(
             nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
             optimizer.step()
             schedule.step()
-            seen, loss_sum = seen + len(rows), loss_sum + float(loss) * len(rows)
+            seen, loss_sum = seen + len(rows), loss_sum + float(loss.detach()) * len(rows)
         val = predict_logits(model, ids, mask, splits.val, device)
         val_acc = float((val.argmax(1) == targets[splits.val]).mean())
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t, 1)}
@@ -139,9 +172,14 @@ def fit_text_network(
             best_acc, best_state, since_best = val_acc, copy.deepcopy(model.state_dict()), 0
         else:
             since_best += 1
-            if since_best > int(cfg.patience):
-                logger.info(f"early stop: no better val accuracy for {since_best} epoch(s)")
-                break
+        if checkpoint is not None:  # atomically: an interrupted save leaves the previous epoch's checkpoint
+            progress = {"best_accuracy": best_acc, "best_loss": 0.0, "stale": since_best, "history": history, "batch_rng": rng.bit_generator.state}
+            TrainingCheckpoint(
+                epoch, fingerprint or {}, model.state_dict(), optimizer.state_dict(), schedule.state_dict(), progress, [capture_rng()], best_state
+            ).save(checkpoint)
+        if since_best > int(cfg.patience):
+            logger.info(f"early stop: no better val accuracy for {since_best} epoch(s)")
+            break
     model.load_state_dict(best_state)
     logits = {s: predict_logits(model, ids, mask, getattr(splits, s), device) for s in ("train", "val", "test")}
     model.to("cpu").eval()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtimes.errors import CheckpointError, DatasetError, InputError
+from runtimes.errors import CheckpointError, InputError
 from runtimes.text_data import TextDataset, load_text_dataset
 
 from .config import STRATEGY_SPECS
@@ -162,9 +162,13 @@ def embed_with_progress(bb: TextBackbone, texts: list[str], max_tokens: int, pro
 
 def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
     """`train` for text data (a folder of class folders of .txt, or a CSV/TSV/JSONL table): see the module docstring."""
+    from runtimes.fsutil import remove_ours
+
+    from .checkpoint import checkpoint_dir_for
     from .data import stratified_split
     from .model import save_run
     from .probe import fit_linear_head
+    from .run_files import CHECKPOINT, discard_checkpoint
     from .trained_run import TrainedRun
 
     t0 = time.perf_counter()
@@ -180,6 +184,14 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
     if cfg.qat:
         raise InputError("--qat is an image option so far; export a text run's onnx-int8 or openvino-int8 instead")
     encoder_name = text_backbone_name(cfg.backbone)  # a wrong name fails before any data is read
+    ckpt = checkpoint_dir_for(Path(out))
+    if ckpt.exists() and not cfg.resume and not cfg.overwrite:
+        raise CheckpointError(
+            f"{ckpt} holds the checkpoint of an interrupted run: pass resume=True (--resume) to continue it, "
+            "or overwrite=True (--overwrite) to start over"
+        )
+    if ckpt.exists() and cfg.overwrite and not cfg.resume:
+        remove_ours(ckpt, CHECKPOINT)  # checked before any work (check_run_output); checked again as it goes
     dataset = (
         data
         if isinstance(data, TextDataset)
@@ -209,7 +221,14 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
 
         probe_test = float((logits["test"].argmax(1) == y[splits.test]).mean())
         logger.info(f"linear probe (the starting head): test accuracy {100 * probe_test:.2f}%; now {cfg.strategy}")
-        fitted = fit_text_network(model, dataset.texts, y, splits, bb.tokenizer(cfg.max_tokens), cfg, lr_given=given["lr"])
+        fingerprint = {
+            "data": dataset.fingerprint(),
+            "encoder": bb.name,
+            **{k: getattr(cfg, k) for k in ("strategy", "features", "max_tokens", "epochs", "lr", "batch_size", "seed", "unfreeze_blocks")},
+            **{k: getattr(cfg, k) for k in ("val_fraction", "test_fraction", "weight_decay", "backbone_lr_scale", "patience")},
+        }
+        tokenizer = bb.tokenizer(cfg.max_tokens)
+        fitted = fit_text_network(model, dataset.texts, y, splits, tokenizer, cfg, lr_given=given["lr"], checkpoint=ckpt, fingerprint=fingerprint)
         logits, history = fitted["logits"], fitted["history"]
         training.update(fitted["details"], probe_test_accuracy=probe_test)
     metrics = {f"{s}_accuracy": float((logits[s].argmax(1) == y[getattr(splits, s)]).mean()) for s in logits}
@@ -235,6 +254,7 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
         "history": history,
     }
     save_run(out, model, config, overwrite=cfg.overwrite, extra_files={TOKENIZER_NAME: bb.tokenizer_json})
+    discard_checkpoint(ckpt)
     return TrainedRun(Path(out), metrics, config, round(time.perf_counter() - t0, 2), history)
 
 
@@ -268,115 +288,3 @@ def text_backbone_name(backbone: str) -> str:
     if backbone.startswith("hf:") or Path(backbone).is_dir():
         return backbone
     raise InputError(f"--backbone {backbone!r} is not a text encoder: use {MINILM} (the default), hf:<name>, or a local encoder folder")
-
-
-def load_text_run(run_dir: str | os.PathLike[str], config: dict[str, Any]) -> TextClassifier:
-    """Rebuild a text run's classifier from its config (the encoder's transformers config) and load its weights."""
-    from transformers import AutoConfig, AutoModel
-
-    from .model import build_head
-    from .weights import read_safetensors
-
-    try:
-        fields = {k: v for k, v in config["encoder"]["config"].items() if k != "model_type"}
-        enc_cfg = AutoConfig.for_model(config["encoder"]["model_type"], **fields)
-        text = config["text"]
-        head_cfg = config["head"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{run_dir}: config.json of a text run lacks a readable encoder/text/head section ({exc})") from None
-    encoder = MeanPooledEncoder(AutoModel.from_config(enc_cfg, add_pooling_layer=False))
-    model = TextClassifier(
-        encoder, build_head(int(head_cfg["in_features"]), int(head_cfg["num_classes"]), 0.0), config["labels"], int(text["max_tokens"])
-    )
-    state = read_safetensors(Path(run_dir) / "model.safetensors")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{run_dir}: weights do not match the text classifier in its config ({str(exc).strip().splitlines()[0]})") from None
-    return model.eval()
-
-
-def text_run_data(config: dict[str, Any], data: str | None = None) -> tuple[TextDataset, Any]:
-    """A text run's dataset and its exact seeded split (unchanged since training), or `data` in full."""
-    from .data import stratified_split
-
-    info = config.get("data", {})
-    source = data or info.get("source")
-    if not source:
-        raise DatasetError("this run was trained on in-memory texts: pass --data (a text folder or table) for validation")
-    dataset = load_text_dataset(
-        source, text_column=info.get("text_column", "text"), label_column=info.get("label_column", "label"), skip_bad=bool(info.get("skip_bad"))
-    )
-    if data is None and dataset.fingerprint() != info.get("fingerprint"):
-        raise DatasetError(f"{source}: the texts changed since training, so the held-out split cannot be reproduced; pass --data")
-    if list(dataset.classes) != list(config["labels"]):
-        raise DatasetError(f"{source}: classes {dataset.classes} differ from the run's labels {config['labels']}")
-    split = config.get("split", {})
-    splits = stratified_split(
-        dataset.targets,
-        val_fraction=split.get("val_fraction", 0.15),
-        test_fraction=split.get("test_fraction", 0.2),
-        seed=int(split.get("seed", 0)),
-        classes=dataset.classes,
-    )
-    return dataset, splits
-
-
-def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: str | os.PathLike[str], opts: Any) -> list[Any]:
-    """`export` of a text run: the classifier (or, with `--output embedding`, its encoder) to validated text bundles,
-    judged on the run's held-out texts (or all of `--data`)."""
-    import dataclasses
-
-    from converters.bundle_kind import BundleKind, Classifier, Embedding
-    from converters.export import export_bundles, parse_formats, raise_for_failures
-    from converters.export_input import TextExport
-    from converters.validate import ReferenceData
-
-    if opts.output == "extensible":
-        raise InputError("--output extensible is for image runs so far")
-    model = load_text_run(run, config)
-    dataset, splits = text_run_data(config, opts.data)
-    indices = np.arange(len(dataset)) if opts.data is not None else splits.test
-    inp = TextExport(Path(run) / TOKENIZER_NAME, model.max_tokens)
-    texts = [dataset.texts[int(i)] for i in indices]
-    reference = ReferenceData(
-        inp.tokenize(texts),
-        dataset.targets[indices],
-        "all" if opts.data is not None else "test",
-        {"source": str(opts.data or config["data"].get("source")), "count": len(texts)},
-        [dataset.sources[int(i)] for i in indices],
-        original=lambda j: texts[j],  # type: ignore[arg-type,return-value]  # a text export keeps its texts here
-    )
-    source = dict(config.get("source", {}), run=str(run), training_metrics=config.get("metrics", {}))
-    graph: nn.Module = model
-    kind: BundleKind = Classifier(tuple(model.labels))
-    if opts.output == "embedding":
-        section = {"dim": int(config["head"]["in_features"]), "normalization": "l2", "similarity": "cosine", "layers": [], "unknown_threshold": None}
-        graph, kind = model.encoder.eval(), Embedding(section)
-        source["output"] = "embedding"
-    formats = parse_formats(opts.format)
-    calibration = None
-    if any(inp.format_spec(f).calibrated for f in formats):  # openvino-int8: static int8, calibrated on training texts
-        from converters.calibration import CalibrationData
-
-        seed = int(config.get("split", {}).get("seed", 0))
-        picks = np.sort(np.random.default_rng(seed).permutation(splits.train)[: opts.calibration_size])
-        calibration = CalibrationData(
-            inp.tokenize([dataset.texts[int(i)] for i in picks]),
-            "train",
-            [dataset.sources[int(i)] for i in picks],
-            seed,
-            str(config["data"].get("source")),
-        )
-    results = export_bundles(
-        graph,
-        out,
-        preprocessing=inp,
-        kind=kind,
-        reference=reference,
-        source=source,
-        calibration=calibration,
-        options=dataclasses.replace(opts, format=tuple(formats)),
-    )
-    raise_for_failures(results, out)
-    return results

@@ -250,6 +250,73 @@ def test_features_from_an_intermediate_layer(text_run, text_encoder_dir: Path, t
         et.train(str(data), out=tmp_path / "r2", backbone=str(text_encoder_dir), features="layers.7", progress=False)
 
 
+def test_a_text_encoder_as_it_is_exports_to_an_embedding_bundle(text_encoder_dir: Path, text_run, tmp_path: Path) -> None:
+    """`export --backbone ENCODER --strategy pretrained --output embedding --data TEXTS` (the primer's "use the source
+    model as it is" for text), through the CLI; it needs --data and --output embedding, named in one line each, and a
+    text run refuses quantisation-aware training by name. The data folder is hashed before and after."""
+    data = write_text_folder(tmp_path / "texts", per_class=12, seed=3)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.rglob("*") if p.is_file()}
+    base = ["export", "--backbone", str(text_encoder_dir), "--strategy", "pretrained", "--format", "onnx,onnx-int8"]
+    no_data = run_cli(*base, "--output", "embedding", "--out", str(tmp_path / "x"))
+    assert no_data.returncode != 0 and "needs --data: texts like the device will see" in no_data.stderr
+    no_output = run_cli(*base, "--data", str(data), "--out", str(tmp_path / "x"))
+    assert no_output.returncode != 0 and "no classes of its own: add --output embedding" in no_output.stderr
+    assert not (tmp_path / "x").exists()
+    done = run_cli(*base, "--output", "embedding", "--data", str(data), "--out", str(tmp_path / "enc"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["passed"] and [f["format"] for f in report["formats"]] == ["onnx", "onnx-int8"]
+    m = runtimes.read_manifest(tmp_path / "enc" / "onnx")
+    assert m.modality == "text" and m.embedding is not None and m.embedding["dim"] == 32
+    assert m.raw["source"]["strategy"] == "pretrained" and m.validation["count"] == 36
+    with runtimes.load(tmp_path / "enc" / "onnx-int8") as p:
+        vectors = p.embed(["football goal league", "bank shares market"])
+        assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+        assert p.self_test().passed
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.rglob("*") if p.is_file()} == before
+    qat = run_cli("qat", str(text_run.path), "--out", str(tmp_path / "q"))
+    assert qat.returncode != 0 and "quantisation-aware training is for image runs so far" in qat.stderr
+
+
+def test_text_finetune_resumes_where_the_uninterrupted_run_ends(text_encoder_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """finetune on text checkpoints after every epoch; a run interrupted after epoch 1 (KeyboardInterrupt raised
+    right after that checkpoint is written, as Ctrl-C would) refuses to start over silently, refuses a checkpoint of
+    other settings by name, and with resume ends with the weights and history of the uninterrupted run."""
+    import edge_transfer as et
+    from edge_transfer.checkpoint import TrainingCheckpoint
+    from runtimes.errors import CheckpointError
+
+    data = write_text_folder(tmp_path / "texts", per_class=16, seed=5)
+    same = {"backbone": str(text_encoder_dir), "strategy": "finetune", "epochs": 3, "batch_size": 8, "progress": False}
+    full = et.train(str(data), out=tmp_path / "full", **same)
+    real_save = TrainingCheckpoint.save
+
+    def save_then_interrupt(self, path):
+        written = real_save(self, path)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return written
+
+    monkeypatch.setattr(TrainingCheckpoint, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        et.train(str(data), out=tmp_path / "run", **same)
+    monkeypatch.undo()
+    ckpt = tmp_path / "run.checkpoint"
+    assert json.loads((ckpt / "state.json").read_text())["epoch"] == 1 and not (tmp_path / "run").exists()
+    with pytest.raises(CheckpointError, match=r"pass resume=True \(--resume\) to continue it"):
+        et.train(str(data), out=tmp_path / "run", **same)
+    with pytest.raises(CheckpointError, match="belongs to a different run .*epochs: checkpoint 3, now 4"):
+        et.train(str(data), out=tmp_path / "run", resume=True, **{**same, "epochs": 4})
+    resumed = et.train(str(data), out=tmp_path / "run", resume=True, **same)
+    assert not ckpt.exists()
+    from safetensors.numpy import load_file
+
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run's"
+    drop = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert drop(resumed.history) == drop(full.history) and resumed.metrics == full.metrics
+
+
 # ---------------------------------------------------------------------------------------------- TensorRT for text
 
 
