@@ -120,31 +120,7 @@ def export_bundles(
     out_kind = bundle_kind(kind)  # what comes out and how it is judged
     specs = [inp.format_spec(n) for n in names]
     quantization, batch_size, self_test_size = opts.quantization, opts.batch_size, opts.self_test_size
-    if opts.min_agreement is not None and not 0.0 <= opts.min_agreement <= 1.0:
-        raise InputError(f"min_agreement must be within [0, 1], got {opts.min_agreement}")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch size must be >= 1, got {batch_size}")
-    if quantization.target_cpu not in TARGET_CPUS:
-        raise InputError(f"target CPU must be one of {', '.join(TARGET_CPUS)}, got {quantization.target_cpu!r}")
-    if not isinstance(self_test_size, int) or self_test_size < 0:
-        raise InputError(f"self_test_size must be a whole number >= 0, got {self_test_size!r}")
-    inp.check_data("reference", reference.images)
-    if qat is not None:
-        qat.check_formats(names, quantization.target_cpu)
-    out_kind.check(inp, qat, quantization.accuracy_aware)
-    calibrated = [s.name for s in specs if s.calibrated and qat is None]
-    if calibrated and calibration is None:
-        raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
-    if calibration is not None:
-        inp.check_data("calibration", calibration.images)
-    if quantization.accuracy_aware and tuning is None and any(s.tunable for s in specs):
-        raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
-    for s in specs:
-        if s.backend == "tensorrt":  # refuse bad engine options before any work, naming the format
-            try:
-                inp.engine_settings(opts.tensorrt, batch_size, s.precision)
-            except InputError as exc:
-                raise InputError(f"format {s.name}: {exc}") from None
+    _check_arguments(opts, inp, out_kind, specs, reference, calibration, tuning, qat)
     targets = check_export_targets(out, names, overwrite=opts.overwrite, skip_existing=opts.skip_existing)
     kept = {
         name: ExportResult(name, targets[name], b, b.manifest.validation, kept=True)
@@ -207,39 +183,10 @@ def export_bundles(
             "source": dict(source or {}, export=info),
             "schema_version": max(out_kind.schema_version, inp.schema_version),
         }
+        seconds = {"onnx_export": base_seconds, "torch_reference": ref_seconds}
         for spec in specs:
-            logger.info(f"{spec.name}: {spec.description}")
-            agreement = opts.min_agreement
-            if agreement is None:
-                agreement = default_min_agreement(spec.precision, reference.targets is not None)
-            rungs = ladder(spec, quantization, can_tune=tuning is not None and out_kind.tunable, qat=qat is not None)
-            earlier: list[dict[str, Any]] = []
             try:
-                for i, (rung, rung_quantization) in enumerate(rungs):
-                    last = i == len(rungs) - 1
-                    result = _export_one(
-                        dataclasses.replace(job, quantization=rung_quantization),
-                        spec,
-                        targets[spec.name],
-                        common,
-                        ref,
-                        reference,
-                        agreement,
-                        opset,
-                        opts.allow_failed_validation and last,
-                        opts.overwrite,
-                        {"onnx_export": base_seconds, "torch_reference": ref_seconds},
-                        rung=rung,
-                        earlier=earlier,
-                    )
-                    if result.passed or last:
-                        break
-                    if (why := why_not_climb(result)) is not None and not opts.allow_failed_validation:
-                        logger.warning(f"{spec.name}: {why}")  # (with --allow-failed-validation the last rung writes the bundle)
-                        break
-                    earlier.append(rung_record(rung, result))
-                    logger.info(f"{spec.name}: {rung} int8 failed its gate; trying the next rung, {rungs[i + 1][0]}")
-                results.append(result)
+                results.append(_climb(job, spec, targets[spec.name], common, ref, reference, opts, opset, seconds))
             except ValidationFailed:
                 raise
             except EdgeTransferError as exc:
@@ -250,6 +197,92 @@ def export_bundles(
     warn_when_int8_is_not_faster(results)
     by_name = {r.format: r for r in [*results, *kept.values()]}
     return [by_name[name] for name in targets]
+
+
+def _check_arguments(
+    opts: ExportOptions,
+    inp: ExportInput,
+    out_kind: BundleKind,
+    specs: list[FormatSpec],
+    reference: ReferenceData,
+    calibration: CalibrationData | None,
+    tuning: ReferenceData | None,
+    qat: QatSource | None,
+) -> None:
+    """Refuse, before any work, what concerns every format: bad options, data the model does not take, missing
+    calibration or tuning data, what the kind cannot be exported with, engine settings TensorRT cannot build."""
+    quantization, batch_size, self_test_size = opts.quantization, opts.batch_size, opts.self_test_size
+    if opts.min_agreement is not None and not 0.0 <= opts.min_agreement <= 1.0:
+        raise InputError(f"min_agreement must be within [0, 1], got {opts.min_agreement}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if quantization.target_cpu not in TARGET_CPUS:
+        raise InputError(f"target CPU must be one of {', '.join(TARGET_CPUS)}, got {quantization.target_cpu!r}")
+    if not isinstance(self_test_size, int) or self_test_size < 0:
+        raise InputError(f"self_test_size must be a whole number >= 0, got {self_test_size!r}")
+    inp.check_data("reference", reference.images)
+    if qat is not None:
+        qat.check_formats([s.name for s in specs], quantization.target_cpu)
+    out_kind.check(inp, qat, quantization.accuracy_aware)
+    calibrated = [s.name for s in specs if s.calibrated and qat is None]
+    if calibrated and calibration is None:
+        raise InputError(f"{', '.join(calibrated)} need calibration data (images from the training split)")
+    if calibration is not None:
+        inp.check_data("calibration", calibration.images)
+    if quantization.accuracy_aware and tuning is None and any(s.tunable for s in specs):
+        raise InputError("accuracy-aware quantisation needs tuning data (a split other than the held-out one)")
+    for s in specs:
+        if s.backend == "tensorrt":  # refuse bad engine options before any work, naming the format
+            try:
+                inp.engine_settings(opts.tensorrt, batch_size, s.precision)
+            except InputError as exc:
+                raise InputError(f"format {s.name}: {exc}") from None
+
+
+def _climb(
+    job: ExportJob,
+    spec: FormatSpec,
+    target: Path,
+    common: dict[str, Any],
+    ref: np.ndarray,
+    reference: ReferenceData,
+    opts: ExportOptions,
+    opset: int,
+    seconds: dict[str, float],
+) -> ExportResult:
+    """One format up its ladder of rungs (`converters.ladder`) until a bundle passes its gate, or the last rung."""
+    logger.info(f"{spec.name}: {spec.description}")
+    agreement = opts.min_agreement
+    if agreement is None:
+        agreement = default_min_agreement(spec.precision, reference.targets is not None)
+    can_tune = job.tuning is not None and job.kind.tunable
+    rungs = ladder(spec, job.quantization, can_tune=can_tune, qat=job.qat is not None)
+    earlier: list[dict[str, Any]] = []
+    for i, (rung, rung_quantization) in enumerate(rungs):
+        last = i == len(rungs) - 1
+        result = _export_one(
+            dataclasses.replace(job, quantization=rung_quantization),
+            spec,
+            target,
+            common,
+            ref,
+            reference,
+            agreement,
+            opset,
+            opts.allow_failed_validation and last,
+            opts.overwrite,
+            seconds,
+            rung=rung,
+            earlier=earlier,
+        )
+        if result.passed or last:
+            break
+        if (why := why_not_climb(result)) is not None and not opts.allow_failed_validation:
+            logger.warning(f"{spec.name}: {why}")  # (with --allow-failed-validation the last rung writes the bundle)
+            break
+        earlier.append(rung_record(rung, result))
+        logger.info(f"{spec.name}: {rung} int8 failed its gate; trying the next rung, {rungs[i + 1][0]}")
+    return result
 
 
 def _export_one(
