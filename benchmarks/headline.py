@@ -6,7 +6,8 @@ each runtime actually computes in, read back from it (OpenVINO is pinned to the 
 on CPUs with native bf16 it would otherwise run an "fp32" IR in bf16). Every runtime is timed twice on the
 same session, interleaved: its plain call (`session.run`, `InferRequest.infer`) and our `Predictor.run`. The table
 gives p50 latency, throughput, our overhead against the plain call, and the speed-up against torch eager; then
-OpenVINO's own `benchmark_app` on the same IR files, for comparison.
+OpenVINO's own `benchmark_app` on the same IR files (static shape), beside our harness with the bundle loaded for
+that one batch size (`runtimes.load(..., batch_size=N)`) and with its dynamic batch.
 
     python benchmarks/headline.py                 # about 3 minutes on 2 cores (6 with the first export)
     python benchmarks/headline.py --iterations 300 --work /tmp/lite0-bundles --json headline.json
@@ -172,10 +173,13 @@ def main() -> int:
             )
             print(f"{fmt} batch {b}: ours p50 {r.latency.p50:.2f} ms, plain {r.plain.p50:.2f} ms", file=sys.stderr)
     app: dict[str, float | None] = {}
+    static: dict[str, dict[str, float]] = {}  # the same IR loaded for one batch size (runtimes.load(..., batch_size=N))
     if not args.no_benchmark_app:
         for fmt in ("openvino", "openvino-fp16", "openvino-int8"):
             for b in batches:
                 app[f"{fmt}@{b}"] = benchmark_app(bundles[fmt] / "model.xml", b, seconds=8)
+                (r,) = bench_bundle(bundles[fmt], batches=[b], iterations=max(20, args.iterations // b), static=True)
+                static[f"{fmt}@{b}"] = {"ours_p50": r.latency.p50, "plain_p50": r.plain.p50 if r.plain else float("nan")}
 
     machine = machine_context()
     print(f"\nEfficientNet-Lite0, 224 px, {machine.get('cpu', machine['machine'])}, {machine['cpus']} CPUs; p50 latency per call in ms")
@@ -193,15 +197,25 @@ def main() -> int:
             f"{r['p99']:>8.2f} {r['throughput']:>8.1f} {r['vs_torch']:>8.2f}x"
         )
     if app:
-        print("\nOpenVINO benchmark_app (latency hint, random input, same IR), median ms vs our harness's plain-call p50:")
+        print(
+            "\nOpenVINO benchmark_app (latency hint, random input, static shape, same IR), median ms, against our "
+            "p50 with the bundle loaded static (runtimes.load(..., batch_size=N)) and dynamic:"
+        )
         for key, median in app.items():
             fmt, b = key.split("@")
             ours = next(r for r in rows if r.get("format") == fmt and r["batch"] == int(b))
-            shown = "not available" if median is None else f"{median:.2f} (plain {ours['plain_p50']:.2f}, ours {ours['ours_p50']:.2f})"
+            st = static[key]
+            if median is None:
+                shown = "benchmark_app not available"
+            else:
+                shown = (
+                    f"app {median:.2f} | static: ours {st['ours_p50']:.2f} ({st['ours_p50'] / median:.2f}x app), plain "
+                    f"{st['plain_p50']:.2f} | dynamic: ours {ours['ours_p50']:.2f} ({ours['ours_p50'] / median:.2f}x app)"
+                )
             print(f"  {fmt:<14} batch {b}: {shown}")
     print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows, "benchmark_app": app}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows, "benchmark_app": app, "static": static}, indent=2) + "\n")
     return 0
 
 

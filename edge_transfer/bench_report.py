@@ -89,7 +89,7 @@ def comparison_rows(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
                 "backend": r.backend,
                 "device": r.device + (f" ({','.join(r.execution['execution_devices'])})" if r.execution.get("execution_devices") else ""),
                 "size_mb": round(r.size_bytes / 1e6, 2),
-                "batch": r.batch,
+                "batch": f"{r.batch} static" if r.execution.get("loaded_batch") else r.batch,
                 "tokens": r.tokens,
                 "mode": r.mode,
                 "load_s": round(r.load_s, 3),

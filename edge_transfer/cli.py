@@ -26,7 +26,7 @@ from .cli_help import EPILOG, FORMATS_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
 from .cli_imprint import add_imprint_parser
 from .cli_layers import add_probe_layers_parser
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, configure_logging, err, host_install_hint, out_of_range, reader_gone
+from .cli_output import BATCH_HELP, PRECISION_CHOICES, PRECISION_HELP, configure_logging, err, host_install_hint, out_of_range, reader_gone
 from .cli_qat import add_qat_parser, add_train_qat_flags
 from .cli_val import add_val_parser
 from .config import STRATEGIES, TrainConfig
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the deepest one (see edge-transfer probe-layers)",
     )
     t.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize filter (default: the backbone's)")
+    jpeg = "decode every JPEG at full size (default: JPEGs several times the input's size decode at 1/2-1/8, here and on the device)"
+    t.add_argument("--full-jpeg-decode", dest="jpeg_draft", action="store_false", default=TrainConfig.jpeg_draft, help=jpeg)
     t.add_argument(
         "--crop-pct",
         type=float,
@@ -337,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("bundle")
     c.add_argument("--device", help="backend device (as for predict; default cpu)")
     c.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+    c.add_argument("--batch", type=int, metavar="N", help=BATCH_HELP)
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=cmd_check)
 

@@ -29,6 +29,12 @@ def add_bench_parser(sub: Any) -> None:
     )
     b.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories; the first is the speed-up reference")
     b.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
+    b.add_argument(
+        "--static",
+        action="store_true",
+        help="load each bundle once per batch size, compiled for that size (static shapes: runtimes.load(..., batch_size=N)) "
+        "instead of once with its dynamic batch",
+    )
     b.add_argument("--tokens", help="text bundles: text lengths in tokens, comma-separated (default 16,64,256, up to the bundle's limit)")
     b.add_argument(
         "--mode",
@@ -124,6 +130,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     images=images,
                     progress=progress,
                     not_measured=not_measured,
+                    static=args.static,
                 )
         except KeyboardInterrupt:
             found, interrupted = [], True

@@ -11,7 +11,20 @@ from typing import Any
 
 from runtimes.errors import EdgeTransferError, InputError
 
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, bad, err, is_number, num, only_errors_from, pct, precision_option, print_json
+from .cli_output import (
+    BATCH_HELP,
+    PRECISION_CHOICES,
+    PRECISION_HELP,
+    bad,
+    batch_option,
+    err,
+    is_number,
+    num,
+    only_errors_from,
+    pct,
+    precision_option,
+    print_json,
+)
 
 
 def add_predict_parser(sub: Any) -> None:
@@ -31,6 +44,7 @@ def add_predict_parser(sub: Any) -> None:
     pr.add_argument("--classes", metavar="FILE", help="classes added on the device (edge-transfer imprint) to rank with the bundle's")
     pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+    pr.add_argument("--batch", type=int, metavar="N", help=BATCH_HELP)
     as_json = pr.add_mutually_exclusive_group()
     as_json.add_argument("--json", action="store_true", help="one JSON document at the end: the runtime, then a record per input")
     as_json.add_argument("--jsonl", action="store_true", help="one JSON line per input as soon as it is classified (for pipes)")
@@ -71,7 +85,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     import runtimes
     from runtimes.cpu import cpu_features
 
-    with only_errors_from("runtimes.predictor"), runtimes.load(args.bundle, device=args.device, **precision_option(args)) as predictor:
+    options = {**precision_option(args), **batch_option(args)}
+    with only_errors_from("runtimes.predictor"), runtimes.load(args.bundle, device=args.device, **options) as predictor:
         result = predictor.self_test(raise_on_failure=False)  # the load-time warnings are reported below, once
         info = predictor.describe()
         warnings = list(predictor.warnings)
@@ -87,6 +102,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "device": info["device"],
         "precision": info["precision"],
         "inference_precision": info.get("inference_precision"),
+        **({"loaded_batch": info["loaded_batch"]} if "loaded_batch" in info else {}),
         "cpu": cpu.to_dict(),
         "self_test": result.to_dict(),
         "validation_passed": info.get("validation_passed"),  # the export gate, as the manifest records it
@@ -97,7 +113,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(f"bundle     {args.bundle} ({info['format']}, {info['precision']})")
+        print(f"bundle     {args.bundle} ({info['format']}, {info['precision']})" + (f", loaded for batch {args.batch}" if args.batch else ""))
         print(f"runtime    {info['backend']} on {info['device']}, computing in {info['computes']}")
         print(f"cpu        {cpu.summary()}")
         if info.get("validation_passed") is False:
@@ -120,7 +136,7 @@ PREDICT_CHUNK = 16  # images decoded and run together; results are printed after
 def cmd_predict(args: argparse.Namespace) -> int:
     import runtimes
 
-    predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args))  # a wrong bundle is reported first
+    predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args), **batch_option(args))  # a wrong bundle first
     kind, images = predict_inputs(args, predictor.modality)
     classify = predictor.predict
     if args.classes:

@@ -112,6 +112,17 @@ def precision_option(args: argparse.Namespace) -> dict[str, Any]:
     return {"inference_precision": args.inference_precision} if getattr(args, "inference_precision", None) else {}
 
 
+BATCH_HELP = (
+    "compile a dynamic-batch bundle for this one batch size at load (static shapes: OpenVINO reshape, ONNX Runtime's "
+    "dimension override); inputs go in chunks of N, the last one padded"
+)
+
+
+def batch_option(args: argparse.Namespace) -> dict[str, Any]:
+    """--batch N as the load option `batch_size` (only when given)."""
+    return {"batch_size": args.batch} if getattr(args, "batch", None) is not None else {}
+
+
 def require_matplotlib(nothing_done: str) -> None:
     """--plot is checked before any work, so a missing matplotlib never costs a measurement."""
     try:

@@ -42,19 +42,20 @@ class ImageDataset:
         item = self.items[i]
         return str(item) if isinstance(item, (str, Path)) else f"{self.name}[{i}]"
 
-    def load(self, i: int) -> np.ndarray:
-        """Decode item i (raises DatasetError naming the file)."""
+    def load(self, i: int, preprocessing: PreprocessConfig | None = None) -> np.ndarray:
+        """Decode item i (raises DatasetError naming the file); with `preprocessing`, as its definition decodes
+        (`jpeg_draft`: a large JPEG at a reduced size, as the device will)."""
         item = self.items[i]
         if isinstance(item, (str, Path)):
             try:
-                return read_image(str(item))
+                return read_image(str(item), preprocessing)
             except InputError as exc:
                 raise DatasetError(f"{exc}; fix or remove it (--skip-bad leaves unreadable images out)") from None
         return item
 
     def prepared(self, i: int, cfg: PreprocessConfig) -> np.ndarray:
         try:
-            return prepare_image(self.load(i), cfg, what=self.describe_item(i))
+            return prepare_image(self.load(i, cfg), cfg, what=self.describe_item(i))
         except InputError as exc:
             raise DatasetError(str(exc)) from None
 

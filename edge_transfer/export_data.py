@@ -70,7 +70,7 @@ def reference_data(d: ExportData, indices: np.ndarray, split: str, cfg: Any, mod
     if model_labels is not None and list(model_labels) != list(d.dataset.classes):
         desc["labels_match_model"] = matched
     items = [d.dataset.describe_item(int(i)) for i in indices]
-    return ReferenceData(images, targets if matched else None, split, desc, items, original=lambda j: d.dataset.load(int(indices[j])))
+    return ReferenceData(images, targets if matched else None, split, desc, items, original=lambda j: d.dataset.load(int(indices[j]), cfg))
 
 
 def pretrained_data(opts: Any, cfg: Any, labels: list[str] | None, *, calibrated: bool, tuned: bool) -> tuple[Any, Any, Any]:

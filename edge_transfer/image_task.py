@@ -241,7 +241,8 @@ def _run_embedding(model: Any, config: dict[str, Any], opts: ExportOptions, qat:
 
 def task_backbone(cfg: TrainConfig) -> Backbone:
     """The backbone `train` starts from: `cfg.backbone` at `cfg.image_size`, with the crop and filter asked for
-    (the whole image by default) unless the strategy is `pretrained` (the source model's own preprocessing)."""
+    (the whole image by default) unless the strategy is `pretrained` (the source model's own preprocessing), and
+    large JPEGs decoded at a reduced size unless `jpeg_draft` is off."""
     from runtimes.preprocess import PreprocessConfig
 
     from .sources import create_backbone
@@ -249,9 +250,10 @@ def task_backbone(cfg: TrainConfig) -> Backbone:
     bb = create_backbone(cfg.backbone, pretrained=cfg.pretrained)
     if cfg.image_size:
         bb.preprocessing = bb.preprocessing.with_size(cfg.image_size)
+    changes: dict[str, Any] = {"jpeg_draft": bool(cfg.jpeg_draft)}  # how files decode: part of every run's definition
     if cfg.strategy != "pretrained":
-        changes = {k: v for k, v in (("interpolation", cfg.interpolation), ("crop_pct", cfg.crop_pct)) if v is not None}
-        bb.preprocessing = PreprocessConfig.from_dict({**bb.preprocessing.to_dict(), **changes})
+        changes.update({k: v for k, v in (("interpolation", cfg.interpolation), ("crop_pct", cfg.crop_pct)) if v is not None})
+    bb.preprocessing = PreprocessConfig.from_dict({**bb.preprocessing.to_dict(), **changes})
     return bb
 
 

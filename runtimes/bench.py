@@ -242,7 +242,7 @@ def bench_predictor(
     describe = predictor.describe()
     execution = {
         k: describe[k]
-        for k in ("providers", "execution_devices", "hint", "streams", "inference_precision", "computes", "onnxruntime", "openvino")
+        for k in ("providers", "execution_devices", "hint", "streams", "inference_precision", "computes", "loaded_batch", "onnxruntime", "openvino")
         if k in describe
     }
     return BenchResult(
@@ -279,7 +279,8 @@ def _staged_predict(predictor: Any, sources: Sequence[Any], files: bool, stages:
     from .preprocess import read_image
 
     t0 = time.perf_counter()
-    decoded = [read_image(str(p)) for p in sources] if files else sources
+    cfg = predictor.manifest.preprocessing
+    decoded = [read_image(str(p), cfg) for p in sources] if files else sources
     t1 = time.perf_counter()
     batch = predictor.prepare(decoded)
     t2 = time.perf_counter()
@@ -339,11 +340,13 @@ def bench_bundle(
     device: str | None = None,
     backend_options: dict[str, Any] | None = None,
     not_measured: list[dict[str, Any]] | None = None,
+    static: bool = False,
     **options: Any,
 ) -> list[BenchResult]:
     """Load a bundle (timed) and benchmark it at each batch size (a text bundle: at each text length of `tokens` too,
     default `TEXT_LENGTHS` up to its token limit); `options` (a `BenchOptions`), keyword overrides, `images` and
-    `progress` as for `bench_predictor`.
+    `progress` as for `bench_predictor`. `static`: load it once per batch size, compiled for that size
+    (`runtimes.load(..., batch_size=N)`), instead of once with its dynamic batch.
 
     A batch size the bundle cannot run (it was exported with a fixed batch) is left out, not an error: with
     `not_measured` given, a record {bundle, batch, reason} is appended to it for each one.
@@ -351,6 +354,15 @@ def bench_bundle(
     from . import load
 
     backend_options = dict(backend_options or {})
+    if static:
+        results: list[BenchResult] = []
+        for b in batches:
+            compiled = {**backend_options, "batch_size": b}
+            one = bench_bundle(bundle_dir, batches=(b,), tokens=tokens, device=device, backend_options=compiled, **options)
+            results += one
+            if any(r.interrupted for r in one):
+                break
+        return results
     t0 = time.perf_counter()
     predictor = load(bundle_dir, device=device, **backend_options)
     load_s = time.perf_counter() - t0

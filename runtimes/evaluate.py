@@ -70,11 +70,13 @@ def labelled_files(folder: str | os.PathLike[str], labels: tuple[str, ...] | lis
     return out
 
 
-def _decode(files: list[tuple[str, int]], skip_bad: bool, skipped: list[dict[str, str]]) -> tuple[list[np.ndarray], list[tuple[str, int]]]:
+def _decode(
+    files: list[tuple[str, int]], skip_bad: bool, skipped: list[dict[str, str]], preprocessing: Any = None
+) -> tuple[list[np.ndarray], list[tuple[str, int]]]:
     images, kept = [], []
     for path, target in files:
         try:
-            images.append(read_image(path))
+            images.append(read_image(path, preprocessing))  # a bundle's JPEG decoding is part of its definition
         except InputError as exc:
             if not skip_bad:
                 raise InputError(f"{exc}; fix or remove it (--skip-bad leaves unreadable images out)") from None
@@ -144,7 +146,7 @@ def evaluate(
         if texts is not None:
             images, kept = texts[start : start + CHUNK], files[start : start + CHUNK]
         else:
-            images, kept = _decode(files[start : start + CHUNK], skip_bad, skipped)
+            images, kept = _decode(files[start : start + CHUNK], skip_bad, skipped, predictor.manifest.preprocessing)
         if images:
             probs = softmax(predictor.run_chunked(predictor.prepare(images)))
             for (path, target), row in zip(kept, probs):

@@ -177,7 +177,7 @@ class ImageReader(InputReader):
         prepared = []
         for i, img in enumerate(items):
             if isinstance(img, (str, Path)):
-                prepared.append(prepare_image(read_image(str(img)), cfg, what=str(img)))
+                prepared.append(prepare_image(read_image(str(img), cfg), cfg, what=str(img)))
             else:
                 prepared.append(prepare_image(img, cfg, what=f"image {i}"))
         if not prepared:

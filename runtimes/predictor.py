@@ -167,8 +167,14 @@ class Predictor:
     #: name their int8 part too); backends set it after loading
     inference_precision: str | None = None
 
+    #: a dynamic-batch bundle compiled for one batch size at load (`runtimes.load(..., batch_size=N)`), else None
+    loaded_batch: int | None = None
+
     @property
     def max_batch(self) -> int | None:
+        """The one batch size this predictor runs (the bundle's fixed batch, or the one it was loaded for); None: any."""
+        if self.loaded_batch is not None:
+            return self.loaded_batch
         dim = self.inputs[0].shape[0]
         return dim if isinstance(dim, int) else None
 
@@ -184,6 +190,7 @@ class Predictor:
             "input": self.inputs[0].to_dict(),
             **({"inputs": [t.to_dict() for t in self.inputs]} if len(self.inputs) > 1 else {}),
             "output": self.outputs[0].to_dict(),
+            **({"loaded_batch": self.loaded_batch} if self.loaded_batch is not None else {}),
             "num_classes": len(self.labels),
             "output_kind": "embedding" if self.is_embedding else "logits",
             **({"embedding": dict(self.manifest.embedding or {})} if self.is_embedding else {}),
@@ -359,3 +366,21 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.bundle.path} backend={self.backend_name} device={self.device} precision={self.precision}>"
+
+
+def static_batch(bundle: Bundle, batch_size: Any) -> int:
+    """Check `runtimes.load(..., batch_size=N)` against the bundle: a whole number >= 1, the bundle's own batch if it
+    has a fixed one, and 1 for bundles that run one row per call (dynamic int8). Returns N."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    m = bundle.manifest
+    fixed = m.inputs[0].shape[0]
+    if isinstance(fixed, int) and fixed != batch_size:
+        raise InputError(f"{bundle.path}: this bundle has a fixed batch of {fixed}; it cannot be loaded for batch {batch_size}")
+    if m.rows_per_call == 1 and batch_size != 1:
+        raise InputError(f"{bundle.path}: this bundle runs one row per call (its int8 scales come from each call's own rows), so batch_size=1 only")
+    if m.backend == "tensorrt":
+        raise InputError(
+            f"{bundle.path}: a TensorRT engine's batch range is set at export (--trt-opt-batch, --trt-max-batch, or a fixed --batch-size)"
+        )
+    return batch_size

@@ -35,6 +35,8 @@ class PreprocessConfig:
     interpolation: resampling filter, antialiased when shrinking ("nearest", "bilinear", "bicubic").
     crop_pct: the centre crop's share of the resized image (timm's convention); 1.0 keeps the whole shorter side.
     mean / std: per-channel normalisation of [0, 1] RGB values, applied inside the graph.
+    jpeg_draft: JPEG files decode at a reduced size where the crop region keeps at least twice the input's pixels
+    per side (`draft_scale`); part of the definition, so training, the export and the device read the same pixels.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -46,6 +48,7 @@ class PreprocessConfig:
     layout: str = "NHWC"
     dtype: str = "uint8"
     normalize_in_graph: bool = True
+    jpeg_draft: bool = False  # JPEG files much larger than the input decode at 1/2, 1/4 or 1/8 size (`draft_scale`)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +79,8 @@ class PreprocessConfig:
         d["std"] = list(self.std)
         if not d["extra"]:
             d.pop("extra")
+        if not d["jpeg_draft"]:  # bundles and caches from before it, and bundles without it, read as they always did
+            d.pop("jpeg_draft")
         return d
 
     @classmethod
@@ -265,8 +270,37 @@ def expand_image_paths(paths: list[str], *, recursive: bool = True) -> list[str]
     return out
 
 
-def read_image(path: str) -> np.ndarray:
-    """Decode an image file to an array. `.npy` needs numpy only; other formats need Pillow."""
+DRAFT_MARGIN = 2.0  # a reduced JPEG decode keeps the crop region at least this many times the input per side
+EXIF_ORIENTATION = 0x0112
+
+
+def draft_scale(width: int, height: int, orientation: int, cfg: PreprocessConfig) -> int:
+    """The JPEG decoding scale (1, 2, 4 or 8: the image decodes at 1/scale per side) for a `width` x `height` file
+    (as stored; EXIF `orientation` 5-8 turns it) under `cfg`: the largest at which the centre crop still has
+    `DRAFT_MARGIN` times the input's pixels on both sides. 1 (a full decode) unless `cfg.jpeg_draft`."""
+    if not cfg.jpeg_draft:
+        return 1
+    oh, ow = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+    x0, y0, x1, y1 = crop_box(oh, ow, cfg)
+    th, tw = cfg.input_size
+    room = min((y1 - y0) / (DRAFT_MARGIN * th), (x1 - x0) / (DRAFT_MARGIN * tw))
+    return next(s for s in (8, 4, 2, 1) if s <= room or s == 1)
+
+
+def _decode_reduced(im: Any, cfg: PreprocessConfig, path: str) -> None:
+    """Ask libjpeg for the reduced decode `draft_scale` chose (before `load`); checked, never a silent other scale."""
+    w, h = im.size
+    scale = draft_scale(w, h, int(im.getexif().get(EXIF_ORIENTATION, 1)), cfg)
+    if scale == 1:
+        return
+    im.draft(None, (w // scale, h // scale))
+    if im.size != (-(-w // scale), -(-h // scale)):
+        raise InputError(f"{path}: this Pillow decoded the JPEG at {im.size}, not at 1/{scale} of {w}x{h} as the bundle's preprocessing defines")
+
+
+def read_image(path: str, preprocessing: PreprocessConfig | None = None) -> np.ndarray:
+    """Decode an image file to an array. `.npy` needs numpy only; other formats need Pillow. With `preprocessing`
+    whose `jpeg_draft` is on, a JPEG much larger than the input decodes at a reduced size (`draft_scale`)."""
     import os
 
     if os.path.isdir(path):
@@ -293,6 +327,8 @@ def read_image(path: str) -> np.ndarray:
                 raise InputError(
                     f"{path}: {w}x{h} pixels is more than this device accepts ({limit}; set EDGE_TRANSFER_MAX_IMAGE_PIXELS to change it)"
                 )
+            if preprocessing is not None and preprocessing.jpeg_draft and im.format == "JPEG":
+                _decode_reduced(im, preprocessing, path)
             im.load()
             im = ImageOps.exif_transpose(im)  # as the camera held it: the same in training and on the device
             if im.mode in ("I;16", "I;16B", "I;16L"):

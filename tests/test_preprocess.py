@@ -141,3 +141,53 @@ def test_training_and_the_device_prepare_a_file_identically(tmp_path):
         device = prepare_image(read_image(path), cfg)
         assert np.array_equal(ds.prepared(i, cfg), device), path
         assert np.array_equal(resize_and_crop(read_image(path), cfg, engine="numpy"), device), path
+
+
+def test_large_jpegs_decode_reduced_alike_in_training_and_on_the_device(digits_bundle, tmp_path):
+    """`jpeg_draft` (part of the preprocessing definition): a JPEG several times the input's size decodes at 1/2-1/8
+    per side (libjpeg's DCT scaling), EXIF-turned photos included. Training's dataset, the device's predictor (a real
+    bundle whose manifest says jpeg_draft) and `val` read the same bytes; PNGs and small JPEGs decode as before; a
+    bundle without the field decodes every JPEG in full, as bundles always did."""
+    import json
+    import shutil
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    import runtimes
+    from edge_transfer.data import load_image_folder
+    from runtimes.preprocess import draft_scale, read_image
+
+    big = np.asarray(Image.fromarray(skdata.chelsea()).resize((2400, 1800), Image.BICUBIC))
+    photos = tmp_path / "photos"
+    (photos / "cat").mkdir(parents=True)
+    (photos / "dog").mkdir()
+    Image.fromarray(big).save(photos / "cat" / "big.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    Image.fromarray(big).save(photos / "cat" / "turned.jpg", quality=90, exif=exif.tobytes())
+    Image.fromarray(big).save(photos / "dog" / "big.png")
+    Image.fromarray(skdata.coffee()).save(photos / "dog" / "small.jpg", quality=90)
+    size = runtimes.read_manifest(digits_bundle).preprocessing.input_size
+    cfg = PreprocessConfig(input_size=size, jpeg_draft=True)
+    assert draft_scale(2400, 1800, 1, cfg) == 8 and draft_scale(2400, 1800, 1, PreprocessConfig(input_size=(224, 224), jpeg_draft=True)) == 4
+    assert draft_scale(2400, 1800, 1, PreprocessConfig(input_size=size)) == 1  # not asked for: a full decode
+    assert read_image(str(photos / "cat" / "big.jpg"), cfg).shape == (225, 300, 3)
+    assert read_image(str(photos / "cat" / "turned.jpg"), cfg).shape == (300, 225, 3)  # reduced, then turned
+    assert read_image(str(photos / "dog" / "big.png"), cfg).shape == (1800, 2400, 3)
+    assert read_image(str(photos / "cat" / "big.jpg")).shape == (1800, 2400, 3)
+    assert runtimes.read_manifest(digits_bundle).preprocessing.jpeg_draft  # new runs decode this way by default
+    bundle, old = tmp_path / "bundle", tmp_path / "old"
+    shutil.copytree(digits_bundle, bundle)
+    shutil.copytree(digits_bundle, old)
+    doc = json.loads((old / "manifest.json").read_text())  # the manifest is not among its own checksummed files
+    del doc["preprocessing"]["jpeg_draft"]  # as a bundle from before the field
+    (old / "manifest.json").write_text(json.dumps(doc))
+    ds = load_image_folder(photos)
+    paths = [ds.describe_item(i) for i in range(len(ds))]
+    with runtimes.load(bundle) as p, runtimes.load(old) as full:
+        device = p.prepare(paths)
+        assert np.array_equal(ds.prepared_batch(np.arange(len(ds)), cfg), device)
+        assert not np.array_equal(device[0], full.prepare(paths[:1])[0])  # the definition changed what a big JPEG gives
+        assert np.array_equal(full.prepare(paths), ds.prepared_batch(np.arange(len(ds)), PreprocessConfig(input_size=size)))
+    assert PreprocessConfig(input_size=size).to_dict().get("jpeg_draft") is None  # old manifests and caches unchanged

@@ -34,6 +34,12 @@ def create_predictor(bundle: Bundle, device: str | None = None, **options: Any) 
     if name not in _REGISTRY:
         raise BundleError(f"{bundle.path}: backend {name!r} is not supported by this version of runtimes (registered: {', '.join(_REGISTRY)})")
     module, cls, package, extra = _REGISTRY[name]
+    if options.get("batch_size") is not None:  # one batch size compiled in (OpenVINO reshape, ORT dimension override)
+        from ..predictor import static_batch
+
+        options["batch_size"] = static_batch(bundle, options["batch_size"])
+    else:
+        options.pop("batch_size", None)
     try:
         importlib.import_module(package)
     except ImportError as exc:

@@ -51,12 +51,14 @@ class OnnxRuntimePredictor(Predictor):
         graph_optimization: str = "all",
         cache_dir: str | None = None,
         inference_precision: str | None = None,
+        batch_size: int | None = None,
         **options: Any,
     ) -> None:
         super().__init__(bundle)
         if options:
             raise InputError(
-                f"unknown onnxruntime option(s): {', '.join(sorted(options))} (known: threads, graph_optimization, cache_dir, inference_precision)"
+                f"unknown onnxruntime option(s): {', '.join(sorted(options))} "
+                "(known: threads, graph_optimization, cache_dir, inference_precision, batch_size)"
             )
         check_as_written("onnxruntime", self.precision, inference_precision)
         if graph_optimization not in GRAPH_OPTIMIZATION:
@@ -78,6 +80,10 @@ class OnnxRuntimePredictor(Predictor):
         so.intra_op_num_threads = int(threads)
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[graph_optimization])
         so.log_severity_level = 3
+        batch_dim = self.inputs[0].shape[0]
+        if batch_size is not None and isinstance(batch_dim, str):  # the dynamic batch made static: shapes planned once
+            so.add_free_dimension_override_by_name(batch_dim, int(batch_size))
+        self.loaded_batch = batch_size
         profile_dir = None
         if dev != "cpu":  # one profiled warm-up run tells which provider each node ran on
             profile_dir = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}ort-profile-")

@@ -73,11 +73,15 @@ class OpenVinoPredictor(Predictor):
         threads: int = 0,
         streams: int | None = None,
         inference_precision: str | None = None,
+        batch_size: int | None = None,
         **options: Any,
     ) -> None:
         super().__init__(bundle)
         if options:
-            raise InputError(f"unknown openvino option(s): {', '.join(sorted(options))} (known: hint, threads, streams, inference_precision)")
+            raise InputError(
+                f"unknown openvino option(s): {', '.join(sorted(options))} (known: hint, threads, streams, inference_precision, batch_size)"
+            )
+        self.loaded_batch = batch_size
         if inference_precision is not None and inference_precision not in INFERENCE_PRECISIONS:
             raise InputError(f"inference_precision must be one of f32, f16, bf16, got {inference_precision!r}")
         self.requested_precision = INFERENCE_PRECISIONS[inference_precision] if inference_precision else validated_precision(bundle.manifest)
@@ -96,7 +100,7 @@ class OpenVinoPredictor(Predictor):
                 "use device='cpu' or 'auto', or install the device's driver"
             )
         if dev == "npu" and self.max_batch is None:
-            raise InputError(f"{bundle.path}: NPUs need a static batch; export this bundle with a fixed batch (--batch-size N)")
+            raise InputError(f"{bundle.path}: NPUs need a static batch; load it with batch_size=N (--batch N), or export it with a fixed batch")
         config: dict[str, Any] = {"PERFORMANCE_HINT": HINTS[hint]}
         if threads and dev == "cpu":
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -116,6 +120,8 @@ class OpenVinoPredictor(Predictor):
             ) from None
         except UnicodeDecodeError as exc:  # found by tests/fuzz/fuzz_load.py
             raise BundleError(f"{bundle.path}: the IR {bundle.entrypoint.name} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        if batch_size is not None:  # the dynamic batch made static before compiling (what benchmark_app's -shape does)
+            _reshape_batch(model, batch_size)
         try:
             self.compiled = core.compile_model(model, dev.upper(), config)
         except RuntimeError as exc:
@@ -230,3 +236,12 @@ class OpenVinoPredictor(Predictor):
         already running finish on the request they hold). Safe from any thread."""
         self.compiled = None
         self._local = threading.local()
+
+
+def _reshape_batch(model: Any, batch_size: int) -> None:
+    """Set every input's first (batch) dimension to `batch_size`; the others (a text's tokens) stay as they are."""
+    shapes = {}
+    for port in model.inputs:
+        dims = list(port.get_partial_shape())
+        shapes[port.get_any_name()] = ov.PartialShape([ov.Dimension(batch_size), *dims[1:]])
+    model.reshape(shapes)
