@@ -27,6 +27,10 @@ def test_a_dynamic_bundle_loads_for_one_batch_size(format_bundles: dict[str, Pat
         expected = dynamic.run(images)
     with runtimes.load(format_bundles[fmt], batch_size=4) as p:
         assert p.max_batch == 4 and p.describe()["loaded_batch"] == 4
+        if fmt.startswith("onnx"):  # compiled in, not only checked by us: the session's input is static
+            assert p.session.get_inputs()[0].shape == [4, SMALL, SMALL, 3]
+        else:
+            assert p.compiled.inputs[0].get_partial_shape().is_static and p.compiled.inputs[0].get_shape()[0] == 4
         np.testing.assert_allclose(p.run(images[:4]), expected[:4], atol=1e-4 if p.precision == "fp32" else 2e-2)
         # any number of images: chunks of 4, the last padded (as a bundle exported with a fixed batch)
         np.testing.assert_allclose(p.run_chunked(images), expected, atol=1e-4 if p.precision == "fp32" else 2e-2)
