@@ -70,13 +70,8 @@ class TextTask(HostTask):
     modality = "text"
 
     def train(self, data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
-        from runtimes.outputs import Protected
-
-        from .checkpoint import checkpoint_dir_for
-        from .run_files import check_run_output
         from .text_task import train_text
 
-        check_run_output(out, checkpoint_dir_for(Path(out)), overwrite=cfg.overwrite, protected=[Protected("--data", data)])
         return train_text(data, out, cfg)
 
     def export_run(
@@ -84,12 +79,12 @@ class TextTask(HostTask):
     ) -> list[Any]:
         from .text_export import export_text_run
 
-        return export_text_run(run, config, out, opts)
+        return export_text_run(run, config, out, opts, formats)
 
     def export_source(self, out: str | os.PathLike[str], opts: Any, formats: list[str]) -> list[Any]:
         from .text_export import export_text_encoder
 
-        return export_text_encoder(out, opts)
+        return export_text_encoder(out, opts, formats)
 
     def qat(self, run: str | os.PathLike[str], out: str | os.PathLike[str] | None, config: Any) -> Any:
         raise InputError(f"{run}: quantisation-aware training is for image runs so far; export this text run's onnx-int8 or openvino-int8 instead")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from converters.options import ExportOptions
-from runtimes.errors import CheckpointError, DatasetError, InputError
+from runtimes.errors import DatasetError, InputError
 from runtimes.fsutil import remove_ours
 from runtimes.outputs import Protected
 from runtimes.seen import seen_section
@@ -35,7 +35,7 @@ def train_images(data: Any, out: str | os.PathLike[str], cfg: TrainConfig) -> Tr
     from .distributed import distributed_rank, quiet_unless_main, wait_for_all_ranks
     from .layers import FINAL, layer_backbone, parse_layers
     from .model import save_run
-    from .run_files import CHECKPOINT, check_run_output, discard_checkpoint
+    from .run_files import CHECKPOINT, check_run_output, discard_checkpoint, refuse_unresumed_checkpoint
     from .training import fit
 
     if distributed_rank() != 0:  # under accelerate launch / torchrun only the main process speaks
@@ -49,11 +49,7 @@ def train_images(data: Any, out: str | os.PathLike[str], cfg: TrainConfig) -> Tr
         overwrite=cfg.overwrite,
         protected=[Protected("--data", data if isinstance(data, (str, os.PathLike)) else None), Protected("--backbone", cfg.backbone)],
     )
-    if ckpt.exists() and not cfg.resume and not cfg.overwrite:
-        raise CheckpointError(
-            f"{ckpt} holds the checkpoint of an interrupted run: pass resume=True (--resume) to continue it, "
-            "or overwrite=True (--overwrite) to start over"
-        )
+    refuse_unresumed_checkpoint(ckpt, resume=cfg.resume, overwrite=cfg.overwrite)
     t0 = time.perf_counter()
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data, skip_bad=cfg.skip_bad)
     splits = stratified_split(dataset.targets, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, classes=dataset.classes)

@@ -84,6 +84,18 @@ def check_run_output(out: str | os.PathLike[str], ckpt: Path, *, overwrite: bool
         )
 
 
+def refuse_unresumed_checkpoint(ckpt: Path, *, resume: bool, overwrite: bool) -> None:
+    """A checkpoint left by an interrupted run is never started over silently: `resume` continues it, `overwrite`
+    replaces it; without either, `CheckpointError` says so."""
+    from runtimes.errors import CheckpointError
+
+    if ckpt.exists() and not resume and not overwrite:
+        raise CheckpointError(
+            f"{ckpt} holds the checkpoint of an interrupted run: pass resume=True (--resume) to continue it, "
+            "or overwrite=True (--overwrite) to start over"
+        )
+
+
 def discard_checkpoint(ckpt: Path) -> None:
     """Delete a run's checkpoint once the run is saved (or `--overwrite` starts over), only if it is still one of ours:
     a folder a user put there since is kept, with a warning, and the saved run stands."""

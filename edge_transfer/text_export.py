@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from converters.export import parse_formats
 from runtimes.errors import CheckpointError, DatasetError, InputError
 from runtimes.text_data import TextDataset, load_text_dataset
 
@@ -79,7 +78,7 @@ def text_run_data(config: dict[str, Any], data: str | None = None, columns: dict
     return dataset, splits
 
 
-def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: str | os.PathLike[str], opts: Any) -> list[Any]:
+def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: str | os.PathLike[str], opts: Any, formats: list[str]) -> list[Any]:
     """`export` of a text run: the classifier (or, with `--output embedding`, its encoder) to validated text bundles,
     judged on the run's held-out texts (or all of `--data`)."""
     from converters.bundle_kind import BundleKind, Classifier, Embedding
@@ -104,7 +103,6 @@ def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: st
         section = {"dim": int(config["head"]["in_features"]), "normalization": "l2", "similarity": "cosine", "layers": [], "unknown_threshold": None}
         graph, kind = model.encoder.eval(), Embedding(section)
         source["output"] = "embedding"
-    formats = parse_formats(opts.format)
     calibration = None
     if any(inp.format_spec(f).calibrated for f in formats):  # openvino-int8: static int8, calibrated on training texts
         seed = int(config.get("split", {}).get("seed", 0))
@@ -113,7 +111,7 @@ def export_text_run(run: str | os.PathLike[str], config: dict[str, Any], out: st
     return _export(graph, out, inp, kind, reference, calibration, source, opts, formats)
 
 
-def export_text_encoder(out: str | os.PathLike[str], opts: Any) -> list[Any]:
+def export_text_encoder(out: str | os.PathLike[str], opts: Any, formats: list[str]) -> list[Any]:
     """`export --backbone ENCODER --strategy pretrained --output embedding`: a text encoder as it is (mean-pooled,
     L2-normalised) to embedding bundles, judged on the texts of `--data` against torch (cosine, neighbour agreement,
     and with labels 1-NN accuracy and the gallery's unknown threshold). openvino-int8 calibrates on
@@ -145,7 +143,6 @@ def export_text_encoder(out: str | os.PathLike[str], opts: Any) -> list[Any]:
     max_tokens = min(TrainConfig.max_tokens, int(getattr(bb.encoder.encoder.config, "max_position_embeddings", TrainConfig.max_tokens)))
     inp = TextExport(bb.tokenizer_json, max_tokens)
     reference = text_reference(inp, dataset, np.arange(len(dataset)), "all", str(opts.data))
-    formats = parse_formats(opts.format)
     calibration = None
     if any(inp.format_spec(f).calibrated for f in formats):
         if opts.calibration_data is None:

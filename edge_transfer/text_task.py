@@ -163,14 +163,17 @@ def embed_with_progress(bb: TextBackbone, texts: list[str], max_tokens: int, pro
 def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
     """`train` for text data (a folder of class folders of .txt, or a CSV/TSV/JSONL table): see the module docstring."""
     from runtimes.fsutil import remove_ours
+    from runtimes.outputs import Protected
 
     from .checkpoint import checkpoint_dir_for
     from .data import stratified_split
     from .model import save_run
     from .probe import fit_linear_head
-    from .run_files import CHECKPOINT, discard_checkpoint
+    from .run_files import CHECKPOINT, check_run_output, discard_checkpoint, refuse_unresumed_checkpoint
     from .trained_run import TrainedRun
 
+    ckpt = checkpoint_dir_for(Path(out))
+    check_run_output(out, ckpt, overwrite=cfg.overwrite, protected=[Protected("--data", data)])  # before any work
     t0 = time.perf_counter()
     given = {"lr": cfg.lr is not None, "epochs": cfg.epochs is not None}
     if cfg.strategy in ("finetune", "partial") and not given["epochs"]:
@@ -184,12 +187,7 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
     if cfg.qat:
         raise InputError("--qat is an image option so far; export a text run's onnx-int8 or openvino-int8 instead")
     encoder_name = text_backbone_name(cfg.backbone)  # a wrong name fails before any data is read
-    ckpt = checkpoint_dir_for(Path(out))
-    if ckpt.exists() and not cfg.resume and not cfg.overwrite:
-        raise CheckpointError(
-            f"{ckpt} holds the checkpoint of an interrupted run: pass resume=True (--resume) to continue it, "
-            "or overwrite=True (--overwrite) to start over"
-        )
+    refuse_unresumed_checkpoint(ckpt, resume=cfg.resume, overwrite=cfg.overwrite)
     if ckpt.exists() and cfg.overwrite and not cfg.resume:
         remove_ours(ckpt, CHECKPOINT)  # checked before any work (check_run_output); checked again as it goes
     dataset = (
