@@ -25,6 +25,7 @@ from .cli_output import (
     precision_option,
     print_json,
 )
+from .cli_stream import add_stream_options, run_streams, stream_sources, top_k_line
 
 
 def add_predict_parser(sub: Any) -> None:
@@ -32,7 +33,8 @@ def add_predict_parser(sub: Any) -> None:
         "predict",
         help="classify images or texts with a bundle (needs only runtimes + its backend)",
         description="Classify image files, folders or patterns (an image bundle), or texts given with --text / --text-file "
-        "(a text bundle); results are printed as they come, 16 at a time.",
+        "(a text bundle); results are printed as they come, 16 at a time. Videos, streams and cameras: frame by frame "
+        "(see below).",
     )
     pr.add_argument("bundle")
     pr.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders (their images, sorted) or quoted patterns ('shots/*.jpg')")
@@ -48,6 +50,7 @@ def add_predict_parser(sub: Any) -> None:
     as_json = pr.add_mutually_exclusive_group()
     as_json.add_argument("--json", action="store_true", help="one JSON document at the end: the runtime, then a record per input")
     as_json.add_argument("--jsonl", action="store_true", help="one JSON line per input as soon as it is classified (for pipes)")
+    add_stream_options(pr)
     pr.set_defaults(func=cmd_predict)
 
 
@@ -137,6 +140,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import runtimes
 
     predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args), **batch_option(args))  # a wrong bundle first
+    sources = stream_sources(args)
+    if sources is not None:
+        if args.classes:
+            raise InputError("--classes is for image files and folders; videos and cameras use the bundle's own classes")
+        return run_streams(
+            args,
+            predictor,
+            sources,
+            answer=lambda logits: predictor.classify(logits, args.top_k),
+            record_of=lambda top: {"top_k": [c.to_dict() for c in top]},
+            line_of=top_k_line,
+            header={"bundle": args.bundle, "runtime": predictor.describe()},
+        )
     kind, images = predict_inputs(args, predictor.modality)
     classify = predictor.predict
     if args.classes:

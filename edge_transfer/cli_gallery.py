@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
 from runtimes.errors import InputError
 from runtimes.labels import shown
+from runtimes.predictor import unit_rows
 
 from .cli_output import err, print_json
+from .cli_stream import add_stream_options, run_streams, stream_sources
 
 IDENTIFY_CHUNK = 16
 
@@ -59,7 +62,10 @@ def add_gallery_parsers(sub: Any) -> None:
     i.add_argument("--k", type=int, default=5, help="neighbours that vote with --method knn (default 5)")
     i.add_argument("--recursive", action="store_true", help="read sub-folders of the folders given too")
     i.add_argument("--device", help="backend device (as for predict)")
-    i.add_argument("--json", action="store_true", help="one JSON document: a record per image")
+    as_json = i.add_mutually_exclusive_group()
+    as_json.add_argument("--json", action="store_true", help="one JSON document: a record per image")
+    as_json.add_argument("--jsonl", action="store_true", help="one JSON line per image or frame as soon as it is answered (for pipes)")
+    add_stream_options(i)
     i.set_defaults(func=cmd_identify)
 
 
@@ -142,26 +148,42 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from .cli_device import predict_inputs, shown_text
 
     predictor, gallery = _open(args)
-    kind, images = predict_inputs(args, predictor.modality)
+    sources = stream_sources(args)
+    kind, images = predict_inputs(args, predictor.modality) if sources is None else ("image", [])
     records = []
     in_use = (args.threshold, "--threshold") if args.threshold is not None else (gallery.default_threshold, gallery.threshold_source)
     err(f"identify: unknown below cosine {in_use[0]:.4f} ({in_use[1]})")
     if args.threshold is None and (problem := threshold_problem(predictor.manifest.embedding)) is not None:
         err(f"warning: {problem}")
+    if sources is not None:
+        with predictor:
+            return run_streams(
+                args,
+                predictor,
+                sources,
+                answer=lambda out: gallery.identify(unit_rows(out, args.bundle), threshold=args.threshold, method=args.method, k=args.k),
+                record_of=lambda a: a.to_dict(),
+                line_of=_identified,
+                header={"bundle": args.bundle, "gallery": args.gallery, "threshold": in_use[0], "method": args.method},
+            )
     with predictor:
         for start in range(0, len(images), IDENTIFY_CHUNK):
             chunk = images[start : start + IDENTIFY_CHUNK]
             answers = gallery.identify(predictor.embed(chunk), threshold=args.threshold, method=args.method, k=args.k)
             for path, a in zip(chunk, answers):
                 records.append({kind: path, **a.to_dict()})
-                if not args.json:
-                    what = (
-                        f"{shown(a.label)}  (cosine {a.score:.3f})"
-                        if a.known
-                        else f"unknown  (nearest {shown(a.nearest)}, cosine {a.score:.3f} < {a.threshold:.3f})"
-                    )
-                    print(f"{path if kind == 'image' else shown_text(path)}: {what}", flush=True)
+                if args.jsonl:
+                    print(json.dumps(records[-1]), flush=True)
+                elif not args.json:
+                    print(f"{path if kind == 'image' else shown_text(path)}: {_identified(a)}", flush=True)
     if args.json:
         threshold = args.threshold if args.threshold is not None else gallery.default_threshold
         print_json({"bundle": args.bundle, "gallery": args.gallery, "threshold": threshold, "method": args.method, "identifications": records})
     return 0
+
+
+def _identified(a: Any) -> str:
+    """One identification for people: the label and its cosine, or unknown with the nearest label."""
+    return (
+        f"{shown(a.label)}  (cosine {a.score:.3f})" if a.known else f"unknown  (nearest {shown(a.nearest)}, cosine {a.score:.3f} < {a.threshold:.3f})"
+    )

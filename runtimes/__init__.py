@@ -5,6 +5,7 @@ predictor = runtimes.load("my_bundle")          # verifies manifest + checksums 
 predictor.predict(image, top_k=3)                # any image size; the bundle's preprocessing is applied
 predictor.run(batch_uint8_nhwc)                  # raw logits
 runtimes.load("text_bundle").predict(["a text"])  # a text bundle: its own tokenizer.json (pip install tokenizers)
+for r in predictor.stream(runtimes.VideoSource("clip.mp4")): ...  # frames read while the model runs (OpenCV: [video])
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from .errors import (
     InputError,
     IntegrityError,
     SelfTestFailed,
+    StreamError,
     ValidationFailed,
 )
 from .manifest import SCHEMA_VERSION, Manifest
 from .predictor import Classification, Predictor, softmax
 from .preprocess import PreprocessConfig, prepare_batch, prepare_image, read_image
+from .video import VideoSource
 
 
 def _package_version() -> str:
@@ -81,6 +84,8 @@ __all__ = [
     "EngineIncompatibleError",
     "InferenceError",
     "SelfTestFailed",
+    "StreamError",
+    "VideoSource",
     "ValidationFailed",
     "DatasetError",
     "CheckpointError",

@@ -26,11 +26,17 @@ class IntegrityError(BundleError):
 
 
 class BackendUnavailableError(EdgeTransferError):
-    """The backend a bundle needs is not installed on this machine."""
+    """The backend a bundle needs, or the optional library a command needs (OpenCV for video), is not installed on
+    this machine; the message names what to install."""
 
 
 class EngineIncompatibleError(EdgeTransferError):
     """A compiled engine was built for another runtime version or device than the one present."""
+
+
+class StreamError(EdgeTransferError):
+    """A video file, stream or camera that could not be opened, ended before the frames it declares, or stalled;
+    raised after the frames it did give."""
 
 
 class InferenceError(EdgeTransferError):
@@ -75,6 +81,7 @@ __all__ = [
     "BackendUnavailableError",
     "EngineIncompatibleError",
     "InferenceError",
+    "StreamError",
     "SelfTestFailed",
     "ValidationFailed",
     "DatasetError",

@@ -313,6 +313,20 @@ class Predictor:
             )
         return unit_rows(self.run_chunked(self.prepare(images)), f"{self.bundle.path}")
 
+    def answers(self, outputs: np.ndarray, top_k: int = 5) -> list[Any]:
+        """Raw model outputs (N, width) -> per row what `predict` answers (the top-k classes) or, for an embedding
+        bundle, what `embed` answers (a unit vector)."""
+        if self.is_embedding:
+            return list(unit_rows(outputs, f"{self.bundle.path}"))
+        return self.classify(outputs, top_k)
+
+    def stream(self, frames: Any, *, top_k: int = 5, answer: Callable[[np.ndarray], Any] | None = None, depth: int = 4) -> Any:
+        """A `runtimes.stream.Pipeline` over `frames` (a `runtimes.video.VideoSource`, or any iterable of what
+        `predict` takes per item): the next frames are read and prepared in a thread while the model runs."""
+        from .stream import Pipeline
+
+        return Pipeline(self, frames, top_k=top_k, answer=answer, depth=depth)
+
     def classify(self, logits: np.ndarray, top_k: int = 5) -> list[list[Classification]]:
         """Logits (N, classes) -> per image, the `top_k` classes with softmax scores, best first (predict's last step)."""
         if self.is_embedding:

@@ -20,17 +20,6 @@ from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def embedding_bundles(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The 64 px digits run's features as embedding bundles (fp32 ONNX and OpenVINO int8)."""
-    import edge_transfer as et
-
-    out = tmp_path_factory.mktemp("embedding") / "digits"
-    # written even if this CPU's int8 misses its gate, so the gallery tests do not depend on it; the gate test asserts it
-    results = et.export(digits_run.path, out=out, output="embedding", format="onnx,openvino-int8", calibration_size=64, allow_failed_validation=True)
-    return {r.format: r.path for r in results}
-
-
-@pytest.fixture(scope="module")
 def digit_folders(digits_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run's test-split digits as .npy files in class folders: enrol/ (5 per class 0-6), query/ (the rest of
     0-6) and never/ (classes 7-9)."""
