@@ -1,9 +1,10 @@
 """A long-running device loop: classify frames as they arrive, keep a rolling latency/throughput display, survive
-bad frames, shut down cleanly on SIGINT/SIGTERM. Needs `runtimes` and one backend; OpenCV only for --camera.
+bad frames, shut down cleanly on SIGINT/SIGTERM. Needs `runtimes` and one backend; OpenCV only for --camera (the
+[video] extra; examples/camera.py is the pipelined camera application).
 
     python examples/watch_folder.py BUNDLE --folder incoming/        # new image files, each classified once, when
                                                                       # fully written (retried if still unreadable)
-    python examples/watch_folder.py BUNDLE --camera 0                 # frames from a camera (needs opencv-python)
+    python examples/watch_folder.py BUNDLE --camera 0                 # frames from a camera (the [video] extra)
     python examples/watch_folder.py BUNDLE --folder incoming/ --max-frames 100 --idle-exit 5
 """
 
@@ -80,20 +81,15 @@ class FolderFrames:
 
 
 def camera_frames(index: int, stop: list[bool]) -> Iterator[tuple[str, object]]:
-    import cv2  # opencv-python, only for this source
-
-    cap = cv2.VideoCapture(index)
+    """Frames of a camera through `runtimes.VideoSource` (RGB, converted from OpenCV's BGR once); a camera that
+    cannot be opened or stalls ends the loop with its error."""
     try:
-        n = 0
-        while not stop[0]:
-            ok, bgr = cap.read()
-            if not ok:
-                yield f"frame {n}", np.zeros((0, 0, 3), np.uint8)  # a failed grab is a bad frame, not a crash
-            else:
-                yield f"frame {n}", bgr[:, :, ::-1]  # OpenCV gives BGR; the bundle wants RGB
-            n += 1
-    finally:
-        cap.release()
+        for frame in runtimes.VideoSource(index).frames():
+            if stop[0]:
+                return
+            yield f"frame {frame.index}", frame.image
+    except runtimes.EdgeTransferError as exc:  # no camera, OpenCV missing, or the camera stalled: said, then stop
+        print(f"error: {exc}", file=sys.stderr, flush=True)
 
 
 def main() -> int:

@@ -29,15 +29,16 @@ cv2 = pytest.importorskip("cv2", reason="the [video] extra (opencv-python-headle
 
 
 def digit_frames(count: int) -> Iterator[np.ndarray]:
-    """480x640 RGB frames showing the built-in digits, 30 frames per digit (0, 1, 2, ...), as a camera might."""
+    """480x640 RGB frames showing the built-in digits as the suite trains on them (dark ink on white), 30 frames per
+    digit (0, 1, 2, ...)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     for i in range(count):
         d = (i // 30) % 10
-        img = (digits.images[int(np.flatnonzero(digits.target == d)[0])] * (255 / 16)).astype(np.uint8)
+        img = 255 - np.rint(digits.images[int(np.flatnonzero(digits.target == d)[0])] * (255 / 16)).astype(np.uint8)  # ink on paper
         grey = cv2.resize(img, (480, 480), interpolation=cv2.INTER_NEAREST)
-        frame = np.zeros((480, 640, 3), np.uint8)
+        frame = np.full((480, 640, 3), 255, np.uint8)
         frame[:, 80:560] = grey[:, :, None]
         yield frame
 
@@ -279,3 +280,15 @@ def test_bad_video_arguments_are_refused_by_name(digits_bundle, clip, tmp_path):
     assert r.returncode != 0 and "every must be a whole number >= 1" in r.stderr
     with pytest.raises(StreamError):
         list(runtimes.load(digits_bundle).stream(VideoSource(f"rtsp://127.0.0.1:{_closed_port()}/x")))
+
+
+def test_the_camera_example_announces_what_the_video_shows_without_torch(digits_bundle, clip):
+    code = "import runpy, sys\n" + BLOCK_HOST_PACKAGES + "sys.argv = ['camera.py'] + sys.argv[1:]\n"
+    code += f"runpy.run_path({str(ROOT / 'examples' / 'camera.py')!r}, run_name='__main__')\n"
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(digits_bundle), "--source", str(clip), "--every", "2"], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stdout.splitlines() if " s  frame " in line]
+    assert r.stdout.startswith("self-test on") and len(said) >= 3  # the clip shows ten digits in turn
+    assert "150 frame(s) answered of 300 read" in r.stderr
