@@ -17,12 +17,13 @@ from converters.options import (
     TensorRTOptions,
 )
 from runtimes.errors import EdgeTransferError
+from runtimes.preprocess import RESIZES
 from runtimes.tensorrt_profile import DEFAULT_MAX_BATCH, DEFAULT_OPT_TOKENS
 
 from .cli_bench import add_bench_parser
 from .cli_device import add_build_engine_parser, add_predict_parser, cmd_check, cmd_inspect
 from .cli_gallery import add_gallery_parsers
-from .cli_help import EPILOG, FORMATS_HELP
+from .cli_help import EPILOG, FORMATS_HELP, RESIZE_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
 from .cli_imprint import add_imprint_parser
 from .cli_layers import add_probe_layers_parser
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the deepest one (see edge-transfer probe-layers)",
     )
     t.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize filter (default: the backbone's)")
+    t.add_argument("--resize", choices=list(RESIZES), default=TrainConfig.resize, help=RESIZE_HELP)
     jpeg = "decode every JPEG at full size (default: JPEGs several times the input's size decode at 1/2-1/8, here and on the device)"
     t.add_argument("--full-jpeg-decode", dest="jpeg_draft", action="store_false", default=TrainConfig.jpeg_draft, help=jpeg)
     t.add_argument(

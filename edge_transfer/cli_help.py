@@ -1,5 +1,7 @@
 """Help texts of the `edge-transfer` command line that are longer than a flag's."""
 
+from runtimes.preprocess import RESIZES
+
 EPILOG = """examples:
   edge-transfer demo
   edge-transfer train --data digits --strategy linear-probe --out runs/digits
@@ -43,3 +45,9 @@ no calibration, every Conv/Gemm in int8, judged against the fp32 parent run.
 example:
   edge-transfer export runs/digits --format onnx,onnx-int8,openvino,openvino-int8 --out bundles/digits
 """
+
+RESIZE_HELP = (
+    "how images are resized, in training and on the device (the bundle records it): "
+    + "; ".join(f"{name}: {what}" for name, what in RESIZES.items())
+    + ". Default pillow"
+)

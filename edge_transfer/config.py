@@ -54,6 +54,7 @@ class TrainConfig:
     image_size: int | None = None
     interpolation: str | None = None
     crop_pct: float | None = 1.0  # new tasks see the whole image by default, not ImageNet's 87.5% centre crop
+    resize: str = "pillow"  # how images are resized, here and on the device (runtimes.preprocess.RESIZES)
     jpeg_draft: bool = True  # large JPEGs decode at 1/2-1/8 size (runtimes.preprocess.draft_scale), here and on the device
     features: str | None = None  # linear probe on these layers' pooled outputs (edge_transfer.layers); None: final
     val_fraction: float = 0.15

@@ -249,6 +249,8 @@ def task_backbone(cfg: TrainConfig) -> Backbone:
     changes: dict[str, Any] = {"jpeg_draft": bool(cfg.jpeg_draft)}  # how files decode: part of every run's definition
     if cfg.strategy != "pretrained":
         changes.update({k: v for k, v in (("interpolation", cfg.interpolation), ("crop_pct", cfg.crop_pct)) if v is not None})
+    if cfg.resize != "pillow":  # a resize of its own is bilinear: the backbone's bicubic gives way unless asked for
+        changes.update(resize=cfg.resize, interpolation=cfg.interpolation or "bilinear")
     bb.preprocessing = PreprocessConfig.from_dict({**bb.preprocessing.to_dict(), **changes})
     return bb
 

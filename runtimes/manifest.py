@@ -116,7 +116,8 @@ class Manifest:
         assert self.preprocessing is not None
         p = self.preprocessing
         return (
-            f"{p.input_size[0]}x{p.input_size[1]} {p.interpolation}, crop {p.crop_pct}, mean {p.mean}, std {p.std}, in graph: {p.normalize_in_graph}"
+            f"{p.input_size[0]}x{p.input_size[1]} {p.interpolation} ({p.resize}), crop {p.crop_pct}, mean {p.mean}, std {p.std}, "
+            f"in graph: {p.normalize_in_graph}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import BundleError, InputError
+from .errors import BackendUnavailableError, BundleError, InputError
 from .preprocess import PreprocessConfig, prepare_image, read_image, synthetic_images
 
 if TYPE_CHECKING:
@@ -153,6 +153,18 @@ class ImageReader(InputReader):
 
     modality = "image"
     unit = "images"
+
+    def __init__(self, bundle: Bundle) -> None:
+        super().__init__(bundle)
+        if self.config.resize == "opencv-exact":  # the bundle's resize or none: never another one in its place
+            from .video import VIDEO_EXTRA, opencv
+
+            try:
+                opencv()
+            except BackendUnavailableError:
+                raise BackendUnavailableError(
+                    f"{bundle.path}: its preprocessing resizes with OpenCV (preprocessing.resize: opencv-exact); {VIDEO_EXTRA}"
+                ) from None
 
     @property
     def config(self) -> PreprocessConfig:

@@ -22,6 +22,13 @@ import numpy as np
 from .errors import InputError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# How the crop is resized (`runtimes.resample`): the name is part of the definition a run trains with and its bundles
+# record; each is integer arithmetic, so it gives the same bytes on every CPU.
+RESIZES = {
+    "pillow": "Pillow's antialiased convolution with the interpolation filter (default; Pillow, or its numpy twin)",
+    "opencv-exact": "OpenCV, for camera frames: the crop halved by 2x2 averages while it is twice the input or more, then "
+    "INTER_LINEAR_EXACT to the input size; several times faster (needs the [video] extra on host and device)",
+}
 
 
 MAX_INPUT_SIDE = 8192  # pixels per side of a model input; larger ones are refused as malformed
@@ -35,6 +42,7 @@ class PreprocessConfig:
     interpolation: resampling filter, antialiased when shrinking ("nearest", "bilinear", "bicubic").
     crop_pct: the centre crop's share of the resized image (timm's convention); 1.0 keeps the whole shorter side.
     mean / std: per-channel normalisation of [0, 1] RGB values, applied inside the graph.
+    resize: how the crop is resized, one of `RESIZES` ("opencv-exact" is bilinear, whole-pixel crop boxes).
     jpeg_draft: JPEG files decode at a reduced size where the crop region keeps at least twice the input's pixels
     per side (`draft_scale`); part of the definition, so training, the export and the device read the same pixels.
     """
@@ -49,6 +57,7 @@ class PreprocessConfig:
     dtype: str = "uint8"
     normalize_in_graph: bool = True
     jpeg_draft: bool = False  # JPEG files much larger than the input decode at 1/2, 1/4 or 1/8 size (`draft_scale`)
+    resize: str = "pillow"  # one of RESIZES
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +69,10 @@ class PreprocessConfig:
         object.__setattr__(self, "input_size", size)
         if self.interpolation not in INTERPOLATIONS:
             raise InputError(f"preprocessing.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if self.resize not in RESIZES:
+            raise InputError(f"preprocessing.resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+        if self.resize != "pillow" and self.interpolation != "bilinear":
+            raise InputError(f"preprocessing.resize {self.resize} resizes bilinearly; interpolation must be 'bilinear', got {self.interpolation!r}")
         if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) or not 0.0 < float(self.crop_pct) <= 1.0:
             raise InputError(f"preprocessing.crop_pct must be in (0, 1], got {self.crop_pct!r}")
         for name in ("mean", "std"):
@@ -81,6 +94,8 @@ class PreprocessConfig:
             d.pop("extra")
         if not d["jpeg_draft"]:  # bundles and caches from before it, and bundles without it, read as they always did
             d.pop("jpeg_draft")
+        if d["resize"] == "pillow":  # likewise: the only resize before the field
+            d.pop("resize")
         return d
 
     @classmethod
@@ -174,6 +189,8 @@ def resize_and_crop(image: np.ndarray, cfg: PreprocessConfig, *, engine: str = "
     if (h, w) == (th, tw) and cfg.crop_pct == 1.0:
         return image
     box = crop_box(h, w, cfg)
+    if cfg.resize == "opencv-exact":
+        return resample.opencv_exact_resize(image, (th, tw), box)
     if cfg.interpolation == "nearest":
         return resample.nearest_resize(image, (th, tw), box)
     if engine == "auto":

@@ -131,6 +131,77 @@ def nearest_resize(image: np.ndarray, size: tuple[int, int], box: Box) -> np.nda
     return np.ascontiguousarray(image[ys][:, xs])
 
 
+def whole_pixel_box(box: Box) -> tuple[int, int, int, int]:
+    """The crop box rounded to whole pixels (halves up), for resizes that take no sub-pixel box."""
+    x0, y0, x1, y1 = (int(np.floor(v + 0.5)) for v in box)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def opencv_exact_resize(image: np.ndarray, size: tuple[int, int], box: Box) -> np.ndarray:
+    """The `opencv-exact` definition: crop at whole pixels; while the crop is at least twice the output on both
+    sides, drop an odd last row or column and average 2x2 blocks (OpenCV's INTER_AREA at exactly 1/2: integer sums,
+    `(sum + 2) >> 2`); then INTER_LINEAR_EXACT (fixed-point bilinear, bit-exact by OpenCV's own test) to `size`.
+    Only whole halvings: INTER_AREA at other factors rounds ties differently from path to path."""
+    from .video import opencv
+
+    cv2 = opencv()
+    th, tw = size
+    x0, y0, x1, y1 = whole_pixel_box(box)
+    crop = image[y0:y1, x0:x1]
+    while crop.shape[0] >= 2 * th and crop.shape[1] >= 2 * tw:
+        h2, w2 = crop.shape[0] // 2, crop.shape[1] // 2
+        crop = cv2.resize(crop[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+    if crop.shape[:2] != (th, tw):
+        crop = cv2.resize(crop, (tw, th), interpolation=cv2.INTER_LINEAR_EXACT)
+    return np.ascontiguousarray(crop)
+
+
+def halve(crop: np.ndarray) -> np.ndarray:
+    """The numpy twin of one halving: 2x2 blocks of uint8 (H, W, C) averaged as `(sum + 2) >> 2` (an odd last row
+    or column dropped)."""
+    h, w = crop.shape[0] // 2, crop.shape[1] // 2
+    sums = crop[: 2 * h, : 2 * w].reshape(h, 2, w, 2, -1).astype(np.int32).sum(axis=(1, 3))
+    return ((sums + 2) >> 2).astype(np.uint8).reshape(h, w, *crop.shape[2:])
+
+
+def linear_exact(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The numpy twin of OpenCV's INTER_LINEAR_EXACT on uint8 (H, W, C), after the reference in OpenCV's own test
+    (`Resize_Bitexact.Linear8U`): per axis, source position `(1 / (out / in)) * (i + 0.5) - 0.5` in double precision,
+    its floor and the fraction rounded (half to even) to 8 bits; both neighbours clamped to the image; the four
+    products summed in integers and rounded once at 16 bits."""
+    (h, w), (th, tw) = image.shape[:2], size
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        scale = 1.0 / (n_out / n_in)
+        pos = scale * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
+        first = np.floor(pos)
+        far = np.rint((pos - first) * 256.0).astype(np.int64)
+        first_i = first.astype(np.int64)
+        return np.clip(first_i, 0, n_in - 1), np.clip(first_i + 1, 0, n_in - 1), 256 - far, far
+
+    y_lo, y_hi, y_near, y_far = axis(h, th)
+    x_lo, x_hi, x_near, x_far = axis(w, tw)
+    img = image.astype(np.int64)
+
+    def across(rows: np.ndarray) -> np.ndarray:
+        return rows[:, x_lo] * x_near[None, :, None] + rows[:, x_hi] * x_far[None, :, None]
+
+    value = across(img[y_lo]) * y_near[:, None, None] + across(img[y_hi]) * y_far[:, None, None]
+    return np.clip((value + (1 << 15)) >> 16, 0, 255).astype(np.uint8)
+
+
+def numpy_opencv_exact(image: np.ndarray, size: tuple[int, int], box: Box) -> np.ndarray:
+    """`opencv_exact_resize` in numpy alone (`halve`, then `linear_exact`): the test oracle that pins the definition
+    down independently of OpenCV's SIMD paths."""
+    x0, y0, x1, y1 = whole_pixel_box(box)
+    crop = image[y0:y1, x0:x1]
+    while crop.shape[0] >= 2 * size[0] and crop.shape[1] >= 2 * size[1]:
+        crop = halve(crop)
+    if crop.shape[:2] != size:
+        crop = linear_exact(crop, size)
+    return np.ascontiguousarray(crop)
+
+
 def have_pillow() -> bool:
     try:
         import PIL.Image  # noqa: F401

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from runtimes.errors import InputError
-from runtimes.preprocess import PreprocessConfig, normalize, prepare_image, resize_and_crop, to_rgb_uint8
+from runtimes.preprocess import PreprocessConfig, crop_box, normalize, prepare_image, resize_and_crop, to_rgb_uint8
 
 CFG = PreprocessConfig(input_size=(32, 32), interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -191,3 +193,112 @@ def test_large_jpegs_decode_reduced_alike_in_training_and_on_the_device(digits_b
         assert not np.array_equal(device[0], full.prepare(paths[:1])[0])  # the definition changed what a big JPEG gives
         assert np.array_equal(full.prepare(paths), ds.prepared_batch(np.arange(len(ds)), PreprocessConfig(input_size=size)))
     assert PreprocessConfig(input_size=size).to_dict().get("jpeg_draft") is None  # old manifests and caches unchanged
+
+
+def _camera_frames() -> list[np.ndarray]:
+    """Real photos at camera sizes (skimage's, resized by Pillow: no OpenCV in the making)."""
+    from PIL import Image
+    from skimage import data
+
+    sizes = [(480, 640), (720, 1280), (1080, 1920), (600, 800), (3000, 4000), (241, 319)]
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    return [np.asarray(Image.fromarray(photos[i % 4]).resize((w, h), Image.BICUBIC)) for i, (h, w) in enumerate(sizes)]
+
+
+def _opencv_cases() -> list[tuple[np.ndarray, PreprocessConfig]]:
+    rng = np.random.default_rng(11)
+    cases = [(f, PreprocessConfig(input_size=(224, 224), resize="opencv-exact")) for f in _camera_frames()]
+    for f in _camera_frames()[:4]:
+        size = (int(rng.integers(16, 400)), int(rng.integers(16, 400)))
+        cases.append((f, PreprocessConfig(input_size=size, resize="opencv-exact", crop_pct=float(rng.choice([1.0, 0.875, 0.6])))))
+    for _ in range(40):  # noise, odd sizes, enlarging and shrinking
+        h, w = int(rng.integers(1, 900)), int(rng.integers(1, 900))
+        size = (int(rng.integers(1, 300)), int(rng.integers(1, 300)))
+        cases.append((rng.integers(0, 256, (h, w, 3), dtype=np.uint8), PreprocessConfig(input_size=size, resize="opencv-exact")))
+    return cases
+
+
+OPENCV_HASH = """
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import cv2
+if {no_simd}:
+    cv2.setUseOptimized(False)  # no dispatched SIMD code, no IPP: OpenCV's plain paths
+from test_preprocess import _opencv_cases
+from runtimes.preprocess import resize_and_crop
+h = hashlib.sha256()
+for img, cfg in _opencv_cases():
+    h.update(resize_and_crop(img, cfg).tobytes())
+print(cv2.getCPUFeaturesLine(), h.hexdigest())
+"""
+
+
+def test_the_opencv_resize_is_bit_exact_against_its_numpy_twin_on_every_simd_path_here():
+    """`resize: opencv-exact` (runtimes.resample.opencv_exact_resize) against `numpy_opencv_exact`, integer arithmetic
+    and IEEE doubles only: real photos at camera sizes up to 4000x3000, crops, random noise, odd sizes, enlarging.
+    Then OpenCV itself on each SIMD path this CPU can take (AVX2, AVX, SSE4, and none: OPENCV_CPU_DISABLE and
+    setUseOptimized), in subprocesses: the same bytes. (AVX-512 and aarch64 cannot run here: OpenCV's own
+    Resize_Bitexact test pins INTER_LINEAR_EXACT to the formula the twin implements, on every platform it builds.)"""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("cv2", reason="the [video] extra (opencv-python-headless) is not installed")
+    from runtimes.resample import numpy_opencv_exact
+
+    h = hashlib.sha256()
+    for img, cfg in _opencv_cases():
+        fast, twin = resize_and_crop(img, cfg), numpy_opencv_exact(img, cfg.input_size, crop_box(*img.shape[:2], cfg))
+        assert fast.shape == (*cfg.input_size, 3) and np.array_equal(fast, twin), (img.shape, cfg.input_size)
+        h.update(twin.tobytes())
+    runs = [({}, False), ({"OPENCV_CPU_DISABLE": "AVX2,FMA3"}, False), ({"OPENCV_CPU_DISABLE": "AVX2,FMA3,AVX,FP16"}, False), ({}, True)]
+    for env, no_simd in runs:
+        code = OPENCV_HASH.format(tests=str(Path(__file__).parent), no_simd=no_simd)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+        assert r.returncode == 0, r.stderr
+        features, digest = r.stdout.split()[:-1], r.stdout.split()[-1]
+        assert digest == h.hexdigest(), (env, no_simd, features)
+
+
+@pytest.mark.slow
+def test_a_run_trained_with_the_opencv_resize_gives_its_bundle_the_same_pixels_and_needs_opencv(digits_run, tmp_path):
+    """`train --resize opencv-exact`: the run and its bundle record the resize; training's dataset and the device's
+    predictor make the same bytes from real camera-sized frames (PNG and JPEG); accuracy stays near the Pillow run's;
+    `inspect` names it; and without OpenCV the bundle refuses to load, naming the extra, never resizing otherwise."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    import edge_transfer as et
+    import runtimes
+    from edge_transfer.data import load_image_folder
+
+    from conftest import BLOCK_HOST_PACKAGES, ROOT, SMALL, run_cli
+
+    pytest.importorskip("cv2", reason="the [video] extra (opencv-python-headless) is not installed")
+    run = et.train("digits", out=tmp_path / "run", strategy="linear-probe", image_size=SMALL, resize="opencv-exact", progress=False)
+    assert run.config["preprocessing"]["resize"] == "opencv-exact" and run.config["preprocessing"]["interpolation"] == "bilinear"
+    pillow_acc, acc = digits_run.metrics["test_accuracy"], run.metrics["test_accuracy"]
+    assert acc > pillow_acc - 0.05, (acc, pillow_acc)
+    bundle = et.export(run.path, out=tmp_path / "bundle")[0].path
+    frames = tmp_path / "frames"
+    for i, frame in enumerate(_camera_frames()[:4]):
+        (frames / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame).save(frames / f"c{i % 2}" / f"{i}.png")
+        Image.fromarray(frame).save(frames / f"c{i % 2}" / f"{i}.jpg", quality=90)
+    ds = load_image_folder(frames)
+    cfg = PreprocessConfig.from_dict(run.config["preprocessing"])
+    with runtimes.load(bundle) as p:
+        assert p.preprocessing == cfg and p.preprocessing.resize == "opencv-exact"
+        assert np.array_equal(p.prepare([ds.describe_item(i) for i in range(len(ds))]), ds.prepared_batch(np.arange(len(ds)), cfg))
+    assert "(opencv-exact)" in run_cli("inspect", str(bundle)).stdout
+    code = "import sys\nsys.modules['cv2'] = None\n" + BLOCK_HOST_PACKAGES + "from edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    r = subprocess.run([sys.executable, "-c", code, "check", str(bundle)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        f"error: {bundle}: its preprocessing resizes with OpenCV (preprocessing.resize: opencv-exact); "
+        "pip install 'edge-transfer[video]' (opencv-python-headless)"
+    ]
