@@ -183,7 +183,7 @@ def test_cli_train_flags_build_the_api_config_with_its_defaults():
     given += ["--device", "cpu", "--mixed-precision", "no", "--workers", "2", "--feature-batch-size", "16", "--cache-dir", "c"]
     given += ["--interpolation", "bicubic", "--resume", "--overwrite", "--quiet", "--val-fraction", "0.1", "--test-fraction", "0.3"]
     given += ["--qat", "--qat-epochs", "2", "--features", "blocks.3", "--text-column", "1", "--label-column", "0", "--max-tokens", "128"]
-    given += ["--full-jpeg-decode"]
+    given += ["--full-jpeg-decode", "--resize", "opencv-exact"]
     cfg = train_config_from_args(build_parser().parse_args(["train", "--out", "x", *given]))
     changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(TrainConfig(), f.name)}
     api_only = {"pretrained", "backbone_lr_scale", "patience", "dropout", "checkpoint_dir"}
