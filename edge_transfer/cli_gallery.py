@@ -124,10 +124,20 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             print(f"enrolled {shown(label)}: {count} {noun}(s)")
     labels = gallery.labels()
     if args.json:
-        print_json({"gallery": args.gallery, "labels": labels, "threshold": gallery.default_threshold, "threshold_source": gallery.threshold_source})
+        print_json(
+            {
+                "gallery": args.gallery,
+                "labels": labels,
+                "threshold": gallery.default_threshold,
+                "threshold_source": gallery.threshold_source,
+                "threshold_calibration": gallery.threshold_calibration,
+            }
+        )
     elif args.list or not args.remove:
         summary = f"{args.gallery}: {len(labels)} label(s), {len(gallery)} image(s)"
         print(f"{summary}; unknown below cosine {gallery.default_threshold:.4f} ({gallery.threshold_source})")
+        if (expected := gallery.expected_rates()) is not None:
+            print(expected)
         if args.list:
             for name, n in labels.items():
                 print(f"  {n:4d}  {shown(name)}")
