@@ -24,6 +24,7 @@ from torch import nn
 
 from runtimes.errors import InputError
 from runtimes.manifest import CLASSIFIER_SCHEMA_VERSION, EMBEDDING_SCHEMA_VERSION, EXTENSIBLE_SCHEMA_VERSION, TensorSpec
+from runtimes.open_set import calibrate_min_score
 from runtimes.predictor import Predictor
 
 from .embedding_gate import compare_embeddings, with_unknown_threshold
@@ -74,6 +75,7 @@ class BundleKind:
             "labels": (),
             "embedding": None,
             "extension": None,
+            "open_set": None,
         }
 
     def write_files(self, bundle_dir: Path) -> None:
@@ -93,9 +95,11 @@ class BundleKind:
 
 @dataclasses.dataclass(frozen=True)
 class Classifier(BundleKind):
-    """Logits for `labels`."""
+    """Logits for `labels`; `open_set`: the lowest top-1 score to answer with, calibrated on the held-out data
+    (`runtimes.open_set`)."""
 
     labels: tuple[str, ...]
+    open_set: dict[str, Any] | None = dataclasses.field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
@@ -112,8 +116,13 @@ class Classifier(BundleKind):
     def golden_args(self, model: nn.Module) -> tuple[list[str] | None, nn.Module | None]:
         return list(self.labels), None
 
+    def with_reference(self, model: nn.Module, inp: ExportInput, reference: ReferenceData, ref: np.ndarray) -> BundleKind:
+        if self.open_set is not None or reference.targets is None:
+            return self
+        return dataclasses.replace(self, open_set=calibrate_min_score(ref, reference.targets))
+
     def manifest_fields(self, batch_dim: int | str) -> dict[str, Any]:
-        return {**super().manifest_fields(batch_dim), "labels": self.labels}
+        return {**super().manifest_fields(batch_dim), "labels": self.labels, "open_set": self.open_set}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,8 +184,10 @@ class Extensible(Classifier):
         return LogitsAndFeatures(model)
 
     def with_reference(self, model: nn.Module, inp: ExportInput, reference: ReferenceData, ref: np.ndarray) -> BundleKind:
+        completed = super().with_reference(model, inp, reference, ref)
+        assert isinstance(completed, Extensible)
         features = inp.reference_outputs(FeaturesOf(model), reference.images)
-        return dataclasses.replace(self, extension=dataclasses.replace(self.extension, reference_features=features))
+        return dataclasses.replace(completed, extension=dataclasses.replace(self.extension, reference_features=features))
 
     def golden_args(self, model: nn.Module) -> tuple[list[str] | None, nn.Module | None]:
         return list(self.labels), FeaturesOf(model)

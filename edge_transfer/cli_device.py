@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from runtimes.errors import EdgeTransferError, InputError
+from runtimes.open_set import resolve_min_score
 
 from .cli_output import (
     BATCH_HELP,
+    MIN_SCORE_HELP,
     PRECISION_CHOICES,
     PRECISION_HELP,
     bad,
@@ -24,6 +26,7 @@ from .cli_output import (
     pct,
     precision_option,
     print_json,
+    unknown_record,
 )
 from .cli_stream import add_stream_options, run_streams, stream_sources, top_k_line
 
@@ -47,6 +50,7 @@ def add_predict_parser(sub: Any) -> None:
     pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     pr.add_argument("--batch", type=int, metavar="N", help=BATCH_HELP)
+    pr.add_argument("--min-score", metavar="S", help=MIN_SCORE_HELP)
     as_json = pr.add_mutually_exclusive_group()
     as_json.add_argument("--json", action="store_true", help="one JSON document at the end: the runtime, then a record per input")
     as_json.add_argument("--jsonl", action="store_true", help="one JSON line per input as soon as it is classified (for pipes)")
@@ -141,6 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args), **batch_option(args))  # a wrong bundle first
     sources = stream_sources(args)
+    floor = resolve_min_score(args.min_score, predictor.calibrated_min_score, what=args.bundle) if not predictor.is_embedding else None
     if sources is not None:
         if args.classes:
             raise InputError("--classes is for image files and folders; videos and cameras use the bundle's own classes")
@@ -149,9 +154,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             predictor,
             sources,
             answer=lambda logits: predictor.classify(logits, args.top_k),
-            record_of=lambda top: {"top_k": [c.to_dict() for c in top]},
-            line_of=top_k_line,
-            header={"bundle": args.bundle, "runtime": predictor.describe()},
+            record_of=lambda top: {**unknown_record(top, floor), "top_k": [c.to_dict() for c in top]},
+            line_of=lambda top: top_k_line(top, floor),
+            header={"bundle": args.bundle, "runtime": predictor.describe(), "min_score": floor},
         )
     kind, images = predict_inputs(args, predictor.modality)
     classify = predictor.predict
@@ -171,16 +176,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise
             outcomes = [_predict_one(classify, img, args.top_k) for img in chunk]  # find the unreadable one(s)
         for img, r in zip(chunk, outcomes):
-            record = {kind: img, "error": r} if isinstance(r, str) else {kind: img, "top_k": [c.to_dict() for c in r]}
+            record = {kind: img, "error": r} if isinstance(r, str) else {kind: img, **unknown_record(r, floor), "top_k": [c.to_dict() for c in r]}
             failed += isinstance(r, str)
             if args.jsonl:
                 print(json.dumps(record), flush=True)
             elif args.json:
                 records.append(record)
             else:
-                _print_prediction(img if kind == "image" else shown_text(img), r)
+                _print_prediction(img if kind == "image" else shown_text(img), r, floor)
     if args.json:
-        print_json({"bundle": args.bundle, "runtime": predictor.describe(), "predictions": records})
+        print_json({"bundle": args.bundle, "runtime": predictor.describe(), "min_score": floor, "predictions": records})
     if failed:
         err(f"{failed} of {len(images)} {kind}(s) could not be read (left out by --skip-bad)")
     return 0
@@ -199,11 +204,13 @@ def _predict_one(classify: Any, img: str, top_k: int) -> Any:
         return str(exc)
 
 
-def _print_prediction(img: str, r: Any) -> None:
+def _print_prediction(img: str, r: Any, floor: float | None = None) -> None:
     print(img)
     if isinstance(r, str):
         print(f"  unreadable: {r}")
     else:
+        if floor is not None and r[0].score < floor:
+            print(f"  unknown (the best, {r[0].label}, scores {r[0].score:.2%} < {floor:.2%})")
         for c in r:
             print(f"  {c.score:7.2%}  {c.label}")
     sys.stdout.flush()
@@ -230,6 +237,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"embedding   {e['dim']}-d, {e['normalization']}-normalised, from {', '.join(e.get('layers') or ['final'])}; {unknown}")
     else:
         print(f"labels      {len(m.labels)}: {', '.join(m.labels[:5])}{' ...' if len(m.labels) > 5 else ''}")
+        if m.open_set is not None:
+            floor, kept = pct(m.open_set["min_score"]), pct(m.open_set.get("known_kept"))
+            print(f"open set    unknown below a top-1 score of {floor} with --min-score calibrated ({kept} of held-out kept and right)")
     src = m.source
     print(
         f"source      {src.get('backbone', '?')} ({src.get('weights', '?')}), strategy {src.get('strategy', '?')}, licence {src.get('license', '?')}"

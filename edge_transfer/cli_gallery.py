@@ -10,6 +10,7 @@ from typing import Any
 
 from runtimes.errors import InputError
 from runtimes.labels import shown
+from runtimes.open_set import resolve_min_score
 from runtimes.predictor import unit_rows
 
 from .cli_output import err, print_json
@@ -47,7 +48,8 @@ def add_gallery_parsers(sub: Any) -> None:
         "identify",
         help="the most similar enrolled label for each image, or unknown (no torch)",
         description="Embed each image and answer with the gallery label whose mean embedding is most similar (cosine), or "
-        "'unknown' when the similarity is below the threshold (default: calibrated on held-out data at export and stored "
+        "'unknown' when the similarity is below the threshold (default: the gallery's own, re-derived at each enrolment; while it "
+        "is too small for that, the one calibrated on held-out data at export and stored "
         "in the bundle's manifest).",
         epilog="example:\n  edge-transfer identify bundles/emb/openvino-int8 --gallery parts.npz camera/*.jpg --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -57,7 +59,14 @@ def add_gallery_parsers(sub: Any) -> None:
     i.add_argument("--text", action="append", metavar="TEXT", help="a text bundle: a text to identify (repeat for several)")
     i.add_argument("--text-file", metavar="FILE", help="a text bundle: texts to identify, one per line ('-': standard input)")
     i.add_argument("--gallery", required=True, help="the gallery file")
-    i.add_argument("--threshold", type=float, help="cosine below which an image is unknown (default: the bundle's calibrated one)")
+    i.add_argument(
+        "--min-score",
+        "--threshold",
+        dest="min_score",
+        metavar="COSINE",
+        help="cosine below which an image is unknown, from -1 to 1, or 'calibrated' (the default: the gallery's own, derived at "
+        "enrolment; the bundle's while the gallery is too small)",
+    )
     i.add_argument("--method", choices=["mean", "knn"], default="mean", help="mean: class-mean cosine (default); knn: k nearest images vote")
     i.add_argument("--k", type=int, default=5, help="neighbours that vote with --method knn (default 5)")
     i.add_argument("--recursive", action="store_true", help="read sub-folders of the folders given too")
@@ -158,12 +167,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from .cli_device import predict_inputs, shown_text
 
     predictor, gallery = _open(args)
+    args.threshold = resolve_min_score(args.min_score, gallery.default_threshold, what=args.gallery, lowest=-1.0)
     sources = stream_sources(args)
     kind, images = predict_inputs(args, predictor.modality) if sources is None else ("image", [])
     records = []
-    in_use = (args.threshold, "--threshold") if args.threshold is not None else (gallery.default_threshold, gallery.threshold_source)
+    in_use = (args.threshold, "--min-score") if args.threshold is not None else (gallery.default_threshold, gallery.threshold_source)
     err(f"identify: unknown below cosine {in_use[0]:.4f} ({in_use[1]})")
-    if args.threshold is None and (problem := threshold_problem(predictor.manifest.embedding)) is not None:
+    if args.threshold is None and gallery.threshold_calibration is None and (problem := threshold_problem(predictor.manifest.embedding)) is not None:
         err(f"warning: {problem}")
     if sources is not None:
         with predictor:

@@ -204,3 +204,18 @@ def reader_gone() -> int:
 
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141
+
+
+MIN_SCORE_HELP = (
+    "answer 'unknown' when the top class scores below this: a probability from 0 to 1, or 'calibrated' for the bundle's own "
+    "(set at export on held-out data; edge-transfer inspect shows it). Default: always answer"
+)
+
+
+def unknown_record(top: list[Any], min_score: float | None) -> dict[str, Any]:
+    """A classifier's answer under `--min-score`: {"answer": label or "unknown"} (nothing without a minimum)."""
+    if min_score is None:
+        return {}
+    from runtimes.labels import UNKNOWN
+
+    return {"answer": top[0].label if top[0].score >= min_score else UNKNOWN, "min_score": min_score}

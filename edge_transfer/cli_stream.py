@@ -114,6 +114,7 @@ def _print_document(args: argparse.Namespace, header: dict[str, Any], records: l
     sys.stdout.flush()
 
 
-def top_k_line(answer: Any) -> str:
-    """A classifier's top-k on one line."""
-    return ", ".join(f"{c.label} {c.score:.1%}" for c in answer)
+def top_k_line(answer: Any, floor: float | None = None) -> str:
+    """A classifier's top-k on one line ("unknown" first when the best is below `floor`)."""
+    ranked = ", ".join(f"{c.label} {c.score:.1%}" for c in answer)
+    return f"unknown (below {floor:.1%}): {ranked}" if floor is not None and answer[0].score < floor else ranked

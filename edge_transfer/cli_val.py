@@ -8,8 +8,9 @@ import argparse
 from typing import Any
 
 from runtimes.errors import InputError
+from runtimes.open_set import resolve_min_score
 
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, err, pct, precision_option, print_json, progress_bar, require_matplotlib
+from .cli_output import MIN_SCORE_HELP, PRECISION_CHOICES, PRECISION_HELP, err, pct, precision_option, print_json, progress_bar, require_matplotlib
 
 MAX_TEXT_CLASSES = 30  # a wider confusion matrix is left to --json / --plot
 
@@ -33,6 +34,7 @@ def add_val_parser(sub: Any) -> None:
     v.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix (needs matplotlib)")
     v.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     v.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+    v.add_argument("--min-score", metavar="S", help=MIN_SCORE_HELP + "; val then reports coverage and the accuracy of the answers")
     v.add_argument("--json", action="store_true", help="print everything as JSON")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_val)
@@ -49,7 +51,10 @@ def cmd_val(args: argparse.Namespace) -> int:
     with progress_bar(f"val {args.bundle}", unit="img", enabled=not args.quiet and not args.json) as progress:
         with runtimes.load(args.bundle, device=args.device, **precision_option(args)) as predictor:
             columns = {"text_column": args.text_column, "label_column": args.label_column}
-            result = evaluate(predictor, args.data, skip_bad=args.skip_bad, worst=args.worst, progress=progress, text_columns=columns)
+            floor = resolve_min_score(args.min_score, predictor.calibrated_min_score, what=args.bundle)
+            result = evaluate(
+                predictor, args.data, skip_bad=args.skip_bad, worst=args.worst, progress=progress, text_columns=columns, min_score=floor
+            )
     if args.plot:
         plot_confusion(result, args.plot)
     if args.json:
@@ -77,6 +82,8 @@ def format_report(result: Any) -> str:
     """The text report: summary, per-class table, confusion matrix (up to MAX_TEXT_CLASSES classes), mistakes."""
     correct = sum(row[i] for i, row in enumerate(result.confusion))
     lines = [f"{result.bundle} on {result.data}: accuracy {pct(result.accuracy)} ({correct}/{result.count} {result.unit})"]
+    if result.open_set is not None:
+        lines.append(open_set_line(result.open_set))
     if result.validation_passed is False:
         lines.append("warning: this bundle FAILED its validation gate at export (written with --allow-failed-validation)")
     if seen_warning(result) is not None:
@@ -132,3 +139,13 @@ def plot_confusion(result: Any, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def open_set_line(o: dict[str, Any]) -> str:
+    """Coverage and accuracy together, in one line."""
+    floor = f"at a minimum score of {pct(o['min_score'])}" if o["min_score"] is not None else "answering every image"
+    line = f"{floor}: answered {pct(o['coverage'])} of the known images, {pct(o['answered_accuracy'])} of those right"
+    line += f" ({pct(o['kept_and_right'])} of all kept and right)"
+    if o["unknown"]:
+        line += f"; {pct(o['unknown_rejected'])} of the {o['unknown']} unknown/ images answered unknown"
+    return line

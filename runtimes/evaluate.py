@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .open_set import UNKNOWN_FOLDER
 from .predictor import softmax
 from .preprocess import IMAGE_EXTENSIONS, image_files, read_image
 from .seen import count_seen
@@ -41,21 +42,23 @@ class Evaluation:
     validation_passed: bool | None = None  # the bundle's export gate, as its manifest records it
     seen_in_training: dict[str, Any] | None = None  # images the model was trained on (`runtimes.seen`): seen, of, sampled
     unit: str = "images"  # what was counted: images or texts
+    open_set: dict[str, Any] | None = None  # with a minimum score or an unknown/ folder: coverage and accuracy together
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def labelled_files(folder: str | os.PathLike[str], labels: tuple[str, ...] | list[str]) -> list[tuple[str, int]]:
-    """(path, label index) for every image under the class sub-folders, sorted; InputError for a folder that is not
-    a labelled image folder of this bundle's classes."""
+    """(path, label index) for every image under the class sub-folders, sorted (index -1 for the images of an
+    `unknown/` folder: things the bundle was never taught); InputError for a folder that is not a labelled image
+    folder of this bundle's classes."""
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: the data must be an image folder with one sub-folder per class")
     subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subs:
         raise InputError(f"{root}: no class sub-folders (one per class, named like the bundle's labels)")
-    unknown = [p.name for p in subs if p.name not in labels]
+    unknown = [p.name for p in subs if p.name not in labels and p.name != UNKNOWN_FOLDER]
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:5])
         raise InputError(
@@ -63,7 +66,7 @@ def labelled_files(folder: str | os.PathLike[str], labels: tuple[str, ...] | lis
         )
     out: list[tuple[str, int]] = []
     for sub in subs:
-        index = list(labels).index(sub.name)
+        index = -1 if sub.name == UNKNOWN_FOLDER else list(labels).index(sub.name)  # -1: none of the bundle's classes
         out.extend((f, index) for f in image_files(sub))
     if not out:
         raise InputError(f"{root}: no image files in its class folders ({', '.join(IMAGE_EXTENSIONS)})")
@@ -121,10 +124,13 @@ def evaluate(
     worst: int = 10,
     progress: Callable[[int, int], None] | None = None,
     text_columns: dict[str, Any] | None = None,
+    min_score: float | None = None,
 ) -> Evaluation:
     """Run `predictor` over labelled data; see the module docstring. `skip_bad`: leave unreadable items out
     (images listed in `skipped`; texts counted and warned by `runtimes.text_data`) instead of stopping at the first;
-    `worst`: how many confident mistakes to keep; `text_columns`: a text table's `text_column` / `label_column`."""
+    `worst`: how many confident mistakes to keep; `text_columns`: a text table's `text_column` / `label_column`;
+    `min_score`: answer only at this top-1 score or more (`open_set`: coverage, accuracy of the answers, and for an
+    `unknown/` folder, the share answered unknown). `accuracy` and the confusion matrix count every known image."""
     if predictor.is_embedding:
         raise InputError(
             f"{predictor.bundle.path} is an embedding bundle (no classes to score); enrol labels in a gallery and identify "
@@ -141,6 +147,7 @@ def evaluate(
     mistakes: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     done = 0
+    tally = {"known": 0, "answered": 0, "answered_right": 0, "unknown": 0, "unknown_rejected": 0}
     for start in range(0, len(files), CHUNK):
         images: list[Any]
         if texts is not None:
@@ -151,6 +158,14 @@ def evaluate(
             probs = softmax(predictor.run_chunked(predictor.prepare(images)))
             for (path, target), row in zip(kept, probs):
                 guess = int(row.argmax())
+                answered = min_score is None or float(row[guess]) >= min_score
+                if target < 0:  # an image of nothing the bundle knows: right only when not answered
+                    tally["unknown"] += 1
+                    tally["unknown_rejected"] += not answered
+                    continue
+                tally["known"] += 1
+                tally["answered"] += answered
+                tally["answered_right"] += answered and guess == target
                 confusion[target, guess] += 1
                 if guess != target:
                     mistakes.append(
@@ -166,6 +181,8 @@ def evaluate(
         if progress is not None:
             progress(done, len(files))
     count = int(confusion.sum())
+    if count == 0 and tally["unknown"]:
+        raise InputError(f"{folder}: only {UNKNOWN_FOLDER}/ images; val needs images of the bundle's classes too")
     if count == 0:
         raise InputError(f"{folder}: every image was unreadable ({len(skipped)} left out); nothing to evaluate")
     mistakes.sort(key=lambda m: -m["confidence"])
@@ -188,4 +205,20 @@ def evaluate(
         validation_passed=predictor.validation_passed,
         seen_in_training=seen,
         unit=predictor.input.unit,
+        open_set=_open_set_report(tally, min_score) if min_score is not None or tally["unknown"] else None,
     )
+
+
+def _open_set_report(tally: dict[str, int], min_score: float | None) -> dict[str, Any]:
+    """Coverage and accuracy together: of the known images, the share answered and how many of those were right;
+    of the `unknown/` images, the share answered unknown."""
+    known, answered = tally["known"], tally["answered"]
+    return {
+        "min_score": min_score,
+        "known": known,
+        "coverage": answered / known if known else None,
+        "answered_accuracy": tally["answered_right"] / answered if answered else None,
+        "kept_and_right": tally["answered_right"] / known if known else None,
+        "unknown": tally["unknown"],
+        "unknown_rejected": tally["unknown_rejected"] / tally["unknown"] if tally["unknown"] else None,
+    }

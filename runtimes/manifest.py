@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import BundleError, InputError
 from .modality import TEXT_INPUT_NAMES, TextConfig
+from .open_set import check_open_set
 from .preprocess import PreprocessConfig
 
 SCHEMA_VERSION = 4  # the newest this runtime reads; 2 added embedding bundles, 3 extensible classifiers, 4 text
@@ -82,6 +83,7 @@ class Manifest:
     # a row's answer would depend on the other rows of its batch); None: any batch
     self_test: dict[str, Any] | None = None  # golden images and tolerances (runtimes.selftest)
     embedding: dict[str, Any] | None = None  # an embedding bundle: {"dim", "normalization", "layers", "unknown_threshold"}
+    open_set: dict[str, Any] | None = None  # a classifier: {"min_score", ...} calibrated at export (runtimes.open_set)
     extension: dict[str, Any] | None = None  # an extensible classifier: {"features_output", "dim", "replay", ...}
     text: TextConfig | None = None  # a text bundle: its tokenizer file and token limit (runtimes.modality)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -154,6 +156,8 @@ class Manifest:
             doc["embedding"] = self.embedding
         if self.extension is not None:
             doc["extension"] = self.extension
+        if self.open_set is not None:
+            doc["open_set"] = self.open_set
         return doc
 
 
@@ -400,5 +404,6 @@ def parse_manifest(d: Any) -> Manifest:
         self_test=_opt_dict(d, "self_test"),
         embedding=embedding,
         extension=extension,
+        open_set=check_open_set(d.get("open_set")),
         raw=d,
     )

@@ -143,6 +143,12 @@ class Predictor:
         return self.manifest.extension is not None
 
     @property
+    def calibrated_min_score(self) -> float | None:
+        """A classifier's lowest top-1 score to answer with, calibrated at export (manifest `open_set`), or None."""
+        section = self.manifest.open_set
+        return float(section["min_score"]) if section else None
+
+    @property
     def modality(self) -> str:
         """ "image" or "text": what `predict` and `prepare` take."""
         return self.manifest.modality

@@ -188,7 +188,10 @@ def test_closed_pipes_and_numeric_flags_out_of_range_get_one_line(digits_bundle:
         (["bench", bundle, "--threads", "0"], "--threads must be >= 1"),
         (["bench", bundle, "--threads", "-1"], "--threads must be >= 1"),
         (["predict", bundle, "--top-k", "0", "a.png"], "--top-k must be >= 1"),
-        (["identify", bundle, "--gallery", "g.npz", "--threshold", "2", "a.png"], "--threshold must be >= -1 and <= 1"),
+        (
+            ["identify", bundle, "--gallery", "g.npz", "--threshold", "2", "a.png"],
+            "--min-score must be a number from -1 to 1",
+        ),
     ]:
         one_error(run_cli(*args), flag)
     assert not Path("x").exists()
