@@ -38,7 +38,8 @@ def best_separation(known: np.ndarray, right: np.ndarray, strangers: np.ndarray)
 
 def gallery_rows(predictor, crops: Path) -> dict[str, tuple[float, float]]:
     """{rule: (known kept and right, unknown rejected)} for a 5-shot gallery enrolled from crops/enrol."""
-    from runtimes.gallery import Gallery, _loo_scores, _owners
+    from runtimes.gallery import Gallery
+    from runtimes.gallery_threshold import _loo_scores, _owners
     from runtimes.preprocess import image_files
 
     gallery = Gallery.for_bundle(predictor)

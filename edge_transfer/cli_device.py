@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runtimes.errors import EdgeTransferError, InputError
-from runtimes.open_set import resolve_min_score
+from runtimes.open_set import check_min_score, resolve_min_score
 
 from .cli_output import (
     BATCH_HELP,
@@ -143,6 +143,7 @@ PREDICT_CHUNK = 16  # images decoded and run together; results are printed after
 def cmd_predict(args: argparse.Namespace) -> int:
     import runtimes
 
+    check_min_score(args.min_score)
     predictor = runtimes.load(args.bundle, device=args.device, **precision_option(args), **batch_option(args))  # a wrong bundle first
     sources = stream_sources(args)
     floor = resolve_min_score(args.min_score, predictor.calibrated_min_score, what=args.bundle) if not predictor.is_embedding else None

@@ -10,7 +10,7 @@ from typing import Any
 
 from runtimes.errors import InputError
 from runtimes.labels import shown
-from runtimes.open_set import resolve_min_score
+from runtimes.open_set import check_min_score, resolve_min_score
 from runtimes.predictor import unit_rows
 
 from .cli_output import err, print_json
@@ -166,6 +166,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
     from .cli_device import predict_inputs, shown_text
 
+    check_min_score(args.min_score, lowest=-1.0)  # a bad value is refused before the bundle is read
     predictor, gallery = _open(args)
     args.threshold = resolve_min_score(args.min_score, gallery.default_threshold, what=args.gallery, lowest=-1.0)
     sources = stream_sources(args)

@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from runtimes.errors import InputError
-from runtimes.open_set import resolve_min_score
+from runtimes.open_set import check_min_score, resolve_min_score
 
 from .cli_output import MIN_SCORE_HELP, PRECISION_CHOICES, PRECISION_HELP, err, pct, precision_option, print_json, progress_bar, require_matplotlib
 
@@ -48,6 +48,7 @@ def cmd_val(args: argparse.Namespace) -> int:
         require_matplotlib("evaluated")
     if args.worst < 0:
         raise InputError(f"--worst must be >= 0, got {args.worst}")
+    check_min_score(args.min_score)
     with progress_bar(f"val {args.bundle}", unit="img", enabled=not args.quiet and not args.json) as progress:
         with runtimes.load(args.bundle, device=args.device, **precision_option(args)) as predictor:
             columns = {"text_column": args.text_column, "label_column": args.label_column}

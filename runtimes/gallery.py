@@ -33,9 +33,9 @@ import numpy as np
 
 from .errors import GalleryError, GalleryMismatch, InputError
 from .fsutil import edit_locked
+from .gallery_threshold import MIN_UNKNOWN_REJECTED, _owners, _unit, calibrate_threshold, gallery_threshold, threshold_problem
 from .labels import UNKNOWN, check_label, check_labels
 from .npz_document import meta_field, read_npz_document, string_list, write_npz_document
-from .predictor import unit_rows
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 GALLERY_FORMAT = "edge-transfer-gallery"
 GALLERY_VERSION = 2  # 2: the sha256 covers every field (the threshold too), not only the vectors and labels
 DEFAULT_THRESHOLD = 0.5  # only for bundles exported without labelled data to calibrate on (see calibrate_threshold)
-MIN_UNKNOWN_REJECTED = 0.5  # a calibrated threshold that turns away fewer never-enrolled images than this is flagged
 METHODS = ("mean", "knn")
 
 
@@ -84,12 +83,6 @@ def model_fingerprint(predictor: Predictor) -> str:
         "embedding": {k: m.embedding.get(k) for k in ("dim", "normalization", "layers")},
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows (or one vector) at unit length; a non-finite or zero one is an InputError."""
-    x = np.asarray(x)
-    return unit_rows(x.reshape(1, -1) if x.ndim == 1 else x, "embeddings", InputError).reshape(x.shape)
 
 
 class Gallery:
@@ -311,12 +304,6 @@ def _digest_v1(vectors: np.ndarray, labels: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _owners(labels: Sequence[str], names: list[str]) -> np.ndarray:
-    """Each enrolled vector's label as an index into `names`."""
-    index = {n: i for i, n in enumerate(names)}
-    return np.fromiter((index[x] for x in labels), dtype=np.int64, count=len(labels))
-
-
 def _knn_vote(sims: np.ndarray, owner: np.ndarray, n_labels: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query: the label whose members among the `k` most similar enrolled vectors have the largest summed
     cosine, and the best cosine of that label's members."""
@@ -332,120 +319,13 @@ def _knn_vote(sims: np.ndarray, owner: np.ndarray, n_labels: int, k: int) -> tup
     return np.asarray(best), np.asarray(scores)
 
 
-def calibrate_threshold(
-    embeddings: np.ndarray, targets: np.ndarray, *, shots: int = 5, max_loss: float = 0.02, seed: int = 0
-) -> dict[str, Any] | None:
-    """The unknown threshold for class-mean identification, from labelled embeddings (the export's held-out set).
-
-    Simulates the device: per class, `shots` images are enrolled and the rest identified, once against the full
-    gallery (known images: their cosine to the winning mean, and whether it is right) and once against the gallery
-    without their own class (never-enrolled images: their best cosine). The threshold is the highest that keeps
-    known-class accuracy within `max_loss` of the accuracy without a threshold; returned with what it gives.
-    None when fewer than two classes have more than `shots` images."""
-    x, y = _unit(embeddings).astype(np.float64), np.asarray(targets)
-    rng = np.random.default_rng(seed)
-    classes = [c for c in np.unique(y) if (y == c).sum() > shots]
-    if len(classes) < 2:
-        return None
-    enrol, query = {}, []
-    for c in classes:
-        idx = rng.permutation(np.flatnonzero(y == c))
-        enrol[c] = _unit(x[idx[:shots]].mean(0)).astype(np.float64)
-        query += list(idx[shots:])
-    q = np.asarray(query)
-    means = np.stack([enrol[c] for c in classes])
-    sims = x[q] @ means.T
-    own = np.asarray([classes.index(c) for c in y[q]])
-    right = sims.argmax(1) == own
-    known_score = sims.max(1)
-    others = sims.copy()
-    others[np.arange(len(q)), own] = -np.inf
-    unknown_score = others.max(1)  # the same images, their class never enrolled
-    base = float(right.mean())
-    best_t = -1.0
-    for t in np.unique(np.round(known_score, 6)):
-        if float((right & (known_score >= t)).mean()) >= base - max_loss - 1e-12:
-            best_t = max(best_t, float(t))
-    rejected = float((unknown_score < best_t).mean())
-    return {
-        "unknown_threshold": round(best_t, 6),
-        "usable": rejected >= MIN_UNKNOWN_REJECTED,
-        "shots": shots,
-        "classes": len(classes),
-        "queries": int(len(q)),
-        "known_accuracy": round(float((right & (known_score >= best_t)).mean()), 6),
-        "known_accuracy_without_threshold": round(base, 6),
-        "unknown_rejected": round(rejected, 6),
-    }
-
-
-def _loo_scores(x: np.ndarray, owner: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per enrolled vector: its cosine to its own label's mean without it (nan for a label's only image), whether
-    that mean wins, and its best cosine to another label's mean (what it would score were its label never enrolled)."""
-    sums = np.stack([x[owner == c].sum(0) for c in range(n_labels)])
-    counts = np.bincount(owner, minlength=n_labels)
-    means = sums / np.linalg.norm(sums, axis=1, keepdims=True)
-    sims = x @ means.T
-    rest = sums[owner] - x  # each vector's own label without it
-    norms = np.linalg.norm(rest, axis=1)
-    alone = counts[owner] < 2
-    own = np.where(alone, np.nan, np.einsum("ij,ij->i", x, rest) / np.where(norms > 0, norms, 1.0))
-    others = sims.copy()
-    others[np.arange(len(x)), owner] = -np.inf
-    stranger = others.max(1)
-    return own, ~alone & (own > stranger), stranger
-
-
-def gallery_threshold(vectors: np.ndarray, labels: Sequence[str]) -> dict[str, Any] | None:
-    """The unknown threshold a gallery gives itself (class-mean identification), leave-one-out over its images.
-
-    Each enrolled image is scored against the other labels' means as if its own label were never enrolled; the
-    threshold is the highest of those scores, so no enrolled image would be taken for another label. It follows the
-    labels actually enrolled, which the export's held-out data may never have shown. On photos whose enrolment crops
-    and queries came from different halves (benchmarks/open_set.py, 5 splits), it kept 90.0% of known queries right
-    and answered 97.7% of never-enrolled ones unknown; a margin rule (best minus second-best) kept fewer.
-
-    Returned with two estimates: `known_kept`, the share of enrolled images that, left out, are still right and at
-    or above it; `unknown_rejected`, per label left out entirely, the share of its images below the threshold the
-    other labels give (a label-out estimate). None unless at least 2 labels have 2 images or more."""
-    names = list(dict.fromkeys(labels))
-    owner = _owners(labels, names)
-    if len(names) < 2 or int((np.bincount(owner, minlength=len(names)) >= 2).sum()) < 2:
-        return None
-    x = _unit(np.asarray(vectors)).astype(np.float64)
-    own, right, stranger = _loo_scores(x, owner, len(names))
-    threshold = float(stranger.max())
-    known = own[~np.isnan(own)]
-    kept = float(np.mean(right[~np.isnan(own)] & (known >= threshold))) if known.size else float("nan")
-    rejected = []
-    for c in range(len(names)):  # label-out: the threshold without label c, applied to c's images as strangers
-        rest = owner != c
-        if len(np.unique(owner[rest])) < 2:
-            continue
-        sub = {k: i for i, k in enumerate(np.unique(owner[rest]))}
-        _, _, s_rest = _loo_scores(x[rest], np.asarray([sub[o] for o in owner[rest]]), len(sub))
-        means = np.stack([_unit(x[owner == k].sum(0)) for k in sub])
-        rejected.append(float(np.mean((x[owner == c] @ means.T).max(1) < s_rest.max())))
-    return {
-        "unknown_threshold": round(threshold, 6),
-        "method": "leave-one-out: the highest cosine of an enrolled image to another label's mean",
-        "images": int(len(x)),
-        "labels": len(names),
-        "known_kept": round(kept, 4) if known.size else None,
-        "unknown_rejected": round(float(np.mean(rejected)), 4) if rejected else None,
-    }
-
-
-def threshold_problem(embedding: dict[str, Any] | None) -> str | None:
-    """Why an embedding bundle's calibrated unknown threshold cannot be relied on (None when it can, or when none
-    was calibrated): most never-enrolled images would be answered with a known label."""
-    calibration = (embedding or {}).get("threshold_calibration")
-    if not isinstance(calibration, dict) or calibration.get("usable", True) is not False:
-        return None
-    rejected, t = calibration.get("unknown_rejected"), calibration.get("unknown_threshold")
-    share = f"{100 * rejected:.1f}%" if isinstance(rejected, (int, float)) else "too few"
-    return (
-        f"the unknown threshold calibrated at export ({t}) rejects only {share} of never-enrolled images while keeping known "
-        "accuracy: identify will answer most strangers with a known label; pass --threshold, or export on held-out data with "
-        "more distinct classes"
-    )
+__all__ = [
+    "Gallery",
+    "Identification",
+    "calibrate_threshold",
+    "gallery_threshold",
+    "threshold_problem",
+    "label_folders",
+    "model_fingerprint",
+    "MIN_UNKNOWN_REJECTED",
+]

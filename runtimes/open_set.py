@@ -90,3 +90,8 @@ def resolve_min_score(asked: str | float | None, calibrated: float | None, *, wh
     if not lowest <= value <= 1.0:
         raise InputError(f"--min-score must be a number from {lowest:g} to 1 or 'calibrated', got {value}")
     return value
+
+
+def check_min_score(asked: str | float | None, *, lowest: float = 0.0) -> None:
+    """Refuse a malformed `--min-score` before anything is loaded (`resolve_min_score` resolves it later)."""
+    resolve_min_score(asked, 0.0, what="", lowest=lowest)
