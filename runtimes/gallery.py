@@ -92,10 +92,11 @@ class Gallery:
     def __init__(self, dim: int, fingerprint: str, *, threshold: float | None = None, model: dict[str, Any] | None = None) -> None:
         self.dim = int(dim)
         self.fingerprint = fingerprint
-        self.default_threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-        self.threshold_source = "unset: no labelled data at export" if threshold is None else "calibrated at export"
-        self.export_threshold = self.default_threshold  # what the bundle's manifest gave, kept for galleries too small to derive one
-        self.threshold_calibration: dict[str, Any] | None = None  # set when derived from the gallery itself
+        self._threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self._source = "unset: no labelled data at export" if threshold is None else "calibrated at export"
+        self.export_threshold = self._threshold  # what the bundle's manifest gave, kept for galleries too small to derive one
+        self._calibration: dict[str, Any] | None = None  # set when derived from the gallery itself
+        self._stale = False  # enrolled or removed since the threshold was derived (derived again when next read)
         self.model = dict(model or {})
         self._lock = threading.Lock()
         self._vectors = np.zeros((0, self.dim), np.float32)
@@ -110,7 +111,7 @@ class Gallery:
         model = {"bundle": str(predictor.bundle.path), "format": predictor.manifest.export_format, "dim": e.get("dim")}
         gallery = cls(int(e["dim"]), fingerprint, threshold=e.get("unknown_threshold"), model=model)
         if threshold_problem(e) is not None:
-            gallery.threshold_source = "calibrated at export, rejecting few never-enrolled images (see edge-transfer check)"
+            gallery._source = "calibrated at export, rejecting few never-enrolled images (see edge-transfer check)"
         return gallery
 
     # ------------------------------------------------------------------ contents
@@ -136,7 +137,7 @@ class Gallery:
         with self._lock:  # new arrays, swapped in: a reader holds the old pair or the new one, never half of each
             self._vectors = np.concatenate([self._vectors, vectors])
             self._labels = self._labels + (label,) * len(vectors)
-        self.rederive_threshold()
+            self._stale = True
         return self.labels()[label]
 
     def enroll_images(self, predictor: Predictor, label: str, images: Any) -> int:
@@ -157,23 +158,46 @@ class Gallery:
                 raise InputError(f"no label {label!r} in this gallery; labels: {', '.join(self.labels()) or 'none'}")
             self._vectors = self._vectors[keep]
             self._labels = tuple(x for x in self._labels if x != label)
-        self.rederive_threshold()
+            self._stale = True
         return removed
 
+    @property
+    def default_threshold(self) -> float:
+        """The cosine below which `identify` answers unknown: derived from the gallery (after the last change), or the
+        bundle's while the gallery is too small."""
+        self._refresh()
+        return self._threshold
+
+    @property
+    def threshold_source(self) -> str:
+        self._refresh()
+        return self._source
+
+    @property
+    def threshold_calibration(self) -> dict[str, Any] | None:
+        """The derivation behind `default_threshold` (`gallery_threshold`), or None when it is the bundle's."""
+        self._refresh()
+        return self._calibration
+
+    def _refresh(self) -> None:
+        if self._stale:
+            self.rederive_threshold()
+
     def rederive_threshold(self) -> dict[str, Any] | None:
-        """Derive the unknown threshold from the gallery itself (`gallery_threshold`), as `enroll` and `remove` do;
-        a gallery too small for it (fewer than 2 labels with 2 images or more) goes back to the bundle's threshold.
-        Returns the derivation."""
+        """Derive the unknown threshold from the gallery itself (`gallery_threshold`), as the first read after `enroll`
+        or `remove` does; a gallery too small for it (fewer than 2 labels with 2 images or more) goes back to the
+        bundle's threshold. Returns the derivation."""
         with self._lock:
             vectors, labels = self._vectors, self._labels
+            self._stale = False
         derived = gallery_threshold(vectors, labels)
         if derived is None:
-            self.default_threshold, self.threshold_calibration = self.export_threshold, None
-            if self.threshold_source.startswith("derived"):
-                self.threshold_source = "calibrated at export"
+            self._threshold, self._calibration = self.export_threshold, None
+            if self._source.startswith("derived"):
+                self._source = "calibrated at export"
         else:
-            self.default_threshold, self.threshold_calibration = derived["unknown_threshold"], derived
-            self.threshold_source = f"derived from this gallery: leave-one-out over {derived['images']} image(s) of {derived['labels']} labels"
+            self._threshold, self._calibration = derived["unknown_threshold"], derived
+            self._source = f"derived from this gallery: leave-one-out over {derived['images']} image(s) of {derived['labels']} labels"
         return derived
 
     def expected_rates(self) -> str | None:
@@ -275,12 +299,12 @@ class Gallery:
             raise GalleryError(f"{path}: checksum mismatch: the gallery was changed or damaged since it was saved")
         model = meta.get("model")
         gallery = cls(dim, fingerprint, threshold=threshold, model=model if isinstance(model, dict) else None)
-        gallery.threshold_source = str(meta.get("threshold_source", "saved"))
+        gallery._source = str(meta.get("threshold_source", "saved"))
         export_threshold = meta.get("export_threshold", threshold)
         if isinstance(export_threshold, (int, float)) and not isinstance(export_threshold, bool) and -1.0 <= export_threshold <= 1.0:
             gallery.export_threshold = float(export_threshold)
         calibration = meta.get("threshold_calibration")
-        gallery.threshold_calibration = calibration if isinstance(calibration, dict) else None
+        gallery._calibration = calibration if isinstance(calibration, dict) else None
         gallery._vectors, gallery._labels = vectors, tuple(labels)
         if predictor is not None:
             gallery.check(predictor)

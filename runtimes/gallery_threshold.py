@@ -77,7 +77,8 @@ def calibrate_threshold(
 def _loo_scores(x: np.ndarray, owner: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per enrolled vector: its cosine to its own label's mean without it (nan for a label's only image), whether
     that mean wins, and its best cosine to another label's mean (what it would score were its label never enrolled)."""
-    sums = np.stack([x[owner == c].sum(0) for c in range(n_labels)])
+    sums = np.zeros((n_labels, x.shape[1]))
+    np.add.at(sums, owner, x)
     counts = np.bincount(owner, minlength=n_labels)
     means = sums / np.linalg.norm(sums, axis=1, keepdims=True)
     sims = x @ means.T
@@ -89,6 +90,30 @@ def _loo_scores(x: np.ndarray, owner: np.ndarray, n_labels: int) -> tuple[np.nda
     others[np.arange(len(x)), owner] = -np.inf
     stranger = others.max(1)
     return own, ~alone & (own > stranger), stranger
+
+
+def _label_out_rejected(x: np.ndarray, owner: np.ndarray, n_labels: int) -> float | None:
+    """Per label c left out: the threshold the other labels give (their images' best cosine to a label other than
+    their own and c), and the share of c's images whose best cosine to the others falls below it; the mean over
+    labels. None with fewer than 3 labels. One matrix product and one (labels x images) mask per block of labels."""
+    if n_labels < 3:
+        return None
+    sums = np.zeros((n_labels, x.shape[1]))
+    np.add.at(sums, owner, x)
+    sims = x @ (sums / np.linalg.norm(sums, axis=1, keepdims=True)).T
+    sims[np.arange(len(x)), owner] = -np.inf
+    order = np.argsort(-sims, axis=1)[:, :2]
+    first, best1, best2 = order[:, 0], sims[np.arange(len(x)), order[:, 0]], sims[np.arange(len(x)), order[:, 1]]
+    via_second = np.full(n_labels, -np.inf)
+    np.maximum.at(via_second, first, best2)  # images whose best other label is c fall back to their second
+    shares = []
+    for lo in range(0, n_labels, 256):
+        labels = np.arange(lo, min(lo + 256, n_labels))[:, None]
+        usable = (owner[None, :] != labels) & (first[None, :] != labels)
+        threshold = np.maximum(np.where(usable, best1[None, :], -np.inf).max(1), via_second[labels[:, 0]])
+        for c, t in zip(labels[:, 0], threshold):
+            shares.append(float(np.mean(best1[owner == c] < t)))
+    return float(np.mean(shares))
 
 
 def gallery_threshold(vectors: np.ndarray, labels: Sequence[str]) -> dict[str, Any] | None:
@@ -112,22 +137,14 @@ def gallery_threshold(vectors: np.ndarray, labels: Sequence[str]) -> dict[str, A
     threshold = float(stranger.max())
     known = own[~np.isnan(own)]
     kept = float(np.mean(right[~np.isnan(own)] & (known >= threshold))) if known.size else float("nan")
-    rejected = []
-    for c in range(len(names)):  # label-out: the threshold without label c, applied to c's images as strangers
-        rest = owner != c
-        if len(np.unique(owner[rest])) < 2:
-            continue
-        sub = {k: i for i, k in enumerate(np.unique(owner[rest]))}
-        _, _, s_rest = _loo_scores(x[rest], np.asarray([sub[o] for o in owner[rest]]), len(sub))
-        means = np.stack([_unit(x[owner == k].sum(0)) for k in sub])
-        rejected.append(float(np.mean((x[owner == c] @ means.T).max(1) < s_rest.max())))
+    rejected = _label_out_rejected(x, owner, len(names))
     return {
         "unknown_threshold": round(threshold, 6),
         "method": "leave-one-out: the highest cosine of an enrolled image to another label's mean",
         "images": int(len(x)),
         "labels": len(names),
         "known_kept": round(kept, 4) if known.size else None,
-        "unknown_rejected": round(float(np.mean(rejected)), 4) if rejected else None,
+        "unknown_rejected": round(rejected, 4) if rejected is not None else None,
     }
 
 
