@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,11 +78,9 @@ class SourceReport:
     declared: int | None = None
     ended: str | None = None
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "extra" and v is not None}
-        return {**d, **self.extra}
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 class VideoSource:
@@ -186,14 +184,3 @@ class VideoSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
-
-
-def camera_index(text: str) -> int:
-    """`--camera N`: a camera index >= 0."""
-    try:
-        index = int(text)
-    except ValueError:
-        raise InputError(f"--camera: a camera index (0, 1, ...), got {text!r}") from None
-    if index < 0:
-        raise InputError(f"--camera: a camera index (0, 1, ...), got {index}")
-    return index
