@@ -32,6 +32,7 @@ from runtimes.errors import EdgeTransferError, InputError, ValidationFailed
 from runtimes.manifest import Manifest, utc_now
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import write_self_test
+from runtimes.signing import load_private_key
 
 from .bundle_kind import BundleKind, bundle_kind
 from .calibration import CalibrationData
@@ -220,6 +221,8 @@ def _check_arguments(
         raise InputError(f"target CPU must be one of {', '.join(TARGET_CPUS)}, got {quantization.target_cpu!r}")
     if not isinstance(self_test_size, int) or self_test_size < 0:
         raise InputError(f"self_test_size must be a whole number >= 0, got {self_test_size!r}")
+    if opts.sign_key is not None:
+        load_private_key(opts.sign_key)  # a wrong path or password fails now, not after the conversions
     inp.check_data("reference", reference.images)
     if qat is not None:
         qat.check_formats([s.name for s in specs], quantization.target_cpu)
@@ -272,6 +275,7 @@ def _climb(
             opts.allow_failed_validation and last,
             opts.overwrite,
             seconds,
+            sign_key=opts.sign_key,
             rung=rung,
             earlier=earlier,
         )
@@ -298,11 +302,12 @@ def _export_one(
     overwrite: bool,
     seconds: dict[str, float],
     *,
+    sign_key: str | None = None,
     rung: str | None = None,
     earlier: list[dict[str, Any]] | None = None,
 ) -> ExportResult:
     seconds = dict(seconds)
-    with BundleWriter(target, overwrite=overwrite) as writer:
+    with BundleWriter(target, overwrite=overwrite, sign_key=sign_key) as writer:
         t = time.perf_counter()
         try:
             conversion, calibration, producer_extra = spec.build(job, writer.dir)

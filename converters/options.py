@@ -165,6 +165,7 @@ class ExportOptions:
     self_test_size: int = DEFAULT_SELF_TEST_SIZE
     allow_failed_validation: bool = False
     overwrite: bool = False
+    sign_key: str | None = None  # a private key (edge-transfer keygen): each bundle is signed before it is published
     skip_bad: bool = False  # leave unreadable images of --data / --calibration-data out (listed in the log) instead of stopping
     skip_existing: bool = False  # keep formats already exported at out (an interrupted multi-format export) and export the rest
     quantization: QuantizationOptions = field(default_factory=QuantizationOptions)

@@ -21,13 +21,14 @@ from runtimes.preprocess import RESIZES
 from runtimes.tensorrt_profile import DEFAULT_MAX_BATCH, DEFAULT_OPT_TOKENS
 
 from .cli_bench import add_bench_parser
-from .cli_device import add_build_engine_parser, add_predict_parser, cmd_check, cmd_inspect
+from .cli_device import add_build_engine_parser, add_check_parser, add_predict_parser, cmd_inspect
+from .cli_fleet import add_fleet_parsers
 from .cli_gallery import add_gallery_parsers
 from .cli_help import EPILOG, FORMATS_HELP, RESIZE_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
 from .cli_imprint import add_imprint_parser
 from .cli_layers import add_probe_layers_parser
-from .cli_output import BATCH_HELP, PRECISION_CHOICES, PRECISION_HELP, configure_logging, err, host_install_hint, out_of_range, reader_gone
+from .cli_output import configure_logging, err, host_install_hint, out_of_range, reader_gone
 from .cli_qat import add_qat_parser, add_train_qat_flags
 from .cli_val import add_val_parser
 from .config import STRATEGIES, TrainConfig
@@ -315,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--allow-failed-validation", action="store_true", help="write bundles even if validation fails (marked failed)")
     e.add_argument("--overwrite", action="store_true", help="replace existing bundles (atomically)")
+    e.add_argument("--sign-key", metavar="KEY", help="sign each bundle with this private key (from keygen) before it is published")
     e.add_argument("--skip-bad", action="store_true", help="leave unreadable images of --data / --calibration-data out instead of stopping")
     e.add_argument(
         "--skip-existing",
@@ -330,22 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_gallery_parsers(sub)
     add_imprint_parser(sub)
 
-    c = sub.add_parser(
-        "check",
-        help="run a bundle's self-test on this device (torch-free): PASS/FAIL, exit 0/1",
-        description="Run the bundle's golden images through its backend here and compare with the torch fp32 reference "
-        "stored at export, within the tolerances its gate measured. Prints backend, device, the precision "
-        "actually used, the CPU features that matter (VNNI, bf16, fp16), agreement and error, then PASS or "
-        "FAIL; exits 1 with one 'error:' line on FAIL (or when the bundle has no self-test data).",
-    )
-    c.add_argument("bundle")
-    c.add_argument("--device", help="backend device (as for predict; default cpu)")
-    c.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
-    c.add_argument("--batch", type=int, metavar="N", help=BATCH_HELP)
-    c.add_argument("--json", action="store_true", help="print the report as JSON")
-    c.set_defaults(func=cmd_check)
+    add_check_parser(sub)
 
     add_bench_parser(sub)
+    add_fleet_parsers(sub)
 
     add_build_engine_parser(sub)
 

@@ -12,6 +12,7 @@ from typing import Any
 from runtimes.errors import EdgeTransferError, InputError
 from runtimes.open_set import check_min_score, resolve_min_score
 
+from .cli_fleet import add_key_option, trusted_keys_option
 from .cli_output import (
     BATCH_HELP,
     MIN_SCORE_HELP,
@@ -88,12 +89,31 @@ def predict_inputs(args: argparse.Namespace, modality: str) -> tuple[str, list[s
     return "image", expand_image_paths(args.images, recursive=args.recursive)  # folders and patterns stand for their images
 
 
+def add_check_parser(sub: Any) -> None:
+    c = sub.add_parser(
+        "check",
+        help="run a bundle's self-test on this device (torch-free): PASS/FAIL, exit 0/1",
+        description="Run the bundle's golden images through its backend here and compare with the torch fp32 reference "
+        "stored at export, within the tolerances its gate measured. Prints backend, device, the precision "
+        "actually used, the CPU features that matter (VNNI, bf16, fp16), agreement and error, then PASS or "
+        "FAIL; exits 1 with one 'error:' line on FAIL (or when the bundle has no self-test data).",
+    )
+    c.add_argument("bundle")
+    c.add_argument("--device", help="backend device (as for predict; default cpu)")
+    c.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+    c.add_argument("--batch", type=int, metavar="N", help=BATCH_HELP)
+    add_key_option(c)
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=cmd_check)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     import runtimes
     from runtimes.cpu import cpu_features
 
-    options = {**precision_option(args), **batch_option(args)}
+    options = {**precision_option(args), **batch_option(args), **trusted_keys_option(args)}
     with only_errors_from("runtimes.predictor"), runtimes.load(args.bundle, device=args.device, **options) as predictor:
+        signed_by = predictor.bundle.signed_by
         result = predictor.self_test(raise_on_failure=False)  # the load-time warnings are reported below, once
         info = predictor.describe()
         warnings = list(predictor.warnings)
@@ -113,6 +133,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "cpu": cpu.to_dict(),
         "self_test": result.to_dict(),
         "validation_passed": info.get("validation_passed"),  # the export gate, as the manifest records it
+        "signed_by": signed_by,  # the trusted key that signed it; None when no key is trusted here
         "warnings": warnings,
         "notices": notices,
         "passed": not failures,
@@ -123,6 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"bundle     {args.bundle} ({info['format']}, {info['precision']})" + (f", loaded for batch {args.batch}" if args.batch else ""))
         print(f"runtime    {info['backend']} on {info['device']}, computing in {info['computes']}")
         print(f"cpu        {cpu.summary()}")
+        print(f"signature  {signature_line(Path(args.bundle), signed_by)}")
         if info.get("validation_passed") is False:
             print("gate       FAILED at export: written only because --allow-failed-validation was given; do not ship it")
         print(result.summary())
@@ -135,6 +157,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         err(f"error: {args.bundle}: " + "; ".join(failures))
         return 1
     return 0
+
+
+def signature_line(bundle: Path, signed_by: str | None) -> str:
+    from runtimes.signature_format import SIGNATURE_NAME
+    from runtimes.signing import KEYS_ENV
+
+    if signed_by:
+        return f"signed by trusted key {signed_by[:12]}"
+    has = "signed, but" if (bundle / SIGNATURE_NAME).is_file() else "unsigned, and"
+    return f"{has} not checked: no trusted key (--key PUB or {KEYS_ENV})"
 
 
 PREDICT_CHUNK = 16  # images decoded and run together; results are printed after each chunk

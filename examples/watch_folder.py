@@ -6,6 +6,9 @@ bad frames, shut down cleanly on SIGINT/SIGTERM. Needs `runtimes` and one backen
                                                                       # fully written (retried if still unreadable)
     python examples/watch_folder.py BUNDLE --camera 0                 # frames from a camera (the [video] extra)
     python examples/watch_folder.py BUNDLE --folder incoming/ --max-frames 100 --idle-exit 5
+    python examples/watch_folder.py /opt/models --folder incoming/    # a models folder made by `edge-transfer deploy`:
+                                                                      # a new deploy or rollback is picked up between
+                                                                      # frames, without a restart (runtimes.follow)
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def camera_frames(index: int, stop: list[bool]) -> Iterator[tuple[str, object]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bundle")
+    ap.add_argument("bundle", help="a bundle, or a models folder managed by `edge-transfer deploy` (its current version is followed)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--folder", type=Path, help="watch this folder for new image files")
     src.add_argument("--camera", type=int, help="read frames from this camera index (OpenCV)")
@@ -114,7 +117,10 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    predictor = runtimes.load(args.bundle)
+    following = (Path(args.bundle) / "current").is_symlink()  # a models folder: follow what deploy makes current
+    model = runtimes.follow(args.bundle) if following else runtimes.load(args.bundle)
+    predictor = model.predictor if isinstance(model, runtimes.FollowingPredictor) else model
+    version = getattr(model, "version", None)
     if not args.skip_self_test:  # before serving: does this device compute what was validated on the host?
         try:
             print(predictor.self_test().summary(), flush=True)
@@ -122,7 +128,8 @@ def main() -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     print(
-        f"running {args.bundle} on {predictor.describe()['backend']} {predictor.device} ({predictor.inference_precision or 'precision unknown'})",
+        f"running {args.bundle}{f' ({version})' if version else ''} on {predictor.describe()['backend']} {predictor.device} "
+        f"({predictor.inference_precision or 'precision unknown'})",
         flush=True,
     )
     folder = FolderFrames(args.folder, stop, 0.05, args.idle_exit, args.retries) if args.folder else None
@@ -130,11 +137,11 @@ def main() -> int:
     window: collections.deque[float] = collections.deque(maxlen=100)
     ok = bad = 0
     started = time.perf_counter()
-    with predictor:
+    with model:
         for name, frame in frames:
             t0 = time.perf_counter()
             try:
-                top = predictor.predict(frame, top_k=1)[0][0]
+                top = model.predict(frame, top_k=1)[0][0]
             except runtimes.EdgeTransferError as exc:  # a bad frame: log it, keep going
                 if folder is not None and folder.retry(str(frame)):  # maybe caught mid-write: once more, later
                     print(f"{name}: not readable yet, will retry ({exc})", file=sys.stderr, flush=True)
@@ -143,6 +150,9 @@ def main() -> int:
                 print(f"{name}: skipped ({exc})", file=sys.stderr, flush=True)
                 continue
             window.append(time.perf_counter() - t0)
+            if getattr(model, "version", None) != version:
+                version = getattr(model, "version", None)
+                print(f"now running {version} (deployed while running)", flush=True)
             ok += 1
             print(f"{name}: {top.label} {top.score:.0%}", flush=True)
             if ok % args.every == 0:

@@ -11,15 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import signing
 from .errors import BundleError, IntegrityError
-from .fsutil import check_relative_path, publish_directory, remove_temporary, sha256_file, staging_directory
+from .fsutil import cannot_write, check_relative_path, publish_directory, remove_temporary, sha256_file, staging_directory
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, parse_manifest, utc_now
 from .outputs import OutputKind, check_output_dir, listing
 from .safejson import MAX_JSON_BYTES, MAX_JSON_DEPTH, loads_limited
+from .signature_format import SIGNATURE_NAME
+from .signing import KeySource
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Bundle:
     path: Path
     manifest: Manifest
     blobs: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    signed_by: str | None = None  # the trusted key's id when a signature was checked (runtimes.signing)
 
     def file(self, rel: str) -> Path:
         return self.path / rel
@@ -68,8 +73,12 @@ def _what_it_is(root: Path) -> str:
 
 
 def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
-    """Parse and validate manifest.json without checking the model files."""
-    root = Path(bundle_dir)
+    """Parse and validate manifest.json without checking the model files (nor its signature)."""
+    return _parse(Path(bundle_dir), _manifest_bytes(Path(bundle_dir)))
+
+
+def _manifest_bytes(root: Path) -> bytes:
+    """manifest.json's bytes, within the size limit; a `BundleError` says what the folder is when it has none."""
     mpath = root / MANIFEST_NAME
     try:
         if not root.exists():
@@ -84,9 +93,15 @@ def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
         size = mpath.stat().st_size
         if size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{mpath}: {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
-        data = loads_limited(mpath.read_text(encoding="utf-8"))
+        return mpath.read_bytes()
     except OSError as exc:
         raise BundleError(f"{mpath}: cannot be read: {exc.strerror or exc}") from None
+
+
+def _parse(root: Path, raw: bytes) -> Manifest:
+    mpath = root / MANIFEST_NAME
+    try:
+        data = loads_limited(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{mpath}: not valid JSON ({exc})") from None
     except ValueError as exc:  # past a limit of runtimes.safejson
@@ -97,13 +112,49 @@ def read_manifest(bundle_dir: str | os.PathLike[str]) -> Manifest:
         raise BundleError(f"{mpath}: {exc}") from None
 
 
-def open_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
+def open_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True, trusted_keys: Iterable[KeySource] | None = None) -> Bundle:
     """Read a bundle's manifest and verify every file (paths, sizes, checksums, nothing unlisted, ONNX external
-    data only from listed files of the bundle)."""
+    data only from listed files of the bundle).
+
+    `trusted_keys` (public key files, folders of *.pub, PEM bytes; by default `EDGE_TRANSFER_TRUSTED_KEYS`): when
+    there are any, the manifest's bytes must carry a valid signature by one of them (`runtimes.signing`), checked
+    before they are parsed; `[]` checks no signature."""
     root = Path(bundle_dir)
-    manifest = read_manifest(root)
+    keys = signing.trusted_keys(trusted_keys) if verify else ()
+    raw = _manifest_bytes(root)
+    statement = signing.verify_manifest_signature(root, raw, keys) if keys else None
+    manifest = _parse(root, raw)
+    if statement is not None:
+        signing.check_signed_files(root, statement, {f.path: f.sha256 for f in manifest.files})
     blobs = verify_files(root, manifest) if verify else {}
-    return Bundle(path=root, manifest=manifest, blobs=blobs)
+    return Bundle(path=root, manifest=manifest, blobs=blobs, signed_by=statement.key_id if statement else None)
+
+
+def sign_bundle(bundle_dir: str | os.PathLike[str], private_key: str | os.PathLike[str]) -> str:
+    """Sign a bundle in place: check every file, then write `model.sig` atomically (replacing an older signature).
+    Returns the key id (the sha256 of the public key's PEM)."""
+    root = Path(bundle_dir)
+    key = signing.load_private_key(private_key)
+    open_bundle(root, trusted_keys=[])  # never sign a bundle that fails its own checks
+    return _write_signature(root, key, root.name)
+
+
+def _write_signature(root: Path, key: Any, name: str) -> str:
+    raw = _manifest_bytes(root)
+    listed = {f.path: f.sha256 for f in _parse(root, raw).files}
+    signature, key_id = signing.signature_for(name, raw, listed, key)
+    tmp = root / f".{SIGNATURE_NAME}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(signature)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / SIGNATURE_NAME)
+    except OSError as exc:
+        raise cannot_write(root / SIGNATURE_NAME, exc, "signature") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return key_id
 
 
 def model_files(manifest: Manifest) -> set[str]:
@@ -163,6 +214,8 @@ def verify_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
     listed = set()
     for entry in manifest.files:
         check_relative_path(entry.path)
+        if entry.path == SIGNATURE_NAME:
+            raise IntegrityError(f"{root}: the manifest lists {SIGNATURE_NAME}, the signature's own place")
         p = root / entry.path
         try:
             _check_location(root, real_root, p, entry.path)
@@ -180,7 +233,7 @@ def verify_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if rel != MANIFEST_NAME and rel not in listed:
+            if rel not in (MANIFEST_NAME, SIGNATURE_NAME) and rel not in listed:
                 raise IntegrityError(f"{root}: file {rel!r} is in the bundle but not listed in the manifest")
     from .onnx_refs import check_external_data
 
@@ -201,7 +254,7 @@ def _bundle_problem(path: Path) -> str | None:
         manifest = read_manifest(path)
     except BundleError:
         return f"no edge-transfer {MANIFEST_NAME}"
-    listed = {f.path for f in manifest.files} | {MANIFEST_NAME}
+    listed = {f.path for f in manifest.files} | {MANIFEST_NAME, SIGNATURE_NAME}
     foreign = []
     for dirpath, dirnames, filenames in os.walk(path):
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
@@ -227,9 +280,10 @@ class BundleWriter:
     hidden `.name.partial-*` sibling, never a half-written bundle at the target path.
     """
 
-    def __init__(self, target: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    def __init__(self, target: str | os.PathLike[str], *, overwrite: bool = False, sign_key: str | os.PathLike[str] | None = None) -> None:
         self.target = check_output_dir(target, BUNDLE, overwrite=overwrite)  # only a bundle of ours is ever replaced
         self.overwrite = overwrite
+        self.sign_key = signing.load_private_key(sign_key) if sign_key is not None else None  # a bad key fails first
         self.dir: Path = Path()
         self.committed = False
 
@@ -247,7 +301,7 @@ class BundleWriter:
             if p.is_symlink():
                 raise BundleError(f"refusing to bundle symlink {p.name}")
             rel = p.relative_to(self.dir).as_posix()
-            if p.is_file() and rel not in (MANIFEST_NAME, MANIFEST_NAME + ".tmp"):
+            if p.is_file() and rel not in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", SIGNATURE_NAME):
                 files.append({"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size})
         return files
 
@@ -273,8 +327,10 @@ class BundleWriter:
         return doc, parsed
 
     def commit(self, manifest: Manifest | dict[str, Any]) -> Bundle:
-        """Stage `manifest` (written last, after every file is hashed), then publish the bundle atomically."""
+        """Stage `manifest` (written last, after every file is hashed), sign it when a key was given, then publish the
+        bundle atomically."""
         _, parsed = self.stage(manifest)
+        signed_by = _write_signature(self.dir, self.sign_key, self.target.name) if self.sign_key is not None else None
         publish_directory(self.dir, self.target)
         self.committed = True
-        return Bundle(path=self.target, manifest=parsed)
+        return Bundle(path=self.target, manifest=parsed, signed_by=signed_by)

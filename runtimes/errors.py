@@ -25,6 +25,11 @@ class IntegrityError(BundleError):
     """A bundle file's size or checksum differs from the manifest, or a file is unlisted or unsafe."""
 
 
+class SignatureError(IntegrityError):
+    """This device trusts signing keys and the bundle is unsigned, signed by another key, or differs from what was
+    signed (README: Signed bundles); raised before any model bytes are parsed."""
+
+
 class BackendUnavailableError(EdgeTransferError):
     """The backend a bundle needs, or the optional library a command needs (OpenCV for video), is not installed on
     this machine; the message names what to install."""

@@ -60,7 +60,7 @@ def cannot_write(path: str | os.PathLike[str], exc: OSError, what: str = "output
 TEMP_PREFIX = "edge-transfer-"  # temporary directories this package makes under the system's temp folder
 
 
-def _is_our_temporary(path: Path) -> bool:
+def is_our_temporary(path: Path) -> bool:
     """A staging sibling (`.NAME.partial-*`), a replaced directory on its way out (`.NAME.old-PID`), or an
     `edge-transfer-*` directory in the system's temp folder: names only this package gives."""
     name = path.name
@@ -70,9 +70,9 @@ def _is_our_temporary(path: Path) -> bool:
 
 
 def remove_temporary(path: str | os.PathLike[str]) -> None:
-    """Delete a temporary directory this package made (see `_is_our_temporary`); any other path is a bug, refused."""
+    """Delete a temporary directory this package made (see `is_our_temporary`); any other path is a bug, refused."""
     p = Path(path)
-    if not _is_our_temporary(p):
+    if not is_our_temporary(p):
         raise OutputError(f"{p}: not a temporary directory of edge-transfer's; refusing to delete it")
     shutil.rmtree(p, ignore_errors=True)
 
