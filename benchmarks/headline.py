@@ -126,8 +126,8 @@ def main() -> int:
     p.add_argument("--app-rounds", type=int, default=3, help="turns of benchmark_app / static / dynamic per OpenVINO format")
     args = p.parse_args()
 
-    from edge_transfer.bench_report import machine_context
     from runtimes.bench import bench_bundle
+    from runtimes.cli.bench_report import machine_context
 
     batches = [int(b) for b in args.batches.split(",")]
     t_start = time.perf_counter()

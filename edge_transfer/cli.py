@@ -1,11 +1,13 @@
-"""The `edge-transfer` command line. Host commands (train, export, demo) import torch when they run;
-device commands (predict, inspect, bench, build-engine) need only `runtimes` and one backend."""
+"""The host commands of the `edge-transfer` command line (train, qat, probe-layers, export, demo): they import torch
+when they run. They join the device commands of `runtimes.cli` (the front door, in the runtime distribution)
+through the `edge_transfer.commands` entry point."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from converters.options import (
     CALIBRATION_METHODS,
@@ -16,36 +18,27 @@ from converters.options import (
     QuantizationOptions,
     TensorRTOptions,
 )
-from runtimes.errors import EdgeTransferError
 from runtimes.preprocess import RESIZES
 from runtimes.tensorrt_profile import DEFAULT_MAX_BATCH, DEFAULT_OPT_TOKENS
 
-from .cli_bench import add_bench_parser
-from .cli_device import add_build_engine_parser, add_check_parser, add_predict_parser, cmd_inspect
-from .cli_fleet import add_fleet_parsers
-from .cli_gallery import add_gallery_parsers
 from .cli_help import EPILOG, FORMATS_HELP, RESIZE_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train
-from .cli_imprint import add_imprint_parser
 from .cli_layers import add_probe_layers_parser
-from .cli_output import configure_logging, err, host_install_hint, out_of_range, reader_gone
 from .cli_qat import add_qat_parser, add_train_qat_flags
-from .cli_val import add_val_parser
 from .config import STRATEGIES, TrainConfig
 
+DESCRIPTION = "Transfer-learn a pretrained vision or language model on your data, export it as a validated bundle, run it on the device."
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
 
-    p = argparse.ArgumentParser(
-        prog="edge-transfer",
-        description="Transfer-learn a pretrained vision model on your images, export it as a validated bundle, run it on the device.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--version", action="version", version=f"edge-transfer {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _interrupted(args: argparse.Namespace) -> str:
+    resumable = args.command == "qat" or (args.command == "train" and args.strategy in ("finetune", "partial"))
+    return "; continue with the same command plus --resume" if resumable else "; no run was saved" if args.command == "train" else ""
 
+
+def add_host_parsers(parser: argparse.ArgumentParser, sub: Any) -> None:
+    """Add the host commands to the `edge-transfer` parser (the `edge_transfer.commands` entry point)."""
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG + (parser.epilog or "")
     t = sub.add_parser(
         "train",
         help="adapt a pretrained backbone to a dataset; writes a run directory",
@@ -327,25 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_export)
 
-    add_predict_parser(sub)
-    add_val_parser(sub)
-    add_gallery_parsers(sub)
-    add_imprint_parser(sub)
-
-    add_check_parser(sub)
-
-    add_bench_parser(sub)
-    add_fleet_parsers(sub)
-
-    add_build_engine_parser(sub)
-
-    i = sub.add_parser(
-        "inspect", help="verify a bundle and show its manifest", description="Verify checksums and schema, then summarise the manifest."
-    )
-    i.add_argument("bundle")
-    i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
-    i.set_defaults(func=cmd_inspect)
-
     d = sub.add_parser(
         "demo",
         help="digits -> efficientnet_lite0 linear probe -> ONNX bundle -> validated predictions",
@@ -357,50 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int)
     d.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     d.set_defaults(func=cmd_demo)
-    return p
+    for name in ("train", "qat"):  # --json keeps their per-epoch lines: the only sign of life in a long run
+        sub.choices[name].set_defaults(json_keeps_progress=True, interrupted=_interrupted)
 
 
-POSITIONAL_IMAGES = ("predict", "enroll", "identify", "imprint")  # commands whose image files may come before and after options
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, device and host commands (`runtimes.cli.build_parser`)."""
+    from runtimes.cli import build_parser as build
+
+    return build()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command in POSITIONAL_IMAGES and not any(x.startswith("-") for x in extra):
-        args.images += extra  # files after the options (`enroll B --gallery G --label L a.jpg`): argparse took none
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if (problem := out_of_range(parser, args)) is not None:  # every numeric flag, before any work
-        err(f"error: {problem}")
-        return 2
-    for stream in (sys.stdout, sys.stderr):  # labels and file names from a bundle may hold unprintable characters
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-    # progress lines on stderr unless --quiet; --json (stdout) silences them too, except for train, whose per-epoch
-    # lines are the only sign of life in a long run (qat too)
-    json_silences = getattr(args, "json", None) is True and args.command not in ("train", "qat")
-    configure_logging(verbose=not getattr(args, "quiet", False) and not json_silences)
-    try:
-        code = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
-        return code
-    except EdgeTransferError as exc:
-        err(f"error: {exc}")
-        return 2
-    except ModuleNotFoundError as exc:
-        if (hint := host_install_hint(exc, args.command)) is None:
-            raise
-        err(hint)
-        return 2
-    except BrokenPipeError:  # `edge-transfer enroll ... --list | head`: the reader has gone; stop quietly, as cat does
-        return reader_gone()
-    except KeyboardInterrupt:
-        resumable = args.command == "qat" or (args.command == "train" and args.strategy in ("finetune", "partial"))
-        err(
-            "interrupted"
-            + ("; continue with the same command plus --resume" if resumable else "; no run was saved" if args.command == "train" else "")
-        )
-        return 130
+    from runtimes.cli import main as run
+
+    return run(argv)
 
 
 if __name__ == "__main__":

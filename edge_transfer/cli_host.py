@@ -6,10 +6,10 @@ import argparse
 import dataclasses
 
 from converters.options import QUANTIZATION_KEYWORDS, ExportOptions, TensorRTOptions
+from runtimes.cli.output import pct, print_json
 from runtimes.errors import InputError
 from runtimes.options import options_from_namespace
 
-from .cli_output import pct, print_json
 from .config import TrainConfig
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from runtimes.cli.output import pct, print_json
 from runtimes.errors import InputError
 
-from .cli_output import pct, print_json
 from .config import TrainConfig
 
 

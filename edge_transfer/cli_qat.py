@@ -6,9 +6,9 @@ import argparse
 from typing import Any
 
 from converters.options import TARGET_CPU_CHOICES
+from runtimes.cli.output import pct, print_json
 from runtimes.options import options_from_namespace
 
-from .cli_output import pct, print_json
 from .config import QatConfig, TrainConfig
 
 QAT_DESCRIPTION = (

@@ -43,10 +43,12 @@ def _package_version() -> str:
     """The installed distribution's version (pyproject.toml is its one home); '0+unknown' when run from a copy."""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return version("edge-transfer")
-    except PackageNotFoundError:
-        return "0+unknown"
+    for distribution in ("edge-transfer", "edge-transfer-runtime"):  # a host install, or the device's runtime alone
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "0+unknown"
 
 
 __version__ = _package_version()

@@ -209,7 +209,7 @@ def test_cli_export_flags_build_the_api_options_with_their_defaults():
     given += ["--no-fallback", "--min-int8-share", "0.9", "--skip-bad", "--output", "embedding", "--features", "blocks.3"]
     given += ["--allow-failed-validation", "--overwrite", "--trt-max-batch", "4", "--trt-opt-batch", "2", "--trt-workspace", "64"]
     given += ["--trt-dla-core", "1", "--trt-no-gpu-fallback", "--trt-hardware-compatible", "--trt-version-compatible"]
-    given += ["--trt-opt-tokens", "32", "--text-column", "body", "--label-column", "topic"]
+    given += ["--trt-opt-tokens", "32", "--text-column", "body", "--label-column", "topic", "--sign-key", "k.key"]
     opts = export_options_from_args(build_parser().parse_args(["export", "run", "--out", "x", *given]))
     default = ExportOptions()
     changed = {f.name for f in dataclasses.fields(ExportOptions) if getattr(opts, f.name) != getattr(default, f.name)}

@@ -1,5 +1,5 @@
 """The `bench` command: latency of one or more bundles on this device (runtimes.bench), with the table, CSV, JSON
-and plot of edge_transfer.bench_report. Needs only runtimes + a backend."""
+and plot of runtimes.cli.bench_report. Needs only runtimes + a backend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from runtimes.bench import MODES, BenchOptions
 from runtimes.errors import InputError
 from runtimes.options import MAX_BATCH
 
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, err, precision_option, print_json, progress_bar, require_matplotlib
+from .output import PRECISION_CHOICES, PRECISION_HELP, err, precision_option, print_json, progress_bar, require_matplotlib
 
 
 def add_bench_parser(sub: Any) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 from runtimes.errors import EdgeTransferError, InputError
 from runtimes.open_set import check_min_score, resolve_min_score
 
-from .cli_fleet import add_key_option, trusted_keys_option
-from .cli_output import (
+from .fleet import add_key_option, trusted_keys_option
+from .output import (
     BATCH_HELP,
     MIN_SCORE_HELP,
     PRECISION_CHOICES,
@@ -29,7 +29,7 @@ from .cli_output import (
     print_json,
     unknown_record,
 )
-from .cli_stream import add_stream_options, run_streams, stream_sources, top_k_line
+from .stream import add_stream_options, run_streams, stream_sources, top_k_line
 
 
 def add_predict_parser(sub: Any) -> None:
@@ -194,7 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     kind, images = predict_inputs(args, predictor.modality)
     classify = predictor.predict
     if args.classes:
-        from .cli_imprint import open_added
+        from .imprint import open_added
 
         added = open_added(args.bundle, args.classes, predictor)
         classify = functools.partial(added.predict, predictor)
@@ -247,6 +247,15 @@ def _print_prediction(img: str, r: Any, floor: float | None = None) -> None:
         for c in r:
             print(f"  {c.score:7.2%}  {c.label}")
     sys.stdout.flush()
+
+
+def add_inspect_parser(sub: Any) -> None:
+    i = sub.add_parser(
+        "inspect", help="verify a bundle and show its manifest", description="Verify checksums and schema, then summarise the manifest."
+    )
+    i.add_argument("bundle")
+    i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    i.set_defaults(func=cmd_inspect)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 from runtimes.deploy import DEFAULT_KEEP
 from runtimes.signing import KEYS_ENV, PASSWORD_ENV
 
-from .cli_output import PRECISION_CHOICES, PRECISION_HELP, precision_option, print_json
+from .output import PRECISION_CHOICES, PRECISION_HELP, precision_option, print_json
 
 KEY_HELP = f"a trusted public key (.pub) or a folder of them; repeat for several (default: {KEYS_ENV}, if set)"
 

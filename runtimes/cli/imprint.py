@@ -10,7 +10,7 @@ from typing import Any
 from runtimes.errors import InputError
 from runtimes.labels import shown
 
-from .cli_output import print_json
+from .output import print_json
 
 
 def add_imprint_parser(sub: Any) -> None:

@@ -13,8 +13,8 @@ from runtimes.labels import shown
 from runtimes.open_set import check_min_score, resolve_min_score
 from runtimes.predictor import unit_rows
 
-from .cli_output import err, print_json
-from .cli_stream import add_stream_options, run_streams, stream_sources
+from .output import err, print_json
+from .stream import add_stream_options, run_streams, stream_sources
 
 IDENTIFY_CHUNK = 16
 
@@ -100,7 +100,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     from runtimes.gallery import Gallery, label_folders
     from runtimes.labels import check_label
 
-    from .cli_device import predict_inputs
+    from .device import predict_inputs
 
     actions = sum(bool(x) for x in (args.label, args.from_folders, args.remove))
     if actions > 1 or (actions == 0 and not args.list):
@@ -164,7 +164,7 @@ def _text_folders(root: str) -> dict[str, list[str]]:
 def cmd_identify(args: argparse.Namespace) -> int:
     from runtimes.gallery import threshold_problem
 
-    from .cli_device import predict_inputs, shown_text
+    from .device import predict_inputs, shown_text
 
     check_min_score(args.min_score, lowest=-1.0)  # a bad value is refused before the bundle is read
     predictor, gallery = _open(args)

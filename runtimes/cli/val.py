@@ -10,7 +10,7 @@ from typing import Any
 from runtimes.errors import InputError
 from runtimes.open_set import check_min_score, resolve_min_score
 
-from .cli_output import MIN_SCORE_HELP, PRECISION_CHOICES, PRECISION_HELP, err, pct, precision_option, print_json, progress_bar, require_matplotlib
+from .output import MIN_SCORE_HELP, PRECISION_CHOICES, PRECISION_HELP, err, pct, precision_option, print_json, progress_bar, require_matplotlib
 
 MAX_TEXT_CLASSES = 30  # a wider confusion matrix is left to --json / --plot
 

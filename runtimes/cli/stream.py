@@ -10,7 +10,7 @@ from typing import Any
 
 from runtimes.errors import EdgeTransferError, InputError
 
-from .cli_output import err
+from .output import err
 
 
 def add_stream_options(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +108,7 @@ def run_streams(
 
 def _print_document(args: argparse.Namespace, header: dict[str, Any], records: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> None:
     if args.json:
-        from .cli_output import print_json
+        from .output import print_json
 
         print_json({**header, "frames": records, "summaries": summaries})
     sys.stdout.flush()

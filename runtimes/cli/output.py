@@ -22,7 +22,7 @@ PRECISION_HELP = (
 LOGGERS = ("edge_transfer", "converters", "runtimes")
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in the stubs
     """Writes to whatever `sys.stderr` is at the time (tests and apps swap it); progress plain, problems labelled."""
 
     def __init__(self) -> None:
