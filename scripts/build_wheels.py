@@ -19,8 +19,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib  # the build runs on the host's Python (3.11+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_ONLY_EXTRAS = ("host", "dev")
@@ -47,8 +48,10 @@ def _toml_value(value: object) -> str:
     raise TypeError(value)
 
 
-def _pyproject(project: dict[str, object], extras: dict[str, list[str]], scripts: dict[str, str], entry_points: dict[str, dict[str, str]], packages: list[str]) -> str:
-    lines = ['[build-system]', 'requires = ["setuptools>=77"]', 'build-backend = "setuptools.build_meta"', "", "[project]"]
+def _pyproject(
+    project: dict[str, object], extras: dict[str, list[str]], scripts: dict[str, str], entry_points: dict[str, dict[str, str]], packages: list[str]
+) -> str:
+    lines = ["[build-system]", 'requires = ["setuptools>=77"]', 'build-backend = "setuptools.build_meta"', "", "[project]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in project.items()]
     lines += ["", "[project.optional-dependencies]"] + [f'"{k}" = {_toml_value(v)}' for k, v in extras.items()]
     if scripts:
