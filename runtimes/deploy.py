@@ -1,5 +1,5 @@
 """Safe updates on the device: a bundle becomes the one an application runs only after it passed every check here
-(docs/guides/deploy.md).
+(docs/guides/delivery.md).
 
 MODELS_DIR/
   current -> versions/v0003      a relative symlink, switched by one atomic rename

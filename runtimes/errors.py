@@ -27,7 +27,7 @@ class IntegrityError(BundleError):
 
 class SignatureError(IntegrityError):
     """This device trusts signing keys and the bundle is unsigned, signed by another key, or differs from what was
-    signed (README: Signed bundles); raised before any model bytes are parsed."""
+    signed (docs/guides/delivery.md); raised before any model bytes are parsed."""
 
 
 class BackendUnavailableError(EdgeTransferError):

@@ -1,5 +1,5 @@
 """The bundle signature's format: OpenSSF model-signing's, written and read with the standard library only
-(docs/guides/signing.md).
+(docs/guides/delivery.md).
 
 `model.sig` at the bundle root is a Sigstore bundle (JSON) holding a DSSE envelope. Its payload is an in-toto
 Statement v1 with predicate `https://model_signing/signature/v1.0`: one resource per file (path, sha256) for

@@ -1,4 +1,4 @@
-"""Signed bundles: key pairs, signing, and the device's check against the keys it trusts (docs/guides/signing.md).
+"""Signed bundles: key pairs, signing, and the device's check against the keys it trusts (docs/guides/delivery.md).
 
 Keys are ECDSA P-256 (P-384 and P-521 are read too) in PEM, the key type OpenSSF model-signing uses, so its
 `verify key` command checks our signatures; `runtimes.signature_format` is the file format. Only `cryptography` is

@@ -43,7 +43,7 @@ cd "$DEVICE"
 
 step "the README's device commands, as written"
 python3 -m venv et
-et/bin/pip install --quiet "edge_transfer_runtime-$VERSION-py3-none-any.whl[onnxruntime]"
+et/bin/pip install "edge_transfer_runtime-$VERSION-py3-none-any.whl[onnxruntime]"
 et/bin/edge-transfer check photos-onnx
 
 step "torch is absent here, not blocked"
