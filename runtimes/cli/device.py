@@ -254,6 +254,7 @@ def add_inspect_parser(sub: Any) -> None:
         "inspect", help="verify a bundle and show its manifest", description="Verify checksums and schema, then summarise the manifest."
     )
     i.add_argument("bundle")
+    add_key_option(i)
     i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     i.set_defaults(func=cmd_inspect)
 
@@ -261,13 +262,14 @@ def add_inspect_parser(sub: Any) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from runtimes.bundle import open_bundle
 
-    bundle = open_bundle(args.bundle)
+    bundle = open_bundle(args.bundle, **trusted_keys_option(args))
     m = bundle.manifest
     if args.json:
         print_json(dict(m.raw, verified=True))
         return 0
     v = m.validation or {}
     print(f"bundle      {bundle.path}  (verified: {len(m.files)} file(s), {bundle.size_bytes / 1e6:.2f} MB)")
+    print(f"signature   {signature_line(bundle.path, bundle.signed_by)}")
     print(f"model       {m.backend} / {m.format} / {m.precision}, created {m.created}")
     for spec in m.inputs:
         print(f"input       {spec.name} {spec.dtype} {list(spec.shape)} {spec.layout or ''}")
