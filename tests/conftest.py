@@ -146,6 +146,19 @@ def bundle_copy(digits_bundle: Path, tmp_path: Path) -> Path:
     return dst
 
 
+def rehash_bundle(bundle: Path) -> None:
+    """Re-make every listed file's sha256 and size in the manifest, as a careless or malicious producer would."""
+    import hashlib
+    import json
+
+    path = bundle / "manifest.json"
+    doc = json.loads(path.read_text())
+    for entry in doc["model"]["files"]:
+        data = (bundle / entry["path"]).read_bytes()
+        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    path.write_text(json.dumps(doc, indent=2))
+
+
 def write_image_folder(root: Path, per_class: int = 8, classes: tuple[str, ...] = ("zero", "one", "two")) -> Path:
     """An image folder of real digits images as PNG/JPEG files of mixed sizes and modes (grey and RGB)."""
     from PIL import Image

@@ -23,7 +23,7 @@ import runtimes
 from runtimes.deploy import CRASH_ENV, current_path, current_version, versions
 from runtimes.errors import BundleError, SelfTestFailed
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, rehash_bundle, run_cli
 
 
 def _tree_hash(path: Path) -> dict[str, str]:
@@ -93,11 +93,7 @@ def test_a_bundle_failing_any_check_never_becomes_current(two_versions: Path, bu
     models = _copy_models(two_versions, tmp_path / "models")
     reference = bundle_copy / "selftest" / "reference_logits.npy"
     np.save(reference, np.load(reference) * -1.0)  # a self-test that fails on every device, checksums re-made below
-    doc = json.loads((bundle_copy / "manifest.json").read_text())
-    for entry in doc["model"]["files"]:
-        data = (bundle_copy / entry["path"]).read_bytes()
-        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    (bundle_copy / "manifest.json").write_text(json.dumps(doc))
+    rehash_bundle(bundle_copy)
     r = run_cli("deploy", str(bundle_copy), "--to", str(models))
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "self-test failed on this device" in r.stderr, r.stderr
     (bundle_copy / "model.onnx").write_bytes(b"not a model")

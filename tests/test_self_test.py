@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +14,7 @@ import runtimes
 from runtimes.cpu import cpu_features, int8_target_problem, reduce_range_for
 from runtimes.errors import InputError, SelfTestFailed
 
-from conftest import SMALL, run_cli
+from conftest import SMALL, rehash_bundle, run_cli
 
 
 def _bf16_runs_here(bundle: Path) -> str | None:
@@ -23,16 +22,6 @@ def _bf16_runs_here(bundle: Path) -> str | None:
     with runtimes.load(bundle, inference_precision="bf16") as p:
         got = p.inference_precision
     return None if got == "bf16" else f"OpenVINO on this CPU computes in {got} when asked for bf16 ({cpu_features().summary()})"
-
-
-def _rehash(bundle: Path) -> None:
-    """Re-make every listed file's sha256 and size, as a careless or malicious producer would."""
-    path = bundle / "manifest.json"
-    doc = json.loads(path.read_text())
-    for entry in doc["model"]["files"]:
-        data = (bundle / entry["path"]).read_bytes()
-        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    path.write_text(json.dumps(doc))
 
 
 def test_openvino_runs_at_the_validated_precision_and_says_so(format_bundles):
@@ -156,7 +145,7 @@ def test_a_changed_weight_with_remade_checksums_loads_but_fails_check(digits_bun
     w = numpy_helper.to_array(largest)
     largest.CopyFrom(numpy_helper.from_array((w * 1.5).astype(w.dtype), largest.name))
     onnx.save(model, bundle / "model.onnx")
-    _rehash(bundle)
+    rehash_bundle(bundle)
     with runtimes.load(bundle) as p:  # integrity passes: the checksums were re-made
         assert p.self_test(raise_on_failure=False).status == "fail"
     result = run_cli("check", str(bundle), block_torch=True)

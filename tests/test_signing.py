@@ -17,7 +17,7 @@ import pytest
 import runtimes
 from runtimes.errors import InputError, IntegrityError, SignatureError
 
-from conftest import run_cli
+from conftest import rehash_bundle, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +48,6 @@ def _model_signing_accepts(bundle: Path, public_key: Path) -> bool:
     return True
 
 
-def _rehash(bundle: Path) -> None:
-    """Re-make every listed file's sha256 and size, as a careful attacker would."""
-    path = bundle / "manifest.json"
-    doc = json.loads(path.read_text())
-    for entry in doc["model"]["files"]:
-        data = (bundle / entry["path"]).read_bytes()
-        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    path.write_text(json.dumps(doc, indent=2))
-
-
 def _swap_graph_and_regenerate_self_test(bundle: Path) -> None:
     """The attack from issue 32: a graph that answers class 0 for everything, its self-test references regenerated
     from that graph, and every checksum re-made. Only a signature can tell."""
@@ -70,7 +60,7 @@ def _swap_graph_and_regenerate_self_test(bundle: Path) -> None:
     values[0] += 1000.0
     bias.CopyFrom(numpy_helper.from_array(values, bias.name))
     onnx.save(model, str(bundle / "model.onnx"))
-    _rehash(bundle)
+    rehash_bundle(bundle)
     with runtimes.load(bundle, trusted_keys=[]) as p:
         logits = p.run(np.load(bundle / "selftest" / "images.npy")).astype(np.float32)
         named = [p.labels[i] for i in logits.argmax(1)]
@@ -78,7 +68,7 @@ def _swap_graph_and_regenerate_self_test(bundle: Path) -> None:
     doc = json.loads((bundle / "manifest.json").read_text())
     doc["self_test"]["labels"] = named  # the names the self-test expects, re-made too
     (bundle / "manifest.json").write_text(json.dumps(doc, indent=2))
-    _rehash(bundle)
+    rehash_bundle(bundle)
 
 
 def test_signed_bundle_loads_with_its_key_and_model_signing_agrees(signed: Path, keys):
