@@ -203,6 +203,8 @@ def deploy(
     if keep < 1:
         raise InputError(f"--keep must be at least 1 (the current version), got {keep}")
     source, root = Path(bundle_dir), Path(models_dir)
+    if source.resolve() == root.resolve() or source.resolve() in root.resolve().parents:
+        raise InputError(f"--to {root}: inside the bundle being deployed; the models folder must be outside it")
     try:
         (root / VERSIONS).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

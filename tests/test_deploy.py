@@ -21,7 +21,7 @@ import pytest
 
 import runtimes
 from runtimes.deploy import CRASH_ENV, current_path, current_version, versions
-from runtimes.errors import BundleError, SelfTestFailed
+from runtimes.errors import BundleError, InputError, SelfTestFailed
 
 from conftest import ROOT, rehash_bundle, run_cli
 
@@ -170,6 +170,13 @@ def test_old_versions_are_pruned_but_never_what_is_not_a_bundle(two_versions: Pa
     result = runtimes.deploy(digits_bundle, models, keep=1)
     assert result.removed == ("v0002",) and versions(models) == ["v0001", "v0003"]
     assert (models / "versions" / "v0001" / "my-notes.txt").read_text() == "mine"
+
+
+def test_a_models_folder_inside_the_bundle_is_refused(bundle_copy: Path):
+    before = sorted(p.name for p in bundle_copy.iterdir())
+    with pytest.raises(InputError, match="inside the bundle being deployed"):
+        runtimes.deploy(bundle_copy, bundle_copy / "models")
+    assert sorted(p.name for p in bundle_copy.iterdir()) == before
 
 
 def test_a_real_folder_named_current_is_never_replaced(digits_bundle: Path, tmp_path: Path):
