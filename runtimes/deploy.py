@@ -167,6 +167,19 @@ def _switch(models_dir: Path, version: str) -> None:
     _fsync_dir(models_dir)
 
 
+def _same_bundle(source: Path, installed: Path) -> bool:
+    """Whether `source` has the very manifest (so the same file checksums) and signature as an installed version."""
+
+    def read(p: Path) -> bytes | None:
+        try:
+            return p.read_bytes() if p.is_file() and not p.is_symlink() else None
+        except OSError:
+            return None
+
+    manifest = read(source / "manifest.json")
+    return manifest is not None and manifest == read(installed / "manifest.json") and read(source / "model.sig") == read(installed / "model.sig")
+
+
 def _prune(models_dir: Path, keep: int) -> tuple[str, ...]:
     """Remove the oldest versions beyond the newest `keep`, never the current one nor anything not a whole bundle."""
     current = current_version(models_dir)
@@ -212,6 +225,10 @@ def deploy(
     with exclusive_file(root / LOG):
         previous = current_version(root)
         _clean_leftovers(root)
+        if previous is not None and _same_bundle(source, root / VERSIONS / previous):
+            _log(root, "unchanged", version=previous, source=str(source))  # a re-run (cron, rsync hook) keeps the history
+            removed = _prune(root, keep)  # and completes the removals of a deploy interrupted after its switch
+            return DeployResult(previous, root / VERSIONS / previous, previous, removed, "already current: the same manifest and signature", None)
         _step("start")
         staging = staging_directory(root / VERSIONS / "incoming")
         try:

@@ -89,6 +89,16 @@ def test_deploy_switches_only_after_checks_and_keeps_the_source_intact(digits_bu
     assert [e["event"] for e in log] == ["deployed", "deployed"] and log[1]["previous"] == "v0001"
 
 
+def test_deploying_the_current_bundle_again_keeps_the_history(two_versions: Path, second_bundle: Path, tmp_path: Path):
+    """A deploy re-run by cron or an rsync hook must not push the older versions out of --keep."""
+    models = _copy_models(two_versions, tmp_path / "models")
+    for _ in range(3):
+        r = run_cli("deploy", str(second_bundle), "--to", str(models), "--keep", "2")
+        assert r.returncode == 0 and "v0002 is already current" in r.stdout, r.stdout + r.stderr
+    assert versions(models) == ["v0001", "v0002"] and current_version(models) == "v0002"
+    assert runtimes.rollback(models).version == "v0001"
+
+
 def test_a_bundle_failing_any_check_never_becomes_current(two_versions: Path, bundle_copy: Path, tmp_path: Path):
     models = _copy_models(two_versions, tmp_path / "models")
     reference = bundle_copy / "selftest" / "reference_logits.npy"
@@ -188,7 +198,7 @@ def test_a_real_folder_named_current_is_never_replaced(digits_bundle: Path, tmp_
     assert (models / "current" / "photo.jpg").read_bytes() == b"precious"
 
 
-def test_deploy_takes_a_read_only_plain_copy(digits_bundle: Path, tmp_path: Path):
+def test_deploy_takes_a_read_only_plain_copy(digits_bundle: Path, second_bundle: Path, tmp_path: Path):
     received = tmp_path / "incoming"
     shutil.copytree(digits_bundle, received, copy_function=shutil.copyfile)  # as scp -r leaves it
     for p in sorted(received.rglob("*"), reverse=True) + [received]:
@@ -196,14 +206,14 @@ def test_deploy_takes_a_read_only_plain_copy(digits_bundle: Path, tmp_path: Path
     try:
         models = tmp_path / "models"
         runtimes.deploy(received, models)
-        runtimes.deploy(received, models, keep=1)  # removing v0001 works: the copy is ours, not read-only
+        runtimes.deploy(second_bundle, models, keep=1)  # removing v0001 works: the copy is ours, not read-only
         assert versions(models) == ["v0002"]
     finally:
         for p in [received, *received.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
 
 
-def test_follow_swaps_under_four_threads_without_a_failed_call(two_versions: Path, digits_bundle: Path, tmp_path: Path):
+def test_follow_swaps_under_four_threads_without_a_failed_call(two_versions: Path, second_bundle: Path, tmp_path: Path):
     models = _copy_models(two_versions, tmp_path / "models")
     image = np.asarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3)), np.uint8)
     failures: list[BaseException] = []
@@ -224,7 +234,7 @@ def test_follow_swaps_under_four_threads_without_a_failed_call(two_versions: Pat
         time.sleep(0.3)
         runtimes.rollback(models)  # v0001: plain digit names
         time.sleep(0.3)
-        runtimes.deploy(digits_bundle, models)  # v0003
+        runtimes.deploy(second_bundle, models)  # v0003: digit-* names again
         time.sleep(0.3)
         stop.set()
         for t in threads:

@@ -110,6 +110,11 @@ def _report(args: argparse.Namespace, verb: str, result: Any) -> int:
             }
         )
         return 0
+    if result.version == result.previous and verb.startswith("current"):
+        print(f"{result.version} is already current ({result.path}): the same manifest and signature; nothing installed")
+        if result.removed:
+            print(f"removed old version(s): {', '.join(result.removed)}")
+        return 0
     signed = f", signed by key {result.signed_by[:12]}" if result.signed_by else ""
     print(f"{verb} {result.version} ({result.path}){signed}; previous: {result.previous or 'none'}")
     print(result.self_test)
