@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import open_bundle
-from .deploy import current_path, current_version
+from .deploy import VERSIONS, current_path, current_version
 from .errors import EdgeTransferError
 from .predictor import Predictor
 from .signing import KeySource
@@ -57,8 +57,9 @@ class FollowingPredictor:
         self._failed: str | None = None  # a version that failed to load: not retried until current changes
         self._next_check = 0.0
         self.swaps = 0
-        self.version = current_version(self.models_dir)
-        self._predictor = self._load(current_path(self.models_dir))
+        path = current_path(self.models_dir)  # read once: the version and the folder loaded always agree
+        self.version: str | None = path.name
+        self._predictor = self._load(path)
 
     def _load(self, path: Path) -> Predictor:
         from .backends import create_predictor
@@ -84,7 +85,7 @@ class FollowingPredictor:
             self._loading = True
         try:
             try:
-                fresh = self._load(self.models_dir / "versions" / version)
+                fresh = self._load(self.models_dir / VERSIONS / version)
             except EdgeTransferError as exc:
                 logger.warning("%s: version %s not loaded, staying on %s: %s", self.models_dir, version, self.version, exc)
                 self._failed = version
