@@ -1,5 +1,5 @@
 """A camera application: classify what a camera (or a video file, or an rtsp:// / http:// stream) shows, and say when
-it changes. Needs `runtimes`, one backend and OpenCV (pip install 'edge-transfer[onnxruntime,video]'); no torch.
+it changes. Needs `runtimes`, one backend and OpenCV (pip install 'edge-transfer-runtime[onnxruntime,video]'); no torch.
 
     python examples/camera.py BUNDLE --camera 0
     python examples/camera.py BUNDLE --source rtsp://192.168.1.20/stream --min-score 0.6

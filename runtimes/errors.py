@@ -5,6 +5,13 @@
 
 from __future__ import annotations
 
+RUNTIME_DISTRIBUTION = "edge-transfer-runtime"  # the device's distribution (make wheels); its extras add backends
+
+
+def install_hint(extra: str) -> str:
+    """How to add an optional part on a device: the runtime distribution's extra."""
+    return f"pip install '{RUNTIME_DISTRIBUTION}[{extra}]'"
+
 
 class EdgeTransferError(Exception):
     """Root of every error edge-transfer raises on purpose.

@@ -27,14 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailableError, EngineIncompatibleError, InputError
+from .errors import BackendUnavailableError, EngineIncompatibleError, InputError, install_hint
 from .tensorrt_engine import BuildSettings, EngineTarget, version_tuple
 
 _log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "on Jetson TensorRT comes with JetPack: make the venv with --system-site-packages and "
-    "pip install 'edge-transfer[jetson]'; on x86, pip install 'edge-transfer[tensorrt-cu12]' (or -cu13, matching "
+    f"{install_hint('jetson')}; on x86, {install_hint('tensorrt-cu12')} (or -cu13, matching "
     "your driver's CUDA major) with NVIDIA's package index reachable"
 )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, InputError
+from .errors import BackendUnavailableError, InputError, install_hint
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -28,7 +28,7 @@ class TextTokenizer:
         try:
             from tokenizers import Tokenizer
         except ImportError as exc:
-            raise BackendUnavailableError(f"text bundles need the tokenizers package ({exc}): pip install 'edge-transfer[text]'") from None
+            raise BackendUnavailableError(f"text bundles need the tokenizers package ({exc}): {install_hint('text')}") from None
         if not isinstance(max_tokens, int) or not 2 <= max_tokens <= 8192:
             raise InputError(f"max_tokens must be a whole number from 2 to 8192, got {max_tokens!r}")
         what = "tokenizer.json" if isinstance(tokenizer_json, bytes) else str(tokenizer_json)

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, InputError, StreamError
+from .errors import BackendUnavailableError, InputError, StreamError, install_hint
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".3gp")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 DEFAULT_TIMEOUT_S = 10.0  # a stream or camera silent for this long has stalled
-VIDEO_EXTRA = "pip install 'edge-transfer[video]' (opencv-python-headless)"
+VIDEO_EXTRA = f"{install_hint('video')} (opencv-python-headless)"
 
 
 def is_stream_url(name: str) -> bool:

@@ -52,7 +52,7 @@ def test_predict_and_inspect_cli_without_torch(digits_bundle: Path, tmp_path: Pa
 def test_missing_backend_names_the_pip_extra(digits_bundle: Path):
     code = f"import sys\nsys.modules['onnxruntime'] = None\nimport runtimes\nruntimes.load({str(digits_bundle)!r})\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert "BackendUnavailableError" in r.stderr and "edge-transfer[onnxruntime]" in r.stderr
+    assert "BackendUnavailableError" in r.stderr and "edge-transfer-runtime[onnxruntime]" in r.stderr
 
 
 @pytest.mark.slow

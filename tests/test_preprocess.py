@@ -300,5 +300,5 @@ def test_a_run_trained_with_the_opencv_resize_gives_its_bundle_the_same_pixels_a
     assert r.returncode != 0 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [
         f"error: {bundle}: its preprocessing resizes with OpenCV (preprocessing.resize: opencv-exact); "
-        "pip install 'edge-transfer[video]' (opencv-python-headless)"
+        "pip install 'edge-transfer-runtime[video]' (opencv-python-headless)"
     ]

@@ -247,7 +247,7 @@ def test_tensorrt_bundles_carry_a_checked_onnx_and_build_settings(digits_run, tm
     assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 0
     assert _int32_dequantize_inputs(graph) == []
     if importlib.util.find_spec("tensorrt") is None:
-        with pytest.raises(BackendUnavailableError, match=r"JetPack.*edge-transfer\[jetson\].*edge-transfer\[tensorrt-cu12\]"):
+        with pytest.raises(BackendUnavailableError, match=r"JetPack.*edge-transfer-runtime\[jetson\].*edge-transfer-runtime\[tensorrt-cu12\]"):
             runtimes.load(fp32.path)
 
 

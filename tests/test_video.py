@@ -265,9 +265,9 @@ def test_video_without_opencv_is_refused_naming_the_extra(digits_bundle, clip, m
     code = "import sys\nsys.modules['cv2'] = None\n" + BLOCK_HOST_PACKAGES + "from edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     r = subprocess.run([sys.executable, "-c", code, "predict", str(digits_bundle), str(clip)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stdout == ""
-    assert "pip install 'edge-transfer[video]'" in r.stderr and r.stderr.count("error:") == 1
+    assert "pip install 'edge-transfer-runtime[video]'" in r.stderr and r.stderr.count("error:") == 1
     monkeypatch.setitem(sys.modules, "cv2", None)
-    with pytest.raises(BackendUnavailableError, match=r"edge-transfer\[video\]"):
+    with pytest.raises(BackendUnavailableError, match=r"edge-transfer-runtime\[video\]"):
         list(runtimes.load(digits_bundle).stream(VideoSource(str(clip))))
 
 

@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 from ..bundle import Bundle
-from ..errors import BackendUnavailableError, BundleError
+from ..errors import BackendUnavailableError, BundleError, install_hint
 from ..predictor import Predictor
 
 # backend name -> (module, class, the Python package it needs, the pip extra that installs it)
@@ -48,7 +48,7 @@ def create_predictor(bundle: Bundle, device: str | None = None, **options: Any) 
 
             how = INSTALL_HINT
         else:
-            how = f"install it with: pip install 'edge-transfer[{extra}]'"
+            how = f"install it with: {install_hint(extra)}"
         raise BackendUnavailableError(
             f"{bundle.path}: this bundle needs the {name} backend, but '{package}' is not installed here ({exc}); {how}"
         ) from None

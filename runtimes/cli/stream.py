@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from runtimes.errors import EdgeTransferError, InputError
+from runtimes.errors import EdgeTransferError, InputError, install_hint
 
 from .output import err
 
@@ -16,7 +16,7 @@ from .output import err
 def add_stream_options(parser: argparse.ArgumentParser) -> None:
     """The video options shared by predict and identify."""
     v = parser.add_argument_group(
-        "video, streams and cameras (needs OpenCV: pip install 'edge-transfer[video]')",
+        f"video, streams and cameras (needs OpenCV: {install_hint('video')})",
         "Give video files (.mp4, .avi, .mov, .mkv, ...) or stream URLs (rtsp://, http://, ...) in place of images, or --camera N. "
         "Frames are read and resized in a thread while the model runs; one result per frame (--jsonl: one JSON line "
         "each, with its frame index and time), then a summary on stderr: frames, frames/s, the median milliseconds "
