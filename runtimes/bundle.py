@@ -18,7 +18,7 @@ from typing import Any
 
 from . import signing
 from .errors import BundleError, IntegrityError
-from .fsutil import cannot_write, check_relative_path, publish_directory, remove_temporary, sha256_file, staging_directory
+from .fsutil import check_relative_path, publish_directory, remove_temporary, sha256_file, staging_directory, write_bytes_atomically
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, parse_manifest, utc_now
 from .outputs import OutputKind, check_output_dir, listing
 from .safejson import MAX_JSON_BYTES, MAX_JSON_DEPTH, loads_limited
@@ -143,17 +143,7 @@ def _write_signature(root: Path, key: Any, name: str) -> str:
     raw = _manifest_bytes(root)
     listed = {f.path: f.sha256 for f in _parse(root, raw).files}
     signature, key_id = signing.signature_for(name, raw, listed, key)
-    tmp = root / f".{SIGNATURE_NAME}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(signature)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / SIGNATURE_NAME)
-    except OSError as exc:
-        raise cannot_write(root / SIGNATURE_NAME, exc, "signature") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomically(root / SIGNATURE_NAME, signature, "signature")
     return key_id
 
 

@@ -30,7 +30,9 @@ from typing import Any
 from .bundle import BUNDLE, open_bundle
 from .errors import BundleError, EdgeTransferError, InputError, OutputError, SelfTestFailed
 from .fsutil import cannot_write, exclusive_file, is_our_temporary, remove_temporary, staging_directory
+from .manifest import MANIFEST_NAME
 from .outputs import contents_problem
+from .signature_format import SIGNATURE_NAME
 from .signing import KeySource
 
 CURRENT = "current"
@@ -58,6 +60,7 @@ class DeployResult:
     removed: tuple[str, ...]
     self_test: str
     signed_by: str | None
+    unchanged: bool = False  # the bundle was already the current version: nothing installed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -124,7 +127,7 @@ def _clean_leftovers(models_dir: Path) -> None:
 def _copy_bundle(source: Path, staging: Path) -> None:
     """Copy every file of `source`, contents only (a read-only copy received by scp stays removable here), each
     fsynced; symlinks are copied as links, which verification then refuses."""
-    if not (source / "manifest.json").is_file():
+    if not (source / MANIFEST_NAME).is_file():
         raise BundleError(f"{source}: not a bundle (no manifest.json)")
     for dirpath, dirnames, filenames in os.walk(source):
         rel = Path(dirpath).relative_to(source)
@@ -176,8 +179,8 @@ def _same_bundle(source: Path, installed: Path) -> bool:
         except OSError:
             return None
 
-    manifest = read(source / "manifest.json")
-    return manifest is not None and manifest == read(installed / "manifest.json") and read(source / "model.sig") == read(installed / "model.sig")
+    manifest = read(source / MANIFEST_NAME)
+    return manifest is not None and manifest == read(installed / MANIFEST_NAME) and read(source / SIGNATURE_NAME) == read(installed / SIGNATURE_NAME)
 
 
 def _prune(models_dir: Path, keep: int) -> tuple[str, ...]:
@@ -228,7 +231,9 @@ def deploy(
         if previous is not None and _same_bundle(source, root / VERSIONS / previous):
             _log(root, "unchanged", version=previous, source=str(source))  # a re-run (cron, rsync hook) keeps the history
             removed = _prune(root, keep)  # and completes the removals of a deploy interrupted after its switch
-            return DeployResult(previous, root / VERSIONS / previous, previous, removed, "already current: the same manifest and signature", None)
+            return DeployResult(
+                previous, root / VERSIONS / previous, previous, removed, "already current: the same manifest and signature", None, True
+            )
         _step("start")
         staging = staging_directory(root / VERSIONS / "incoming")
         try:

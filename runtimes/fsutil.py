@@ -184,16 +184,25 @@ def edit_locked(path: str | os.PathLike[str], read: Callable[[Path], T], create:
 def write_npz_atomically(path: str | os.PathLike[str], arrays: dict[str, Any], what: str = "file") -> Path:
     """`np.savez` to `path` atomically (temp file beside it, fsync, rename): the path holds the old file or the new
     one, never half of either (a crash mid-write leaves only a hidden temp file, removed on the next error)."""
-    import threading
-
     import numpy as np
 
     path = Path(os.path.realpath(path))  # a symlinked path: the real file is replaced, and the link kept
+    return _replace_atomically(path, lambda f: np.savez(f, **arrays), what)
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes, what: str = "file") -> Path:
+    """`data` to `path` as `write_npz_atomically` writes; a symlink at `path` is itself replaced, never followed."""
+    return _replace_atomically(Path(path), lambda f: f.write(data), what)
+
+
+def _replace_atomically(path: Path, fill: Callable[[Any], Any], what: str) -> Path:
+    import threading
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         if path.exists():

@@ -30,13 +30,6 @@ def _tree_hash(path: Path) -> dict[str, str]:
     return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def _cli_process(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
-    """The real CLI in its own process, made to exit at once (no cleanup, as on power loss) at step `crash_at`."""
-    env = {**os.environ, **({CRASH_ENV: crash_at} if crash_at else {})}
-    code = "import sys\nfrom edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-
-
 def _assert_valid(models: Path, allowed: set[str]) -> str:
     """`current` names one of `allowed`, and that version verifies and passes its self-test."""
     version = current_version(models)
@@ -128,11 +121,11 @@ STEPS = ["start", "copied", "verified", "self-tested", "renamed", "linked", "swi
 @pytest.mark.parametrize("step", STEPS)
 def test_a_crash_at_every_step_leaves_a_valid_current(two_versions: Path, digits_bundle: Path, tmp_path: Path, step: str):
     models = _copy_models(two_versions, tmp_path / "models")
-    r = _cli_process("deploy", str(digits_bundle), "--to", str(models), "--keep", "2", crash_at=step)
+    r = run_cli("deploy", str(digits_bundle), "--to", str(models), "--keep", "2", env={CRASH_ENV: step})  # dies there, no clean-up
     assert r.returncode == 86, r.stderr  # died at that step, with no cleanup
     new = {"v0003"} if step in ("switched", "pruning") else {"v0002"}
     _assert_valid(models, new)
-    again = _cli_process("deploy", str(digits_bundle), "--to", str(models), "--keep", "2")  # the next deploy completes and cleans up
+    again = run_cli("deploy", str(digits_bundle), "--to", str(models), "--keep", "2")  # the next deploy completes and cleans up
     assert again.returncode == 0, again.stderr
     current = _assert_valid(models, {"v0003", "v0004"})
     leftovers = [p.name for p in (models / "versions").iterdir() if p.name.startswith(".")] + [p.name for p in models.glob(".current.tmp-*")]
@@ -143,7 +136,7 @@ def test_a_crash_at_every_step_leaves_a_valid_current(two_versions: Path, digits
 @pytest.mark.parametrize("step", ["linked", "switched"])
 def test_a_crash_during_rollback_leaves_a_valid_current(two_versions: Path, tmp_path: Path, step: str):
     models = _copy_models(two_versions, tmp_path / "models")
-    r = _cli_process("rollback", "--to", str(models), crash_at=step)
+    r = run_cli("rollback", "--to", str(models), env={CRASH_ENV: step})
     assert r.returncode == 86, r.stderr
     _assert_valid(models, {"v0002"} if step == "linked" else {"v0001"})
 

@@ -110,7 +110,7 @@ def _report(args: argparse.Namespace, verb: str, result: Any) -> int:
             }
         )
         return 0
-    if result.version == result.previous and verb.startswith("current"):
+    if result.unchanged:
         print(f"{result.version} is already current ({result.path}): the same manifest and signature; nothing installed")
         if result.removed:
             print(f"removed old version(s): {', '.join(result.removed)}")
