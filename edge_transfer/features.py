@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import ImageDataset
-from .distributed import check_divisible, ranks_with
+from .distributed import check_divisible, full_float32, ranks_with
 from .loaders import PreparedDataset, make_loader
 from .model import ImageClassifier
 
@@ -57,7 +57,7 @@ def extract_features(
         "weights": weights_fingerprint(model.backbone),
         "preprocessing": model.preprocessing.to_dict(),
         "data": dataset.fingerprint(),
-        "precision": accelerator.mixed_precision,
+        "precision": "fp32",  # always: the head learns from the features the device computes (full_float32)
     }
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:32]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -83,10 +83,9 @@ def extract_features(
         net = net.to(memory_format=torch.channels_last)
     chunks = []
     bar = tqdm(loader, desc="features", unit="batch", disable=not progress or not accelerator.is_main_process, leave=False)
-    with torch.inference_mode():
+    with torch.inference_mode(), full_float32():
         for images, _ in bar:
-            with accelerator.autocast():
-                f = accelerator.unwrap_model(net).features(images)
+            f = accelerator.unwrap_model(net).features(images)
             chunks.append(accelerator.gather_for_metrics(f.float()).cpu().numpy())
     feats = np.concatenate(chunks).astype(np.float32)
     if feats.shape[0] != len(dataset):

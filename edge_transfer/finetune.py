@@ -19,7 +19,7 @@ from converters.torch_reference import reference_logits
 from runtimes.errors import CheckpointError, InputError, TrainingError
 
 from .data import ImageDataset, Splits
-from .distributed import check_divisible, ranks_with
+from .distributed import check_divisible, full_float32, ranks_with, unwrapped_forward
 from .loaders import PreparedDataset, make_loader
 from .model import ImageClassifier, build_head
 
@@ -70,13 +70,14 @@ def _freeze_frozen_norms(model: nn.Module) -> None:
 
 
 def _evaluate(net: nn.Module, loader: Any, accelerator: Any) -> tuple[float, float]:
+    """Validation loss and accuracy in plain fp32 (`full_float32`): the numbers the exported bundle will give."""
     net.eval()
+    forward = unwrapped_forward(net, accelerator)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total, correct, seen = 0.0, 0, 0
-    with torch.inference_mode():
+    with torch.inference_mode(), full_float32():
         for images, targets in loader:
-            with accelerator.autocast():
-                logits = net(images)
+            logits = forward(images)
             logits, targets = accelerator.gather_for_metrics((logits.float(), targets))
             total += float(loss_fn(logits, targets))
             correct += int((logits.argmax(1) == targets).sum())
@@ -207,7 +208,7 @@ def train_network(
         if patience and stale >= patience:
             logger.info(f"early stop at epoch {epoch + 1} (best val accuracy {best[0]:.4f})")
             break
-    model = accelerator.unwrap_model(net)
+    model = accelerator.unwrap_model(net, keep_fp32_wrapper=False)  # the fp32 model, as exported and validated
     if best_state is not None:
         model.load_state_dict(best_state)
     for p in model.parameters():

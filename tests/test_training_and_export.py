@@ -48,6 +48,32 @@ def test_feature_cache_is_reused(digits_run, tmp_path: Path):
     assert again.metrics == digits_run.metrics
 
 
+def test_features_do_not_depend_on_the_training_precision(digits_run, tmp_path: Path):
+    """The head learns from the features the device computes: plain fp32, even when training runs in bf16 (the
+    digits run's cached fp32 features are reused, and the probe is the same)."""
+    bf16 = et.train("digits", out=tmp_path / "bf16", image_size=64, interpolation="bilinear", mixed_precision="bf16", device="cpu", progress=False)
+    assert bf16.config["training"]["mixed_precision"] == "bf16"
+    assert bf16.config["training"]["feature_cache"]["cache_hit"] is True and bf16.metrics == digits_run.metrics
+
+
+def test_mixed_precision_finetune_reports_what_the_fp32_model_scores(tmp_path: Path):
+    """Trained under bf16 autocast, scored in plain fp32: each epoch's validation loss, the metrics and the returned
+    model are the fp32 model's (the exported bundle's), not the bf16 forward's (about 1e-3 away here)."""
+    from converters.torch_reference import reference_logits
+    from edge_transfer.data import stratified_split
+
+    data = _subset()
+    kw = dict(strategy="finetune", image_size=32, epochs=1, batch_size=8, mixed_precision="bf16", device="cpu", progress=False)
+    run = et.train(data, out=tmp_path / "ft", **kw)
+    assert run.config["training"]["mixed_precision"] == "bf16"
+    val = stratified_split(data.targets, seed=0, classes=data.classes).val
+    model, _ = load_run(run.path)
+    logits = reference_logits(model, data.prepared_batch(val, model.preprocessing))
+    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(data.targets[val]).long()))
+    assert abs(run.history[-1]["val_loss"] - loss) < 1e-4
+    assert run.metrics["val_accuracy"] == run.history[-1]["val_accuracy"] == float((logits.argmax(1) == data.targets[val]).mean())
+
+
 @pytest.mark.parametrize("strategy", ["finetune", "partial"])
 def test_finetune_and_partial_train_the_right_parameters(strategy: str, tmp_path: Path):
     run = et.train(_subset(), out=tmp_path / strategy, strategy=strategy, image_size=32, epochs=2, batch_size=8, unfreeze_blocks=1, progress=False)
