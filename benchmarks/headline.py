@@ -7,9 +7,11 @@ on CPUs with native bf16 it would otherwise run an "fp32" IR in bf16). Every run
 same session, interleaved: its plain call (`session.run`, `InferRequest.infer`) and our `Predictor.run`. The table
 gives p50 latency, throughput, our overhead against the plain call, and the speed-up against torch eager; then
 OpenVINO's own `benchmark_app` on the same IR files (static shape), beside our harness with the bundle loaded for
-that one batch size (`runtimes.load(..., batch_size=N)`) and with its dynamic batch.
+that one batch size (`runtimes.load(..., batch_size=N)`) and with its dynamic batch; and, since benchmark_app runs in
+its own process, its call pattern (input filled once, `infer()` timed) reproduced in this one and interleaved call by
+call with the plain call and ours.
 
-    python benchmarks/headline.py                 # about 3 minutes on 2 cores (6 with the first export)
+    python benchmarks/headline.py                 # about 4.5 minutes on 2 cores (7.5 with the first export)
     python benchmarks/headline.py --iterations 300 --work /tmp/lite0-bundles --json headline.json
 
 Bundles are exported once into --work and reused by later runs (delete the folder to re-export).
@@ -116,6 +118,40 @@ def benchmark_app(xml: Path, batch: int, seconds: int) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def app_pattern(bundle: Path, batch: int, iterations: int) -> dict[str, float]:
+    """benchmark_app's call pattern inside this process, beside ours, on one static load of `bundle`.
+
+    benchmark_app fills its input tensors once and then times `infer()` alone. Here that call ("app pattern", on
+    its own infer request of the same compiled model), the plain call with an input array each time, and our
+    `Predictor.run` take turns call by call, in a random order each round. Returns each one's p50 (ms) and the
+    median over rounds of ours / app pattern and plain / app pattern, measured side by side."""
+    import random
+
+    import runtimes
+
+    x = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    with runtimes.load(bundle, batch_size=batch) as p:
+        request = p.compiled.create_infer_request()  # OpenVINO's; its input is filled once, as benchmark_app does
+        request.infer(p.input.feeds(x))
+        plain = p.native_call()
+        calls: dict[str, Any] = {"app_pattern": request.infer, "plain": lambda: plain(x), "ours": lambda: p.run(x)}
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        order = list(calls)
+        for i in range(iterations + max(5, iterations // 10)):
+            random.shuffle(order)
+            for k in order:
+                t0 = time.perf_counter()
+                calls[k]()
+                if i >= max(5, iterations // 10):  # the first rounds warm up
+                    times[k].append(time.perf_counter() - t0)
+    t = {k: np.asarray(v) * 1000 for k, v in times.items()}
+    return {
+        **{f"{k}_p50": float(np.median(v)) for k, v in t.items()},
+        "ours_vs_app_pattern": float(np.median(t["ours"] / t["app_pattern"])),
+        "plain_vs_app_pattern": float(np.median(t["plain"] / t["app_pattern"])),
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".bundles"), help="where the bundles are exported (reused)")
@@ -175,6 +211,7 @@ def main() -> int:
             print(f"{fmt} batch {b}: ours p50 {r.latency.p50:.2f} ms, plain {r.plain.p50:.2f} ms", file=sys.stderr)
     app: dict[str, float | None] = {}
     static: dict[str, dict[str, float]] = {}  # the same IR loaded for one batch size (runtimes.load(..., batch_size=N))
+    pattern: dict[str, dict[str, float]] = {}  # benchmark_app's call pattern in this process, interleaved with ours
     if not args.no_benchmark_app:
         # benchmark_app runs in its own process, so it cannot be interleaved call by call: the three (app, our static
         # load, our dynamic load) take turns for `--app-rounds` rounds, and each one's median over the rounds is kept
@@ -190,6 +227,7 @@ def main() -> int:
                 found = [a for a in apps if a is not None]
                 app[f"{fmt}@{b}"] = float(np.median(found)) if found else None
                 static[f"{fmt}@{b}"] = {"ours_p50": float(np.median(st)), "dynamic_p50": float(np.median(dyn))}
+                pattern[f"{fmt}@{b}"] = app_pattern(bundles[fmt], b, max(100, 2 * args.iterations // b))
 
     machine = machine_context()
     print(f"\nEfficientNet-Lite0, 224 px, {machine.get('cpu', machine['machine'])}, {machine['cpus']} CPUs; p50 latency per call in ms")
@@ -222,9 +260,21 @@ def main() -> int:
                     f"ours, dynamic {st['dynamic_p50']:.2f} ({st['dynamic_p50'] / median:.2f}x app)"
                 )
             print(f"  {fmt:<14} batch {b}: {shown}")
+        print(
+            "\nThe same static load, in this process, call by call in a random order: benchmark_app's pattern (input filled "
+            "once, `infer()` timed), the plain call given the input each time, and ours; p50 ms and the median ratio of "
+            "side-by-side calls:"
+        )
+        for key, r in pattern.items():
+            fmt, b = key.split("@")
+            print(
+                f"  {fmt:<14} batch {b}: app pattern {r['app_pattern_p50']:.2f} | plain {r['plain_p50']:.2f} "
+                f"({r['plain_vs_app_pattern']:.3f}x) | ours {r['ours_p50']:.2f} ({r['ours_vs_app_pattern']:.3f}x)"
+            )
     print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows, "benchmark_app": app, "static": static}, indent=2) + "\n")
+        doc = {"machine": machine, "rows": rows, "benchmark_app": app, "static": static, "app_pattern": pattern}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 
