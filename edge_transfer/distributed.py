@@ -59,8 +59,15 @@ def full_float32() -> Iterator[None]:
 
 
 def unwrapped_forward(net: torch.nn.Module, accelerator: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's own forward, without the autocast wrapper Accelerate puts on a prepared model's instance."""
+    """The model's own forward, without the autocast wrapper Accelerate puts on a prepared model's instance.
+
+    It bypasses DDP too, so with several processes the main process's buffers (BatchNorm statistics) are first
+    broadcast to the others, as DDP's own forward would: every process then evaluates the model the main one saves."""
     model = accelerator.unwrap_model(net)
+    if accelerator.num_processes > 1:
+        with torch.no_grad():
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
     return functools.partial(type(model).forward, model)
 
 
