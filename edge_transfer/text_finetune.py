@@ -22,6 +22,8 @@ from torch import nn
 
 from runtimes.errors import InputError, TrainingError
 
+from .distributed import full_float32
+
 logger = logging.getLogger(__name__)
 
 TEXT_ENCODER_LR = 3e-5  # the usual rate for fine-tuning a small BERT; the head keeps the strategy's 1e-3
@@ -72,7 +74,9 @@ def _run(model: nn.Module, ids: np.ndarray, mask: np.ndarray, rows: np.ndarray, 
 
 
 @torch.no_grad()
+@full_float32()
 def predict_logits(model: Any, ids: np.ndarray, mask: np.ndarray, rows: np.ndarray, device: torch.device, size: int = 64) -> np.ndarray:
+    """Logits of `rows` in plain fp32 (`full_float32`), as the exported bundle computes them."""
     model.eval()
     lengths = mask.sum(1)
     out = np.empty((len(rows), len(model.labels)), np.float32)
