@@ -80,8 +80,9 @@ run = et.train("digits", out=work / "ft", strategy="finetune", image_size=64, ep
 train_s = time.perf_counter() - t
 (bundle,) = et.export(run.path, out=work / "ft-onnx", format="onnx")
 ds = load_digits_dataset()
-test = stratified_split(ds.targets, seed=0).test
-images, targets = ds.prepared_batch(test, runtimes.read_manifest(bundle.path).preprocessing), ds.targets[test]
+split = stratified_split(ds.targets, seed=0)
+cfg = runtimes.read_manifest(bundle.path).preprocessing
+images, targets = ds.prepared_batch(split.test, cfg), ds.targets[split.test]
 from contextlib import nullcontext
 from edge_transfer.distributed import full_float32
 
@@ -91,6 +92,8 @@ def on_gpu(numerics, x):
         return torch.cat([model(torch.from_numpy(x[s:s + 128]).cuda()).float().cpu() for s in range(0, len(x), 128)]).numpy()
 with runtimes.load(bundle.path) as p:
     cpu = p.run_chunked(images)
+    # the epoch training kept was chosen on validation accuracy computed on the GPU; the bundle's, on the CPU
+    bundle_val = float((p.run_chunked(ds.prepared_batch(split.val, cfg)).argmax(1) == ds.targets[split.val]).mean())
 print(f"trained on {run.config['training']['device']} ({run.config['training']['mixed_precision']}) in {train_s:.1f} s; "
       f"bundle on CPU: test accuracy {100 * (cpu.argmax(1) == targets).mean():.2f}%, export gate passed: {bundle.validation['passed']}")
 gpu = {}
@@ -99,10 +102,6 @@ for name, numerics in (("fp32 (full_float32)", full_float32()), ("PyTorch defaul
     gpu[name] = on_gpu(numerics, images)
     print(f"  torch-cuda {name:29s} accuracy {100 * (gpu[name].argmax(1) == targets).mean():6.2f}% | agrees with the bundle "
           f"{100 * (gpu[name].argmax(1) == cpu.argmax(1)).mean():6.2f}% | max|diff| {np.abs(gpu[name] - cpu).max():.4f}")
-# the epoch training kept was chosen on validation accuracy computed on the GPU; the bundle's on the CPU
-val = stratified_split(ds.targets, seed=0).val
-with runtimes.load(bundle.path) as p:
-    bundle_val = float((p.run_chunked(ds.prepared_batch(val, runtimes.read_manifest(bundle.path).preprocessing)).argmax(1) == ds.targets[val]).mean())
 best = max(run.history, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
 print(f"  val accuracy: training reported {100 * best['val_accuracy']:.2f}% (epoch {best['epoch']}, on the GPU) | bundle on CPU {100 * bundle_val:.2f}%")
 agree = float((gpu["fp32 (full_float32)"].argmax(1) == cpu.argmax(1)).mean())
