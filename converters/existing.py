@@ -32,7 +32,7 @@ def check_export_targets(
     protected = list(protected)
     targets = export_targets(out, formats)
     if len(formats) > 1:
-        check_parent_dir(out, protected=protected)
+        check_parent_dir(out, protected=protected, holds=(BUNDLE,))
     for target in targets.values():
         check_output_dir(target, BUNDLE, overwrite=True, protected=protected)
     if not skip_existing:  # an existing bundle without --overwrite: the refusal that names --skip-existing, before any work

@@ -18,6 +18,9 @@ from converters.options import (
     QuantizationOptions,
     TensorRTOptions,
 )
+from runtimes.bundle import BUNDLE
+from runtimes.cli.writes import writes
+from runtimes.outputs import CACHE, OutputRule
 from runtimes.preprocess import RESIZES
 from runtimes.tensorrt_profile import DEFAULT_MAX_BATCH, DEFAULT_OPT_TOKENS
 
@@ -26,6 +29,7 @@ from .cli_host import cmd_demo, cmd_export, cmd_train
 from .cli_layers import add_probe_layers_parser
 from .cli_qat import add_qat_parser, add_train_qat_flags
 from .config import STRATEGIES, TrainConfig
+from .run_files import RUN
 
 DESCRIPTION = "Transfer-learn a pretrained vision or language model on your data, export it as a validated bundle, run it on the device."
 
@@ -62,7 +66,7 @@ def add_host_parsers(parser: argparse.ArgumentParser, sub: Any) -> None:
         help="linear-probe: frozen backbone, cached features, new head (default); finetune: whole network; "
         "partial: last --unfreeze-blocks blocks; pretrained: source model as it is",
     )
-    t.add_argument("--out", required=True, help="run directory to create")
+    t.add_argument("--out", required=True, **writes(OutputRule("dir", RUN)), help="run directory to create")
     t.add_argument(
         "--text-column", default=TrainConfig.text_column, help="text tables (CSV/TSV/JSONL): the text's column, a name or 0-based position"
     )
@@ -146,7 +150,7 @@ def add_host_parsers(parser: argparse.ArgumentParser, sub: Any) -> None:
         help="data-loading worker processes (default: 0 on the CPU, up to 8 per GPU)",
     )
     t.add_argument("--feature-batch-size", type=int, help="linear-probe: batch for computing the feature cache (default 64 on the CPU, 256 on a GPU)")
-    t.add_argument("--cache-dir", help="feature cache (default $EDGE_TRANSFER_CACHE or ~/.cache/edge-transfer)")
+    t.add_argument("--cache-dir", **writes(OutputRule("cache", CACHE)), help="feature cache (default $EDGE_TRANSFER_CACHE or ~/.cache/edge-transfer)")
     t.add_argument(
         "--resume", action="store_true", help="finetune/partial: continue an interrupted run from OUT.checkpoint (written after every epoch)"
     )
@@ -181,7 +185,12 @@ def add_host_parsers(parser: argparse.ArgumentParser, sub: Any) -> None:
     )
     e.add_argument("--features", metavar="LAYER", help="with --backbone --output embedding: the layers it comes from, as train --features")
     e.add_argument("--format", default=ExportOptions.format, help=f"one format or a comma-separated list (default {ExportOptions.format}; see below)")
-    e.add_argument("--out", required=True, help="bundle directory to create; with several formats, one sub-directory per format")
+    e.add_argument(
+        "--out",
+        required=True,
+        **writes(OutputRule("outputs", holds=(BUNDLE,))),
+        help="bundle directory to create; with several formats, one sub-directory per format",
+    )
     e.add_argument("--image-size", type=int, help="with --backbone: input size (default: the backbone's)")
     e.add_argument("--data", help="held-out data for validation (default: the run's own test split; digits for --backbone)")
     e.add_argument("--text-column", help="text tables given as --data/--calibration-data: the text's column (default: the run's, or text)")
@@ -325,7 +334,12 @@ def add_host_parsers(parser: argparse.ArgumentParser, sub: Any) -> None:
         help="digits -> efficientnet_lite0 linear probe -> ONNX bundle -> validated predictions",
         description="The whole pipeline on built-in data, offline.",
     )
-    d.add_argument("--out", default="demo-output", help="where the run and bundle go (default demo-output/)")
+    d.add_argument(
+        "--out",
+        default="demo-output",
+        **writes(OutputRule("outputs", holds=(RUN, BUNDLE))),
+        help="where the run and bundle go (default demo-output/)",
+    )
     d.add_argument("--strategy", default="linear-probe", choices=["linear-probe", "finetune", "partial"])
     d.add_argument("--image-size", type=int, default=128, help="input size (default 128)")
     d.add_argument("--epochs", type=int)

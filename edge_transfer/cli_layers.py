@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from runtimes.cli.output import pct, print_json
+from runtimes.cli.writes import writes
 from runtimes.errors import InputError
+from runtimes.outputs import CACHE, OutputRule
 
 from .config import TrainConfig
 
@@ -31,7 +33,7 @@ def add_probe_layers_parser(sub: Any) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip the export and timing of each cut network")
     p.add_argument("--seed", type=int, default=TrainConfig.seed, help="split seed (default 0, as train)")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out instead of stopping")
-    p.add_argument("--cache-dir", help="feature cache (default ~/.cache/edge-transfer or $EDGE_TRANSFER_CACHE)")
+    p.add_argument("--cache-dir", **writes(OutputRule("cache", CACHE)), help="feature cache (default ~/.cache/edge-transfer or $EDGE_TRANSFER_CACHE)")
     p.add_argument("--device", default="auto", help="where features are computed: auto, cpu, cuda")
     p.add_argument("--json", action="store_true", help="print the rows and the recommendation as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress")

@@ -7,9 +7,12 @@ from typing import Any
 
 from converters.options import TARGET_CPU_CHOICES
 from runtimes.cli.output import pct, print_json
+from runtimes.cli.writes import writes
 from runtimes.options import options_from_namespace
+from runtimes.outputs import OutputRule
 
 from .config import QatConfig, TrainConfig
+from .run_files import RUN
 
 QAT_DESCRIPTION = (
     "Fine-tune a finished run with fake int8 quantisation (torch.ao): BatchNorm is folded, every Conv and Linear sees "
@@ -33,7 +36,7 @@ def add_train_qat_flags(t: argparse.ArgumentParser) -> None:
 def add_qat_parser(sub: Any) -> None:
     q = sub.add_parser("qat", help="quantisation-aware fine-tuning of a run, for int8 bundles that keep its accuracy", description=QAT_DESCRIPTION)
     q.add_argument("run", help="a finished training run directory (finetune, partial or linear-probe)")
-    q.add_argument("--out", help="run directory to create (default RUN/qat)")
+    q.add_argument("--out", **writes(OutputRule("dir", RUN, may_lie_inside=("run",))), help="run directory to create (default RUN/qat)")
     q.add_argument("--data", help="the parent run's data folder, if it moved (same images: its seeded splits are rebuilt)")
     q.add_argument("--epochs", type=int, default=QatConfig.epochs, help=f"epochs (default {QatConfig.epochs}; each costs about 2x a finetune epoch)")
     q.add_argument("--lr", type=float, default=QatConfig.lr, help=f"learning rate of the whole network, cosine schedule (default {QatConfig.lr:g})")

@@ -36,7 +36,7 @@ def demo(
     out = Path(out)
     run_dir, bundle_dir = out / "run", out / "bundle"
     # the demo replaces its own earlier output, and nothing else: refused before any work
-    check_parent_dir(out, flag="--out")
+    check_parent_dir(out, flag="--out", holds=(RUN, BUNDLE))
     check_output_dir(run_dir, RUN, overwrite=True, flag="--out")
     check_output_dir(bundle_dir, BUNDLE, overwrite=True, flag="--out")
     timings: dict[str, float] = {}

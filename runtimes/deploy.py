@@ -3,15 +3,21 @@
 
 MODELS_DIR/
   current -> versions/v0003      a relative symlink, switched by one atomic rename
-  versions/v0001 ... v0003       verified copies, the newest `keep` kept (and always the current one)
-  deploy.log                     one JSON line per deploy, refusal, rollback and removal
+  versions/v0001 ... v0003       verified copies: the current one, the one current before it, and the newest others
+                                 up to `keep`
+  deploy.log                     one JSON line per deploy, refusal, rollback and removal (rotated at 1 MiB)
+  .edge-transfer-models          the mark of a models folder deploy made, and the history of `current`
 
 `deploy(bundle, models_dir)`: (1) copy into a hidden staging folder beside the versions, (2) verify checksums, and the
 signature when keys are trusted, (3) run the self-test on this device in the precision it will run in, (4) rename
 the copy to the next version, (5) point a new symlink at it and rename it over `current`. A failure at any step
 leaves `current` as it was and logs why. A process killed at any instant leaves `current` at the old version or the
-new one, both complete; the staging leftovers are removed by the next deploy. `rollback` points `current` back at
-the newest older version that still verifies and passes its self-test.
+new one, both complete; the staging leftovers are removed by the next deploy, and only those: each carries a mark
+file beside it, written before it exists and removed after it is gone. `rollback` points `current` back at the
+version that was current before it (the history), when it still verifies and passes its self-test here.
+
+A models folder is only ever one deploy made (its mark, or the layout and log of an older release) or an empty or
+absent folder: anything else given as `--to` is refused, so a user's folder is never adopted and cleaned.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Iterable
@@ -27,19 +34,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import BUNDLE, open_bundle
+from .bundle import BUNDLE, open_bundle, read_manifest
 from .errors import BundleError, EdgeTransferError, InputError, OutputError, SelfTestFailed
-from .fsutil import cannot_write, exclusive_file, is_our_temporary, remove_temporary, staging_directory
+from .fsutil import cannot_write, current_umask, exclusive_file, write_bytes_atomically
 from .manifest import MANIFEST_NAME
-from .outputs import contents_problem
+from .outputs import OWNED_MARKERS, OutputKind, OutputRule, Protected, check_output, contents_problem
 from .signature_format import SIGNATURE_NAME
-from .signing import KeySource
+from .signing import KeySource, TrustedKey, trusted_keys
 
 CURRENT = "current"
 VERSIONS = "versions"
 LOG = "deploy.log"
+STATE = OWNED_MARKERS[0]  # ".edge-transfer-models": the mark of a models folder, and the history of `current`
+MARK = ".ours"  # `versions/.X.partial-abc.ours`: the staging or removal folder `.X.partial-abc` is deploy's
 DEFAULT_KEEP = 3
+LOG_MAX_BYTES = 1 << 20  # deploy.log is rotated to deploy.log.1 past this size
+HISTORY_MAX = 100
 _VERSION = re.compile(r"^v(\d{4,})$")
+_TEMPORARY = re.compile(r"^\.[A-Za-z0-9_-]+\.(partial|old)-[A-Za-z0-9_]+$")
+_LEGACY = {CURRENT, VERSIONS, LOG, f"{LOG}.1", f".{LOG}.lock"}
 CRASH_ENV = "EDGE_TRANSFER_TEST_CRASH_AT"  # tests only: the process exits at once (no cleanup) at this named step
 logger = logging.getLogger(__name__)
 
@@ -61,6 +74,7 @@ class DeployResult:
     self_test: str
     signed_by: str | None
     unchanged: bool = False  # the bundle was already the current version: nothing installed
+    notes: tuple[str, ...] = ()  # what the user must know: a signature not verified, a damaged current reinstalled
 
 
 def _fsync_dir(path: Path) -> None:
@@ -69,6 +83,64 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------ the models folder
+
+
+def _read_state(root: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((root / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("written_by") == "edge-transfer deploy" else None
+
+
+def _legacy_models_folder(root: Path) -> bool:
+    """A models folder an older release made: only its names, and a deploy.log whose first line is deploy's."""
+    names = {p.name for p in root.iterdir()}
+    if not names <= _LEGACY | {n for n in names if n.startswith(f".{CURRENT}.tmp-")} or LOG not in names:
+        return False
+    try:
+        with open(root / LOG, encoding="utf-8") as f:
+            first = json.loads(f.readline(65536))
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and "event" in first and "time" in first
+
+
+def _models_problem(path: Path) -> str | None:
+    if _read_state(path) is not None or _legacy_models_folder(path):
+        return None
+    return f"no {STATE} mark of a models folder deploy made"
+
+
+MODELS = OutputKind("models folder", _models_problem)  # what deploy --to / rollback --to accept (runtimes.outputs)
+
+
+def _history(root: Path) -> list[str]:
+    doc = _read_state(root) or {}
+    found = doc.get("history")
+    return [v for v in found if isinstance(v, str) and _VERSION.match(v)] if isinstance(found, list) else []
+
+
+def _save_state(root: Path, history: list[str]) -> None:
+    doc = {"written_by": "edge-transfer deploy", "format": 1, "history": history[-HISTORY_MAX:]}
+    write_bytes_atomically(root / STATE, (json.dumps(doc, indent=1) + "\n").encode(), "models folder's history")
+
+
+def _open_models_dir(models_dir: str | os.PathLike[str], *, create: bool, protected: Iterable[Protected] = ()) -> Path:
+    """The models folder through the one output rule (absent or empty, or one deploy made), created and marked."""
+    root = Path(models_dir)
+    check_output(root, OutputRule("models", MODELS, must_exist=not create), protected=protected, flag="--to")
+    try:
+        (root / VERSIONS).mkdir(parents=True, exist_ok=True)
+        if _read_state(root) is None:
+            current = current_version(root)
+            _save_state(root, [current] if current else [])
+    except OSError as exc:
+        raise cannot_write(root, exc, "models folder") from None
+    return root
 
 
 def versions(models_dir: str | os.PathLike[str]) -> list[str]:
@@ -82,7 +154,7 @@ def versions(models_dir: str | os.PathLike[str]) -> list[str]:
 
 def current_version(models_dir: str | os.PathLike[str]) -> str | None:
     """The version `current` points to, or None before the first deploy; `BundleError` when `current` is not a link
-    deploy made."""
+    deploy made, or points at anything but a real version folder under versions/."""
     link = Path(models_dir) / CURRENT
     if not os.path.lexists(link):
         return None
@@ -91,6 +163,10 @@ def current_version(models_dir: str | os.PathLike[str]) -> str | None:
     target = Path(os.readlink(link))
     if target.parent != Path(VERSIONS) or not _VERSION.match(target.name):
         raise BundleError(f"{link}: points to {target}, not to a version deploy made under {VERSIONS}/")
+    folder = Path(models_dir) / VERSIONS / target.name
+    if folder.is_symlink() or not folder.is_dir():
+        what = f"a symlink (to {os.readlink(folder)})" if folder.is_symlink() else "a file" if os.path.lexists(folder) else "missing"
+        raise BundleError(f"{link}: points to {VERSIONS}/{target.name}, which is {what}, not a version folder deploy made")
     return target.name
 
 
@@ -106,7 +182,10 @@ def _log(models_dir: Path, event: str, **fields: Any) -> None:
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}
     logger.debug("%s: %s", models_dir / LOG, json.dumps(record))  # the caller reports; the log file keeps the record
     try:
-        with open(models_dir / LOG, "a", encoding="utf-8") as f:
+        path = models_dir / LOG
+        if path.is_file() and path.stat().st_size > LOG_MAX_BYTES:
+            os.replace(path, models_dir / f"{LOG}.1")  # bounded: the newest records and one older file
+        with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -114,21 +193,78 @@ def _log(models_dir: Path, event: str, **fields: Any) -> None:
         logger.warning("%s: cannot append to %s: %s", models_dir, LOG, exc.strerror or exc)
 
 
+# ------------------------------------------------------------------------------------------------ marked temporaries
+
+
+def _marked_folder(versions_dir: Path, name: str) -> Path:
+    """A folder name deploy owns: its mark file is written (and synced) before the folder exists."""
+    path = versions_dir / name
+    fd = os.open(versions_dir / (name + MARK), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(versions_dir)
+    return path
+
+
+def _is_marked(path: Path) -> bool:
+    mark = path.with_name(path.name + MARK)
+    try:
+        return mark.is_file() and not mark.is_symlink() and mark.read_text(encoding="utf-8").strip() == path.name
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _remove_marked(path: Path) -> None:
+    """Delete a folder deploy marked as its own, then its mark (so an interrupted removal is finished next time)."""
+    if not _is_marked(path):
+        raise OutputError(f"{path}: not marked as deploy's own; refusing to delete it")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    path.with_name(path.name + MARK).unlink(missing_ok=True)
+
+
 def _clean_leftovers(models_dir: Path) -> None:
-    """Remove what an interrupted deploy left: staging copies, old versions on their way out, an unswitched link."""
-    for p in (models_dir / VERSIONS).iterdir() if (models_dir / VERSIONS).is_dir() else ():
-        if is_our_temporary(p) and p.is_dir() and not p.is_symlink():
-            remove_temporary(p)
+    """Remove what an interrupted deploy left, and only what carries its mark: staging copies, old versions on their
+    way out, marks whose folder is gone, an unswitched link. Anything else is logged and kept."""
+    folder = models_dir / VERSIONS
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if p.name.endswith(MARK) and p.is_file() and not p.is_symlink():
+            target = p.with_name(p.name.removesuffix(MARK))
+            if _TEMPORARY.match(target.name) and _is_marked(target):
+                _remove_marked(target)
+        elif _TEMPORARY.match(p.name) and not _is_marked(p):
+            _log(models_dir, "kept", path=str(p), reason="not marked as deploy's own, so not removed")
     for p in models_dir.glob(f".{CURRENT}.tmp-*"):
         if p.is_symlink():
             p.unlink()
 
 
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def _precheck_source(source: Path) -> None:
+    """Before copying a byte: the source is a bundle, and holds only the files its manifest lists, at their sizes."""
+    if source.is_symlink() or not source.is_dir():
+        raise BundleError(f"{source}: not a bundle folder")
+    manifest = read_manifest(source)
+    sizes = {f.path: f.bytes for f in manifest.files}
+    for dirpath, dirnames, filenames in os.walk(source):
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            p = Path(dirpath) / name
+            rel = p.relative_to(source).as_posix()
+            if rel in (MANIFEST_NAME, SIGNATURE_NAME):
+                continue
+            if rel not in sizes:
+                raise BundleError(f"{source}: file {rel!r} is in the bundle but not listed in the manifest; nothing was copied")
+            if not p.is_symlink() and sizes[rel] is not None and p.stat().st_size != sizes[rel]:
+                raise BundleError(f"{source}: file {rel!r} is {p.stat().st_size} bytes, the manifest says {sizes[rel]}; nothing was copied")
+
+
 def _copy_bundle(source: Path, staging: Path) -> None:
     """Copy every file of `source`, contents only (a read-only copy received by scp stays removable here), each
     fsynced; symlinks are copied as links, which verification then refuses."""
-    if not (source / MANIFEST_NAME).is_file():
-        raise BundleError(f"{source}: not a bundle (no manifest.json)")
     for dirpath, dirnames, filenames in os.walk(source):
         rel = Path(dirpath).relative_to(source)
         (staging / rel).mkdir(exist_ok=True)
@@ -144,23 +280,32 @@ def _copy_bundle(source: Path, staging: Path) -> None:
     _step("copied")
 
 
-def _self_test(path: Path, keys: Iterable[KeySource] | None, device: str | None, options: dict[str, Any]) -> tuple[str, str | None]:
-    """Verify and self-test the bundle at `path` as the application will load it; raise on any failure."""
+def _self_test(
+    path: Path, keys: tuple[TrustedKey, ...], device: str | None, options: dict[str, Any], shown: Path | None = None
+) -> tuple[str, str | None]:
+    """Verify and self-test the bundle at `path` as the application will load it; raise on any failure, naming
+    `shown` (the user's bundle) rather than the staging copy."""
     from .backends import create_predictor
 
-    bundle = open_bundle(path, trusted_keys=keys)
-    _step("verified")
-    with create_predictor(bundle, device=device, **options) as predictor:
-        if predictor.manifest.self_test is None:
-            raise SelfTestFailed(f"{path}: the bundle has no self-test data, so it cannot be checked on this device before it runs")
-        result = predictor.self_test(raise_on_failure=False)
-        if not result.passed:
-            raise SelfTestFailed(f"self-test failed on this device: {result.summary()}", result)
-        return result.summary(), bundle.signed_by
+    try:
+        bundle = open_bundle(path, trusted_keys=[k.pem for k in keys])
+        _step("verified")
+        with create_predictor(bundle, device=device, **options) as predictor:
+            if predictor.manifest.self_test is None:
+                raise SelfTestFailed(f"{path}: the bundle has no self-test data, so it cannot be checked on this device before it runs")
+            result = predictor.self_test(raise_on_failure=False)
+            if not result.passed:
+                raise SelfTestFailed(f"self-test failed on this device: {result.summary()}", result)
+            return result.summary(), bundle.signed_by
+    except EdgeTransferError as exc:
+        if shown is not None and exc.args and isinstance(exc.args[0], str):
+            exc.args = (exc.args[0].replace(str(path), str(shown)), *exc.args[1:])
+        raise
 
 
-def _switch(models_dir: Path, version: str) -> None:
-    """Point `current` at `version`: a new symlink renamed over the old one (atomic on POSIX file systems)."""
+def _switch(models_dir: Path, version: str, history: list[str]) -> None:
+    """Point `current` at `version`: a new symlink renamed over the old one (atomic on POSIX file systems); then
+    record `history` (the versions that were current, oldest first, ending with `version`)."""
     tmp = models_dir / f".{CURRENT}.tmp-{os.getpid()}"
     if os.path.lexists(tmp):
         tmp.unlink()
@@ -168,6 +313,10 @@ def _switch(models_dir: Path, version: str) -> None:
     _step("linked")
     os.replace(tmp, models_dir / CURRENT)
     _fsync_dir(models_dir)
+    try:
+        _save_state(models_dir, history)
+    except OutputError as exc:
+        logger.warning("%s", exc)
 
 
 def _same_bundle(source: Path, installed: Path) -> bool:
@@ -184,10 +333,15 @@ def _same_bundle(source: Path, installed: Path) -> bool:
 
 
 def _prune(models_dir: Path, keep: int) -> tuple[str, ...]:
-    """Remove the oldest versions beyond the newest `keep`, never the current one nor anything not a whole bundle."""
+    """Remove the oldest versions beyond `keep`, never the current one, never the one current before it (the way
+    back), nor anything not a whole bundle."""
     current = current_version(models_dir)
-    others = [v for v in versions(models_dir) if v != current]
-    surplus = others[: max(0, len(others) - (keep - 1))]
+    history = _history(models_dir)
+    before = [v for v in history if v != current]
+    kept = {current, before[-1] if before else None}
+    others = [v for v in versions(models_dir) if v not in kept]
+    room = max(0, keep - len([v for v in kept if v in versions(models_dir)]))
+    surplus = others[: max(0, len(others) - room)]
     removed = []
     for v in surplus:
         path = models_dir / VERSIONS / v
@@ -195,13 +349,27 @@ def _prune(models_dir: Path, keep: int) -> tuple[str, ...]:
         if problem is not None:
             _log(models_dir, "kept", version=v, reason=f"not removed: {problem}")
             continue
-        doomed = path.with_name(f".{v}.old-{os.getpid()}")
+        doomed = _marked_folder(models_dir / VERSIONS, f".{v}.old-{os.getpid()}")
         os.replace(path, doomed)  # out of sight at once; deleting it may take a while
         _step("pruning")
-        remove_temporary(doomed)
+        _remove_marked(doomed)
         removed.append(v)
         _log(models_dir, "removed", version=v)
     return tuple(removed)
+
+
+def _release(path: Path) -> str:
+    """When the bundle was made (the manifest's `created`, signed with it): the order deploy holds versions to."""
+    try:
+        return read_manifest(path).created
+    except BundleError:
+        return ""
+
+
+def _unverified_signature(source: Path, keys: tuple[TrustedKey, ...]) -> str | None:
+    if keys or not (source / SIGNATURE_NAME).exists():
+        return None
+    return f"{SIGNATURE_NAME} is present but was not verified: no key is trusted here (--key PUB or EDGE_TRANSFER_TRUSTED_KEYS)"
 
 
 def deploy(
@@ -211,40 +379,60 @@ def deploy(
     keep: int = DEFAULT_KEEP,
     trusted_keys: Iterable[KeySource] | None = None,
     device: str | None = None,
+    allow_downgrade: bool = False,
     **backend_options: Any,
 ) -> DeployResult:
     """Install `bundle_dir` as the new current version of `models_dir` (see the module docstring). `trusted_keys`
     as for `runtimes.load` (by default EDGE_TRANSFER_TRUSTED_KEYS); `device` and `backend_options` (e.g.
-    inference_precision) as the application will load it. Raises the typed error of the step that failed."""
+    inference_precision) as the application will load it. A bundle made before the current one is refused unless
+    `allow_downgrade` (`rollback` is the way back). Raises the typed error of the step that failed."""
     if keep < 1:
         raise InputError(f"--keep must be at least 1 (the current version), got {keep}")
     source, root = Path(bundle_dir), Path(models_dir)
     if source.resolve() == root.resolve() or source.resolve() in root.resolve().parents:
         raise InputError(f"--to {root}: inside the bundle being deployed; the models folder must be outside it")
-    try:
-        (root / VERSIONS).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise cannot_write(root, exc, "models folder") from None
+    keys = _trusted(trusted_keys)
+    root = _open_models_dir(root, create=True, protected=[Protected("the bundle", source)])
+    notes = tuple(n for n in [_unverified_signature(source, keys)] if n)
     with exclusive_file(root / LOG):
+        try:
+            _precheck_source(source)
+        except EdgeTransferError as exc:
+            _log(root, "refused", source=str(source), reason=str(exc))
+            raise
         previous = current_version(root)
         _clean_leftovers(root)
+        history = _history(root)
         if previous is not None and _same_bundle(source, root / VERSIONS / previous):
-            _log(root, "unchanged", version=previous, source=str(source))  # a re-run (cron, rsync hook) keeps the history
-            removed = _prune(root, keep)  # and completes the removals of a deploy interrupted after its switch
-            return DeployResult(
-                previous, root / VERSIONS / previous, previous, removed, "already current: the same manifest and signature", None, True
+            try:
+                _, signed_by = _verify_installed(root / VERSIONS / previous, keys)
+            except EdgeTransferError as exc:  # damaged since, or not acceptable under today's keys: installed afresh
+                _log(root, "reinstalling", version=previous, reason=f"the current version no longer passes: {exc}")
+                notes += (f"{previous} no longer passed its checks ({exc}); installing the bundle again",)
+            else:
+                _log(root, "unchanged", version=previous, source=str(source), notes=list(notes))  # a re-run keeps the history
+                removed = _prune(root, keep)  # and completes the removals of a deploy interrupted after its switch
+                summary = "already current: the same manifest and signature"
+                return DeployResult(previous, root / VERSIONS / previous, previous, removed, summary, signed_by, True, notes)
+        if previous is not None and not allow_downgrade and _release(source) < _release(root / VERSIONS / previous):
+            reason = (
+                f"{source} was made {_release(source)}, before the current {previous} ({_release(root / VERSIONS / previous)}): "
+                "a downgrade; pass --allow-downgrade to install it anyway, or use rollback to return to a kept version"
             )
+            _log(root, "refused", source=str(source), reason=reason)
+            raise BundleError(reason)
         _step("start")
-        staging = staging_directory(root / VERSIONS / "incoming")
+        staging = _marked_folder(root / VERSIONS, f".incoming.partial-{secrets.token_hex(4)}")
         try:
             try:
+                os.mkdir(staging, 0o777 & ~current_umask())
                 _copy_bundle(source, staging)
             except OSError as exc:
-                raise cannot_write(staging, exc, "copy of the bundle") from None
-            summary, signed_by = _self_test(staging, trusted_keys, device, backend_options)
+                raise cannot_write(root / VERSIONS, exc, "copy of the bundle") from None
+            summary, signed_by = _self_test(staging, keys, device, backend_options, shown=source)
             _step("self-tested")
-            numbers = [int(v[1:]) for v in versions(root)]
-            version = f"v{max(numbers, default=0) + 1:04d}"
+            taken = [int(p.name[1:]) for p in (root / VERSIONS).iterdir() if _VERSION.match(p.name)]  # files and links too
+            version = f"v{max(taken, default=0) + 1:04d}"
             os.replace(staging, root / VERSIONS / version)
             _fsync_dir(root / VERSIONS)
             _step("renamed")
@@ -252,16 +440,26 @@ def deploy(
             _log(root, "refused", source=str(source), reason=str(exc))
             raise
         finally:
-            if staging.exists():
-                remove_temporary(staging)
+            if staging.exists() or os.path.lexists(staging.with_name(staging.name + MARK)):
+                _remove_marked(staging)
+        staging.with_name(staging.name + MARK).unlink(missing_ok=True)
         try:
-            _switch(root, version)
+            _switch(root, version, [*history, version] if history[-1:] == [previous] or previous is None else [*history, previous, version])
         except OSError as exc:
             raise OutputError(f"{root / CURRENT}: cannot switch to {version}: {exc.strerror or exc}; {CURRENT} is unchanged") from None
         _step("switched")
-        _log(root, "deployed", version=version, previous=previous, source=str(source), self_test=summary, signed_by=signed_by)
+        _log(root, "deployed", version=version, previous=previous, source=str(source), self_test=summary, signed_by=signed_by, notes=list(notes))
         removed = _prune(root, keep)
-        return DeployResult(version, root / VERSIONS / version, previous, removed, summary, signed_by)
+        return DeployResult(version, root / VERSIONS / version, previous, removed, summary, signed_by, notes=notes)
+
+
+def _trusted(keys: Iterable[KeySource] | None) -> tuple[TrustedKey, ...]:
+    return trusted_keys(keys)
+
+
+def _verify_installed(path: Path, keys: tuple[TrustedKey, ...]) -> tuple[None, str | None]:
+    bundle = open_bundle(path, trusted_keys=[k.pem for k in keys])
+    return None, bundle.signed_by
 
 
 def rollback(
@@ -271,22 +469,31 @@ def rollback(
     device: str | None = None,
     **backend_options: Any,
 ) -> DeployResult:
-    """Point `current` at the newest version older than it that still verifies and passes its self-test here."""
-    root = Path(models_dir)
+    """Point `current` back at the version that was current before it (the history `deploy` keeps; the newest
+    older version for a folder without one), the first that still verifies and passes its self-test here."""
+    keys = _trusted(trusted_keys)
+    root = _open_models_dir(models_dir, create=False)
     with exclusive_file(root / LOG):
         previous = current_version(root)
         if previous is None:
             raise BundleError(f"{root}: nothing deployed yet, so nothing to roll back")
-        older = [v for v in versions(root) if int(v[1:]) < int(previous[1:])]
+        history = _history(root)
+        while history and history[-1] == previous:
+            history.pop()
+        kept = set(versions(root))
+        candidates = [v for v in reversed(history) if v in kept and v != previous]
+        candidates += [v for v in reversed(versions(root)) if int(v[1:]) < int(previous[1:]) and v not in candidates]
+        candidates = list(dict.fromkeys(candidates))
         reasons = []
-        for version in reversed(older):
+        for version in candidates:
             try:
-                summary, signed_by = _self_test(root / VERSIONS / version, trusted_keys, device, backend_options)
+                summary, signed_by = _self_test(root / VERSIONS / version, keys, device, backend_options)
             except EdgeTransferError as exc:
                 reasons.append(f"{version}: {exc}")
                 _log(root, "skipped", version=version, reason=str(exc))
                 continue
-            _switch(root, version)
+            back = history[: len(history) - history[::-1].index(version)] if version in history else [*history, version]
+            _switch(root, version, back)
             _step("switched")
             _log(root, "rolled-back", version=version, previous=previous, self_test=summary)
             return DeployResult(version, root / VERSIONS / version, previous, (), summary, signed_by)

@@ -24,7 +24,7 @@ from typing import Any
 
 from .bundle import open_bundle
 from .deploy import VERSIONS, current_path, current_version
-from .errors import EdgeTransferError
+from .errors import EdgeTransferError, InputError
 from .predictor import Predictor
 from .signing import KeySource
 
@@ -43,8 +43,12 @@ class FollowingPredictor:
         device: str | None = None,
         **backend_options: Any,
     ) -> None:
+        import math
+
+        if not isinstance(check_every_s, (int, float)) or isinstance(check_every_s, bool) or not math.isfinite(check_every_s) or check_every_s < 0:
+            raise InputError(f"check_every_s must be a finite number of seconds >= 0, got {check_every_s!r}")
         self.models_dir = Path(models_dir)
-        self.check_every_s = check_every_s
+        self.check_every_s = float(check_every_s)
         self._load_args: dict[str, Any] = {
             "trusted_keys": list(trusted_keys) if trusted_keys is not None else None,
             "device": device,

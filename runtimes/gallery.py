@@ -35,12 +35,13 @@ from .errors import GalleryError, GalleryMismatch, InputError
 from .fsutil import edit_locked
 from .gallery_threshold import MIN_UNKNOWN_REJECTED, _owners, _unit, calibrate_threshold, gallery_threshold, threshold_problem
 from .labels import UNKNOWN, check_label, check_labels
-from .npz_document import meta_field, read_npz_document, string_list, write_npz_document
+from .npz_document import document_kind, meta_field, read_npz_document, string_list, write_npz_document
 
 if TYPE_CHECKING:
     from .predictor import Predictor
 
 GALLERY_FORMAT = "edge-transfer-gallery"
+GALLERY_FILE = document_kind(GALLERY_FORMAT, "gallery file")  # what enroll --gallery may rewrite (runtimes.outputs)
 GALLERY_VERSION = 2  # 2: the sha256 covers every field (the threshold too), not only the vectors and labels
 DEFAULT_THRESHOLD = 0.5  # only for bundles exported without labelled data to calibrate on (see calibrate_threshold)
 METHODS = ("mean", "knn")

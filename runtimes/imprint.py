@@ -33,12 +33,13 @@ import numpy as np
 from .errors import BundleError, GalleryError, GalleryMismatch, InputError
 from .fsutil import edit_locked, sha256_file
 from .labels import check_label
-from .npz_document import meta_field, read_npz_document, string_list, write_npz_document
+from .npz_document import document_kind, meta_field, read_npz_document, string_list, write_npz_document
 
 if TYPE_CHECKING:
     from .predictor import Classification, Predictor
 
 IMPRINT_FORMAT = "edge-transfer-added-classes"
+ADDED_CLASSES_FILE = document_kind(IMPRINT_FORMAT, "file of added classes")  # what imprint --classes may rewrite
 IMPRINT_VERSION = 2  # 2: the sha256 covers every field (the methods too)
 METHODS = ("fit", "mean")
 FIT_L2 = 1e-3  # pull of the fitted row towards its imprinted start (measured on digits: 1e-2 lost more old accuracy)

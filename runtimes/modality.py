@@ -280,7 +280,9 @@ class TextReader(InputReader):
             items = [items]
         if not isinstance(items, Iterable) or isinstance(items, (bytes, dict, np.ndarray)):
             raise InputError(f"a text bundle takes strings (a text or a list of texts), got {type(items).__name__}")
-        ids, mask = self.tokenizer(list(items))
+        from .tokenize import checked_texts
+
+        ids, mask = self.tokenizer(checked_texts(list(items)))
         return TokenBatch(ids, mask)
 
     def check(self, batch: Any, max_batch: int | None) -> TokenBatch:

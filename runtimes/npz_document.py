@@ -131,3 +131,21 @@ def string_list(meta: dict[str, Any], key: str, path: Any, error: type[Exception
     if bad is not None:
         raise error(f"{path}: field {key!r} should list names (strings), got a {type(bad).__name__}")
     return value
+
+
+def document_kind(fmt: str, what: str) -> Any:
+    """The `runtimes.outputs.FileKind` of one document format: an existing file is ours to rewrite when it is a
+    readable document of `fmt` (a gallery of galleries, never a photo or another tool's .npz)."""
+    from .outputs import FileKind
+
+    def problem(path: Path) -> str | None:
+        try:
+            with zipfile.ZipFile(path) as z:
+                info = z.getinfo(META + ".npy")
+                with z.open(info) as f:
+                    meta = loads_limited(str(_read_array(f, info.file_size, 4 * MAX_JSON_BYTES + 1024)))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return f"not a readable {what}"
+        return None if isinstance(meta, dict) and meta.get("format") == fmt else f"not an edge-transfer {what}"
+
+    return FileKind(what, problem)

@@ -12,7 +12,7 @@ makes before any work starts, and again just before it replaces anything.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +102,10 @@ def check_output_dir(
 ) -> Path:
     """Refuse, before any work, a destination `target` for a `kind` directory that may not be written: one that
     exists without `overwrite`, one that is not ours to replace, one under a file, or one near a protected path."""
+    check_flag_value(target, flag=flag)
     target = Path(target)
     check_clear_of(target, protected, flag=flag)
+    check_not_inside_owned(target, flag=flag)
     if not os.path.lexists(target):
         for parent in target.parents:
             if os.path.lexists(parent):
@@ -119,10 +121,264 @@ def check_output_dir(
     return target
 
 
-def check_parent_dir(root: str | os.PathLike[str], *, protected: Iterable[Protected] = (), flag: str = "--out") -> Path:
-    """The folder that will hold several outputs (one bundle per format): absent or a directory, clear of `protected`."""
+def check_parent_dir(
+    root: str | os.PathLike[str], *, protected: Iterable[Protected] = (), flag: str = "--out", holds: Sequence[OutputKind] | None = None
+) -> Path:
+    """The folder that will hold several outputs (one bundle per format; a run and a bundle): absent, empty, or a
+    directory whose entries are all outputs of ours of the kinds in `holds`, clear of `protected`."""
+    check_flag_value(root, flag=flag)
     root = Path(root)
     check_clear_of(root, protected, flag=flag)
-    if os.path.lexists(root) and not root.is_dir():
-        raise OutputError(f"{flag} {root} is a file; with several formats it must be a directory (one bundle per format inside)")
+    check_not_inside_owned(root, flag=flag)
+    if os.path.lexists(root) and (root.is_symlink() or not root.is_dir()):
+        raise OutputError(f"{flag} {root} is a file; it must be a directory (one output per name inside)")
+    if holds is not None and root.is_dir():
+        foreign = []
+        for entry in root.iterdir():
+            if entry.name.startswith(".") and ".partial-" in entry.name:  # an interrupted write's staging
+                continue
+            if entry.is_symlink() or not entry.is_dir() or all(contents_problem(entry, kind) is not None for kind in holds):
+                foreign.append(entry.name)
+        if foreign:
+            raise OutputError(
+                f"{flag} {root} holds {listing(foreign)}, which edge-transfer did not write there, so it does not write beside them; "
+                "choose an empty or new folder"
+            )
     return root
+
+
+# ------------------------------------------------------------------------------------------------ files and rules
+
+STDOUT = "-"
+OWNED_MARKERS = (".edge-transfer-models",)  # a folder holding one of these is ours as a whole (a models folder)
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """A kind of file edge-transfer writes (a bench report, a plot, a gallery). `problem(path)` is None when the
+    existing file at `path` is one of ours that may be replaced, else a short reason shown to the user."""
+
+    what: str
+    problem: Callable[[Path], str | None]
+
+
+def never_replaced(path: Path) -> str | None:
+    """A `FileKind.problem` for files that are never replaced (keys)."""
+    return "it already exists and is never replaced"
+
+
+def _owning_folder(real: Path) -> str | None:
+    """What `real` (resolved) lies inside that edge-transfer owns whole: a bundle or a models folder, or None."""
+    from .bundle import read_manifest
+    from .errors import BundleError
+
+    for parent in real.parents:
+        if any(os.path.lexists(parent / m) for m in OWNED_MARKERS):
+            return f"the models folder {parent}"
+        if os.path.isfile(parent / "manifest.json"):
+            try:
+                read_manifest(parent)
+            except BundleError:
+                continue
+            return f"the bundle {parent}"
+    return None
+
+
+DATA_LOOK = 64  # entries looked at per folder when telling a labelled data folder (it stays cheap on a big one)
+
+
+def _holds_data_files(folder: Path) -> bool:
+    from .preprocess import IMAGE_EXTENSIONS
+    from .text_data import TEXT_EXTENSIONS
+
+    try:
+        with os.scandir(folder) as it:
+            for n, entry in enumerate(it):
+                if n >= DATA_LOOK:
+                    break
+                if entry.is_file(follow_symlinks=False) and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS + TEXT_EXTENSIONS:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _labelled_data_folder(real: Path) -> Path | None:
+    """The nearest of `real`'s three closest existing folders that is laid out as labelled data, or None: two or
+    more sub-folders, every one holding images or texts, and nothing else but hidden files (train/val's --data)."""
+    for parent in [p for p in real.parents if p.is_dir()][:3]:
+        classes = 0
+        try:
+            with os.scandir(parent) as it:
+                for n, entry in enumerate(it):
+                    if n >= DATA_LOOK or entry.name.startswith("."):
+                        continue
+                    if not entry.is_dir(follow_symlinks=False) or not _holds_data_files(Path(entry.path)):
+                        classes = -1
+                        break
+                    classes += 1
+        except OSError:
+            continue
+        if classes >= 2:
+            return parent
+    return None
+
+
+def check_not_inside_owned(target: str | os.PathLike[str], *, flag: str) -> None:
+    """Refuse a path inside a bundle or a models folder (their files are listed, hashed and signed, so anything
+    written there breaks them, or is deleted by the next deploy), or inside a labelled data folder (class folders of
+    images or texts), whether or not the command was given it."""
+    real = _real(target)
+    owner = _owning_folder(real)
+    if owner is not None:
+        raise OutputError(f"{flag} {target} lies inside {owner}: edge-transfer never writes there; choose a path outside it")
+    data = _labelled_data_folder(real)
+    if data is not None:
+        raise OutputError(
+            f"{flag} {target} lies inside {data}, a labelled data folder (class folders of images or texts): edge-transfer never writes "
+            "into data; choose a path outside it"
+        )
+
+
+def check_flag_value(target: str | os.PathLike[str], *, flag: str, stream: bool = False) -> bool:
+    """The value itself: `-` is standard output where `stream` allows it (returns True), refused elsewhere; an empty
+    value is refused."""
+    text = os.fspath(target)
+    if text == STDOUT:
+        if stream:
+            return True
+        raise OutputError(f"{flag} -: '-' (standard output) is not accepted here; give a path")
+    if not text.strip():
+        raise OutputError(f"{flag}: an empty path; give a path")
+    return False
+
+
+def check_output_file(
+    target: str | os.PathLike[str],
+    kind: FileKind,
+    *,
+    protected: Iterable[Protected] = (),
+    flag: str = "--out",
+    stream: bool = False,
+    make_parents: bool = False,
+) -> Path | None:
+    """The one check for a file a command writes, made before any work and again just before writing. Returns the
+    path, or None for standard output (`-`, where `stream`). Refused: an empty path; `-` where no stream makes sense;
+    a path that is, or lies inside, a protected input; a path inside a bundle or a models folder; a folder; a
+    symlink; an existing file that is not `kind` of ours; a missing folder on the way (unless `make_parents`)."""
+    if check_flag_value(target, flag=flag, stream=stream):
+        return None
+    path = Path(target)
+    check_clear_of(path, protected, flag=flag)
+    check_not_inside_owned(path, flag=flag)
+    if path.is_symlink():
+        raise OutputError(f"{flag} {path} is a symlink (to {os.readlink(path)}); edge-transfer writes only plain files: give the real path")
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; give a file name ({a(kind.what)})")
+    if path.exists():
+        if not path.is_file():
+            raise OutputError(f"{flag} {path} is not a regular file (a device, FIFO or socket); give a file name")
+        problem = kind.problem(path)
+        if problem is not None:
+            raise OutputError(f"{flag} {path}: not {a(kind.what)} edge-transfer wrote ({problem}), so it is never replaced; choose another name")
+        return path
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise OutputError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
+            break
+        if not make_parents:
+            raise OutputError(f"{flag} {path}: the folder {parent} does not exist; create it first")
+    return path
+
+
+@dataclass(frozen=True)
+class OutputRule:
+    """How a command's writing flag is checked, before any work (`check_output`); the CLI attaches one to every flag
+    that writes (runtimes.cli.writes), and a test drives each at the user's files.
+
+    shape: "file" (a report, plot, gallery or key: `check_output_file`), "dir" (a run or bundle folder:
+    `check_output_dir`), "outputs" (one output of `holds`, or a folder of them: a bundle, or one per format),
+    "cache" (a folder that only gains entries: absent, empty, or `kind` of ours), "models" (a models folder:
+    absent, empty or `kind`; with `must_exist`, it must already be one), "bundle" (an existing bundle of ours that
+    the command adds a file to: `sign`)."""
+
+    shape: str
+    kind: FileKind | OutputKind | None = None
+    holds: tuple[OutputKind, ...] = ()
+    stream: bool = False  # "-" is standard output
+    make_parents: bool = False  # missing folders on the way are created
+    may_lie_inside: tuple[str, ...] = ()  # the inputs (argparse dests) the output may lie inside (qat's RUN/qat)
+    must_exist: bool = False
+
+
+def _existing_kind(path: Path, kind: OutputKind, flag: str, *, must_exist: bool) -> None:
+    if not os.path.lexists(path):
+        if must_exist:
+            raise OutputError(f"{flag} {path}: no such folder; give {a(kind.what)} edge-transfer made")
+        for parent in path.parents:
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    raise OutputError(f"{flag} {path}: {parent} is a file, so no folder can be made under it")
+                break
+        return
+    if path.is_symlink() and not must_exist:
+        raise OutputError(f"{flag} {path} is a symlink (to {os.readlink(path)}); give the real folder")
+    problem = contents_problem(path, kind) if not path.is_symlink() else f"is a symlink (to {os.readlink(path)})"
+    if must_exist and problem is None and not any(path.iterdir()):
+        problem = "is empty"
+    if problem is not None:
+        raise OutputError(f"{flag} {path} {problem}: not {a(kind.what)} edge-transfer made, so it is not written to; choose another {flag}")
+
+
+def check_output(
+    target: str | os.PathLike[str], rule: OutputRule, *, protected: Iterable[Protected] = (), overwrite: bool = False, flag: str = "--out"
+) -> Path | None:
+    """The one output check for every path a command writes (see `OutputRule`): the same rules for every flag,
+    refused with an `OutputError` naming the flag, the path and what is there. None: standard output."""
+    protected = list(protected)
+    if rule.shape == "file":
+        assert isinstance(rule.kind, FileKind)
+        return check_output_file(target, rule.kind, protected=protected, flag=flag, stream=rule.stream, make_parents=rule.make_parents)
+    if rule.shape == "dir":
+        assert isinstance(rule.kind, OutputKind)
+        return check_output_dir(target, rule.kind, overwrite=overwrite, protected=protected, flag=flag)
+    check_flag_value(target, flag=flag)
+    path = Path(target)
+    if rule.shape != "bundle":
+        check_clear_of(path, protected, flag=flag)
+        check_not_inside_owned(path, flag=flag)
+    if rule.shape == "outputs":
+        whole = [k for k in rule.holds if os.path.isdir(path) and not path.is_symlink() and any(path.iterdir()) and contents_problem(path, k) is None]
+        if whole:  # the output itself (a bundle of ours), replaced as a whole
+            return check_output_dir(path, whole[0], overwrite=True, protected=protected, flag=flag)
+        try:
+            return check_parent_dir(path, protected=protected, flag=flag, holds=rule.holds)
+        except OutputError:
+            problem = contents_problem(path, rule.holds[0]) if os.path.isdir(path) else None
+            if problem is None:
+                raise
+            raise OutputError(
+                f"{flag} {path} {problem}: not {a(rule.holds[0].what)} edge-transfer wrote, nor a folder of them, so it is never replaced; "
+                f"choose another {flag}"
+            ) from None
+    if rule.shape == "bundle":
+        assert isinstance(rule.kind, OutputKind)
+        _existing_kind(path, rule.kind, flag, must_exist=True)
+        return path
+    check_clear_of(path, protected, flag=flag)
+    check_not_inside_owned(path, flag=flag)
+    assert isinstance(rule.kind, OutputKind)
+    _existing_kind(path, rule.kind, flag, must_exist=rule.must_exist)
+    return path
+
+
+CACHE_ENTRIES = ("features", "text-features", "engines", "ort-tensorrt", "CACHEDIR.TAG")
+
+
+def _cache_problem(path: Path) -> str | None:
+    foreign = [p.name for p in path.iterdir() if p.name not in CACHE_ENTRIES and not p.name.startswith(".")]
+    return f"{listing(foreign)} {'is' if len(foreign) == 1 else 'are'} not edge-transfer cache entries" if foreign else None
+
+
+CACHE = OutputKind("edge-transfer cache folder", _cache_problem)  # features/, text-features/, engines/, ort-tensorrt/

@@ -107,7 +107,15 @@ def read_envelope(raw: bytes) -> Envelope:
     sigs = _field(doc, "dsseEnvelope", "signatures")
     if not isinstance(sigs, list) or not sigs or not all(isinstance(s, dict) for s in sigs):
         raise SignatureError(f"{SIGNATURE_NAME}: the envelope holds no signature")
-    hint = doc.get("verificationMaterial", {}).get("publicKey", {}).get("hint", "") if isinstance(doc.get("verificationMaterial"), dict) else ""
+    material = doc.get("verificationMaterial")
+    if material is not None and not isinstance(material, dict):
+        raise SignatureError(f"{SIGNATURE_NAME}: verificationMaterial should be an object, got {type(material).__name__}")
+    public = (material or {}).get("publicKey")
+    if public is not None and not isinstance(public, dict):
+        raise SignatureError(f"{SIGNATURE_NAME}: verificationMaterial.publicKey should be an object, got {type(public).__name__}")
+    hint = (public or {}).get("hint", "")
+    if not isinstance(hint, str):
+        raise SignatureError(f"{SIGNATURE_NAME}: verificationMaterial.publicKey.hint should be a string, got {type(hint).__name__}")
     return Envelope(
         payload=_b64(_field(doc, "dsseEnvelope", "payload"), "the payload"),
         signatures=tuple(_b64(s.get("sig"), "a signature") for s in sigs),

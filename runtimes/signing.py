@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import BackendUnavailableError, InputError, SignatureError
 from .manifest import MANIFEST_NAME
+from .outputs import FileKind, never_replaced
 from .signature_format import (
     MAX_SIGNATURE_BYTES,
     SIGNATURE_NAME,
@@ -34,6 +35,7 @@ from .signature_format import (
 
 KEYS_ENV = "EDGE_TRANSFER_TRUSTED_KEYS"  # os.pathsep-separated public key files, or folders of *.pub files
 PASSWORD_ENV = "EDGE_TRANSFER_KEY_PASSWORD"  # encrypts the private key at keygen, and decrypts it to sign
+KEY_FILE = FileKind("key file", never_replaced)  # keygen never replaces a key
 CURVES = {"secp256r1": "SHA256", "secp384r1": "SHA384", "secp521r1": "SHA512"}
 KeySource = str | os.PathLike[str] | bytes
 
@@ -54,6 +56,7 @@ class TrustedKey:
     key_id: str
     source: str
     key: Any
+    pem: bytes = b""  # the public key's PEM, to hand on as a key source
 
 
 def key_id(pem: bytes) -> str:
@@ -66,14 +69,36 @@ def _checked_curve(key: Any, source: str) -> None:
         raise InputError(f"{source}: not an ECDSA key on P-256, P-384 or P-521 (make one with: edge-transfer keygen)")
 
 
+MAX_KEY_BYTES = 64 << 10  # a PEM key is a few hundred bytes
+
+
+def read_key_file(path: str | os.PathLike[str], what: str) -> bytes:
+    """A key file's bytes: a regular file of at most MAX_KEY_BYTES (a FIFO, a device or a folder is refused before
+    it is opened, so nothing hangs or fills memory)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: a folder, not a {what} file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file (a FIFO, device or socket), so not a {what}")
+    if st.st_size > MAX_KEY_BYTES:
+        raise InputError(f"{path}: {st.st_size} bytes; a {what} is at most {MAX_KEY_BYTES} bytes")
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_KEY_BYTES + 1)[:MAX_KEY_BYTES]
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+
+
 def load_public_key(source: KeySource) -> TrustedKey:
     """A public key from a PEM file (or its bytes); `InputError` names the file when it is not one."""
     _, serialization, _ = _crypto()
     where = "public key" if isinstance(source, bytes) else str(source)
-    try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read the public key: {exc.strerror or exc}") from None
+    data = source if isinstance(source, bytes) else read_key_file(source, "public key")
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
@@ -81,7 +106,7 @@ def load_public_key(source: KeySource) -> TrustedKey:
         raise InputError(f"{where}: not a PEM public key{hint}") from None
     _checked_curve(key, where)
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return TrustedKey(key_id=key_id(pem), source=where, key=key)
+    return TrustedKey(key_id=key_id(pem), source=where, key=key, pem=pem)
 
 
 def _key_files(entry: str) -> list[Path]:
@@ -98,10 +123,16 @@ def trusted_keys(keys: Iterable[KeySource] | None = None) -> tuple[TrustedKey, .
     """The keys to verify with: `keys` (files, folders of *.pub, or PEM bytes) when given, else those named by
     `EDGE_TRANSFER_TRUSTED_KEYS`; an empty tuple means signatures are not checked."""
     if keys is None:
-        entries = [e for e in os.environ.get(KEYS_ENV, "").split(os.pathsep) if e.strip()]
+        if KEYS_ENV not in os.environ:
+            return ()
+        entries = [e for e in os.environ[KEYS_ENV].split(os.pathsep) if e.strip()]
+        if not entries:  # fail closed: a policy that names no key is a mistake, never "verify nothing"
+            raise InputError(f"{KEYS_ENV}={os.environ[KEYS_ENV]!r} names no key; give public key files or folders, or unset it")
         return tuple(load_public_key(f) for e in entries for f in _key_files(e.strip()))
     out: list[TrustedKey] = []
     for k in keys:
+        if not isinstance(k, bytes) and not os.fspath(k).strip():
+            raise InputError("an empty --key: give a public key file or a folder of them")
         out.extend([load_public_key(k)] if isinstance(k, bytes) else [load_public_key(f) for f in _key_files(os.fspath(k))])
     return tuple(out)
 
@@ -166,18 +197,18 @@ def check_signed_files(root: Path, statement: SignedStatement, listed: dict[str,
 
 def _password() -> bytes | None:
     value = os.environ.get(PASSWORD_ENV)
+    if value is not None and not value:
+        raise InputError(f"{PASSWORD_ENV} is set but empty; give the password, or unset it for a key without one")
     return value.encode("utf-8") if value else None
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Any:
     """An ECDSA private key from PEM, decrypted with `EDGE_TRANSFER_KEY_PASSWORD` when it is encrypted."""
     _, serialization, _ = _crypto()
+    data = read_key_file(path, "signing key")
+    password = _password()  # outside the try: its InputError is a ValueError too
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the signing key: {exc.strerror or exc}") from None
-    try:
-        key = serialization.load_pem_private_key(data, _password())
+        key = serialization.load_pem_private_key(data, password)
     except TypeError:
         raise InputError(f"{path}: the signing key is encrypted; set {PASSWORD_ENV} to its password") from None
     except ValueError:
@@ -203,6 +234,8 @@ def generate_key_pair(private_path: str | os.PathLike[str]) -> tuple[Path, Path,
     and the public key beside it with `.pub`. Existing files are never replaced. Returns both paths and the key id."""
     _, serialization, ec = _crypto()
     private = Path(private_path)
+    if private.suffix == ".pub":
+        raise InputError(f"{private}: a .pub name is for the public key, and `scp keys/*.pub` would ship this one; name the private key NAME.key")
     public = private.with_name(private.name.removesuffix(".key") + ".pub")
     for p in (private, public):
         if p.exists() or p.is_symlink():

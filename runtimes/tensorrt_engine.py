@@ -250,6 +250,15 @@ def _entry_problem(path: Path) -> str | None:
 
 
 ENGINE_ENTRY = OutputKind("engine cache entry", _entry_problem)
+_ENGINE_KEY = re.compile(r"^[0-9a-f]{16,64}$|^timing-[0-9a-f]{16}\.cache$")
+
+
+def _cache_problem(path: Path) -> str | None:
+    foreign = sorted(p.name for p in path.iterdir() if not _ENGINE_KEY.match(p.name) and not p.name.startswith("."))
+    return f"{', '.join(foreign[:4])} {'is' if len(foreign) == 1 else 'are'} not engine cache entries" if foreign else None
+
+
+ENGINE_CACHE = OutputKind("engine cache", _cache_problem)  # what build-engine --cache-dir may add to
 
 
 class EngineCache:

@@ -25,12 +25,12 @@ import numpy as np
 
 from .errors import DatasetError
 from .labels import check_labels
+from .tokenize import MAX_TEXT_BYTES, split_lines
 
 log = logging.getLogger(__name__)
 
 TEXT_EXTENSIONS = (".txt",)
 TABLE_EXTENSIONS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".ndjson": None}
-MAX_TEXT_BYTES = 1 << 20  # one text file or cell of at most 1 MiB: a model reads 256 tokens of it
 DEFAULT_TEXT_COLUMN, DEFAULT_LABEL_COLUMN = "text", "label"
 
 
@@ -115,6 +115,7 @@ def load_text_folder(root: str | os.PathLike[str], *, skip_bad: bool = False) ->
     root_p = Path(root)
     if not root_p.is_dir():
         raise DatasetError(f"{root_p}: no such text folder")
+    links = sorted(str(p) for p in root_p.iterdir() if p.is_symlink() and p.is_dir())
     class_dirs = sorted(p for p in root_p.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
     if len(class_dirs) < 2:
         raise DatasetError(f"{root_p}: needs at least 2 class sub-folders (one per class), found {len(class_dirs)}")
@@ -124,7 +125,9 @@ def load_text_folder(root: str | os.PathLike[str], *, skip_bad: bool = False) ->
     sources: list[str] = []
     skipped = _Skipped()
     for ci, cdir in enumerate(class_dirs):
-        files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.is_symlink() and p.suffix.lower() in TEXT_EXTENSIONS)
+        found = [p for p in cdir.rglob("*") if p.suffix.lower() in TEXT_EXTENSIONS or p.is_symlink()]
+        links += sorted(str(p) for p in found if p.is_symlink())
+        files = sorted(p for p in found if p.is_file() and not p.is_symlink() and p.suffix.lower() in TEXT_EXTENSIONS)
         kept = 0
         for p in files:
             text = _read_text_file(p, skipped, skip_bad)
@@ -136,8 +139,17 @@ def load_text_folder(root: str | os.PathLike[str], *, skip_bad: bool = False) ->
         if not kept:
             raise DatasetError(f"{cdir}: class folder '{cdir.name}' has no usable .txt files")
     _warn(skipped, root_p)
-    info = {"kind": "text-folder", "root": str(root_p.resolve()), "skipped_bad": len(skipped.reasons)}
+    if links:  # counted and said, as for images: a data folder is read without following links
+        log.warning("left out %d symlink(s) in %s (links are not followed), first: %s", len(links), root_p, links[0])
+    info = {"kind": "text-folder", "root": str(root_p.resolve()), "skipped_bad": len(skipped.reasons), "symlinks_left_out": len(links)}
     return TextDataset(root_p.name, [d.name for d in class_dirs], texts, np.asarray(targets, np.int64), sources, info)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A table row that cannot be read as a text and a label, and why."""
+
+    reason: str
 
 
 def _column(row: dict[str, Any] | list[str], column: str | int, where: str) -> Any:
@@ -151,7 +163,9 @@ def _column(row: dict[str, Any] | list[str], column: str | int, where: str) -> A
     return row[index]
 
 
-def _rows(path: Path, delimiter: str | None, text_column: str | int, label_column: str | int) -> Iterator[tuple[int, dict[str, Any] | list[str]]]:
+def _rows(
+    path: Path, delimiter: str | None, text_column: str | int, label_column: str | int
+) -> Iterator[tuple[int, dict[str, Any] | list[str] | BadRow]]:
     """(line number, row) of a table. CSV/TSV: a header row names the columns, unless both columns are given as
     positions (0-based numbers), when every row is data. JSONL: one object per line."""
     try:
@@ -164,21 +178,26 @@ def _rows(path: Path, delimiter: str | None, text_column: str | int, label_colum
         at = data[: exc.start].count(b"\n") + 1
         raise DatasetError(f"{path}:{at}: not UTF-8 text; save the file as UTF-8") from None
     if delimiter is None:
-        for n, text in enumerate(content.splitlines(), 1):
+        for n, text in enumerate(split_lines(content), 1):  # \n only: U+2028 and NEL are valid inside JSON strings
             if text.strip():
                 try:
                     row = json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
-                yield n, row if isinstance(row, dict) else {}
+                yield n, row if isinstance(row, dict) else BadRow(f"a JSON {type(row).__name__}, not an object of named fields")
         return
     positions = isinstance(text_column, int) and isinstance(label_column, int)
-    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    # TSV has no quoting: a cell that starts with " is text, never the start of a field spanning lines
+    text_io = io.StringIO(content, newline="")
+    reader = csv.reader(text_io, delimiter=delimiter, quoting=csv.QUOTE_NONE) if delimiter == "\t" else csv.reader(text_io, delimiter=delimiter)
     header: list[str] | None = None
     for row in reader:
         n = reader.line_num
         if not positions and header is None:
             header = row
+            repeated = sorted({h for h in header if header.count(h) > 1})
+            if repeated:
+                raise DatasetError(f"{path}:{n}: the header names {', '.join(repr(h) for h in repeated)} more than once; name each column once")
             missing = [c for c in (text_column, label_column) if c not in header]
             if missing:
                 other, kind = ("\t", "tab-separated: name it .tsv") if delimiter == "," else (",", "comma-separated: name it .csv")
@@ -190,6 +209,12 @@ def _rows(path: Path, delimiter: str | None, text_column: str | int, label_colum
                 )
             continue
         if not any(cell.strip() for cell in row):
+            continue
+        if header is not None and len(row) != len(header):
+            yield (
+                n,
+                BadRow(f"{len(row)} fields where the header has {len(header)}" + ("; a quoted field spans lines" if "\n" in "".join(row) else "")),
+            )
             continue
         yield n, row if header is None else dict(zip(header, row))
 
@@ -213,6 +238,9 @@ def load_text_table(
     rows: list[tuple[str, str, str]] = []
     for n, row in _rows(p, TABLE_EXTENSIONS[suffix], text_column, label_column):
         where = f"{p}:{n}"
+        if isinstance(row, BadRow):
+            skipped.refuse_or_skip(where, row.reason, skip_bad)
+            continue
         try:
             text, label = _column(row, text_column, where), _column(row, label_column, where)
         except KeyError as exc:

@@ -18,6 +18,33 @@ import numpy as np
 from .errors import BackendUnavailableError, InputError, install_hint
 
 DEFAULT_MAX_TOKENS = 256
+MAX_TEXT_BYTES = 1 << 20  # one text of at most 1 MiB, as in training data: a model reads a few hundred tokens of it
+MAX_TEXT_FILE_BYTES = 64 << 20  # a --text-file of at most 64 MiB
+
+
+def checked_texts(items: Sequence[Any]) -> list[str]:
+    """The texts a text bundle answers, each as given: a string, not empty or blank (refused, as training refuses
+    it), valid Unicode (no lone surrogates, as invalid UTF-8 in a command line becomes), at most MAX_TEXT_BYTES."""
+    out = []
+    for n, text in enumerate(items, 1):
+        where = f"text {n}" if len(items) > 1 else "the text"
+        if not isinstance(text, str):
+            raise InputError(f"{where}: a text bundle takes strings, got {type(text).__name__}")
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise InputError(f"{where}: not valid Unicode at character {exc.start} (invalid UTF-8 in the input); give UTF-8 text") from None
+        if not text.strip():
+            raise InputError(f"{where}: empty; there is nothing to answer")
+        if size > MAX_TEXT_BYTES:
+            raise InputError(f"{where}: {size} bytes; a text is at most {MAX_TEXT_BYTES} bytes (the model reads only its first tokens)")
+        out.append(text)
+    return out
+
+
+def split_lines(content: str) -> list[str]:
+    """Lines split on \\n and \\r\\n only: U+2028, NEL or a form feed inside a line are part of its text."""
+    return [line.removesuffix("\r") for line in content.split("\n")]
 
 
 class TextTokenizer:

@@ -21,7 +21,7 @@ import pytest
 
 import runtimes
 from runtimes.deploy import CRASH_ENV, current_path, current_version, versions
-from runtimes.errors import BundleError, InputError, SelfTestFailed
+from runtimes.errors import BundleError, InputError, OutputError, SelfTestFailed
 
 from conftest import ROOT, rehash_bundle, run_cli
 
@@ -171,7 +171,9 @@ def test_old_versions_are_pruned_but_never_what_is_not_a_bundle(two_versions: Pa
     models = _copy_models(two_versions, tmp_path / "models")
     (models / "versions" / "v0001" / "my-notes.txt").write_text("mine")  # a user's file inside an old version
     result = runtimes.deploy(digits_bundle, models, keep=1)
-    assert result.removed == ("v0002",) and versions(models) == ["v0001", "v0003"]
+    assert result.removed == () and versions(models) == ["v0001", "v0002", "v0003"]  # v0002: the way back, always kept
+    result = runtimes.deploy(shutil.copytree(models / "versions" / "v0002", tmp_path / "again"), models, keep=1)
+    assert result.removed == ("v0002",) and versions(models) == ["v0001", "v0003", "v0004"]
     assert (models / "versions" / "v0001" / "my-notes.txt").read_text() == "mine"
 
 
@@ -186,9 +188,16 @@ def test_a_real_folder_named_current_is_never_replaced(digits_bundle: Path, tmp_
     models = tmp_path / "models"
     (models / "current").mkdir(parents=True)
     (models / "current" / "photo.jpg").write_bytes(b"precious")
-    with pytest.raises(BundleError, match="not a link made by deploy"):
-        runtimes.deploy(digits_bundle, models)
+    with pytest.raises(OutputError, match="not a models folder edge-transfer made"):
+        runtimes.deploy(digits_bundle, models)  # a folder deploy did not make is never adopted
     assert (models / "current" / "photo.jpg").read_bytes() == b"precious"
+    runtimes.deploy(digits_bundle, tmp_path / "ours")
+    (tmp_path / "ours" / "current").unlink()
+    (tmp_path / "ours" / "current").mkdir()
+    (tmp_path / "ours" / "current" / "photo.jpg").write_bytes(b"precious")
+    with pytest.raises(BundleError, match="not a link made by deploy"):
+        runtimes.deploy(digits_bundle, tmp_path / "ours")  # in a models folder of ours, a real folder named current is kept
+    assert (tmp_path / "ours" / "current" / "photo.jpg").read_bytes() == b"precious"
 
 
 def test_deploy_takes_a_read_only_plain_copy(digits_bundle: Path, second_bundle: Path, tmp_path: Path):
@@ -199,8 +208,9 @@ def test_deploy_takes_a_read_only_plain_copy(digits_bundle: Path, second_bundle:
     try:
         models = tmp_path / "models"
         runtimes.deploy(received, models)
-        runtimes.deploy(second_bundle, models, keep=1)  # removing v0001 works: the copy is ours, not read-only
-        assert versions(models) == ["v0002"]
+        runtimes.deploy(second_bundle, models, keep=1)
+        runtimes.deploy(received, models, keep=1)  # removing v0001 works: the copy is ours, not read-only
+        assert versions(models) == ["v0002", "v0003"]
     finally:
         for p in [received, *received.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)

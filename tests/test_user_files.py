@@ -133,7 +133,7 @@ def test_demo_replaces_only_its_own_output(project: Path):
     (project / "proj" / "run").mkdir()
     (project / "proj" / "run" / "diary.txt").write_text("mine\n")
     before = tree(project / "proj")
-    one_error(run_cli("demo", "--out", "proj", "--image-size", str(SMALL)), "proj/run holds diary.txt")
+    one_error(run_cli("demo", "--out", "proj", "--image-size", str(SMALL)), "--out proj holds notes.txt, photos, run, src")
     assert tree(project / "proj") == before
     shutil.rmtree(project / "proj" / "run")
 

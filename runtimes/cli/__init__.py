@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .output import configure_logging, err, host_install_hint, out_of_range, reader_gone
+    from .writes import check_writes
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -102,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if (problem := out_of_range(parser, args)) is not None:  # every numeric flag, before any work
         err(f"error: {problem}")
+        return 2
+    try:
+        check_writes(parser, args)  # every path the command writes, through the one output rule, before any work
+    except EdgeTransferError as exc:
+        err(f"error: {exc}")
         return 2
     for stream in (sys.stdout, sys.stderr):  # labels and file names from a bundle may hold unprintable characters
         if hasattr(stream, "reconfigure"):

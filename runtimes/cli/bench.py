@@ -11,8 +11,16 @@ from typing import Any
 from runtimes.bench import MODES, BenchOptions
 from runtimes.errors import InputError
 from runtimes.options import MAX_BATCH
+from runtimes.outputs import OutputRule
 
+from .bench_report import BENCH_CSV
 from .output import PRECISION_CHOICES, PRECISION_HELP, err, precision_option, print_json, progress_bar, require_matplotlib
+from .report_files import BENCH_JSON, PLOT
+from .writes import writes
+
+REPORT_JSON = OutputRule("file", BENCH_JSON, stream=True)
+REPORT_CSV = OutputRule("file", BENCH_CSV, stream=True)
+PLOT_FILE = OutputRule("file", PLOT)
 
 
 def add_bench_parser(sub: Any) -> None:
@@ -67,9 +75,14 @@ def add_bench_parser(sub: Any) -> None:
     )
     b.add_argument("--data", help="labelled image folder (one sub-folder per class): adds an accuracy column")
     b.add_argument("--skip-bad", action="store_true", help="with --data: leave unreadable images out instead of stopping")
-    b.add_argument("--json", metavar="FILE", help="write every statistic (ours and the plain call) and the machine as JSON")
-    b.add_argument("--csv", metavar="FILE", help="write the comparison table as CSV")
-    b.add_argument("--plot", metavar="FILE.png", help="latency distributions and accuracy vs latency (needs matplotlib)")
+    b.add_argument(
+        "--json",
+        metavar="FILE",
+        **writes(REPORT_JSON),
+        help="write every statistic (ours and the plain call) and the machine as JSON ('-': standard output)",
+    )
+    b.add_argument("--csv", metavar="FILE", **writes(REPORT_CSV), help="write the comparison table as CSV ('-': standard output)")
+    b.add_argument("--plot", metavar="FILE.png", **writes(PLOT_FILE), help="latency distributions and accuracy vs latency (needs matplotlib)")
     b.add_argument("--json-stdout", action="store_true", help="print the rows as JSON on stdout instead of the table")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
@@ -91,6 +104,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench_report import comparison_rows, format_table, machine_context, plot, recommendation, write_csv, write_json
 
+    streams = [flag for flag, value in (("--json", args.json), ("--csv", args.csv)) if value == "-"]
+    if len(streams) > 1 or (streams and args.json_stdout):
+        raise InputError(f"{', '.join(streams + (['--json-stdout'] if args.json_stdout else []))}: only one report can go to standard output")
+    table_out = sys.stderr if streams else sys.stdout  # a report on standard output keeps it clean for a pipe
     batches = _int_list(args.batch, "--batch")
     tokens = _int_list(args.tokens, "--tokens") if args.tokens else None
     if args.plot:  # before any measurement, not after it
@@ -163,9 +180,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             {"machine": machine_context(), "rows": rows, "recommendation": recommended, "not_measured": not_measured, "interrupted": interrupted}
         )
     else:
-        print(format_table(rows))
+        print(format_table(rows), file=table_out)
         if recommended is not None:
-            print(recommended["line"])
+            print(recommended["line"], file=table_out)
         for r, row in zip(results, rows):
             plain = f"; plain backend call p50 {r.plain.p50:.3f} ms" if r.plain else ""
             print(

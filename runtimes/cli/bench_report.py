@@ -4,6 +4,7 @@ matplotlib only for `--plot`, imported when asked for."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from runtimes.bench import BenchResult
+
+from .report_files import BENCH_JSON, WRITTEN_BY, bench_csv_kind, save_figure, write_report
 
 STAGES = ("decode", "preprocess", "tokenize", "model", "postprocess", "other")  # end-to-end stages, timed apart ("other": the rest of the call)
 
@@ -192,12 +195,17 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+BENCH_CSV = bench_csv_kind(COLUMNS)
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k) for k in COLUMNS})
+    """The comparison table as CSV, to `path` or standard output (`-`)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k) for k in COLUMNS})
+    write_report(path, buf.getvalue(), BENCH_CSV, flag="--csv")
 
 
 def write_json(
@@ -209,8 +217,14 @@ def write_json(
 ) -> None:
     """Everything: the table rows, each result's full statistics (ours and the plain call), what could not be
     measured, and the machine."""
-    doc = {"machine": context, "rows": list(rows), "results": [r.to_dict() for r in results], "not_measured": list(not_measured)}
-    Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    doc = {
+        "written_by": f"{WRITTEN_BY} bench",
+        "machine": context,
+        "rows": list(rows),
+        "results": [r.to_dict() for r in results],
+        "not_measured": list(not_measured),
+    }
+    write_report(path, json.dumps(doc, indent=2, default=str) + "\n", BENCH_JSON, flag="--json")
 
 
 def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
@@ -272,8 +286,10 @@ def plot(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def machine_context() -> dict[str, Any]:

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runtimes.bundle import BUNDLE
 from runtimes.errors import EdgeTransferError, InputError
 from runtimes.open_set import check_min_score, resolve_min_score
+from runtimes.outputs import OutputRule
+from runtimes.tensorrt_engine import ENGINE_CACHE
 
 from .fleet import add_key_option, trusted_keys_option
 from .output import (
@@ -30,6 +33,7 @@ from .output import (
     unknown_record,
 )
 from .stream import add_stream_options, run_streams, stream_sources, top_k_line
+from .writes import writes
 
 
 def add_predict_parser(sub: Any) -> None:
@@ -60,15 +64,30 @@ def add_predict_parser(sub: Any) -> None:
 
 
 def read_texts(texts: list[str] | None, text_file: str | None) -> list[str]:
-    """The texts of `--text` (each as given) and `--text-file` (one per line, '-' for stdin, blank lines skipped)."""
+    """The texts of `--text` (each as given) and `--text-file` (one per line, split on \\n or \\r\\n only; '-' for
+    stdin; a leading BOM dropped; blank lines skipped), each checked (`runtimes.tokenize.checked_texts`)."""
+    from runtimes.tokenize import MAX_TEXT_FILE_BYTES, checked_texts, split_lines
+
     out = list(texts or [])
     if text_file:
         try:
-            lines = (sys.stdin.read() if text_file == "-" else Path(text_file).read_text(encoding="utf-8")).splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"--text-file {text_file}: cannot be read as UTF-8 text ({exc})") from None
-        out += [line for line in lines if line.strip()]
-    return out
+            if text_file == "-":
+                raw = sys.stdin.buffer.read(MAX_TEXT_FILE_BYTES + 1) if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+            else:
+                if not Path(text_file).is_file():
+                    raise InputError(f"--text-file {text_file}: no such file (or not a regular file)")
+                with open(text_file, "rb") as f:
+                    raw = f.read(MAX_TEXT_FILE_BYTES + 1)
+            if len(raw) > MAX_TEXT_FILE_BYTES:
+                raise InputError(f"--text-file {text_file}: larger than {MAX_TEXT_FILE_BYTES} bytes; split it")
+            content = raw.decode("utf-8-sig")
+        except OSError as exc:
+            raise InputError(f"--text-file {text_file}: cannot be read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise InputError(f"--text-file {text_file}:{line}: not UTF-8 text; save it as UTF-8") from None
+        out += [line for line in split_lines(content) if line.strip()]
+    return checked_texts(out) if out else out
 
 
 def predict_inputs(args: argparse.Namespace, modality: str) -> tuple[str, list[str]]:
@@ -165,8 +184,9 @@ def signature_line(bundle: Path, signed_by: str | None) -> str:
 
     if signed_by:
         return f"signed by trusted key {signed_by[:12]}"
-    has = "signed, but" if (bundle / SIGNATURE_NAME).is_file() else "unsigned, and"
-    return f"{has} not checked: no trusted key (--key PUB or {KEYS_ENV})"
+    if (bundle / SIGNATURE_NAME).is_file():
+        return f"{SIGNATURE_NAME} is present but NOT verified: no key is trusted here (--key PUB or {KEYS_ENV})"
+    return f"unsigned, and not checked: no trusted key (--key PUB or {KEYS_ENV})"
 
 
 PREDICT_CHUNK = 16  # images decoded and run together; results are printed after each chunk
@@ -379,9 +399,17 @@ def add_build_engine_parser(sub: Any) -> None:
         "mismatched cache entry is rebuilt, never loaded. Needs TensorRT and cuda-python (JetPack on Jetson).",
     )
     g.add_argument("bundle")
-    g.add_argument("--cache-dir", help="engine cache (default $EDGE_TRANSFER_CACHE/engines or ~/.cache/edge-transfer/engines)")
+    g.add_argument(
+        "--cache-dir",
+        **writes(OutputRule("cache", ENGINE_CACHE)),
+        help="engine cache (default $EDGE_TRANSFER_CACHE/engines or ~/.cache/edge-transfer/engines)",
+    )
     g.add_argument("--data", help="labelled image folder: check the engine's accuracy on this device")
-    g.add_argument("--out", help="also write a bundle carrying the built engine, for identical devices (same TensorRT and GPU)")
+    g.add_argument(
+        "--out",
+        **writes(OutputRule("dir", BUNDLE)),
+        help="also write a bundle carrying the built engine, for identical devices (same TensorRT and GPU)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out bundle")
     g.add_argument("--json", action="store_true")
     g.add_argument("--quiet", action="store_true", help="no build progress")

@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from runtimes.deploy import DEFAULT_KEEP
-from runtimes.signing import KEYS_ENV, PASSWORD_ENV
+from runtimes.bundle import BUNDLE
+from runtimes.deploy import DEFAULT_KEEP, MODELS
+from runtimes.outputs import OutputRule
+from runtimes.signing import KEY_FILE, KEYS_ENV, PASSWORD_ENV
 
-from .output import PRECISION_CHOICES, PRECISION_HELP, precision_option, print_json
+from .output import PRECISION_CHOICES, PRECISION_HELP, err, precision_option, print_json
+from .writes import writes
 
 KEY_HELP = f"a trusted public key (.pub) or a folder of them; repeat for several (default: {KEYS_ENV}, if set)"
 
@@ -32,7 +35,11 @@ def add_fleet_parsers(sub: Any) -> None:
         epilog="example:\n  edge-transfer keygen keys/release.key   # writes keys/release.key and keys/release.pub",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    k.add_argument("key", help="the private key file to create (the public key is written beside it as .pub)")
+    k.add_argument(
+        "key",
+        **writes(OutputRule("file", KEY_FILE, make_parents=True)),
+        help="the private key file to create (the public key is written beside it as .pub)",
+    )
     k.set_defaults(func=cmd_keygen)
 
     s = sub.add_parser(
@@ -41,7 +48,7 @@ def add_fleet_parsers(sub: Any) -> None:
         description="Check every file of the bundle, then sign its manifest (which holds every file's sha256) and write "
         "model.sig in OpenSSF model-signing's format (so `model_signing verify key` accepts it too). An older signature is replaced.",
     )
-    s.add_argument("bundle")
+    s.add_argument("bundle", **writes(OutputRule("bundle", BUNDLE)), help="the bundle to sign (model.sig is written inside it)")
     s.add_argument("--key", required=True, help=f"the private key (from keygen; {PASSWORD_ENV} decrypts an encrypted one)")
     s.set_defaults(func=cmd_sign)
 
@@ -57,8 +64,24 @@ def add_fleet_parsers(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("bundle", help="the bundle to install (as exported, or a plain copy of it received by rsync/scp)")
-    d.add_argument("--to", required=True, metavar="MODELS_DIR", help="the models folder (created if absent)")
-    d.add_argument("--keep", type=int, default=DEFAULT_KEEP, help=f"versions kept, the current one included (default {DEFAULT_KEEP})")
+    d.add_argument(
+        "--to",
+        required=True,
+        metavar="MODELS_DIR",
+        **writes(OutputRule("models", MODELS)),
+        help="the models folder: absent or empty (it is created), or one deploy made",
+    )
+    d.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULT_KEEP,
+        help=f"versions kept, the current one included (default {DEFAULT_KEEP}); the version current before it is always kept",
+    )
+    d.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="install a bundle made before the current one (refused by default: an old bundle replayed is a downgrade)",
+    )
     _device_options(d)
     d.set_defaults(func=cmd_deploy)
 
@@ -68,7 +91,9 @@ def add_fleet_parsers(sub: Any) -> None:
         description="Point MODELS_DIR/current at the newest version older than the current one that still verifies "
         "(checksums, signature with --key) and passes its self-test here.",
     )
-    r.add_argument("--to", required=True, metavar="MODELS_DIR", help="the models folder")
+    r.add_argument(
+        "--to", required=True, metavar="MODELS_DIR", **writes(OutputRule("models", MODELS, must_exist=True)), help="the models folder deploy made"
+    )
     _device_options(r)
     r.set_defaults(func=cmd_rollback)
 
@@ -107,9 +132,15 @@ def _report(args: argparse.Namespace, verb: str, result: Any) -> int:
                 "removed": list(result.removed),
                 "self_test": result.self_test,
                 "signed_by": result.signed_by,
+                "unchanged": result.unchanged,
+                "notes": list(result.notes),
             }
         )
+        for note in result.notes:
+            err(f"note: {note}")
         return 0
+    for note in result.notes:
+        err(f"note: {note}")
     if result.unchanged:
         print(f"{result.version} is already current ({result.path}): the same manifest and signature; nothing installed")
         if result.removed:
@@ -126,7 +157,15 @@ def _report(args: argparse.Namespace, verb: str, result: Any) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from runtimes.deploy import deploy
 
-    result = deploy(args.bundle, args.to, keep=args.keep, device=args.device, **trusted_keys_option(args), **precision_option(args))
+    result = deploy(
+        args.bundle,
+        args.to,
+        keep=args.keep,
+        device=args.device,
+        allow_downgrade=args.allow_downgrade,
+        **trusted_keys_option(args),
+        **precision_option(args),
+    )
     return _report(args, "current is now", result)
 
 

@@ -9,12 +9,17 @@ import os
 from typing import Any
 
 from runtimes.errors import InputError
+from runtimes.gallery import GALLERY_FILE
 from runtimes.labels import shown
 from runtimes.open_set import check_min_score, resolve_min_score
+from runtimes.outputs import OutputRule
 from runtimes.predictor import unit_rows
 
 from .output import err, print_json
 from .stream import add_stream_options, run_streams, stream_sources
+from .writes import writes
+
+GALLERY_OUT = OutputRule("file", GALLERY_FILE, make_parents=True)
 
 IDENTIFY_CHUNK = 16
 
@@ -35,7 +40,7 @@ def add_gallery_parsers(sub: Any) -> None:
     e.add_argument("images", nargs="*", help="image files, folders or quoted patterns ('shots/*.jpg') to enrol under --label")
     e.add_argument("--text", action="append", metavar="TEXT", help="a text bundle: a text to enrol under --label (repeat for several)")
     e.add_argument("--text-file", metavar="FILE", help="a text bundle: texts to enrol, one per line ('-': standard input)")
-    e.add_argument("--gallery", required=True, help="the gallery file (.npz); created if it does not exist")
+    e.add_argument("--gallery", required=True, **writes(GALLERY_OUT), help="the gallery file (.npz); created if it does not exist")
     e.add_argument("--label", help="the label the images are enrolled under (added to the label's existing images)")
     e.add_argument("--from-folders", metavar="DIR", help="enrol each sub-folder of DIR as a label of its name (text bundles: of .txt files)")
     e.add_argument("--remove", metavar="LABEL", help="remove this label and its images from the gallery")

@@ -8,9 +8,14 @@ import os
 from typing import Any
 
 from runtimes.errors import InputError
+from runtimes.imprint import ADDED_CLASSES_FILE
 from runtimes.labels import shown
+from runtimes.outputs import OutputRule
 
 from .output import print_json
+from .writes import writes
+
+ADDED_FILE = OutputRule("file", ADDED_CLASSES_FILE, make_parents=True)
 
 
 def add_imprint_parser(sub: Any) -> None:
@@ -28,7 +33,7 @@ def add_imprint_parser(sub: Any) -> None:
     )
     p.add_argument("bundle", help="an extensible classifier bundle")
     p.add_argument("images", nargs="*", help="image files, folders or quoted patterns of the class to add")
-    p.add_argument("--classes", required=True, help="the file of added classes (.npz); created if it does not exist")
+    p.add_argument("--classes", required=True, **writes(ADDED_FILE), help="the file of added classes (.npz); created if it does not exist")
     p.add_argument("--label", help="the class to add (images added to an added class fit its row again)")
     p.add_argument(
         "--method",

@@ -9,8 +9,11 @@ from typing import Any
 
 from runtimes.errors import InputError
 from runtimes.open_set import check_min_score, resolve_min_score
+from runtimes.outputs import OutputRule
 
 from .output import MIN_SCORE_HELP, PRECISION_CHOICES, PRECISION_HELP, err, pct, precision_option, print_json, progress_bar, require_matplotlib
+from .report_files import PLOT, save_figure
+from .writes import writes
 
 MAX_TEXT_CLASSES = 30  # a wider confusion matrix is left to --json / --plot
 
@@ -31,7 +34,7 @@ def add_val_parser(sub: Any) -> None:
     v.add_argument("--label-column", default="label", help="text tables: the label's column (default label)")
     v.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed) instead of stopping at the first")
     v.add_argument("--worst", type=int, default=10, help="how many of the most confident mistakes to list (default 10)")
-    v.add_argument("--plot", metavar="FILE.png", help="draw the confusion matrix (needs matplotlib)")
+    v.add_argument("--plot", metavar="FILE.png", **writes(OutputRule("file", PLOT)), help="draw the confusion matrix (needs matplotlib)")
     v.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     v.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     v.add_argument("--min-score", metavar="S", help=MIN_SCORE_HELP + "; val then reports coverage and the accuracy of the answers")
@@ -138,8 +141,10 @@ def plot_confusion(result: Any, path: str) -> None:
     ax.set_ylabel("true")
     ax.set_title(f"{result.bundle}\naccuracy {100 * result.accuracy:.2f}% on {result.count} images", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def open_set_line(o: dict[str, Any]) -> str:
