@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,14 @@ class CalibrationData:
     def provenance(self) -> dict[str, Any]:
         """What the manifest records: split, count, seed, sha256 of the item list (in order)."""
         digest = hashlib.sha256("\n".join(self.items).encode()).hexdigest()
-        return {"split": self.split, "count": len(self), "seed": self.seed, "source": self.source, "items_sha256": digest, **self.extra}
+        return {
+            "split": self.split,
+            "count": len(self),
+            "seed": self.seed,
+            "source": public_source(self.source),
+            "items_sha256": digest,
+            **self.extra,
+        }
 
     def batches(self, batch_size: int, *, exact: bool = False) -> Iterator[np.ndarray]:
         """Consecutive batches; `exact` pads the last one (repeating its last image) for fixed-batch models."""
@@ -93,3 +101,17 @@ class CalibrationData:
         if isinstance(self.images, TokenBatch):  # each item one text, fed to the graph's inputs by name
             return nncf.Dataset(list(self.batches(batch_size, exact=True)), TokenBatch.feeds)
         return nncf.Dataset(list(self.batches(batch_size, exact=True)))
+
+
+def public_source(source: Any) -> Any:
+    """Where data came from, as a manifest that travels to devices may say it: a folder's or file's own name, never
+    the host's path to it ("../data/parts/" -> "parts/"); names such as "digits" as they are."""
+    if not isinstance(source, str) or ("/" not in source and "\\" not in source):
+        return source
+    name = Path(source.rstrip("/\\")).name
+    return f"{name}/" if source.endswith(("/", "\\")) or not Path(name).suffix else name
+
+
+def public_description(description: dict[str, Any]) -> dict[str, Any]:
+    """A data description with its `source` made path-free (`public_source`)."""
+    return {**description, "source": public_source(description["source"])} if "source" in description else description

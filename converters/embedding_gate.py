@@ -22,6 +22,7 @@ from runtimes.gallery import calibrate_threshold, threshold_problem
 from runtimes.predictor import Predictor, unit_rows
 from runtimes.selftest import EMBEDDING_NEIGHBOURS, nearest_others, neighbour_agreement
 
+from .calibration import public_description
 from .validate import ReferenceData, paired_judgement
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def compare_embeddings(predictor: Predictor, reference: np.ndarray, data: Refere
         "split": data.split,
         "count": int(len(data.images)),
         "unit": data.unit,
-        **({"data": data.description} if data.description else {}),
+        **({"data": public_description(data.description)} if data.description else {}),
         "accuracy_metric": "leave-one-out 1-NN accuracy (cosine) on the held-out images",
         "torch_accuracy": torch_acc,
         "artifact_accuracy": art_acc,

@@ -24,7 +24,7 @@ def speed_vs_fp32(job: ExportJob, spec: FormatSpec, predictor: Predictor, one: A
     if spec.backend == "tensorrt":
         return {}
     batch = job.input.repeat(one, job.feed_batch)
-    base = job.fp32_call(spec.backend)
+    base = job.fp32_call(spec.backend) if spec.precision != "fp32" else None  # an fp32 bundle is the baseline, not against itself
     if base is None:
         return {"latency_ms": round(batch1_ms(predictor.native_call(), batch), 3), "latency_batch": job.feed_batch}
     m = paired_ratio(base, predictor.native_call(), batch)

@@ -18,6 +18,8 @@ import numpy as np
 from runtimes.errors import InputError
 from runtimes.predictor import Predictor
 
+from .calibration import public_description
+
 # top-1 agreement with torch on every image: required of fp32/fp16 (which must give torch's answers on any image)
 DEFAULT_MIN_AGREEMENT = {"fp32": 0.995, "fp16": 0.99}
 
@@ -215,7 +217,7 @@ def compare(
         "split": data.split,
         "count": int(len(data.images)),
         "unit": data.unit,
-        **({"data": data.description} if data.description else {}),
+        **({"data": public_description(data.description)} if data.description else {}),
         "torch_accuracy": torch_acc,
         "artifact_accuracy": art_acc,
         "accuracy_drop": drop,
@@ -268,7 +270,8 @@ def format_validation(v: dict[str, Any]) -> str:
         if paired["too_small_to_judge"]:
             need[0] = (
                 f"at most 1 net {one} lost (one {one} is {100 * paired['one_image']:.2f} pt, more than the {100 * v['max_drop']:.2f} pt "
-                f"allowed: too few {unit} to judge that drop; this set resolves drops from {100 * paired['resolvable_drop']:.1f} pt)"
+                f"allowed: too few {unit} to judge that drop; on this set only drops of {100 * paired['resolvable_drop']:.1f} pt or more "
+                "stand out from chance)"
             )
     rung = f"{v['rung']} int8, " if v.get("rung") else ""
     return (
@@ -284,7 +287,10 @@ def format_embedding_validation(v: dict[str, Any]) -> str:
     gate, unit = v.get("embedding_gate") or {}, v.get("unit", "images")
     knn = ""
     if v.get("artifact_accuracy") is not None:
-        knn = f", 1-NN accuracy {100 * v['artifact_accuracy']:.2f}% (torch {100 * v['torch_accuracy']:.2f}%, drop {100 * v['accuracy_drop']:+.2f} pt)"
+        knn = (
+            f", 1-NN accuracy {100 * v['artifact_accuracy']:.2f}% (torch {100 * v['torch_accuracy']:.2f}%, "
+            f"drop {100 * v['accuracy_drop']:+.2f} pt, for information: not gated)"
+        )
     return (
         f"{v.get('rung', '') and v['rung'] + ' int8, '}embedding validation on {v['split']} ({v['count']} {unit}): cosine to torch mean "
         f"{v['mean_cosine']:.5f} (needs >= {gate.get('mean_cosine')}), min {v['min_cosine']:.4f}; neighbour agreement "
@@ -310,7 +316,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     the bundle (see `converters.ladder`). 'speed-up' is the bundle's backend call against the same backend
     running the fp32 graph, on this host at the bundle's batch (`converters.latency`)."""
     texts = any((r.get("validation") or {}).get("unit") == "texts" for r in rows)
-    header = ("format", "size", "accuracy", "drop", "agreement", "int8 MACs", "rung", "ms/text" if texts else "ms/img", "speed-up", "result")
+    per = "ms/text (val)" if texts else "ms/img (val)"
+    header = ("format", "size", "accuracy", "drop", "agreement", "int8 MACs", "rung", per, "vs fp32", "result")
+    batches = sorted({v["latency_batch"] for r in rows if (v := r.get("validation") or {}).get("speedup_vs_fp32") and v.get("latency_batch")})
     lines = []
     for r in rows:
         v = r.get("validation") or {}
@@ -323,7 +331,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 r["format"],
                 "-" if not r.get("bytes") else f"{r['bytes'] / 1e6:.2f} MB",
                 _pct(v.get("artifact_accuracy")) if v else "-",
-                ("n/a" if drop is None else f"{100 * drop:+.2f} pt") if v else "-",
+                ("n/a" if drop is None else f"{100 * drop:+.2f} pt" + (" (not gated)" if v.get("kind") == "embedding" else "")) if v else "-",
                 _pct(v.get("top1_agreement")) if v else "-",
                 f"{100 * v['int8_macs_share']:.1f}%" if v.get("int8_macs_share") is not None else "-",
                 v.get("rung") or "-",
@@ -336,4 +344,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*row) for row in lines]
+    at = f" at batch {', '.join(map(str, batches))}" if batches else ""
+    out.append(
+        f"{per}: the validation pass, batched. vs fp32: this bundle's backend call against the same backend running the fp32 graph{at}, "
+        "timed in interleaved pairs (not a ratio of the ms column; an fp32 bundle is the baseline and has none)"
+    )
     return "\n".join(out)

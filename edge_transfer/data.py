@@ -105,7 +105,8 @@ def load_digits_dataset() -> ImageDataset:
 def load_image_folder(root: str | os.PathLike[str], *, skip_bad: bool = False) -> ImageDataset:
     """One sub-folder per class, sorted by name. Non-image files are ignored (counted); every image is checked.
 
-    A corrupt image raises DatasetError naming the file, unless `skip_bad` leaves it out with a warning.
+    Every image is decoded once before any work (JPEGs at 1/8 scale), so every unreadable file is named at once:
+    a DatasetError lists them, unless `skip_bad` leaves them out (and a class folder left with none) with a warning.
     """
     root_p = Path(root)
     if not root_p.is_dir():
@@ -120,25 +121,37 @@ def load_image_folder(root: str | os.PathLike[str], *, skip_bad: bool = False) -
     targets: list[int] = []
     ignored = 0
     bad: list[str] = []
-    for ci, cdir in enumerate(class_dirs):
+    empty: list[str] = []
+    found: list[tuple[Path, list[Path]]] = []
+    for cdir in class_dirs:  # the pre-scan: every file judged before any work
         files = _files_under(cdir, real_root, links)
         images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
         ignored += len(files) - len(images)
         good = []
         for p in images:
-            problem = _check_image(p, decode=skip_bad)
+            problem = _check_image(p, decode=True)
             if problem is None:
                 good.append(p)
-            elif skip_bad:
-                bad.append(f"{p}: {problem}")
             else:
-                raise DatasetError(f"{p}: not a readable image ({problem}); fix or remove it (--skip-bad leaves unreadable images out)")
-        if not good:
-            raise DatasetError(f"{cdir}: class folder '{cdir.name}' has no readable images")
+                bad.append(f"{p} ({problem})")
+        if good:
+            found.append((cdir, good))
+        else:
+            empty.append(cdir.name)
+    if (bad or empty) and not skip_bad:
+        parts = [f"{len(bad)} unreadable image(s): {listing_of(bad)}"] if bad else []
+        parts += [f"class folder(s) with no readable images: {', '.join(empty)}"] if empty else []
+        raise DatasetError(f"{root_p}: " + "; ".join(parts) + "; fix or remove them (--skip-bad leaves them out)")
+    if bad:
+        log.warning("skipped %d unreadable image(s): %s", len(bad), listing_of(bad))
+    if empty:
+        log.warning("left out %d class folder(s) with no readable images: %s", len(empty), ", ".join(empty))
+    if len(found) < 2:
+        raise DatasetError(f"{root_p}: needs at least 2 class folders with readable images, found {len(found)}")
+    class_dirs = [cdir for cdir, _ in found]
+    for ci, (_, good) in enumerate(found):
         items.extend(str(p) for p in good)
         targets.extend([ci] * len(good))
-    if bad:
-        log.warning("skipped %d unreadable image(s), first: %s", len(bad), bad[0])
     if ignored:
         log.info("ignored %d non-image file(s) under %s", ignored, root_p)
     if links.count:
@@ -193,6 +206,15 @@ def _files_under(folder: Path, real_root: Path, links: SkippedLinks) -> list[Pat
             if not name.startswith(".") and not links.skip(p, real_root) and p.is_file():
                 found.append(p)
     return sorted(found)
+
+
+SHOWN_BAD = 10  # bad files named in one message (the rest counted)
+
+
+def listing_of(problems: Sequence[str]) -> str:
+    """The first SHOWN_BAD problems, and how many more."""
+    shown = "; ".join(problems[:SHOWN_BAD])
+    return shown + (f"; and {len(problems) - SHOWN_BAD} more" if len(problems) > SHOWN_BAD else "")
 
 
 def _check_image(path: Path, *, decode: bool = False) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,3 +86,12 @@ def embed_texts(model: MeanPooledEncoder, tokenizer: TextTokenizer, texts: list[
             out = torch.empty((len(texts), part.shape[1]), dtype=part.dtype)
         out[picked] = part
     return out
+
+
+def check_max_tokens(max_tokens: int, encoder_config: Any, where: str) -> None:
+    """Refuse a token limit beyond the encoder's position embeddings: every longer text would fail on the device."""
+    from runtimes.errors import InputError
+
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_tokens > positions:
+        raise InputError(f"{where}: max_tokens {max_tokens} is more than the encoder's {positions} positions; give --max-tokens {positions} or less")

@@ -16,7 +16,7 @@ from torch import nn
 from runtimes.errors import CheckpointError, DatasetError, InputError
 from runtimes.text_data import TextDataset, load_text_dataset
 
-from .text_encoder import MeanPooledEncoder
+from .text_encoder import MeanPooledEncoder, check_max_tokens
 from .text_task import TOKENIZER_NAME, TextClassifier
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def load_text_run(run_dir: str | os.PathLike[str], config: dict[str, Any]) -> Te
     model = TextClassifier(
         encoder, build_head(int(head_cfg["in_features"]), int(head_cfg["num_classes"]), 0.0), config["labels"], int(text["max_tokens"])
     )
+    check_max_tokens(model.max_tokens, enc_cfg, f"{run_dir}/config.json")
     state = read_safetensors(Path(run_dir) / "model.safetensors")
     try:
         model.load_state_dict(state, strict=True)

@@ -30,7 +30,7 @@ from runtimes.errors import CheckpointError, InputError
 from runtimes.text_data import TextDataset, load_text_dataset
 
 from .config import STRATEGY_SPECS
-from .text_encoder import MINILM, MeanPooledEncoder, embed_texts, minilm_dir
+from .text_encoder import MINILM, MeanPooledEncoder, check_max_tokens, embed_texts, minilm_dir
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +197,7 @@ def train_text(data: Any, out: str | os.PathLike[str], cfg: Any) -> Any:
     )
     splits = stratified_split(dataset.targets, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, classes=dataset.classes)
     bb = create_text_backbone(encoder_name)
+    check_max_tokens(cfg.max_tokens, bb.encoder.encoder.config, "--max-tokens")
     if cfg.features:
         bb = cut_after_layer(bb, cfg.features)
     logger.info(

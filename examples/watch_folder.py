@@ -29,7 +29,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".npy"}
 
 
 class FolderFrames:
-    """New image files in a folder, oldest first, each classified once.
+    """New image files in a folder, oldest first, each classified once per content: a file is known by its path,
+    size and modification time, so one rewritten with a new image is classified again.
 
     A file is handed out only when its size and modification time were the same at two polls in a row (a copy or
     a camera still writing it is left alone until it settles). A file that still cannot be decoded gets `retries`
@@ -38,7 +39,7 @@ class FolderFrames:
 
     def __init__(self, folder: Path, stop: list[bool], poll: float, idle_exit: float | None, retries: int = 3) -> None:
         self.folder, self.stop, self.poll, self.idle_exit, self.retries = folder, stop, poll, idle_exit, retries
-        self.seen: set[Path] = set()
+        self.seen: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) when it was handed out
         self.last: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) at the previous poll
         self.tries: collections.Counter[Path] = collections.Counter()
         self.not_before: dict[Path, float] = {}  # retried files wait until then
@@ -49,24 +50,26 @@ class FolderFrames:
         self.tries[p] += 1
         if self.tries[p] > self.retries:
             return False
-        self.seen.discard(p)
+        self.seen.pop(p, None)
         self.last.pop(p, None)
         self.not_before[p] = time.monotonic() + 0.5 * 2 ** (self.tries[p] - 1)
         return True
 
     def _settled(self) -> list[Path]:
         ready = []
+        now: dict[Path, tuple[int, int]] = {}
         for p in self.folder.iterdir():
-            if p.suffix.lower() not in IMAGE_SUFFIXES or p in self.seen or time.monotonic() < self.not_before.get(p, 0.0):
+            if p.suffix.lower() not in IMAGE_SUFFIXES or time.monotonic() < self.not_before.get(p, 0.0):
                 continue
             try:
                 st = p.stat()
             except FileNotFoundError:  # removed between listing and stat
                 continue
             signature = (st.st_size, st.st_mtime_ns)
-            if self.last.get(p) == signature:
+            now[p] = signature
+            if self.seen.get(p) != signature and self.last.get(p) == signature:
                 ready.append((st.st_mtime_ns, p))
-            self.last[p] = signature
+        self.last = now  # files removed are forgotten
         return [p for _, p in sorted(ready)]
 
     def __iter__(self) -> Iterator[tuple[str, object]]:
@@ -74,9 +77,11 @@ class FolderFrames:
         while not self.stop[0]:
             ready = self._settled()
             for path in ready:
-                self.seen.add(path)
+                self.seen[path] = self.last[path]
                 yield path.name, str(path)  # the file path is the frame (decoded by predict)
-            if ready or len(self.last) > len(self.seen) or any(t > time.monotonic() for t in self.not_before.values()):  # still coming
+            if (
+                ready or any(self.seen.get(p) != sig for p, sig in self.last.items()) or any(t > time.monotonic() for t in self.not_before.values())
+            ):  # still coming
                 idle_since = time.monotonic()
             elif self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
                 return

@@ -22,13 +22,10 @@ absent folder: anything else given as `--to` is refused, so a user's folder is n
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import secrets
 import shutil
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,23 +33,32 @@ from typing import Any
 
 from .bundle import BUNDLE, open_bundle, read_manifest
 from .errors import BundleError, EdgeTransferError, InputError, OutputError, SelfTestFailed
-from .fsutil import cannot_write, current_umask, exclusive_file, write_bytes_atomically
+from .fsutil import cannot_write, current_umask, exclusive_file
 from .manifest import MANIFEST_NAME
-from .outputs import OWNED_MARKERS, OutputKind, OutputRule, Protected, check_output, contents_problem
+from .models_folder import (
+    CURRENT,
+    LOG,
+    MARK,
+    MODELS,
+    VERSION_NAME,
+    VERSIONS,
+    clean_leftovers,
+    current_path,
+    current_version,
+    fsync_dir,
+    history_of,
+    log_event,
+    marked_folder,
+    open_models_dir,
+    remove_marked,
+    save_state,
+    versions,
+)
+from .outputs import Protected, contents_problem
 from .signature_format import SIGNATURE_NAME
 from .signing import KeySource, TrustedKey, trusted_keys
 
-CURRENT = "current"
-VERSIONS = "versions"
-LOG = "deploy.log"
-STATE = OWNED_MARKERS[0]  # ".edge-transfer-models": the mark of a models folder, and the history of `current`
-MARK = ".ours"  # `versions/.X.partial-abc.ours`: the staging or removal folder `.X.partial-abc` is deploy's
 DEFAULT_KEEP = 3
-LOG_MAX_BYTES = 1 << 20  # deploy.log is rotated to deploy.log.1 past this size
-HISTORY_MAX = 100
-_VERSION = re.compile(r"^v(\d{4,})$")
-_TEMPORARY = re.compile(r"^\.[A-Za-z0-9_-]+\.(partial|old)-[A-Za-z0-9_]+$")
-_LEGACY = {CURRENT, VERSIONS, LOG, f"{LOG}.1", f".{LOG}.lock"}
 CRASH_ENV = "EDGE_TRANSFER_TEST_CRASH_AT"  # tests only: the process exits at once (no cleanup) at this named step
 logger = logging.getLogger(__name__)
 
@@ -75,170 +81,6 @@ class DeployResult:
     signed_by: str | None
     unchanged: bool = False  # the bundle was already the current version: nothing installed
     notes: tuple[str, ...] = ()  # what the user must know: a signature not verified, a damaged current reinstalled
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ------------------------------------------------------------------------------------------------ the models folder
-
-
-def _read_state(root: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads((root / STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and doc.get("written_by") == "edge-transfer deploy" else None
-
-
-def _legacy_models_folder(root: Path) -> bool:
-    """A models folder an older release made: only its names, and a deploy.log whose first line is deploy's."""
-    names = {p.name for p in root.iterdir()}
-    if not names <= _LEGACY | {n for n in names if n.startswith(f".{CURRENT}.tmp-")} or LOG not in names:
-        return False
-    try:
-        with open(root / LOG, encoding="utf-8") as f:
-            first = json.loads(f.readline(65536))
-    except (OSError, ValueError):
-        return False
-    return isinstance(first, dict) and "event" in first and "time" in first
-
-
-def _models_problem(path: Path) -> str | None:
-    if _read_state(path) is not None or _legacy_models_folder(path):
-        return None
-    return f"no {STATE} mark of a models folder deploy made"
-
-
-MODELS = OutputKind("models folder", _models_problem)  # what deploy --to / rollback --to accept (runtimes.outputs)
-
-
-def _history(root: Path) -> list[str]:
-    doc = _read_state(root) or {}
-    found = doc.get("history")
-    return [v for v in found if isinstance(v, str) and _VERSION.match(v)] if isinstance(found, list) else []
-
-
-def _save_state(root: Path, history: list[str]) -> None:
-    doc = {"written_by": "edge-transfer deploy", "format": 1, "history": history[-HISTORY_MAX:]}
-    write_bytes_atomically(root / STATE, (json.dumps(doc, indent=1) + "\n").encode(), "models folder's history")
-
-
-def _open_models_dir(models_dir: str | os.PathLike[str], *, create: bool, protected: Iterable[Protected] = ()) -> Path:
-    """The models folder through the one output rule (absent or empty, or one deploy made), created and marked."""
-    root = Path(models_dir)
-    check_output(root, OutputRule("models", MODELS, must_exist=not create), protected=protected, flag="--to")
-    try:
-        (root / VERSIONS).mkdir(parents=True, exist_ok=True)
-        if _read_state(root) is None:
-            current = current_version(root)
-            _save_state(root, [current] if current else [])
-    except OSError as exc:
-        raise cannot_write(root, exc, "models folder") from None
-    return root
-
-
-def versions(models_dir: str | os.PathLike[str]) -> list[str]:
-    """The version folders, oldest first (v0001, v0002, ...)."""
-    root = Path(models_dir) / VERSIONS
-    if not root.is_dir():
-        return []
-    found = [p.name for p in root.iterdir() if _VERSION.match(p.name) and p.is_dir() and not p.is_symlink()]
-    return sorted(found, key=lambda n: int(n[1:]))
-
-
-def current_version(models_dir: str | os.PathLike[str]) -> str | None:
-    """The version `current` points to, or None before the first deploy; `BundleError` when `current` is not a link
-    deploy made, or points at anything but a real version folder under versions/."""
-    link = Path(models_dir) / CURRENT
-    if not os.path.lexists(link):
-        return None
-    if not link.is_symlink():
-        raise BundleError(f"{link}: not a link made by deploy (a real file or folder is there); move it away first")
-    target = Path(os.readlink(link))
-    if target.parent != Path(VERSIONS) or not _VERSION.match(target.name):
-        raise BundleError(f"{link}: points to {target}, not to a version deploy made under {VERSIONS}/")
-    folder = Path(models_dir) / VERSIONS / target.name
-    if folder.is_symlink() or not folder.is_dir():
-        what = f"a symlink (to {os.readlink(folder)})" if folder.is_symlink() else "a file" if os.path.lexists(folder) else "missing"
-        raise BundleError(f"{link}: points to {VERSIONS}/{target.name}, which is {what}, not a version folder deploy made")
-    return target.name
-
-
-def current_path(models_dir: str | os.PathLike[str]) -> Path:
-    """The folder of the current version (what an application loads); `BundleError` before the first deploy."""
-    version = current_version(models_dir)
-    if version is None:
-        raise BundleError(f"{models_dir}: nothing deployed yet (no {CURRENT} link); run: edge-transfer deploy BUNDLE --to {models_dir}")
-    return Path(models_dir) / VERSIONS / version
-
-
-def _log(models_dir: Path, event: str, **fields: Any) -> None:
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}
-    logger.debug("%s: %s", models_dir / LOG, json.dumps(record))  # the caller reports; the log file keeps the record
-    try:
-        path = models_dir / LOG
-        if path.is_file() and path.stat().st_size > LOG_MAX_BYTES:
-            os.replace(path, models_dir / f"{LOG}.1")  # bounded: the newest records and one older file
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        logger.warning("%s: cannot append to %s: %s", models_dir, LOG, exc.strerror or exc)
-
-
-# ------------------------------------------------------------------------------------------------ marked temporaries
-
-
-def _marked_folder(versions_dir: Path, name: str) -> Path:
-    """A folder name deploy owns: its mark file is written (and synced) before the folder exists."""
-    path = versions_dir / name
-    fd = os.open(versions_dir / (name + MARK), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(versions_dir)
-    return path
-
-
-def _is_marked(path: Path) -> bool:
-    mark = path.with_name(path.name + MARK)
-    try:
-        return mark.is_file() and not mark.is_symlink() and mark.read_text(encoding="utf-8").strip() == path.name
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def _remove_marked(path: Path) -> None:
-    """Delete a folder deploy marked as its own, then its mark (so an interrupted removal is finished next time)."""
-    if not _is_marked(path):
-        raise OutputError(f"{path}: not marked as deploy's own; refusing to delete it")
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    path.with_name(path.name + MARK).unlink(missing_ok=True)
-
-
-def _clean_leftovers(models_dir: Path) -> None:
-    """Remove what an interrupted deploy left, and only what carries its mark: staging copies, old versions on their
-    way out, marks whose folder is gone, an unswitched link. Anything else is logged and kept."""
-    folder = models_dir / VERSIONS
-    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if p.name.endswith(MARK) and p.is_file() and not p.is_symlink():
-            target = p.with_name(p.name.removesuffix(MARK))
-            if _TEMPORARY.match(target.name) and _is_marked(target):
-                _remove_marked(target)
-        elif _TEMPORARY.match(p.name) and not _is_marked(p):
-            _log(models_dir, "kept", path=str(p), reason="not marked as deploy's own, so not removed")
-    for p in models_dir.glob(f".{CURRENT}.tmp-*"):
-        if p.is_symlink():
-            p.unlink()
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -276,7 +118,7 @@ def _copy_bundle(source: Path, staging: Path) -> None:
             shutil.copyfile(src, dst)
             with open(dst, "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(staging / rel)
+        fsync_dir(staging / rel)
     _step("copied")
 
 
@@ -312,9 +154,9 @@ def _switch(models_dir: Path, version: str, history: list[str]) -> None:
     os.symlink(Path(VERSIONS) / version, tmp)
     _step("linked")
     os.replace(tmp, models_dir / CURRENT)
-    _fsync_dir(models_dir)
+    fsync_dir(models_dir)
     try:
-        _save_state(models_dir, history)
+        save_state(models_dir, history)
     except OutputError as exc:
         logger.warning("%s", exc)
 
@@ -336,7 +178,7 @@ def _prune(models_dir: Path, keep: int) -> tuple[str, ...]:
     """Remove the oldest versions beyond `keep`, never the current one, never the one current before it (the way
     back), nor anything not a whole bundle."""
     current = current_version(models_dir)
-    history = _history(models_dir)
+    history = history_of(models_dir)
     before = [v for v in history if v != current]
     kept = {current, before[-1] if before else None}
     others = [v for v in versions(models_dir) if v not in kept]
@@ -347,14 +189,14 @@ def _prune(models_dir: Path, keep: int) -> tuple[str, ...]:
         path = models_dir / VERSIONS / v
         problem = contents_problem(path, BUNDLE)
         if problem is not None:
-            _log(models_dir, "kept", version=v, reason=f"not removed: {problem}")
+            log_event(models_dir, "kept", version=v, reason=f"not removed: {problem}")
             continue
-        doomed = _marked_folder(models_dir / VERSIONS, f".{v}.old-{os.getpid()}")
+        doomed = marked_folder(models_dir / VERSIONS, f".{v}.old-{os.getpid()}")
         os.replace(path, doomed)  # out of sight at once; deleting it may take a while
         _step("pruning")
-        _remove_marked(doomed)
+        remove_marked(doomed)
         removed.append(v)
-        _log(models_dir, "removed", version=v)
+        log_event(models_dir, "removed", version=v)
     return tuple(removed)
 
 
@@ -392,25 +234,25 @@ def deploy(
     if source.resolve() == root.resolve() or source.resolve() in root.resolve().parents:
         raise InputError(f"--to {root}: inside the bundle being deployed; the models folder must be outside it")
     keys = _trusted(trusted_keys)
-    root = _open_models_dir(root, create=True, protected=[Protected("the bundle", source)])
+    root = open_models_dir(root, create=True, protected=[Protected("the bundle", source)])
     notes = tuple(n for n in [_unverified_signature(source, keys)] if n)
     with exclusive_file(root / LOG):
         try:
             _precheck_source(source)
         except EdgeTransferError as exc:
-            _log(root, "refused", source=str(source), reason=str(exc))
+            log_event(root, "refused", source=str(source), reason=str(exc))
             raise
         previous = current_version(root)
-        _clean_leftovers(root)
-        history = _history(root)
+        clean_leftovers(root)
+        history = history_of(root)
         if previous is not None and _same_bundle(source, root / VERSIONS / previous):
             try:
                 _, signed_by = _verify_installed(root / VERSIONS / previous, keys)
             except EdgeTransferError as exc:  # damaged since, or not acceptable under today's keys: installed afresh
-                _log(root, "reinstalling", version=previous, reason=f"the current version no longer passes: {exc}")
+                log_event(root, "reinstalling", version=previous, reason=f"the current version no longer passes: {exc}")
                 notes += (f"{previous} no longer passed its checks ({exc}); installing the bundle again",)
             else:
-                _log(root, "unchanged", version=previous, source=str(source), notes=list(notes))  # a re-run keeps the history
+                log_event(root, "unchanged", version=previous, source=str(source), notes=list(notes))  # a re-run keeps the history
                 removed = _prune(root, keep)  # and completes the removals of a deploy interrupted after its switch
                 summary = "already current: the same manifest and signature"
                 return DeployResult(previous, root / VERSIONS / previous, previous, removed, summary, signed_by, True, notes)
@@ -419,10 +261,10 @@ def deploy(
                 f"{source} was made {_release(source)}, before the current {previous} ({_release(root / VERSIONS / previous)}): "
                 "a downgrade; pass --allow-downgrade to install it anyway, or use rollback to return to a kept version"
             )
-            _log(root, "refused", source=str(source), reason=reason)
+            log_event(root, "refused", source=str(source), reason=reason)
             raise BundleError(reason)
         _step("start")
-        staging = _marked_folder(root / VERSIONS, f".incoming.partial-{secrets.token_hex(4)}")
+        staging = marked_folder(root / VERSIONS, f".incoming.partial-{secrets.token_hex(4)}")
         try:
             try:
                 os.mkdir(staging, 0o777 & ~current_umask())
@@ -431,24 +273,24 @@ def deploy(
                 raise cannot_write(root / VERSIONS, exc, "copy of the bundle") from None
             summary, signed_by = _self_test(staging, keys, device, backend_options, shown=source)
             _step("self-tested")
-            taken = [int(p.name[1:]) for p in (root / VERSIONS).iterdir() if _VERSION.match(p.name)]  # files and links too
+            taken = [int(p.name[1:]) for p in (root / VERSIONS).iterdir() if VERSION_NAME.match(p.name)]  # files and links too
             version = f"v{max(taken, default=0) + 1:04d}"
             os.replace(staging, root / VERSIONS / version)
-            _fsync_dir(root / VERSIONS)
+            fsync_dir(root / VERSIONS)
             _step("renamed")
         except EdgeTransferError as exc:
-            _log(root, "refused", source=str(source), reason=str(exc))
+            log_event(root, "refused", source=str(source), reason=str(exc))
             raise
         finally:
             if staging.exists() or os.path.lexists(staging.with_name(staging.name + MARK)):
-                _remove_marked(staging)
+                remove_marked(staging)
         staging.with_name(staging.name + MARK).unlink(missing_ok=True)
         try:
             _switch(root, version, [*history, version] if history[-1:] == [previous] or previous is None else [*history, previous, version])
         except OSError as exc:
             raise OutputError(f"{root / CURRENT}: cannot switch to {version}: {exc.strerror or exc}; {CURRENT} is unchanged") from None
         _step("switched")
-        _log(root, "deployed", version=version, previous=previous, source=str(source), self_test=summary, signed_by=signed_by, notes=list(notes))
+        log_event(root, "deployed", version=version, previous=previous, source=str(source), self_test=summary, signed_by=signed_by, notes=list(notes))
         removed = _prune(root, keep)
         return DeployResult(version, root / VERSIONS / version, previous, removed, summary, signed_by, notes=notes)
 
@@ -472,12 +314,12 @@ def rollback(
     """Point `current` back at the version that was current before it (the history `deploy` keeps; the newest
     older version for a folder without one), the first that still verifies and passes its self-test here."""
     keys = _trusted(trusted_keys)
-    root = _open_models_dir(models_dir, create=False)
+    root = open_models_dir(models_dir, create=False)
     with exclusive_file(root / LOG):
         previous = current_version(root)
         if previous is None:
             raise BundleError(f"{root}: nothing deployed yet, so nothing to roll back")
-        history = _history(root)
+        history = history_of(root)
         while history and history[-1] == previous:
             history.pop()
         kept = set(versions(root))
@@ -490,12 +332,27 @@ def rollback(
                 summary, signed_by = _self_test(root / VERSIONS / version, keys, device, backend_options)
             except EdgeTransferError as exc:
                 reasons.append(f"{version}: {exc}")
-                _log(root, "skipped", version=version, reason=str(exc))
+                log_event(root, "skipped", version=version, reason=str(exc))
                 continue
             back = history[: len(history) - history[::-1].index(version)] if version in history else [*history, version]
             _switch(root, version, back)
             _step("switched")
-            _log(root, "rolled-back", version=version, previous=previous, self_test=summary)
+            log_event(root, "rolled-back", version=version, previous=previous, self_test=summary)
             return DeployResult(version, root / VERSIONS / version, previous, (), summary, signed_by)
         why = "; ".join(reasons) if reasons else f"no version older than {previous} is kept"
         raise BundleError(f"{root}: cannot roll back from {previous}: {why}")
+
+
+__all__ = [
+    "CRASH_ENV",
+    "CURRENT",
+    "DEFAULT_KEEP",
+    "MODELS",
+    "VERSIONS",
+    "DeployResult",
+    "current_path",
+    "current_version",
+    "deploy",
+    "rollback",
+    "versions",
+]

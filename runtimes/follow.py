@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import open_bundle
-from .deploy import VERSIONS, current_path, current_version
 from .errors import EdgeTransferError, InputError
+from .models_folder import VERSIONS, current_path, current_version
 from .predictor import Predictor
 from .signing import KeySource
 

@@ -99,6 +99,11 @@ BOUNDS: dict[str, Bound] = {
     "warmup": Bound(0, 1_000_000, integer=True),
     "threads": Bound(1, 1024, integer=True),
     "streams": Bound(1, 1024, integer=True),
+    # video and streams
+    "stall_timeout": Bound(0, 86_400, open_low=True),
+    "every": Bound(1, 1_000_000, integer=True),
+    "fps": Bound(0, 10_000, open_low=True),
+    "camera": Bound(0, 1024, integer=True),
 }
 
 
@@ -113,3 +118,16 @@ def check_bounds(values: Mapping[str, Any], *, names: Mapping[str, str] | None =
         if problem is not None:
             shown = (names or {}).get(key, key)
             raise InputError(f"{shown} {problem}")
+
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: every camera frame and photo, far below Pillow's 89 MP bomb warning
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) `read_image` decodes: EDGE_TRANSFER_MAX_IMAGE_PIXELS, else 40 MP."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("EDGE_TRANSFER_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)))
+    except ValueError:
+        return DEFAULT_MAX_IMAGE_PIXELS

@@ -167,19 +167,25 @@ def never_replaced(path: Path) -> str | None:
     return "it already exists and is never replaced"
 
 
+def _is_bundle_manifest(path: Path) -> bool:
+    """A bundle's manifest.json, told by its shape (schema_version, model, inputs), without parsing it in full."""
+    from .safejson import MAX_JSON_BYTES, loads_limited
+
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
+            return False
+        doc = loads_limited(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"schema_version", "model", "inputs"} <= set(doc)
+
+
 def _owning_folder(real: Path) -> str | None:
     """What `real` (resolved) lies inside that edge-transfer owns whole: a bundle or a models folder, or None."""
-    from .bundle import read_manifest
-    from .errors import BundleError
-
     for parent in real.parents:
         if any(os.path.lexists(parent / m) for m in OWNED_MARKERS):
             return f"the models folder {parent}"
-        if os.path.isfile(parent / "manifest.json"):
-            try:
-                read_manifest(parent)
-            except BundleError:
-                continue
+        if _is_bundle_manifest(parent / "manifest.json"):
             return f"the bundle {parent}"
     return None
 
@@ -271,8 +277,11 @@ def check_output_file(
     path = Path(target)
     check_clear_of(path, protected, flag=flag)
     check_not_inside_owned(path, flag=flag)
-    if path.is_symlink():
-        raise OutputError(f"{flag} {path} is a symlink (to {os.readlink(path)}); edge-transfer writes only plain files: give the real path")
+    if path.is_symlink():  # the real file is what gets written (a gallery kept behind a link): judged the same way
+        real = _real(path)
+        if real.is_dir() or not real.parent.is_dir():
+            raise OutputError(f"{flag} {path} is a symlink (to {os.readlink(path)}) that does not lead to a file; give the real path")
+        path = real
     if path.is_dir():
         raise OutputError(f"{flag} {path} is a folder; give a file name ({a(kind.what)})")
     if path.exists():

@@ -391,8 +391,10 @@ class Predictor:
 def static_batch(bundle: Bundle, batch_size: Any) -> int:
     """Check `runtimes.load(..., batch_size=N)` against the bundle: a whole number >= 1, the bundle's own batch if it
     has a fixed one, and 1 for bundles that run one row per call (dynamic int8). Returns N."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    from .options import MAX_BATCH
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+        raise InputError(f"batch_size must be a whole number from 1 to {MAX_BATCH}, got {batch_size!r}")
     m = bundle.manifest
     fixed = m.inputs[0].shape[0]
     if isinstance(fixed, int) and fixed != batch_size:

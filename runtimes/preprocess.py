@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .options import max_image_pixels  # the one limit, shared with video frames
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 # How the crop is resized (`runtimes.resample`): the name is part of the definition a run trains with and its bundles
@@ -222,19 +223,6 @@ def normalize(batch: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     x: np.ndarray = batch.astype(np.float32) / 255.0
     x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: every camera frame and photo, far below Pillow's 89 MP bomb warning
-
-
-def max_image_pixels() -> int:
-    """The largest image (width x height) `read_image` decodes: EDGE_TRANSFER_MAX_IMAGE_PIXELS, else 40 MP."""
-    import os
-
-    try:
-        return max(1, int(os.environ.get("EDGE_TRANSFER_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)))
-    except ValueError:
-        return DEFAULT_MAX_IMAGE_PIXELS
 
 
 def _int_image(arr: np.ndarray, path: str) -> np.ndarray:

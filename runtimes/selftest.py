@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import BundleError, SelfTestFailed
+from .errors import BundleError, EdgeTransferError, SelfTestFailed
 from .fsutil import check_relative_path
 
 __all__ = ["SelfTestFailed", "SelfTestResult", "run_self_test", "write_self_test"]
@@ -59,6 +59,7 @@ class SelfTestResult:
     features_cosine: float | None = None  # an extensible bundle: the features output's mean cosine to torch
     min_features_cosine: float | None = None
     unit: str = "images"  # what the golden inputs are: images or texts
+    output: str = "logit"  # what is compared: logits, or an embedding bundle's embedding values
 
     @property
     def passed(self) -> bool:
@@ -72,8 +73,8 @@ class SelfTestResult:
             return f"self-test: MISSING ({self.reason})"
         line = (
             f"self-test on {self.count} golden {self.unit}: agreement {100 * (self.agreement or 0):.2f}% (needs "
-            f">= {100 * (self.min_agreement or 0):.2f}%), relative logit error {self.rel_err:.2e} (needs <= "
-            f"{self.max_rel_err:.2e}), max |logit diff| {self.max_abs_diff:.3g}: {self.status.upper()}"
+            f">= {100 * (self.min_agreement or 0):.2f}%), relative {self.output} error {self.rel_err:.2e} (needs <= "
+            f"{self.max_rel_err:.2e}), max |{self.output} diff| {self.max_abs_diff:.3g}: {self.status.upper()}"
         )
         if self.features_cosine is not None:
             line += f"; features cosine {self.features_cosine:.5f} (needs >= {self.min_features_cosine:.5f})"
@@ -246,6 +247,19 @@ def _golden_inputs(predictor: Predictor, section: dict[str, Any]) -> Any:
     return predictor.input.golden(section, lambda rel, field: _listed(predictor, rel, field))
 
 
+def _longest_text_problem(predictor: Predictor) -> str | None:
+    """A text bundle must read texts as long as its own token limit: one text of exactly `max_tokens` tokens is run
+    (a limit beyond the encoder's positions fails here, not on the user's first long text)."""
+    limit = predictor.manifest.text.max_tokens if predictor.manifest.text is not None else None
+    if limit is None:
+        return None
+    try:
+        predictor.run_chunked(predictor.input.prepare(predictor.input.synthetic(1, tokens=limit)))
+    except EdgeTransferError as exc:
+        return f"a text of {limit} tokens (the bundle's limit) fails on this device: {str(exc).splitlines()[0][:200]}"
+    return None
+
+
 def run_self_test(predictor: Predictor) -> SelfTestResult:
     """Run the bundle's golden images through `predictor` and compare with the stored torch reference."""
     base: dict[str, Any] = {
@@ -253,6 +267,7 @@ def run_self_test(predictor: Predictor) -> SelfTestResult:
         "device": predictor.device,
         "inference_precision": predictor.inference_precision,
         "unit": predictor.input.unit,
+        "output": "embedding" if predictor.is_embedding else "logit",
     }
     section = _section(predictor)
     if section is None:
@@ -290,7 +305,9 @@ def run_self_test(predictor: Predictor) -> SelfTestResult:
     if m["agreement"] < tol["min_agreement"] - 1e-9:
         reasons.append(("nearest-neighbour" if predictor.is_embedding else "top-1") + " agreement below tolerance")
     if not m["rel_err"] <= tol["max_rel_err"]:
-        reasons.append("logits drifted beyond tolerance")
+        reasons.append(("embeddings" if predictor.is_embedding else "logits") + " drifted beyond tolerance")
+    if predictor.modality == "text" and (problem := _longest_text_problem(predictor)) is not None:
+        reasons.append(problem)
     return SelfTestResult(
         "fail" if reasons else "pass",
         **base,

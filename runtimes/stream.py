@@ -29,6 +29,24 @@ from .video import Frame, SourceReport
 STAGES = ("read", "prepare", "model")
 
 
+class Reservoir:
+    """A uniform sample of at most `size` values of a stream of any length (Vitter's algorithm R): the medians of a
+    day of frames from bounded memory."""
+
+    def __init__(self, size: int = 4096, seed: int = 0) -> None:
+        self.size, self.seen, self.sample = size, 0, []  # type: ignore[var-annotated]
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self.sample) < self.size:
+            self.sample.append(value)
+            return
+        j = int(self._rng.integers(0, self.seen))
+        if j < self.size:
+            self.sample[j] = value
+
+
 @dataclass
 class StreamResult:
     """One frame's answer: the frame (index, time, RGB image), the answer (a classifier's top-k
@@ -74,7 +92,7 @@ class Pipeline:
         self._queue: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._ms: dict[str, list[float]] = {s: [] for s in STAGES}
+        self._ms: dict[str, Reservoir] = {s: Reservoir() for s in STAGES}
         self._answered = 0
         self._started: float | None = None
         self._elapsed = 0.0
@@ -177,7 +195,7 @@ class Pipeline:
         for (frame, _, ms), answer in zip(group, answers):
             ms = {**ms, "model": model_ms}
             for stage in STAGES:
-                self._ms[stage].append(ms[stage])
+                self._ms[stage].add(ms[stage])
             self._answered += 1
             yield StreamResult(frame, answer, ms)
 
@@ -197,7 +215,7 @@ class Pipeline:
             "frames": self._answered,
             "seconds": round(elapsed, 3),
             "frames_per_s": round(self._answered / elapsed, 2) if elapsed > 0 else None,
-            "p50_ms": {s: round(float(np.median(v)), 2) for s, v in self._ms.items() if v},
+            "p50_ms": {s: round(float(np.median(v.sample)), 2) for s, v in self._ms.items() if v.sample},
             "source": self.report.to_dict(),
         }
 

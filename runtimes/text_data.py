@@ -274,7 +274,8 @@ def load_text_table(
 
 def _warn(skipped: _Skipped, where: Path) -> None:
     if skipped.reasons:
-        log.warning("skipped %d unusable text(s) in %s, first: %s", len(skipped.reasons), where, skipped.reasons[0])
+        shown = "; ".join(skipped.reasons[:10]) + (f"; and {len(skipped.reasons) - 10} more" if len(skipped.reasons) > 10 else "")
+        log.warning("skipped %d unusable text(s) in %s: %s", len(skipped.reasons), where, shown)
 
 
 def is_text_source(source: str | os.PathLike[str]) -> bool:

@@ -103,7 +103,14 @@ class VideoSource:
         self.name = f"camera {source}" if isinstance(source, int) else str(source)
         self.live = isinstance(source, int) or is_stream_url(str(source))
         if not self.live and not os.path.isfile(self.name):
-            raise InputError(f"{self.name}: no such video file")
+            what = (
+                "is a folder, not a video file"
+                if os.path.isdir(self.name)
+                else "is not a regular file (a FIFO, device or socket), so not a video file"
+                if os.path.exists(self.name)
+                else "no such video file"
+            )
+            raise InputError(f"{self.name}: {what}")
         self.every, self.fps, self.timeout_s = every, fps, float(timeout_s)
         self.report = SourceReport(self.name, self.live)
         self._cap: Any = None
@@ -126,6 +133,17 @@ class VideoSource:
             )
             self.report.error = f"{self.name}: cannot be opened: {what}"
             raise StreamError(self.report.error)
+        from .options import max_image_pixels
+
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width * height > max_image_pixels():  # the image limit applies to frames: refused before one is decoded
+            cap.release()
+            self.report.ended = "unopenable"
+            self.report.error = (
+                f"{self.name}: frames of {width}x{height} ({width * height / 1e6:.1f} MP) are larger than the {max_image_pixels() / 1e6:.0f} MP "
+                "an image may have (EDGE_TRANSFER_MAX_IMAGE_PIXELS raises it)"
+            )
+            raise StreamError(self.report.error)
         count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
         if not self.live and count > 0:
             self.report.declared = int(count)
@@ -141,8 +159,11 @@ class VideoSource:
         before its declared frames or a live source that stalled, and return for a complete file."""
         if self._cap is None:
             self.open()
+        from .options import max_image_pixels
+
         cv2 = opencv()
         cap, started = self._cap, time.monotonic()
+        self._max_pixels = max_image_pixels()
         last_kept: float | None = None
         try:
             while True:
@@ -151,6 +172,10 @@ class VideoSource:
                 if not ok or bgr is None:
                     self._finish(time.monotonic() - asked)
                     return
+                if bgr.shape[0] * bgr.shape[1] > self._max_pixels:  # a stream that grows its frames mid-way
+                    self.report.ended = "refused"
+                    self.report.error = f"{self.name}: frame {self.report.read} is {bgr.shape[1]}x{bgr.shape[0]}, over the image pixel limit"
+                    raise StreamError(self.report.error)
                 index = self.report.read
                 self.report.read += 1
                 time_s = time.monotonic() - started if self.live else cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0

@@ -338,15 +338,18 @@ def main() -> int:
     except ImportError as exc:
         rows.append(("image-folder datasets", f"not run here ({exc})"))
 
+    from reliability_policy import policy_rows
     from reliability_user_files import user_file_rows, wrong_answer_rows
 
     run = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(str(json.loads((bundle / "manifest.json").read_text())["source"].get("run", "")))
     run_ok = run.is_dir() and (run / "config.json").is_file()
     owned = user_file_rows(work / "owned", run if run_ok else None)
     wrong = wrong_answer_rows(work / "wrong", bundle)
+    policy = policy_rows(work / "policy", bundle)
 
     untouched = digest(bundle) == before
-    for title, table in (("bad input", rows), ("what the user owns", owned), ("answers that would be wrong", wrong)):
+    tables = (("bad input", rows), ("what the user owns", owned), ("answers that would be wrong", wrong), ("outputs, keys and deploys", policy))
+    for title, table in tables:
         print(f"| {title} | what the user gets |")
         print("|---|---|")
         for what, got in table:
@@ -355,7 +358,7 @@ def main() -> int:
         print()
     print(f"the original bundle is byte-identical afterwards: {untouched}")
     remove_temporary(work)
-    every = rows + owned + wrong
+    every = rows + owned + wrong + policy
     return 0 if untouched and not any(got.startswith(("UNTYPED", "WRONG", "FAILED")) for _, got in every) else 1
 
 

@@ -45,17 +45,22 @@ def test_corrupt_image_is_named_or_skipped(tmp_path: Path):
     root = write_image_folder(tmp_path / "data")
     bad = root / "one" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    with pytest.raises(DatasetError, match=r"broken.png: not a readable image .* fix or remove it \(--skip-bad leaves unreadable images out\)"):
+    good = (root / "two" / "1.jpg").read_bytes()
+    (root / "two" / "truncated.jpg").write_bytes(good[: len(good) // 2])  # found by the pre-scan, not partway through work
+    with pytest.raises(
+        DatasetError, match=r"2 unreadable image\(s\): .*broken.png .*truncated.jpg .*fix or remove them \(--skip-bad leaves them out\)"
+    ):
         load_image_folder(root)  # the same message serves train, export --data / --calibration-data (all take --skip-bad)
     ds = load_image_folder(root, skip_bad=True)
-    assert len(ds) == 24 and ds.info["skipped_bad"] == 1
+    assert len(ds) == 24 and ds.info["skipped_bad"] == 2
 
 
 def test_empty_class_and_single_class_are_refused(tmp_path: Path):
     root = write_image_folder(tmp_path / "data")
     (root / "empty").mkdir()
-    with pytest.raises(DatasetError, match="'empty' has no readable images"):
+    with pytest.raises(DatasetError, match="class folder\\(s\\) with no readable images: empty"):
         load_image_folder(root)
+    assert load_image_folder(root, skip_bad=True).classes == ["one", "two", "zero"]  # --skip-bad leaves it out, said
     single = write_image_folder(tmp_path / "single", classes=("only",))
     with pytest.raises(DatasetError, match="at least 2 class"):
         load_image_folder(single)

@@ -175,7 +175,7 @@ def test_enroll_and_identify_texts_without_torch(text_bundles: dict[str, Path], 
     )
     assert r.returncode == 0, r.stderr
     r = run_cli("enroll", bundle, "--gallery", str(gallery), "--remove", "weather", block_torch=True)
-    assert r.returncode == 0 and "removed weather (2 image(s))" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "removed weather (2 text(s))" in r.stdout, r.stdout + r.stderr
     texts = ["football match goal team", "guitar album band chart", "bank market profit trade"]
     args = ["identify", bundle, "--gallery", str(gallery), "--threshold", "-1", "--json"]
     r = run_cli(*args, *[x for t in texts for x in ("--text", t)], block_torch=True)

@@ -4,6 +4,7 @@ here, real HTTP streams served here (stalled and interrupted), and the pipelined
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -264,8 +265,8 @@ def test_the_pipeline_keeps_order_and_drops_the_oldest_frames_of_a_live_source_t
 def test_video_without_opencv_is_refused_naming_the_extra(digits_bundle, clip, monkeypatch):
     code = "import sys\nsys.modules['cv2'] = None\n" + BLOCK_HOST_PACKAGES + "from edge_transfer.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     r = subprocess.run([sys.executable, "-c", code, "predict", str(digits_bundle), str(clip)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and r.stdout == ""
-    assert "pip install 'edge-transfer-runtime[video]'" in r.stderr and r.stderr.count("error:") == 1
+    assert r.returncode == 2 and r.stdout == ""  # refused before any source is opened: no summary of 0 frames
+    assert "pip install 'edge-transfer-runtime[video]'" in r.stderr and r.stderr.count("error:") == 1 and "frame(s)" not in r.stderr
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(BackendUnavailableError, match=r"edge-transfer-runtime\[video\]"):
         list(runtimes.load(digits_bundle).stream(VideoSource(str(clip))))
@@ -277,7 +278,16 @@ def test_bad_video_arguments_are_refused_by_name(digits_bundle, clip, tmp_path):
     r = run_cli("predict", str(digits_bundle), str(tmp_path / "missing.mp4"))
     assert r.returncode != 0 and "missing.mp4: no such video file" in r.stderr
     r = run_cli("predict", str(digits_bundle), str(clip), "--every", "0")
-    assert r.returncode != 0 and "every must be a whole number >= 1" in r.stderr
+    assert r.returncode == 2 and "--every must be >= 1" in r.stderr
+    for value in ("inf", "3e6", "1e12", "nan", "0"):
+        r = run_cli("predict", str(digits_bundle), str(clip), "--stall-timeout", value)
+        assert r.returncode == 2 and r.stderr.startswith("error: --stall-timeout must be") and "Traceback" not in r.stderr, r.stderr
+    (tmp_path / "folder.mp4").mkdir()
+    r = run_cli("predict", str(digits_bundle), str(tmp_path / "folder.mp4"))
+    assert r.returncode == 2 and "folder.mp4: is a folder, not a video file" in r.stderr, r.stderr
+    os.mkfifo(tmp_path / "pipe.mp4")
+    r = run_cli("predict", str(digits_bundle), str(tmp_path / "pipe.mp4"))
+    assert r.returncode == 2 and "pipe.mp4: is not a regular file" in r.stderr, r.stderr
     with pytest.raises(StreamError):
         list(runtimes.load(digits_bundle).stream(VideoSource(f"rtsp://127.0.0.1:{_closed_port()}/x")))
 
@@ -292,3 +302,17 @@ def test_the_camera_example_announces_what_the_video_shows_without_torch(digits_
     said = [line for line in r.stdout.splitlines() if " s  frame " in line]
     assert r.stdout.startswith("self-test on") and len(said) >= 3  # the clip shows ten digits in turn
     assert "150 frame(s) answered of 300 read" in r.stderr
+
+
+def test_frames_over_the_image_pixel_limit_are_refused_before_decoding(digits_bundle, avi):
+    r = run_cli("predict", str(digits_bundle), str(avi), env={"EDGE_TRANSFER_MAX_IMAGE_PIXELS": str(640 * 480 - 1)})
+    assert r.returncode == 1 and "frames of 640x480 (0.3 MP) are larger than the" in r.stderr and r.stdout == "", r.stderr
+
+
+def test_stream_statistics_stay_bounded_over_a_long_run():
+    from runtimes.stream import Reservoir
+
+    r = Reservoir(size=100)
+    for i in range(100_000):
+        r.add(float(i % 10))
+    assert len(r.sample) == 100 and r.seen == 100_000 and 3 <= float(np.median(r.sample)) <= 6

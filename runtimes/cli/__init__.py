@@ -26,6 +26,13 @@ on the device (runtimes only):
   edge-transfer deploy bundles/digits --to /opt/models --key keys/release.pub
   edge-transfer rollback --to /opt/models
 """
+EXIT_CODES = {
+    0: "done (check: PASS)",
+    1: "it ran, and the answer is no: check or a self-test FAILED on this device, or a video source failed part-way",
+    2: "refused: bad input or flags, a bundle that does not verify or is not trusted, a missing extra, an output path",
+    130: "interrupted (Ctrl-C); what was done so far is reported",
+}
+EXIT_EPILOG = "exit codes (every command):\n" + "\n".join(f"  {code:<4} {what}" for code, what in EXIT_CODES.items()) + "\n"
 HOST_COMMANDS = ("train", "export", "qat", "probe-layers", "demo")
 ENTRY_POINT_GROUP = "edge_transfer.commands"
 POSITIONAL_IMAGES = ("predict", "enroll", "identify", "imprint")  # commands whose image files may come before and after options
@@ -69,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-transfer",
         description="Run validated edge-transfer bundles on this device, check them, and install them safely.",
-        epilog=DEVICE_EPILOG,
+        epilog=DEVICE_EPILOG + "\n" + EXIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"edge-transfer {_version()}")

@@ -16,6 +16,7 @@ from runtimes.outputs import OutputRule
 from runtimes.tensorrt_engine import ENGINE_CACHE
 
 from .fleet import add_key_option, trusted_keys_option
+from .inputs import predict_inputs
 from .output import (
     BATCH_HELP,
     MIN_SCORE_HELP,
@@ -50,7 +51,7 @@ def add_predict_parser(sub: Any) -> None:
     pr.add_argument("--text-file", metavar="FILE", help="texts to classify, one per line ('-': standard input); blank lines are skipped")
     pr.add_argument("--recursive", action="store_true", help="folders: the images in their sub-folders too")
     pr.add_argument("--skip-bad", action="store_true", help="report unreadable images and go on, instead of stopping at the first")
-    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--top-k", type=int, default=5, help="how many classes to list per input, best first (default 5)")
     pr.add_argument("--classes", metavar="FILE", help="classes added on the device (edge-transfer imprint) to rank with the bundle's")
     pr.add_argument("--device", help="backend device (onnxruntime: cpu, cuda, tensorrt; openvino: cpu, gpu, npu, auto; default cpu)")
     pr.add_argument("--inference-precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
@@ -63,59 +64,15 @@ def add_predict_parser(sub: Any) -> None:
     pr.set_defaults(func=cmd_predict)
 
 
-def read_texts(texts: list[str] | None, text_file: str | None) -> list[str]:
-    """The texts of `--text` (each as given) and `--text-file` (one per line, split on \\n or \\r\\n only; '-' for
-    stdin; a leading BOM dropped; blank lines skipped), each checked (`runtimes.tokenize.checked_texts`)."""
-    from runtimes.tokenize import MAX_TEXT_FILE_BYTES, checked_texts, split_lines
-
-    out = list(texts or [])
-    if text_file:
-        try:
-            if text_file == "-":
-                raw = sys.stdin.buffer.read(MAX_TEXT_FILE_BYTES + 1) if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
-            else:
-                if not Path(text_file).is_file():
-                    raise InputError(f"--text-file {text_file}: no such file (or not a regular file)")
-                with open(text_file, "rb") as f:
-                    raw = f.read(MAX_TEXT_FILE_BYTES + 1)
-            if len(raw) > MAX_TEXT_FILE_BYTES:
-                raise InputError(f"--text-file {text_file}: larger than {MAX_TEXT_FILE_BYTES} bytes; split it")
-            content = raw.decode("utf-8-sig")
-        except OSError as exc:
-            raise InputError(f"--text-file {text_file}: cannot be read ({exc.strerror or exc})") from None
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise InputError(f"--text-file {text_file}:{line}: not UTF-8 text; save it as UTF-8") from None
-        out += [line for line in split_lines(content) if line.strip()]
-    return checked_texts(out) if out else out
-
-
-def predict_inputs(args: argparse.Namespace, modality: str) -> tuple[str, list[str]]:
-    """("image", paths) or ("text", texts): what `predict` was given, checked against what the bundle takes."""
-    from runtimes.preprocess import expand_image_paths
-
-    texts = read_texts(getattr(args, "text", None), getattr(args, "text_file", None))
-    if modality == "text":
-        if args.images:
-            raise InputError(f"{args.bundle} is a text bundle: give texts with --text or --text-file, not files ({args.images[0]})")
-        if not texts:
-            raise InputError(f"{args.bundle} is a text bundle: give texts with --text \"...\" or --text-file FILE ('-' for stdin)")
-        return "text", texts
-    if texts:
-        raise InputError(f"{args.bundle} is an {modality} bundle: --text and --text-file are for text bundles")
-    if not args.images:
-        raise InputError("give at least one image file, folder or pattern")
-    return "image", expand_image_paths(args.images, recursive=args.recursive)  # folders and patterns stand for their images
-
-
 def add_check_parser(sub: Any) -> None:
     c = sub.add_parser(
         "check",
-        help="run a bundle's self-test on this device (torch-free): PASS/FAIL, exit 0/1",
+        help="run a bundle's self-test on this device (torch-free): PASS/FAIL, exit 0/1 (2: refused)",
         description="Run the bundle's golden images through its backend here and compare with the torch fp32 reference "
         "stored at export, within the tolerances its gate measured. Prints backend, device, the precision "
         "actually used, the CPU features that matter (VNNI, bf16, fp16), agreement and error, then PASS or "
-        "FAIL; exits 1 with one 'error:' line on FAIL (or when the bundle has no self-test data).",
+        "FAIL; exits 1 with one 'error:' line on FAIL (or when the bundle has no self-test data), and 2 when the bundle is "
+        "refused before it runs (it does not verify, is not signed by a trusted key, or an extra is missing).",
     )
     c.add_argument("bundle")
     c.add_argument("--device", help="backend device (as for predict; default cpu)")
@@ -319,7 +276,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     conversion = m.conversion if isinstance(m.conversion, dict) else {}
     floats = conversion.get("float_layers") or conversion.get("float_nodes")
     if isinstance(floats, list) and floats:
-        print(f"in float    {len(floats)} layer(s): {', '.join(map(str, floats[:3]))}{' ...' if len(floats) > 3 else ''}")
+        first = conversion.get("float_first_layers")
+        if isinstance(first, int) and not isinstance(first, bool) and 0 <= first <= len(floats):
+            more = [str(f) for f in floats[first:]]
+            rest = f" and {len(more)} more ({', '.join(more[:3])}{' ...' if len(more) > 3 else ''})" if more else ""
+            print(f"in float    {len(floats)} layer(s): the first {first} weight layer(s) (--float-first-layers){rest}")
+        else:
+            print(f"in float    {len(floats)} layer(s): {', '.join(map(str, floats[:3]))}{' ...' if len(floats) > 3 else ''}")
     if v:
         print(
             f"validation  {'passed' if v.get('passed') is True else 'FAILED'} on {v.get('split')} ({v.get('count')} images): "

@@ -105,7 +105,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     from runtimes.gallery import Gallery, label_folders
     from runtimes.labels import check_label
 
-    from .device import predict_inputs
+    from .inputs import predict_inputs
 
     actions = sum(bool(x) for x in (args.label, args.from_folders, args.remove))
     if actions > 1 or (actions == 0 and not args.list):
@@ -133,7 +133,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                     removed = gallery.remove(args.remove)
                 counts = {label: gallery.enroll(label, vectors) for label, vectors in embedded.items()}
         if args.remove:
-            print(f"removed {shown(args.remove)} ({removed} image(s))")
+            print(f"removed {shown(args.remove)} ({removed} {predictor.input.unit[:-1]}(s))")
         for label, count in counts.items():
             print(f"enrolled {shown(label)}: {count} {noun}(s)")
     labels = gallery.labels()
@@ -148,7 +148,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             }
         )
     elif args.list or not args.remove:
-        summary = f"{args.gallery}: {len(labels)} label(s), {len(gallery)} image(s)"
+        summary = f"{args.gallery}: {len(labels)} label(s), {len(gallery)} {predictor.input.unit[:-1]}(s)"
         print(f"{summary}; unknown below cosine {gallery.default_threshold:.4f} ({gallery.threshold_source})")
         if (expected := gallery.expected_rates()) is not None:
             print(expected)
@@ -169,7 +169,8 @@ def _text_folders(root: str) -> dict[str, list[str]]:
 def cmd_identify(args: argparse.Namespace) -> int:
     from runtimes.gallery import threshold_problem
 
-    from .device import predict_inputs, shown_text
+    from .device import shown_text
+    from .inputs import predict_inputs
 
     check_min_score(args.min_score, lowest=-1.0)  # a bad value is refused before the bundle is read
     predictor, gallery = _open(args)

@@ -70,10 +70,11 @@ def run_streams(
     source on stderr. A source that cannot be opened, ends early or stalls gets one `error:` line after its frames.
     Returns the exit code (1 when a source failed, 130 after Ctrl-C)."""
     from runtimes.stream import summary_line
-    from runtimes.video import VideoSource
+    from runtimes.video import VideoSource, opencv
 
     if predictor.modality != "image":
         raise InputError(f"{args.bundle} is a {predictor.modality} bundle: videos and cameras are for image bundles")
+    opencv()  # a missing [video] extra is a refusal (exit 2), before any source is opened or summarised
     failed, records, summaries = 0, [], []
     for source in sources:
         video = VideoSource(source, every=args.every, fps=args.fps, timeout_s=args.stall_timeout)

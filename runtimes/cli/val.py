@@ -52,7 +52,8 @@ def cmd_val(args: argparse.Namespace) -> int:
     if args.worst < 0:
         raise InputError(f"--worst must be >= 0, got {args.worst}")
     check_min_score(args.min_score)
-    with progress_bar(f"val {args.bundle}", unit="img", enabled=not args.quiet and not args.json) as progress:
+    unit = "text" if runtimes.read_manifest(args.bundle).text is not None else "img"
+    with progress_bar(f"val {args.bundle}", unit=unit, enabled=not args.quiet and not args.json) as progress:
         with runtimes.load(args.bundle, device=args.device, **precision_option(args)) as predictor:
             columns = {"text_column": args.text_column, "label_column": args.label_column}
             floor = resolve_min_score(args.min_score, predictor.calibrated_min_score, what=args.bundle)
