@@ -118,3 +118,20 @@ def test_watch_folder_retries_a_file_caught_mid_write(digits_bundle: Path, tmp_p
     assert proc.returncode == 0, err
     assert "late.png: not readable yet, will retry" in err and "late.png: skipped" not in err, (out, err)
     assert "late.png: " in out and "done: 1 classified, 0 skipped" in out
+
+
+def test_watch_folder_classifies_a_rewritten_file_again(digits_bundle: Path, tmp_path: Path):
+    """Files are known by path, size and modification time: a file rewritten with a new image is answered again."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    rng = np.random.default_rng(3)
+    cmd = _example("watch_folder.py", str(digits_bundle), "--folder", str(incoming), "--idle-exit", "2", "--skip-self-test")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().startswith("running ")
+    np.save(incoming / "same.npy", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    time.sleep(1.5)  # settled and answered
+    np.save(incoming / "tmp.npy", rng.integers(0, 255, (70, 64, 3), dtype=np.uint8))
+    (incoming / "tmp.npy").replace(incoming / "same.npy")  # a new image under the same name
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.count("same.npy: ") == 2 and "done: 2 classified, 0 skipped" in out, (out, err)

@@ -288,7 +288,7 @@ def test_a_symlinked_gallery_stays_a_link_and_a_failed_save_changes_nothing(embe
     before = real.read_bytes()
     (tmp_path / "afile").write_text("mine\n")
     r = run_cli("enroll", bundle, "--gallery", str(tmp_path / "afile" / "g.npz"), "--label", "1", str(digit_folders / "enrol" / "1"))
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "afile is a file, so nothing can be written under it" in r.stderr
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "afile is a file, so nothing" in r.stderr
     # a full disk and a read-only file system cannot be made here (root ignores permissions): the OS error is injected
     # into the write, the real code path handles it
     import errno
