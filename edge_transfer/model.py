@@ -17,7 +17,7 @@ from torch import nn
 
 from runtimes.errors import CheckpointError, TrainingError
 from runtimes.fsutil import staged_directory
-from runtimes.outputs import check_output_dir
+from runtimes.outputs import Protected, check_output_dir
 from runtimes.preprocess import PreprocessConfig
 
 from .backbones import Backbone
@@ -109,7 +109,10 @@ def save_run(
 
     from safetensors.torch import save_file
 
-    target = check_output_dir(run_dir, RUN, overwrite=overwrite)
+    # where the run may go was decided before any work (a qat run's RUN/qat lies inside its parent run): here, only
+    # what is at `run_dir` itself is checked again
+    holder = Protected("the run that holds it", Path(run_dir).parent, may_hold_output=True)
+    target = check_output_dir(run_dir, RUN, overwrite=overwrite, protected=[holder])
     state = {k: v.detach().to("cpu").contiguous() for k, v in classifier.state_dict().items()}
     check_finite(state, "the trained model")
     with staged_directory(target) as tmp:

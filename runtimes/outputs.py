@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputError
 
@@ -72,6 +73,10 @@ def _real(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(os.path.abspath(path)))
 
 
+def _may_hold(protected: Iterable[Protected]) -> list[str | os.PathLike[str]]:
+    return [p.path for p in protected if p.may_hold_output and p.path is not None]
+
+
 def check_clear_of(target: str | os.PathLike[str], protected: Iterable[Protected], *, flag: str = "--out") -> None:
     """Refuse a `target` that is, holds or lies inside one of `protected` (existing paths, compared resolved)."""
     real = _real(target)
@@ -104,8 +109,9 @@ def check_output_dir(
     exists without `overwrite`, one that is not ours to replace, one under a file, or one near a protected path."""
     check_flag_value(target, flag=flag)
     target = Path(target)
+    protected = list(protected)
     check_clear_of(target, protected, flag=flag)
-    check_not_inside_owned(target, flag=flag)
+    check_not_inside_owned(target, flag=flag, allowed=_may_hold(protected))
     if not os.path.lexists(target):
         for parent in target.parents:
             if os.path.lexists(parent):
@@ -128,8 +134,9 @@ def check_parent_dir(
     directory whose entries are all outputs of ours of the kinds in `holds`, clear of `protected`."""
     check_flag_value(root, flag=flag)
     root = Path(root)
+    protected = list(protected)
     check_clear_of(root, protected, flag=flag)
-    check_not_inside_owned(root, flag=flag)
+    check_not_inside_owned(root, flag=flag, allowed=_may_hold(protected))
     if os.path.lexists(root) and (root.is_symlink() or not root.is_dir()):
         raise OutputError(f"{flag} {root} is a file; it must be a directory (one output per name inside)")
     if holds is not None and root.is_dir():
@@ -167,26 +174,42 @@ def never_replaced(path: Path) -> str | None:
     return "it already exists and is never replaced"
 
 
-def _is_bundle_manifest(path: Path) -> bool:
-    """A bundle's manifest.json, told by its shape (schema_version, model, inputs), without parsing it in full."""
+def _json_doc(path: Path) -> dict[str, Any] | None:
+    """A small JSON object file, read within the manifest limits, or None."""
     from .safejson import MAX_JSON_BYTES, loads_limited
 
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
-            return False
+            return None
         doc = loads_limited(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and {"schema_version", "model", "inputs"} <= set(doc)
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
-def _owning_folder(real: Path) -> str | None:
-    """What `real` (resolved) lies inside that edge-transfer owns whole: a bundle or a models folder, or None."""
+def _owner_of(folder: Path) -> str | None:
+    """What `folder` is when edge-transfer owns it whole (a models folder, a bundle, a run, a checkpoint), or None.
+    Told by the documents inside, without importing their modules: a bundle's manifest.json by its shape, a run's
+    config.json and a checkpoint's state.json by their `format`."""
+    if any(os.path.lexists(folder / m) for m in OWNED_MARKERS):
+        return "the models folder"
+    manifest = _json_doc(folder / "manifest.json") if os.path.lexists(folder / "manifest.json") else None
+    if manifest is not None and {"schema_version", "model", "inputs"} <= set(manifest):
+        return "the bundle"
+    for name, fmt, what in (("config.json", "edge-transfer-run", "the run"), ("state.json", "edge-transfer-checkpoint", "the checkpoint")):
+        if os.path.lexists(folder / name) and (_json_doc(folder / name) or {}).get("format") == fmt:
+            return what
+    return None
+
+
+def _owning_folder(real: Path, allowed: Iterable[str | os.PathLike[str]] = ()) -> str | None:
+    """What `real` (resolved) lies inside that edge-transfer owns whole, or None; `allowed` owners (qat's source
+    run, which holds RUN/qat) are passed over."""
+    passed = {_real(a) for a in allowed}
     for parent in real.parents:
-        if any(os.path.lexists(parent / m) for m in OWNED_MARKERS):
-            return f"the models folder {parent}"
-        if _is_bundle_manifest(parent / "manifest.json"):
-            return f"the bundle {parent}"
+        what = _owner_of(parent)
+        if what is not None and parent not in passed:
+            return f"{what} {parent}"
     return None
 
 
@@ -230,12 +253,12 @@ def _labelled_data_folder(real: Path) -> Path | None:
     return None
 
 
-def check_not_inside_owned(target: str | os.PathLike[str], *, flag: str) -> None:
+def check_not_inside_owned(target: str | os.PathLike[str], *, flag: str, allowed: Iterable[str | os.PathLike[str]] = ()) -> None:
     """Refuse a path inside a bundle or a models folder (their files are listed, hashed and signed, so anything
-    written there breaks them, or is deleted by the next deploy), or inside a labelled data folder (class folders of
+    written there breaks them, or is deleted by the next deploy), a run or a checkpoint, or inside a labelled data folder (class folders of
     images or texts), whether or not the command was given it."""
     real = _real(target)
-    owner = _owning_folder(real)
+    owner = _owning_folder(real, allowed)
     if owner is not None:
         raise OutputError(f"{flag} {target} lies inside {owner}: edge-transfer never writes there; choose a path outside it")
     data = _labelled_data_folder(real)
@@ -270,7 +293,8 @@ def check_output_file(
 ) -> Path | None:
     """The one check for a file a command writes, made before any work and again just before writing. Returns the
     path, or None for standard output (`-`, where `stream`). Refused: an empty path; `-` where no stream makes sense;
-    a path that is, or lies inside, a protected input; a path inside a bundle or a models folder; a folder; a
+    a path that is, or lies inside, a protected input; a path inside a bundle, a models folder, a run or a
+    checkpoint; a folder; a
     symlink; an existing file that is not `kind` of ours; a missing folder on the way (unless `make_parents`)."""
     if check_flag_value(target, flag=flag, stream=stream):
         return None
@@ -356,7 +380,7 @@ def check_output(
     path = Path(target)
     if rule.shape != "bundle":
         check_clear_of(path, protected, flag=flag)
-        check_not_inside_owned(path, flag=flag)
+        check_not_inside_owned(path, flag=flag, allowed=_may_hold(protected))
     if rule.shape == "outputs":
         whole = [k for k in rule.holds if os.path.isdir(path) and not path.is_symlink() and any(path.iterdir()) and contents_problem(path, k) is None]
         if whole:  # the output itself (a bundle of ours), replaced as a whole
@@ -375,8 +399,6 @@ def check_output(
         assert isinstance(rule.kind, OutputKind)
         _existing_kind(path, rule.kind, flag, must_exist=True)
         return path
-    check_clear_of(path, protected, flag=flag)
-    check_not_inside_owned(path, flag=flag)
     assert isinstance(rule.kind, OutputKind)
     _existing_kind(path, rule.kind, flag, must_exist=rule.must_exist)
     return path

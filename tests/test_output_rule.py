@@ -68,7 +68,18 @@ BASE = {
     "build-engine": ["build-engine", "{B}", "--data", "{D}", "--out", "fresh/engine", "--cache-dir", "fresh/engines"],
 }
 # The user's things every writing argument is pointed at ({D}: their labelled data, {B}: a bundle they run).
-TARGETS = ["{D}", "{D}/zero/0.png", "{D}/zero/new-output", "{B}/manifest.json", "{B}/new-output", "proj/notes.txt", "proj/src", "-", ""]
+TARGETS = [
+    "{D}",
+    "{D}/zero/0.png",
+    "{D}/zero/new-output",
+    "{B}/manifest.json",
+    "{B}/new-output",
+    "{R}/new-output",
+    "proj/notes.txt",
+    "proj/src",
+    "-",
+    "",
+]
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -129,15 +140,18 @@ def _argv(command: str, flag: str, target: str, things: dict[str, Path]) -> list
 @pytest.mark.parametrize("command, flag", WRITING)
 def test_each_writing_flag_never_touches_what_the_user_owns(user_things: dict[str, Path], command: str, flag: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(user_things["root"])
-    before = tree(user_things["root"] / "proj"), tree(user_things["B"])
+    before = tree(user_things["root"] / "proj"), tree(user_things["B"]), tree(user_things["R"])
     stream = (command, flag) in {("bench", "--json"), ("bench", "--csv")}
     for target in TARGETS:
         if target == "-" and stream:
             continue  # standard output: a stream, tested with a real measurement in test_reports_go_to_standard_output
-        r = run_cli(*_argv(command, flag, target.format(D=user_things["D"], B=user_things["B"]), user_things))
+        if target.startswith("{R}") and (command, flag) == ("qat", "--out"):
+            continue  # RUN/qat is where a qat run goes by default: the one place inside a run
+        r = run_cli(*_argv(command, flag, target.format(D=user_things["D"], B=user_things["B"], R=user_things["R"]), user_things))
         line = one_error(r)
         assert flag in line or command in ("keygen", "sign"), line
-        assert (tree(user_things["root"] / "proj"), tree(user_things["B"])) == before, f"{command} {flag} {target} changed the user's files"
+        after = tree(user_things["root"] / "proj"), tree(user_things["B"]), tree(user_things["R"])
+        assert after == before, f"{command} {flag} {target} changed the user's files"
     assert not (user_things["root"] / "fresh").exists()
 
 
