@@ -27,6 +27,8 @@ class CpuFeatures:
     vnni: bool = False
     bf16: bool = False
     fp16: bool = False
+    i8mm: bool = False  # Arm: int8 matrix multiply (Armv8.6)
+    sve: bool = False  # Arm: scalable vectors
 
     @property
     def x86(self) -> bool:
@@ -40,6 +42,11 @@ class CpuFeatures:
         return asdict(self)
 
     def summary(self) -> str:
+        """The features by the names the CPU's own architecture gives them (x86: avx2, vnni; Arm: asimddp, fphp)."""
+        if self.arm64:
+            names = {"asimddp": self.vnni, "fphp": self.fp16, "bf16": self.bf16, "i8mm": self.i8mm, "sve": self.sve}
+            have = [n for n, on in names.items() if on]
+            return f"{self.machine}: {', '.join(have) or 'none of ' + '/'.join(names)} (asimddp: int8 dot product, fphp: fp16 arithmetic)"
         have = [name for name in ("avx2", "avx512", "vnni", "bf16", "fp16") if getattr(self, name)]
         return f"{self.machine}: {', '.join(have) or 'none of avx2/avx512/vnni/bf16/fp16'}"
 
@@ -57,8 +64,15 @@ def cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> CpuF
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
-    if machine in ("aarch64", "arm64"):  # Armv8.2+: sdot/udot for int8, bf16 and fp16 arithmetic
-        return CpuFeatures(machine, vnni="asimddp" in flags, bf16="bf16" in flags, fp16="asimdhp" in flags)
+    if machine in ("aarch64", "arm64"):  # Armv8.2+: sdot/udot (asimddp) for int8, fp16 arithmetic (fphp/asimdhp); later bf16, i8mm
+        return CpuFeatures(
+            machine,
+            vnni="asimddp" in flags,
+            bf16="bf16" in flags,
+            fp16="asimdhp" in flags or "fphp" in flags,
+            i8mm="i8mm" in flags,
+            sve="sve" in flags,
+        )
     return CpuFeatures(
         machine,
         avx2="avx2" in flags,
@@ -78,7 +92,11 @@ TARGET_CPUS: dict[str, tuple[bool, str]] = {
         "saturate on full 8-bit weights, so weights use 7 bits (ONNX Runtime's guidance)",
     ),
     "x86-vnni": (False, "VNNI (AVX512-VNNI, AVX-VNNI, AMX) accumulates int8 products in 32 bits: full 8-bit weights; only for CPUs that have it"),
-    "arm64": (False, "Arm sdot/udot accumulate in 32 bits: full 8-bit weights"),
+    "arm64": (
+        False,
+        "Arm int8 kernels widen each 8-bit product before adding (sdot/udot on cores with asimddp, Armv8.2+; widening "
+        "multiply-adds on Armv8.0 cores such as A53/A72), so full 8-bit weights cannot saturate as on x86 without VNNI",
+    ),
 }
 DEFAULT_TARGET_CPU = "portable"
 

@@ -25,6 +25,23 @@ import tomllib  # the build runs on the host's Python (3.11+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_ONLY_EXTRAS = ("host", "dev")
+MIN_SETUPTOOLS = (77, 0)  # the SPDX `license` string; the build runs without isolation, on this environment's setuptools
+
+
+def setuptools_problem() -> str | None:
+    """Why this environment cannot build the wheels (setuptools missing or older than MIN_SETUPTOOLS), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    need = ".".join(map(str, MIN_SETUPTOOLS))
+    try:
+        found = version("setuptools")
+    except PackageNotFoundError:
+        return f"building the wheels needs setuptools>={need}, and this environment has none: pip install 'setuptools>={need}'"
+    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    if parts < MIN_SETUPTOOLS:
+        return f"building the wheels needs setuptools>={need} (the SPDX license field); this one has {found}: pip install 'setuptools>={need}'"
+    return None
+
 
 RUNTIME_README = """# edge-transfer-runtime
 
@@ -100,6 +117,9 @@ def main() -> int:
         dict(root["entry-points"]),
         ["edge_transfer*", "converters*"],
     )
+    if (problem := setuptools_problem()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edge-transfer-wheels-") as tmp:

@@ -54,3 +54,19 @@ def test_wheels_split_device_and_host(tmp_path: Path):
     assert f"Requires-Dist: edge-transfer-runtime=={VERSION}\n" in host_meta and 'torch>=2.4; extra == "host"' in host_meta
     points = host.read(f"edge_transfer-{VERSION}.dist-info/entry_points.txt").decode()
     assert "[edge_transfer.commands]" in points and "console_scripts" not in points  # one owner of the command
+
+
+def test_make_wheels_says_which_setuptools_it_needs(monkeypatch, tmp_path):
+    """The wheels build without isolation, on the environment's setuptools: one older than 77 (a fresh venv has 65)
+    cannot read the SPDX license field, and the build says so before it starts, instead of setuptools' own error."""
+    import importlib.metadata
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import build_wheels
+
+    assert build_wheels.setuptools_problem() is None  # make setup installs what it needs
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "65.5.0")
+    assert "needs setuptools>=77.0" in (build_wheels.setuptools_problem() or "")
+    monkeypatch.setattr(sys, "argv", ["build_wheels.py", "--out", str(tmp_path / "dist")])
+    assert build_wheels.main() == 2 and not (tmp_path / "dist").exists()

@@ -235,6 +235,12 @@ def test_cpu_features_from_synthetic_cpuinfo():
     arm = cpu_features(GRAVITON3, "aarch64")
     assert arm.arm64 and arm.vnni and arm.bf16 and arm.fp16
     assert "vnni" in zen4.summary() and "none of" in cpu_features("", "x86_64").summary()
+    # Arm features by Arm's names (a Cortex-A76 as /proc/cpuinfo lists it, and an A72 with neither dot product nor fp16)
+    a76 = cpu_features("Features : fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n", "aarch64")
+    assert a76.summary().startswith("aarch64: asimddp, fphp (") and "vnni" not in a76.summary() and not a76.i8mm
+    a72 = cpu_features("Features : fp asimd evtstrm crc32 cpuid\n", "aarch64")
+    assert a72.summary().startswith("aarch64: none of asimddp/fphp/bf16/i8mm/sve") and "avx" not in a72.summary()
+    assert arm.i8mm and "i8mm" in arm.summary()
 
 
 def test_int8_targets_and_where_their_kernels_can_saturate():
