@@ -247,7 +247,7 @@ def deploy(
         history = history_of(root)
         if previous is not None and _same_bundle(source, root / VERSIONS / previous):
             try:
-                _, signed_by = _verify_installed(root / VERSIONS / previous, keys)
+                signed_by = _verify_installed(root / VERSIONS / previous, keys)
             except EdgeTransferError as exc:  # damaged since, or not acceptable under today's keys: installed afresh
                 log_event(root, "reinstalling", version=previous, reason=f"the current version no longer passes: {exc}")
                 notes += (f"{previous} no longer passed its checks ({exc}); installing the bundle again",)
@@ -299,9 +299,9 @@ def _trusted(keys: Iterable[KeySource] | None) -> tuple[TrustedKey, ...]:
     return trusted_keys(keys)
 
 
-def _verify_installed(path: Path, keys: tuple[TrustedKey, ...]) -> tuple[None, str | None]:
-    bundle = open_bundle(path, trusted_keys=[k.pem for k in keys])
-    return None, bundle.signed_by
+def _verify_installed(path: Path, keys: tuple[TrustedKey, ...]) -> str | None:
+    """Verify an installed version under today's keys (checksums, nothing unlisted, the signature); the signing key."""
+    return open_bundle(path, trusted_keys=[k.pem for k in keys]).signed_by
 
 
 def rollback(

@@ -192,8 +192,12 @@ def clean_leftovers(models_dir: Path) -> None:
     for p in sorted(folder.iterdir()) if folder.is_dir() else ():
         if p.name.endswith(MARK) and p.is_file() and not p.is_symlink():
             target = p.with_name(p.name.removesuffix(MARK))
-            if TEMPORARY_NAME.match(target.name) and is_marked(target):
+            if not TEMPORARY_NAME.match(target.name):
+                continue
+            if is_marked(target):
                 remove_marked(target)
+            elif not os.path.lexists(target) and p.stat().st_size == 0:
+                p.unlink()  # a mark cut short before its folder was made (killed between create and write): empty
         elif TEMPORARY_NAME.match(p.name) and not is_marked(p):
             log_event(models_dir, "kept", path=str(p), reason="not marked as deploy's own, so not removed")
     for p in models_dir.glob(f".{CURRENT}.tmp-*"):

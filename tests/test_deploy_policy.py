@@ -70,11 +70,13 @@ def test_a_folder_deploy_did_not_make_is_never_adopted_nor_cleaned(digits_bundle
     runtimes.deploy(digits_bundle, models)
     shutil.copytree(user / "versions" / ".thesis.old-draft", models / "versions" / ".thesis.old-draft")
     (models / "versions" / ".incoming.partial-mine").mkdir()
+    (models / "versions" / ".incoming.partial-cut.ours").touch()  # a mark cut short by a kill: empty, no folder
     shutil.rmtree(models / "versions" / "v0001")  # so the next deploy installs again, cleaning first
     (models / "current").unlink()
     runtimes.deploy(digits_bundle, models)
     assert (models / "versions" / ".thesis.old-draft" / "chapter1.txt").read_text() == "x"
     assert (models / "versions" / ".incoming.partial-mine").is_dir()
+    assert not (models / "versions" / ".incoming.partial-cut.ours").exists()
     assert {e.get("path", "").rsplit("/", 1)[-1] for e in _log(models) if e["event"] == "kept"} >= {".thesis.old-draft", ".incoming.partial-mine"}
 
 
