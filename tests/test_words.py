@@ -40,3 +40,27 @@ def test_manifests_name_their_data_without_host_paths(digits_run, tmp_path: Path
     doc = json.loads((result.path / "manifest.json").read_text())
     assert doc["validation"]["data"]["source"] == "held-out/", doc["validation"]["data"]  # not tmp_path/deep/in/held-out/
     assert str(tmp_path) not in (result.path / "manifest.json").read_text().replace(str(digits_run.path), "")
+
+
+def test_a_number_that_is_not_gated_says_so():
+    """An embedding bundle's 1-NN accuracy drop is information, not a gate: never printed beside PASS as if it were."""
+    from converters.validate import format_table, format_validation
+
+    v = {
+        "kind": "embedding",
+        "passed": True,
+        "split": "test",
+        "count": 96,
+        "unit": "texts",
+        "mean_cosine": 0.9991,
+        "min_cosine": 0.99,
+        "neighbour_agreement": 0.97,
+        "neighbours": 5,
+        "embedding_gate": {"mean_cosine": 0.995, "neighbour_agreement": 0.9},
+        "artifact_accuracy": 0.80,
+        "torch_accuracy": 0.825,
+        "accuracy_drop": 0.025,
+    }
+    assert "drop +2.50 pt, for information: not gated" in format_validation(v)
+    row = format_table([{"format": "onnx-int8", "validation": v, "bytes": 1, "written": True}]).splitlines()[2]
+    assert "+2.50 pt (not gated)" in row and row.rstrip().endswith("PASS")
