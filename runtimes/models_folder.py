@@ -14,14 +14,13 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .errors import BundleError, OutputError
-from .fsutil import cannot_write, write_bytes_atomically
+from .fsutil import cannot_write, remove_temporary, write_bytes_atomically
 from .outputs import OWNED_MARKERS, OutputKind, OutputRule, Protected, check_output
 
 CURRENT = "current"
@@ -181,7 +180,7 @@ def remove_marked(path: Path) -> None:
     if not is_marked(path):
         raise OutputError(f"{path}: not marked as deploy's own; refusing to delete it")
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        remove_temporary(path)  # the one guarded helper: `.NAME.partial-*` / `.NAME.old-*` names only
     path.with_name(path.name + MARK).unlink(missing_ok=True)
 
 
