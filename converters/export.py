@@ -41,6 +41,7 @@ from .export_input import ExportInput, export_input
 from .export_result import ExportResult, raise_for_failures
 from .extension import format_features
 from .formats import FORMAT_SPECS, FORMATS, ExportJob, FormatSpec, parse_formats
+from .fp16_reference import with_fp16_arithmetic
 from .int8_share import bundle_int8_share
 from .ladder import ladder, rung_record, why_not_climb
 from .onnx_export import DEFAULT_OPSET
@@ -160,6 +161,7 @@ def export_bundles(
             inp.export_onnx(qat.fp32_model, work / "fp32.onnx", opset=opset, batch_size=batch_size)
             qat.fp32_onnx = work / "fp32.onnx"
         golden = inp.draw_golden(reference, self_test_size, model, *out_kind.golden_args(model))
+        golden = with_fp16_arithmetic(golden, inp, model, {spec.precision for spec in specs})
         ref_seconds = time.perf_counter() - t
         job = ExportJob(
             work,
@@ -375,6 +377,7 @@ def _export_one(
                 embedding=manifest.embedding is not None,
                 features=golden_features,
                 labels=golden.labels,
+                fp16_arithmetic=golden.fp16_arithmetic,
                 **job.input.golden_files(golden),
             )
             manifest = dataclasses.replace(manifest, self_test=self_test)

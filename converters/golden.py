@@ -19,13 +19,14 @@ from .validate import ReferenceData
 class GoldenSet:
     """`originals` (RGB uint8 as they arrived, long side capped), `images` (prepared: what the model sees), torch's
     `reference` outputs for them, the names of torch's top-1 classes (`labels`, classifiers only) and, for an
-    extensible classifier, torch's `features`."""
+    extensible classifier, torch's `features`; for fp16 exports, `fp16_arithmetic`."""
 
     originals: list[np.ndarray]
     images: np.ndarray
     reference: np.ndarray
     labels: list[str] | None
     features: np.ndarray | None = None
+    fp16_arithmetic: np.ndarray | None = None  # fp16 exports: torch's outputs computing in fp16 (fp16_reference)
 
 
 def draw_golden(

@@ -15,6 +15,8 @@ def computes_in(precision: str, float_precision: str | None, int8_share: Any = N
     """What a bundle computes in, in words every backend shares: int8 bundles say what runs in int8 (the share of the
     multiply-adds measured at export) and what the float rest runs at, whatever the backend calls its setting."""
     floats = {"int8+f32": "f32"}.get(str(float_precision), float_precision) or "an unknown float precision"
+    if precision == "fp16" and floats == "f32":
+        return "f32 (fp16 weights widened: no fp16 arithmetic here)"
     if precision != "int8":
         return floats
     share = f" ({100 * int8_share:.0f}% of MACs)" if isinstance(int8_share, (int, float)) and not isinstance(int8_share, bool) else ""

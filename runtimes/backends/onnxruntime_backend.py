@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..bundle import Bundle
+from ..cpu import cpu_features
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
 from ..fsutil import TEMP_PREFIX, remove_temporary
 from ..graph_types import AS_WRITTEN, check_as_written, manifest_dtype
@@ -107,6 +108,9 @@ class OnnxRuntimePredictor(Predictor):
         # ONNX Runtime computes a graph in the types it is written in: it has no automatic bf16 on x86, and its
         # bf16 fast-math GEMM (ARM only) is an opt-in session option we never set
         self.inference_precision = AS_WRITTEN[self.precision]
+        if dev == "cpu" and self.precision == "fp16" and not ((cpu := cpu_features()).arm64 and cpu.fp16):
+            # its fp16 CPU kernels are Arm's (Armv8.2 fphp); elsewhere it casts an fp16 graph to f32 and computes in f32
+            self.inference_precision = "f32"
         if dev == "cpu":
             self._check_int8_target()
         try:

@@ -11,6 +11,7 @@ import numpy as np
 import openvino as ov
 
 from ..bundle import Bundle
+from ..cpu import cpu_features
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
 from ..fsutil import published_path
 from ..graph_types import manifest_dtype
@@ -22,6 +23,26 @@ HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 INFERENCE_PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
 _SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 log = logging.getLogger(__name__)
+# OpenVINO releases whose CPU plugin gives wrong int8 answers on Arm: from 2025.4 it runs int8 convolutions with Arm
+# int8 kernels (2025.2 and 2025.3 ran them in f32). Measured on emulated Cortex-A76 (81% top-1 agreement, logits off by
+# 10) and A72 ("Convolution node ... object is not initialized") with 2025.4.1 to 2026.4.1; none is known to be fixed.
+ARM_INT8_WRONG_FROM = (2025, 4)
+ARM_INT8_RIGHT = "openvino<2025.4"  # what edge-transfer-runtime[openvino] installs on aarch64
+
+
+def arm_int8_problem(version: str, machine_is_arm: bool, precision: str) -> str | None:
+    """Why this OpenVINO must not run an int8 bundle on this CPU, or None."""
+    try:
+        release = tuple(int(p) for p in version.split("-")[0].split(".")[:2])
+    except ValueError:
+        release = ARM_INT8_WRONG_FROM  # a version we cannot read: not trusted
+    if not (machine_is_arm and precision == "int8" and release >= ARM_INT8_WRONG_FROM):
+        return None
+    return (
+        f"OpenVINO {version.split('-')[0]} gives wrong int8 answers on Arm CPUs (2025.4 to 2026.4 measured wrong or "
+        f"failing; 2025.2 and 2025.3 right): install '{ARM_INT8_RIGHT}' (the [openvino] extra does on aarch64), "
+        "or run this model's onnx-int8 bundle"
+    )
 
 
 def short_precision(value: Any) -> str:
@@ -99,6 +120,8 @@ class OpenVinoPredictor(Predictor):
                 f"OpenVINO sees no {dev.upper()} device here (available: {', '.join(available) or 'none'}); "
                 "use device='cpu' or 'auto', or install the device's driver"
             )
+        if dev in ("cpu", "auto") and (problem := arm_int8_problem(ov.__version__, cpu_features().arm64, self.precision)):
+            raise BackendUnavailableError(f"{bundle.path}: {problem}")
         if dev == "npu" and self.max_batch is None:
             raise InputError(f"{bundle.path}: NPUs need a static batch; load it with batch_size=N (--batch N), or export it with a fixed batch")
         config: dict[str, Any] = {"PERFORMANCE_HINT": HINTS[hint]}
