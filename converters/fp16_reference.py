@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +46,9 @@ def fma_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return acc.half()
 
 
-def _conv2d(x: torch.Tensor, w: torch.Tensor, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> torch.Tensor:
+def _conv2d(
+    x: torch.Tensor, w: torch.Tensor, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1
+) -> torch.Tensor:
     out_c, per_group, kh, kw = w.shape
     stride, dilation = _pair(stride), _pair(dilation)
     if padding == "valid":
@@ -76,7 +79,16 @@ def _linear(x: torch.Tensor, w: torch.Tensor, bias: Any = None) -> torch.Tensor:
     return (y.float() + bias.float()).half() if bias is not None else y
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False, scale: Any = None, **_: Any) -> torch.Tensor:
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Any = None,
+    **_: Any,
+) -> torch.Tensor:
     scores = (fma_matmul(q, k.transpose(-1, -2)).float() * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))).half()
     if is_causal:
         causal = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
@@ -90,7 +102,7 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return fma_matmul(a, b) if a.dim() >= 2 and b.dim() >= 2 else torch.matmul(a.half(), b.half())
 
 
-_ACCUMULATING = {
+_ACCUMULATING: dict[Any, Callable[..., torch.Tensor]] = {
     F.conv2d: _conv2d,
     F.linear: _linear,
     F.scaled_dot_product_attention: _attention,

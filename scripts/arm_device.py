@@ -33,7 +33,10 @@ ROOT_PACKAGES = ["python3.11", "libstdc++6", "libgomp1"]
 PLATFORMS = ["manylinux2014_aarch64", *(f"manylinux_2_{v}_aarch64" for v in range(17, 37)), "linux_aarch64"]
 
 # Linux's arm64 HWCAP / HWCAP2 bit names (arch/arm64/include/uapi/asm/hwcap.h), as /proc/cpuinfo prints them
-HWCAP = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg".split()
+HWCAP = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 "
+    "asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg"
+).split()
 HWCAP2 = "dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm svebf16 i8mm bf16 dgh rng bti mte".split()
 
 
@@ -107,7 +110,10 @@ class AptCache:
     def download(self, packages: list[str]) -> list[Path]:
         """The .deb files of `packages` and everything they depend on (arm64 unless a package names its arch)."""
         before = set(self.archives.glob("*.deb"))
-        _run(["apt-get", *self.options, "install", "--download-only", "--no-install-recommends", "-y", *packages], f"apt-get download of {' '.join(packages)}")
+        _run(
+            ["apt-get", *self.options, "install", "--download-only", "--no-install-recommends", "-y", *packages],
+            f"apt-get download of {' '.join(packages)}",
+        )
         return sorted(set(self.archives.glob("*.deb")) | before)
 
 
@@ -154,16 +160,26 @@ class EmulatedDevice:
         key = hashlib.sha256(wheel.read_bytes() + repr(requirements).encode()).hexdigest()
         if _stamp(self.site, key):
             return requirements
-        platforms = [f"--platform={p}" for p in PLATFORMS]
-        tmp = self.site.with_name("site.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-conflicts", "--target", str(tmp)]
-        cmd += ["--only-binary=:all:", f"--python-version={PYTHON}", "--implementation=cp", f"--abi=cp{PYTHON.replace('.', '')}", *platforms]
-        _run([*cmd, str(wheel), *requirements], "pip install --target for aarch64 (the package registry)")
-        shutil.rmtree(self.site, ignore_errors=True)
-        tmp.rename(self.site)
+        self.pip_target(self.site, [str(wheel), *requirements])
         (self.site / ".stamp").write_text(key)
         return requirements
+
+    def pip_target(self, site: Path, requirements: list[str], no_deps: bool = False) -> None:
+        """`requirements` installed for aarch64 CPython into `site` (replaced whole, once the install is complete)."""
+        tmp = site.with_name(site.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-conflicts", "--target", str(tmp)]
+        cmd += ["--only-binary=:all:", f"--python-version={PYTHON}", "--implementation=cp", f"--abi=cp{PYTHON.replace('.', '')}"]
+        cmd += [f"--platform={p}" for p in PLATFORMS] + (["--no-deps"] if no_deps else [])
+        _run([*cmd, *requirements], "pip install --target for aarch64 (the package registry)")
+        shutil.rmtree(site, ignore_errors=True)
+        tmp.rename(site)
+
+    def versions(self) -> list[str]:
+        """name==version of what the device's site-packages hold."""
+        names = ("edge_transfer_runtime", "numpy", "pillow", "onnxruntime", "openvino", "tokenizers", "cryptography")
+        found = (p.name.removesuffix(".dist-info").split("-", 1) for p in self.site.glob("*.dist-info"))
+        return sorted(f"{name} {version}" for name, version in found if name in names)
 
     def core_root(self, core: Core) -> Path:
         """`core`'s root for qemu's -L: its own proc/cpuinfo and MIDR_EL1, everything else the shared root's."""
@@ -199,9 +215,11 @@ class EmulatedDevice:
     def _command(self, root: Path, core: Core, args: list[str]) -> list[str]:
         return [str(self.qemu), "-L", str(root), "-cpu", core.name, str(root / f"usr/bin/python{PYTHON}"), *args]
 
-    def run(self, core: Core, args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-        """`python3.11 ARGS` on `core`, with the aarch64 site-packages on its path (nothing else of the host's)."""
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8", "PYTHONPATH": str(self.site), "PYTHONNOUSERSITE": "1"}
+    def run(self, core: Core, args: list[str], cwd: Path, timeout: float = 600, front: Path | None = None) -> subprocess.CompletedProcess:
+        """`python3.11 ARGS` on `core`, with the aarch64 site-packages on its path (nothing else of the host's);
+        `front`: a site-packages folder searched before it (another version of one package)."""
+        path = ":".join(str(p) for p in (front, self.site) if p is not None)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "LANG": "C.UTF-8", "PYTHONPATH": path, "PYTHONNOUSERSITE": "1"}
         env.update({k: v for k, v in os.environ.items() if k.startswith("EDGE_TRANSFER_")})
         return subprocess.run(self._command(self.core_root(core), core, args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 

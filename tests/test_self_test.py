@@ -33,8 +33,9 @@ def test_openvino_runs_at_the_validated_precision_and_says_so(format_bundles):
             assert d["requested_precision"] == "f32" and d["inference_precision"] == "f32", fmt
     with runtimes.load(format_bundles["onnx"]) as p:
         assert p.describe()["inference_precision"] == "f32"
-    with runtimes.load(format_bundles["onnx-fp16"]) as p:
-        assert p.describe()["inference_precision"] == "f16"
+    with runtimes.load(format_bundles["onnx-fp16"]) as p:  # its fp16 CPU kernels are Arm's: elsewhere it widens to f32
+        here = cpu_features()
+        assert p.describe()["inference_precision"] == ("f16" if here.arm64 and here.fp16 else "f32")
 
 
 def test_auto_device_describes_what_it_supports(format_bundles, tmp_path: Path):
