@@ -24,8 +24,8 @@ INFERENCE_PRECISIONS = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16"
 _SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 log = logging.getLogger(__name__)
 # OpenVINO releases whose CPU plugin gives wrong int8 answers on Arm: from 2025.4 it runs int8 convolutions with Arm
-# int8 kernels (2025.2 and 2025.3 ran them in f32). Measured on emulated Cortex-A76 (81% top-1 agreement, logits off by
-# 10) and A72 ("Convolution node ... object is not initialized") with 2025.4.1 to 2026.4.1; none is known to be fixed.
+# int8 kernels (2025.2 and 2025.3 ran them in f32). Measured on emulated Cortex-A76 and A72 (docs/guides/device.md):
+# 2025.4.1 agreed with torch on 6% of a self-test, 2026.4.1 on 94% (A76) or stopped (A72); none is known to be fixed.
 ARM_INT8_WRONG_FROM = (2025, 4)
 ARM_INT8_RIGHT = "openvino<2025.4"  # what edge-transfer-runtime[openvino] installs on aarch64
 
