@@ -47,9 +47,9 @@ class Protected:
 
 
 def listing(names: Iterable[str]) -> str:
+    """Up to `MAX_SHOWN` names, sorted, and how many more."""
     names = sorted(names)
-    shown = ", ".join(names[:MAX_SHOWN]) + (f" and {len(names) - MAX_SHOWN} more" if len(names) > MAX_SHOWN else "")
-    return shown
+    return ", ".join(names[:MAX_SHOWN]) + (f" and {len(names) - MAX_SHOWN} more" if len(names) > MAX_SHOWN else "")
 
 
 def contents_problem(path: Path, kind: OutputKind) -> str | None:
@@ -97,6 +97,18 @@ def check_clear_of(target: str | os.PathLike[str], protected: Iterable[Protected
         raise OutputError(f"{flag} {target} {relation} {p.name} ({p.path}): edge-transfer never writes there; choose a directory outside it")
 
 
+def _check_way(path: Path, flag: str, *, made: str, make_parents: bool = True) -> None:
+    """Refuse a new `path` whose nearest existing ancestor is a file, or (without `make_parents`) whose folder is
+    missing; `made`: what would be made there ("no directory can be made", "nothing can be written")."""
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise OutputError(f"{flag} {path}: {parent} is a file, so {made} under it")
+            return
+        if not make_parents:
+            raise OutputError(f"{flag} {path}: the folder {parent} does not exist; create it first")
+
+
 def check_output_dir(
     target: str | os.PathLike[str],
     kind: OutputKind,
@@ -113,11 +125,7 @@ def check_output_dir(
     check_clear_of(target, protected, flag=flag)
     check_not_inside_owned(target, flag=flag, allowed=_may_hold(protected))
     if not os.path.lexists(target):
-        for parent in target.parents:
-            if os.path.lexists(parent):
-                if not parent.is_dir():
-                    raise OutputError(f"{flag} {target}: {parent} is a file, so no directory can be made under it")
-                break
+        _check_way(target, flag, made="no directory can be made")
         return target
     problem = contents_problem(target, kind)
     if problem is not None:
@@ -315,13 +323,7 @@ def check_output_file(
         if problem is not None:
             raise OutputError(f"{flag} {path}: not {a(kind.what)} edge-transfer wrote ({problem}), so it is never replaced; choose another name")
         return path
-    for parent in path.parents:
-        if os.path.lexists(parent):
-            if not parent.is_dir():
-                raise OutputError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
-            break
-        if not make_parents:
-            raise OutputError(f"{flag} {path}: the folder {parent} does not exist; create it first")
+    _check_way(path, flag, made="nothing can be written", make_parents=make_parents)
     return path
 
 
@@ -349,11 +351,7 @@ def _existing_kind(path: Path, kind: OutputKind, flag: str, *, must_exist: bool)
     if not os.path.lexists(path):
         if must_exist:
             raise OutputError(f"{flag} {path}: no such folder; give {a(kind.what)} edge-transfer made")
-        for parent in path.parents:
-            if os.path.lexists(parent):
-                if not parent.is_dir():
-                    raise OutputError(f"{flag} {path}: {parent} is a file, so no folder can be made under it")
-                break
+        _check_way(path, flag, made="no folder can be made")
         return
     if path.is_symlink() and not must_exist:
         raise OutputError(f"{flag} {path} is a symlink (to {os.readlink(path)}); give the real folder")

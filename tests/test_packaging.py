@@ -48,7 +48,10 @@ def test_wheels_split_device_and_host(tmp_path: Path):
     requires = [line.split(": ", 1)[1] for line in meta.splitlines() if line.startswith("Requires-Dist: ")]
     assert [r for r in requires if "extra ==" not in r] == ["numpy>=1.24", "pillow>=10.0", "filelock>=3.12", "cryptography>=42"]
     assert not any(r.startswith(("torch", "timm", "onnx>", "transformers")) for r in requires)
-    assert 'onnxruntime>=1.17; extra == "onnxruntime"' in requires and 'openvino>=2024.0; extra == "openvino"' in requires
+    assert 'onnxruntime>=1.17; extra == "onnxruntime"' in requires
+    # OpenVINO 2025.4 and later give wrong int8 answers on Arm: the extra stays below them there (tests/test_arm.py)
+    assert 'openvino>=2024.0; platform_machine != "aarch64" and extra == "openvino"' in requires
+    assert 'openvino<2025.4,>=2024.0; platform_machine == "aarch64" and extra == "openvino"' in requires
     assert "edge-transfer = runtimes.cli:main" in runtime.read(f"edge_transfer_runtime-{VERSION}.dist-info/entry_points.txt").decode()
     host_meta = host.read(f"edge_transfer-{VERSION}.dist-info/METADATA").decode()
     assert f"Requires-Dist: edge-transfer-runtime=={VERSION}\n" in host_meta and 'torch>=2.4; extra == "host"' in host_meta
