@@ -1,4 +1,4 @@
-"""A large photo through `predict`: full JPEG decoding against the reduced-size decoding of `jpeg_draft` (issue 31:
+"""A large photo through `predict`: full JPEG decoding against the reduced-size decoding of `jpeg_draft` (the bar:
 "a 4000x3000 JPEG: predict at most 0.3x today's time, the same top-1").
 
     python benchmarks/jpeg_draft.py [--work benchmarks/.bundles] [--rounds 20]

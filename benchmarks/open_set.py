@@ -1,4 +1,4 @@
-"""Answering "none of these" (issue 31): how each unknown rule holds up when the queries differ from what the model
+"""Answering "none of these": how each unknown rule holds up when the queries differ from what the model
 or the gallery saw.
 
     python benchmarks/open_set.py [--splits 10] [--image-size 160] [--work /tmp/open-set]
@@ -14,7 +14,7 @@ exported as an onnx classifier and an onnx embedding bundle. Then:
 - classifier scores compared: the shipped calibration applied to other scores of the same logits (centred max-logit,
   max logit, top-2 margin), on the same held-out split.
 Each row gives the known queries kept and right, and the never-taught crops answered unknown: mean and worst split,
-and how many splits meet both bars of issue 31 (>= 90% kept and right, >= 80% answered unknown).
+and how many splits meet both bars (>= 90% kept and right, >= 80% answered unknown).
 """
 
 from __future__ import annotations

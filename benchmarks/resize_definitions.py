@@ -1,4 +1,4 @@
-"""The resize definitions side by side (issue 31, "a fast resize definition for camera frames"): speed, what it does to
+"""The resize definitions side by side (for camera frames): speed, what it does to
 accuracy, and what it does to end-to-end latency on openvino-int8.
 
     python benchmarks/resize_definitions.py [--work /tmp/resize-definitions] [--iterations 200]

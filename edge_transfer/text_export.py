@@ -1,4 +1,4 @@
-"""The export of text (issue 30, docs/guides/text.md): a text run's classifier or encoder, and a text encoder as it is
+"""The export of text (docs/guides/text.md): a text run's classifier or encoder, and a text encoder as it is
 (`export --backbone all-minilm-l6-v2 --strategy pretrained --output embedding --data TEXTS`), to validated text
 bundles. `edge_transfer.host_task.TextTask` is its front."""
 

@@ -1,4 +1,4 @@
-"""Fine-tuning a text encoder with its head (issue 30): `finetune` (the whole encoder) and `partial` (its last N
+"""Fine-tuning a text encoder with its head: `finetune` (the whole encoder) and `partial` (its last N
 transformer layers, `--unfreeze-blocks`), on the CPU or a GPU.
 
 The head starts from the linear probe (so the first steps do not undo the encoder with a random head), the encoder

@@ -1,4 +1,4 @@
-"""Text classification on the host (issue 30): the text side of `train` and `export` (docs/guides/text.md).
+"""Text classification on the host: the text side of `train` and `export` (docs/guides/text.md).
 
 The encoder is all-MiniLM-L6-v2 from its offline wheel by default, `hf:<name or folder>` for any transformers
 encoder (mean-pooled, L2-normalised), or a local folder holding `config.json`, `model.safetensors` and

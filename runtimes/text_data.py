@@ -1,4 +1,4 @@
-"""Labelled text for natural-language understanding (issue 30): class folders of `.txt` files, or a CSV, TSV or JSONL
+"""Labelled text for natural-language understanding: class folders of `.txt` files, or a CSV, TSV or JSONL
 table with a text column and a label column, read as untrusted input. Torch-free: `train` reads it on the host and
 `val` on the device.
 

@@ -1,4 +1,4 @@
-"""Tokenisation for text bundles, torch-free (issue 30): Hugging Face `tokenizers` (a Rust wheel for x86-64 and
+"""Tokenisation for text bundles, torch-free: Hugging Face `tokenizers` (a Rust wheel for x86-64 and
 aarch64) reading a `tokenizer.json`, the one definition of the tokens on the host and on the device.
 
 A `tokenizer.json` may carry padding and truncation settings of its own: all-MiniLM-L6-v2's pads every text to 128

@@ -1,4 +1,4 @@
-"""The rows of the reliability table about what users own and answers that would be wrong (issue 29), each run on
+"""The rows of the reliability table about what users own and answers that would be wrong, each run on
 the real code path: the CLI in-process (`edge_transfer.cli.main`), the API, or a subprocess where processes race.
 Used by `scripts/reliability_table.py`; each row says what the user gets, and UNTYPED/WRONG rows fail CI."""
 

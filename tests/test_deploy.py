@@ -1,4 +1,4 @@
-"""Safe updates on the device (issue 32): `deploy` switches MODELS_DIR/current only to a bundle that passed its
+"""Safe updates on the device: `deploy` switches MODELS_DIR/current only to a bundle that passed its
 checks here, a process killed at any step leaves a valid `current` (deterministic crashes at every step, plus one
 real SIGKILL), `rollback` goes back, and `runtimes.follow` swaps under 4 threads of predict without a failed call.
 Real bundles, real ONNX Runtime sessions, the real CLI in subprocesses; nothing is mocked."""

@@ -1,4 +1,4 @@
-"""The release wheels (issue 32): `make wheels` splits the code into the device's edge-transfer-runtime and the
+"""The release wheels: `make wheels` splits the code into the device's edge-transfer-runtime and the
 host's edge-transfer, and the README's device commands are the ones `make device-test` runs in CI (which installs
 them in a fresh venv without torch; that needs the package registry, so it runs there, not here)."""
 

@@ -1,4 +1,4 @@
-"""Signed bundles (issue 32): keys made by `keygen`, bundles signed by `sign` and `export --sign-key`, refused on a
+"""Signed bundles: keys made by `keygen`, bundles signed by `sign` and `export --sign-key`, refused on a
 device that trusts other keys, and checked against OpenSSF model-signing's own verifier, which must accept what we
 accept and reject what we reject. Real keys, real bundles, real CLI runs; nothing is mocked."""
 
@@ -49,7 +49,7 @@ def _model_signing_accepts(bundle: Path, public_key: Path) -> bool:
 
 
 def _swap_graph_and_regenerate_self_test(bundle: Path) -> None:
-    """The attack from issue 32: a graph that answers class 0 for everything, its self-test references regenerated
+    """The attack: a graph that answers class 0 for everything, its self-test references regenerated
     from that graph, and every checksum re-made. Only a signature can tell."""
     import onnx
     from onnx import numpy_helper

@@ -1,4 +1,4 @@
-"""Static shapes at load (issue 31): `runtimes.load(bundle, batch_size=N)` compiles a dynamic-batch bundle for one
+"""Static shapes at load: `runtimes.load(bundle, batch_size=N)` compiles a dynamic-batch bundle for one
 batch size (OpenVINO `reshape`, ONNX Runtime's free-dimension override), with real sessions on the digits and text
 bundles. Answers equal the dynamic load's; a wrong batch is an `InputError`; what cannot be static is refused by name."""
 

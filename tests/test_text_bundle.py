@@ -1,4 +1,4 @@
-"""Text bundles end to end (issue 30): a text run (tiny encoder, real MiniLM tokenizer, real files) exported to every
+"""Text bundles end to end: a text run (tiny encoder, real MiniLM tokenizer, real files) exported to every
 text format, then loaded, predicted, evaluated and self-tested through `runtimes` and the CLI, torch blocked where
 the device would not have it."""
 

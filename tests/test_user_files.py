@@ -1,4 +1,4 @@
-"""What the user owns is never lost (issue 29): `--overwrite` replaces only a run or bundle of ours (or an empty
+"""What the user owns is never lost: `--overwrite` replaces only a run or bundle of ours (or an empty
 directory), never their data, a plain file or a folder of theirs. Every case runs the real CLI, checks for one
 `error:` line, and hashes the user's files before and after."""
 

@@ -1,4 +1,4 @@
-"""Wrong answers with no error, and the first day's rough edges (issue 29): each case through the real API or CLI,
+"""Wrong answers with no error, and the first day's rough edges: each case through the real API or CLI,
 with one `error:` line or the right answer, and the user's files hashed before and after."""
 
 from __future__ import annotations
