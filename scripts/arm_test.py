@@ -241,7 +241,8 @@ def perturbed_fails(device: EmulatedDevice, core: Core, bundle: str, work: Path)
     done = device.run(core, ["-m", "runtimes.cli", "check", bundle], cwd=work)
     said = (done.stderr + done.stdout).strip()
     if done.returncode == 1 and "logits drifted beyond tolerance" in said:
-        print(f"perturbed fp16 on {core.name}: FAIL, as it must: {said.splitlines()[-1].split(': ', 2)[-1]}", flush=True)
+        line = next((ln for ln in said.splitlines() if ln.startswith("self-test on")), said.splitlines()[-1])
+        print(f"perturbed fp16 on {core.name}: FAIL, as it must: {line}", flush=True)
         return None
     return f"the perturbed fp16 bundle was not failed on {core.name} (exit {done.returncode}): {said[-400:]}"
 
