@@ -276,8 +276,14 @@ def dataset_from_arrays(
 
 
 def load_dataset(source: str | os.PathLike[str], *, skip_bad: bool = False) -> ImageDataset:
-    """`digits` or an image-folder path."""
+    """`digits` (the built-in data) or an image-folder path. A folder named `digits` where the command runs makes the
+    bare word ambiguous: refused, rather than training on the built-in data in place of the user's."""
     if str(source) == "digits":
+        if os.path.lexists("digits"):
+            raise DatasetError(
+                "--data digits names the built-in digits data, and there is also ./digits here: give ./digits for "
+                "that folder, or run where there is none for the built-in data"
+            )
         return load_digits_dataset()
     return load_image_folder(source, skip_bad=skip_bad)
 

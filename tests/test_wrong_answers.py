@@ -258,3 +258,12 @@ def test_warnings_name_the_bundle_not_its_staging_folder_and_int8_says_what_runs
         assert computes.startswith("int8 (") and "% of MACs) + " in computes and computes.endswith(("f32", "bf16", "f16")), (fmt, computes)
     with runtimes.load(format_bundles["onnx"]) as p:
         assert p.describe()["computes"] == "f32"
+
+
+def test_a_folder_named_digits_is_never_replaced_by_the_built_in_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`--data digits` is the built-in data; with a folder ./digits beside it, which one was meant cannot be told."""
+    write_image_folder(tmp_path / "digits", classes=("a", "b"), per_class=3)
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("train", "--data", "digits", "--out", str(tmp_path / "run"), "--quiet")
+    one_error(r, "--data digits names the built-in digits data, and there is also ./digits here: give ./digits")
+    assert not (tmp_path / "run").exists()
