@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from runtimes.engines.tensorrt_engine import BuildSettings
 from runtimes.errors import InputError
 from runtimes.manifest import TEXT_SCHEMA_VERSION, TensorSpec
 from runtimes.modality import TEXT_INPUT_NAMES, TEXT_TOKENIZER_FILE, TextConfig, TokenBatch
 from runtimes.preprocess import PreprocessConfig
 from runtimes.selftest import choose_golden
-from runtimes.tensorrt_engine import BuildSettings
 
 from .formats import FORMAT_SPECS, FormatSpec
 from .golden import GoldenSet, draw_golden

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtimes.cpu import DEFAULT_TARGET_CPU, TARGET_CPUS
+from runtimes.engines.tensorrt_engine import BuildSettings
+from runtimes.engines.tensorrt_profile import derive_profile, derive_token_profile
 from runtimes.errors import InputError
 from runtimes.options import check_bounds, replace_options
 from runtimes.selftest import DEFAULT_SELF_TEST_SIZE
-from runtimes.tensorrt_engine import BuildSettings
-from runtimes.tensorrt_profile import derive_profile, derive_token_profile
 
 DEFAULT_FORMAT = "onnx"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -72,7 +72,7 @@ class QuantizationOptions:
 @dataclass(frozen=True)
 class TensorRTOptions:
     """The engine build of the tensorrt formats (the engine itself is built on the device). The batch range
-    defaults to 1..16 tuned for 1 (see `runtimes.tensorrt_engine.derive_profile`); a DLA core needs one batch size."""
+    defaults to 1..16 tuned for 1 (see `runtimes.engines.tensorrt_engine.derive_profile`); a DLA core needs one batch size."""
 
     opt_batch: int | None = None
     max_batch: int | None = None
@@ -95,7 +95,7 @@ class TensorRTOptions:
         return replace_options(cls(), value, what="TensorRT")
 
     def build_settings(self, batch_size: int | None, precision: str, max_tokens: int | None = None) -> BuildSettings:
-        """`runtimes.tensorrt_engine.BuildSettings` for a bundle of this batch and precision (and, for text, token
+        """`runtimes.engines.tensorrt_engine.BuildSettings` for a bundle of this batch and precision (and, for text, token
         limit: the profile then spans 1..max_tokens tokens); InputError names what is wrong."""
         if self.opt_tokens is not None and max_tokens is None:
             raise InputError("--trt-opt-tokens is for text bundles (their sequence-length profile)")

@@ -20,9 +20,9 @@ from converters.options import (
 )
 from runtimes.bundle import BUNDLE
 from runtimes.cli.writes import writes
+from runtimes.engines.tensorrt_profile import DEFAULT_MAX_BATCH, DEFAULT_OPT_TOKENS
 from runtimes.outputs import CACHE, OutputRule
 from runtimes.preprocess import RESIZES
-from runtimes.tensorrt_profile import DEFAULT_MAX_BATCH, DEFAULT_OPT_TOKENS
 
 from .cli_help import EPILOG, FORMATS_HELP, RESIZE_HELP
 from .cli_host import cmd_demo, cmd_export, cmd_train

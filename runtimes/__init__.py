@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from .bundle import Bundle, BundleWriter, open_bundle, read_manifest, sign_bundle
-from .deploy import deploy, rollback
 from .errors import (
     BackendUnavailableError,
     BundleError,
@@ -31,7 +30,8 @@ from .errors import (
     StreamError,
     ValidationFailed,
 )
-from .follow import FollowingPredictor, follow
+from .fleet.deploy import deploy, rollback
+from .fleet.follow import FollowingPredictor, follow
 from .manifest import SCHEMA_VERSION, Manifest
 from .predictor import Classification, Predictor, softmax
 from .preprocess import PreprocessConfig, prepare_batch, prepare_image, read_image

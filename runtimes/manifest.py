@@ -75,7 +75,7 @@ class Manifest:
     calibration: dict[str, Any] | None = None
     export_format: str | None = None  # the `--format` that made it (e.g. "onnx-int8"); None in old bundles
     target_cpu: dict[str, Any] | None = None  # int8: {"name", "reduce_range", ...} (runtimes.cpu)
-    tensorrt: dict[str, Any] | None = None  # tensorrt backend: the engine build settings (runtimes.tensorrt_engine)
+    tensorrt: dict[str, Any] | None = None  # tensorrt backend: the engine build settings (runtimes.engines.tensorrt_engine)
     built_on: dict[str, Any] | None = None  # a tensorrt-engine bundle: where its engine was built
     built_from: dict[str, Any] | None = None  # a tensorrt-engine bundle: the ONNX it was built from (path, sha256)
     conversion: Any = None  # how the model files were made (tool, settings); informational, carried as written

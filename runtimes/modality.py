@@ -144,7 +144,7 @@ class InputReader:
 
     def engine_shapes(self, batch: Any, tokens: Any = None) -> dict[str, tuple[tuple[int, ...], ...]]:
         """Each input's (min, opt, max) shape for a TensorRT optimisation profile, from the batch range
-        (`runtimes.tensorrt_engine.BatchProfile`) and, for text, the token range (`TokenProfile`)."""
+        (`runtimes.engines.tensorrt_engine.BatchProfile`) and, for text, the token range (`TokenProfile`)."""
         raise NotImplementedError
 
 

@@ -44,7 +44,7 @@ if importlib.util.find_spec("tensorrt") is None:
     nothing_tested("TensorRT is not installed (JetPack provides it; on x86 pip install 'edge-transfer[tensorrt-cu12]' "
                    "or -cu13 from NVIDIA's index); run with --cuda-only to test the CUDA paths alone")
 from runtimes.errors import EdgeTransferError
-from runtimes.tensorrt_build import cuda_python_version, running_target, tensorrt_cuda_major
+from runtimes.engines.tensorrt_build import cuda_python_version, running_target, tensorrt_cuda_major
 print("cuda-python", cuda_python_version(), "| TensorRT built for CUDA", tensorrt_cuda_major() or "? (system TensorRT)")
 try:
     target = running_target(0)

@@ -403,7 +403,7 @@ def install(monkeypatch: Any, **options: Any) -> tuple[types.ModuleType, FakeCud
     cudart_opts = {k: options.pop(k) for k in ("driver", "name", "cc", "integrated") if k in options}
     cudart = FakeCudart(**cudart_opts)
     trt = make_fake_tensorrt(cudart, **options)
-    import runtimes.tensorrt_build as build
+    import runtimes.engines.tensorrt_build as build
 
     # the cuda-python on this machine (pulled in by torch) is not the one a device would have next to this driver
     monkeypatch.setattr(build, "cuda_python_version", lambda: f"{cudart.driver // 1000}.0.0")

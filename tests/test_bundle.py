@@ -184,8 +184,8 @@ def test_the_manifest_written_is_the_manifest_read(format_bundles, tmp_path: Pat
     """Symmetry: every writer builds a `Manifest` and writes `to_dict()`, so for each format the file on disk is
     exactly `to_dict()` of what the reader parsed, and parsing that again gives the same `Manifest`; the engine
     bundle writer (build-engine --out) too."""
+    from runtimes.engines.tensorrt_engine import EngineTarget, write_engine_bundle
     from runtimes.manifest import parse_manifest
-    from runtimes.tensorrt_engine import EngineTarget, write_engine_bundle
 
     bundles = dict(format_bundles)
     target = EngineTarget("10.3.0.26", "Orin", (8, 7), integrated=True, dla_cores=2)

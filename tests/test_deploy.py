@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import runtimes
-from runtimes.deploy import CRASH_ENV, current_path, current_version, versions
 from runtimes.errors import BundleError, InputError, OutputError, SelfTestFailed
+from runtimes.fleet.deploy import CRASH_ENV, current_path, current_version, versions
 
 from conftest import ROOT, rehash_bundle, run_cli
 

@@ -17,8 +17,8 @@ from test_user_files import one_error, tree
 
 import runtimes
 from runtimes.bundle import sign_bundle
-from runtimes.deploy import current_version, versions
 from runtimes.errors import BundleError, InputError, OutputError, SignatureError
+from runtimes.fleet.deploy import current_version, versions
 from runtimes.signing import generate_key_pair
 
 from conftest import run_cli
@@ -215,7 +215,7 @@ def test_errors_name_the_users_bundle_and_the_log_is_bounded(bundle_copy: Path, 
     with pytest.raises(BundleError) as info:
         runtimes.deploy(bundle_copy, models)
     assert ".incoming.partial" not in str(info.value) and str(bundle_copy) in str(info.value), str(info.value)
-    monkeypatch.setattr(importlib.import_module("runtimes.models_folder"), "LOG_MAX_BYTES", 2000)
+    monkeypatch.setattr(importlib.import_module("runtimes.fleet.models_folder"), "LOG_MAX_BYTES", 2000)
     for _ in range(30):
         runtimes.deploy(good, models)  # no-op deploys, each logged
     assert (models / "deploy.log").stat().st_size < 3000 and (models / "deploy.log.1").is_file()

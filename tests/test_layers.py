@@ -101,3 +101,28 @@ def test_runtimes_and_every_backend_run_with_host_packages_unimportable(digits_b
     lines = r.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines[:-1]] == ["onnxruntime", "openvino", "onnxruntime"]
     assert lines[-1] == "[]"  # none of them was imported for real
+
+
+# Inside runtimes, by concept: who may import each sub-package. The fleet (deploy, follow, the models folder) and the
+# TensorRT engine builders sit above the bundle format and the core: nothing they rest on imports them back.
+# "runtimes" is the front door (runtimes/__init__) alone; a name ending in "." covers that package and its modules.
+IMPORTED_ONLY_BY = {
+    "runtimes.fleet": ("runtimes", "runtimes.cli.", "runtimes.fleet."),
+    "runtimes.engines": ("runtimes.backends.", "runtimes.cli.", "runtimes.engines.", "converters.", "edge_transfer."),
+}
+
+
+def test_each_runtimes_package_is_imported_only_from_above_it():
+    def within(module: str, name: str) -> bool:
+        return (module.startswith(name) or module == name[:-1]) if name.endswith(".") else module == name
+
+    graph = import_graph()
+    wrong = [
+        (a, b)
+        for a, bs in graph.items()
+        for b in bs
+        for package, allowed in IMPORTED_ONLY_BY.items()
+        if within(b, package + ".") and not any(within(a, x) for x in allowed)
+    ]
+    assert not wrong, f"imports from below a package that sits above them: {wrong}"
+    assert all(any(m.startswith(p + ".") for m in graph) for p in IMPORTED_ONLY_BY)  # the packages exist

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 import runtimes
-from runtimes.errors import BackendUnavailableError, EngineIncompatibleError, InputError
-from runtimes.tensorrt_build import check_cuda_python, choose_lean_runtime, network_flag_names
-from runtimes.tensorrt_engine import (
+from runtimes.engines.tensorrt_build import check_cuda_python, choose_lean_runtime, network_flag_names
+from runtimes.engines.tensorrt_engine import (
     BuildSettings,
     EngineCache,
     EngineTarget,
@@ -26,7 +25,8 @@ from runtimes.tensorrt_engine import (
     check_compatible,
     timing_cache_path,
 )
-from runtimes.tensorrt_profile import BatchProfile, derive_profile
+from runtimes.engines.tensorrt_profile import BatchProfile, derive_profile
+from runtimes.errors import BackendUnavailableError, EngineIncompatibleError, InputError
 
 from conftest import SMALL, run_cli
 
@@ -42,7 +42,7 @@ def _has_tensorrt_gpu() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (its libraries come from NVIDIA's index, unreachable from this machine)"
     try:
-        from runtimes.tensorrt_build import running_target
+        from runtimes.engines.tensorrt_build import running_target
 
         running_target()
     except Exception as exc:  # no GPU, no driver, no cuda-python
@@ -326,7 +326,7 @@ def test_build_engine_cli_builds_caches_and_writes_an_engine_bundle(format_bundl
 def test_engine_bundle_records_where_the_engine_was_built(digits_run, tmp_path: Path):
     """The bundle writing only: the plan bytes here are a stand-in (no TensorRT on this machine to build one)."""
     import edge_transfer as et
-    from runtimes.tensorrt_engine import write_engine_bundle
+    from runtimes.engines.tensorrt_engine import write_engine_bundle
 
     (r,) = et.export(digits_run.path, out=tmp_path / "trt", format="tensorrt-fp16")
     written = write_engine_bundle(runtimes.open_bundle(r.path), b"stand-in plan", ORIN, tmp_path / "engine")

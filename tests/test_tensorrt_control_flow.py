@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import runtimes
+from runtimes.engines.tensorrt_engine import EngineTarget
 from runtimes.errors import BundleError, EngineIncompatibleError, InferenceError
-from runtimes.tensorrt_engine import EngineTarget
 
 import fake_tensorrt
 from conftest import SMALL
@@ -64,13 +64,13 @@ def test_first_build_on_a_fresh_cache_creates_the_directory_and_timing_cache(mon
 def test_a_timing_cache_tensorrt_refuses_is_replaced_not_fatal(monkeypatch, trt_bundle: Path, tmp_path: Path, caplog):
     trt, cudart = fake_tensorrt.install(monkeypatch)
     target = EngineTarget("10.3.0.26", "Fake GPU", (8, 7))
-    from runtimes.tensorrt_engine import timing_cache_path
+    from runtimes.engines.tensorrt_engine import timing_cache_path
 
     stale = timing_cache_path(tmp_path, target)
     stale.write_bytes(b"timing cache of another GPU")
     with caplog.at_level(logging.INFO, logger="runtimes"), runtimes.load(trt_bundle, cache_dir=str(tmp_path)) as p:
         p.run(_images(1))
-    messages = [r.getMessage() for r in caplog.records if r.name == "runtimes.tensorrt_build"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "runtimes.engines.tensorrt_build"]
     assert [ok for _, ok in trt.record["timing_cache_set"]] == [False, True]
     assert any("does not fit this device" in m for m in messages)
     assert stale.read_bytes() == b"fake-timing 10.3.0.26"  # replaced by this device's
@@ -197,7 +197,7 @@ def test_load_time_refusals_on_a_jetson(monkeypatch, trt_bundle: Path, tmp_path:
 
 
 def test_version_compatible_engines_need_the_builders_lean_runtime(monkeypatch, format_bundles, tmp_path: Path):
-    from runtimes.tensorrt_engine import write_engine_bundle
+    from runtimes.engines.tensorrt_engine import write_engine_bundle
 
     trt, _ = fake_tensorrt.install(monkeypatch, version="10.7.0.23")
     src = tmp_path / "src"
@@ -226,7 +226,7 @@ def test_version_compatible_engines_need_the_builders_lean_runtime(monkeypatch, 
 
 
 def test_a_cuda_python_newer_than_the_driver_is_refused_at_load(monkeypatch, trt_bundle: Path, tmp_path: Path):
-    import runtimes.tensorrt_build as build
+    import runtimes.engines.tensorrt_build as build
 
     fake_tensorrt.install(monkeypatch, driver=12060)
     monkeypatch.setattr(build, "cuda_python_version", lambda: "13.0.1")

@@ -146,9 +146,9 @@ def test_every_directory_edge_transfer_deletes_is_one_it_made(tmp_path: Path, ca
     import logging
 
     from edge_transfer.run_files import CHECKPOINT, discard_checkpoint
+    from runtimes.engines.tensorrt_engine import EngineCache
     from runtimes.errors import OutputError
     from runtimes.fsutil import remove_ours, remove_temporary
-    from runtimes.tensorrt_engine import EngineCache
 
     mine = tmp_path / "photos"
     mine.mkdir()

@@ -44,7 +44,7 @@ def create_predictor(bundle: Bundle, device: str | None = None, **options: Any) 
         importlib.import_module(package)
     except ImportError as exc:
         if name == "tensorrt":  # not installable from PyPI alone: JetPack, or NVIDIA's index
-            from ..tensorrt_build import INSTALL_HINT
+            from ..engines.tensorrt_build import INSTALL_HINT
 
             how = INSTALL_HINT
         else:

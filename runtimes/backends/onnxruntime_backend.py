@@ -210,8 +210,8 @@ def placement_from_profile(profile_path: str) -> dict[str, int]:
 def tensorrt_ep_options(reader: Any, max_batch: int | None, precision: str, cache_dir: str | None) -> dict[str, Any]:
     """The TensorRT execution provider's options for a bundle read by `reader` (`runtimes.modality.InputReader`):
     its inputs' (min, opt, max) shapes as `InputReader.engine_shapes` gives them to the TensorRT backend."""
-    from ..tensorrt_engine import default_cache_dir
-    from ..tensorrt_profile import DEFAULT_MAX_BATCH, BatchProfile, derive_token_profile
+    from ..engines.tensorrt_engine import default_cache_dir
+    from ..engines.tensorrt_profile import DEFAULT_MAX_BATCH, BatchProfile, derive_token_profile
 
     root = os.path.join(cache_dir, "ort-tensorrt") if cache_dir else str(default_cache_dir().parent / "ort-tensorrt")
     os.makedirs(root, exist_ok=True)

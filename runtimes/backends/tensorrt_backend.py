@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..bundle import Bundle
+from ..engines.tensorrt_build import _import_cudart, _import_tensorrt, build_engine, cuda_check, load_lean_runtime, running_target
+from ..engines.tensorrt_engine import BuildSettings, EngineCache, EngineTarget, cache_key, check_buildable, check_compatible
 from ..errors import BackendUnavailableError, BundleError, InferenceError, InputError
 from ..graph_types import AS_WRITTEN, check_as_written
 from ..predictor import Predictor
-from ..tensorrt_build import _import_cudart, _import_tensorrt, build_engine, cuda_check, load_lean_runtime, running_target
-from ..tensorrt_engine import BuildSettings, EngineCache, EngineTarget, cache_key, check_buildable, check_compatible
 
 
 class _PinnedBuffer:
@@ -230,10 +230,10 @@ class TensorRTPredictor(Predictor):
 
     def write_engine_bundle(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> Bundle:
         """A bundle carrying the engine this predictor runs, for identical devices (same TensorRT, same GPU model);
-        written atomically (`runtimes.tensorrt_engine.write_engine_bundle`)."""
+        written atomically (`runtimes.engines.tensorrt_engine.write_engine_bundle`)."""
         from pathlib import Path
 
-        from ..tensorrt_engine import write_engine_bundle
+        from ..engines.tensorrt_engine import write_engine_bundle
 
         engine = Path(self.engine_path)
         plan = (engine / "engine.plan" if engine.is_dir() else engine).read_bytes()

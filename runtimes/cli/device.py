@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from runtimes.bundle import BUNDLE
+from runtimes.engines.tensorrt_engine import ENGINE_CACHE
 from runtimes.errors import EdgeTransferError, InputError
 from runtimes.open_set import check_min_score, resolve_min_score
 from runtimes.outputs import OutputRule
-from runtimes.tensorrt_engine import ENGINE_CACHE
 
 from .fleet import add_key_option, trusted_keys_option
 from .inputs import predict_inputs

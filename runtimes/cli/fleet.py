@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from runtimes.bundle import BUNDLE
-from runtimes.deploy import DEFAULT_KEEP, MODELS
+from runtimes.fleet.deploy import DEFAULT_KEEP, MODELS
 from runtimes.outputs import OutputRule
 from runtimes.signing import KEY_FILE, KEYS_ENV, PASSWORD_ENV
 
@@ -155,7 +155,7 @@ def _report(args: argparse.Namespace, verb: str, result: Any) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from runtimes.deploy import deploy
+    from runtimes.fleet.deploy import deploy
 
     result = deploy(
         args.bundle,
@@ -170,7 +170,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from runtimes.deploy import rollback
+    from runtimes.fleet.deploy import rollback
 
     result = rollback(args.to, device=args.device, **trusted_keys_option(args), **precision_option(args))
     return _report(args, "rolled back: current is now", result)

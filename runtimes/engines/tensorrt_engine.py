@@ -1,6 +1,6 @@
 """TensorRT engines, built where they run: build settings, optimisation profiles, the device an engine targets,
 compatibility checks, the engine cache and the engine bundle writer. Pure logic: nothing here imports TensorRT or
-CUDA, so all of it is tested on every machine (the GPU side is `runtimes.tensorrt_build`).
+CUDA, so all of it is tested on every machine (the GPU side is `runtimes.engines.tensorrt_build`).
 
 TensorRT engines are tied to the TensorRT version and the GPU that built them, so a TensorRT bundle carries a
 TensorRT-ready ONNX (fp32, fp16, or QDQ int8 from the shared calibration) plus the build settings, and the engine is
@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EngineIncompatibleError, InputError
-from .outputs import OutputKind
+from ..errors import EngineIncompatibleError, InputError
+from ..outputs import OutputKind
 from .tensorrt_profile import BatchProfile, TokenProfile
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
@@ -309,7 +309,7 @@ class EngineCache:
 
     def store(self, key: str, plan: bytes, target: EngineTarget, settings: BuildSettings, extra: dict[str, Any] | None = None) -> Path:
         """Write an entry atomically (temp directory, then rename), replacing any previous one."""
-        from .fsutil import staged_directory
+        from ..fsutil import staged_directory
 
         meta = {
             "sha256": hashlib.sha256(plan).hexdigest(),
@@ -327,7 +327,7 @@ class EngineCache:
 
     def evict(self, key: str) -> None:
         """Delete a corrupt or mismatched entry; a folder holding anything but an entry's files is refused."""
-        from .fsutil import remove_ours
+        from ..fsutil import remove_ours
 
         remove_ours(self.entry(key), ENGINE_ENTRY)
 
@@ -341,8 +341,8 @@ def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: s
     """
     import dataclasses
 
-    from .bundle import BundleWriter
-    from .manifest import utc_now
+    from ..bundle import BundleWriter
+    from ..manifest import utc_now
 
     m = source.manifest
     where = built_on.to_dict()
@@ -360,7 +360,7 @@ def write_engine_bundle(source: Any, plan: bytes, built_on: EngineTarget, out: s
     )
     import shutil
 
-    from .bundle import model_files
+    from ..bundle import model_files
 
     with BundleWriter(out, overwrite=overwrite) as writer:
         (writer.dir / "model.plan").write_bytes(plan)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailableError, EngineIncompatibleError, InputError, install_hint
+from ..errors import BackendUnavailableError, EngineIncompatibleError, InputError, install_hint
 from .tensorrt_engine import BuildSettings, EngineTarget, version_tuple
 
 _log = logging.getLogger(__name__)

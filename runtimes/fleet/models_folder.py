@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError, OutputError
-from .fsutil import cannot_write, remove_temporary, write_bytes_atomically
-from .outputs import OWNED_MARKERS, OutputKind, OutputRule, Protected, check_output
+from ..errors import BundleError, OutputError
+from ..fsutil import cannot_write, remove_temporary, write_bytes_atomically
+from ..outputs import OWNED_MARKERS, OutputKind, OutputRule, Protected, check_output
 
 CURRENT = "current"
 VERSIONS = "versions"

@@ -31,10 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bundle import BUNDLE, open_bundle, read_manifest
-from .errors import BundleError, EdgeTransferError, InputError, OutputError, SelfTestFailed
-from .fsutil import cannot_write, current_umask, exclusive_file
-from .manifest import MANIFEST_NAME
+from ..bundle import BUNDLE, open_bundle, read_manifest
+from ..errors import BundleError, EdgeTransferError, InputError, OutputError, SelfTestFailed
+from ..fsutil import cannot_write, current_umask, exclusive_file
+from ..manifest import MANIFEST_NAME
+from ..outputs import Protected, contents_problem
+from ..signature_format import SIGNATURE_NAME
+from ..signing import KeySource, TrustedKey, trusted_keys
 from .models_folder import (
     CURRENT,
     LOG,
@@ -54,9 +57,6 @@ from .models_folder import (
     save_state,
     versions,
 )
-from .outputs import Protected, contents_problem
-from .signature_format import SIGNATURE_NAME
-from .signing import KeySource, TrustedKey, trusted_keys
 
 DEFAULT_KEEP = 3
 CRASH_ENV = "EDGE_TRANSFER_TEST_CRASH_AT"  # tests only: the process exits at once (no cleanup) at this named step
@@ -127,7 +127,7 @@ def _self_test(
 ) -> tuple[str, str | None]:
     """Verify and self-test the bundle at `path` as the application will load it; raise on any failure, naming
     `shown` (the user's bundle) rather than the staging copy."""
-    from .backends import create_predictor
+    from ..backends import create_predictor
 
     try:
         bundle = open_bundle(path, trusted_keys=[k.pem for k in keys])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_MAX_BATCH = 16
 

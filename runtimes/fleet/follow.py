@@ -22,11 +22,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .bundle import open_bundle
-from .errors import EdgeTransferError, InputError
+from ..bundle import open_bundle
+from ..errors import EdgeTransferError, InputError
+from ..predictor import Predictor
+from ..signing import KeySource
 from .models_folder import VERSIONS, current_path, current_version
-from .predictor import Predictor
-from .signing import KeySource
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class FollowingPredictor:
         self._predictor = self._load(path)
 
     def _load(self, path: Path) -> Predictor:
-        from .backends import create_predictor
+        from ..backends import create_predictor
 
         args = dict(self._load_args)
         return create_predictor(open_bundle(path, trusted_keys=args.pop("trusted_keys")), **args)
