@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,7 @@ class EmulatedDevice:
         self.common = self.cache / "root"
         self.qemu = self.cache / "qemu/usr/bin/qemu-aarch64-static"
         self.site = self.cache / "site"
+        self._lock = threading.Lock()
 
     def build_root(self) -> None:
         """qemu-user and the arm64 CPython root, from Debian's packages (kept while the package list is the same)."""
@@ -182,7 +184,12 @@ class EmulatedDevice:
         return sorted(f"{name} {version}" for name, version in found if name in names)
 
     def core_root(self, core: Core) -> Path:
-        """`core`'s root for qemu's -L: its own proc/cpuinfo and MIDR_EL1, everything else the shared root's."""
+        """`core`'s root for qemu's -L: its own proc/cpuinfo and MIDR_EL1, everything else the shared root's. Made
+        once, under a lock (commands on one core run from several threads)."""
+        with self._lock:
+            return self._core_root(core)
+
+    def _core_root(self, core: Core) -> Path:
         root = self.cache / "cores" / core.name
         if _stamp(root, f"{core.midr:x}"):
             return root

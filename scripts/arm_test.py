@@ -298,6 +298,8 @@ def main() -> int:
             f"({time.perf_counter() - started:.0f} s so far)"
         )
         cores = [CORES[c] for c in args.cores.split(",")]
+        for core in cores:  # each core's root (its cpuinfo from its HWCAP probe), once, before commands run in parallel
+            device.core_root(core)
         jobs = [(core, b, p) for core in cores for b, p in bundles.items()]
         print(HEADER)
         with ThreadPoolExecutor(max_workers=2) as pool:  # the emulated cores are independent processes: 2 at a time
