@@ -27,6 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtimes.outputs import OutputKind, OutputRule, check_output
+
 PYTHON = "3.11"
 # the arm64 packages the device root is built from; apt adds what they depend on (libc, libssl, zlib, ...)
 ROOT_PACKAGES = ["python3.11", "libstdc++6", "libgomp1"]
@@ -39,6 +41,10 @@ HWCAP = (
     "asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg"
 ).split()
 HWCAP2 = "dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm svebf16 i8mm bf16 dgh rng bti mte".split()
+
+
+ARM_CACHE_MARK = ".edge-transfer-arm-cache"
+ARM_CACHE = OutputKind("arm-test cache", lambda p: None if (p / ARM_CACHE_MARK).is_file() else f"no {ARM_CACHE_MARK} mark")
 
 
 class Unavailable(RuntimeError):
@@ -137,6 +143,11 @@ class EmulatedDevice:
     """The cache folder's qemu, arm64 root and site-packages; `run` one Python command on a named core."""
 
     def __init__(self, cache: Path) -> None:
+        # everything under `cache` may be replaced or deleted, so it must be absent, empty or one of ours (the
+        # project's one output rule; `OutputError` otherwise), and it is marked as ours before anything is written
+        check_output(cache, OutputRule("cache", kind=ARM_CACHE), flag="--cache")
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / ARM_CACHE_MARK).touch()
         self.cache = cache.resolve()
         self.apt = AptCache(self.cache / "apt")
         self.common = self.cache / "root"

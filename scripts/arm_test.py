@@ -32,6 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arm_device import CORES, Core, EmulatedDevice, Unavailable  # noqa: E402
 
+from runtimes.errors import OutputError  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = Path(sys.executable).parent
 # per precision: the least top-1 agreement with x86's answers, the most |score| may differ, and the most val accuracy
@@ -272,7 +274,11 @@ def main() -> int:
     )
     args = ap.parse_args()
     started = time.perf_counter()
-    device = EmulatedDevice(args.cache)
+    try:
+        device = EmulatedDevice(args.cache)
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     wheel_built = subprocess.run([sys.executable, str(ROOT / "scripts/build_wheels.py")], cwd=ROOT, capture_output=True, text=True)
     if wheel_built.returncode != 0:
         raise SystemExit(f"make wheels failed:\n{wheel_built.stderr[-2000:]}")

@@ -6,6 +6,7 @@ text given to the runtime in place of this machine's (the only thing mocked: an 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,24 @@ def test_the_openvino_extra_stays_below_the_broken_releases_on_aarch64():
     assert openvino_backend.ARM_INT8_RIGHT.removeprefix("openvino") in str(arm.specifier)  # what the refusal tells users
     (x86,) = chosen("x86_64")
     assert x86.specifier.contains("2026.4.1")
+
+
+def test_the_arm_test_cache_is_never_a_folder_of_the_users(tmp_path: Path):
+    """`make arm-test --cache DIR` replaces and deletes folders under DIR: a folder it did not make is refused."""
+    import hashlib
+
+    from runtimes.errors import OutputError
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from arm_device import ARM_CACHE_MARK, EmulatedDevice
+
+    home = tmp_path / "home"
+    (home / "root").mkdir(parents=True)
+    (home / "root" / "notes.txt").write_text("mine")
+    before = hashlib.sha256((home / "root" / "notes.txt").read_bytes()).hexdigest()
+    with pytest.raises(OutputError, match="--cache .*not an arm-test cache edge-transfer made"):
+        EmulatedDevice(home)
+    assert hashlib.sha256((home / "root" / "notes.txt").read_bytes()).hexdigest() == before and not (home / ARM_CACHE_MARK).exists()
+    EmulatedDevice(tmp_path / "new")  # absent: made and marked, then ours on the next run
+    assert (tmp_path / "new" / ARM_CACHE_MARK).is_file()
+    EmulatedDevice(tmp_path / "new")
